@@ -1,0 +1,45 @@
+"""Where the project's build outputs are.
+
+The Makefile puts stable links under ``build/`` at the top of the checkout;
+``QGPU_BUILD_DIR`` overrides that location and ``QGPU_QEMU`` the QEMU binary.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from qgpu.errors import SetupError
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def repo_root() -> Path:
+    """Return the top of the qgpu checkout this package was installed from."""
+    for parent in _PACKAGE_DIR.parents:
+        if (parent / "qemu-device").is_dir() and (parent / "Makefile").is_file():
+            return parent
+    raise SetupError(
+        f"cannot find the qgpu checkout above {_PACKAGE_DIR}; install the package "
+        "from a checkout with 'make venv' (pip install -e orchestrator)"
+    )
+
+
+def build_dir() -> Path:
+    """Return the build output folder (``build/`` unless ``QGPU_BUILD_DIR`` is set)."""
+    env = os.environ.get("QGPU_BUILD_DIR")
+    return Path(env) if env else repo_root() / "build"
+
+
+def abi_header() -> Path:
+    """Return the shared device ABI header."""
+    return repo_root() / "qemu-device" / "include" / "hw" / "misc" / "qgpu_hw.h"
+
+
+def qemu_binary() -> Path:
+    """Return the qemu-system-x86_64 that has the qgpu device built in."""
+    env = os.environ.get("QGPU_QEMU")
+    path = Path(env) if env else build_dir() / "bin" / "qemu-system-x86_64"
+    if not path.exists():
+        raise SetupError(f"{path} does not exist: run 'make qemu' to build QEMU with qgpu")
+    return path

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
+#
+# Configure (when needed) and build qemu-system-x86_64 with qgpu.
+#
+# Usage: build-qemu.sh QEMU_SOURCE_DIR BUILD_DIR TOOLS_PYTHON
+#   TOOLS_PYTHON: a python3 that has meson and pycotap installed (the
+#   Debian +ds source has no bundled wheels for configure to fall back on).
+#
+# Configure runs again only when its arguments or the device set change, so
+# an edit to the device source is an incremental ninja build.
+set -euo pipefail
+
+src=$1
+build=$2
+python=$3
+here=$(cd "$(dirname "$0")/.." && pwd)
+
+# Firmware comes from Debian packages (seabios, qemu-system-data, ipxe-qemu);
+# baking the paths in lets build/bin/qemu-system-x86_64 run without -L.
+CONFIGURE_ARGS=(
+    --target-list=x86_64-softmmu
+    --without-default-devices --with-devices-x86_64=qgpu
+    --firmwarepath=/usr/share/qemu:/usr/share/seabios:/usr/lib/ipxe/qemu
+    --disable-docs --disable-user --disable-werror --enable-slirp --enable-kvm
+    --disable-gtk --disable-sdl --disable-vnc --disable-spice --disable-opengl
+    --disable-xen --disable-tools --disable-guest-agent --disable-capstone
+    --disable-fdt --disable-install-blobs --disable-download
+    --python="$python"
+)
+
+want=$( { printf '%s\n' "${CONFIGURE_ARGS[@]}"; cat "$here/configs/devices/x86_64-softmmu/qgpu.mak"; } | sha256sum | cut -c1-16)
+if [[ ! -f $build/build.ninja ]] || [[ $(cat "$build/.qgpu-configure" 2>/dev/null) != "$want" ]]; then
+    echo "build-qemu: configuring QEMU in $build"
+    mkdir -p "$build"
+    (cd "$build" && "$src/configure" "${CONFIGURE_ARGS[@]}") > "$build/configure.log" 2>&1 || {
+        tail -40 "$build/configure.log" >&2
+        echo "build-qemu: configure failed; full log in $build/configure.log" >&2
+        exit 1
+    }
+    echo "$want" > "$build/.qgpu-configure"
+fi
+
+# Run from the build tree, QEMU looks for firmware under qemu-bundle/ + the
+# configured path: point those at Debian's firmware packages.
+link_firmware() {
+    local d
+    for d in /usr/share/qemu /usr/share/seabios /usr/lib/ipxe/qemu; do
+        mkdir -p "$build/qemu-bundle$(dirname "$d")"
+        ln -sfn "$d" "$build/qemu-bundle$d"
+    done
+}
+link_firmware
+
+# ninja prints one status line per step: show progress without flooding logs.
+echo "build-qemu: ninja qemu-system-x86_64 (a cold build takes about 5 minutes on 2 cores)"
+if [[ -t 1 ]]; then
+    ninja -C "$build" qemu-system-x86_64
+else
+    NINJA_STATUS="[%f/%t %es] " ninja -C "$build" qemu-system-x86_64 |
+        awk '/^\[[0-9]+\/[0-9]+ / { n++; if (n % 100 == 1) { print; fflush() } next } { print; fflush() }'
+    exit "${PIPESTATUS[0]}"
+fi
