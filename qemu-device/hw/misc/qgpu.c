@@ -51,6 +51,9 @@ OBJECT_DECLARE_SIMPLE_TYPE(QGPUState, QGPU)
 #define QGPU_CAP_OFF_PCIE       0x80
 #define QGPU_EXT_CAP_OFF_AER    0x100
 
+#define QGPU_MSIX_BAR_SIZE      0x1000
+#define QGPU_MSIX_PBA_OFFSET    0x800
+
 /* Registers; offsets come from the shared ABI header. */
 REG32(ID, QGPU_REG_ID)
 REG32(VERSION, QGPU_REG_VERSION)
@@ -134,6 +137,7 @@ struct QGPUState {
     uint64_t dma_delay_ns;
 
     MemoryRegion mmio;
+    MemoryRegion msix_bar;
     MemoryRegion vram_ram;      /* used when there is no memdev */
     MemoryRegion *vram;
     uint8_t *vram_ptr;
@@ -154,7 +158,6 @@ struct QGPUState {
     uint32_t dma_error_index;
     uint32_t access_error;
     uint32_t access_error_addr;
-    bool intx_level;
 
     /* descriptor in flight */
     bool active;
@@ -171,6 +174,7 @@ struct QGPUState {
     uint64_t cur_done;          /* bytes moved so far */
     QGPUSegment *segs;          /* guest side; rebuilt after migration */
     uint32_t nsegs;
+    bool segs_stale;            /* set by post_load: rebuild before use */
 
     QEMUBH *bh;
     QEMUTimer *delay_timer;
@@ -300,13 +304,13 @@ static void qgpu_update_irq(QGPUState *s, uint32_t fresh)
         }
     } else {
         level = pending != 0;
-        if (level && !s->intx_level) {
+    }
+    /* The PCI core tracks the line; MSI/MSI-X enables deassert it there. */
+    if (level != (pdev->irq_state & 1)) {
+        trace_qgpu_irq_intx(level);
+        if (level) {
             s->stats.interrupts++;
         }
-    }
-    if (level != s->intx_level) {
-        trace_qgpu_irq_intx(level);
-        s->intx_level = level;
         pci_set_irq(pdev, level);
     }
 }
@@ -471,6 +475,8 @@ static uint32_t qgpu_validate_desc(QGPUState *s, const struct qgpu_desc *d)
         if (err) {
             return err;
         }
+    } else if (s->cur_fence_addr || s->cur_fence_value) {
+        return QGPU_ERR_RESERVED;
     }
 
     switch (op) {
@@ -525,7 +531,7 @@ static dma_addr_t qgpu_desc_addr(QGPUState *s, uint32_t index)
 }
 
 /* Write the status word of the descriptor in flight back to the ring. */
-static void qgpu_write_status(QGPUState *s, uint32_t status)
+static bool qgpu_write_status(QGPUState *s, uint32_t status)
 {
     dma_addr_t addr = qgpu_desc_addr(s, s->cur_index) + QGPU_DESC_OFF_STATUS;
 
@@ -534,12 +540,15 @@ static void qgpu_write_status(QGPUState *s, uint32_t status)
         qemu_log_mask(LOG_GUEST_ERROR,
                       "qgpu: desc %u: status write-back to 0x%" PRIx64
                       " failed\n", s->cur_index, addr);
+        return false;
     }
+    return true;
 }
 
 static void qgpu_drop_inflight(QGPUState *s)
 {
     s->active = false;
+    s->segs_stale = false;
     s->cur_done = 0;
     g_free(s->segs);
     s->segs = NULL;
@@ -550,16 +559,42 @@ static void qgpu_drop_inflight(QGPUState *s)
 static void qgpu_retire(QGPUState *s, uint32_t err)
 {
     PCIDevice *pdev = PCI_DEVICE(s);
+    bool fence = s->cur_flags & QGPU_DESC_F_FENCE;
     uint32_t causes = 0;
 
-    qgpu_write_status(s, QGPU_DESC_STATUS_DONE | err);
+    if (fence) {
+        /* Checked again: the BARs or an IOMMU mapping may have changed. */
+        uint32_t ferr = qgpu_check_guest_range(s, s->cur_fence_addr,
+                                               sizeof(uint64_t));
 
-    /* The fence follows the status, so a driver that sees it sees both. */
-    if ((s->cur_flags & QGPU_DESC_F_FENCE) &&
-        !qgpu_check_guest_range(s, s->cur_fence_addr, sizeof(uint64_t))) {
+        if (!ferr && !dma_memory_valid(pci_get_address_space(pdev),
+                                       s->cur_fence_addr, sizeof(uint64_t),
+                                       DMA_DIRECTION_FROM_DEVICE,
+                                       MEMTXATTRS_UNSPECIFIED)) {
+            ferr = QGPU_ERR_FENCE_WRITE;
+        }
+        if (ferr) {
+            qemu_log_mask(LOG_GUEST_ERROR, "qgpu: desc %u: fence address 0x%"
+                          PRIx64 " not writable (%s)\n", s->cur_index,
+                          s->cur_fence_addr, qgpu_err_name(ferr));
+            qgpu_trace_record(s, s->cur_fence_addr, 0, sizeof(uint64_t), ferr);
+            fence = false;
+            err = err ? err : ferr;
+        }
+    }
+
+    /* Status first, then the fence: a driver that sees the fence sees both. */
+    if (!qgpu_write_status(s, QGPU_DESC_STATUS_DONE | err) && !err) {
+        err = QGPU_ERR_DMA_WRITE;
+    }
+    if (fence) {
         trace_qgpu_fence(s->cur_index, s->cur_fence_addr, s->cur_fence_value);
         if (stq_le_pci_dma(pdev, s->cur_fence_addr, s->cur_fence_value,
-                           MEMTXATTRS_UNSPECIFIED) != MEMTX_OK) {
+                           MEMTXATTRS_UNSPECIFIED) == MEMTX_OK) {
+            s->fence = s->cur_fence_value;
+            s->stats.last_fence = s->fence;
+        } else {
+            /* Lost a race with an IOMMU unmap: correct the status. */
             qemu_log_mask(LOG_GUEST_ERROR,
                           "qgpu: desc %u: fence write to 0x%" PRIx64
                           " failed\n", s->cur_index, s->cur_fence_addr);
@@ -568,8 +603,6 @@ static void qgpu_retire(QGPUState *s, uint32_t err)
                 qgpu_write_status(s, QGPU_DESC_STATUS_DONE | err);
             }
         }
-        s->fence = s->cur_fence_value;
-        s->stats.last_fence = s->fence;
     }
 
     trace_qgpu_desc_retire(s->cur_index, qgpu_err_name(err));
@@ -647,6 +680,10 @@ static bool qgpu_fetch(QGPUState *s)
     if (err) {
         qemu_log_mask(LOG_GUEST_ERROR, "qgpu: desc %u (%s) refused: %s\n",
                       index, qgpu_op_name(s->cur_opcode), qgpu_err_name(err));
+        qgpu_trace_record(s, qgpu_guest_side(s),
+                          s->cur_opcode == QGPU_OP_COPY_FROM_VRAM ? s->cur_src
+                                                                  : s->cur_dst,
+                          s->cur_length, err);
         qgpu_retire(s, err);
     }
     return true;
@@ -763,6 +800,24 @@ static uint64_t qgpu_run_slice(QGPUState *s, uint64_t budget, uint32_t *err)
 
 static void qgpu_engine_kick(QGPUState *s);
 
+static void qgpu_engine_run(void *opaque);
+
+/*
+ * The delay timer runs the engine under the device's re-entrancy guard, as
+ * the bottom half does (see aio_bh_call()): DMA that reaches our own MMIO
+ * is then refused by the memory core instead of recursing into the device.
+ */
+static void qgpu_delay_expired(void *opaque)
+{
+    QGPUState *s = opaque;
+    MemReentrancyGuard *guard = &DEVICE(s)->mem_reentrancy_guard;
+    bool was_engaged = guard->engaged_in_io;
+
+    guard->engaged_in_io = true;
+    qgpu_engine_run(s);
+    guard->engaged_in_io = was_engaged;
+}
+
 /*
  * The engine: runs from a bottom half (or the delay timer), never inside an
  * MMIO access. Each run moves at most one slice of bytes and retires at most
@@ -794,6 +849,17 @@ static void qgpu_engine_run(void *opaque)
         if (s->cur_opcode == QGPU_OP_NOP) {
             qgpu_retire(s, QGPU_ERR_NONE);
             continue;
+        }
+        if (s->segs_stale) {
+            s->segs_stale = false;
+            if (s->cur_opcode == QGPU_OP_COPY_TO_VRAM ||
+                s->cur_opcode == QGPU_OP_COPY_FROM_VRAM) {
+                err = qgpu_load_segments(s);
+                if (err) {
+                    qgpu_retire(s, err);
+                    continue;
+                }
+            }
         }
         if (!budget) {
             break;
@@ -835,18 +901,41 @@ static void qgpu_engine_stop(QGPUState *s)
     timer_del(s->delay_timer);
 }
 
+/* Guest bus address of the next byte the descriptor in flight would move. */
+static uint64_t qgpu_abort_point(QGPUState *s)
+{
+    uint64_t start = 0;
+
+    for (uint32_t i = 0; i < s->nsegs; i++) {
+        if (s->cur_done < start + s->segs[i].len) {
+            return s->segs[i].addr + (s->cur_done - start);
+        }
+        start += s->segs[i].len;
+    }
+    return 0;
+}
+
+/* VRAM offset of the next byte the descriptor in flight would touch. */
+static uint64_t qgpu_vram_point(QGPUState *s)
+{
+    uint64_t base = s->cur_opcode == QGPU_OP_COPY_FROM_VRAM ? s->cur_src
+                                                            : s->cur_dst;
+    return base + s->cur_done;
+}
+
 /*
  * ENGINE_RESET: abort the descriptor in flight (its status says ABORTED, no
  * fence is written), empty the ring, clear the halt and disable the engine.
- * Ring base and size are kept.
+ * Ring base and size, and DMA_ERROR (for diagnosis), are kept.
  */
 static void qgpu_engine_reset(QGPUState *s)
 {
     trace_qgpu_engine_reset(s->active, s->ring_head, s->ring_tail);
     qgpu_engine_stop(s);
     if (s->active) {
-        qgpu_trace_record(s, s->nsegs ? s->segs[0].addr : 0, 0, s->cur_done,
-                          QGPU_ERR_ABORTED);
+        /* Record where it stopped and how much was left undone. */
+        qgpu_trace_record(s, qgpu_abort_point(s), qgpu_vram_point(s),
+                          s->cur_length - s->cur_done, QGPU_ERR_ABORTED);
         qgpu_write_status(s, QGPU_DESC_STATUS_DONE | QGPU_ERR_ABORTED);
         s->stats.aborted++;
         qgpu_drop_inflight(s);
@@ -854,8 +943,6 @@ static void qgpu_engine_reset(QGPUState *s)
     s->ring_head = s->ring_tail = 0;
     s->engine_ctrl = 0;
     s->halted = false;
-    s->dma_error = 0;
-    s->dma_error_index = 0;
     s->stats.engine_resets++;
 }
 
@@ -968,13 +1055,16 @@ static bool qgpu_reg_read(QGPUState *s, hwaddr addr, uint32_t *val)
     return true;
 }
 
-/* Ring registers may only change while the engine is disabled. */
+/*
+ * Ring registers may only change while the engine is disabled and no
+ * descriptor is in flight (a paused one would retire into the new ring).
+ */
 static bool qgpu_ring_config_writable(QGPUState *s, hwaddr addr)
 {
-    if (s->engine_ctrl & QGPU_ENGINE_CTRL_ENABLE) {
+    if ((s->engine_ctrl & QGPU_ENGINE_CTRL_ENABLE) || s->active) {
         qgpu_access_error(s, addr, QGPU_ACCESS_ERR_BUSY,
                           "ring configuration written while the engine is "
-                          "enabled");
+                          "enabled or a descriptor is in flight");
         return false;
     }
     return true;
@@ -1051,6 +1141,13 @@ static void qgpu_reg_write(QGPUState *s, hwaddr addr, uint32_t val)
         if (!s->ring_size || val >= s->ring_size) {
             qgpu_access_error(s, addr, QGPU_ACCESS_ERR_VALUE,
                               "DOORBELL tail index outside the ring");
+            break;
+        }
+        if (((val - s->ring_head) & (s->ring_size - 1)) <
+            ((s->ring_tail - s->ring_head) & (s->ring_size - 1))) {
+            qgpu_access_error(s, addr, QGPU_ACCESS_ERR_VALUE,
+                              "DOORBELL moves the tail back over outstanding "
+                              "descriptors");
             break;
         }
         trace_qgpu_doorbell(val, s->ring_head);
@@ -1286,9 +1383,10 @@ static void qgpu_instance_init(Object *obj)
     object_property_add(obj, "x-dma-delay-ns", "uint64", qgpu_get_dma_delay,
                         qgpu_set_dma_delay, NULL, NULL);
     object_property_set_description(obj, "x-dma-delay-ns",
-                                    "virtual-clock delay before each 1 MiB "
-                                    "slice of DMA work (0: none); settable "
-                                    "at run time");
+                                    "virtual-clock delay before each run of "
+                                    "the DMA engine (a run moves up to 1 MiB "
+                                    "or retires up to 64 descriptors; 0: no "
+                                    "delay); settable at run time");
 }
 
 /* ---- lifecycle ----------------------------------------------------------- */
@@ -1361,6 +1459,15 @@ static void qgpu_fini_vram(QGPUState *s)
     s->vram_ptr = NULL;
 }
 
+static void qgpu_config_write(PCIDevice *pdev, uint32_t addr, uint32_t val,
+                              int len)
+{
+    pci_default_write_config(pdev, addr, val, len);
+    pcie_aer_write_config(pdev, addr, val, len);
+    /* Switching MSI/MSI-X off hands pending causes back to INTx. */
+    qgpu_update_irq(QGPU(pdev), 0);
+}
+
 static void qgpu_realize(PCIDevice *pdev, Error **errp)
 {
     ERRP_GUARD();
@@ -1399,11 +1506,16 @@ static void qgpu_realize(PCIDevice *pdev, Error **errp)
         goto err_pcie;
     }
     if (s->msix) {
-        if (msix_init_exclusive_bar(pdev, QGPU_MSIX_VECTORS, QGPU_BAR_MSIX,
-                                    errp)) {
+        memory_region_init(&s->msix_bar, OBJECT(s), "qgpu.msix",
+                           QGPU_MSIX_BAR_SIZE);
+        if (msix_init(pdev, QGPU_MSIX_VECTORS, &s->msix_bar, QGPU_BAR_MSIX, 0,
+                      &s->msix_bar, QGPU_BAR_MSIX, QGPU_MSIX_PBA_OFFSET,
+                      QGPU_CAP_OFF_MSIX, errp)) {
             error_append_hint(errp, "Set msix=off to run without MSI-X.\n");
             goto err_msi;
         }
+        pci_register_bar(pdev, QGPU_BAR_MSIX, PCI_BASE_ADDRESS_SPACE_MEMORY,
+                         &s->msix_bar);
         for (unsigned v = 0; v < QGPU_MSIX_VECTORS; v++) {
             msix_vector_use(pdev, v);
         }
@@ -1416,13 +1528,13 @@ static void qgpu_realize(PCIDevice *pdev, Error **errp)
     s->trace = g_new0(QGPUTraceEntry, s->trace_depth);
     s->bh = qemu_bh_new_guarded(qgpu_engine_run, s,
                                 &DEVICE(s)->mem_reentrancy_guard);
-    s->delay_timer = timer_new_ns(QEMU_CLOCK_VIRTUAL, qgpu_engine_run, s);
+    s->delay_timer = timer_new_ns(QEMU_CLOCK_VIRTUAL, qgpu_delay_expired, s);
     trace_qgpu_realize(s->vram_size, !!s->hostmem, s->msi, s->msix);
     return;
 
 err_msix:
     if (s->msix) {
-        msix_uninit_exclusive_bar(pdev);
+        msix_uninit(pdev, &s->msix_bar, &s->msix_bar);
     }
 err_msi:
     msi_uninit(pdev);
@@ -1446,7 +1558,7 @@ static void qgpu_exit(PCIDevice *pdev)
     s->trace = NULL;
     pcie_aer_exit(pdev);
     if (s->msix) {
-        msix_uninit_exclusive_bar(pdev);
+        msix_uninit(pdev, &s->msix_bar, &s->msix_bar);
     }
     msi_uninit(pdev);
     pcie_cap_exit(pdev);
@@ -1483,36 +1595,42 @@ static void qgpu_reset_hold(Object *obj, ResetType type)
     s->dma_error_index = 0;
     s->access_error = 0;
     s->access_error_addr = 0;
-    s->intx_level = false;
 }
 
 static int qgpu_post_load(void *opaque, int version_id)
 {
     QGPUState *s = opaque;
+    bool enabled = s->engine_ctrl & QGPU_ENGINE_CTRL_ENABLE;
 
+    /* Never trust the stream with anything that indexes memory. */
     if (s->ring_size && (!is_power_of_2(s->ring_size) ||
-                         s->ring_size > QGPU_RING_MAX_ENTRIES ||
-                         s->ring_head >= s->ring_size ||
-                         s->ring_tail >= s->ring_size)) {
+                         s->ring_size < QGPU_RING_MIN_ENTRIES ||
+                         s->ring_size > QGPU_RING_MAX_ENTRIES)) {
+        return -EINVAL;
+    }
+    if (s->ring_head >= MAX(s->ring_size, 1) ||
+        s->ring_tail >= MAX(s->ring_size, 1) ||
+        (s->engine_ctrl & ~QGPU_ENGINE_CTRL_ENABLE) ||
+        (enabled && !s->ring_size)) {
         return -EINVAL;
     }
     if (s->active) {
-        /* Guest memory has arrived too: rebuild the segment list from it. */
-        uint32_t err = QGPU_ERR_NONE;
+        bool vram_src = s->cur_opcode == QGPU_OP_COPY_FROM_VRAM ||
+                        s->cur_opcode == QGPU_OP_COPY_VRAM;
+        bool vram_dst = s->cur_opcode != QGPU_OP_COPY_FROM_VRAM;
 
-        if (s->cur_opcode > QGPU_OP_MAX || s->cur_done > s->cur_length) {
+        if (!s->ring_size || s->cur_index != s->ring_head ||
+            s->cur_opcode > QGPU_OP_MAX || s->cur_done > s->cur_length ||
+            (s->cur_flags & ~QGPU_DESC_F_ALL) ||
+            (vram_src && !qgpu_vram_range_ok(s, s->cur_src, s->cur_length)) ||
+            (vram_dst && s->cur_opcode != QGPU_OP_NOP &&
+             !qgpu_vram_range_ok(s, s->cur_dst, s->cur_length))) {
             return -EINVAL;
         }
-        if (s->cur_opcode == QGPU_OP_COPY_TO_VRAM ||
-            s->cur_opcode == QGPU_OP_COPY_FROM_VRAM) {
-            err = qgpu_load_segments(s);
-        }
-        if (err) {
-            qgpu_retire(s, err);
-        }
+        /* The engine rebuilds the guest segment list from guest memory. */
+        s->segs_stale = true;
     }
-    if ((s->engine_ctrl & QGPU_ENGINE_CTRL_ENABLE) && !s->halted &&
-        (s->active || s->ring_head != s->ring_tail)) {
+    if (enabled && !s->halted && (s->active || s->ring_head != s->ring_tail)) {
         qgpu_engine_kick(s);
     }
     return 0;
@@ -1543,7 +1661,6 @@ static const VMStateDescription vmstate_qgpu = {
         VMSTATE_UINT32(dma_error_index, QGPUState),
         VMSTATE_UINT32(access_error, QGPUState),
         VMSTATE_UINT32(access_error_addr, QGPUState),
-        VMSTATE_BOOL(intx_level, QGPUState),
         VMSTATE_BOOL(active, QGPUState),
         VMSTATE_UINT32(cur_index, QGPUState),
         VMSTATE_UINT32(cur_opcode, QGPUState),
@@ -1590,6 +1707,7 @@ static void qgpu_class_init(ObjectClass *klass, void *data)
 
     k->realize = qgpu_realize;
     k->exit = qgpu_exit;
+    k->config_write = qgpu_config_write;
     k->vendor_id = QGPU_PCI_VENDOR_ID;
     k->device_id = QGPU_PCI_DEVICE_ID;
     k->revision = QGPU_PCI_REVISION;

@@ -57,11 +57,12 @@ typedef uint64_t qgpu_le64;
 
 /* ---- Registers (offsets into BAR0; 32 bits wide) ------------------------ */
 /*
- * Access rules: 4-byte accesses at 4-byte aligned offsets; an 8-byte access
- * at an 8-byte aligned offset reads or writes a _LO/_HI pair in one go. Any
- * other size or alignment, an unknown offset, or a write to a read-only
- * register is ignored (reads return 0), logged as a guest error and
- * recorded in ACCESS_ERROR.
+ * Access rules: 4-byte accesses at 4-byte aligned offsets. An 8-byte access
+ * at an 8-byte aligned offset is handled as two 4-byte accesses, low offset
+ * first (use it for _LO/_HI pairs). Any other size or alignment, an unknown
+ * offset, a read of a write-only register or a write to a read-only one is
+ * ignored (reads return 0), logged as a guest error and recorded in
+ * ACCESS_ERROR / ACCESS_ERROR_ADDR.
  */
 #define QGPU_REG_ID                 0x000   /* RO: QGPU_ID_MAGIC */
 #define QGPU_REG_VERSION            0x004   /* RO: major << 16 | minor */
@@ -72,21 +73,28 @@ typedef uint64_t qgpu_le64;
 #define QGPU_REG_RING_MAX_ENTRIES   0x018   /* RO: QGPU_RING_MAX_ENTRIES */
 #define QGPU_REG_SG_MAX_ENTRIES     0x01c   /* RO: QGPU_SG_MAX_ENTRIES */
 
-#define QGPU_REG_RING_BASE_LO       0x020   /* RW while disabled: ring bus address */
-#define QGPU_REG_RING_BASE_HI       0x024   /* RW while disabled */
-#define QGPU_REG_RING_SIZE          0x028   /* RW while disabled: entries, 2^n */
+/* Ring registers are writable only while disabled and nothing is in flight. */
+#define QGPU_REG_RING_BASE_LO       0x020   /* RW: ring bus address, 64-byte aligned */
+#define QGPU_REG_RING_BASE_HI       0x024   /* RW */
+#define QGPU_REG_RING_SIZE          0x028   /* RW: entries, 2^n; empties the ring */
 #define QGPU_REG_RING_HEAD          0x02c   /* RO: next index the engine runs */
 #define QGPU_REG_RING_TAIL          0x030   /* RO: last index written to DOORBELL */
-#define QGPU_REG_DOORBELL           0x034   /* WO: new tail index; starts work */
+#define QGPU_REG_DOORBELL           0x034   /* WO: new tail index; starts work.
+                                             * Must not move TAIL back over
+                                             * outstanding descriptors. */
 #define QGPU_REG_ENGINE_CTRL        0x038   /* RW: QGPU_ENGINE_CTRL_* */
 #define QGPU_REG_ENGINE_STATUS      0x03c   /* RO: QGPU_ENGINE_STATUS_* */
-#define QGPU_REG_ENGINE_RESET       0x040   /* WO: write QGPU_ENGINE_RESET_MAGIC */
+#define QGPU_REG_ENGINE_RESET       0x040   /* WO: write QGPU_ENGINE_RESET_MAGIC:
+                                             * aborts the descriptor in flight,
+                                             * empties the ring, disables the
+                                             * engine; keeps ring config and
+                                             * DMA_ERROR */
 
 #define QGPU_REG_INT_STATUS         0x048   /* RW1C: QGPU_INT_* pending causes */
 #define QGPU_REG_INT_MASK           0x04c   /* RW: QGPU_INT_* enabled causes */
 #define QGPU_REG_INT_RAISE          0x050   /* WO: sets QGPU_INT_* in INT_STATUS */
 
-#define QGPU_REG_FENCE_LO           0x058   /* RO: fence of last retired F_FENCE desc */
+#define QGPU_REG_FENCE_LO           0x058   /* RO: last fence value written */
 #define QGPU_REG_FENCE_HI           0x05c   /* RO */
 
 #define QGPU_REG_DMA_ERROR          0x060   /* RW: last QGPU_ERR_* (write: clear) */
@@ -145,7 +153,7 @@ typedef uint64_t qgpu_le64;
 
 /* ACCESS_ERROR bits: register misuse by the driver. */
 #define QGPU_ACCESS_ERR_SIZE        (1 << 0)  /* bad access size or alignment */
-#define QGPU_ACCESS_ERR_OFFSET      (1 << 1)  /* no register at that offset */
+#define QGPU_ACCESS_ERR_OFFSET      (1 << 1)  /* no register there / write-only */
 #define QGPU_ACCESS_ERR_READ_ONLY   (1 << 2)  /* write to a read-only register */
 #define QGPU_ACCESS_ERR_VALUE       (1 << 3)  /* value refused (see spec) */
 #define QGPU_ACCESS_ERR_BUSY        (1 << 4)  /* ring config written while enabled */
@@ -182,11 +190,14 @@ typedef uint64_t qgpu_le64;
  *               address (COPY_FROM_VRAM)
  * @length:      bytes to transfer; non-zero for every opcode but NOP
  * @fence_addr:  with F_FENCE: guest bus address of a 64-bit fence slot
- * @fence_value: with F_FENCE: value written there when the descriptor retires
+ *               (written when the descriptor retires, with or without an
+ *               error); must be zero without F_FENCE
+ * @fence_value: with F_FENCE: the value written there; else must be zero
  * @fill_pattern: FILL: 32-bit pattern, repeated little-endian from dst
  * @sg_count:    with F_SG: entries in the SG list; otherwise must be zero
  * @status:      written by the device on retire: QGPU_DESC_STATUS_DONE |
- *               QGPU_ERR_*; the driver clears it before submitting
+ *               QGPU_ERR_*; the driver clears it before submitting (the
+ *               device ignores its value on input)
  * @reserved:    must be zero
  */
 struct qgpu_desc {
@@ -232,13 +243,14 @@ struct qgpu_sg_entry {
 #define QGPU_ERR_ADDR_OVERFLOW      6   /* guest address + length wraps 2^64 */
 #define QGPU_ERR_SELF_DMA           7   /* guest range hits one of our BARs */
 #define QGPU_ERR_DMA_READ           8   /* reading guest memory failed */
-#define QGPU_ERR_DMA_WRITE          9   /* writing guest memory failed */
+#define QGPU_ERR_DMA_WRITE          9   /* writing guest memory (or status) failed */
 #define QGPU_ERR_SG_COUNT           10  /* sg_count zero or > SG_MAX_ENTRIES */
 #define QGPU_ERR_SG_ENTRY           11  /* SG entry: zero len or reserved set */
 #define QGPU_ERR_SG_LENGTH          12  /* SG lengths do not add up to length */
 #define QGPU_ERR_FENCE_WRITE        13  /* fence write-back failed */
 #define QGPU_ERR_ABORTED            14  /* engine reset while in flight */
-#define QGPU_ERR_DESC_FETCH         15  /* ring entry unreadable: engine halts */
+#define QGPU_ERR_DESC_FETCH         15  /* ring entry unreadable: engine halts
+                                         * (SELF_DMA if the ring hits a BAR) */
 #define QGPU_ERR_INJECTED           16  /* failed by fault injection */
 #define QGPU_ERR_MAX                16
 
