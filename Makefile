@@ -69,8 +69,8 @@ qemu: $(STAMPS)/qemu-src $(TOOLS_PY) ## Build qemu-system-x86_64 with qgpu -> bu
 	@ln -sfn $(QEMU_OBJ)/qemu-system-x86_64 $(QEMU_BIN)
 	@echo "make: $(QEMU_BIN) is ready"
 
-.PHONY: smoke
-smoke: qemu venv ## Boot-free smoke test: qgpu realizes on q35 and answers QMP
+.PHONY: demo
+demo: qemu venv ## The main job: build what is missing, run the qgpu DMA demonstration
 	$(PY) -m qgpu.smoke
 
 # ---- tests and benchmarks -------------------------------------------------------
@@ -82,7 +82,7 @@ test-device: qemu venv ## Device-level tests over qtest (no guest kernel)
 .PHONY: lint
 lint: venv ## ruff and mypy --strict on the orchestrator and tests
 	$(VENV)/bin/ruff check orchestrator tests
-	$(VENV)/bin/mypy orchestrator/src
+	$(VENV)/bin/mypy orchestrator/src tests
 
 .PHONY: test
 test: qemu venv ## Everything CI runs: lint, then all test suites

@@ -9,12 +9,13 @@ in-memory history that tests can wait on and artifact bundles can dump.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from qemu.qmp import ExecuteError, QMPClient, QMPError
 
@@ -81,7 +82,8 @@ class QmpClient:
 
     async def _collect_events(self) -> None:
         assert self._client is not None
-        async for event in self._client.events:
+        async for message in self._client.events:
+            event = cast(dict[str, Any], dict(message))
             ts = event.get("timestamp", {})
             stamp = float(ts.get("seconds", 0)) + float(ts.get("microseconds", 0)) / 1e6
             with self._cond:
@@ -114,10 +116,9 @@ class QmpClient:
                     self._reader.cancel()
                 await self._client.disconnect()
 
-            try:
+            with contextlib.suppress(QmpError, QemuTimeoutError, QemuDiedError, QMPError,
+                                     OSError, EOFError):
                 self._run(_disconnect(), 5.0, "disconnect")
-            except (QmpError, QemuTimeoutError, QemuDiedError, QMPError, OSError, EOFError):
-                pass
             self._client = None
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5.0)
@@ -144,7 +145,7 @@ class QmpClient:
         try:
             return self._run(client.execute(cmd, args), timeout, cmd)
         except ExecuteError as exc:
-            raise QmpError(f"QMP {cmd} {dict(args or {})} failed: {exc.error.desc}") from exc
+            raise QmpError(f"QMP {cmd} {dict(args or {})} failed: {exc}") from exc
         except (QMPError, EOFError, OSError) as exc:
             if self._is_alive is not None and not self._is_alive():
                 raise QemuDiedError(f"QEMU died during QMP {cmd}") from exc

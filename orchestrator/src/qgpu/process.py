@@ -1,0 +1,115 @@
+"""A QEMU process with an explicit lifecycle.
+
+start -> (running; :meth:`QemuProcess.check_alive` detects early death) ->
+stop: ask politely (the caller's quit), wait, then SIGTERM, then SIGKILL, and
+always remove the temporary folder. QEMU's stderr goes to a log file whose
+tail is quoted in every error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from qgpu.errors import QemuDiedError, QemuError
+
+
+class QemuProcess:
+    """Run one QEMU; own its temporary folder and log."""
+
+    def __init__(self, binary: Path, args: Sequence[str], *, name: str = "qemu",
+                 workdir: Path | None = None) -> None:
+        """Prepare (not start) QEMU ``binary`` with ``args``.
+
+        ``workdir`` holds sockets and logs; by default a fresh temporary folder
+        that :meth:`stop` removes.
+        """
+        self.binary = binary
+        self.args = list(args)
+        self.name = name
+        self._own_workdir = workdir is None
+        # Short paths: UNIX socket paths are limited to 107 bytes.
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix=f"qgpu-{name}-", dir="/tmp"))
+        self.log_path = self.workdir / f"{name}.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """Return the QEMU process id, or None if not started."""
+        return self._proc.pid if self._proc else None
+
+    @property
+    def command_line(self) -> list[str]:
+        """Return the full command line."""
+        return [str(self.binary), *self.args]
+
+    def start(self) -> None:
+        """Start QEMU; stdout and stderr go to :attr:`log_path`."""
+        if self._proc is not None:
+            raise QemuError(f"{self.name}: already started")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "wb") as log:
+            log.write((" ".join(self.command_line) + "\n").encode())
+            log.flush()
+            self._proc = subprocess.Popen(self.command_line, stdin=subprocess.DEVNULL,
+                                          stdout=log, stderr=subprocess.STDOUT,
+                                          cwd=self.workdir, start_new_session=True)
+
+    def is_alive(self) -> bool:
+        """Return True while QEMU runs."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def log_tail(self, lines: int = 20) -> str:
+        """Return the last ``lines`` lines of QEMU's output."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no QEMU log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def check_alive(self, doing: str) -> None:
+        """Raise :class:`QemuDiedError` (quoting QEMU's log) if QEMU has exited."""
+        if self._proc is not None and self._proc.poll() is not None:
+            raise QemuDiedError(
+                f"{self.name}: QEMU exited with status {self._proc.returncode} while {doing}. "
+                f"Its last output:\n{self.log_tail()}")
+
+    def wait(self, timeout: float) -> int | None:
+        """Wait up to ``timeout`` s for exit; return the status or None."""
+        if self._proc is None:
+            return None
+        try:
+            return self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def stop(self, grace: float = 5.0) -> int | None:
+        """Terminate QEMU if still running (SIGTERM, then SIGKILL); clean up.
+
+        Callers that can ask QEMU to quit (QMP ``quit``) should do so first.
+        Returns QEMU's exit status. Idempotent.
+        """
+        status: int | None = None
+        if self._proc is not None:
+            status = self.wait(grace if self.is_alive() else 0)
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                if status is not None:
+                    break
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self._proc.pid, sig)
+                status = self.wait(grace)
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        return status
+
+    def keep_log(self, dest: Path) -> None:
+        """Copy QEMU's log to ``dest`` (for artifact bundles)."""
+        if self.log_path.exists():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(self.log_path, dest)

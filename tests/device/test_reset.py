@@ -1,0 +1,175 @@
+"""Engine reset, device reset, pause and migration with DMA in flight.
+
+``x-dma-delay-ns`` paces the engine on the virtual clock, which only moves
+when the test steps it (qtest): a transfer stays in flight deterministically.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from qgpu.abi import ABI
+from qgpu.device import QOM_PATH, QgpuDevice, enumerate_qgpu, qgpu_args
+from qgpu.errors import QmpError
+from qgpu.qtest import QtestMachine
+
+MiB = 1 << 20
+SLICE_NS = 1_000_000
+
+
+def _slow(dev: QgpuDevice) -> None:
+    assert dev.qt.qmp is not None
+    dev.qt.qmp.qom_set(QOM_PATH, "x-dma-delay-ns", SLICE_NS)
+
+
+def _start_copy(dev: QgpuDevice, rng: random.Random, size: int = 8 * MiB
+                ) -> tuple[int, int, bytes]:
+    """Submit a fenced copy of ``size`` random bytes to VRAM 0; return (index, fence, data)."""
+    data = rng.randbytes(size)
+    src = dev.mem.alloc(size)
+    dev.mem.write(src, data)
+    fence = dev.mem.alloc(8)
+    [index] = dev.submit(dev.desc(opcode=ABI.OP_COPY_TO_VRAM, src=src, dst=0, length=size,
+                                  flags=ABI.DESC_F_FENCE | ABI.DESC_F_IRQ, fence_addr=fence,
+                                  fence_value=7))
+    return index, fence, data
+
+
+def test_transfer_progresses_with_the_virtual_clock(qgpu: QgpuDevice,
+                                                    rng: random.Random) -> None:
+    _slow(qgpu)
+    index, fence, data = _start_copy(qgpu, rng)
+    qgpu.qt.clock_step(SLICE_NS * 3 + SLICE_NS // 2)
+    assert qgpu.stat("bytes-to-vram") == 3 * MiB
+    assert qgpu.reg(ABI.REG_ENGINE_STATUS) & ABI.ENGINE_STATUS_BUSY
+    assert qgpu.status(index) == 0
+    qgpu.qt.clock_step(SLICE_NS * 6)
+    assert qgpu.status(index) == ABI.DESC_STATUS_DONE
+    assert qgpu.vram_host(0, len(data)) == data
+    assert qgpu.mem.read(fence, 8) == (7).to_bytes(8, "little")
+
+
+def test_engine_reset_aborts_transfer_in_flight(qgpu: QgpuDevice, rng: random.Random) -> None:
+    _slow(qgpu)
+    index, fence, _ = _start_copy(qgpu, rng)
+    qgpu.qt.clock_step(SLICE_NS * 2 + 1)
+    qgpu.set_reg(ABI.REG_ENGINE_RESET, ABI.ENGINE_RESET_MAGIC)
+    assert qgpu.status(index) == ABI.DESC_STATUS_DONE | ABI.ERR_ABORTED
+    assert qgpu.mem.read(fence, 8) == bytes(8), "an aborted descriptor writes no fence"
+    assert (qgpu.reg(ABI.REG_RING_HEAD), qgpu.reg(ABI.REG_RING_TAIL)) == (0, 0)
+    assert qgpu.reg(ABI.REG_ENGINE_CTRL) == 0
+    assert qgpu.reg(ABI.REG_ENGINE_STATUS) == 0
+    assert qgpu.stat("aborted") == 1 and qgpu.stat("engine-resets") == 1
+    last = qgpu.dma_trace()[-1]
+    assert (last["status"], last["vram-offset"], last["length"]) == ("aborted", 2 * MiB, 6 * MiB)
+    # Nothing more happens however long we wait.
+    qgpu.qt.clock_step(SLICE_NS * 20)
+    assert qgpu.stat("bytes-to-vram") == 2 * MiB
+    # Ring base and size survive: re-enable and carry on.
+    assert qgpu.reg(ABI.REG_RING_SIZE) == 64
+    assert qgpu.ring is not None
+    qgpu.ring.tail = 0
+    qgpu.set_reg(ABI.REG_ENGINE_CTRL, ABI.ENGINE_CTRL_ENABLE)
+    assert qgpu.qt.qmp is not None
+    qgpu.qt.qmp.qom_set(QOM_PATH, "x-dma-delay-ns", 0)
+    assert qgpu.run(qgpu.desc(opcode=ABI.OP_FILL, dst=0, length=4096, fill_pattern=1)) == [0]
+
+
+def test_engine_reset_keeps_dma_error(qgpu: QgpuDevice) -> None:
+    qgpu.run(qgpu.desc(opcode=ABI.OP_MAX + 1))
+    qgpu.set_reg(ABI.REG_ENGINE_RESET, ABI.ENGINE_RESET_MAGIC)
+    assert qgpu.reg(ABI.REG_DMA_ERROR) == ABI.ERR_BAD_OPCODE
+
+
+def test_pause_and_resume(qgpu: QgpuDevice, rng: random.Random) -> None:
+    _slow(qgpu)
+    index, _, data = _start_copy(qgpu, rng)
+    qgpu.qt.clock_step(SLICE_NS * 2 + 1)
+    qgpu.set_reg(ABI.REG_ENGINE_CTRL, 0)
+    qgpu.qt.clock_step(SLICE_NS * 20)
+    assert qgpu.stat("bytes-to-vram") == 2 * MiB
+    assert qgpu.reg(ABI.REG_ENGINE_STATUS) == ABI.ENGINE_STATUS_BUSY
+    qgpu.set_reg(ABI.REG_ENGINE_CTRL, ABI.ENGINE_CTRL_ENABLE)
+    qgpu.qt.clock_step(SLICE_NS * 20)
+    assert qgpu.status(index) == ABI.DESC_STATUS_DONE
+    assert qgpu.vram_host(0, len(data)) == data
+
+
+def test_system_reset_mid_transfer(qgpu: QgpuDevice, rng: random.Random) -> None:
+    assert qgpu.qt.qmp is not None
+    assert qgpu.vram_shm is not None
+    qgpu.vram_shm.write(32 * MiB, b"survives reset")
+    _slow(qgpu)
+    qgpu.set_reg(ABI.REG_SCRATCH, 0x1234)
+    qgpu.set_reg(ABI.REG_INT_RAISE, ABI.INT_SOFT)
+    index, _, _ = _start_copy(qgpu, rng)
+    qgpu.qt.clock_step(SLICE_NS * 2 + 1)
+    events = len(qgpu.qt.qmp.events())
+    qgpu.qt.qmp.command("system_reset")
+    qgpu.qt.qmp.wait_event("RESET", after=events)
+    qgpu.qt.clock_step(SLICE_NS * 20)           # the aborted transfer must not resume
+    fn = enumerate_qgpu(qgpu.qt, qgpu.vram_size)
+    assert fn.read16(0x04) & 0x6 == 0x6
+    for name in ("SCRATCH", "RING_SIZE", "RING_HEAD", "ENGINE_CTRL", "ENGINE_STATUS",
+                 "INT_STATUS", "INT_MASK", "FENCE_LO", "DMA_ERROR"):
+        assert qgpu.reg(getattr(ABI, "REG_" + name)) == 0, name
+    assert qgpu.stat("bytes-to-vram") == 2 * MiB
+    assert qgpu.stat("aborted") == 1
+    assert qgpu.vram_host(32 * MiB, 14) == b"survives reset"
+    assert qgpu.status(index) == 0, "no write-back to guest memory during reset"
+    # Usable again after re-programming.
+    qgpu.qt.qmp.qom_set(QOM_PATH, "x-dma-delay-ns", 0)
+    qgpu.setup_ring(8)
+    assert qgpu.run(qgpu.desc(opcode=ABI.OP_FILL, dst=0, length=64, fill_pattern=5)) == [0]
+
+
+def test_dma_delay_knob_is_validated(qgpu: QgpuDevice) -> None:
+    assert qgpu.qt.qmp is not None
+    with pytest.raises(QmpError, match="at most 1000000000"):
+        qgpu.qt.qmp.qom_set(QOM_PATH, "x-dma-delay-ns", 2_000_000_000)
+    with pytest.raises(QmpError):
+        qgpu.qt.qmp.qom_set(QOM_PATH, "stat-errors", 5)     # statistics are read-only
+
+
+def test_migration_with_transfer_in_flight(qgpu: QgpuDevice, rng: random.Random,
+                                           tmp_path: object) -> None:
+    """Save the machine mid-transfer, load it in a new QEMU, and finish there."""
+    import pathlib
+    assert isinstance(tmp_path, pathlib.Path)
+    src_qmp = qgpu.qt.qmp
+    assert src_qmp is not None
+    _slow(qgpu)
+    index, fence, data = _start_copy(qgpu, rng, size=6 * MiB)
+    qgpu.qt.clock_step(SLICE_NS * 2 + 1)
+    state = tmp_path / "state"
+    src_qmp.command("migrate", {"uri": f"file:{state}"})
+    src_qmp.wait_event("STOP", timeout=60)
+    for _ in range(600):
+        if src_qmp.command("query-migrate").get("status") == "completed":
+            break
+        qgpu.qt.poll()
+    assert src_qmp.command("query-migrate")["status"] == "completed"
+
+    dest = QtestMachine(name="dest")
+    vram = dest.shared_memory(qgpu.vram_size, "vram")
+    dest.extra_args = [*qgpu_args(f"x-dma-delay-ns={SLICE_NS}", vram_path=str(vram.path),
+                                  vram_size=qgpu.vram_size),
+                       "-incoming", "defer"]
+    with dest:
+        assert dest.qmp is not None
+        dest.qmp.command("migrate-incoming", {"uri": f"file:{state}"})
+        for _ in range(600):
+            if dest.qmp.command("query-migrate").get("status") == "completed":
+                break
+            dest.poll()
+        assert dest.qmp.command("query-migrate")["status"] == "completed"
+        after = QgpuDevice(dest, qgpu.fn.__class__(dest, 1, 0), vram=vram)
+        after.ring = qgpu.ring
+        assert after.stat("bytes-to-vram") == 2 * MiB
+        dest.clock_step(SLICE_NS * 10)
+        assert after.status(index) == ABI.DESC_STATUS_DONE
+        assert after.vram_host(0, len(data)) == data
+        assert after.mem.read(fence, 8) == (7).to_bytes(8, "little")
+        assert after.stat("bytes-to-vram") == 6 * MiB
