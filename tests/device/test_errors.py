@@ -142,8 +142,7 @@ def test_error_code(qgpu: QgpuDevice, case: str) -> None:
 def test_error_cases_cover_every_code() -> None:
     covered = {code for code, _ in CASES.values()}
     # ABORTED and DESC_FETCH need engine state; see test_reset.py and below.
-    # INJECTED belongs to fault injection (x-fault-* properties).
-    special = {ABI.ERR_ABORTED, ABI.ERR_DESC_FETCH, ABI.ERR_INJECTED}
+    special = {ABI.ERR_ABORTED, ABI.ERR_DESC_FETCH}
     every = set(ABI.names("ERR_")) - {ABI.ERR_NONE}
     assert every - special == covered
 

@@ -123,7 +123,16 @@ typedef struct QGPUStats {
     uint64_t doorbells;
     uint64_t access_errors;
     uint64_t engine_resets;
+    uint64_t faults_injected;
 } QGPUStats;
+
+/* What fault injection does to the descriptor in flight. */
+typedef enum QGPUFault {
+    QGPU_FAULT_NONE,
+    QGPU_FAULT_DMA_ERROR,       /* fail half way with a transaction error */
+    QGPU_FAULT_TRUNCATE,        /* move half, report success */
+    QGPU_FAULT_CORRUPT,         /* move all, flip one byte, report success */
+} QGPUFault;
 
 struct QGPUState {
     PCIDevice parent_obj;
@@ -182,6 +191,17 @@ struct QGPUState {
     QGPUStats stats;
     QGPUTraceEntry *trace;
     uint64_t trace_seq;
+
+    /* Fault injection (x-fault-* properties, set at run time; not migrated). */
+    uint64_t fault_dma_error_nth;   /* countdowns over guest-memory DMAs */
+    uint64_t fault_truncate_nth;
+    uint64_t fault_corrupt_nth;
+    uint64_t fault_irq_drop;        /* interrupt messages to swallow */
+    uint64_t fault_irq_dup;         /* interrupt messages to send twice */
+    bool fault_hang;
+    bool fault_regs_all_ones;
+    char *fault_aer;                /* last AER error raised */
+    QGPUFault cur_fault;
 };
 
 static const char *const qgpu_err_names[QGPU_ERR_MAX + 1] = {
@@ -201,7 +221,6 @@ static const char *const qgpu_err_names[QGPU_ERR_MAX + 1] = {
     [QGPU_ERR_FENCE_WRITE] = "fence-write",
     [QGPU_ERR_ABORTED] = "aborted",
     [QGPU_ERR_DESC_FETCH] = "desc-fetch",
-    [QGPU_ERR_INJECTED] = "injected",
 };
 
 static const char *const qgpu_op_names[QGPU_OP_MAX + 1] = {
@@ -271,6 +290,34 @@ static unsigned qgpu_cause_vector(uint32_t cause)
     }
 }
 
+/* Send one MSI-X (or, with @msix false, MSI) message, minding the faults. */
+static void qgpu_signal(QGPUState *s, unsigned vec, bool msix)
+{
+    PCIDevice *pdev = PCI_DEVICE(s);
+    int copies = 1;
+
+    if (s->fault_irq_drop) {
+        s->fault_irq_drop--;
+        s->stats.faults_injected++;
+        trace_qgpu_fault("irq-drop", vec);
+        return;
+    }
+    if (s->fault_irq_dup) {
+        s->fault_irq_dup--;
+        s->stats.faults_injected++;
+        trace_qgpu_fault("irq-dup", vec);
+        copies = 2;
+    }
+    while (copies--) {
+        if (msix) {
+            msix_notify(pdev, vec);
+        } else {
+            msi_notify(pdev, vec);
+        }
+        s->stats.interrupts++;
+    }
+}
+
 /*
  * Deliver interrupts. @fresh holds causes that just became pending and
  * enabled: MSI-X and MSI are edge-triggered messages, one per fresh cause
@@ -292,15 +339,13 @@ static void qgpu_update_irq(QGPUState *s, uint32_t fresh)
             if ((fresh & c) && !(sent & BIT(vec))) {
                 sent |= BIT(vec);
                 trace_qgpu_irq_msix(c, vec);
-                msix_notify(pdev, vec);
-                s->stats.interrupts++;
+                qgpu_signal(s, vec, true);
             }
         }
     } else if (msi_enabled(pdev)) {
         if (fresh) {
             trace_qgpu_irq_msi(fresh);
-            msi_notify(pdev, 0);
-            s->stats.interrupts++;
+            qgpu_signal(s, 0, false);
         }
     } else {
         level = pending != 0;
@@ -548,6 +593,7 @@ static bool qgpu_write_status(QGPUState *s, uint32_t status)
 static void qgpu_drop_inflight(QGPUState *s)
 {
     s->active = false;
+    s->cur_fault = QGPU_FAULT_NONE;
     s->segs_stale = false;
     s->cur_done = 0;
     g_free(s->segs);
@@ -640,6 +686,12 @@ static void qgpu_halt(QGPUState *s, uint32_t index, uint32_t err)
     qgpu_raise(s, QGPU_INT_ENGINE_HALT);
 }
 
+/* Count down an armed x-fault-*-nth knob; true when it fires. */
+static bool qgpu_countdown(uint64_t *nth)
+{
+    return *nth && --*nth == 0;
+}
+
 /*
  * Fetch and validate the descriptor at HEAD. Returns false if the engine
  * halted; an invalid descriptor is retired with its error and true returned.
@@ -677,6 +729,16 @@ static bool qgpu_fetch(QGPUState *s)
                           s->cur_src, s->cur_dst, s->cur_length);
 
     err = qgpu_validate_desc(s, &d);
+    if (!err && (s->cur_opcode == QGPU_OP_COPY_TO_VRAM ||
+                 s->cur_opcode == QGPU_OP_COPY_FROM_VRAM)) {
+        bool fail = qgpu_countdown(&s->fault_dma_error_nth);
+        bool truncate = qgpu_countdown(&s->fault_truncate_nth);
+        bool corrupt = qgpu_countdown(&s->fault_corrupt_nth);
+
+        s->cur_fault = fail ? QGPU_FAULT_DMA_ERROR :
+                       truncate ? QGPU_FAULT_TRUNCATE :
+                       corrupt ? QGPU_FAULT_CORRUPT : QGPU_FAULT_NONE;
+    }
     if (err) {
         qemu_log_mask(LOG_GUEST_ERROR, "qgpu: desc %u (%s) refused: %s\n",
                       index, qgpu_op_name(s->cur_opcode), qgpu_err_name(err));
@@ -798,7 +860,87 @@ static uint64_t qgpu_run_slice(QGPUState *s, uint64_t budget, uint32_t *err)
     return moved;
 }
 
+/* Guest bus address of the next byte the descriptor in flight would move. */
+static uint64_t qgpu_abort_point(QGPUState *s)
+{
+    uint64_t start = 0;
+
+    for (uint32_t i = 0; i < s->nsegs; i++) {
+        if (s->cur_done < start + s->segs[i].len) {
+            return s->segs[i].addr + (s->cur_done - start);
+        }
+        start += s->segs[i].len;
+    }
+    return 0;
+}
+
+/* VRAM offset of the next byte the descriptor in flight would touch. */
+static uint64_t qgpu_vram_point(QGPUState *s)
+{
+    uint64_t base = s->cur_opcode == QGPU_OP_COPY_FROM_VRAM ? s->cur_src
+                                                            : s->cur_dst;
+    return base + s->cur_done;
+}
+
 static void qgpu_engine_kick(QGPUState *s);
+
+/* Flip the byte at @off of the destination of the descriptor in flight. */
+static void qgpu_corrupt_byte(QGPUState *s, uint64_t off)
+{
+    PCIDevice *pdev = PCI_DEVICE(s);
+    uint64_t start = 0;
+    uint8_t byte;
+
+    if (s->cur_opcode == QGPU_OP_COPY_TO_VRAM) {
+        s->vram_ptr[s->cur_dst + off] ^= 0xff;
+        memory_region_set_dirty(s->vram, s->cur_dst + off, 1);
+        return;
+    }
+    for (uint32_t i = 0; i < s->nsegs; i++) {
+        if (off < start + s->segs[i].len) {
+            dma_addr_t ga = s->segs[i].addr + (off - start);
+
+            if (pci_dma_read(pdev, ga, &byte, 1) == MEMTX_OK) {
+                byte ^= 0xff;
+                pci_dma_write(pdev, ga, &byte, 1);
+            }
+            return;
+        }
+        start += s->segs[i].len;
+    }
+}
+
+/* All the data the descriptor in flight will move has moved: retire it. */
+static void qgpu_finish(QGPUState *s)
+{
+    bool to_vram = s->cur_opcode == QGPU_OP_COPY_TO_VRAM;
+
+    switch (s->cur_fault) {
+    case QGPU_FAULT_DMA_ERROR:
+        s->stats.faults_injected++;
+        trace_qgpu_fault("dma-error", s->cur_index);
+        qgpu_trace_record(s, qgpu_abort_point(s), qgpu_vram_point(s),
+                          s->cur_length - s->cur_done,
+                          to_vram ? QGPU_ERR_DMA_READ : QGPU_ERR_DMA_WRITE);
+        qgpu_retire(s, to_vram ? QGPU_ERR_DMA_READ : QGPU_ERR_DMA_WRITE);
+        return;
+    case QGPU_FAULT_TRUNCATE:
+        s->stats.faults_injected++;
+        trace_qgpu_fault("truncate", s->cur_index);
+        break;
+    case QGPU_FAULT_CORRUPT:
+        s->stats.faults_injected++;
+        trace_qgpu_fault("corrupt", s->cur_index);
+        qgpu_corrupt_byte(s, s->cur_length / 2);
+        break;
+    case QGPU_FAULT_NONE:
+        break;
+    }
+    if (s->cur_opcode == QGPU_OP_COPY_VRAM || s->cur_opcode == QGPU_OP_FILL) {
+        qgpu_trace_record(s, 0, s->cur_dst, s->cur_length, QGPU_ERR_NONE);
+    }
+    qgpu_retire(s, QGPU_ERR_NONE);
+}
 
 static void qgpu_engine_run(void *opaque);
 
@@ -829,8 +971,12 @@ static void qgpu_engine_run(void *opaque)
     uint64_t budget = QGPU_DMA_SLICE_BYTES;
     unsigned descs = 0;
 
+    if (s->fault_hang) {
+        trace_qgpu_fault("hang", s->ring_head);
+        return;     /* until x-fault-hang is cleared or the engine reset */
+    }
     while ((s->engine_ctrl & QGPU_ENGINE_CTRL_ENABLE) && !s->halted) {
-        uint64_t moved;
+        uint64_t moved, limit;
         uint32_t err;
 
         if (!s->active) {
@@ -864,18 +1010,18 @@ static void qgpu_engine_run(void *opaque)
         if (!budget) {
             break;
         }
-        moved = qgpu_run_slice(s, budget, &err);
+        /* A failing or truncating fault stops the data half way. */
+        limit = s->cur_fault == QGPU_FAULT_DMA_ERROR ||
+                s->cur_fault == QGPU_FAULT_TRUNCATE ? s->cur_length / 2
+                                                    : s->cur_length;
+        moved = s->cur_done < limit ?
+                qgpu_run_slice(s, MIN(budget, limit - s->cur_done), &err) : 0;
         budget -= moved;
         s->cur_done += moved;
         if (err) {
             qgpu_retire(s, err);
-        } else if (s->cur_done == s->cur_length) {
-            if (s->cur_opcode == QGPU_OP_COPY_VRAM ||
-                s->cur_opcode == QGPU_OP_FILL) {
-                qgpu_trace_record(s, 0, s->cur_dst, s->cur_length,
-                                  QGPU_ERR_NONE);
-            }
-            qgpu_retire(s, QGPU_ERR_NONE);
+        } else if (s->cur_done == limit) {
+            qgpu_finish(s);
         }
     }
     if ((s->engine_ctrl & QGPU_ENGINE_CTRL_ENABLE) && !s->halted) {
@@ -901,28 +1047,6 @@ static void qgpu_engine_stop(QGPUState *s)
     timer_del(s->delay_timer);
 }
 
-/* Guest bus address of the next byte the descriptor in flight would move. */
-static uint64_t qgpu_abort_point(QGPUState *s)
-{
-    uint64_t start = 0;
-
-    for (uint32_t i = 0; i < s->nsegs; i++) {
-        if (s->cur_done < start + s->segs[i].len) {
-            return s->segs[i].addr + (s->cur_done - start);
-        }
-        start += s->segs[i].len;
-    }
-    return 0;
-}
-
-/* VRAM offset of the next byte the descriptor in flight would touch. */
-static uint64_t qgpu_vram_point(QGPUState *s)
-{
-    uint64_t base = s->cur_opcode == QGPU_OP_COPY_FROM_VRAM ? s->cur_src
-                                                            : s->cur_dst;
-    return base + s->cur_done;
-}
-
 /*
  * ENGINE_RESET: abort the descriptor in flight (its status says ABORTED, no
  * fence is written), empty the ring, clear the halt and disable the engine.
@@ -943,6 +1067,7 @@ static void qgpu_engine_reset(QGPUState *s)
     s->ring_head = s->ring_tail = 0;
     s->engine_ctrl = 0;
     s->halted = false;
+    s->fault_hang = false;      /* resetting a hung engine is the cure */
     s->stats.engine_resets++;
 }
 
@@ -1233,6 +1358,10 @@ static uint64_t qgpu_mmio_read(void *opaque, hwaddr addr, unsigned size)
     QGPUState *s = opaque;
     uint32_t lo = 0, hi = 0;
 
+    if (s->fault_regs_all_ones) {
+        trace_qgpu_mmio_read(addr, size, MAKE_64BIT_MASK(0, size * 8));
+        return MAKE_64BIT_MASK(0, size * 8);
+    }
     if (qgpu_access_ok(s, addr, size)) {
         qgpu_reg_read(s, addr, &lo);
         if (size == 8) {
@@ -1249,7 +1378,7 @@ static void qgpu_mmio_write(void *opaque, hwaddr addr, uint64_t val,
     QGPUState *s = opaque;
 
     trace_qgpu_mmio_write(addr, size, val);
-    if (!qgpu_access_ok(s, addr, size)) {
+    if (s->fault_regs_all_ones || !qgpu_access_ok(s, addr, size)) {
         return;
     }
     qgpu_reg_write(s, addr, extract64(val, 0, 32));
@@ -1338,6 +1467,78 @@ static void qgpu_set_dma_delay(Object *obj, Visitor *v, const char *name,
     }
 }
 
+static bool qgpu_get_fault_hang(Object *obj, Error **errp)
+{
+    return QGPU(obj)->fault_hang;
+}
+
+static void qgpu_set_fault_hang(Object *obj, bool value, Error **errp)
+{
+    QGPUState *s = QGPU(obj);
+
+    s->fault_hang = value;
+    if (value) {
+        s->stats.faults_injected++;
+    } else if (s->bh && (s->engine_ctrl & QGPU_ENGINE_CTRL_ENABLE) &&
+               !s->halted && (s->active || s->ring_head != s->ring_tail)) {
+        qgpu_engine_kick(s);    /* the engine wakes up where it stopped */
+    }
+}
+
+static bool qgpu_get_fault_regs(Object *obj, Error **errp)
+{
+    return QGPU(obj)->fault_regs_all_ones;
+}
+
+static void qgpu_set_fault_regs(Object *obj, bool value, Error **errp)
+{
+    QGPUState *s = QGPU(obj);
+
+    s->stats.faults_injected += value && !s->fault_regs_all_ones;
+    s->fault_regs_all_ones = value;
+}
+
+static char *qgpu_get_fault_aer(Object *obj, Error **errp)
+{
+    return g_strdup(QGPU(obj)->fault_aer ? QGPU(obj)->fault_aer : "");
+}
+
+/* Report a PCIe error from the device itself, as hardware would. */
+static void qgpu_set_fault_aer(Object *obj, const char *value, Error **errp)
+{
+    QGPUState *s = QGPU(obj);
+    PCIDevice *pdev = PCI_DEVICE(s);
+    PCIEAERErr err = { .source_id = pci_requester_id(pdev) };
+    int ret;
+
+    if (!strcmp(value, "correctable")) {
+        err.status = PCI_ERR_COR_BAD_TLP;
+        err.flags = PCIE_AER_ERR_IS_CORRECTABLE;
+    } else if (!strcmp(value, "nonfatal")) {
+        err.status = PCI_ERR_UNC_POISON_TLP;    /* non-fatal by default */
+    } else if (!strcmp(value, "fatal")) {
+        err.status = PCI_ERR_UNC_MALF_TLP;      /* fatal by default */
+    } else {
+        error_setg(errp, "x-fault-aer takes 'correctable', 'nonfatal' or "
+                   "'fatal', not '%s'", value);
+        return;
+    }
+    if (!DEVICE(s)->realized) {
+        error_setg(errp, "x-fault-aer: the device is not realized yet");
+        return;
+    }
+    ret = pcie_aer_inject_error(pdev, &err);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "x-fault-aer: cannot raise a %s error",
+                         value);
+        return;
+    }
+    trace_qgpu_fault(value, err.status);
+    s->stats.faults_injected++;
+    g_free(s->fault_aer);
+    s->fault_aer = g_strdup(value);
+}
+
 static void qgpu_instance_init(Object *obj)
 {
     QGPUState *s = QGPU(obj);
@@ -1365,6 +1566,8 @@ static void qgpu_instance_init(Object *obj)
         QGPU_STAT("doorbells", doorbells, "DOORBELL writes"),
         QGPU_STAT("access-errors", access_errors, "register misuses"),
         QGPU_STAT("engine-resets", engine_resets, "engine resets"),
+        QGPU_STAT("faults-injected", faults_injected,
+                  "faults injected through x-fault-* properties"),
 #undef QGPU_STAT
     };
 
@@ -1380,6 +1583,51 @@ static void qgpu_instance_init(Object *obj)
     object_property_set_description(obj, "dma-trace",
                                     "last trace-depth DMA transfers, oldest "
                                     "first (read-only)");
+    static const struct {
+        const char *name;
+        size_t offset;
+        const char *desc;
+    } countdowns[] = {
+        { "x-fault-dma-error-nth", offsetof(QGPUState, fault_dma_error_nth),
+          "fail the Nth next guest-memory DMA half way with a transaction "
+          "error (1: the next one; 0: off)" },
+        { "x-fault-truncate-nth", offsetof(QGPUState, fault_truncate_nth),
+          "move only the first half of the Nth next guest-memory DMA and "
+          "report success" },
+        { "x-fault-corrupt-nth", offsetof(QGPUState, fault_corrupt_nth),
+          "flip the middle byte of the Nth next guest-memory DMA's "
+          "destination and report success" },
+        { "x-fault-irq-drop", offsetof(QGPUState, fault_irq_drop),
+          "swallow the next N MSI-X/MSI messages (causes stay pending)" },
+        { "x-fault-irq-dup", offsetof(QGPUState, fault_irq_dup),
+          "send each of the next N MSI-X/MSI messages twice" },
+    };
+
+    for (int i = 0; i < ARRAY_SIZE(countdowns); i++) {
+        object_property_add_uint64_ptr(obj, countdowns[i].name,
+                                       (uint64_t *)((char *)s +
+                                                    countdowns[i].offset),
+                                       OBJ_PROP_FLAG_READWRITE);
+        object_property_set_description(obj, countdowns[i].name,
+                                        countdowns[i].desc);
+    }
+    object_property_add_bool(obj, "x-fault-hang", qgpu_get_fault_hang,
+                             qgpu_set_fault_hang);
+    object_property_set_description(obj, "x-fault-hang",
+                                    "stop the DMA engine where it is (a hung "
+                                    "engine); ENGINE_RESET or clearing it "
+                                    "recovers");
+    object_property_add_bool(obj, "x-fault-regs-all-ones", qgpu_get_fault_regs,
+                             qgpu_set_fault_regs);
+    object_property_set_description(obj, "x-fault-regs-all-ones",
+                                    "register reads return all ones and "
+                                    "writes are dropped, as after a "
+                                    "surprise removal");
+    object_property_add_str(obj, "x-fault-aer", qgpu_get_fault_aer,
+                            qgpu_set_fault_aer);
+    object_property_set_description(obj, "x-fault-aer",
+                                    "raise a PCIe AER error from the device: "
+                                    "correctable, nonfatal or fatal");
     object_property_add(obj, "x-dma-delay-ns", "uint64", qgpu_get_dma_delay,
                         qgpu_set_dma_delay, NULL, NULL);
     object_property_set_description(obj, "x-dma-delay-ns",
@@ -1556,6 +1804,8 @@ static void qgpu_exit(PCIDevice *pdev)
     qgpu_drop_inflight(s);
     g_free(s->trace);
     s->trace = NULL;
+    g_free(s->fault_aer);
+    s->fault_aer = NULL;
     pcie_aer_exit(pdev);
     if (s->msix) {
         msix_uninit(pdev, &s->msix_bar, &s->msix_bar);
@@ -1588,6 +1838,7 @@ static void qgpu_reset_hold(Object *obj, ResetType type)
     s->ring_tail = 0;
     s->engine_ctrl = 0;
     s->halted = false;
+    s->fault_hang = false;
     s->int_status = 0;
     s->int_mask = 0;
     s->fence = 0;

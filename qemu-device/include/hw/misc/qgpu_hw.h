@@ -156,7 +156,8 @@ typedef uint64_t qgpu_le64;
 #define QGPU_ACCESS_ERR_OFFSET      (1 << 1)  /* no register there / write-only */
 #define QGPU_ACCESS_ERR_READ_ONLY   (1 << 2)  /* write to a read-only register */
 #define QGPU_ACCESS_ERR_VALUE       (1 << 3)  /* value refused (see spec) */
-#define QGPU_ACCESS_ERR_BUSY        (1 << 4)  /* ring config written while enabled */
+#define QGPU_ACCESS_ERR_BUSY        (1 << 4)  /* ring config written while enabled
+                                               * or a descriptor is in flight */
 
 /* ---- Descriptor ring ---------------------------------------------------- */
 
@@ -251,7 +252,7 @@ struct qgpu_sg_entry {
 #define QGPU_ERR_ABORTED            14  /* engine reset while in flight */
 #define QGPU_ERR_DESC_FETCH         15  /* ring entry unreadable: engine halts
                                          * (SELF_DMA if the ring hits a BAR) */
-#define QGPU_ERR_INJECTED           16  /* failed by fault injection */
-#define QGPU_ERR_MAX                16
+#define QGPU_ERR_MAX                15
+/* Injected faults (x-fault-* properties) report the codes real faults would. */
 
 #endif /* QGPU_HW_H */
