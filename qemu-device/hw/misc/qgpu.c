@@ -874,12 +874,18 @@ static uint64_t qgpu_abort_point(QGPUState *s)
     return 0;
 }
 
-/* VRAM offset of the next byte the descriptor in flight would touch. */
+/*
+ * VRAM offset where the undone part of the descriptor in flight starts. A
+ * backwards COPY_VRAM (dst > src) works from the top, so its undone part is
+ * the bottom of the destination.
+ */
 static uint64_t qgpu_vram_point(QGPUState *s)
 {
-    uint64_t base = s->cur_opcode == QGPU_OP_COPY_FROM_VRAM ? s->cur_src
-                                                            : s->cur_dst;
-    return base + s->cur_done;
+    if (s->cur_opcode == QGPU_OP_COPY_VRAM && s->cur_dst > s->cur_src) {
+        return s->cur_dst;
+    }
+    return (s->cur_opcode == QGPU_OP_COPY_FROM_VRAM ? s->cur_src : s->cur_dst) +
+           s->cur_done;
 }
 
 static void qgpu_engine_kick(QGPUState *s);
@@ -1633,7 +1639,7 @@ static void qgpu_instance_init(Object *obj)
     object_property_set_description(obj, "x-dma-delay-ns",
                                     "virtual-clock delay before each run of "
                                     "the DMA engine (a run moves up to 1 MiB "
-                                    "or retires up to 64 descriptors; 0: no "
+                                    "and fetches up to 64 descriptors; 0: no "
                                     "delay); settable at run time");
 }
 
