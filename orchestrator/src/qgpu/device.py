@@ -23,7 +23,8 @@ from qgpu.pci import (
     enable_ecam,
     setup_root_port,
 )
-from qgpu.qtest import QtestMachine, SharedMemory
+from qgpu.qtest import QtestMachine
+from qgpu.shm import SharedMemory
 
 QOM_PATH = "/machine/peripheral/qgpu0"
 ROOT_PORT_SLOT = 2

@@ -41,3 +41,30 @@ class QtestError(QemuError):
 
 class DeviceError(QgpuError):
     """The qgpu device reported an error or is in an unexpected state."""
+
+
+class GuestError(QgpuError):
+    """The guest misbehaved."""
+
+
+class GuestCrashError(GuestError):
+    """The guest kernel panicked, oopsed, hit a BUG or a WARN."""
+
+    def __init__(self, message: str, console_tail: str = "") -> None:
+        """Keep the console output that led up to the crash."""
+        super().__init__(f"{message}\n--- console before it ---\n{console_tail[-3000:]}")
+        self.console_tail = console_tail
+
+
+class GuestTimeoutError(GuestError):
+    """The guest did not answer in time (hung, or far too slow)."""
+
+
+class GuestCommandError(GuestError):
+    """A guest command exited with a non-zero status."""
+
+    def __init__(self, command: str, status: int, output: str) -> None:
+        """Record the command, its status and output."""
+        super().__init__(f"guest command {command!r} exited with status {status}; "
+                         f"output:\n{output[-3000:]}")
+        self.command, self.status, self.output = command, status, output

@@ -12,12 +12,14 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from qgpu.errors import QemuDiedError, QemuError
+from qgpu.errors import QemuDiedError, QemuError, QemuTimeoutError
 
 
 class QemuProcess:
@@ -79,6 +81,30 @@ class QemuProcess:
             raise QemuDiedError(
                 f"{self.name}: QEMU exited with status {self._proc.returncode} while {doing}. "
                 f"Its last output:\n{self.log_tail()}")
+
+    def listen(self, name: str) -> tuple[socket.socket, Path]:
+        """Create a listening UNIX socket in the work folder for QEMU to connect to."""
+        path = self.workdir / name
+        lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        lsock.bind(str(path))
+        lsock.listen(1)
+        return lsock, path
+
+    def accept(self, lsock: socket.socket, what: str, timeout: float) -> socket.socket:
+        """Accept QEMU's connection on ``lsock``; fail fast if QEMU dies first."""
+        deadline = time.monotonic() + timeout
+        lsock.settimeout(0.1)
+        while True:
+            self.check_alive(f"waiting for {what}")
+            try:
+                conn, _ = lsock.accept()
+                conn.settimeout(None)
+                return conn
+            except TimeoutError:
+                if time.monotonic() > deadline:
+                    raise QemuTimeoutError(
+                        f"QEMU did not open {what} within {timeout:.0f} s; "
+                        f"its output:\n{self.log_tail()}") from None
 
     def wait(self, timeout: float) -> int | None:
         """Wait up to ``timeout`` s for exit; return the status or None."""

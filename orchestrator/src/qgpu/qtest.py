@@ -11,11 +11,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import mmap
-import os
 import socket
-import time
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -24,38 +20,7 @@ from qgpu import paths
 from qgpu.errors import QemuDiedError, QemuTimeoutError, QtestError
 from qgpu.process import QemuProcess
 from qgpu.qmp import QmpClient
-
-SHM_DIR = Path("/dev/shm")
-
-
-class SharedMemory:
-    """A file under /dev/shm that QEMU uses as a memory backend, mapped here."""
-
-    def __init__(self, size: int, tag: str) -> None:
-        """Create (sparse) and map a ``size``-byte file."""
-        self.size = size
-        self.path = SHM_DIR / f"qgpu-{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.ftruncate(fd, size)
-            self.map = mmap.mmap(fd, size, mmap.MAP_SHARED)
-        finally:
-            os.close(fd)
-
-    def read(self, offset: int, length: int) -> bytes:
-        """Return ``length`` bytes at ``offset``."""
-        return self.map[offset:offset + length]
-
-    def write(self, offset: int, data: bytes) -> None:
-        """Store ``data`` at ``offset``."""
-        self.map[offset:offset + len(data)] = data
-
-    def close(self) -> None:
-        """Unmap and delete the file. Idempotent."""
-        if not self.map.closed:
-            self.map.close()
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+from qgpu.shm import SharedMemory
 
 
 class QtestMachine:
@@ -101,52 +66,29 @@ class QtestMachine:
                      f"mem-path={self.ram.path},share=on",
                      "-machine", "memory-backend=qgpu-ram"]
         self.proc = QemuProcess(self.qemu, [], name=self.name)
-        qtest_path = self.proc.workdir / "qtest.sock"
-        qmp_path = self.proc.workdir / "qmp.sock"
-        listeners = []
+        listeners: list[socket.socket] = []
         try:
-            for path in (qtest_path, qmp_path):
-                lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                lsock.bind(str(path))
-                lsock.listen(1)
-                listeners.append(lsock)
+            qtest_l, qtest_path = self.proc.listen("qtest.sock")
+            listeners.append(qtest_l)
+            qmp_l, qmp_path = self.proc.listen("qmp.sock")
+            listeners.append(qmp_l)
             self.proc.args = [*args, "-qtest", f"unix:{qtest_path}",
                               "-chardev", f"socket,id=qgpu-qmp,path={qmp_path}",
                               "-mon", "chardev=qgpu-qmp,mode=control", *self.extra_args]
             self.proc.start()
-            self._sock = self._accept(listeners[0], "the qtest connection")
-            qmp_sock = self._accept(listeners[1], "the QMP connection")
-        except BaseException:
-            for lsock in listeners:
-                lsock.close()
-            self.stop()
-            raise
-        for lsock in listeners:
-            lsock.close()
-        self._sock.settimeout(self.timeout)
-        self._rfile = self._sock.makefile("rb")
-        self.qmp = QmpClient(self.name, timeout=self.timeout, is_alive=self.proc.is_alive)
-        try:
+            self._sock = self.proc.accept(qtest_l, "the qtest connection", self.timeout)
+            qmp_sock = self.proc.accept(qmp_l, "the QMP connection", self.timeout)
+            self._sock.settimeout(self.timeout)
+            self._rfile = self._sock.makefile("rb")
+            self.qmp = QmpClient(self.name, timeout=self.timeout, is_alive=self.proc.is_alive)
             self.qmp.connect(qmp_sock)
         except BaseException:
             self.stop()
             raise
+        finally:
+            for lsock in listeners:
+                lsock.close()
         return self
-
-    def _accept(self, lsock: socket.socket, what: str) -> socket.socket:
-        assert self.proc is not None
-        deadline = time.monotonic() + self.timeout
-        lsock.settimeout(0.1)
-        while True:
-            self.proc.check_alive(f"waiting for {what}")
-            try:
-                conn, _ = lsock.accept()
-                return conn
-            except TimeoutError:
-                if time.monotonic() > deadline:
-                    raise QemuTimeoutError(
-                        f"QEMU did not open {what} within {self.timeout:.0f} s; "
-                        f"its output:\n{self.proc.log_tail()}") from None
 
     def stop(self) -> int | None:
         """Quit QEMU (QMP quit, then signals), close sockets, delete files."""

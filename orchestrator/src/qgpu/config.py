@@ -1,0 +1,109 @@
+"""Typed description of a guest machine, and the QEMU command line built from it."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MiB = 1 << 20
+
+# Boot-time trims for a throw-away test guest under TCG (see images/README.md).
+BOOT_TUNING = (
+    "cryptomgr.notests",
+    "initcall_blacklist=jent_mod_init,crypto_kdf108_init,bpf_tcp_ca_kfunc_init,"
+    "bpf_dummy_struct_ops_init,bpf_sockmap_iter_init,init_encrypted,"
+    "load_system_certificate_list,i8042_init",
+    "tsc=reliable", "nowatchdog", "audit=0", "ipv6.disable=1",
+)
+
+
+class DmaMode(enum.StrEnum):
+    """How the guest kernel maps DMA for the device."""
+
+    DIRECT = "direct"       #: bus address = guest-physical address
+    SWIOTLB = "swiotlb"     #: every mapping bounces through swiotlb (swiotlb=force)
+    IOMMU = "iommu"         #: intel-iommu translates bus addresses (IOVAs)
+
+
+@dataclass(frozen=True)
+class QgpuSpec:
+    """One qgpu device of the machine."""
+
+    id: str = "qgpu0"
+    vram_size: int = 64 * MiB
+    shared_vram: bool = True            #: VRAM on a /dev/shm file the host maps
+    props: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def qom_path(self) -> str:
+        """Return the device's QOM path (for qom-get/qom-set)."""
+        return f"/machine/peripheral/{self.id}"
+
+
+@dataclass(frozen=True)
+class MachineConfig:
+    """Everything needed to boot a guest with qgpu devices."""
+
+    kernel: Path
+    initrd: Path
+    name: str = "guest"
+    memory: int = 1024 * MiB
+    cpus: int = 2
+    accel: str = "auto"                 #: "auto" (KVM only if a probe passes), "tcg", "kvm"
+    dma_mode: DmaMode = DmaMode.DIRECT
+    qgpus: tuple[QgpuSpec, ...] = (QgpuSpec(),)
+    append: tuple[str, ...] = ()        #: extra kernel command-line words
+    boot_tuning: bool = True
+    ssh: bool = True
+    boot_timeout: float = 180.0
+    extra_args: tuple[str, ...] = field(default=())
+
+    def kernel_cmdline(self) -> str:
+        """Return the kernel command line."""
+        words = ["console=ttyS0,115200", "quiet", "panic=-1", "mitigations=off",
+                 "8250.nr_uarts=1", "qgpu_console=plain"]
+        if self.boot_tuning:
+            words += BOOT_TUNING
+        if self.dma_mode is DmaMode.SWIOTLB:
+            words.append("swiotlb=force")
+        elif self.dma_mode is DmaMode.IOMMU:
+            words += ["intel_iommu=on", "iommu=nopt"]
+        if not self.ssh:
+            words.append("qgpu_nossh=1")
+        words += self.append
+        return " ".join(words)
+
+    def qemu_args(self, *, accel: str, serial_socket: Path, qmp_socket: Path,
+                  console_log: Path, ssh_port: int | None,
+                  vram_files: dict[str, Path]) -> list[str]:
+        """Return QEMU's arguments (without the binary)."""
+        machine = "q35,kernel-irqchip=split" if self.dma_mode is DmaMode.IOMMU else "q35"
+        args = ["-accel", accel, "-machine", machine, "-cpu", "qemu64,+rdrand" if
+                accel == "tcg" else "host", "-smp", str(self.cpus),
+                "-m", f"{self.memory // MiB}M", "-nodefaults", "-display", "none",
+                "-no-reboot", "-kernel", str(self.kernel), "-initrd", str(self.initrd),
+                "-append", self.kernel_cmdline(),
+                "-chardev", f"socket,id=ser0,path={serial_socket},logfile={console_log}",
+                "-serial", "chardev:ser0",
+                "-chardev", f"socket,id=qmp0,path={qmp_socket}",
+                "-mon", "chardev=qmp0,mode=control"]
+        if self.dma_mode is DmaMode.IOMMU:
+            # Before any device that does DMA, so they all sit behind it.
+            args += ["-device", "intel-iommu,intremap=on,caching-mode=on"]
+        for slot, spec in enumerate(self.qgpus):
+            port = f"{spec.id}-rp"
+            args += ["-device", f"pcie-root-port,id={port},chassis={slot + 1}"]
+            dev = f"qgpu,id={spec.id},bus={port}"
+            if spec.id in vram_files:
+                args += ["-object", f"memory-backend-file,id={spec.id}-vram,"
+                         f"size={spec.vram_size},mem-path={vram_files[spec.id]},share=on"]
+                dev += f",memdev={spec.id}-vram"
+            else:
+                dev += f",vram-size={spec.vram_size}"
+            dev += "".join(f",{k}={v}" for k, v in spec.props)
+            args += ["-device", dev]
+        if ssh_port is not None:
+            args += ["-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
+                     "-device", "virtio-net-pci,netdev=n0,romfile="]
+        return args + list(self.extra_args)

@@ -1,0 +1,139 @@
+"""The guest's serial console, driven with pexpect.
+
+The guest image prints ``QGPU-GUEST-READY`` when it is up, then a shell
+prompt ``qgpu# `` with echo off (``qgpu_console=plain``), so a command's
+output comes back clean. :meth:`SerialConsole.run` appends a unique exit-code
+tag to each command and waits for it, watching for kernel panics, oopses,
+BUGs and WARNs all the while.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pexpect
+import pexpect.fdpexpect
+
+from qgpu.errors import GuestCommandError, GuestCrashError, GuestTimeoutError, QemuDiedError
+
+READY_MARKER = "QGPU-GUEST-READY"
+PROMPT = "qgpu# "
+# What a kernel prints when something went badly wrong.
+CRASH_PATTERNS = (
+    r"Kernel panic - not syncing",
+    r"BUG: [^\r\n]+",
+    r"Oops: [^\r\n]+",
+    r"WARNING: CPU: \d+ PID: \d+[^\r\n]*",
+    r"general protection fault[^\r\n]*",
+    r"Unable to handle kernel [^\r\n]+",
+    r"watchdog: BUG: soft lockup[^\r\n]*",
+    r"INFO: task [^\r\n]+ blocked for more than",
+)
+CRASH_RE = re.compile("|".join(CRASH_PATTERNS))
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """Output and exit status of a guest command."""
+
+    command: str
+    status: int
+    output: str
+
+    def check(self) -> CommandResult:
+        """Raise :class:`GuestCommandError` unless the command succeeded."""
+        if self.status != 0:
+            raise GuestCommandError(self.command, self.status, self.output)
+        return self
+
+
+class SerialConsole:
+    """Drive the guest shell on a serial console socket."""
+
+    def __init__(self, sock: socket.socket, transcript: Path, *, name: str = "guest",
+                 is_alive: Callable[[], bool] | None = None) -> None:
+        """Wrap a connected console socket; log everything read to ``transcript``."""
+        self.name = name
+        self._sock = sock
+        self._log = open(transcript, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
+        self._child = pexpect.fdpexpect.fdspawn(sock.fileno(), encoding="utf-8",
+                                                codec_errors="replace", timeout=30)
+        self._child.logfile_read = self._log
+        self._is_alive = is_alive
+        self._seq = 0
+
+    def close(self) -> None:
+        """Close the socket and the transcript. Idempotent."""
+        if not self._log.closed:
+            self._log.close()
+        with contextlib.suppress(OSError):
+            self._sock.close()
+
+    def _expect(self, patterns: list[str | type], timeout: float, doing: str) -> int:
+        """Wait for one of ``patterns``; turn crashes, EOF and timeouts into errors."""
+        crash_index = len(patterns)
+        try:
+            index: int = self._child.expect([*patterns, CRASH_RE, pexpect.EOF, pexpect.TIMEOUT],
+                                            timeout=timeout)
+        except OSError as exc:          # socket closed under us
+            raise QemuDiedError(f"{self.name}: console lost while {doing}: {exc}") from exc
+        if index == crash_index:
+            # Grab the rest of the report for the error message.
+            with contextlib.suppress(OSError):
+                self._child.expect([pexpect.TIMEOUT, pexpect.EOF], timeout=2)
+            raise GuestCrashError(f"{self.name}: the guest kernel reported "
+                                  f"{self._child.match.group(0)!r} while {doing}",
+                                  self._child.before or "")
+        if index == crash_index + 1:
+            raise QemuDiedError(f"{self.name}: console closed (QEMU exited?) while {doing}")
+        if index == crash_index + 2:
+            if self._is_alive is not None and not self._is_alive():
+                raise QemuDiedError(f"{self.name}: QEMU died while {doing}")
+            raise GuestTimeoutError(f"{self.name}: no answer within {timeout:.0f} s while "
+                                    f"{doing}; the guest is hung or too slow. Last output: "
+                                    f"{(self._child.before or '')[-500:]!r}")
+        return index
+
+    def wait_ready(self, timeout: float) -> float:
+        """Wait for the ready marker and the first prompt; return seconds waited."""
+        start = time.monotonic()
+        self._expect([re.escape(READY_MARKER)], timeout, "booting")
+        self._expect([re.escape(PROMPT)], 30, "waiting for the first prompt")
+        return time.monotonic() - start
+
+    def run(self, command: str, *, timeout: float = 60.0, check: bool = False) -> CommandResult:
+        """Run ``command`` in the guest shell; return its status and output."""
+        self._seq += 1
+        tag = f"QGPU-RC-{self._seq}="
+        self._child.send(f"{command}; echo \"{tag}$?\"\n")
+        self._expect([re.escape(tag) + r"(\d+)"], timeout, f"running {command!r}")
+        status = int(self._child.match.group(1))
+        output = (self._child.before or "").replace("\r\n", "\n")
+        # Drop the prompt the shell printed before our command's output.
+        output = output.removeprefix(PROMPT).lstrip("\n")
+        self._expect([re.escape(PROMPT)], 30, f"waiting for the prompt after {command!r}")
+        result = CommandResult(command, status, output.rstrip("\n"))
+        return result.check() if check else result
+
+    def send_line(self, line: str) -> None:
+        """Send raw input (e.g. ``exit`` to power the guest off)."""
+        self._child.send(line + "\n")
+
+    def drain(self, seconds: float = 0.2) -> str:
+        """Read whatever arrives within ``seconds``; raise if it shows a crash."""
+        try:
+            index = self._child.expect([CRASH_RE, pexpect.TIMEOUT, pexpect.EOF],
+                                       timeout=seconds)
+        except OSError:
+            return ""
+        text: str = self._child.before or ""
+        if index == 0:
+            raise GuestCrashError(f"{self.name}: the guest kernel reported "
+                                  f"{self._child.match.group(0)!r}", text)
+        return text

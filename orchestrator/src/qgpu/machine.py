@@ -1,0 +1,211 @@
+"""A booted guest with qgpu devices: lifecycle, console, SSH, QMP, inspection.
+
+Lifecycle: :meth:`GuestMachine.start` boots and waits for the guest's ready
+marker (detecting QEMU dying early and kernel crashes on the console);
+:meth:`GuestMachine.stop` powers the guest off, then QMP ``quit``, then
+SIGTERM/SIGKILL, and always removes sockets and shared-memory files.
+:meth:`GuestMachine.collect_artifacts` writes the bundle a failed test leaves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from qgpu import accel, paths
+from qgpu.config import MachineConfig
+from qgpu.console import CommandResult, SerialConsole
+from qgpu.errors import QemuDiedError, QemuError, QgpuError, SetupError
+from qgpu.inspector import DeviceInspector
+from qgpu.process import QemuProcess
+from qgpu.qmp import QmpClient
+from qgpu.shm import SharedMemory
+from qgpu.ssh import GuestSsh
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def image_paths() -> tuple[Path, Path, Path]:
+    """Return (kernel, initramfs, SSH key) of the guest image under build/images."""
+    images = paths.build_dir() / "images"
+    kernel = images / "vmlinux"
+    if not kernel.exists():
+        kernel = images / "vmlinuz"
+    initrd, key = images / "initramfs.img", images / "ssh" / "id_ed25519"
+    for p in (kernel, initrd, key):
+        if not p.exists():
+            raise SetupError(f"{p} is missing: run 'make image' to build the guest image")
+    return kernel, initrd, key
+
+
+class GuestMachine:
+    """One QEMU running the guest image."""
+
+    def __init__(self, config: MachineConfig, *, ssh_key: Path | None = None) -> None:
+        """Describe the machine; nothing runs until :meth:`start`."""
+        self.config = config
+        self.ssh_key = ssh_key
+        self.proc: QemuProcess | None = None
+        self.qmp: QmpClient | None = None
+        self.console: SerialConsole | None = None
+        self.ssh: GuestSsh | None = None
+        self.accel = ""
+        self.boot_seconds = 0.0
+        self.vram: dict[str, SharedMemory] = {}
+        self.console_log: Path | None = None
+
+    # -- lifecycle --------------------------------------------------------------
+
+    def start(self, *, attempts: int = 3) -> GuestMachine:
+        """Boot; retry (a new SSH port) if QEMU cannot bind its port forward."""
+        for attempt in range(attempts):
+            try:
+                return self._start_once()
+            except QemuDiedError as exc:
+                if "host forwarding" not in str(exc) or attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _start_once(self) -> GuestMachine:
+        cfg = self.config
+        self.accel = accel.choose(cfg.accel, cfg.kernel, cfg.initrd)
+        self.proc = QemuProcess(paths.qemu_binary(), [], name=cfg.name)
+        listeners: list[socket.socket] = []
+        try:
+            for spec in cfg.qgpus:
+                if spec.shared_vram:
+                    self.vram[spec.id] = SharedMemory(spec.vram_size, f"{cfg.name}-{spec.id}")
+            ser_l, ser_path = self.proc.listen("console.sock")
+            listeners.append(ser_l)
+            qmp_l, qmp_path = self.proc.listen("qmp.sock")
+            listeners.append(qmp_l)
+            self.console_log = self.proc.workdir / "console.log"
+            ssh_port = free_port() if cfg.ssh else None
+            self.proc.args = cfg.qemu_args(
+                accel=self.accel, serial_socket=ser_path, qmp_socket=qmp_path,
+                console_log=self.console_log, ssh_port=ssh_port,
+                vram_files={k: v.path for k, v in self.vram.items()})
+            self.proc.start()
+            ser = self.proc.accept(ser_l, "the serial console", 30)
+            qmp_sock = self.proc.accept(qmp_l, "the QMP connection", 30)
+            self.qmp = QmpClient(cfg.name, is_alive=self.proc.is_alive)
+            self.qmp.connect(qmp_sock)
+            self.console = SerialConsole(ser, self.proc.workdir / "console.transcript",
+                                         name=cfg.name, is_alive=self.proc.is_alive)
+            self.boot_seconds = self.console.wait_ready(cfg.boot_timeout)
+            if ssh_port is not None and self.ssh_key is not None:
+                self.ssh = GuestSsh(ssh_port, self.ssh_key)
+                self.ssh.connect(timeout=60)
+        except BaseException:
+            self.stop(graceful=False)
+            raise
+        finally:
+            for lsock in listeners:
+                lsock.close()
+        return self
+
+    def is_alive(self) -> bool:
+        """Return whether QEMU is still running."""
+        return self.proc is not None and self.proc.is_alive()
+
+    def stop(self, *, graceful: bool = True, timeout: float = 15.0) -> int | None:
+        """Power off (if ``graceful``), then quit, then kill; clean up. Idempotent."""
+        status = None
+        if self.ssh is not None:
+            self.ssh.close()
+            self.ssh = None
+        if graceful and self.console is not None and self.is_alive():
+            with contextlib.suppress(QgpuError, OSError):
+                self.console.send_line("exit")
+            if self.proc is not None:
+                self.proc.wait(timeout)
+        if self.qmp is not None:
+            if self.is_alive():
+                with contextlib.suppress(QgpuError, OSError):
+                    self.qmp.command("quit", timeout=5)
+            self.qmp.close()
+            self.qmp = None
+        if self.console is not None:
+            self.console.close()
+            self.console = None
+        if self.proc is not None:
+            status = self.proc.stop()
+        for shm in self.vram.values():
+            shm.close()
+        self.vram.clear()
+        return status
+
+    def __enter__(self) -> GuestMachine:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- using it ------------------------------------------------------------------
+
+    def run(self, command: str, *, timeout: float = 60.0, check: bool = False) -> CommandResult:
+        """Run a shell command on the serial console."""
+        if self.console is None:
+            raise QemuError(f"{self.config.name}: not running")
+        return self.console.run(command, timeout=timeout, check=check)
+
+    def ssh_run(self, command: str, *, timeout: float = 60.0, check: bool = False,
+                stdin: bytes | None = None) -> CommandResult:
+        """Run a command over SSH."""
+        if self.ssh is None:
+            raise QemuError(f"{self.config.name}: no SSH session (ssh disabled or no key)")
+        return self.ssh.run(command, timeout=timeout, check=check, stdin=stdin)
+
+    def inspector(self, qdev_id: str = "qgpu0") -> DeviceInspector:
+        """Return the host-side inspector of device ``qdev_id``."""
+        if self.qmp is None or self.proc is None:
+            raise QemuError(f"{self.config.name}: not running")
+        return DeviceInspector(self.qmp, qdev_id, vram=self.vram.get(qdev_id),
+                               workdir=self.proc.workdir)
+
+    # -- artifacts -----------------------------------------------------------------
+
+    def collect_artifacts(self, dest: Path) -> list[Path]:
+        """Write console log, dmesg, QMP events, device statistics and trace to ``dest``."""
+        dest.mkdir(parents=True, exist_ok=True)
+        written: list[Path] = []
+
+        def save(name: str, text: str) -> None:
+            (dest / name).write_text(text)
+            written.append(dest / name)
+
+        if self.console_log is not None and self.console_log.exists():
+            shutil.copyfile(self.console_log, dest / "console.log")
+            written.append(dest / "console.log")
+        if self.proc is not None:
+            self.proc.keep_log(dest / "qemu.log")
+            written.append(dest / "qemu.log")
+            save("qemu.cmdline", " ".join(self.proc.command_line) + "\n")
+        if self.is_alive():
+            with contextlib.suppress(QgpuError, OSError):
+                save("dmesg.txt", self.run("dmesg", timeout=20).output)
+        if self.qmp is not None:
+            save("qmp-events.json", json.dumps([e.as_dict() for e in self.qmp.events()],
+                                               indent=1))
+            devices: dict[str, Any] = {}
+            for spec in self.config.qgpus:
+                with contextlib.suppress(QgpuError, OSError):
+                    insp = self.inspector(spec.id)
+                    devices[spec.id] = {"stats": insp.stats(), "dma-trace": insp.dma_trace()}
+            save("devices.json", json.dumps(devices, indent=1))
+        save("summary.json", json.dumps({
+            "name": self.config.name, "accel": self.accel,
+            "dma_mode": str(self.config.dma_mode), "alive": self.is_alive(),
+            "boot_seconds": self.boot_seconds, "time": time.time()}, indent=1))
+        return written

@@ -1,0 +1,83 @@
+"""SSH into the guest with paramiko (key-only login as root)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import paramiko
+
+from qgpu.console import CommandResult
+from qgpu.errors import GuestError, GuestTimeoutError
+
+
+class GuestSsh:
+    """One SSH session to the guest; :meth:`connect`, :meth:`run`, :meth:`close`."""
+
+    def __init__(self, port: int, key: Path, *, host: str = "127.0.0.1",
+                 user: str = "root") -> None:
+        """Describe the connection (nothing is opened yet)."""
+        self.host, self.port, self.key, self.user = host, port, key, user
+        self._client: paramiko.SSHClient | None = None
+
+    def connect(self, timeout: float = 60.0) -> None:
+        """Connect, retrying until ``timeout`` while the guest's sshd comes up."""
+        # paramiko logs every refused early attempt at ERROR level: not news here.
+        logging.getLogger("paramiko").setLevel(logging.CRITICAL)
+        deadline = time.monotonic() + timeout
+        pkey = paramiko.Ed25519Key.from_private_key_file(str(self.key))
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            client = paramiko.SSHClient()
+            # A throw-away test guest with fresh host keys every boot.
+            client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+            try:
+                client.connect(self.host, self.port, username=self.user, pkey=pkey,
+                               timeout=10, banner_timeout=20, auth_timeout=20,
+                               look_for_keys=False, allow_agent=False)
+                self._client = client
+                return
+            except (paramiko.SSHException, OSError, EOFError) as exc:
+                last = exc
+                client.close()
+                time.sleep(0.5)
+        raise GuestTimeoutError(f"cannot SSH to {self.user}@{self.host}:{self.port} within "
+                                f"{timeout:.0f} s: {last!r}")
+
+    def run(self, command: str, *, timeout: float = 60.0, check: bool = False,
+            stdin: bytes | None = None) -> CommandResult:
+        """Run ``command``; return exit status and combined output."""
+        if self._client is None:
+            raise GuestError("SSH: not connected; call connect() first")
+        chan = self._client.get_transport().open_session()  # type: ignore[union-attr]
+        chan.settimeout(timeout)
+        chan.set_combine_stderr(True)
+        chan.exec_command(command)
+        if stdin is not None:
+            chan.sendall(stdin)
+            chan.shutdown_write()
+        chunks = []
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                data = chan.recv(65536)
+                if not data:
+                    break
+                chunks.append(data)
+                if time.monotonic() > deadline:
+                    raise TimeoutError
+        except TimeoutError:
+            chan.close()
+            raise GuestTimeoutError(f"SSH command {command!r} did not finish within "
+                                    f"{timeout:.0f} s") from None
+        status = chan.recv_exit_status()
+        chan.close()
+        result = CommandResult(command, status, b"".join(chunks).decode(errors="replace"))
+        return result.check() if check else result
+
+    def close(self) -> None:
+        """Close the session. Idempotent."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
