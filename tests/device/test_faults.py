@@ -179,3 +179,25 @@ def test_bad_fault_values_are_refused(qgpu: QgpuDevice) -> None:
         fault(qgpu, "aer", "meltdown")
     with pytest.raises(QmpError):
         fault(qgpu, "dma-error-nth", "two")
+
+
+@pytest.mark.parametrize("knob", ["dma-error-nth", "truncate-nth", "corrupt-nth"])
+def test_faults_on_one_byte_transfers(qgpu: QgpuDevice, knob: str) -> None:
+    """Half of one byte is nothing: the fault still fires, nothing is left undefined."""
+    fault(qgpu, knob, 1)
+    src = qgpu.mem.alloc(1)
+    qgpu.mem.write(src, b"\x5a")
+    [code] = qgpu.run(qgpu.desc(opcode=ABI.OP_COPY_TO_VRAM, src=src, dst=0, length=1))
+    expect = {"dma-error-nth": (ABI.ERR_DMA_READ, b"\x00"), "truncate-nth": (0, b"\x00"),
+              "corrupt-nth": (0, b"\xa5")}[knob]
+    assert (code, qgpu.vram_host(0, 1)) == expect
+    assert qgpu.stat("faults-injected") == 1
+
+
+def test_fault_counters_count_transitions(qgpu: QgpuDevice) -> None:
+    fault(qgpu, "hang", True)
+    fault(qgpu, "hang", True)
+    fault(qgpu, "regs-all-ones", True)
+    fault(qgpu, "regs-all-ones", True)
+    fault(qgpu, "regs-all-ones", False)
+    assert qgpu.stat("faults-injected") == 2

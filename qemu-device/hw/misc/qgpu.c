@@ -978,12 +978,11 @@ static void qgpu_engine_run(void *opaque)
     unsigned descs = 0;
 
     if (s->fault_hang) {
-        trace_qgpu_fault("hang", s->ring_head);
         return;     /* until x-fault-hang is cleared or the engine reset */
     }
     while ((s->engine_ctrl & QGPU_ENGINE_CTRL_ENABLE) && !s->halted) {
         uint64_t moved, limit;
-        uint32_t err;
+        uint32_t err = QGPU_ERR_NONE;
 
         if (!s->active) {
             if (s->ring_head == s->ring_tail) {
@@ -1482,11 +1481,13 @@ static void qgpu_set_fault_hang(Object *obj, bool value, Error **errp)
 {
     QGPUState *s = QGPU(obj);
 
-    s->fault_hang = value;
-    if (value) {
+    if (value && !s->fault_hang) {
         s->stats.faults_injected++;
-    } else if (s->bh && (s->engine_ctrl & QGPU_ENGINE_CTRL_ENABLE) &&
-               !s->halted && (s->active || s->ring_head != s->ring_tail)) {
+        trace_qgpu_fault("hang", s->ring_head);
+    }
+    s->fault_hang = value;
+    if (!value && s->bh && (s->engine_ctrl & QGPU_ENGINE_CTRL_ENABLE) &&
+        !s->halted && (s->active || s->ring_head != s->ring_tail)) {
         qgpu_engine_kick(s);    /* the engine wakes up where it stopped */
     }
 }
@@ -1500,7 +1501,10 @@ static void qgpu_set_fault_regs(Object *obj, bool value, Error **errp)
 {
     QGPUState *s = QGPU(obj);
 
-    s->stats.faults_injected += value && !s->fault_regs_all_ones;
+    if (value && !s->fault_regs_all_ones) {
+        s->stats.faults_injected++;
+        trace_qgpu_fault("regs-all-ones", 0);
+    }
     s->fault_regs_all_ones = value;
 }
 
@@ -1943,6 +1947,7 @@ static const VMStateDescription vmstate_qgpu = {
         VMSTATE_UINT64(stats.doorbells, QGPUState),
         VMSTATE_UINT64(stats.access_errors, QGPUState),
         VMSTATE_UINT64(stats.engine_resets, QGPUState),
+        VMSTATE_UINT64(stats.faults_injected, QGPUState),
         VMSTATE_END_OF_LIST()
     },
 };
