@@ -73,6 +73,29 @@ qemu: $(STAMPS)/qemu-src $(TOOLS_PY) ## Build qemu-system-x86_64 with qgpu -> bu
 demo: qemu venv ## The main job: build what is missing, run the qgpu DMA demonstration
 	$(PY) -m qgpu.smoke
 
+# ---- guest side: driver, image ------------------------------------------------
+
+GUEST_OUT := $(BUILD)/guest
+
+.PHONY: driver
+driver: ## Build the qgpu kernel module and guest tools against the guest kernel -> build/guest/
+	@scripts/install-host-deps.sh
+	@abi=$$(scripts/guest-kernel-abi.sh); \
+	echo "make: building the driver for Linux $$abi"; \
+	$(MAKE) --no-print-directory -C guest-driver KDIR=/usr/src/linux-headers-$$abi OUT=$(GUEST_OUT)
+
+.PHONY: image
+image: driver ## Guest kernel + initramfs with driver, tools, SSH -> build/images/
+	@$(MAKE) --no-print-directory -C images image OUT=$(BUILD)/images GUEST=$(GUEST_OUT) QEMU=$(QEMU_BIN)
+
+.PHONY: boot-smoke
+boot-smoke: qemu image ## Boot the guest in each DMA mode and check it comes up with the driver
+	@$(MAKE) --no-print-directory -C images boot-smoke OUT=$(BUILD)/images GUEST=$(GUEST_OUT) QEMU=$(QEMU_BIN)
+
+.PHONY: boot-bench
+boot-bench: qemu image ## Boot-to-ready-shell times (benchmark)
+	@$(MAKE) --no-print-directory -C images boot-bench OUT=$(BUILD)/images GUEST=$(GUEST_OUT) QEMU=$(QEMU_BIN)
+
 # ---- tests and benchmarks -------------------------------------------------------
 
 .PHONY: test-device
@@ -84,10 +107,14 @@ lint: venv ## ruff and mypy --strict on the orchestrator and tests
 	$(VENV)/bin/ruff check orchestrator tests
 	$(VENV)/bin/mypy orchestrator/src tests
 
+.PHONY: test-e2e
+test-e2e: qemu image venv ## End-to-end tests: booted guests in every DMA mode
+	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
+
 .PHONY: test
-test: qemu venv ## Everything CI runs: lint, then all test suites
+test: qemu image venv ## Everything CI runs: lint, then all test suites
 	$(MAKE) --no-print-directory lint
-	$(PY) -m pytest tests/device $(PYTEST_ARGS)
+	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 .PHONY: bench
 bench: qemu venv ## DMA engine throughput vs host memcpy and QEMU's edu device

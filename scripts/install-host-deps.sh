@@ -16,7 +16,7 @@ QEMU_BUILD=(build-essential ninja-build pkg-config flex bison python3 python3-ve
             libglib2.0-dev libpixman-1-dev libslirp-dev zlib1g-dev xz-utils
             dpkg-dev ca-certificates)
 QEMU_RUNTIME=(seabios qemu-system-data ipxe-qemu)
-IMAGE_BUILD=(busybox-static cpio)
+IMAGE_BUILD=(busybox-static cpio dropbear-bin zstd kmod xz-utils binutils openssh-client)
 PACKAGES=("${QEMU_BUILD[@]}" "${QEMU_RUNTIME[@]}" "${IMAGE_BUILD[@]}" "$@")
 
 stamp="$STAMP_DIR/host-deps.$(printf '%s\n' "${PACKAGES[@]}" | sort | sha256sum | cut -c1-16)"

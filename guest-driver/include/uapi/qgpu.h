@@ -1,0 +1,271 @@
+/* SPDX-License-Identifier: GPL-2.0-only WITH Linux-syscall-note OR MIT */
+/*
+ * qgpu user-space interface: ioctls and mmap offsets of /dev/qgpuN.
+ *
+ * Device constants (opcodes, QGPU_ERR_* status codes, the user register
+ * page layout) come from the device ABI header, qgpu_hw.h, which is the
+ * single source of truth and is included here.
+ *
+ * Conventions for every ioctl:
+ *  - all are _IOWR on a fixed-size struct; unknown numbers or sizes fail
+ *    with -ENOTTY;
+ *  - fields named reserved* and undefined flag bits must be zero on input
+ *    (-EINVAL otherwise);
+ *  - offsets and lengths are checked for overflow; out of range is -EINVAL;
+ *  - bad user pointers give -EFAULT, unknown buffer-object handles -ENOENT,
+ *    transfers above &qgpu_info.max_xfer -E2BIG;
+ *  - a descriptor the device fails gives -EIO with @hw_status set to the
+ *    device's QGPU_ERR_* code; a removed device gives -ENODEV.
+ */
+#ifndef _UAPI_QGPU_H
+#define _UAPI_QGPU_H
+
+#include <linux/types.h>
+#include <linux/ioctl.h>
+#include "hw/misc/qgpu_hw.h"
+
+/* ---- mmap offsets (bytes; the mmap(2) offset selects the region) -------- */
+
+/*
+ * [QGPU_MMAP_VRAM, +vram_size): VRAM, write-combined, mapped at mmap time.
+ * [QGPU_MMAP_VRAM_LAZY, +vram_size): VRAM, write-combined, mapped page by
+ *	page on first touch (fault handler).
+ * [QGPU_MMAP_REGS, +QGPU_PAGE_SIZE): the BAR0 user register page, uncached
+ *	(QGPU_REG_USER_* at QGPU_REG_USER_* - QGPU_REGS_USER_PAGE).
+ * QGPU_MMAP_BO_BASE + (handle << QGPU_MMAP_BO_SHIFT): a buffer object; its
+ *	offset is returned by QGPU_IOCTL_BO_CREATE.
+ *
+ * Every mapping must be MAP_SHARED (MAP_PRIVATE: -EINVAL), not executable
+ * (-EPERM) and lie inside one region (-EINVAL). Mappings cannot be moved by
+ * mremap(2) or grown.
+ */
+#define QGPU_MMAP_VRAM		0x0ULL
+#define QGPU_MMAP_VRAM_LAZY	(1ULL << 40)
+#define QGPU_MMAP_REGS		(2ULL << 40)
+#define QGPU_MMAP_BO_BASE	(1ULL << 44)
+#define QGPU_MMAP_BO_SHIFT	32
+
+#define QGPU_IOCTL_BASE		'Q'
+
+/* Interrupt modes reported by QGPU_IOCTL_INFO. */
+#define QGPU_IRQ_MODE_MSIX	1
+#define QGPU_IRQ_MODE_MSI	2
+#define QGPU_IRQ_MODE_INTX	3
+
+/**
+ * struct qgpu_info - QGPU_IOCTL_INFO: device and driver parameters
+ * @flags:        in: must be zero
+ * @version:      out: QGPU_REG_VERSION
+ * @caps:         out: QGPU_REG_CAPS (QGPU_CAP_*)
+ * @irq_mode:     out: QGPU_IRQ_MODE_*
+ * @irq_vectors:  out: interrupt vectors in use
+ * @ring_entries: out: descriptors in the driver's ring
+ * @sg_max_entries: out: QGPU_REG_SG_MAX_ENTRIES
+ * @dma_mask_bits: out: DMA mask the driver set (64 or 32)
+ * @vram_size:    out: bytes of VRAM
+ * @max_xfer:     out: longest transfer one ioctl accepts, bytes
+ * @bo_max_size:  out: largest buffer object, bytes
+ * @pci_bdf:      out: domain << 16 | bus << 8 | devfn
+ * @reserved0:    must be zero
+ * @reserved:     must be zero
+ */
+struct qgpu_info {
+	__u32 flags;
+	__u32 version;
+	__u32 caps;
+	__u32 irq_mode;
+	__u32 irq_vectors;
+	__u32 ring_entries;
+	__u32 sg_max_entries;
+	__u32 dma_mask_bits;
+	__u64 vram_size;
+	__u64 max_xfer;
+	__u64 bo_max_size;
+	__u32 pci_bdf;
+	__u32 reserved0;
+	__u64 reserved[4];
+};
+
+/* Flags of the submitting ioctls (COPY_USER takes only FORCE_SG). */
+#define QGPU_SUBMIT_F_ASYNC	(1u << 0)	/* return at once; see @fence */
+#define QGPU_SUBMIT_F_FORCE_SG	(1u << 1)	/* use an SG list even for 1 segment */
+
+/**
+ * struct qgpu_copy_user - QGPU_IOCTL_COPY_USER: DMA between user memory
+ *	and VRAM. The driver works in chunks (module parameter xfer_chunk_kb):
+ *	each is pinned, DMA-mapped (bounced or IOMMU-mapped as the platform
+ *	needs), run and released before the next. On an error, chunks before
+ *	the failing one have been transferred.
+ * @op:          in: QGPU_OP_COPY_TO_VRAM or QGPU_OP_COPY_FROM_VRAM
+ * @flags:       in: 0 or QGPU_SUBMIT_F_FORCE_SG
+ * @user_ptr:    in: user virtual address, any alignment
+ * @vram_offset: in: VRAM offset, any alignment
+ * @length:      in: bytes, 1..max_xfer
+ * @fence:       out: fence of the last chunk (signalled on return)
+ * @hw_status:   out: QGPU_ERR_* of the failed descriptor (-EIO), else 0
+ * @nr_segments: out: DMA segments the user buffer mapped to, all chunks
+ * @reserved:    must be zero
+ */
+struct qgpu_copy_user {
+	__u32 op;
+	__u32 flags;
+	__u64 user_ptr;
+	__u64 vram_offset;
+	__u64 length;
+	__u64 fence;
+	__u32 hw_status;
+	__u32 nr_segments;
+	__u64 reserved[2];
+};
+
+/**
+ * struct qgpu_copy_bo - QGPU_IOCTL_COPY_BO: DMA between a buffer object
+ *	and VRAM
+ * @op:          in: QGPU_OP_COPY_TO_VRAM or QGPU_OP_COPY_FROM_VRAM
+ * @flags:       in: 0 or QGPU_SUBMIT_F_ASYNC
+ * @handle:      in: buffer object of this file
+ * @reserved0:   must be zero
+ * @bo_offset:   in: offset in the buffer object
+ * @vram_offset: in: VRAM offset
+ * @length:      in: bytes, non-zero
+ * @fence:       out: fence to wait for with QGPU_IOCTL_WAIT_FENCE
+ * @hw_status:   out: QGPU_ERR_* (synchronous calls only)
+ * @reserved1:   must be zero
+ * @reserved:    must be zero
+ */
+struct qgpu_copy_bo {
+	__u32 op;
+	__u32 flags;
+	__u32 handle;
+	__u32 reserved0;
+	__u64 bo_offset;
+	__u64 vram_offset;
+	__u64 length;
+	__u64 fence;
+	__u32 hw_status;
+	__u32 reserved1;
+	__u64 reserved[2];
+};
+
+/**
+ * struct qgpu_vram_op - QGPU_IOCTL_VRAM_OP: device-side VRAM work
+ * @op:          in: QGPU_OP_FILL or QGPU_OP_COPY_VRAM (memmove semantics)
+ * @flags:       in: 0 or QGPU_SUBMIT_F_ASYNC
+ * @src_offset:  in: COPY_VRAM source offset; must be zero for FILL
+ * @dst_offset:  in: destination offset
+ * @length:      in: bytes, non-zero
+ * @pattern:     in: FILL: 32-bit pattern, little-endian from @dst_offset;
+ *               must be zero for COPY_VRAM
+ * @hw_status:   out: QGPU_ERR_* (synchronous calls only)
+ * @fence:       out: fence of the operation
+ * @reserved:    must be zero
+ */
+struct qgpu_vram_op {
+	__u32 op;
+	__u32 flags;
+	__u64 src_offset;
+	__u64 dst_offset;
+	__u64 length;
+	__u32 pattern;
+	__u32 hw_status;
+	__u64 fence;
+	__u64 reserved[2];
+};
+
+/**
+ * struct qgpu_wait_fence - QGPU_IOCTL_WAIT_FENCE: wait for a fence
+ * @fence:      in: fence from a submitting ioctl of this device (0 is
+ *              always signalled); a fence never handed out is -EINVAL
+ * @timeout_ns: in: relative timeout; 0 polls. -ETIMEDOUT when it expires,
+ *              -EINTR on a signal (the wait is not restarted)
+ * @flags:      in: must be zero
+ * @hw_status:  out: QGPU_ERR_* if the job of this fence failed (-EIO)
+ * @completed:  out: the latest signalled fence
+ * @reserved:   must be zero
+ */
+struct qgpu_wait_fence {
+	__u64 fence;
+	__u64 timeout_ns;
+	__u32 flags;
+	__u32 hw_status;
+	__u64 completed;
+	__u64 reserved[2];
+};
+
+/**
+ * struct qgpu_bo_create - QGPU_IOCTL_BO_CREATE: allocate a DMA-coherent
+ *	buffer object, zero-filled; it lives until destroyed and unmapped
+ * @size:        in: bytes, 1..bo_max_size; rounded up to pages
+ * @flags:       in: must be zero
+ * @handle:      out: handle, valid in this open file only
+ * @mmap_offset: out: mmap(2) offset of the object
+ * @reserved:    must be zero
+ */
+struct qgpu_bo_create {
+	__u64 size;
+	__u32 flags;
+	__u32 handle;
+	__u64 mmap_offset;
+	__u64 reserved[2];
+};
+
+/**
+ * struct qgpu_bo_destroy - QGPU_IOCTL_BO_DESTROY: drop a handle. Existing
+ *	mappings stay valid; memory is freed when the last one goes.
+ * @handle:   in: handle of this file (-ENOENT if unknown or freed)
+ * @flags:    in: must be zero
+ * @reserved: must be zero
+ */
+struct qgpu_bo_destroy {
+	__u32 handle;
+	__u32 flags;
+	__u64 reserved[2];
+};
+
+/* CPU access operations (QGPU_IOCTL_CPU_ACCESS). */
+#define QGPU_CPU_CHECKSUM	1	/* FNV-1a 64 over the range */
+#define QGPU_CPU_FILL		2	/* write @pattern, little-endian */
+
+/**
+ * struct qgpu_cpu_access - QGPU_IOCTL_CPU_ACCESS: the kernel reads or
+ *	writes VRAM with the CPU through its own write-combined mapping
+ * @op:          in: QGPU_CPU_*
+ * @pattern:     in: QGPU_CPU_FILL pattern; zero for QGPU_CPU_CHECKSUM
+ * @vram_offset: in: VRAM offset
+ * @length:      in: bytes, non-zero
+ * @checksum:    out: QGPU_CPU_CHECKSUM: FNV-1a 64 of the bytes
+ * @reserved:    must be zero
+ */
+struct qgpu_cpu_access {
+	__u32 op;
+	__u32 pattern;
+	__u64 vram_offset;
+	__u64 length;
+	__u64 checksum;
+	__u64 reserved[2];
+};
+
+/**
+ * struct qgpu_raise_irq - QGPU_IOCTL_RAISE_IRQ: have the device raise
+ *	QGPU_INT_SOFT and wait for its interrupt (tests the misc vector)
+ * @flags:     in: must be zero
+ * @irq_count: out: soft interrupts the driver handled so far
+ * @reserved:  must be zero
+ */
+struct qgpu_raise_irq {
+	__u32 flags;
+	__u32 irq_count;
+	__u64 reserved[2];
+};
+
+#define QGPU_IOCTL_INFO		_IOWR(QGPU_IOCTL_BASE, 0x00, struct qgpu_info)
+#define QGPU_IOCTL_COPY_USER	_IOWR(QGPU_IOCTL_BASE, 0x01, struct qgpu_copy_user)
+#define QGPU_IOCTL_COPY_BO	_IOWR(QGPU_IOCTL_BASE, 0x02, struct qgpu_copy_bo)
+#define QGPU_IOCTL_VRAM_OP	_IOWR(QGPU_IOCTL_BASE, 0x03, struct qgpu_vram_op)
+#define QGPU_IOCTL_WAIT_FENCE	_IOWR(QGPU_IOCTL_BASE, 0x04, struct qgpu_wait_fence)
+#define QGPU_IOCTL_BO_CREATE	_IOWR(QGPU_IOCTL_BASE, 0x05, struct qgpu_bo_create)
+#define QGPU_IOCTL_BO_DESTROY	_IOWR(QGPU_IOCTL_BASE, 0x06, struct qgpu_bo_destroy)
+#define QGPU_IOCTL_CPU_ACCESS	_IOWR(QGPU_IOCTL_BASE, 0x07, struct qgpu_cpu_access)
+#define QGPU_IOCTL_RAISE_IRQ	_IOWR(QGPU_IOCTL_BASE, 0x08, struct qgpu_raise_irq)
+
+#endif /* _UAPI_QGPU_H */

@@ -1,0 +1,219 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
+/*
+ * qgpu: driver-internal definitions.
+ */
+#ifndef QGPU_DRV_H
+#define QGPU_DRV_H
+
+#include <linux/atomic.h>
+#include <linux/dma-mapping.h>
+#include <linux/io-mapping.h>
+#include <linux/kref.h>
+#include <linux/list.h>
+#include <linux/miscdevice.h>
+#include <linux/mutex.h>
+#include <linux/pci.h>
+#include <linux/scatterlist.h>
+#include <linux/srcu.h>
+#include <linux/wait.h>
+#include <linux/workqueue.h>
+#include <linux/xarray.h>
+
+#include "hw/misc/qgpu_hw.h"
+#include "qgpu.h"
+
+#define QGPU_DRV_NAME		"qgpu"
+#define QGPU_MAX_XFER		(64ULL << 20)
+#define QGPU_BO_MAX_SIZE	(64ULL << 20)
+#define QGPU_BO_MAX_HANDLE	0xffff
+#define QGPU_ERRLOG_SIZE	64
+
+/* Statistics, shown in /sys/class/misc/qgpuN/stats/. */
+enum qgpu_stat {
+	QGPU_STAT_JOBS,
+	QGPU_STAT_DESCRIPTORS,
+	QGPU_STAT_SG_DESCRIPTORS,
+	QGPU_STAT_SG_ENTRIES,
+	QGPU_STAT_SINGLE_PAGE_MAPS,
+	QGPU_STAT_BYTES_TO_VRAM,
+	QGPU_STAT_BYTES_FROM_VRAM,
+	QGPU_STAT_HW_ERRORS,
+	QGPU_STAT_IRQ_DMA,
+	QGPU_STAT_IRQ_ERROR,
+	QGPU_STAT_IRQ_SOFT,
+	QGPU_STAT_IRQ_SPURIOUS,
+	QGPU_STAT_POLL_COMPLETIONS,
+	QGPU_STAT_TIMEOUTS,
+	QGPU_STAT_ENGINE_RESETS,
+	QGPU_STAT_PINNED_PAGES,
+	QGPU_STAT_VMA_VRAM,
+	QGPU_STAT_VMA_VRAM_LAZY,
+	QGPU_STAT_VMA_REGS,
+	QGPU_STAT_VMA_BO,
+	QGPU_STAT_LAZY_FAULTS,
+	QGPU_STAT_BOS,
+	QGPU_STAT_BO_BYTES,
+	QGPU_STAT_LAST_ERROR,
+	QGPU_STAT_NR
+};
+
+struct qgpu_device;
+
+/* A DMA-coherent buffer object. */
+struct qgpu_bo {
+	struct kref ref;
+	struct qgpu_device *qdev;	/* holds a device reference */
+	struct list_head node;		/* qdev->bos, under bo_lock */
+	void *vaddr;			/* NULL once freed by remove */
+	dma_addr_t dma;
+	size_t size;
+	u32 handle;
+};
+
+/* One submission: a few descriptors and what to release when retired. */
+struct qgpu_job {
+	struct kref ref;
+	struct list_head node;		/* qdev->inflight, under ring_lock */
+	u64 first_seq, last_seq;	/* fence values of its descriptors */
+	u32 first_idx;			/* ring index of the first one */
+	u32 ndesc;
+	u32 hw_err;			/* first QGPU_ERR_* seen */
+	bool done;
+	u64 bytes;
+	int op;
+
+	/* user-memory transfers */
+	struct page **pages;
+	unsigned int npages;
+	enum dma_data_direction dir;
+	struct sg_table sgt;
+	bool sgt_mapped;
+	dma_addr_t page_dma;		/* single-page path */
+	size_t page_len;
+	bool page_mapped;
+	struct qgpu_sg_entry *sg_list;	/* device SG list (coherent) */
+	dma_addr_t sg_list_dma;
+	size_t sg_list_size;
+
+	struct qgpu_bo *bo;		/* BO transfers: reference */
+};
+
+struct qgpu_device {
+	struct kref ref;
+	struct pci_dev *pdev;
+	struct device *dev;
+	void __iomem *regs;
+	resource_size_t regs_phys;
+	resource_size_t vram_phys;
+	u64 vram_size;
+	void *vram;			/* kernel WC mapping (devm_memremap) */
+	struct io_mapping *iomap;	/* VRAM, WC, for user mappings */
+	u32 caps;
+	int dma_bits;
+
+	/* lifetime: readers are ioctls, mmap, faults; remove flips @dead */
+	struct srcu_struct srcu;
+	bool dead;
+	struct inode *inode;		/* private address_space for zapping */
+
+	/* misc device */
+	int id;
+	char name[16];
+	struct miscdevice misc;
+	bool misc_registered;
+
+	/* interrupts */
+	int irq_mode;
+	int nvec;
+	int irqs_requested;
+
+	/* ring */
+	struct mutex ring_lock;
+	struct qgpu_desc *ring;
+	dma_addr_t ring_dma;
+	__le64 *fence_slot;		/* written by the device */
+	dma_addr_t fence_dma;
+	u32 ring_entries;
+	u32 tail;
+	u64 next_seq;			/* fence of the next descriptor */
+	u64 retired_seq;		/* every seq <= this has been retired */
+	struct list_head inflight;
+	wait_queue_head_t fence_wq;
+	struct work_struct retire_work;
+	struct work_struct reset_work;
+	bool halted;
+	struct {
+		u64 fence;
+		u32 err;
+	} errlog[QGPU_ERRLOG_SIZE];
+	unsigned int errlog_next;
+
+	/* buffer objects */
+	struct mutex bo_lock;
+	struct list_head bos;
+	atomic64_t bo_bytes;
+
+	wait_queue_head_t soft_wq;
+
+	struct dentry *debugfs;
+	atomic64_t stats[QGPU_STAT_NR];
+};
+
+/* Per open file. */
+struct qgpu_file {
+	struct qgpu_device *qdev;
+	struct xarray bos;		/* handle -> struct qgpu_bo */
+};
+
+static inline void qgpu_stat_add(struct qgpu_device *qdev, enum qgpu_stat s,
+				 s64 v)
+{
+	atomic64_add(v, &qdev->stats[s]);
+}
+
+static inline void qgpu_stat_inc(struct qgpu_device *qdev, enum qgpu_stat s)
+{
+	atomic64_inc(&qdev->stats[s]);
+}
+
+static inline u32 qgpu_rd(struct qgpu_device *qdev, u32 reg)
+{
+	return readl(qdev->regs + reg);
+}
+
+static inline void qgpu_wr(struct qgpu_device *qdev, u32 reg, u32 val)
+{
+	writel(val, qdev->regs + reg);
+}
+
+void qgpu_device_put(struct qgpu_device *qdev);
+
+/* qgpu_ring.c */
+int qgpu_ring_init(struct qgpu_device *qdev);
+void qgpu_ring_start(struct qgpu_device *qdev);
+void qgpu_ring_shutdown(struct qgpu_device *qdev);
+void qgpu_retire_work(struct work_struct *work);
+void qgpu_reset_work(struct work_struct *work);
+struct qgpu_job *qgpu_job_alloc(void);
+void qgpu_job_put(struct qgpu_job *job);
+int qgpu_submit(struct qgpu_device *qdev, struct qgpu_job *job,
+		struct qgpu_desc *descs, u32 n);
+int qgpu_job_wait(struct qgpu_device *qdev, struct qgpu_job *job);
+int qgpu_fence_wait(struct qgpu_device *qdev, u64 fence, u64 timeout_ns,
+		    u32 *hw_status, u64 *completed);
+u64 qgpu_completed_seq(struct qgpu_device *qdev);
+long qgpu_ioctl_copy_user(struct qgpu_file *qf, void __user *arg);
+
+/* qgpu_mmap.c */
+int qgpu_mmap(struct file *filp, struct vm_area_struct *vma);
+void qgpu_bo_put(struct qgpu_bo *bo);
+struct qgpu_bo *qgpu_bo_lookup(struct qgpu_file *qf, u32 handle);
+int qgpu_bo_create(struct qgpu_file *qf, struct qgpu_bo_create *args);
+int qgpu_bo_destroy(struct qgpu_file *qf, u32 handle);
+void qgpu_bo_free_all_backing(struct qgpu_device *qdev);
+int qgpu_fs_init(void);
+void qgpu_fs_exit(void);
+struct inode *qgpu_fs_inode_new(void);
+void qgpu_fs_inode_free(struct inode *inode);
+
+#endif /* QGPU_DRV_H */

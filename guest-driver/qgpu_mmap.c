@@ -1,0 +1,434 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * qgpu: mmap of VRAM (write-combined, eager or lazily faulted), of the
+ * user register page (uncached), and of DMA-coherent buffer objects.
+ *
+ * All mappings of a device live in one private address_space (an inode of
+ * a small pseudo file system, as DRM does) so that remove can zap every
+ * user PTE with unmap_mapping_range() before the BARs and the coherent
+ * memory go away. Every VMA holds a reference on what it maps; vm_ops
+ * open/close keep the per-kind VMA counts in the statistics exact across
+ * fork() and partial munmap().
+ */
+
+#include <linux/fs.h>
+#include <linux/mm.h>
+#include <linux/module.h>
+#include <linux/mount.h>
+#include <linux/pseudo_fs.h>
+#include <linux/slab.h>
+
+#include "qgpu_drv.h"
+
+/* ---- private address_space ------------------------------------------------ */
+
+#define QGPU_FS_MAGIC	0x51475055
+
+static struct vfsmount *qgpu_fs_mnt;
+static int qgpu_fs_cnt;
+
+static int qgpu_fs_init_fs_context(struct fs_context *fc)
+{
+	return init_pseudo(fc, QGPU_FS_MAGIC) ? 0 : -ENOMEM;
+}
+
+/*
+ * No .owner: the internal mount would pin the module while any device is
+ * bound, so rmmod could never succeed. The mount only lives while a device
+ * does, and every device is released in pci_unregister_driver() (open
+ * files and mappings pin the module through qgpu_fops).
+ */
+static struct file_system_type qgpu_fs_type = {
+	.name = "qgpu_fs",
+	.init_fs_context = qgpu_fs_init_fs_context,
+	.kill_sb = kill_anon_super,
+};
+
+struct inode *qgpu_fs_inode_new(void)
+{
+	struct inode *inode;
+	int ret;
+
+	ret = simple_pin_fs(&qgpu_fs_type, &qgpu_fs_mnt, &qgpu_fs_cnt);
+	if (ret)
+		return ERR_PTR(ret);
+	inode = alloc_anon_inode(qgpu_fs_mnt->mnt_sb);
+	if (IS_ERR(inode))
+		simple_release_fs(&qgpu_fs_mnt, &qgpu_fs_cnt);
+	return inode;
+}
+
+void qgpu_fs_inode_free(struct inode *inode)
+{
+	if (inode) {
+		iput(inode);
+		simple_release_fs(&qgpu_fs_mnt, &qgpu_fs_cnt);
+	}
+}
+
+/* ---- buffer objects -------------------------------------------------------- */
+
+static void qgpu_bo_release(struct kref *ref)
+{
+	struct qgpu_bo *bo = container_of(ref, struct qgpu_bo, ref);
+	struct qgpu_device *qdev = bo->qdev;
+
+	mutex_lock(&qdev->bo_lock);
+	list_del(&bo->node);
+	if (bo->vaddr) {
+		dma_free_coherent(qdev->dev, bo->size, bo->vaddr, bo->dma);
+		qgpu_stat_add(qdev, QGPU_STAT_BOS, -1);
+		qgpu_stat_add(qdev, QGPU_STAT_BO_BYTES, -(s64)bo->size);
+	}
+	mutex_unlock(&qdev->bo_lock);
+	kfree(bo);
+	qgpu_device_put(qdev);
+}
+
+void qgpu_bo_put(struct qgpu_bo *bo)
+{
+	kref_put(&bo->ref, qgpu_bo_release);
+}
+
+/* Remove: free the memory of every object; the structs live on. */
+void qgpu_bo_free_all_backing(struct qgpu_device *qdev)
+{
+	struct qgpu_bo *bo;
+
+	mutex_lock(&qdev->bo_lock);
+	list_for_each_entry(bo, &qdev->bos, node) {
+		if (!bo->vaddr)
+			continue;
+		dma_free_coherent(qdev->dev, bo->size, bo->vaddr, bo->dma);
+		bo->vaddr = NULL;
+		qgpu_stat_add(qdev, QGPU_STAT_BOS, -1);
+		qgpu_stat_add(qdev, QGPU_STAT_BO_BYTES, -(s64)bo->size);
+	}
+	mutex_unlock(&qdev->bo_lock);
+}
+
+/* A referenced BO of this file with live memory, or NULL. */
+struct qgpu_bo *qgpu_bo_lookup(struct qgpu_file *qf, u32 handle)
+{
+	struct qgpu_bo *bo;
+
+	xa_lock(&qf->bos);
+	bo = xa_load(&qf->bos, handle);
+	if (bo && (!READ_ONCE(bo->vaddr) || !kref_get_unless_zero(&bo->ref)))
+		bo = NULL;
+	xa_unlock(&qf->bos);
+	return bo;
+}
+
+int qgpu_bo_create(struct qgpu_file *qf, struct qgpu_bo_create *args)
+{
+	struct qgpu_device *qdev = qf->qdev;
+	struct qgpu_bo *bo;
+	u32 handle;
+	int ret;
+
+	if (args->flags || args->reserved[0] || args->reserved[1] ||
+	    args->handle || args->mmap_offset || !args->size)
+		return -EINVAL;
+	if (args->size > QGPU_BO_MAX_SIZE)
+		return -E2BIG;
+
+	bo = kzalloc(sizeof(*bo), GFP_KERNEL);
+	if (!bo)
+		return -ENOMEM;
+	kref_init(&bo->ref);
+	bo->qdev = qdev;
+	bo->size = PAGE_ALIGN(args->size);
+	bo->vaddr = dma_alloc_coherent(qdev->dev, bo->size, &bo->dma,
+				       GFP_KERNEL);
+	if (!bo->vaddr) {
+		kfree(bo);
+		return -ENOMEM;
+	}
+	kref_get(&qdev->ref);
+	mutex_lock(&qdev->bo_lock);
+	list_add(&bo->node, &qdev->bos);
+	mutex_unlock(&qdev->bo_lock);
+	qgpu_stat_inc(qdev, QGPU_STAT_BOS);
+	qgpu_stat_add(qdev, QGPU_STAT_BO_BYTES, bo->size);
+
+	ret = xa_alloc(&qf->bos, &handle, bo, XA_LIMIT(1, QGPU_BO_MAX_HANDLE),
+		       GFP_KERNEL);
+	if (ret) {
+		qgpu_bo_put(bo);
+		return ret == -EBUSY ? -ENOSPC : ret;
+	}
+	bo->handle = handle;
+	args->handle = handle;
+	args->mmap_offset = QGPU_MMAP_BO_BASE +
+			    ((u64)handle << QGPU_MMAP_BO_SHIFT);
+	return 0;
+}
+
+int qgpu_bo_destroy(struct qgpu_file *qf, u32 handle)
+{
+	struct qgpu_bo *bo;
+
+	if (!handle)
+		return -ENOENT;
+	bo = xa_erase(&qf->bos, handle);
+	if (!bo)
+		return -ENOENT;
+	qgpu_bo_put(bo);
+	return 0;
+}
+
+/* ---- VMAs -------------------------------------------------------------- */
+
+enum qgpu_map_kind {
+	QGPU_MAP_VRAM,
+	QGPU_MAP_VRAM_LAZY,
+	QGPU_MAP_REGS,
+	QGPU_MAP_BO,
+};
+
+static const enum qgpu_stat qgpu_map_stat[] = {
+	[QGPU_MAP_VRAM] = QGPU_STAT_VMA_VRAM,
+	[QGPU_MAP_VRAM_LAZY] = QGPU_STAT_VMA_VRAM_LAZY,
+	[QGPU_MAP_REGS] = QGPU_STAT_VMA_REGS,
+	[QGPU_MAP_BO] = QGPU_STAT_VMA_BO,
+};
+
+/* vm_private_data of our VMAs. */
+struct qgpu_vma_priv {
+	struct kref ref;
+	struct qgpu_device *qdev;	/* reference */
+	struct qgpu_bo *bo;		/* reference, QGPU_MAP_BO only */
+	enum qgpu_map_kind kind;
+};
+
+static void qgpu_vma_priv_release(struct kref *ref)
+{
+	struct qgpu_vma_priv *p = container_of(ref, struct qgpu_vma_priv, ref);
+
+	if (p->bo)
+		qgpu_bo_put(p->bo);
+	qgpu_device_put(p->qdev);
+	kfree(p);
+}
+
+static void qgpu_vm_open(struct vm_area_struct *vma)
+{
+	struct qgpu_vma_priv *p = vma->vm_private_data;
+
+	kref_get(&p->ref);
+	qgpu_stat_inc(p->qdev, qgpu_map_stat[p->kind]);
+}
+
+static void qgpu_vm_close(struct vm_area_struct *vma)
+{
+	struct qgpu_vma_priv *p = vma->vm_private_data;
+
+	qgpu_stat_add(p->qdev, qgpu_map_stat[p->kind], -1);
+	kref_put(&p->ref, qgpu_vma_priv_release);
+}
+
+/* Moving a device mapping is refused (growing is, by VM_DONTEXPAND). */
+static int qgpu_vm_mremap(struct vm_area_struct *vma)
+{
+	return -EINVAL;
+}
+
+/*
+ * Lazy VRAM: insert the faulting page. Eagerly populated VMAs only fault
+ * after remove zapped them, and get SIGBUS.
+ */
+static vm_fault_t qgpu_vm_fault(struct vm_fault *vmf)
+{
+	struct vm_area_struct *vma = vmf->vma;
+	struct qgpu_vma_priv *p = vma->vm_private_data;
+	struct qgpu_device *qdev = p->qdev;
+	vm_fault_t ret = VM_FAULT_SIGBUS;
+	unsigned long pgoff;
+	int idx;
+
+	if (p->kind != QGPU_MAP_VRAM_LAZY)
+		return VM_FAULT_SIGBUS;
+
+	idx = srcu_read_lock(&qdev->srcu);
+	if (READ_ONCE(qdev->dead))
+		goto out;
+	/* vm_pgoff is relative to the VRAM start for lazy VMAs. */
+	pgoff = vma->vm_pgoff + ((vmf->address - vma->vm_start) >> PAGE_SHIFT);
+	if (pgoff >= qdev->vram_size >> PAGE_SHIFT)
+		goto out;
+	ret = vmf_insert_pfn_prot(vma, vmf->address,
+				  (qdev->vram_phys >> PAGE_SHIFT) + pgoff,
+				  vma->vm_page_prot);
+	if (ret == VM_FAULT_NOPAGE)
+		qgpu_stat_inc(qdev, QGPU_STAT_LAZY_FAULTS);
+out:
+	srcu_read_unlock(&qdev->srcu, idx);
+	return ret;
+}
+
+static const struct vm_operations_struct qgpu_vm_ops = {
+	.open = qgpu_vm_open,
+	.close = qgpu_vm_close,
+	.mremap = qgpu_vm_mremap,
+	.fault = qgpu_vm_fault,
+};
+
+/* WC protection of the io_mapping, other bits from the VMA. */
+static pgprot_t qgpu_vram_prot(struct qgpu_device *qdev,
+			       struct vm_area_struct *vma)
+{
+#ifdef _PAGE_CACHE_MASK
+	return __pgprot((pgprot_val(qdev->iomap->prot) & _PAGE_CACHE_MASK) |
+			(pgprot_val(vma->vm_page_prot) & ~_PAGE_CACHE_MASK));
+#else
+	return pgprot_writecombine(vma->vm_page_prot);
+#endif
+}
+
+static int qgpu_mmap_vram(struct qgpu_device *qdev, struct vm_area_struct *vma,
+			  unsigned long pgoff)
+{
+	unsigned long pfn = (qdev->iomap->base >> PAGE_SHIFT) + pgoff;
+	unsigned long size = vma->vm_end - vma->vm_start;
+
+	vma->vm_pgoff = pgoff;
+#if IS_ENABLED(CONFIG_IO_MAPPING)
+	return io_mapping_map_user(qdev->iomap, vma, vma->vm_start, pfn, size);
+#else
+	{
+		unsigned long first = size > PAGE_SIZE ? PAGE_SIZE : size;
+		int ret;
+
+		/*
+		 * io_mapping_map_user() skips PAT tracking: the io_mapping's
+		 * ioremap_wc() already reserved the WC memtype of the BAR.
+		 * A remap of the whole VMA would take a second, VMA-wide
+		 * reservation that partial munmap() cannot split cleanly
+		 * ("freeing invalid memtype"). Remapping in two pieces makes
+		 * PAT only check the range against the existing reservation.
+		 */
+		vma->vm_page_prot = qgpu_vram_prot(qdev, vma);
+		ret = io_remap_pfn_range(vma, vma->vm_start, pfn, first,
+					 vma->vm_page_prot);
+		if (ret || first == size)
+			return ret;
+		return io_remap_pfn_range(vma, vma->vm_start + first,
+					  pfn + (first >> PAGE_SHIFT), size - first,
+					  vma->vm_page_prot);
+	}
+#endif
+}
+
+static int qgpu_mmap_bo(struct qgpu_file *qf, struct vm_area_struct *vma,
+			u64 off, struct qgpu_vma_priv *p)
+{
+	u64 rel = off - QGPU_MMAP_BO_BASE;
+	u64 handle = rel >> QGPU_MMAP_BO_SHIFT;
+	u64 bo_off = rel & ((1ULL << QGPU_MMAP_BO_SHIFT) - 1);
+	unsigned long size = vma->vm_end - vma->vm_start;
+	struct qgpu_bo *bo;
+	int ret;
+
+	if (!handle || handle > QGPU_BO_MAX_HANDLE)
+		return -EINVAL;
+	bo = qgpu_bo_lookup(qf, handle);
+	if (!bo)
+		return -EINVAL;
+	if (bo_off >= bo->size || size > bo->size - bo_off) {
+		qgpu_bo_put(bo);
+		return -EINVAL;
+	}
+	/* dma_mmap_coherent() takes vm_pgoff as the offset into the buffer. */
+	vma->vm_pgoff = bo_off >> PAGE_SHIFT;
+	ret = dma_mmap_coherent(qf->qdev->dev, vma, bo->vaddr, bo->dma,
+				bo->size);
+	if (ret) {
+		qgpu_bo_put(bo);
+		return ret;
+	}
+	p->bo = bo;
+	return 0;
+}
+
+int qgpu_mmap(struct file *filp, struct vm_area_struct *vma)
+{
+	struct qgpu_file *qf = filp->private_data;
+	struct qgpu_device *qdev = qf->qdev;
+	unsigned long size = vma->vm_end - vma->vm_start;
+	u64 off = (u64)vma->vm_pgoff << PAGE_SHIFT;
+	struct qgpu_vma_priv *p;
+	u64 end;
+	int idx, ret;
+
+	if (!(vma->vm_flags & VM_SHARED))
+		return -EINVAL;
+	if (vma->vm_flags & VM_EXEC)
+		return -EPERM;
+	if (check_add_overflow(off, (u64)size, &end))
+		return -EINVAL;
+
+	p = kzalloc(sizeof(*p), GFP_KERNEL);
+	if (!p)
+		return -ENOMEM;
+	kref_init(&p->ref);
+	p->qdev = qdev;
+
+	idx = srcu_read_lock(&qdev->srcu);
+	if (READ_ONCE(qdev->dead)) {
+		ret = -ENODEV;
+		goto err;
+	}
+
+	vm_flags_clear(vma, VM_MAYEXEC);
+	vm_flags_set(vma, VM_DONTEXPAND | VM_DONTDUMP);
+	/*
+	 * Device memory is VM_IO | VM_PFNMAP. Buffer objects get their flags
+	 * from dma_mmap_coherent(): remap_pfn_range() (VM_PFNMAP) for direct
+	 * mappings, vm_map_pages() (VM_MIXEDMAP; it BUG()s on VM_PFNMAP)
+	 * behind an IOMMU.
+	 */
+	if (off < QGPU_MMAP_BO_BASE)
+		vm_flags_set(vma, VM_IO | VM_PFNMAP);
+	vma->vm_ops = &qgpu_vm_ops;
+	vma->vm_private_data = p;
+
+	if (end <= QGPU_MMAP_VRAM + qdev->vram_size) {
+		p->kind = QGPU_MAP_VRAM;
+		ret = qgpu_mmap_vram(qdev, vma, (off - QGPU_MMAP_VRAM) >> PAGE_SHIFT);
+	} else if (off >= QGPU_MMAP_VRAM_LAZY &&
+		   end <= QGPU_MMAP_VRAM_LAZY + qdev->vram_size) {
+		p->kind = QGPU_MAP_VRAM_LAZY;
+		vma->vm_pgoff = (off - QGPU_MMAP_VRAM_LAZY) >> PAGE_SHIFT;
+		vma->vm_page_prot = qgpu_vram_prot(qdev, vma);
+		ret = 0;
+	} else if (off == QGPU_MMAP_REGS && size == PAGE_SIZE &&
+		   PAGE_SIZE == QGPU_PAGE_SIZE) {
+		/* Only the user page; the kernel page is never mapped. */
+		p->kind = QGPU_MAP_REGS;
+		vma->vm_pgoff = 0;
+		vma->vm_page_prot = pgprot_noncached(vma->vm_page_prot);
+		ret = io_remap_pfn_range(vma, vma->vm_start,
+				(qdev->regs_phys + QGPU_REGS_USER_PAGE) >> PAGE_SHIFT,
+				PAGE_SIZE, vma->vm_page_prot);
+	} else if (off >= QGPU_MMAP_BO_BASE) {
+		p->kind = QGPU_MAP_BO;
+		ret = qgpu_mmap_bo(qf, vma, off, p);
+	} else {
+		ret = -EINVAL;
+	}
+	if (ret)
+		goto err;
+
+	kref_get(&qdev->ref);
+	qgpu_stat_inc(qdev, qgpu_map_stat[p->kind]);
+	srcu_read_unlock(&qdev->srcu, idx);
+	return 0;
+
+err:
+	srcu_read_unlock(&qdev->srcu, idx);
+	vma->vm_private_data = NULL;
+	vma->vm_ops = NULL;
+	kfree(p);
+	return ret;
+}

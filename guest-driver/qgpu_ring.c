@@ -1,0 +1,684 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * qgpu: descriptor ring, fences, and DMA between user memory and VRAM.
+ *
+ * The driver owns one ring of QGPU_DESC_SIZE descriptors in coherent
+ * memory. Every descriptor carries QGPU_DESC_F_FENCE with a sequence number
+ * that the device writes to a coherent fence slot when it retires; the last
+ * descriptor of a job also has QGPU_DESC_F_IRQ. Jobs are retired in order by
+ * whoever holds ring_lock next (a waiter, a submitter, or the work item
+ * queued from the DMA interrupt): status words are read, DMA mappings torn
+ * down and user pages unpinned. Completion is detected from the fence slot,
+ * so a missing interrupt only costs latency: waiters poll every
+ * QGPU_POLL_MS.
+ */
+
+#include <linux/delay.h>
+#include <linux/jiffies.h>
+#include <linux/ktime.h>
+#include <linux/mm.h>
+#include <linux/overflow.h>
+#include <linux/sched/signal.h>
+#include <linux/slab.h>
+#include <linux/uaccess.h>
+
+#include "qgpu_drv.h"
+
+#define QGPU_POLL_MS		20
+
+static unsigned int xfer_chunk_kb = 4096;
+module_param(xfer_chunk_kb, uint, 0644);
+MODULE_PARM_DESC(xfer_chunk_kb,
+		 "User copies are pinned, mapped and run in chunks of this size (KiB)");
+
+static unsigned int sg_max_entries;
+module_param(sg_max_entries, uint, 0644);
+MODULE_PARM_DESC(sg_max_entries,
+		 "SG entries per descriptor (0: the device maximum); for testing");
+
+static unsigned int job_timeout_ms = 10000;
+module_param(job_timeout_ms, uint, 0644);
+MODULE_PARM_DESC(job_timeout_ms,
+		 "Synchronous job timeout before an engine reset (ms)");
+
+u64 qgpu_completed_seq(struct qgpu_device *qdev)
+{
+	u64 seq = le64_to_cpu(READ_ONCE(*qdev->fence_slot));
+
+	/* Status words written before the fence are visible after it. */
+	dma_rmb();
+	return seq;
+}
+
+static bool qgpu_seq_passed(struct qgpu_device *qdev, u64 seq)
+{
+	return qgpu_completed_seq(qdev) >= seq ||
+	       READ_ONCE(qdev->retired_seq) >= seq;
+}
+
+int qgpu_ring_init(struct qgpu_device *qdev)
+{
+	size_t ring_bytes = (size_t)qdev->ring_entries * QGPU_DESC_SIZE;
+	void *mem;
+
+	/* Ring, then a 64-byte line for the fence slot. */
+	mem = dmam_alloc_coherent(qdev->dev, ring_bytes + QGPU_DESC_SIZE,
+				  &qdev->ring_dma, GFP_KERNEL);
+	if (!mem)
+		return -ENOMEM;
+	qdev->ring = mem;
+	qdev->fence_slot = mem + ring_bytes;
+	qdev->fence_dma = qdev->ring_dma + ring_bytes;
+	*qdev->fence_slot = 0;
+	qdev->next_seq = 1;
+	qdev->retired_seq = 0;
+	INIT_LIST_HEAD(&qdev->inflight);
+	return 0;
+}
+
+/* Program and enable the engine on an empty ring. */
+void qgpu_ring_start(struct qgpu_device *qdev)
+{
+	qgpu_wr(qdev, QGPU_REG_ENGINE_CTRL, 0);
+	qgpu_wr(qdev, QGPU_REG_ENGINE_RESET, QGPU_ENGINE_RESET_MAGIC);
+	qgpu_wr(qdev, QGPU_REG_RING_BASE_LO, lower_32_bits(qdev->ring_dma));
+	qgpu_wr(qdev, QGPU_REG_RING_BASE_HI, upper_32_bits(qdev->ring_dma));
+	qgpu_wr(qdev, QGPU_REG_RING_SIZE, qdev->ring_entries);
+	qdev->tail = 0;
+	qgpu_wr(qdev, QGPU_REG_DMA_ERROR, 0);
+	qgpu_wr(qdev, QGPU_REG_INT_STATUS, QGPU_INT_ALL);
+	qgpu_wr(qdev, QGPU_REG_INT_MASK, QGPU_INT_ALL);
+	qgpu_wr(qdev, QGPU_REG_ENGINE_CTRL, QGPU_ENGINE_CTRL_ENABLE);
+	if (!(qgpu_rd(qdev, QGPU_REG_ENGINE_STATUS) & QGPU_ENGINE_STATUS_ENABLED))
+		dev_err(qdev->dev, "engine refused to start (access error %#x)\n",
+			qgpu_rd(qdev, QGPU_REG_ACCESS_ERROR));
+}
+
+struct qgpu_job *qgpu_job_alloc(void)
+{
+	struct qgpu_job *job = kzalloc(sizeof(*job), GFP_KERNEL);
+
+	if (job) {
+		kref_init(&job->ref);
+		INIT_LIST_HEAD(&job->node);
+		job->dir = DMA_NONE;
+	}
+	return job;
+}
+
+static void qgpu_job_free(struct kref *ref)
+{
+	kfree(container_of(ref, struct qgpu_job, ref));
+}
+
+void qgpu_job_put(struct qgpu_job *job)
+{
+	kref_put(&job->ref, qgpu_job_free);
+}
+
+/* Undo DMA mappings, unpin pages, drop the BO; safe on partial setups. */
+static void qgpu_job_release_resources(struct qgpu_device *qdev,
+				       struct qgpu_job *job)
+{
+	struct device *dev = qdev->dev;
+
+	if (job->page_mapped)
+		dma_unmap_page_attrs(dev, job->page_dma, job->page_len,
+				     job->dir, 0);
+	job->page_mapped = false;
+	/* dma_unmap_sgtable() unmaps orig_nents, as dma_unmap_sg() wants. */
+	if (job->sgt_mapped)
+		dma_unmap_sgtable(dev, &job->sgt, job->dir, 0);
+	job->sgt_mapped = false;
+	if (job->sgt.sgl)
+		sg_free_table(&job->sgt);
+	job->sgt.sgl = NULL;
+	if (job->sg_list)
+		dma_free_coherent(dev, job->sg_list_size, job->sg_list,
+				  job->sg_list_dma);
+	job->sg_list = NULL;
+	if (job->pages) {
+		unpin_user_pages_dirty_lock(job->pages, job->npages,
+					    job->dir == DMA_FROM_DEVICE);
+		qgpu_stat_add(qdev, QGPU_STAT_PINNED_PAGES, -(s64)job->npages);
+		kvfree(job->pages);
+		job->pages = NULL;
+	}
+	if (job->bo)
+		qgpu_bo_put(job->bo);
+	job->bo = NULL;
+}
+
+static void qgpu_job_finish(struct qgpu_device *qdev, struct qgpu_job *job)
+{
+	lockdep_assert_held(&qdev->ring_lock);
+	qgpu_job_release_resources(qdev, job);
+	if (job->hw_err) {
+		unsigned int i = qdev->errlog_next++ % QGPU_ERRLOG_SIZE;
+
+		qdev->errlog[i].fence = job->last_seq;
+		qdev->errlog[i].err = job->hw_err;
+		qgpu_stat_inc(qdev, QGPU_STAT_HW_ERRORS);
+		atomic64_set(&qdev->stats[QGPU_STAT_LAST_ERROR], job->hw_err);
+		dev_dbg(qdev->dev, "job %llu failed: device error %u\n",
+			job->last_seq, job->hw_err);
+	} else if (job->op == QGPU_OP_COPY_TO_VRAM) {
+		qgpu_stat_add(qdev, QGPU_STAT_BYTES_TO_VRAM, job->bytes);
+	} else if (job->op == QGPU_OP_COPY_FROM_VRAM) {
+		qgpu_stat_add(qdev, QGPU_STAT_BYTES_FROM_VRAM, job->bytes);
+	}
+	if (job->last_seq > qdev->retired_seq)
+		WRITE_ONCE(qdev->retired_seq, job->last_seq);
+	list_del_init(&job->node);
+	/* Pairs with smp_load_acquire() in qgpu_job_wait(): results first. */
+	smp_store_release(&job->done, true);
+	qgpu_job_put(job);	/* the ring's reference */
+}
+
+/* Retire, in order, every job whose last fence the device has written. */
+static void qgpu_retire_locked(struct qgpu_device *qdev)
+{
+	u32 mask = qdev->ring_entries - 1;
+	struct qgpu_job *job, *tmp;
+	bool any = false;
+	u64 done;
+
+	lockdep_assert_held(&qdev->ring_lock);
+	done = qgpu_completed_seq(qdev);
+	list_for_each_entry_safe(job, tmp, &qdev->inflight, node) {
+		u32 i;
+
+		if (job->last_seq > done)
+			break;
+		for (i = 0; i < job->ndesc; i++) {
+			struct qgpu_desc *d = &qdev->ring[(job->first_idx + i) & mask];
+			u32 st = le32_to_cpu(READ_ONCE(d->status));
+
+			if (!(st & QGPU_DESC_STATUS_DONE))
+				st = QGPU_ERR_ABORTED;
+			st &= QGPU_DESC_STATUS_ERR_MASK;
+			if (st && !job->hw_err)
+				job->hw_err = st;
+		}
+		qgpu_job_finish(qdev, job);
+		any = true;
+	}
+	if (any)
+		wake_up_all(&qdev->fence_wq);
+}
+
+/*
+ * Stop the engine (the device touches no memory afterwards), fail what is
+ * still in flight and, if @restart, start again on an empty ring.
+ */
+static void qgpu_engine_abort_locked(struct qgpu_device *qdev, bool restart)
+{
+	struct qgpu_job *job, *tmp;
+
+	lockdep_assert_held(&qdev->ring_lock);
+	qgpu_wr(qdev, QGPU_REG_ENGINE_CTRL, 0);
+	qgpu_wr(qdev, QGPU_REG_ENGINE_RESET, QGPU_ENGINE_RESET_MAGIC);
+	qgpu_stat_inc(qdev, QGPU_STAT_ENGINE_RESETS);
+	qgpu_retire_locked(qdev);
+	list_for_each_entry_safe(job, tmp, &qdev->inflight, node) {
+		if (!job->hw_err)
+			job->hw_err = QGPU_ERR_ABORTED;
+		qgpu_job_finish(qdev, job);
+	}
+	WRITE_ONCE(qdev->retired_seq, qdev->next_seq - 1);
+	WRITE_ONCE(qdev->halted, false);
+	if (restart)
+		qgpu_ring_start(qdev);
+	wake_up_all(&qdev->fence_wq);
+}
+
+/* Called by remove with qdev->dead set: quiesce the engine for good. */
+void qgpu_ring_shutdown(struct qgpu_device *qdev)
+{
+	mutex_lock(&qdev->ring_lock);
+	qgpu_engine_abort_locked(qdev, false);
+	qgpu_wr(qdev, QGPU_REG_INT_MASK, 0);
+	qgpu_wr(qdev, QGPU_REG_INT_STATUS, QGPU_INT_ALL);
+	mutex_unlock(&qdev->ring_lock);
+}
+
+void qgpu_retire_work(struct work_struct *work)
+{
+	struct qgpu_device *qdev = container_of(work, struct qgpu_device,
+						retire_work);
+
+	mutex_lock(&qdev->ring_lock);
+	if (!READ_ONCE(qdev->dead))
+		qgpu_retire_locked(qdev);
+	mutex_unlock(&qdev->ring_lock);
+}
+
+void qgpu_reset_work(struct work_struct *work)
+{
+	struct qgpu_device *qdev = container_of(work, struct qgpu_device,
+						reset_work);
+
+	mutex_lock(&qdev->ring_lock);
+	if (READ_ONCE(qdev->halted) && !READ_ONCE(qdev->dead)) {
+		dev_warn(qdev->dev, "engine halted (error %u at index %u); resetting\n",
+			 qgpu_rd(qdev, QGPU_REG_DMA_ERROR),
+			 qgpu_rd(qdev, QGPU_REG_DMA_ERROR_INDEX));
+		qgpu_engine_abort_locked(qdev, true);
+	}
+	mutex_unlock(&qdev->ring_lock);
+}
+
+static u32 qgpu_ring_free(struct qgpu_device *qdev)
+{
+	u64 used = qdev->next_seq - 1 - qdev->retired_seq;
+
+	return qdev->ring_entries - 1 - (u32)used;
+}
+
+/*
+ * Queue @n descriptors (@descs, little-endian, fence fields filled in here)
+ * as one job. On success the ring holds a reference to @job until it
+ * retires. Fails with -ENODEV once the device is gone, -EINTR on a signal
+ * while waiting for ring space; nothing is submitted then and the job's
+ * resources (mappings, pins, BO reference) have been released.
+ */
+int qgpu_submit(struct qgpu_device *qdev, struct qgpu_job *job,
+		struct qgpu_desc *descs, u32 n)
+{
+	u32 mask = qdev->ring_entries - 1;
+	u32 i;
+
+	if (!n || n > qdev->ring_entries - 1) {
+		qgpu_job_release_resources(qdev, job);
+		return -EINVAL;
+	}
+
+	mutex_lock(&qdev->ring_lock);
+	for (;;) {
+		u64 retired;
+		long ret;
+
+		if (READ_ONCE(qdev->dead)) {
+			mutex_unlock(&qdev->ring_lock);
+			qgpu_job_release_resources(qdev, job);
+			return -ENODEV;
+		}
+		qgpu_retire_locked(qdev);
+		if (!READ_ONCE(qdev->halted) && qgpu_ring_free(qdev) >= n)
+			break;
+		retired = qdev->retired_seq;
+		mutex_unlock(&qdev->ring_lock);
+		ret = wait_event_interruptible_timeout(qdev->fence_wq,
+				qgpu_completed_seq(qdev) > retired ||
+				READ_ONCE(qdev->dead),
+				msecs_to_jiffies(QGPU_POLL_MS));
+		if (ret < 0) {
+			qgpu_job_release_resources(qdev, job);
+			return -EINTR;
+		}
+		mutex_lock(&qdev->ring_lock);
+	}
+
+	job->first_seq = qdev->next_seq;
+	job->first_idx = qdev->tail;
+	job->ndesc = n;
+	for (i = 0; i < n; i++) {
+		struct qgpu_desc *d = &qdev->ring[qdev->tail];
+		u32 flags = le32_to_cpu(descs[i].flags) | QGPU_DESC_F_FENCE;
+
+		if (i == n - 1)
+			flags |= QGPU_DESC_F_IRQ;
+		*d = descs[i];
+		d->flags = cpu_to_le32(flags);
+		d->fence_addr = cpu_to_le64(qdev->fence_dma);
+		d->fence_value = cpu_to_le64(qdev->next_seq);
+		d->status = 0;
+		d->reserved = 0;
+		if (flags & QGPU_DESC_F_SG)
+			qgpu_stat_inc(qdev, QGPU_STAT_SG_DESCRIPTORS);
+		qdev->next_seq++;
+		qdev->tail = (qdev->tail + 1) & mask;
+	}
+	job->last_seq = qdev->next_seq - 1;
+	kref_get(&job->ref);
+	list_add_tail(&job->node, &qdev->inflight);
+	qgpu_stat_inc(qdev, QGPU_STAT_JOBS);
+	qgpu_stat_add(qdev, QGPU_STAT_DESCRIPTORS, n);
+	/* writel() orders the descriptor stores before the doorbell. */
+	qgpu_wr(qdev, QGPU_REG_DOORBELL, qdev->tail);
+	mutex_unlock(&qdev->ring_lock);
+	return 0;
+}
+
+/*
+ * Wait for a submitted job. A signal returns -EINTR and leaves the job to
+ * be retired (pages unpinned) later; a job that does not finish within
+ * job_timeout_ms resets the engine and returns -ETIMEDOUT.
+ */
+int qgpu_job_wait(struct qgpu_device *qdev, struct qgpu_job *job)
+{
+	unsigned long deadline = jiffies + msecs_to_jiffies(job_timeout_ms);
+
+	/* Pairs with smp_store_release() in qgpu_job_finish(). */
+	while (!smp_load_acquire(&job->done)) {
+		long ret;
+
+		ret = wait_event_interruptible_timeout(qdev->fence_wq,
+				qgpu_seq_passed(qdev, job->last_seq) ||
+				READ_ONCE(qdev->dead),
+				msecs_to_jiffies(QGPU_POLL_MS));
+		if (ret < 0)
+			return -EINTR;
+		if (ret == 1 && qgpu_seq_passed(qdev, job->last_seq))
+			qgpu_stat_inc(qdev, QGPU_STAT_POLL_COMPLETIONS);
+
+		mutex_lock(&qdev->ring_lock);
+		qgpu_retire_locked(qdev);
+		if (!job->done && !READ_ONCE(qdev->dead) &&
+		    time_after(jiffies, deadline)) {
+			dev_warn(qdev->dev, "job %llu timed out; resetting engine\n",
+				 job->last_seq);
+			qgpu_stat_inc(qdev, QGPU_STAT_TIMEOUTS);
+			qgpu_engine_abort_locked(qdev, true);
+			mutex_unlock(&qdev->ring_lock);
+			return -ETIMEDOUT;
+		}
+		mutex_unlock(&qdev->ring_lock);
+		if (!job->done && READ_ONCE(qdev->dead))
+			return -ENODEV;
+	}
+	if (job->hw_err == QGPU_ERR_ABORTED && READ_ONCE(qdev->dead))
+		return -ENODEV;
+	return job->hw_err ? -EIO : 0;
+}
+
+static u32 qgpu_errlog_find(struct qgpu_device *qdev, u64 fence)
+{
+	unsigned int i;
+
+	for (i = 0; i < QGPU_ERRLOG_SIZE; i++)
+		if (qdev->errlog[i].fence == fence)
+			return qdev->errlog[i].err;
+	return 0;
+}
+
+int qgpu_fence_wait(struct qgpu_device *qdev, u64 fence, u64 timeout_ns,
+		    u32 *hw_status, u64 *completed)
+{
+	ktime_t deadline = ktime_add_safe(ktime_get(),
+					  ns_to_ktime(min_t(u64, timeout_ns,
+							    KTIME_MAX)));
+
+	mutex_lock(&qdev->ring_lock);
+	if (fence >= qdev->next_seq) {
+		mutex_unlock(&qdev->ring_lock);
+		return -EINVAL;
+	}
+	mutex_unlock(&qdev->ring_lock);
+
+	for (;;) {
+		s64 left;
+		long ret;
+
+		mutex_lock(&qdev->ring_lock);
+		qgpu_retire_locked(qdev);
+		*completed = max(qdev->retired_seq, qgpu_completed_seq(qdev));
+		if (fence && qdev->retired_seq >= fence)
+			*hw_status = qgpu_errlog_find(qdev, fence);
+		mutex_unlock(&qdev->ring_lock);
+		if (!fence || *completed >= fence)
+			return *hw_status ? -EIO : 0;
+		if (READ_ONCE(qdev->dead))
+			return -ENODEV;
+		left = ktime_to_ns(ktime_sub(deadline, ktime_get()));
+		if (left <= 0)
+			return -ETIMEDOUT;
+		ret = wait_event_interruptible_timeout(qdev->fence_wq,
+				qgpu_seq_passed(qdev, fence) ||
+				READ_ONCE(qdev->dead),
+				min_t(long, nsecs_to_jiffies(left) + 1,
+				      msecs_to_jiffies(QGPU_POLL_MS)));
+		if (ret < 0)
+			return -EINTR;
+	}
+}
+
+/* ---- user memory <-> VRAM ------------------------------------------------ */
+
+static void qgpu_desc_guest(struct qgpu_desc *d, u32 op, u64 guest,
+			    u64 vram, u64 len)
+{
+	memset(d, 0, sizeof(*d));
+	d->opcode = cpu_to_le32(op);
+	d->length = cpu_to_le64(len);
+	if (op == QGPU_OP_COPY_TO_VRAM) {
+		d->src = cpu_to_le64(guest);
+		d->dst = cpu_to_le64(vram);
+	} else {
+		d->src = cpu_to_le64(vram);
+		d->dst = cpu_to_le64(guest);
+	}
+}
+
+/*
+ * Build the device SG list from the mapped table: one descriptor per
+ * sg_max entries, each covering the VRAM range its segments add up to.
+ */
+static int qgpu_build_sg_descs(struct qgpu_device *qdev, struct qgpu_job *job,
+			       u32 op, u64 vram_offset, struct qgpu_desc *descs,
+			       u32 sg_max)
+{
+	unsigned int nents = job->sgt.nents;
+	struct scatterlist *sg;
+	u32 ndesc = 0, in_desc = 0;
+	u64 desc_len = 0, vram = vram_offset;
+	unsigned int i;
+
+	job->sg_list_size = array_size(nents, sizeof(struct qgpu_sg_entry));
+	job->sg_list = dma_alloc_coherent(qdev->dev, job->sg_list_size,
+					  &job->sg_list_dma, GFP_KERNEL);
+	if (!job->sg_list)
+		return -ENOMEM;
+
+	for_each_sgtable_dma_sg(&job->sgt, sg, i) {
+		job->sg_list[i].addr = cpu_to_le64(sg_dma_address(sg));
+		job->sg_list[i].len = cpu_to_le32(sg_dma_len(sg));
+		job->sg_list[i].reserved = 0;
+		desc_len += sg_dma_len(sg);
+		in_desc++;
+		if (in_desc == sg_max || i == nents - 1) {
+			dma_addr_t list = job->sg_list_dma +
+				(u64)(i + 1 - in_desc) * QGPU_SG_ENTRY_SIZE;
+
+			qgpu_desc_guest(&descs[ndesc], op, list, vram, desc_len);
+			descs[ndesc].flags = cpu_to_le32(QGPU_DESC_F_SG);
+			descs[ndesc].sg_count = cpu_to_le32(in_desc);
+			ndesc++;
+			vram += desc_len;
+			desc_len = 0;
+			in_desc = 0;
+		}
+	}
+	qgpu_stat_add(qdev, QGPU_STAT_SG_ENTRIES, nents);
+	return ndesc;
+}
+
+/* SG entries per descriptor: the device's limit, or the test override. */
+static u32 qgpu_sg_max(struct qgpu_device *qdev)
+{
+	u32 sg_max = min_t(u32, qgpu_rd(qdev, QGPU_REG_SG_MAX_ENTRIES),
+			   QGPU_SG_MAX_ENTRIES);
+	u32 limit = READ_ONCE(sg_max_entries);
+
+	if (limit)
+		sg_max = min(sg_max, limit);
+	return max(sg_max, 1U);
+}
+
+/*
+ * One chunk of a user copy: pin, map, submit as one job, wait. Updates the
+ * fence, hw_status and nr_segments of @a.
+ */
+static int qgpu_copy_user_chunk(struct qgpu_device *qdev,
+				struct qgpu_copy_user *a, u64 uptr,
+				u64 vram_offset, u64 len)
+{
+	struct device *dev = qdev->dev;
+	struct qgpu_desc *descs = NULL;
+	unsigned int off, nsegs, max_seg;
+	struct qgpu_job *job;
+	u32 sg_max, ndesc;
+	long pinned;
+	int ret;
+
+	job = qgpu_job_alloc();
+	if (!job)
+		return -ENOMEM;
+	job->op = a->op;
+	job->bytes = len;
+	job->dir = a->op == QGPU_OP_COPY_TO_VRAM ? DMA_TO_DEVICE : DMA_FROM_DEVICE;
+	off = offset_in_page(uptr);
+	job->npages = DIV_ROUND_UP(off + len, PAGE_SIZE);
+	job->pages = kvmalloc_array(job->npages, sizeof(*job->pages),
+				    GFP_KERNEL);
+	if (!job->pages) {
+		ret = -ENOMEM;
+		goto out_put;
+	}
+	/* Short-term pins: released when the job retires. */
+	pinned = pin_user_pages_fast(uptr & PAGE_MASK, job->npages,
+				     job->dir == DMA_FROM_DEVICE ? FOLL_WRITE : 0,
+				     job->pages);
+	if (pinned != job->npages) {
+		if (pinned > 0)
+			unpin_user_pages(job->pages, pinned);
+		kvfree(job->pages);
+		job->pages = NULL;
+		ret = -EFAULT;
+		goto out_put;
+	}
+	qgpu_stat_add(qdev, QGPU_STAT_PINNED_PAGES, job->npages);
+
+	sg_max = qgpu_sg_max(qdev);
+	if (job->npages == 1 && !(a->flags & QGPU_SUBMIT_F_FORCE_SG)) {
+		descs = kzalloc(sizeof(*descs), GFP_KERNEL);
+		if (!descs) {
+			ret = -ENOMEM;
+			goto out_release;
+		}
+		job->page_dma = dma_map_page_attrs(dev, job->pages[0], off, len,
+						   job->dir, DMA_ATTR_NO_WARN);
+		if (dma_mapping_error(dev, job->page_dma)) {
+			ret = -ENOMEM;
+			goto out_release;
+		}
+		job->page_len = len;
+		job->page_mapped = true;
+		qgpu_stat_inc(qdev, QGPU_STAT_SINGLE_PAGE_MAPS);
+		qgpu_desc_guest(descs, a->op, job->page_dma, vram_offset, len);
+		ndesc = 1;
+		nsegs = 1;
+	} else {
+		/* Segments must also fit a bounce buffer (swiotlb). */
+		max_seg = min_t(size_t, dma_get_max_seg_size(dev),
+				dma_max_mapping_size(dev));
+		max_seg = max_t(unsigned int, max_seg & PAGE_MASK, PAGE_SIZE);
+		ret = sg_alloc_table_from_pages_segment(&job->sgt, job->pages,
+				job->npages, off, len, max_seg, GFP_KERNEL);
+		if (ret) {
+			job->sgt.sgl = NULL;
+			goto out_release;
+		}
+		ret = dma_map_sgtable(dev, &job->sgt, job->dir, DMA_ATTR_NO_WARN);
+		if (ret)
+			goto out_release;
+		job->sgt_mapped = true;
+		nsegs = job->sgt.nents;
+		descs = kcalloc(DIV_ROUND_UP(nsegs, sg_max), sizeof(*descs),
+				GFP_KERNEL);
+		if (!descs) {
+			ret = -ENOMEM;
+			goto out_release;
+		}
+		if (nsegs == 1 && !(a->flags & QGPU_SUBMIT_F_FORCE_SG)) {
+			qgpu_desc_guest(descs, a->op,
+					sg_dma_address(job->sgt.sgl),
+					vram_offset, len);
+			ndesc = 1;
+		} else {
+			ret = qgpu_build_sg_descs(qdev, job, a->op, vram_offset,
+						  descs, sg_max);
+			if (ret < 0)
+				goto out_release;
+			ndesc = ret;
+		}
+	}
+
+	ret = qgpu_submit(qdev, job, descs, ndesc);
+	if (ret)
+		goto out_put;
+	ret = qgpu_job_wait(qdev, job);
+	a->fence = job->last_seq;
+	a->hw_status = job->hw_err;
+	a->nr_segments += nsegs;
+	goto out_put;
+
+out_release:
+	/* Mapping failures are resource limits (e.g. bounce buffers). */
+	if (ret == -EIO)
+		ret = -ENOMEM;
+	qgpu_job_release_resources(qdev, job);
+out_put:
+	kfree(descs);
+	qgpu_job_put(job);
+	return ret;
+}
+
+long qgpu_ioctl_copy_user(struct qgpu_file *qf, void __user *arg)
+{
+	struct qgpu_device *qdev = qf->qdev;
+	u64 end, done = 0, chunk;
+	struct qgpu_copy_user a;
+	int ret = 0;
+
+	if (copy_from_user(&a, arg, sizeof(a)))
+		return -EFAULT;
+	if (a.reserved[0] || a.reserved[1] ||
+	    (a.flags & ~QGPU_SUBMIT_F_FORCE_SG) ||
+	    (a.op != QGPU_OP_COPY_TO_VRAM && a.op != QGPU_OP_COPY_FROM_VRAM) ||
+	    !a.length)
+		return -EINVAL;
+	if (a.length > QGPU_MAX_XFER)
+		return -E2BIG;
+	if (check_add_overflow(a.vram_offset, a.length, &end) ||
+	    end > qdev->vram_size)
+		return -EINVAL;
+	if (check_add_overflow(a.user_ptr, a.length, &end) ||
+	    a.user_ptr != (unsigned long)a.user_ptr)
+		return -EINVAL;
+
+	/*
+	 * Chunks bound the pinned memory and the bounce-buffer space of one
+	 * job; a chunk ends on a page boundary of the user buffer.
+	 */
+	chunk = max_t(u64, round_down((u64)READ_ONCE(xfer_chunk_kb) << 10,
+				      PAGE_SIZE), PAGE_SIZE);
+	/* A chunk's pages, one segment at worst each, must fit the ring. */
+	chunk = min_t(u64, chunk, (u64)(qdev->ring_entries - 1) *
+			   qgpu_sg_max(qdev) * PAGE_SIZE);
+	a.fence = 0;
+	a.hw_status = 0;
+	a.nr_segments = 0;
+	while (done < a.length) {
+		u64 uptr = a.user_ptr + done;
+		u64 n = min(a.length - done, chunk - offset_in_page(uptr));
+
+		ret = qgpu_copy_user_chunk(qdev, &a, uptr, a.vram_offset + done, n);
+		if (ret)
+			break;
+		done += n;
+	}
+	if ((ret == 0 || ret == -EIO) && copy_to_user(arg, &a, sizeof(a)))
+		ret = -EFAULT;
+	return ret;
+}

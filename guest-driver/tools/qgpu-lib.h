@@ -1,0 +1,166 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
+/*
+ * qgpu tools: small helpers shared by qgpu-tool and qgpu-test.
+ */
+#ifndef QGPU_LIB_H
+#define QGPU_LIB_H
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "qgpu.h"
+
+#define QGPU_FNV_INIT	0xcbf29ce484222325ULL
+
+static inline uint64_t qgpu_fnv1a(uint64_t h, const void *buf, size_t n)
+{
+	const uint8_t *p = buf;
+
+	while (n--) {
+		h ^= *p++;
+		h *= 0x100000001b3ULL;
+	}
+	return h;
+}
+
+/* Device node: $QGPU_DEV or /dev/qgpu0. */
+static inline const char *qgpu_dev_path(void)
+{
+	const char *p = getenv("QGPU_DEV");
+
+	return p && *p ? p : "/dev/qgpu0";
+}
+
+static inline int qgpu_open(const char *path)
+{
+	return open(path ? path : qgpu_dev_path(), O_RDWR | O_CLOEXEC);
+}
+
+/* ioctl returning 0 or -errno. */
+static inline int qgpu_ioctl(int fd, unsigned long req, void *arg)
+{
+	return ioctl(fd, req, arg) ? -errno : 0;
+}
+
+/* /sys/class/misc/<name>/stats/<stat> for the device at @path; -1 on error. */
+static inline long long qgpu_stat(const char *path, const char *stat)
+{
+	const char *name = strrchr(path ? path : qgpu_dev_path(), '/');
+	char file[256];
+	long long v = -1;
+	FILE *f;
+
+	name = name ? name + 1 : (path ? path : qgpu_dev_path());
+	snprintf(file, sizeof(file), "/sys/class/misc/%s/stats/%s", name, stat);
+	f = fopen(file, "r");
+	if (!f)
+		return -1;
+	if (fscanf(f, "%lld", &v) != 1)
+		v = -1;
+	fclose(f);
+	return v;
+}
+
+static inline int qgpu_copy_user(int fd, uint32_t op, uint32_t flags, void *ptr,
+				 uint64_t vram_off, uint64_t len,
+				 struct qgpu_copy_user *out)
+{
+	struct qgpu_copy_user a = {
+		.op = op, .flags = flags, .user_ptr = (uintptr_t)ptr,
+		.vram_offset = vram_off, .length = len,
+	};
+	int ret = qgpu_ioctl(fd, QGPU_IOCTL_COPY_USER, &a);
+
+	if (out)
+		*out = a;
+	return ret;
+}
+
+static inline int qgpu_fill(int fd, uint64_t off, uint64_t len, uint32_t pattern,
+			    uint32_t flags, uint64_t *fence)
+{
+	struct qgpu_vram_op a = {
+		.op = QGPU_OP_FILL, .flags = flags, .dst_offset = off,
+		.length = len, .pattern = pattern,
+	};
+	int ret = qgpu_ioctl(fd, QGPU_IOCTL_VRAM_OP, &a);
+
+	if (fence)
+		*fence = a.fence;
+	return ret;
+}
+
+static inline int qgpu_cpu(int fd, uint32_t op, uint64_t off, uint64_t len,
+			   uint32_t pattern, uint64_t *sum)
+{
+	struct qgpu_cpu_access a = {
+		.op = op, .pattern = pattern, .vram_offset = off, .length = len,
+	};
+	int ret = qgpu_ioctl(fd, QGPU_IOCTL_CPU_ACCESS, &a);
+
+	if (sum)
+		*sum = a.checksum;
+	return ret;
+}
+
+static inline int qgpu_wait(int fd, uint64_t fence, uint64_t timeout_ns,
+			    struct qgpu_wait_fence *out)
+{
+	struct qgpu_wait_fence a = { .fence = fence, .timeout_ns = timeout_ns };
+	int ret = qgpu_ioctl(fd, QGPU_IOCTL_WAIT_FENCE, &a);
+
+	if (out)
+		*out = a;
+	return ret;
+}
+
+static inline void qgpu_pattern_fill(void *buf, size_t len, uint32_t pattern)
+{
+	uint8_t *p = buf;
+	size_t i;
+
+	for (i = 0; i < len; i++)
+		p[i] = (uint8_t)(pattern >> (8 * (i % 4)));
+}
+
+/* Parse a size with optional K/M/G suffix; returns 0 on success. */
+static inline int qgpu_parse_u64(const char *s, uint64_t *v)
+{
+	char *end;
+	unsigned long long x;
+
+	errno = 0;
+	x = strtoull(s, &end, 0);
+	if (errno || end == s)
+		return -1;
+	switch (*end) {
+	case 'k': case 'K': x <<= 10; end++; break;
+	case 'm': case 'M': x <<= 20; end++; break;
+	case 'g': case 'G': x <<= 30; end++; break;
+	}
+	if (*end)
+		return -1;
+	*v = x;
+	return 0;
+}
+
+static inline const char *qgpu_irq_mode_name(uint32_t m)
+{
+	switch (m) {
+	case QGPU_IRQ_MODE_MSIX: return "msix";
+	case QGPU_IRQ_MODE_MSI: return "msi";
+	case QGPU_IRQ_MODE_INTX: return "intx";
+	default: return "unknown";
+	}
+}
+
+#endif /* QGPU_LIB_H */

@@ -1,0 +1,1245 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * qgpu-test: in-guest tests of the qgpu driver.
+ *
+ *   qgpu-test [-d /dev/qgpuN] [--tap] [--list] [--destructive] [TEST...]
+ *
+ * Each test runs in its own child process with a timeout, so a crash
+ * (SIGBUS, SIGSEGV) fails that test only. Output: one JSON line per test,
+ *   {"test":"dma_copy_sizes","result":"pass|fail|skip","ms":12,"detail":"..."}
+ * and a final {"summary":true,"pass":N,"fail":N,"skip":N}; with --tap,
+ * TAP version 13 instead. Exit status 0 iff no test failed.
+ *
+ * --destructive adds tests that hot-remove the PCI device (rescanned after).
+ */
+#include <poll.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <sys/time.h>
+#include <sys/wait.h>
+#include <time.h>
+
+#include "qgpu-lib.h"
+
+static const char *dev;
+static int fd = -1;
+static struct qgpu_info info;
+static char detail[512];
+static int tap;
+
+#define PASS 0
+#define FAIL 1
+#define SKIP 2
+
+#define CHECK(cond, fmt, ...) do {					\
+	if (!(cond)) {							\
+		snprintf(detail, sizeof(detail), "line %d: " fmt, __LINE__, \
+			 ##__VA_ARGS__);				\
+		return FAIL;						\
+	}								\
+} while (0)
+
+/* An ioctl or syscall result, as -errno, must equal @want. */
+#define EXPECT_ERR(expr, want, what) do {				\
+	int _r = (expr);						\
+	CHECK(_r == (want), "%s: got %d (%s), want %d (%s)", what, _r,	\
+	      strerror(-_r), (want), strerror(-(want)));		\
+} while (0)
+
+#define MMAP_ERR(len, prot, flags, off)					\
+	(mmap(NULL, (len), (prot), (flags), fd, (off)) == MAP_FAILED ? -errno : 0)
+
+static uint64_t rnd_state = 0x9e3779b97f4a7c15ULL;
+
+static void rnd_fill(void *buf, size_t len)
+{
+	uint8_t *p = buf;
+
+	for (size_t i = 0; i < len; i++) {
+		rnd_state ^= rnd_state << 13;
+		rnd_state ^= rnd_state >> 7;
+		rnd_state ^= rnd_state << 17;
+		p[i] = (uint8_t)rnd_state;
+	}
+}
+
+static long long stat_of(const char *name)
+{
+	return qgpu_stat(dev, name);
+}
+
+static void *xmap_vram(uint64_t off, size_t len, int lazy)
+{
+	void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd,
+		       (lazy ? QGPU_MMAP_VRAM_LAZY : QGPU_MMAP_VRAM) + off);
+
+	return p == MAP_FAILED ? NULL : p;
+}
+
+static uint64_t cpu_sum(uint64_t off, uint64_t len)
+{
+	uint64_t s = 0;
+
+	if (qgpu_cpu(fd, QGPU_CPU_CHECKSUM, off, len, 0, &s))
+		return 0;
+	return s;
+}
+
+static int first_diff(const void *a, const void *b, size_t n)
+{
+	const uint8_t *x = a, *y = b;
+
+	for (size_t i = 0; i < n; i++)
+		if (x[i] != y[i])
+			return (int)i;
+	return -1;
+}
+
+/* ---- tests ----------------------------------------------------------------- */
+
+static int t_info(void)
+{
+	CHECK(info.version >> 16 == QGPU_VERSION_MAJOR, "version %#x", info.version);
+	CHECK((info.caps & (QGPU_CAP_DMA_COPY | QGPU_CAP_DMA_FILL | QGPU_CAP_SG |
+			    QGPU_CAP_FENCE)) == (QGPU_CAP_DMA_COPY | QGPU_CAP_DMA_FILL |
+						 QGPU_CAP_SG | QGPU_CAP_FENCE),
+	      "caps %#x", info.caps);
+	CHECK(info.vram_size >= QGPU_VRAM_SIZE_MIN &&
+	      !(info.vram_size & (info.vram_size - 1)), "vram %llu",
+	      (unsigned long long)info.vram_size);
+	CHECK(info.irq_mode >= QGPU_IRQ_MODE_MSIX && info.irq_mode <= QGPU_IRQ_MODE_INTX,
+	      "irq mode %u", info.irq_mode);
+	CHECK(info.irq_vectors == (info.irq_mode == QGPU_IRQ_MODE_MSIX ?
+				   QGPU_MSIX_VECTORS : 1), "vectors %u", info.irq_vectors);
+	CHECK(stat_of("jobs") >= 0, "no sysfs stats");
+	snprintf(detail, sizeof(detail), "irq=%s vram=%lluM dma=%ubit",
+		 qgpu_irq_mode_name(info.irq_mode),
+		 (unsigned long long)info.vram_size >> 20, info.dma_mask_bits);
+	return PASS;
+}
+
+static int t_regs_mmap(void)
+{
+	long long before = stat_of("vma_regs");
+	volatile uint32_t *r = mmap(NULL, QGPU_PAGE_SIZE, PROT_READ | PROT_WRITE,
+				    MAP_SHARED, fd, QGPU_MMAP_REGS);
+#define UREG(x) r[((x) - QGPU_REGS_USER_PAGE) / 4]
+
+	CHECK(r != MAP_FAILED, "mmap regs: %s", strerror(errno));
+	CHECK(stat_of("vma_regs") == before + 1, "vma_regs not counted");
+	CHECK(UREG(QGPU_REG_USER_ID) == QGPU_ID_MAGIC, "USER_ID %#x",
+	      UREG(QGPU_REG_USER_ID));
+	CHECK(UREG(QGPU_REG_USER_ENGINE_STATUS) & QGPU_ENGINE_STATUS_ENABLED,
+	      "engine not enabled: %#x", UREG(QGPU_REG_USER_ENGINE_STATUS));
+	UREG(QGPU_REG_USER_SCRATCH) = 0x5a5aa5a5;
+	CHECK(UREG(QGPU_REG_USER_SCRATCH) == 0x5a5aa5a5, "scratch %#x",
+	      UREG(QGPU_REG_USER_SCRATCH));
+	UREG(QGPU_REG_USER_SCRATCH) = 0;
+	{
+		uint64_t fence;
+		struct qgpu_wait_fence w;
+		uint64_t hw;
+
+		CHECK(!qgpu_fill(fd, 0, 4096, 1, 0, &fence), "fill");
+		CHECK(!qgpu_wait(fd, fence, 0, &w), "wait");
+		hw = UREG(QGPU_REG_USER_FENCE_LO) |
+		     (uint64_t)UREG(QGPU_REG_USER_FENCE_HI) << 32;
+		CHECK(hw >= fence, "user-page fence %llu < %llu",
+		      (unsigned long long)hw, (unsigned long long)fence);
+	}
+	munmap((void *)r, QGPU_PAGE_SIZE);
+	CHECK(stat_of("vma_regs") == before, "vma_regs not uncounted");
+#undef UREG
+	return PASS;
+}
+
+static int t_regs_mmap_bad(void)
+{
+	int rw = PROT_READ | PROT_WRITE;
+
+	EXPECT_ERR(MMAP_ERR(2 * QGPU_PAGE_SIZE, rw, MAP_SHARED, QGPU_MMAP_REGS),
+		   -EINVAL, "2-page regs map");
+	EXPECT_ERR(MMAP_ERR(QGPU_PAGE_SIZE, rw, MAP_SHARED, QGPU_MMAP_REGS + 4096),
+		   -EINVAL, "regs map beyond the user page");
+	EXPECT_ERR(MMAP_ERR(QGPU_PAGE_SIZE, rw, MAP_PRIVATE, QGPU_MMAP_REGS),
+		   -EINVAL, "MAP_PRIVATE regs");
+	EXPECT_ERR(MMAP_ERR(QGPU_PAGE_SIZE, PROT_READ | PROT_EXEC, MAP_SHARED,
+			    QGPU_MMAP_REGS), -EPERM, "PROT_EXEC regs");
+	EXPECT_ERR(MMAP_ERR(QGPU_PAGE_SIZE, rw, MAP_SHARED, QGPU_MMAP_REGS + 1),
+		   -EINVAL, "misaligned offset");
+	return PASS;
+}
+
+static int t_vram_mmap_wc(void)
+{
+	size_t len = 1 << 20;
+	uint64_t off = 2 << 20;
+	uint8_t *v = xmap_vram(0, info.vram_size, 0);
+	uint8_t *src = malloc(len), *dst = malloc(len);
+
+	CHECK(v, "mmap VRAM: %s", strerror(errno));
+	rnd_fill(src, len);
+	memcpy(v + off, src, len);
+	__sync_synchronize();
+	CHECK(cpu_sum(off, len) == qgpu_fnv1a(QGPU_FNV_INIT, src, len),
+	      "kernel checksum differs from user data written through WC mmap");
+	CHECK(!qgpu_copy_user(fd, QGPU_OP_COPY_FROM_VRAM, 0, dst, off, len, NULL),
+	      "dma from VRAM");
+	CHECK(first_diff(src, dst, len) < 0, "DMA readback differs at %d",
+	      first_diff(src, dst, len));
+	/* DMA fill, read through the mapping. */
+	CHECK(!qgpu_fill(fd, off, len, 0xa1b2c3d4, 0, NULL), "fill");
+	qgpu_pattern_fill(src, len, 0xa1b2c3d4);
+	CHECK(first_diff(src, v + off, len) < 0, "fill seen through mmap differs at %d",
+	      first_diff(src, v + off, len));
+	/* Last page of VRAM is reachable. */
+	v[info.vram_size - 1] = 0x77;
+	__sync_synchronize();
+	CHECK(cpu_sum(info.vram_size - 1, 1) == qgpu_fnv1a(QGPU_FNV_INIT, "\x77", 1),
+	      "last byte");
+	munmap(v, info.vram_size);
+	return PASS;
+}
+
+static int t_vram_mmap_lazy(void)
+{
+	size_t npages = 16, len = npages * 4096;
+	uint64_t off = 4 << 20;
+	long long faults = stat_of("lazy_faults"), vmas = stat_of("vma_vram_lazy");
+	uint8_t *wc = xmap_vram(off, len, 0);
+	uint8_t *lz = xmap_vram(off, len, 1);
+	uint8_t *ref = malloc(len);
+
+	CHECK(wc && lz, "mmap: %s", strerror(errno));
+	CHECK(stat_of("vma_vram_lazy") == vmas + 1, "vma_vram_lazy");
+	CHECK(stat_of("lazy_faults") == faults, "faulted before touch");
+	rnd_fill(ref, len);
+	memcpy(wc, ref, len);
+	__sync_synchronize();
+	CHECK(lz[0] == ref[0] && lz[5 * 4096 + 7] == ref[5 * 4096 + 7] &&
+	      lz[15 * 4096 + 4095] == ref[15 * 4096 + 4095], "lazy data");
+	CHECK(stat_of("lazy_faults") == faults + 3, "lazy_faults %lld, want %lld",
+	      stat_of("lazy_faults"), faults + 3);
+	CHECK(first_diff(lz, ref, len) < 0, "lazy view differs at %d",
+	      first_diff(lz, ref, len));
+	CHECK(stat_of("lazy_faults") == faults + (long long)npages, "one fault per page");
+	lz[100] = 0x42;
+	__sync_synchronize();
+	CHECK(wc[100] == 0x42, "write through lazy map not visible");
+	munmap(lz, len);
+	munmap(wc, len);
+	CHECK(stat_of("vma_vram_lazy") == vmas, "vma_vram_lazy after munmap");
+	return PASS;
+}
+
+static int t_vram_mmap_bad(void)
+{
+	int rw = PROT_READ | PROT_WRITE;
+	uint64_t vs = info.vram_size;
+	void *p, *q;
+
+	EXPECT_ERR(MMAP_ERR(4096, rw, MAP_SHARED, vs), -EINVAL, "offset = VRAM size");
+	EXPECT_ERR(MMAP_ERR(8192, rw, MAP_SHARED, vs - 4096), -EINVAL, "straddles end");
+	EXPECT_ERR(MMAP_ERR(vs + 4096, rw, MAP_SHARED, 0), -EINVAL, "oversized");
+	EXPECT_ERR(MMAP_ERR(4096, rw, MAP_PRIVATE, 0), -EINVAL, "MAP_PRIVATE VRAM");
+	EXPECT_ERR(MMAP_ERR(4096, rw, MAP_PRIVATE, QGPU_MMAP_VRAM_LAZY), -EINVAL,
+		   "MAP_PRIVATE lazy");
+	EXPECT_ERR(MMAP_ERR(8192, rw, MAP_SHARED, QGPU_MMAP_VRAM_LAZY + vs - 4096),
+		   -EINVAL, "lazy straddles end");
+	EXPECT_ERR(MMAP_ERR(4096, rw, MAP_SHARED, 3ULL << 40), -EINVAL, "hole offset");
+	EXPECT_ERR(MMAP_ERR(4096, rw, MAP_SHARED, QGPU_MMAP_BO_BASE), -EINVAL,
+		   "BO handle 0");
+	EXPECT_ERR(MMAP_ERR(4096, rw, MAP_SHARED, QGPU_MMAP_BO_BASE + (77ULL << 32)),
+		   -EINVAL, "unknown BO");
+	/* The mmap core refuses offset + length overflows itself. */
+	CHECK(MMAP_ERR(4096, rw, MAP_SHARED, 0xfffffffffffff000ULL) == -EOVERFLOW ||
+	      MMAP_ERR(4096, rw, MAP_SHARED, 0xfffffffffffff000ULL) == -EINVAL,
+	      "huge offset");
+	EXPECT_ERR(MMAP_ERR(8192, rw, MAP_SHARED, (1ULL << 52) - 4096), -EINVAL,
+		   "offset beyond every region");
+	EXPECT_ERR(MMAP_ERR(4096, rw, MAP_SHARED, 123), -EINVAL, "misaligned offset");
+	/* mremap: moving or growing is refused; the mapping stays usable. */
+	p = xmap_vram(0, 8192, 0);
+	CHECK(p, "mmap");
+	q = mremap(p, 8192, 16384, MREMAP_MAYMOVE);
+	CHECK(q == MAP_FAILED, "mremap grow succeeded");
+	q = mmap(NULL, 8192, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	CHECK(mremap(p, 8192, 8192, MREMAP_MAYMOVE | MREMAP_FIXED, q) == MAP_FAILED,
+	      "mremap move succeeded");
+	CHECK(errno == EINVAL, "mremap move errno %d", errno);
+	((volatile uint8_t *)p)[0] = 1;
+	munmap(p, 8192);
+	munmap(q, 8192);
+	return PASS;
+}
+
+static int t_vma_accounting(void)
+{
+	long long base = stat_of("vma_vram");
+	uint8_t *p = xmap_vram(0, 4 * 4096, 0);
+	int pipefd[2], go[2];
+	pid_t pid;
+	char c;
+	int st;
+
+	CHECK(p, "mmap");
+	CHECK(stat_of("vma_vram") == base + 1, "after mmap: %lld", stat_of("vma_vram"));
+	CHECK(!pipe(pipefd) && !pipe(go), "pipe");
+	p[0] = 0x11;
+	pid = fork();
+	if (pid == 0) {
+		/* The child sees the shared mapping and writes through it. */
+		c = p[0] == 0x11 ? 'y' : 'n';
+		p[1] = 0x22;
+		if (write(pipefd[1], &c, 1) != 1 || read(go[0], &c, 1) != 1)
+			_exit(1);
+		_exit(0);
+	}
+	CHECK(read(pipefd[0], &c, 1) == 1 && c == 'y', "child view");
+	CHECK(stat_of("vma_vram") == base + 2, "with child: %lld", stat_of("vma_vram"));
+	CHECK(p[1] == 0x22, "child write not visible");
+	CHECK(write(go[1], "x", 1) == 1, "pipe");
+	waitpid(pid, &st, 0);
+	CHECK(WIFEXITED(st) && !WEXITSTATUS(st), "child failed");
+	CHECK(stat_of("vma_vram") == base + 1, "after child exit: %lld",
+	      stat_of("vma_vram"));
+	/* Punch a hole: one VMA becomes two. */
+	CHECK(!munmap(p + 4096, 4096), "partial munmap");
+	CHECK(stat_of("vma_vram") == base + 2, "after split: %lld", stat_of("vma_vram"));
+	CHECK(p[0] == 0x11 && p[2 * 4096] == p[2 * 4096], "remaining pages");
+	CHECK(!munmap(p + 3 * 4096, 4096), "tail munmap");
+	CHECK(stat_of("vma_vram") == base + 2, "after trim: %lld", stat_of("vma_vram"));
+	munmap(p, 4 * 4096);
+	CHECK(stat_of("vma_vram") == base, "after munmap: %lld", stat_of("vma_vram"));
+	return PASS;
+}
+
+/* Copy @len bytes at user misalignment @mis to VRAM @off and back; verify. */
+static int roundtrip(uint64_t off, size_t len, size_t mis, uint32_t flags,
+		     uint32_t *segs)
+{
+	uint8_t *a = aligned_alloc(4096, len + mis + 4096);
+	uint8_t *b = aligned_alloc(4096, len + mis + 4096);
+	struct qgpu_copy_user o;
+	int ret, d;
+
+	if (!a || !b) {
+		snprintf(detail, sizeof(detail), "alloc %zu", len);
+		return FAIL;
+	}
+	rnd_fill(a + mis, len);
+	memset(b, 0xee, len + mis + 4096);
+	ret = qgpu_copy_user(fd, QGPU_OP_COPY_TO_VRAM, flags, a + mis, off, len, &o);
+	CHECK(!ret, "to VRAM len %zu mis %zu: %s (hw %u)", len, mis, strerror(-ret),
+	      o.hw_status);
+	if (segs)
+		*segs = o.nr_segments;
+	CHECK(cpu_sum(off, len) == qgpu_fnv1a(QGPU_FNV_INIT, a + mis, len),
+	      "kernel checksum after to-VRAM len %zu mis %zu", len, mis);
+	ret = qgpu_copy_user(fd, QGPU_OP_COPY_FROM_VRAM, flags, b + mis, off, len, &o);
+	CHECK(!ret, "from VRAM len %zu mis %zu: %s", len, mis, strerror(-ret));
+	d = first_diff(a + mis, b + mis, len);
+	CHECK(d < 0, "len %zu mis %zu: differs at %d", len, mis, d);
+	CHECK(b[mis + len] == 0xee && (mis == 0 || b[mis - 1] == 0xee),
+	      "len %zu mis %zu: wrote outside the buffer", len, mis);
+	free(a);
+	free(b);
+	return PASS;
+}
+
+static int t_dma_copy_sizes(void)
+{
+	static const size_t sizes[] = { 1, 3, 64, 4095, 4096, 4097, 8192,
+					65536 + 7, (1 << 20) + 123, 8 << 20 };
+	static const size_t mis[] = { 0, 1, 4093 };
+	long long single = stat_of("single_page_maps");
+
+	for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++)
+		for (size_t j = 0; j < 3; j++) {
+			uint64_t off = (i * 3 + j) * 4099 % (info.vram_size / 2);
+			int r = roundtrip(off, sizes[i], mis[j], 0, NULL);
+
+			if (r)
+				return r;
+		}
+	CHECK(stat_of("single_page_maps") > single, "single-page path not used");
+	CHECK(stat_of("pinned_pages") == 0, "pages left pinned: %lld",
+	      stat_of("pinned_pages"));
+	return PASS;
+}
+
+static int t_dma_force_sg(void)
+{
+	long long sgd = stat_of("sg_descriptors");
+	uint32_t segs = 0;
+	int r;
+
+	r = roundtrip(12345, 100, 7, QGPU_SUBMIT_F_FORCE_SG, &segs);
+	if (r)
+		return r;
+	CHECK(segs == 1, "1-page SG segments %u", segs);
+	r = roundtrip(1 << 20, (3 << 20) + 5, 4000, QGPU_SUBMIT_F_FORCE_SG, &segs);
+	if (r)
+		return r;
+	CHECK(stat_of("sg_descriptors") >= sgd + 2, "SG descriptors not used");
+	snprintf(detail, sizeof(detail), "3MiB buffer -> %u segments", segs);
+	return PASS;
+}
+
+static int set_param(const char *name, const char *val)
+{
+	char path[128];
+	int f, ok;
+
+	snprintf(path, sizeof(path), "/sys/module/qgpu/parameters/%s", name);
+	f = open(path, O_WRONLY);
+	ok = f >= 0 && write(f, val, strlen(val)) == (ssize_t)strlen(val);
+	if (f >= 0)
+		close(f);
+	return ok ? 0 : -1;
+}
+
+static int chunk_sg_body(void)
+{
+	long long sgd = stat_of("sg_descriptors"), jobs = stat_of("jobs");
+	uint32_t segs = 0;
+	int r;
+
+	/* 64 KiB chunks: chunk boundaries fall inside the buffer. */
+	CHECK(!set_param("xfer_chunk_kb", "64"), "set xfer_chunk_kb");
+	r = roundtrip(777, (1 << 20) + 4321, 1234, 0, &segs);
+	if (r)
+		return r;
+	CHECK(stat_of("jobs") - jobs >= 2 * 17, "chunks: %lld jobs",
+	      stat_of("jobs") - jobs);
+	/* At most 2 SG entries per descriptor: multi-descriptor SG jobs. */
+	CHECK(!set_param("xfer_chunk_kb", "4096"), "reset xfer_chunk_kb");
+	CHECK(!set_param("sg_max_entries", "2"), "set sg_max_entries");
+	sgd = stat_of("sg_descriptors");
+	r = roundtrip(5 << 20, 300 * 1024 + 5, 99, QGPU_SUBMIT_F_FORCE_SG, &segs);
+	if (r)
+		return r;
+	/* @segs is the download's count: ceil(segs / 2) plus the upload's. */
+	CHECK(stat_of("sg_descriptors") - sgd >= (segs + 1) / 2 + 1,
+	      "%u segments but %lld SG descriptors", segs,
+	      stat_of("sg_descriptors") - sgd);
+	snprintf(detail, sizeof(detail), "300K buffer: %u segments, %lld SG descriptors",
+		 segs, stat_of("sg_descriptors") - sgd);
+	return PASS;
+}
+
+static int t_dma_chunks_sg_split(void)
+{
+	int r = chunk_sg_body();
+
+	set_param("xfer_chunk_kb", "4096");
+	set_param("sg_max_entries", "0");
+	return r;
+}
+
+static int t_dma_large(void)
+{
+	uint64_t len = info.max_xfer;
+	uint32_t segs = 0;
+	int r;
+
+	if (len > info.vram_size)
+		len = info.vram_size;
+	if (len > 16 << 20)
+		len = 16 << 20;
+	r = roundtrip(0, len, 0, 0, &segs);
+	if (r)
+		return r;
+	snprintf(detail, sizeof(detail), "%llu bytes in %u segments",
+		 (unsigned long long)len, segs);
+	return PASS;
+}
+
+static int t_dma_scattered(void)
+{
+	/* Every other page of a buffer: many discontiguous segments. */
+	size_t n = 600, len = n * 4096;
+	uint8_t *big = mmap(NULL, 2 * len, PROT_READ | PROT_WRITE,
+			    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	uint8_t *ref = malloc(len), *back = malloc(len);
+	struct qgpu_copy_user o;
+	int ret;
+
+	CHECK(big != MAP_FAILED, "mmap");
+	/* Fault in reversed order to discourage physically contiguous pages. */
+	for (size_t i = 2 * n; i-- > 0;)
+		big[i * 4096] = 1;
+	for (size_t i = 1; i < 2 * n; i += 2)
+		munmap(big + i * 4096, 4096);
+	/* Remap the holes so the range is a single (fragmented) buffer. */
+	for (size_t i = 1; i < 2 * n; i += 2)
+		CHECK(mmap(big + i * 4096, 4096, PROT_READ | PROT_WRITE,
+			   MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != MAP_FAILED,
+		      "remap");
+	rnd_fill(big, 2 * len);
+	ret = qgpu_copy_user(fd, QGPU_OP_COPY_TO_VRAM, 0, big, 0, 2 * len, &o);
+	CHECK(!ret, "to VRAM: %s", strerror(-ret));
+	CHECK(cpu_sum(0, 2 * len) == qgpu_fnv1a(QGPU_FNV_INIT, big, 2 * len), "sum");
+	memset(big, 0, 2 * len);
+	ret = qgpu_copy_user(fd, QGPU_OP_COPY_FROM_VRAM, 0, big, 0, 2 * len, &o);
+	CHECK(!ret, "from VRAM: %s", strerror(-ret));
+	CHECK(cpu_sum(0, 2 * len) == qgpu_fnv1a(QGPU_FNV_INIT, big, 2 * len),
+	      "readback");
+	snprintf(detail, sizeof(detail), "%zu pages in %u segments", 2 * n,
+		 o.nr_segments);
+	free(ref);
+	free(back);
+	munmap(big, 2 * len);
+	return PASS;
+}
+
+static int t_dma_readonly(void)
+{
+	size_t len = 3 * 4096;
+	uint8_t *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
+			  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	int ret;
+
+	CHECK(p != MAP_FAILED, "mmap");
+	rnd_fill(p, len);
+	CHECK(!mprotect(p, len, PROT_READ), "mprotect");
+	ret = qgpu_copy_user(fd, QGPU_OP_COPY_TO_VRAM, 0, p, 8192, len, NULL);
+	CHECK(!ret, "read-only source: %s", strerror(-ret));
+	CHECK(cpu_sum(8192, len) == qgpu_fnv1a(QGPU_FNV_INIT, p, len), "sum");
+	EXPECT_ERR(qgpu_copy_user(fd, QGPU_OP_COPY_FROM_VRAM, 0, p, 0, len, NULL),
+		   -EFAULT, "read-only destination");
+	EXPECT_ERR(qgpu_copy_user(fd, QGPU_OP_COPY_FROM_VRAM, 0, p, 0, 10, NULL),
+		   -EFAULT, "read-only destination, single page");
+	CHECK(stat_of("pinned_pages") == 0, "pages left pinned");
+	munmap(p, len);
+	return PASS;
+}
+
+static int t_dma_bad_ptrs(void)
+{
+	uint8_t *v = xmap_vram(0, 8192, 0);
+	uint8_t *gap = mmap(NULL, 3 * 4096, PROT_READ | PROT_WRITE,
+			    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	static const uint64_t kptrs[] = { 0xffff888000000000ULL,
+					  0xffffffff81000000ULL,
+					  0x00007ffffffff000ULL };
+	int ops[2] = { QGPU_OP_COPY_TO_VRAM, QGPU_OP_COPY_FROM_VRAM };
+
+	CHECK(v && gap != MAP_FAILED, "mmap");
+	munmap(gap + 4096, 4096);
+	for (int i = 0; i < 2; i++) {
+		EXPECT_ERR(qgpu_copy_user(fd, ops[i], 0, NULL, 0, 16, NULL), -EFAULT,
+			   "NULL");
+		for (int k = 0; k < 3; k++)
+			EXPECT_ERR(qgpu_copy_user(fd, ops[i], 0, (void *)(uintptr_t)kptrs[k],
+						  0, 8192, NULL), -EFAULT, "kernel/unmapped ptr");
+		EXPECT_ERR(qgpu_copy_user(fd, ops[i], 0, v, 65536, 4096, NULL), -EFAULT,
+			   "VRAM mapping as user buffer");
+		EXPECT_ERR(qgpu_copy_user(fd, ops[i], 0, gap, 0, 3 * 4096, NULL),
+			   -EFAULT, "buffer with a hole");
+	}
+	CHECK(stat_of("pinned_pages") == 0, "pages left pinned: %lld",
+	      stat_of("pinned_pages"));
+	munmap(v, 8192);
+	return PASS;
+}
+
+static int t_bad_args(void)
+{
+	uint8_t buf[64];
+	struct qgpu_copy_user cu;
+	struct qgpu_vram_op vo;
+	struct qgpu_wait_fence wf;
+	struct qgpu_info in;
+	struct qgpu_cpu_access ca;
+	struct qgpu_raise_irq ri;
+	uint64_t vs = info.vram_size;
+
+#define CU(...) (cu = (struct qgpu_copy_user){ .op = QGPU_OP_COPY_TO_VRAM,	\
+		.user_ptr = (uintptr_t)buf, .length = 16, __VA_ARGS__ },		\
+		qgpu_ioctl(fd, QGPU_IOCTL_COPY_USER, &cu))
+	EXPECT_ERR(CU(.reserved[0] = 1), -EINVAL, "copy reserved[0]");
+	EXPECT_ERR(CU(.reserved[1] = 1), -EINVAL, "copy reserved[1]");
+	EXPECT_ERR(CU(.flags = 0x80), -EINVAL, "copy unknown flag");
+	EXPECT_ERR(CU(.flags = QGPU_SUBMIT_F_ASYNC), -EINVAL, "copy async");
+	EXPECT_ERR(CU(.op = QGPU_OP_FILL), -EINVAL, "copy bad op");
+	EXPECT_ERR(CU(.op = 99), -EINVAL, "copy op 99");
+	EXPECT_ERR(CU(.length = 0), -EINVAL, "copy zero length");
+	EXPECT_ERR(CU(.length = info.max_xfer + 1), -E2BIG, "copy > max_xfer");
+	EXPECT_ERR(CU(.length = ~0ULL), -E2BIG, "copy length ~0");
+	EXPECT_ERR(CU(.vram_offset = vs), -EINVAL, "copy at VRAM end");
+	EXPECT_ERR(CU(.vram_offset = vs - 8), -EINVAL, "copy across VRAM end");
+	EXPECT_ERR(CU(.vram_offset = ~0ULL - 4), -EINVAL, "copy vram offset overflow");
+	EXPECT_ERR(CU(.user_ptr = ~0ULL - 4), -EINVAL, "copy user ptr overflow");
+#undef CU
+#define VO(...) (vo = (struct qgpu_vram_op){ .op = QGPU_OP_FILL, .length = 64,	\
+		__VA_ARGS__ }, qgpu_ioctl(fd, QGPU_IOCTL_VRAM_OP, &vo))
+	EXPECT_ERR(VO(.reserved[1] = 1), -EINVAL, "vram_op reserved");
+	EXPECT_ERR(VO(.fence = 1), -EINVAL, "vram_op output field set");
+	EXPECT_ERR(VO(.flags = 4), -EINVAL, "vram_op flag");
+	EXPECT_ERR(VO(.op = QGPU_OP_NOP), -EINVAL, "vram_op NOP");
+	EXPECT_ERR(VO(.src_offset = 4), -EINVAL, "fill with src");
+	EXPECT_ERR(VO(.length = 0), -EINVAL, "fill zero length");
+	EXPECT_ERR(VO(.dst_offset = vs - 32), -EINVAL, "fill across end");
+	EXPECT_ERR(VO(.dst_offset = ~0ULL, .length = 2), -EINVAL, "fill overflow");
+	EXPECT_ERR(VO(.op = QGPU_OP_COPY_VRAM, .pattern = 1), -EINVAL,
+		   "copy_vram with pattern");
+	EXPECT_ERR(VO(.op = QGPU_OP_COPY_VRAM, .src_offset = vs), -EINVAL,
+		   "copy_vram src beyond");
+	EXPECT_ERR(VO(.op = QGPU_OP_COPY_VRAM, .src_offset = ~0ULL - 10), -EINVAL,
+		   "copy_vram src overflow");
+#undef VO
+	wf = (struct qgpu_wait_fence){ .fence = 1ULL << 60 };
+	EXPECT_ERR(qgpu_ioctl(fd, QGPU_IOCTL_WAIT_FENCE, &wf), -EINVAL,
+		   "wait for a fence never handed out");
+	wf = (struct qgpu_wait_fence){ .flags = 1 };
+	EXPECT_ERR(qgpu_ioctl(fd, QGPU_IOCTL_WAIT_FENCE, &wf), -EINVAL, "wait flags");
+	wf = (struct qgpu_wait_fence){ .reserved[0] = 1 };
+	EXPECT_ERR(qgpu_ioctl(fd, QGPU_IOCTL_WAIT_FENCE, &wf), -EINVAL, "wait reserved");
+	in = (struct qgpu_info){ .flags = 1 };
+	EXPECT_ERR(qgpu_ioctl(fd, QGPU_IOCTL_INFO, &in), -EINVAL, "info flags");
+	in = (struct qgpu_info){ .reserved[3] = 1 };
+	EXPECT_ERR(qgpu_ioctl(fd, QGPU_IOCTL_INFO, &in), -EINVAL, "info reserved");
+	ca = (struct qgpu_cpu_access){ .op = 7, .length = 4 };
+	EXPECT_ERR(qgpu_ioctl(fd, QGPU_IOCTL_CPU_ACCESS, &ca), -EINVAL, "cpu bad op");
+	ca = (struct qgpu_cpu_access){ .op = QGPU_CPU_CHECKSUM, .length = 4,
+				       .pattern = 1 };
+	EXPECT_ERR(qgpu_ioctl(fd, QGPU_IOCTL_CPU_ACCESS, &ca), -EINVAL,
+		   "cpu checksum with pattern");
+	ca = (struct qgpu_cpu_access){ .op = QGPU_CPU_FILL, .vram_offset = vs,
+				       .length = 4 };
+	EXPECT_ERR(qgpu_ioctl(fd, QGPU_IOCTL_CPU_ACCESS, &ca), -EINVAL, "cpu beyond");
+	ri = (struct qgpu_raise_irq){ .flags = 1 };
+	EXPECT_ERR(qgpu_ioctl(fd, QGPU_IOCTL_RAISE_IRQ, &ri), -EINVAL, "raise flags");
+	/* Unknown numbers, wrong sizes and directions, other magic. */
+	EXPECT_ERR(qgpu_ioctl(fd, _IOWR(QGPU_IOCTL_BASE, 0x40, struct qgpu_info), &in),
+		   -ENOTTY, "unknown nr");
+	EXPECT_ERR(qgpu_ioctl(fd, _IOWR(QGPU_IOCTL_BASE, 0x00, uint64_t), &in),
+		   -ENOTTY, "INFO with wrong size");
+	EXPECT_ERR(qgpu_ioctl(fd, _IOR(QGPU_IOCTL_BASE, 0x00, struct qgpu_info), &in),
+		   -ENOTTY, "INFO with wrong direction");
+	EXPECT_ERR(qgpu_ioctl(fd, _IOWR('X', 0x00, struct qgpu_info), &in),
+		   -ENOTTY, "other magic");
+	EXPECT_ERR(qgpu_ioctl(fd, QGPU_IOCTL_INFO, (void *)0x10), -EFAULT,
+		   "INFO bad pointer");
+	EXPECT_ERR(qgpu_ioctl(fd, QGPU_IOCTL_COPY_USER,
+			      (void *)0xffff888000000000ULL), -EFAULT,
+		   "COPY_USER kernel pointer arg");
+	return PASS;
+}
+
+static int bo_create(int f, uint64_t size, struct qgpu_bo_create *bc)
+{
+	*bc = (struct qgpu_bo_create){ .size = size };
+	return qgpu_ioctl(f, QGPU_IOCTL_BO_CREATE, bc);
+}
+
+static int bo_destroy(int f, uint32_t h)
+{
+	struct qgpu_bo_destroy d = { .handle = h };
+
+	return qgpu_ioctl(f, QGPU_IOCTL_BO_DESTROY, &d);
+}
+
+static int bo_copy(int f, uint32_t op, uint32_t flags, uint32_t h, uint64_t bo_off,
+		   uint64_t vram_off, uint64_t len, uint64_t *fence)
+{
+	struct qgpu_copy_bo c = { .op = op, .flags = flags, .handle = h,
+				  .bo_offset = bo_off, .vram_offset = vram_off,
+				  .length = len };
+	int ret = qgpu_ioctl(f, QGPU_IOCTL_COPY_BO, &c);
+
+	if (fence)
+		*fence = c.fence;
+	return ret;
+}
+
+static int t_bo_basic(void)
+{
+	struct qgpu_bo_create bc;
+	long long bos = stat_of("bos"), vmas = stat_of("vma_bo");
+	size_t size = 3 * 4096;
+	uint8_t *p, *ref = malloc(size);
+	uint64_t fence;
+	int ret;
+
+	ret = bo_create(fd, 10000, &bc);
+	CHECK(!ret, "create: %s", strerror(-ret));
+	CHECK(bc.handle && bc.mmap_offset == QGPU_MMAP_BO_BASE +
+	      ((uint64_t)bc.handle << QGPU_MMAP_BO_SHIFT), "handle/offset");
+	CHECK(stat_of("bos") == bos + 1, "bos stat");
+	p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, bc.mmap_offset);
+	CHECK(p != MAP_FAILED, "mmap BO: %s", strerror(errno));
+	CHECK(stat_of("vma_bo") == vmas + 1, "vma_bo stat");
+	for (size_t i = 0; i < size; i++)
+		CHECK(p[i] == 0, "BO not zeroed at %zu", i);
+	rnd_fill(ref, size);
+	memcpy(p, ref, size);
+	ret = bo_copy(fd, QGPU_OP_COPY_TO_VRAM, 0, bc.handle, 0, 1 << 20, size, NULL);
+	CHECK(!ret, "BO->VRAM: %s", strerror(-ret));
+	CHECK(cpu_sum(1 << 20, size) == qgpu_fnv1a(QGPU_FNV_INIT, ref, size),
+	      "VRAM after BO copy");
+	/* Partial, unaligned copy back into the middle of the BO, async. */
+	CHECK(!qgpu_fill(fd, 2 << 20, 5000, 0x01020304, 0, NULL), "fill");
+	ret = bo_copy(fd, QGPU_OP_COPY_FROM_VRAM, QGPU_SUBMIT_F_ASYNC, bc.handle, 777,
+		      2 << 20, 5000, &fence);
+	CHECK(!ret, "VRAM->BO: %s", strerror(-ret));
+	CHECK(!qgpu_wait(fd, fence, 5000000000ULL, NULL), "wait");
+	qgpu_pattern_fill(ref + 777, 5000, 0x01020304);
+	CHECK(first_diff(ref, p, size) < 0, "BO contents differ at %d",
+	      first_diff(ref, p, size));
+	/* A mapping of the second page only. */
+	{
+		uint8_t *q = mmap(NULL, 4096, PROT_READ, MAP_SHARED, fd,
+				  bc.mmap_offset + 4096);
+
+		CHECK(q != MAP_FAILED, "mmap BO page 1: %s", strerror(errno));
+		CHECK(!memcmp(q, ref + 4096, 4096), "BO page 1 view");
+		munmap(q, 4096);
+	}
+	EXPECT_ERR(bo_copy(fd, QGPU_OP_COPY_TO_VRAM, 0, bc.handle, 8192, 0, 4097, NULL),
+		   -EINVAL, "copy beyond BO");
+	EXPECT_ERR(bo_copy(fd, QGPU_OP_COPY_TO_VRAM, 0, bc.handle, ~0ULL, 0, 2, NULL),
+		   -EINVAL, "BO offset overflow");
+	EXPECT_ERR(MMAP_ERR(4 * 4096, PROT_READ, MAP_SHARED, bc.mmap_offset), -EINVAL,
+		   "mmap larger than BO");
+	EXPECT_ERR(MMAP_ERR(4096, PROT_READ, MAP_SHARED, bc.mmap_offset + 3 * 4096),
+		   -EINVAL, "mmap past BO");
+	EXPECT_ERR(MMAP_ERR(4096, PROT_READ, MAP_PRIVATE, bc.mmap_offset), -EINVAL,
+		   "MAP_PRIVATE BO");
+	munmap(p, size);
+	CHECK(stat_of("vma_bo") == vmas, "vma_bo after munmap");
+	CHECK(!bo_destroy(fd, bc.handle), "destroy");
+	EXPECT_ERR(bo_destroy(fd, bc.handle), -ENOENT, "double destroy");
+	EXPECT_ERR(bo_destroy(fd, 0), -ENOENT, "destroy handle 0");
+	EXPECT_ERR(bo_destroy(fd, 12345), -ENOENT, "destroy unknown");
+	EXPECT_ERR(bo_copy(fd, QGPU_OP_COPY_TO_VRAM, 0, bc.handle, 0, 0, 16, NULL),
+		   -ENOENT, "copy with freed handle");
+	EXPECT_ERR(MMAP_ERR(4096, PROT_READ, MAP_SHARED, bc.mmap_offset), -EINVAL,
+		   "mmap freed BO");
+	CHECK(stat_of("bos") == bos, "bos stat after destroy");
+	return PASS;
+}
+
+static int t_bo_foreign(void)
+{
+	int fd2 = qgpu_open(dev);
+	struct qgpu_bo_create bc;
+
+	CHECK(fd2 >= 0, "open 2");
+	CHECK(!bo_create(fd, 4096, &bc), "create");
+	EXPECT_ERR(bo_copy(fd2, QGPU_OP_COPY_TO_VRAM, 0, bc.handle, 0, 0, 16, NULL),
+		   -ENOENT, "foreign handle copy");
+	EXPECT_ERR(bo_destroy(fd2, bc.handle), -ENOENT, "foreign handle destroy");
+	EXPECT_ERR(mmap(NULL, 4096, PROT_READ, MAP_SHARED, fd2, bc.mmap_offset) ==
+		   MAP_FAILED ? -errno : 0, -EINVAL, "foreign handle mmap");
+	CHECK(!bo_destroy(fd, bc.handle), "destroy by owner");
+	close(fd2);
+	return PASS;
+}
+
+static int t_bo_lifetime(void)
+{
+	struct qgpu_bo_create bc;
+	long long bos = stat_of("bos");
+	uint8_t *p;
+	int fd2 = qgpu_open(dev);
+
+	CHECK(fd2 >= 0, "open");
+	CHECK(!bo_create(fd2, 8192, &bc), "create");
+	p = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_SHARED, fd2, bc.mmap_offset);
+	CHECK(p != MAP_FAILED, "mmap");
+	CHECK(!bo_destroy(fd2, bc.handle), "destroy while mapped");
+	close(fd2);
+	/* Memory stays until the last mapping goes. */
+	memset(p, 0x5c, 8192);
+	CHECK(p[8191] == 0x5c, "mapping after destroy and close");
+	CHECK(stat_of("bos") == bos + 1, "BO freed while mapped");
+	munmap(p, 8192);
+	CHECK(stat_of("bos") == bos, "BO not freed after munmap");
+	/* Closing a file frees its objects. */
+	fd2 = qgpu_open(dev);
+	CHECK(!bo_create(fd2, 4096, &bc) && !bo_create(fd2, 4096, &bc), "create 2");
+	CHECK(stat_of("bos") == bos + 2, "bos");
+	close(fd2);
+	CHECK(stat_of("bos") == bos, "close did not free objects");
+	return PASS;
+}
+
+static int t_bo_bad(void)
+{
+	struct qgpu_bo_create bc;
+	struct qgpu_bo_destroy bd;
+
+	EXPECT_ERR(bo_create(fd, 0, &bc), -EINVAL, "size 0");
+	EXPECT_ERR(bo_create(fd, info.bo_max_size + 1, &bc), -E2BIG, "too big");
+	EXPECT_ERR(bo_create(fd, ~0ULL, &bc), -E2BIG, "size ~0");
+	bc = (struct qgpu_bo_create){ .size = 4096, .flags = 1 };
+	EXPECT_ERR(qgpu_ioctl(fd, QGPU_IOCTL_BO_CREATE, &bc), -EINVAL, "flags");
+	bc = (struct qgpu_bo_create){ .size = 4096, .reserved[1] = 1 };
+	EXPECT_ERR(qgpu_ioctl(fd, QGPU_IOCTL_BO_CREATE, &bc), -EINVAL, "reserved");
+	bd = (struct qgpu_bo_destroy){ .handle = 1, .reserved[0] = 1 };
+	EXPECT_ERR(qgpu_ioctl(fd, QGPU_IOCTL_BO_DESTROY, &bd), -EINVAL,
+		   "destroy reserved");
+	EXPECT_ERR(bo_copy(fd, QGPU_OP_COPY_TO_VRAM, 0, 999, 0, 0, 16, NULL), -ENOENT,
+		   "copy unknown handle");
+	return PASS;
+}
+
+static int t_fence(void)
+{
+	struct qgpu_wait_fence w;
+	uint64_t f1, f2;
+
+	CHECK(!qgpu_fill(fd, 0, 1 << 20, 0x11111111, QGPU_SUBMIT_F_ASYNC, &f1), "fill");
+	CHECK(!qgpu_fill(fd, 1 << 20, 1 << 20, 0x22222222, QGPU_SUBMIT_F_ASYNC, &f2),
+	      "fill");
+	CHECK(f1 && f2 > f1, "fences %llu %llu", (unsigned long long)f1,
+	      (unsigned long long)f2);
+	CHECK(!qgpu_wait(fd, f2, 5000000000ULL, &w), "wait");
+	CHECK(w.completed >= f2, "completed %llu", (unsigned long long)w.completed);
+	CHECK(!qgpu_wait(fd, f1, 0, NULL), "older fence");
+	CHECK(!qgpu_wait(fd, 0, 0, NULL), "fence 0");
+	CHECK(cpu_sum(1 << 20, 4) == qgpu_fnv1a(QGPU_FNV_INIT, "\x22\x22\x22\x22", 4),
+	      "fill result");
+	return PASS;
+}
+
+static void on_alarm(int sig)
+{
+}
+
+static int t_fence_timeout_signal(void)
+{
+	struct sigaction sa = { .sa_handler = on_alarm };
+	uint64_t fence = 0, len = info.vram_size;
+	struct itimerval it = { .it_value = { .tv_usec = 100000 } };
+	struct timespec t0, t1;
+	int n = 0, ret;
+
+	/* Queue enough work to keep the engine busy for a while. */
+	while (n < 200) {
+		ret = qgpu_fill(fd, 0, len, 0x1000 + n, QGPU_SUBMIT_F_ASYNC, &fence);
+		CHECK(!ret, "fill %d: %s", n, strerror(-ret));
+		n++;
+	}
+	ret = qgpu_wait(fd, fence, 1000000, NULL);
+	if (ret == 0) {
+		snprintf(detail, sizeof(detail), "engine too fast to test timeouts");
+		return SKIP;
+	}
+	EXPECT_ERR(ret, -ETIMEDOUT, "1 ms wait");
+	sigaction(SIGALRM, &sa, NULL);
+	setitimer(ITIMER_REAL, &it, NULL);
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	ret = qgpu_wait(fd, fence, 60000000000ULL, NULL);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	if (ret == 0) {
+		snprintf(detail, sizeof(detail), "finished before the signal");
+		return SKIP;
+	}
+	EXPECT_ERR(ret, -EINTR, "interrupted wait");
+	ret = qgpu_wait(fd, fence, 120000000000ULL, NULL);
+	CHECK(!ret, "final wait: %s", strerror(-ret));
+	{
+		uint32_t last = 0x1000 + n - 1;
+
+		CHECK(cpu_sum(len - 4, 4) == qgpu_fnv1a(QGPU_FNV_INIT, &last, 4),
+		      "last fill did not win");
+	}
+	snprintf(detail, sizeof(detail), "%d fills; EINTR after %ld ms", n,
+		 (long)((t1.tv_sec - t0.tv_sec) * 1000 +
+			(t1.tv_nsec - t0.tv_nsec) / 1000000));
+	return PASS;
+}
+
+static int t_vram_copy(void)
+{
+	size_t len = 100000;
+	uint8_t *a = malloc(len + 5000), *b = malloc(len + 5000);
+	struct qgpu_vram_op vo = { .op = QGPU_OP_COPY_VRAM, .src_offset = 3 << 20,
+				   .dst_offset = (3 << 20) + 4321, .length = len };
+	int ret;
+
+	rnd_fill(a, len + 5000);
+	CHECK(!qgpu_copy_user(fd, QGPU_OP_COPY_TO_VRAM, 0, a, 3 << 20, len + 5000,
+			      NULL), "upload");
+	ret = qgpu_ioctl(fd, QGPU_IOCTL_VRAM_OP, &vo);
+	CHECK(!ret, "overlapping copy: %s", strerror(-ret));
+	memmove(a + 4321, a, len);
+	CHECK(!qgpu_copy_user(fd, QGPU_OP_COPY_FROM_VRAM, 0, b, 3 << 20, len + 5000,
+			      NULL), "download");
+	CHECK(first_diff(a, b, len + 5000) < 0, "memmove semantics differ at %d",
+	      first_diff(a, b, len + 5000));
+	return PASS;
+}
+
+static int t_cpu_access(void)
+{
+	size_t len = 256 * 1024 + 3;
+	uint8_t *v = xmap_vram(5 << 20, 512 * 1024, 0), *ref = malloc(len);
+
+	CHECK(v, "mmap");
+	CHECK(!qgpu_cpu(fd, QGPU_CPU_FILL, (5 << 20) + 1, len, 0xcafef00d, NULL),
+	      "cpu fill");
+	qgpu_pattern_fill(ref, len, 0xcafef00d);
+	CHECK(first_diff(v + 1, ref, len) < 0, "mmap view of kernel fill differs at %d",
+	      first_diff(v + 1, ref, len));
+	CHECK(cpu_sum((5 << 20) + 1, len) == qgpu_fnv1a(QGPU_FNV_INIT, ref, len),
+	      "kernel checksum");
+	munmap(v, 512 * 1024);
+	return PASS;
+}
+
+static int t_soft_irq(void)
+{
+	struct qgpu_raise_irq a = {0};
+	long long before = stat_of("irq_soft");
+	int ret = qgpu_ioctl(fd, QGPU_IOCTL_RAISE_IRQ, &a);
+
+	CHECK(!ret, "raise: %s", strerror(-ret));
+	CHECK(a.irq_count > before && stat_of("irq_soft") > before, "count");
+	return PASS;
+}
+
+struct worker {
+	int id, iters, fail;
+	char why[128];
+};
+
+static void *worker_fn(void *arg)
+{
+	struct worker *w = arg;
+	size_t len = 3000 + w->id * 1000;
+	uint8_t *a = malloc(len), *b = malloc(len);
+	uint64_t base = (8 << 20) + w->id * (1 << 20);
+
+	for (int i = 0; i < w->iters && !w->fail; i++) {
+		uint64_t off = base + (i * 4097) % (1 << 19);
+
+		for (size_t k = 0; k < len; k++)
+			a[k] = (uint8_t)(k * 7 + i + w->id);
+		if (qgpu_copy_user(fd, QGPU_OP_COPY_TO_VRAM, 0, a, off, len, NULL) ||
+		    qgpu_copy_user(fd, QGPU_OP_COPY_FROM_VRAM, 0, b, off, len, NULL) ||
+		    memcmp(a, b, len)) {
+			snprintf(w->why, sizeof(w->why), "worker %d iter %d", w->id, i);
+			w->fail = 1;
+		}
+	}
+	return NULL;
+}
+
+static int t_ring_wrap_threads(void)
+{
+	struct worker w[3];
+	pthread_t th[3];
+	long long jobs = stat_of("jobs");
+
+	for (int i = 0; i < 3; i++) {
+		w[i] = (struct worker){ .id = i, .iters = 200 };
+		pthread_create(&th[i], NULL, worker_fn, &w[i]);
+	}
+	for (int i = 0; i < 3; i++)
+		pthread_join(th[i], NULL);
+	for (int i = 0; i < 3; i++)
+		CHECK(!w[i].fail, "%s", w[i].why);
+	CHECK(stat_of("jobs") - jobs >= 1200, "jobs %lld", stat_of("jobs") - jobs);
+	CHECK(stat_of("pinned_pages") == 0, "pages left pinned");
+	snprintf(detail, sizeof(detail), "1200 jobs over a %u-entry ring; "
+		 "irq_dma=%lld poll_completions=%lld", info.ring_entries,
+		 stat_of("irq_dma"), stat_of("poll_completions"));
+	return PASS;
+}
+
+static int t_no_leaks(void)
+{
+	CHECK(stat_of("pinned_pages") == 0, "pinned_pages %lld", stat_of("pinned_pages"));
+	CHECK(stat_of("vma_vram") == 0 && stat_of("vma_vram_lazy") == 0 &&
+	      stat_of("vma_regs") == 0 && stat_of("vma_bo") == 0, "VMAs left");
+	CHECK(stat_of("bos") == 0, "bos %lld", stat_of("bos"));
+	CHECK(stat_of("hw_errors") == 0, "hw_errors %lld (last %lld)",
+	      stat_of("hw_errors"), stat_of("last_error"));
+	CHECK(stat_of("timeouts") == 0, "timeouts %lld", stat_of("timeouts"));
+	return PASS;
+}
+
+/* ---- destructive: hot removal while open ------------------------------------ */
+
+static int write_file(const char *path, const char *s)
+{
+	int f = open(path, O_WRONLY);
+	int ok = f >= 0 && write(f, s, strlen(s)) == (ssize_t)strlen(s);
+
+	if (f >= 0)
+		close(f);
+	return ok ? 0 : -1;
+}
+
+static sigjmp_buf bus_jmp;
+
+static void on_bus(int sig)
+{
+	siglongjmp(bus_jmp, sig);
+}
+
+static int touch(volatile uint8_t *p)
+{
+	struct sigaction sa = { .sa_handler = on_bus }, old_bus, old_segv;
+	int sig;
+
+	sigaction(SIGBUS, &sa, &old_bus);
+	sigaction(SIGSEGV, &sa, &old_segv);
+	sig = sigsetjmp(bus_jmp, 1);
+	if (!sig)
+		(void)*p;
+	sigaction(SIGBUS, &old_bus, NULL);
+	sigaction(SIGSEGV, &old_segv, NULL);
+	return sig;
+}
+
+static int t_remove_while_open(void)
+{
+	char path[128], bdf[32];
+	struct qgpu_bo_create bc;
+	struct qgpu_info in = {0};
+	uint8_t *v, *lz, *bo, buf[64];
+	volatile uint32_t *regs;
+	uint64_t fence;
+	int fd2, ret, tries;
+
+	snprintf(bdf, sizeof(bdf), "%04x:%02x:%02x.%x", info.pci_bdf >> 16,
+		 (info.pci_bdf >> 8) & 0xff, (info.pci_bdf >> 3) & 0x1f,
+		 info.pci_bdf & 7);
+	v = xmap_vram(0, 1 << 20, 0);
+	lz = xmap_vram(0, 1 << 20, 1);
+	regs = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, QGPU_MMAP_REGS);
+	CHECK(!bo_create(fd, 8192, &bc), "bo");
+	bo = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_SHARED, fd, bc.mmap_offset);
+	CHECK(v && lz && regs != MAP_FAILED && bo != MAP_FAILED, "mmaps");
+	v[0] = 1;
+	(void)lz[0];
+	bo[0] = 1;
+	/* Leave work queued while the device goes. */
+	for (int i = 0; i < 20; i++)
+		qgpu_fill(fd, 0, info.vram_size, i, QGPU_SUBMIT_F_ASYNC, &fence);
+
+	snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s/remove", bdf);
+	CHECK(!write_file(path, "1"), "remove %s: %s", path, strerror(errno));
+
+	in = (struct qgpu_info){0};
+	EXPECT_ERR(qgpu_ioctl(fd, QGPU_IOCTL_INFO, &in), -ENODEV, "INFO after remove");
+	EXPECT_ERR(qgpu_copy_user(fd, QGPU_OP_COPY_TO_VRAM, 0, buf, 0, 64, NULL),
+		   -ENODEV, "copy after remove");
+	EXPECT_ERR(qgpu_wait(fd, fence, 0, NULL), -ENODEV, "wait after remove");
+	EXPECT_ERR(bo_destroy(fd, bc.handle), -ENODEV, "BO destroy after remove");
+	EXPECT_ERR(MMAP_ERR(4096, PROT_READ, MAP_SHARED, 0), -ENODEV,
+		   "mmap after remove");
+	CHECK(touch(v) == SIGBUS, "VRAM mapping still readable after remove");
+	CHECK(touch(lz + 8192) == SIGBUS, "lazy mapping after remove");
+	CHECK(touch(lz) == SIGBUS, "lazy mapping (faulted page) after remove");
+	CHECK(touch((volatile uint8_t *)regs) == SIGBUS, "regs mapping after remove");
+	CHECK(touch(bo) == SIGBUS, "BO mapping after remove");
+	munmap(v, 1 << 20);
+	munmap(lz, 1 << 20);
+	munmap((void *)regs, 4096);
+	munmap(bo, 8192);
+	close(fd);
+	fd = -1;
+
+	CHECK(!write_file("/sys/bus/pci/rescan", "1"), "rescan");
+	for (tries = 0; tries < 50; tries++) {
+		fd2 = -1;
+		for (int n = 0; n < 8 && fd2 < 0; n++) {
+			snprintf(path, sizeof(path), "/dev/qgpu%d", n);
+			fd2 = qgpu_open(path);
+		}
+		if (fd2 >= 0)
+			break;
+		usleep(100000);
+	}
+	CHECK(fd2 >= 0, "no /dev/qgpuN after rescan");
+	ret = qgpu_ioctl(fd2, QGPU_IOCTL_INFO, &in);
+	CHECK(!ret, "INFO after rescan: %s", strerror(-ret));
+	CHECK(!qgpu_fill(fd2, 0, 4096, 0x99, 0, NULL), "fill after rescan");
+	snprintf(detail, sizeof(detail), "re-probed as %s", path);
+	close(fd2);
+	return PASS;
+}
+
+/* ---- harness ---------------------------------------------------------------- */
+
+struct test {
+	const char *name;
+	int (*fn)(void);
+	int timeout_s;
+	int destructive;
+};
+
+static const struct test tests[] = {
+	{ "info", t_info, 10 },
+	{ "regs_mmap", t_regs_mmap, 10 },
+	{ "regs_mmap_bad", t_regs_mmap_bad, 10 },
+	{ "vram_mmap_wc", t_vram_mmap_wc, 60 },
+	{ "vram_mmap_lazy", t_vram_mmap_lazy, 30 },
+	{ "vram_mmap_bad", t_vram_mmap_bad, 10 },
+	{ "vma_accounting", t_vma_accounting, 10 },
+	{ "dma_copy_sizes", t_dma_copy_sizes, 120 },
+	{ "dma_force_sg", t_dma_force_sg, 60 },
+	{ "dma_large", t_dma_large, 120 },
+	{ "dma_chunks_sg_split", t_dma_chunks_sg_split, 60 },
+	{ "dma_scattered", t_dma_scattered, 60 },
+	{ "dma_readonly", t_dma_readonly, 10 },
+	{ "dma_bad_ptrs", t_dma_bad_ptrs, 10 },
+	{ "bad_args", t_bad_args, 10 },
+	{ "bo_basic", t_bo_basic, 30 },
+	{ "bo_foreign", t_bo_foreign, 10 },
+	{ "bo_lifetime", t_bo_lifetime, 10 },
+	{ "bo_bad", t_bo_bad, 10 },
+	{ "fence", t_fence, 30 },
+	{ "fence_timeout_signal", t_fence_timeout_signal, 300 },
+	{ "vram_copy", t_vram_copy, 30 },
+	{ "cpu_access", t_cpu_access, 30 },
+	{ "soft_irq", t_soft_irq, 10 },
+	{ "ring_wrap_threads", t_ring_wrap_threads, 300 },
+	{ "no_leaks", t_no_leaks, 10 },
+	{ "remove_while_open", t_remove_while_open, 60, 1 },
+};
+
+static void json_str(FILE *f, const char *s)
+{
+	fputc('"', f);
+	for (; *s; s++) {
+		if (*s == '"' || *s == '\\')
+			fprintf(f, "\\%c", *s);
+		else if ((unsigned char)*s < 0x20)
+			fprintf(f, "\\u%04x", *s);
+		else
+			fputc(*s, f);
+	}
+	fputc('"', f);
+}
+
+static int run_one(const struct test *t, int num)
+{
+	static const char *const names[] = { "pass", "fail", "skip" };
+	struct timespec t0, t1;
+	int pfd[2], st, res;
+	char buf[sizeof(detail)] = "";
+	ssize_t n = 0;
+	pid_t pid;
+	long ms;
+
+	if (pipe(pfd))
+		return FAIL;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	pid = fork();
+	if (pid == 0) {
+		close(pfd[0]);
+		alarm(t->timeout_s);
+		fd = qgpu_open(dev);
+		if (fd < 0) {
+			snprintf(detail, sizeof(detail), "open %s: %s", dev,
+				 strerror(errno));
+			res = FAIL;
+		} else {
+			res = t->fn();
+		}
+		if (write(pfd[1], detail, strlen(detail)) < 0)
+			res = FAIL;
+		_exit(res);
+	}
+	close(pfd[1]);
+	for (;;) {
+		ssize_t r = read(pfd[0], buf + n, sizeof(buf) - 1 - n);
+
+		if (r <= 0)
+			break;
+		n += r;
+	}
+	buf[n] = 0;
+	close(pfd[0]);
+	waitpid(pid, &st, 0);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	ms = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
+	if (WIFEXITED(st) && WEXITSTATUS(st) <= SKIP) {
+		res = WEXITSTATUS(st);
+	} else {
+		res = FAIL;
+		snprintf(buf, sizeof(buf), "child %s %d%s",
+			 WIFSIGNALED(st) ? "killed by signal" : "exit status",
+			 WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st),
+			 WIFSIGNALED(st) && WTERMSIG(st) == SIGALRM ? " (timeout)" : "");
+	}
+	if (tap) {
+		printf("%s %d - %s%s%s\n", res == FAIL ? "not ok" : "ok", num, t->name,
+		       res == SKIP ? " # SKIP " : "", res == SKIP ? buf : "");
+		if (*buf && res != SKIP)
+			printf("# %s\n", buf);
+	} else {
+		printf("{\"test\":\"%s\",\"result\":\"%s\",\"ms\":%ld,\"detail\":",
+		       t->name, names[res], ms);
+		json_str(stdout, buf);
+		printf("}\n");
+	}
+	fflush(stdout);
+	return res;
+}
+
+int main(int argc, char **argv)
+{
+	int destructive = 0, list = 0, nsel = 0, counts[3] = {0}, num = 0;
+	const char *sel[64];
+	size_t ntests = sizeof(tests) / sizeof(tests[0]);
+
+	dev = qgpu_dev_path();
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "-d") && i + 1 < argc)
+			dev = argv[++i];
+		else if (!strcmp(argv[i], "--tap"))
+			tap = 1;
+		else if (!strcmp(argv[i], "--destructive"))
+			destructive = 1;
+		else if (!strcmp(argv[i], "--list"))
+			list = 1;
+		else if (argv[i][0] == '-') {
+			fprintf(stderr, "usage: qgpu-test [-d DEV] [--tap] [--list] "
+				"[--destructive] [TEST...]\n");
+			return 2;
+		} else if (nsel < 64)
+			sel[nsel++] = argv[i];
+	}
+	if (list) {
+		for (size_t i = 0; i < ntests; i++)
+			printf("%s%s\n", tests[i].name,
+			       tests[i].destructive ? " (destructive)" : "");
+		return 0;
+	}
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	fd = qgpu_open(dev);
+	if (fd < 0 || qgpu_ioctl(fd, QGPU_IOCTL_INFO, &info)) {
+		printf("{\"summary\":true,\"error\":\"cannot open %s: %s\"}\n", dev,
+		       strerror(errno));
+		return 1;
+	}
+	close(fd);
+	fd = -1;
+	if (tap)
+		printf("TAP version 13\n");
+	for (size_t i = 0; i < ntests; i++) {
+		int want = 0;
+
+		for (int k = 0; k < nsel; k++)
+			if (!strcmp(sel[k], tests[i].name))
+				want = 1;
+		if (nsel ? !want : (tests[i].destructive && !destructive))
+			continue;
+		counts[run_one(&tests[i], ++num)]++;
+	}
+	if (tap)
+		printf("1..%d\n", num);
+	else
+		printf("{\"summary\":true,\"pass\":%d,\"fail\":%d,\"skip\":%d}\n",
+		       counts[PASS], counts[FAIL], counts[SKIP]);
+	return counts[FAIL] ? 1 : 0;
+}

@@ -1,0 +1,318 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * qgpu-tool: command-line access to /dev/qgpuN.
+ *
+ * Every command prints exactly one JSON object on one line on stdout:
+ * {"ok":true,...} on success (exit 0), {"ok":false,"error":"...",
+ * "errno":N} on failure (exit 1). Usage errors exit 2. Numbers accept
+ * 0x prefixes and K/M/G suffixes. The device is -d PATH, $QGPU_DEV, or
+ * /dev/qgpu0.
+ */
+#include "qgpu-lib.h"
+
+static const char *dev;
+static int fd = -1;
+
+static void usage(void)
+{
+	fprintf(stderr,
+"usage: qgpu-tool [-d /dev/qgpuN] COMMAND ARGS\n"
+"  info                               device and driver parameters\n"
+"  stats                              driver statistics (sysfs)\n"
+"  regs                               read the user register page via mmap\n"
+"  fill OFF LEN PATTERN [--cpu]       DMA fill (or kernel CPU fill) of VRAM\n"
+"  copy-vram SRC DST LEN              DMA VRAM-to-VRAM copy\n"
+"  to-vram OFF FILE [--sg]            DMA a file (or - for stdin) into VRAM\n"
+"  from-vram OFF LEN FILE [--sg]      DMA VRAM into a file (- for stdout)\n"
+"  checksum OFF LEN [--via dma|cpu|mmap|lazy]   FNV-1a 64 of a VRAM range\n"
+"  mmap-read OFF LEN [--lazy]         hex of VRAM bytes read through mmap\n"
+"  mmap-write OFF LEN PATTERN [--lazy]  write a 32-bit pattern through mmap\n"
+"  raise-irq                          raise and wait for the soft interrupt\n");
+	exit(2);
+}
+
+static void fail(const char *what, int err)
+{
+	printf("{\"ok\":false,\"error\":\"%s: %s\",\"errno\":%d}\n", what,
+	       strerror(err), err);
+	exit(1);
+}
+
+static uint64_t num(const char *s)
+{
+	uint64_t v;
+
+	if (qgpu_parse_u64(s, &v)) {
+		fprintf(stderr, "qgpu-tool: bad number '%s'\n", s);
+		exit(2);
+	}
+	return v;
+}
+
+static int has_opt(int argc, char **argv, const char *opt)
+{
+	for (int i = 0; i < argc; i++)
+		if (!strcmp(argv[i], opt))
+			return 1;
+	return 0;
+}
+
+static const char *opt_val(int argc, char **argv, const char *opt,
+			   const char *def)
+{
+	for (int i = 0; i + 1 < argc; i++)
+		if (!strcmp(argv[i], opt))
+			return argv[i + 1];
+	return def;
+}
+
+static void *map_vram(uint64_t off, uint64_t len, int lazy, void **base,
+		      size_t *maplen)
+{
+	uint64_t start = off & ~4095ULL;
+	size_t l = (off - start) + len;
+	void *p = mmap(NULL, l, PROT_READ | PROT_WRITE, MAP_SHARED, fd,
+		       (lazy ? QGPU_MMAP_VRAM_LAZY : QGPU_MMAP_VRAM) + start);
+
+	if (p == MAP_FAILED)
+		fail("mmap", errno);
+	*base = p;
+	*maplen = l;
+	return (char *)p + (off - start);
+}
+
+static void cmd_info(void)
+{
+	struct qgpu_info i = {0};
+	int ret = qgpu_ioctl(fd, QGPU_IOCTL_INFO, &i);
+
+	if (ret)
+		fail("QGPU_IOCTL_INFO", -ret);
+	printf("{\"ok\":true,\"device\":\"%s\",\"version\":\"%u.%u\",\"caps\":%u,"
+	       "\"vram_size\":%llu,\"irq_mode\":\"%s\",\"irq_vectors\":%u,"
+	       "\"ring_entries\":%u,\"sg_max_entries\":%u,\"dma_mask_bits\":%u,"
+	       "\"max_xfer\":%llu,\"bo_max_size\":%llu,\"pci\":\"%04x:%02x:%02x.%x\"}\n",
+	       dev, i.version >> 16, i.version & 0xffff, i.caps,
+	       (unsigned long long)i.vram_size, qgpu_irq_mode_name(i.irq_mode),
+	       i.irq_vectors, i.ring_entries, i.sg_max_entries, i.dma_mask_bits,
+	       (unsigned long long)i.max_xfer, (unsigned long long)i.bo_max_size,
+	       i.pci_bdf >> 16, (i.pci_bdf >> 8) & 0xff, (i.pci_bdf >> 3) & 0x1f,
+	       i.pci_bdf & 7);
+}
+
+static void cmd_stats(void)
+{
+	static const char *const names[] = {
+		"jobs", "descriptors", "sg_descriptors", "sg_entries",
+		"single_page_maps", "bytes_to_vram", "bytes_from_vram",
+		"hw_errors", "irq_dma", "irq_error", "irq_soft", "irq_spurious",
+		"poll_completions", "timeouts", "engine_resets", "pinned_pages",
+		"vma_vram", "vma_vram_lazy", "vma_regs", "vma_bo", "lazy_faults",
+		"bos", "bo_bytes", "last_error",
+	};
+	size_t i;
+
+	printf("{\"ok\":true");
+	for (i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		long long v = qgpu_stat(dev, names[i]);
+
+		if (v < 0 && i == 0)
+			fail("sysfs stats", ENOENT);
+		printf(",\"%s\":%lld", names[i], v);
+	}
+	printf("}\n");
+}
+
+static void cmd_regs(void)
+{
+	volatile uint32_t *r = mmap(NULL, QGPU_PAGE_SIZE, PROT_READ | PROT_WRITE,
+				    MAP_SHARED, fd, QGPU_MMAP_REGS);
+#define UREG(x) r[((x) - QGPU_REGS_USER_PAGE) / 4]
+	if (r == MAP_FAILED)
+		fail("mmap regs", errno);
+	printf("{\"ok\":true,\"id\":%u,\"engine_status\":%u,\"fence\":%llu,"
+	       "\"ring_head\":%u,\"scratch\":%u}\n",
+	       UREG(QGPU_REG_USER_ID), UREG(QGPU_REG_USER_ENGINE_STATUS),
+	       (unsigned long long)UREG(QGPU_REG_USER_FENCE_LO) |
+	       (unsigned long long)UREG(QGPU_REG_USER_FENCE_HI) << 32,
+	       UREG(QGPU_REG_USER_RING_HEAD), UREG(QGPU_REG_USER_SCRATCH));
+#undef UREG
+}
+
+static void *read_all(const char *file, size_t *len)
+{
+	int f = strcmp(file, "-") ? open(file, O_RDONLY) : 0;
+	size_t cap = 1 << 20, n = 0;
+	char *buf = malloc(cap);
+	ssize_t r;
+
+	if (f < 0 || !buf)
+		fail(file, errno);
+	while ((r = read(f, buf + n, cap - n)) > 0) {
+		n += r;
+		if (n == cap) {
+			cap *= 2;
+			buf = realloc(buf, cap);
+			if (!buf)
+				fail("realloc", ENOMEM);
+		}
+	}
+	if (r < 0)
+		fail(file, errno);
+	*len = n;
+	return buf;
+}
+
+int main(int argc, char **argv)
+{
+	const char *cmd;
+	int ret;
+
+	if (argc > 2 && !strcmp(argv[1], "-d")) {
+		dev = argv[2];
+		argv += 2;
+		argc -= 2;
+	} else {
+		dev = qgpu_dev_path();
+	}
+	if (argc < 2)
+		usage();
+	cmd = argv[1];
+	argc -= 2;
+	argv += 2;
+	if (!strcmp(cmd, "stats")) {
+		cmd_stats();
+		return 0;
+	}
+	fd = qgpu_open(dev);
+	if (fd < 0)
+		fail(dev, errno);
+
+	if (!strcmp(cmd, "info")) {
+		cmd_info();
+	} else if (!strcmp(cmd, "regs")) {
+		cmd_regs();
+	} else if (!strcmp(cmd, "fill") && argc >= 3) {
+		uint64_t off = num(argv[0]), len = num(argv[1]), fence = 0;
+		uint32_t pat = num(argv[2]);
+		int cpu = has_opt(argc, argv, "--cpu");
+
+		ret = cpu ? qgpu_cpu(fd, QGPU_CPU_FILL, off, len, pat, NULL) :
+			    qgpu_fill(fd, off, len, pat, 0, &fence);
+		if (ret)
+			fail("fill", -ret);
+		printf("{\"ok\":true,\"fence\":%llu}\n", (unsigned long long)fence);
+	} else if (!strcmp(cmd, "copy-vram") && argc >= 3) {
+		struct qgpu_vram_op a = {
+			.op = QGPU_OP_COPY_VRAM, .src_offset = num(argv[0]),
+			.dst_offset = num(argv[1]), .length = num(argv[2]),
+		};
+		ret = qgpu_ioctl(fd, QGPU_IOCTL_VRAM_OP, &a);
+		if (ret)
+			fail("copy-vram", -ret);
+		printf("{\"ok\":true,\"fence\":%llu}\n", (unsigned long long)a.fence);
+	} else if (!strcmp(cmd, "to-vram") && argc >= 2) {
+		struct qgpu_copy_user o;
+		size_t len;
+		void *buf = read_all(argv[1], &len);
+
+		ret = qgpu_copy_user(fd, QGPU_OP_COPY_TO_VRAM,
+				     has_opt(argc, argv, "--sg") ? QGPU_SUBMIT_F_FORCE_SG : 0,
+				     buf, num(argv[0]), len, &o);
+		if (ret)
+			fail("copy to VRAM", -ret);
+		printf("{\"ok\":true,\"length\":%zu,\"fence\":%llu,\"segments\":%u,"
+		       "\"checksum\":\"0x%016llx\"}\n", len,
+		       (unsigned long long)o.fence, o.nr_segments,
+		       (unsigned long long)qgpu_fnv1a(QGPU_FNV_INIT, buf, len));
+	} else if (!strcmp(cmd, "from-vram") && argc >= 3) {
+		struct qgpu_copy_user o;
+		uint64_t len = num(argv[1]);
+		void *buf = malloc(len ? len : 1);
+		int out;
+
+		if (!buf)
+			fail("malloc", ENOMEM);
+		ret = qgpu_copy_user(fd, QGPU_OP_COPY_FROM_VRAM,
+				     has_opt(argc, argv, "--sg") ? QGPU_SUBMIT_F_FORCE_SG : 0,
+				     buf, num(argv[0]), len, &o);
+		if (ret)
+			fail("copy from VRAM", -ret);
+		out = strcmp(argv[2], "-") ? open(argv[2], O_WRONLY | O_CREAT | O_TRUNC, 0644) : 1;
+		if (out < 0 || write(out, buf, len) != (ssize_t)len)
+			fail(argv[2], errno);
+		if (out != 1)
+			printf("{\"ok\":true,\"length\":%llu,\"fence\":%llu,\"segments\":%u,"
+			       "\"checksum\":\"0x%016llx\"}\n", (unsigned long long)len,
+			       (unsigned long long)o.fence, o.nr_segments,
+			       (unsigned long long)qgpu_fnv1a(QGPU_FNV_INIT, buf, len));
+	} else if (!strcmp(cmd, "checksum") && argc >= 2) {
+		uint64_t off = num(argv[0]), len = num(argv[1]), sum = 0;
+		const char *via = opt_val(argc, argv, "--via", "dma");
+
+		if (!strcmp(via, "cpu")) {
+			ret = qgpu_cpu(fd, QGPU_CPU_CHECKSUM, off, len, 0, &sum);
+			if (ret)
+				fail("cpu checksum", -ret);
+		} else if (!strcmp(via, "dma")) {
+			void *buf = malloc(len ? len : 1);
+
+			if (!buf)
+				fail("malloc", ENOMEM);
+			ret = qgpu_copy_user(fd, QGPU_OP_COPY_FROM_VRAM, 0, buf,
+					     off, len, NULL);
+			if (ret)
+				fail("copy from VRAM", -ret);
+			sum = qgpu_fnv1a(QGPU_FNV_INIT, buf, len);
+		} else if (!strcmp(via, "mmap") || !strcmp(via, "lazy")) {
+			void *base;
+			size_t ml;
+			void *p = map_vram(off, len, !strcmp(via, "lazy"), &base, &ml);
+			void *tmp = malloc(len ? len : 1);
+
+			memcpy(tmp, p, len);
+			sum = qgpu_fnv1a(QGPU_FNV_INIT, tmp, len);
+			munmap(base, ml);
+		} else {
+			usage();
+		}
+		printf("{\"ok\":true,\"via\":\"%s\",\"offset\":%llu,\"length\":%llu,"
+		       "\"checksum\":\"0x%016llx\"}\n", via, (unsigned long long)off,
+		       (unsigned long long)len, (unsigned long long)sum);
+	} else if (!strcmp(cmd, "mmap-read") && argc >= 2) {
+		uint64_t off = num(argv[0]), len = num(argv[1]);
+		void *base;
+		size_t ml;
+		uint8_t *p;
+
+		if (len > 4096)
+			fail("mmap-read: at most 4096 bytes", EINVAL);
+		p = map_vram(off, len, has_opt(argc, argv, "--lazy"), &base, &ml);
+		printf("{\"ok\":true,\"hex\":\"");
+		for (uint64_t i = 0; i < len; i++)
+			printf("%02x", p[i]);
+		printf("\"}\n");
+		munmap(base, ml);
+	} else if (!strcmp(cmd, "mmap-write") && argc >= 3) {
+		uint64_t off = num(argv[0]), len = num(argv[1]);
+		uint32_t pat = num(argv[2]);
+		void *base;
+		size_t ml;
+		void *p = map_vram(off, len, has_opt(argc, argv, "--lazy"), &base, &ml);
+
+		qgpu_pattern_fill(p, len, pat);
+		__sync_synchronize();
+		munmap(base, ml);
+		printf("{\"ok\":true}\n");
+	} else if (!strcmp(cmd, "raise-irq")) {
+		struct qgpu_raise_irq a = {0};
+
+		ret = qgpu_ioctl(fd, QGPU_IOCTL_RAISE_IRQ, &a);
+		if (ret)
+			fail("raise-irq", -ret);
+		printf("{\"ok\":true,\"irq_count\":%u}\n", a.irq_count);
+	} else {
+		usage();
+	}
+	return 0;
+}

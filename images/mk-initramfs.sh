@@ -1,0 +1,249 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
+#
+# Build the qgpu guest initramfs, reproducibly: same inputs -> same bytes.
+#
+#   $OUT/initramfs.cpio.gz   the image (newc cpio; gzip -n, or see COMPRESS)
+#   $OUT/ssh/id_ed25519      test SSH key pair (made once; its public half is
+#                            root's authorized key in the guest). Test use only.
+#   $OUT/initramfs.manifest  what went in (one line per file, with sha256)
+#
+# Contents: busybox (static), dropbear + its shared libraries, the kernel
+# modules virtio-net needs (and any qgpu.ko depends on), decompressed, and
+# $GUEST/qgpu.ko + $GUEST/bin/* (from guest-driver) when present.
+#
+# Usage: mk-initramfs.sh    (env: OUT, GUEST, QGPU_CACHE, SOURCE_DATE_EPOCH,
+#                            COMPRESS=gzip|zstd|none, STRIP_DEBUG=1|0)
+set -euo pipefail
+umask 022
+
+here=$(cd "$(dirname "$0")" && pwd)
+top=$(cd "$here/.." && pwd)
+OUT=${OUT:-$top/build/images}
+GUEST=${GUEST:-$top/build/guest}
+QGPU_CACHE=${QGPU_CACHE:-$HOME/.cache/qgpu}
+COMPRESS=${COMPRESS:-gzip}
+# Fixed timestamp for every file (reproducibility). A constant rather than
+# the last commit time, so unrelated commits do not change the image.
+SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-1700000000}
+export SOURCE_DATE_EPOCH
+log() { echo "mk-initramfs: $*" >&2; }
+
+ABI=$(cat "$OUT/kernel-abi" 2>/dev/null || true)
+[[ -n $ABI ]] || { log "$OUT/kernel-abi missing: run fetch-kernel.sh (make -C images kernel) first"; exit 1; }
+MODROOT=$QGPU_CACHE/kernel/$ABI/lib/modules/$ABI
+[[ -e $MODROOT/modules.dep ]] || { log "$MODROOT/modules.dep missing: run fetch-kernel.sh"; exit 1; }
+
+# Host tools (installed idempotently; tell the lead to add them to
+# scripts/install-host-deps.sh).
+need_pkgs=(busybox-static cpio dropbear-bin openssh-client kmod xz-utils binutils)
+missing=()
+for p in "${need_pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    log "installing host packages: ${missing[*]}"
+    SUDO=(); [[ $(id -u) -eq 0 ]] || SUDO=(sudo)
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
+fi
+
+# ---- test SSH key (generated once, never committed: $OUT is git-ignored) ----
+mkdir -p "$OUT/ssh"
+if [[ ! -e $OUT/ssh/id_ed25519 || ! -e $OUT/ssh/id_ed25519.pub ]]; then
+    rm -f "$OUT/ssh/id_ed25519" "$OUT/ssh/id_ed25519.pub"
+    ssh-keygen -q -t ed25519 -N '' -C qgpu-guest-test-key -f "$OUT/ssh/id_ed25519"
+    log "generated test SSH key $OUT/ssh/id_ed25519"
+fi
+chmod 600 "$OUT/ssh/id_ed25519"
+
+# ---- up to date? (digest of every input) ---------------------------------------
+inputs_digest() {
+    {
+        echo "abi=$ABI compress=$COMPRESS epoch=$SOURCE_DATE_EPOCH strip=${STRIP_DEBUG:-1}"
+        sha256sum "$0" "$here/rootfs/init" "$here/rootfs/qgpu-boot-check" \
+            "$OUT/ssh/id_ed25519.pub" /bin/busybox /usr/sbin/dropbear /usr/bin/dropbearkey \
+            "$MODROOT/modules.dep"
+        find "$here/rootfs" -type f -printf '%P %m\n' | LC_ALL=C sort
+        (cd "$here/rootfs/etc" && find . -type f | LC_ALL=C sort | xargs sha256sum)
+        if [[ -d $GUEST ]]; then
+            (cd "$GUEST" && find . -type f ! -name '*.o' ! -name '*.cmd' | LC_ALL=C sort |
+                xargs -r sha256sum)
+        fi
+    } | sha256sum | cut -d' ' -f1
+}
+digest=$(inputs_digest)
+case $COMPRESS in gzip) img=$OUT/initramfs.cpio.gz ;; zstd) img=$OUT/initramfs.cpio.zst ;; *) img=$OUT/initramfs.cpio ;; esac
+if [[ -e $img && -e $OUT/initramfs.img && $(cat "$OUT/initramfs.inputs" 2>/dev/null) == "$digest" ]]; then
+    log "up to date: $img"
+    exit 0
+fi
+
+# ---- staging tree ------------------------------------------------------------
+ROOT=$OUT/initramfs.root
+rm -rf "$ROOT"
+mkdir -p "$ROOT"
+cd "$ROOT"
+mkdir -p bin sbin usr/bin usr/sbin usr/local/bin lib/x86_64-linux-gnu lib64 \
+         etc/qgpu etc/dropbear proc sys dev run tmp root/.ssh var/log \
+         "lib/modules/$ABI" opt/qgpu/bin mnt
+ln -s ../run var/run
+
+# busybox and its applet links
+cp /bin/busybox bin/busybox
+while read -r applet; do
+    [[ -e $applet || -L $applet ]] && continue
+    case $applet in
+        bin/*)            ln -s busybox "$applet" ;;
+        sbin/*|usr/bin/*) ln -s ../bin/busybox "$applet" ;;
+        usr/sbin/*)       ln -s ../../bin/busybox "$applet" ;;
+    esac
+done < <(bin/busybox --list-full | sort)
+
+# copy_elf FILE DEST: copy a binary and the shared libraries it needs.
+copy_elf() {
+    local src=$1 dst=$2 lib real
+    install -D -m 0755 "$src" "$ROOT/$dst"
+    while read -r lib; do
+        [[ -n $lib ]] || continue
+        real=$(readlink -f "$lib")
+        if [[ $lib == */ld-linux-x86-64.so.2 ]]; then
+            install -D -m 0755 "$real" "$ROOT/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
+            ln -sf ../lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 "$ROOT/lib64/ld-linux-x86-64.so.2"
+        else
+            install -D -m 0755 "$real" "$ROOT/lib/x86_64-linux-gnu/$(basename "$lib")"
+        fi
+    done < <(ldd "$src" 2>/dev/null | awk '/=> \// {print $3} /^\t\/[^ ]*ld-linux/ {print $1}' | sort -u)
+}
+copy_elf /usr/sbin/dropbear usr/sbin/dropbear
+copy_elf /usr/bin/dropbearkey usr/bin/dropbearkey
+
+# static files and /init
+cp -r "$here/rootfs/etc/." etc/
+find etc -type f -exec chmod 0644 {} +
+install -m 0755 "$here/rootfs/init" init
+install -m 0755 "$here/rootfs/qgpu-boot-check" usr/sbin/qgpu-boot-check
+install -m 0600 "$OUT/ssh/id_ed25519.pub" root/.ssh/authorized_keys
+chmod 0700 root root/.ssh
+chmod 0640 etc/shadow
+chmod 1777 tmp
+echo "$ABI" >etc/qgpu/kernel-abi
+
+# ---- kernel modules ------------------------------------------------------------
+# Resolve dependencies with modules.dep; emit a load order (dependencies first).
+declare -A seen=()
+order=()
+dep_of() { awk -v m="$1" -F': *' '$1 == m {print $2; exit}' "$MODROOT/modules.dep"; }
+path_of() { # module name (- or _) -> path relative to MODROOT
+    local n=${1//-/_}
+    awk -F: -v n="$n" '{p=$1; b=p; sub(/.*\//, "", b); sub(/\.ko(\.xz|\.zst|\.gz)?$/, "", b);
+                         gsub(/-/, "_", b); if (b == n) {print p; exit}}' "$MODROOT/modules.dep"
+}
+visit() {
+    local m=$1 d
+    [[ -n ${seen[$m]:-} ]] && return 0
+    seen[$m]=1
+    for d in $(dep_of "$m"); do visit "$d"; done
+    order+=("$m")
+}
+# What the kernel config lacks as built-in, for virtio-net-pci.
+want_mods=()
+grep -q '^CONFIG_VIRTIO_NET=y' "$MODROOT/../../../boot/config-$ABI" || want_mods+=(virtio_net)
+grep -q '^CONFIG_VIRTIO_PCI=y' "$MODROOT/../../../boot/config-$ABI" || want_mods+=(virtio_pci)
+
+driver_note="no driver packed"
+if [[ -e $GUEST/qgpu.ko ]]; then
+    if ! vm=$(modinfo -F vermagic "$GUEST/qgpu.ko" 2>/dev/null | awk '{print $1}') || [[ -z $vm ]]; then
+        log "$GUEST/qgpu.ko is not a valid kernel module (modinfo fails)"
+        exit 1
+    fi
+    [[ $vm == "$ABI" ]] || log "WARNING: $GUEST/qgpu.ko vermagic '$vm' != guest kernel $ABI"
+    for d in $(modinfo -F depends "$GUEST/qgpu.ko" 2>/dev/null | tr ',' ' '); do
+        want_mods+=("$d")
+    done
+    driver_note="driver packed: qgpu.ko sha256=$(sha256sum <"$GUEST/qgpu.ko" | cut -c1-16)"
+fi
+for m in "${want_mods[@]}"; do
+    p=$(path_of "$m")
+    [[ -n $p ]] || { log "module $m not found in $MODROOT"; exit 1; }
+    visit "$p"
+done
+: >etc/qgpu/modules.load
+for p in "${order[@]}"; do
+    base=$(basename "$p"); base=${base%.xz}; base=${base%.zst}; base=${base%.gz}
+    case $p in
+        *.xz)  xz -dc "$MODROOT/$p" ;;
+        *.zst) zstd -dcq "$MODROOT/$p" ;;
+        *.gz)  gzip -dc "$MODROOT/$p" ;;
+        *)     cat "$MODROOT/$p" ;;
+    esac >"lib/modules/$ABI/$base"
+    echo "$base" >>etc/qgpu/modules.load
+done
+log "kernel modules: $(tr '\n' ' ' <etc/qgpu/modules.load)"
+
+# ---- the driver and its tools from guest-driver ------------------------------------
+# Debug info is dropped from the copies (STRIP_DEBUG=0 keeps it): qgpu.ko
+# shrinks ~10x and loads faster; kallsyms (oops symbols) are unaffected.
+STRIP_DEBUG=${STRIP_DEBUG:-1}
+if [[ -e $GUEST/qgpu.ko ]]; then
+    install -m 0644 "$GUEST/qgpu.ko" opt/qgpu/qgpu.ko
+    if [[ $STRIP_DEBUG == 1 ]]; then strip --strip-debug opt/qgpu/qgpu.ko; fi
+fi
+if [[ -d $GUEST/bin ]]; then
+    while read -r f; do
+        if ldd "$f" >/dev/null 2>&1; then
+            log "note: $f is dynamically linked; copying its libraries too"
+            copy_elf "$f" "opt/qgpu/bin/$(basename "$f")"
+        else
+            install -m 0755 "$f" "opt/qgpu/bin/$(basename "$f")"
+        fi
+        if [[ $STRIP_DEBUG == 1 ]] && [[ $(head -c 4 "$f" | od -An -tx1 | tr -d ' ') == 7f454c46 ]]; then
+            strip --strip-debug "opt/qgpu/bin/$(basename "$f")"
+        fi
+    done < <(find "$GUEST/bin" -maxdepth 1 \( -type f -o -type l \) | sort)
+fi
+# Anything else guest-driver put in $GUEST (not kbuild intermediates) goes to /opt/qgpu.
+while read -r f; do
+    rel=${f#"$GUEST"/}
+    install -D -m "$(stat -c %a "$f")" "$f" "opt/qgpu/$rel"
+done < <(cd "$GUEST" 2>/dev/null && find "$GUEST" -type f \
+            ! -path "$GUEST/bin/*" ! -name qgpu.ko ! -name '*.o' ! -name '*.cmd' \
+            ! -name '*.mod' ! -name '*.mod.c' ! -name 'modules.order' \
+            ! -name 'Module.symvers' ! -path '*/.tmp*' ! -name '.*' | sort)
+if [[ -e opt/qgpu/qgpu.ko ]]; then
+    nbin=$(find opt/qgpu/bin -type f | wc -l)
+    log "$driver_note; $nbin tool(s) in /opt/qgpu/bin"
+else
+    log "NOTE: no driver packed ($GUEST/qgpu.ko absent); the image boots without it"
+fi
+
+# /dev/console must exist in the initramfs for the kernel to give /init a console.
+if [[ $(id -u) -eq 0 ]]; then
+    mknod -m 600 dev/console c 5 1
+    mknod -m 666 dev/null c 1 3
+else
+    log "not root: no /dev/console node (init reopens it after mounting devtmpfs)"
+fi
+
+# ---- archive -------------------------------------------------------------------------
+find . -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
+case $COMPRESS in
+    gzip) ext=.gz;  comp=(gzip -n -9) ;;
+    zstd) ext=.zst; comp=(zstd -q -19 -T1) ;;
+    none) ext=;     comp=(cat) ;;
+    *) log "COMPRESS must be gzip, zstd or none"; exit 1 ;;
+esac
+img=$OUT/initramfs.cpio$ext
+rm -f "$OUT/initramfs.inputs" "$OUT/initramfs.cpio" "$OUT/initramfs.cpio.gz" "$OUT/initramfs.cpio.zst"
+find . -mindepth 1 -printf '%P\n' | LC_ALL=C sort |
+    cpio --quiet --reproducible -o -H newc -R 0:0 | "${comp[@]}" >"$img.tmp"
+mv "$img.tmp" "$img"
+ln -sfn "$(basename "$img")" "$OUT/initramfs.img"
+find . -mindepth 1 -printf '%P\n' | LC_ALL=C sort | while read -r f; do
+    if [[ -f $f && ! -L $f ]]; then
+        echo "$f $(sha256sum <"$f" | cut -c1-16)"
+    else
+        echo "$f"
+    fi
+done >"$OUT/initramfs.manifest"
+echo "$digest" >"$OUT/initramfs.inputs"
+log "$img: $(stat -c %s "$img") bytes, sha256=$(sha256sum <"$img" | cut -d' ' -f1)"
