@@ -70,7 +70,11 @@ qemu: $(STAMPS)/qemu-src $(TOOLS_PY) ## Build qemu-system-x86_64 with qgpu -> bu
 	@echo "make: $(QEMU_BIN) is ready"
 
 .PHONY: demo
-demo: qemu venv ## The main job: build what is missing, run the qgpu DMA demonstration
+demo: qemu image venv ## The main job: build what is missing, boot the guest, show DMA + mmap from both sides
+	$(VENV)/bin/qgpu demo
+
+.PHONY: demo-device
+demo-device: qemu venv ## The device alone over qtest (no guest kernel): DMA, MSI-X, stats, trace
 	$(PY) -m qgpu.smoke
 
 # ---- guest side: driver, image ------------------------------------------------

@@ -76,7 +76,7 @@ class MachineConfig:
 
     def qemu_args(self, *, accel: str, serial_socket: Path, qmp_socket: Path,
                   console_log: Path, ssh_port: int | None,
-                  vram_files: dict[str, Path]) -> list[str]:
+                  vram_files: dict[str, Path], qmp_server: Path | None = None) -> list[str]:
         """Return QEMU's arguments (without the binary)."""
         machine = "q35,kernel-irqchip=split" if self.dma_mode is DmaMode.IOMMU else "q35"
         args = ["-accel", accel, "-machine", machine, "-cpu", "qemu64,+rdrand" if
@@ -88,6 +88,8 @@ class MachineConfig:
                 "-serial", "chardev:ser0",
                 "-chardev", f"socket,id=qmp0,path={qmp_socket}",
                 "-mon", "chardev=qmp0,mode=control"]
+        if qmp_server is not None:      # a second monitor for other tools (qgpu inspect)
+            args += ["-qmp", f"unix:{qmp_server},server=on,wait=off"]
         if self.dma_mode is DmaMode.IOMMU:
             # Before any device that does DMA, so they all sit behind it.
             args += ["-device", "intel-iommu,intremap=on,caching-mode=on"]

@@ -84,12 +84,14 @@ class SerialConsole:
         except OSError as exc:          # socket closed under us
             raise QemuDiedError(f"{self.name}: console lost while {doing}: {exc}") from exc
         if index == crash_index:
+            what = self._child.match.group(0)
+            seen = (self._child.before or "") + what
             # Grab the rest of the report for the error message.
             with contextlib.suppress(OSError):
                 self._child.expect([pexpect.TIMEOUT, pexpect.EOF], timeout=2)
-            raise GuestCrashError(f"{self.name}: the guest kernel reported "
-                                  f"{self._child.match.group(0)!r} while {doing}",
-                                  self._child.before or "")
+                seen += self._child.before or ""
+            raise GuestCrashError(f"{self.name}: the guest kernel reported {what!r} while "
+                                  f"{doing}", seen)
         if index == crash_index + 1:
             raise QemuDiedError(f"{self.name}: console closed (QEMU exited?) while {doing}")
         if index == crash_index + 2:
@@ -120,6 +122,16 @@ class SerialConsole:
         self._expect([re.escape(PROMPT)], 30, f"waiting for the prompt after {command!r}")
         result = CommandResult(command, status, output.rstrip("\n"))
         return result.check() if check else result
+
+    def interact(self) -> None:
+        """Hand the console to the terminal until the guest powers off (Ctrl-] detaches)."""
+        self._child.logfile_read = None
+        try:
+            self._child.interact(escape_character="\x1d")
+        except OSError:
+            pass                        # the guest powered off: the socket closed
+        finally:
+            self._child.logfile_read = self._log
 
     def send_line(self, line: str) -> None:
         """Send raw input (e.g. ``exit`` to power the guest off)."""

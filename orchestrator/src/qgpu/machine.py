@@ -95,7 +95,8 @@ class GuestMachine:
             self.proc.args = cfg.qemu_args(
                 accel=self.accel, serial_socket=ser_path, qmp_socket=qmp_path,
                 console_log=self.console_log, ssh_port=ssh_port,
-                vram_files={k: v.path for k, v in self.vram.items()})
+                vram_files={k: v.path for k, v in self.vram.items()},
+                qmp_server=self.proc.workdir / "qmp-ext.sock")
             self.proc.start()
             ser = self.proc.accept(ser_l, "the serial console", 30)
             qmp_sock = self.proc.accept(qmp_l, "the QMP connection", 30)
@@ -103,7 +104,10 @@ class GuestMachine:
             self.qmp.connect(qmp_sock)
             self.console = SerialConsole(ser, self.proc.workdir / "console.transcript",
                                          name=cfg.name, is_alive=self.proc.is_alive)
-            self.boot_seconds = self.console.wait_ready(cfg.boot_timeout)
+            try:
+                self.boot_seconds = self.console.wait_ready(cfg.boot_timeout)
+            except QemuDiedError as exc:
+                raise self._died(exc, "booting") from exc
             if ssh_port is not None and self.ssh_key is not None:
                 self.ssh = GuestSsh(ssh_port, self.ssh_key)
                 self.ssh.connect(timeout=60)
@@ -114,6 +118,15 @@ class GuestMachine:
             for lsock in listeners:
                 lsock.close()
         return self
+
+    def _died(self, exc: QemuDiedError, doing: str) -> QemuDiedError:
+        """Return a QemuDiedError that quotes QEMU's exit status and last output."""
+        if self.proc is None:
+            return exc
+        self.proc.wait(2.0)
+        status = self.proc.wait(0)
+        return QemuDiedError(f"{self.config.name}: QEMU exited (status {status}) while "
+                             f"{doing}. Its last output:\n{self.proc.log_tail()}")
 
     def is_alive(self) -> bool:
         """Return whether QEMU is still running."""
@@ -158,7 +171,10 @@ class GuestMachine:
         """Run a shell command on the serial console."""
         if self.console is None:
             raise QemuError(f"{self.config.name}: not running")
-        return self.console.run(command, timeout=timeout, check=check)
+        try:
+            return self.console.run(command, timeout=timeout, check=check)
+        except QemuDiedError as exc:
+            raise self._died(exc, f"running {command!r}") from exc
 
     def ssh_run(self, command: str, *, timeout: float = 60.0, check: bool = False,
                 stdin: bytes | None = None) -> CommandResult:

@@ -157,8 +157,9 @@ def guest(request: pytest.FixtureRequest, _qgpu_pool: _Pool, dma_mode: DmaMode
           ) -> Iterator[GuestMachine]:
     """Yield a booted guest in ``dma_mode`` with the qgpu driver freshly loaded."""
     machine = _qgpu_pool.get(dma_mode)
-    machine.run("dmesg -C; rmmod qgpu 2>/dev/null; insmod /opt/qgpu/qgpu.ko && "
-                "test -c /dev/qgpu0", timeout=60, check=True)
+    # A fresh driver instance and an empty kernel log for every test.
+    machine.run("dmesg -c >/dev/null; if grep -q '^qgpu ' /proc/modules; then rmmod qgpu; fi"
+                " && insmod /opt/qgpu/qgpu.ko && test -c /dev/qgpu0", timeout=60, check=True)
     yield machine
     failed = _failed(request.node)
     if machine.is_alive():

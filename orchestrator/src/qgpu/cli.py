@@ -1,0 +1,180 @@
+"""The ``qgpu`` command: boot the guest, run commands in it, inspect the device.
+
+    qgpu boot [--mode iommu]            boot and hand over the serial console
+    qgpu run [--mode swiotlb] -- CMD    boot, run CMD, print its output, exit with its status
+    qgpu inspect --qmp SOCKET           statistics, BARs, DMA trace, VRAM of a running guest
+    qgpu demo                           the DMA + mmap demonstration (make demo)
+
+Progress goes to stderr; command output to stdout. Exit status 0 on success,
+the guest command's status for ``run``, 2 for usage errors, 1 for rig errors
+(with a message that says what to do).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Sequence
+
+from qgpu.config import DmaMode, MachineConfig, QgpuSpec
+from qgpu.errors import QgpuError
+from qgpu.machine import GuestMachine, image_paths
+from qgpu.qmp import QmpClient
+
+MiB = 1 << 20
+
+
+def progress(message: str) -> None:
+    """Tell the person at the terminal what is happening."""
+    print(f"qgpu: {message}", file=sys.stderr, flush=True)
+
+
+def _size(text: str) -> int:
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    if text[-1:].upper() in units:
+        return int(text[:-1], 0) * units[text[-1].upper()]
+    return int(text, 0)
+
+
+def _machine_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mode", type=DmaMode, choices=list(DmaMode), default=DmaMode.DIRECT,
+                        help="DMA mode of the guest (default: direct)")
+    parser.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto",
+                        help="accelerator; auto: KVM only if a bounded probe boots a guest")
+    parser.add_argument("--vram-size", type=_size, default=64 * MiB,
+                        help="VRAM size, e.g. 256M (power of two, 1M..16G)")
+    parser.add_argument("--qgpu-prop", action="append", default=[], metavar="NAME=VALUE",
+                        help="extra qgpu device property (repeatable)")
+    parser.add_argument("--append", action="append", default=[], metavar="WORD",
+                        help="extra kernel command-line word (repeatable)")
+
+
+def _boot(args: argparse.Namespace) -> GuestMachine:
+    kernel, initrd, key = image_paths()
+    if any("=" not in p for p in args.qgpu_prop):
+        raise QgpuError("--qgpu-prop takes NAME=VALUE")
+    props = tuple((p.split("=", 1)[0], p.split("=", 1)[1]) for p in args.qgpu_prop)
+    spec = QgpuSpec(vram_size=args.vram_size, props=props)
+    config = MachineConfig(kernel=kernel, initrd=initrd, accel=args.accel,
+                           dma_mode=args.mode, qgpus=(spec,), append=tuple(args.append))
+    progress(f"booting the guest ({args.mode} DMA, accelerator {args.accel}) ...")
+    start = time.monotonic()
+    machine = GuestMachine(config, ssh_key=key).start()
+    progress(f"guest ready in {time.monotonic() - start:.1f} s ({machine.accel})")
+    return machine
+
+
+def cmd_boot(args: argparse.Namespace) -> int:
+    """Boot and attach the terminal to the serial console until the guest powers off."""
+    machine = _boot(args)
+    try:
+        assert machine.proc is not None and machine.console is not None
+        progress(f"QMP (for 'qgpu inspect'): {machine.proc.workdir / 'qmp-ext.sock'}")
+        if machine.ssh is not None:
+            progress(f"SSH: ssh -i {machine.ssh.key} -p {machine.ssh.port} "
+                     "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null root@127.0.0.1")
+        progress("serial console attached; type 'exit' to power off")
+        machine.console.interact()
+    finally:
+        machine.stop()
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Boot, run one command on the console, print its output."""
+    if not args.command:
+        raise QgpuError("qgpu run needs a command after --")
+    machine = _boot(args)
+    try:
+        result = machine.run(" ".join(args.command), timeout=args.timeout)
+        print(result.output)
+        return result.status
+    finally:
+        machine.stop()
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """Print statistics, BARs and the DMA trace of a running guest's qgpu."""
+    path = f"/machine/peripheral/{args.device}"
+    with QmpClient("inspect", timeout=15) as qmp:
+        qmp.connect(args.qmp)
+        report: dict[str, object] = {
+            "stats": {p["name"].removeprefix("stat-"): qmp.qom_get(path, p["name"])
+                      for p in qmp.command("qom-list", {"path": path})
+                      if p["name"].startswith("stat-")},
+            "dma-trace": qmp.qom_get(path, "dma-trace"),
+        }
+        if args.vram is not None:
+            offset, length = args.vram
+            report["vram"] = _read_vram(qmp, args.device, offset, length).hex()
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+def _read_vram(qmp: QmpClient, device: str, offset: int, length: int) -> bytes:
+    import tempfile
+    from pathlib import Path
+
+    for bus in qmp.command("query-pci"):
+        stack = list(bus["devices"])
+        while stack:
+            dev = stack.pop()
+            stack += dev.get("pci_bridge", {}).get("devices", [])
+            if dev.get("qdev_id") == device:
+                bar = next(r for r in dev["regions"] if r["bar"] == 2)
+                with tempfile.NamedTemporaryFile() as tmp:
+                    qmp.command("pmemsave", {"val": bar["address"] + offset, "size": length,
+                                             "filename": tmp.name})
+                    return Path(tmp.name).read_bytes()
+    raise QgpuError(f"no device {device} in query-pci")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the demonstration."""
+    from qgpu import demo
+
+    return demo.main(mode=args.mode, accel=args.accel)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``qgpu`` command."""
+    parser = argparse.ArgumentParser(prog="qgpu", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("boot", help="boot the guest and attach its serial console")
+    _machine_args(p)
+    p.set_defaults(func=cmd_boot)
+    p = sub.add_parser("run", help="boot, run a command, print its output")
+    _machine_args(p)
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds the command may take")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- the command")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("inspect", help="statistics, DMA trace, VRAM of a running guest's qgpu")
+    p.add_argument("--qmp", required=True, help="QMP socket printed by 'qgpu boot'")
+    p.add_argument("--device", default="qgpu0", help="qgpu device id (default qgpu0)")
+    p.add_argument("--vram", nargs=2, type=_size, metavar=("OFFSET", "LENGTH"),
+                   help="also dump VRAM bytes (hex)")
+    p.set_defaults(func=cmd_inspect)
+    p = sub.add_parser("demo", help="the DMA + mmap demonstration")
+    p.add_argument("--mode", type=DmaMode, choices=list(DmaMode), default=None,
+                   help="only this DMA mode (default: all three)")
+    p.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto")
+    p.set_defaults(func=cmd_demo)
+    args = parser.parse_args(argv)
+    if getattr(args, "command", None) and args.command[:1] == ["--"]:
+        args.command = args.command[1:]
+    try:
+        status: int = args.func(args)
+        return status
+    except QgpuError as exc:
+        print(f"qgpu: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(BrokenPipeError):
+        sys.exit(main())
