@@ -121,8 +121,9 @@ test: qemu image venv ## Everything CI runs: lint, then all test suites
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 .PHONY: bench
-bench: qemu venv ## DMA engine throughput vs host memcpy and QEMU's edu device
+bench: qemu image venv ## Benchmarks: DMA engine vs memcpy and edu; guest boot time; WC VRAM vs RAM writes
 	$(PY) -m qgpu.bench
+	$(PY) -m qgpu.bench_guest
 
 # ---- housekeeping ---------------------------------------------------------------
 
