@@ -54,3 +54,13 @@ def test_stats_start_clean_after_boot(guest: GuestMachine,
                                       qgpu_inspector: DeviceInspector) -> None:
     stats = qgpu_inspector.stats()
     assert stats["errors"] == 0 and stats["access-errors"] == 0
+
+
+def test_host_sees_the_drivers_interrupt_setup(guest: GuestMachine,
+                                               qgpu_inspector: DeviceInspector) -> None:
+    caps = qgpu_inspector.capabilities()
+    assert {"msix", "msi", "pcie", "aer"} <= caps.keys()
+    assert qgpu_inspector.msix_enabled(), "the driver should have chosen MSI-X"
+    irq_mode = guest.run("cat /sys/class/misc/qgpu0/device/msi_irqs/* >/dev/null 2>&1 && "
+                         "ls /sys/class/misc/qgpu0/device/msi_irqs | wc -l").output.strip()
+    assert int(irq_mode or 0) >= 1

@@ -103,6 +103,48 @@ class DeviceInspector:
             raise DeviceError(f"{self.qdev_id}: the VRAM BAR is not mapped")
         return self.physical(bar.address + offset, length)
 
+    def config_space(self) -> bytes:
+        """Read the device's 4 KiB PCIe config space through q35's ECAM window.
+
+        The base is the q35 host bridge's ``MCFG`` property (programmed by the
+        firmware); QEMU's own read of that window returns what the guest sees.
+        """
+        base = int(self.qmp.qom_get("/machine/q35", "MCFG"))
+        if base in (0, 0xFFFF_FFFF_FFFF_FFFF):
+            raise DeviceError("ECAM (MMCONFIG) is not enabled yet: has the guest booted?")
+        dev = self.pci_device()
+        bdf = dev["bus"] << 8 | dev["slot"] << 3 | dev["function"]
+        return self.physical(base + (bdf << 12), 4096)
+
+    def capabilities(self) -> dict[str, int]:
+        """Return the device's capabilities (name -> config offset), from its config space."""
+        cfg = self.config_space()
+        names = {0x05: "msi", 0x10: "pcie", 0x11: "msix", 0x01: "pm"}
+        caps: dict[str, int] = {}
+        pos = cfg[0x34] & ~3 if cfg[0x06] & 0x10 else 0
+        for _ in range(48):
+            if not pos:
+                break
+            caps.setdefault(names.get(cfg[pos], f"cap-{cfg[pos]:#x}"), pos)
+            pos = cfg[pos + 1] & ~3
+        pos = 0x100
+        for _ in range(480):
+            header = int.from_bytes(cfg[pos:pos + 4], "little")
+            if header in (0, 0xFFFF_FFFF):
+                break
+            ext = {0x0001: "aer"}.get(header & 0xFFFF, f"ext-{header & 0xFFFF:#x}")
+            caps.setdefault(ext, pos)
+            pos = header >> 20
+            if pos < 0x100:
+                break
+        return caps
+
+    def msix_enabled(self) -> bool:
+        """Return whether the guest driver has enabled MSI-X (config space, host view)."""
+        cfg = self.config_space()
+        pos = self.capabilities().get("msix")
+        return pos is not None and bool(int.from_bytes(cfg[pos + 2:pos + 4], "little") & 0x8000)
+
     def set(self, prop: str, value: object) -> None:
         """Set a runtime property (e.g. ``x-fault-hang``)."""
         self.qmp.qom_set(self.qom_path, prop, value)

@@ -38,7 +38,7 @@ def free_port() -> int:
 
 def image_paths() -> tuple[Path, Path, Path]:
     """Return (kernel, initramfs, SSH key) of the guest image under build/images."""
-    images = paths.build_dir() / "images"
+    images = paths.image_dir()
     kernel = images / "vmlinux"
     if not kernel.exists():
         kernel = images / "vmlinuz"

@@ -31,6 +31,12 @@ def build_dir() -> Path:
     return Path(env) if env else repo_root() / "build"
 
 
+def image_dir() -> Path:
+    """Return the guest image folder (``build/images`` unless ``QGPU_IMAGE_DIR`` is set)."""
+    env = os.environ.get("QGPU_IMAGE_DIR")
+    return Path(env) if env else build_dir() / "images"
+
+
 def abi_header() -> Path:
     """Return the shared device ABI header."""
     return repo_root() / "qemu-device" / "include" / "hw" / "misc" / "qgpu_hw.h"

@@ -3,6 +3,7 @@
 Options (``pytest --help`` lists them under "qgpu test rig"):
 
 ``--qgpu-qemu PATH``       the qemu-system-x86_64 with qgpu (default: build/bin/)
+``--qgpu-image DIR``       the guest image (default: build/images)
 ``--qgpu-accel MODE``      auto (KVM only if a bounded probe boots a guest), tcg, kvm
 ``--qgpu-artifacts DIR``   where failed tests leave their bundle (default build/artifacts)
 ``--qgpu-keep-artifacts``  write the bundle for passing tests too
@@ -45,6 +46,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("qgpu", "qgpu test rig")
     group.addoption("--qgpu-qemu", metavar="PATH", default=None,
                     help="qemu-system-x86_64 with the qgpu device (default: build/bin/)")
+    group.addoption("--qgpu-image", metavar="DIR", default=None,
+                    help="guest image folder with vmlinux/vmlinuz, initramfs.img, ssh/ "
+                         "(default: build/images)")
     group.addoption("--qgpu-accel", default="auto", choices=("auto", "tcg", "kvm"),
                     help="accelerator; auto uses KVM only if a bounded probe boots a guest")
     group.addoption("--qgpu-artifacts", metavar="DIR", default=None,
@@ -58,6 +62,9 @@ def pytest_configure(config: pytest.Config) -> None:
     qemu = config.getoption("--qgpu-qemu", default=None)
     if qemu:
         os.environ["QGPU_QEMU"] = str(qemu)
+    image = config.getoption("--qgpu-image", default=None)
+    if image:
+        os.environ["QGPU_IMAGE_DIR"] = str(image)
     config.addinivalue_line("markers", "slow: long-running test")
 
 
