@@ -201,3 +201,23 @@ def test_fault_counters_count_transitions(qgpu: QgpuDevice) -> None:
     fault(qgpu, "regs-all-ones", True)
     fault(qgpu, "regs-all-ones", False)
     assert qgpu.stat("faults-injected") == 2
+
+
+def test_aer_message_reaches_the_root_port_once_enabled(qgpu: QgpuDevice) -> None:
+    """DEVCTL's error-reporting enables are writable, and gate the device's AER messages."""
+    from qgpu.device import ROOT_PORT_SLOT
+    from qgpu.pci import CAP_ID_EXP, PciFunction
+    port = PciFunction(qgpu.qt, 0, ROOT_PORT_SLOT)
+    port_aer = port.ext_capabilities()[EXT_CAP_ID_ERR]
+    root_status = port_aer + 0x30                    # PCI_ERR_ROOT_STATUS
+    devctl = qgpu.fn.capabilities()[CAP_ID_EXP] + 8  # PCI_EXP_DEVCTL
+    # What the OS does on the root port: SERR forwarding and error reporting on.
+    port.write16(0x3E, port.read16(0x3E) | 0x2)                  # PCI_BRIDGE_CTL_SERR
+    port_devctl = port.capabilities()[CAP_ID_EXP] + 8
+    port.write16(port_devctl, port.read16(port_devctl) | 0xF)
+    fault(qgpu, "aer", "correctable")
+    assert port.read32(root_status) & 1 == 0, "masked by DEVCTL: nothing reaches the port"
+    qgpu.fn.write16(devctl, qgpu.fn.read16(devctl) | 0xF)
+    assert qgpu.fn.read16(devctl) & 0xF == 0xF
+    fault(qgpu, "aer", "correctable")
+    assert port.read32(root_status) & 1, "ERR_COR received by the root port"

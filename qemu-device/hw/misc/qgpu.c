@@ -1759,6 +1759,8 @@ static void qgpu_realize(PCIDevice *pdev, Error **errp)
         error_setg(errp, "cannot add the PCI Express capability");
         goto err_vram;
     }
+    /* Let the OS enable error reporting, or AER messages never leave us. */
+    pcie_cap_deverr_init(pdev);
     if (s->msi && msi_init(pdev, QGPU_CAP_OFF_MSI, 1, true, false, errp)) {
         error_append_hint(errp, "Set msi=off to run without MSI.\n");
         goto err_pcie;
@@ -1833,6 +1835,8 @@ static void qgpu_exit(PCIDevice *pdev)
 static void qgpu_reset_hold(Object *obj, ResetType type)
 {
     QGPUState *s = QGPU(obj);
+
+    pcie_cap_deverr_reset(PCI_DEVICE(s));
 
     trace_qgpu_reset(s->active);
     qgpu_engine_stop(s);
