@@ -14,6 +14,7 @@
 #include <linux/mutex.h>
 #include <linux/pci.h>
 #include <linux/scatterlist.h>
+#include <linux/spinlock.h>
 #include <linux/srcu.h>
 #include <linux/wait.h>
 #include <linux/workqueue.h>
@@ -54,6 +55,11 @@ enum qgpu_stat {
 	QGPU_STAT_BOS,
 	QGPU_STAT_BO_BYTES,
 	QGPU_STAT_LAST_ERROR,
+	QGPU_STAT_IRQ_RESYNC,
+	QGPU_STAT_WATCHDOG_RESETS,
+	QGPU_STAT_PCI_ERRORS,
+	QGPU_STAT_PCI_RECOVERIES,
+	QGPU_STAT_DEVICE_LOST,
 	QGPU_STAT_NR
 };
 
@@ -79,6 +85,7 @@ struct qgpu_job {
 	u32 ndesc;
 	u32 hw_err;			/* first QGPU_ERR_* seen */
 	bool done;
+	bool timed_out;			/* aborted by a timeout */
 	u64 bytes;
 	int op;
 
@@ -114,6 +121,14 @@ struct qgpu_device {
 	/* lifetime: readers are ioctls, mmap, faults; remove flips @dead */
 	struct srcu_struct srcu;
 	bool dead;
+	/*
+	 * @lost: BAR0 reads all ones or the PCIe channel failed for good; the
+	 * device is disabled (no DMA, mappings zapped) until it is re-probed.
+	 * @frozen: a PCIe error is being recovered; no new work until resume.
+	 */
+	bool lost;
+	bool frozen;
+	struct work_struct lost_work;
 	struct inode *inode;		/* private address_space for zapping */
 
 	/* misc device */
@@ -123,6 +138,7 @@ struct qgpu_device {
 	bool misc_registered;
 
 	/* interrupts */
+	spinlock_t irq_lock;		/* INT_STATUS read-and-ack */
 	int irq_mode;
 	int nvec;
 	int irqs_requested;
@@ -142,6 +158,11 @@ struct qgpu_device {
 	struct work_struct retire_work;
 	struct work_struct reset_work;
 	bool halted;
+	/* DMA timeout detection: no progress for job_timeout_ms resets */
+	struct delayed_work watchdog;
+	u64 wd_seq;
+	u32 wd_head;
+	unsigned long wd_stamp;
 	struct {
 		u64 fence;
 		u32 err;
@@ -187,6 +208,10 @@ static inline void qgpu_wr(struct qgpu_device *qdev, u32 reg, u32 val)
 }
 
 void qgpu_device_put(struct qgpu_device *qdev);
+void qgpu_irq_resync(struct qgpu_device *qdev);
+bool qgpu_hw_lost(struct qgpu_device *qdev);
+void qgpu_mark_lost(struct qgpu_device *qdev, const char *why);
+void qgpu_lost_work(struct work_struct *work);
 
 /* qgpu_ring.c */
 int qgpu_ring_init(struct qgpu_device *qdev);
@@ -194,6 +219,9 @@ void qgpu_ring_start(struct qgpu_device *qdev);
 void qgpu_ring_shutdown(struct qgpu_device *qdev);
 void qgpu_retire_work(struct work_struct *work);
 void qgpu_reset_work(struct work_struct *work);
+void qgpu_watchdog_work(struct work_struct *work);
+void qgpu_ring_quiesce(struct qgpu_device *qdev);
+void qgpu_ring_restart(struct qgpu_device *qdev);
 struct qgpu_job *qgpu_job_alloc(void);
 void qgpu_job_put(struct qgpu_job *job);
 int qgpu_submit(struct qgpu_device *qdev, struct qgpu_job *job,

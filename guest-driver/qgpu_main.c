@@ -95,6 +95,99 @@ static void qgpu_handle_causes(struct qgpu_device *qdev, u32 causes)
 	}
 }
 
+/* True if BAR0 reads all ones: the device is gone (or looks it). */
+bool qgpu_hw_lost(struct qgpu_device *qdev)
+{
+	return qgpu_rd(qdev, QGPU_REG_ID) == ~0U;
+}
+
+/*
+ * The device stopped answering (or its PCIe channel failed for good):
+ * disable it from process context, see qgpu_lost_work(). Safe in any
+ * context.
+ */
+void qgpu_mark_lost(struct qgpu_device *qdev, const char *why)
+{
+	if (READ_ONCE(qdev->dead) || xchg(&qdev->lost, true))
+		return;
+	dev_err(qdev->dev, "%s: device not responding (%s); disabling it\n",
+		qdev->name, why);
+	qgpu_stat_inc(qdev, QGPU_STAT_DEVICE_LOST);
+	wake_up_all(&qdev->fence_wq);
+	wake_up_all(&qdev->soft_wq);
+	queue_work(system_wq, &qdev->lost_work);
+}
+
+/*
+ * Disable a lost device: no DMA (bus mastering off, the engine reset if it
+ * still listens), every job failed and its pages released, every user
+ * mapping zapped (later accesses get SIGBUS); ioctls fail with -ENODEV.
+ * User space learns it from the errors, the "state" attribute and a
+ * change uevent. Only re-probing (remove and rescan, or reloading the
+ * driver) brings the device back.
+ */
+void qgpu_lost_work(struct work_struct *work)
+{
+	struct qgpu_device *qdev = container_of(work, struct qgpu_device,
+						lost_work);
+	char *envp[] = { "QGPU_STATE=failed", NULL };
+
+	if (READ_ONCE(qdev->dead))
+		return;
+	pci_clear_master(qdev->pdev);
+	qgpu_ring_shutdown(qdev);
+	cancel_delayed_work_sync(&qdev->watchdog);
+	/* Faults that saw the device alive finish first, then zap. */
+	synchronize_srcu(&qdev->srcu);
+	unmap_mapping_range(qdev->inode->i_mapping, 0, 0, 1);
+	if (qdev->misc_registered)
+		kobject_uevent_env(&qdev->misc.this_device->kobj, KOBJ_CHANGE,
+				   envp);
+}
+
+/*
+ * Read and acknowledge the causes in @mask. INT_STATUS reading all ones
+ * means the device is gone: nothing is acknowledged then.
+ */
+static u32 qgpu_take_causes(struct qgpu_device *qdev, u32 mask)
+{
+	unsigned long flags;
+	u32 st;
+
+	spin_lock_irqsave(&qdev->irq_lock, flags);
+	st = qgpu_rd(qdev, QGPU_REG_INT_STATUS);
+	if (st == ~0U) {
+		spin_unlock_irqrestore(&qdev->irq_lock, flags);
+		qgpu_mark_lost(qdev, "interrupt status reads all ones");
+		return 0;
+	}
+	st &= mask;
+	/* Ack first: a cause that recurs afterwards sends a new message. */
+	if (st)
+		qgpu_wr(qdev, QGPU_REG_INT_STATUS, st);
+	spin_unlock_irqrestore(&qdev->irq_lock, flags);
+	return st;
+}
+
+/*
+ * A completion was found by polling. If its interrupt was lost, the cause
+ * is still set in INT_STATUS and, the interrupt being an edge, no further
+ * message comes for it until it is acknowledged: do that here.
+ */
+void qgpu_irq_resync(struct qgpu_device *qdev)
+{
+	u32 causes;
+
+	if (READ_ONCE(qdev->dead) || READ_ONCE(qdev->lost) ||
+	    READ_ONCE(qdev->frozen))
+		return;
+	causes = qgpu_take_causes(qdev, QGPU_INT_ALL);
+	if (causes) {
+		qgpu_stat_inc(qdev, QGPU_STAT_IRQ_RESYNC);
+		qgpu_handle_causes(qdev, causes);
+	}
+}
+
 /* MSI-X: one vector per cause group; MSI and INTx: vec->causes is all. */
 static irqreturn_t qgpu_irq(int irq, void *data)
 {
@@ -102,15 +195,17 @@ static irqreturn_t qgpu_irq(int irq, void *data)
 	struct qgpu_device *qdev = vec->qdev;
 	u32 causes;
 
-	causes = qgpu_rd(qdev, QGPU_REG_INT_STATUS) & vec->causes;
+	/* A frozen link may read all ones: that is not a lost device. */
+	if (READ_ONCE(qdev->frozen) || READ_ONCE(qdev->lost))
+		return qdev->irq_mode == QGPU_IRQ_MODE_INTX ? IRQ_NONE :
+							      IRQ_HANDLED;
+	causes = qgpu_take_causes(qdev, vec->causes);
 	if (!causes) {
 		if (qdev->irq_mode == QGPU_IRQ_MODE_INTX)
 			return IRQ_NONE;
 		qgpu_stat_inc(qdev, QGPU_STAT_IRQ_SPURIOUS);
 		return IRQ_HANDLED;
 	}
-	/* Ack first: a cause that recurs afterwards sends a new message. */
-	qgpu_wr(qdev, QGPU_REG_INT_STATUS, causes);
 	qgpu_handle_causes(qdev, causes);
 	return IRQ_HANDLED;
 }
@@ -222,6 +317,11 @@ QGPU_STAT_ATTR(lazy_faults, QGPU_STAT_LAZY_FAULTS);
 QGPU_STAT_ATTR(bos, QGPU_STAT_BOS);
 QGPU_STAT_ATTR(bo_bytes, QGPU_STAT_BO_BYTES);
 QGPU_STAT_ATTR(last_error, QGPU_STAT_LAST_ERROR);
+QGPU_STAT_ATTR(irq_resync, QGPU_STAT_IRQ_RESYNC);
+QGPU_STAT_ATTR(watchdog_resets, QGPU_STAT_WATCHDOG_RESETS);
+QGPU_STAT_ATTR(pci_errors, QGPU_STAT_PCI_ERRORS);
+QGPU_STAT_ATTR(pci_recoveries, QGPU_STAT_PCI_RECOVERIES);
+QGPU_STAT_ATTR(device_lost, QGPU_STAT_DEVICE_LOST);
 
 static struct attribute *qgpu_stat_attrs[] = {
 	&qgpu_attr_jobs.attr.attr,
@@ -248,6 +348,11 @@ static struct attribute *qgpu_stat_attrs[] = {
 	&qgpu_attr_bos.attr.attr,
 	&qgpu_attr_bo_bytes.attr.attr,
 	&qgpu_attr_last_error.attr.attr,
+	&qgpu_attr_irq_resync.attr.attr,
+	&qgpu_attr_watchdog_resets.attr.attr,
+	&qgpu_attr_pci_errors.attr.attr,
+	&qgpu_attr_pci_recoveries.attr.attr,
+	&qgpu_attr_device_lost.attr.attr,
 	NULL
 };
 
@@ -256,8 +361,32 @@ static const struct attribute_group qgpu_stat_group = {
 	.attrs = qgpu_stat_attrs,
 };
 
+/* "running", "recovering" (PCIe error recovery) or "failed" (disabled). */
+static ssize_t state_show(struct device *dev, struct device_attribute *attr,
+			  char *buf)
+{
+	struct miscdevice *misc = dev_get_drvdata(dev);
+	struct qgpu_device *qdev = container_of(misc, struct qgpu_device, misc);
+
+	if (READ_ONCE(qdev->lost) || READ_ONCE(qdev->dead))
+		return sysfs_emit(buf, "failed\n");
+	return sysfs_emit(buf, "%s\n", READ_ONCE(qdev->frozen) ? "recovering" :
+							      "running");
+}
+static DEVICE_ATTR_RO(state);
+
+static struct attribute *qgpu_dev_attrs[] = {
+	&dev_attr_state.attr,
+	NULL
+};
+
+static const struct attribute_group qgpu_dev_group = {
+	.attrs = qgpu_dev_attrs,
+};
+
 static const struct attribute_group *qgpu_misc_groups[] = {
 	&qgpu_stat_group,
+	&qgpu_dev_group,
 	NULL
 };
 
@@ -305,7 +434,7 @@ static int qgpu_open(struct inode *inode, struct file *filp)
 	if (!qf)
 		return -ENOMEM;
 	idx = srcu_read_lock(&qdev->srcu);
-	if (READ_ONCE(qdev->dead)) {
+	if (READ_ONCE(qdev->dead) || READ_ONCE(qdev->lost)) {
 		srcu_read_unlock(&qdev->srcu, idx);
 		kfree(qf);
 		return -ENODEV;
@@ -593,10 +722,10 @@ static long qgpu_ioctl_raise_irq(struct qgpu_device *qdev, void __user *arg)
 	qgpu_wr(qdev, QGPU_REG_INT_RAISE, QGPU_INT_SOFT);
 	ret = wait_event_interruptible_timeout(qdev->soft_wq,
 			atomic64_read(&qdev->stats[QGPU_STAT_IRQ_SOFT]) != before ||
-			READ_ONCE(qdev->dead), HZ);
+			READ_ONCE(qdev->dead) || READ_ONCE(qdev->lost), HZ);
 	if (ret < 0)
 		return -EINTR;
-	if (READ_ONCE(qdev->dead))
+	if (READ_ONCE(qdev->dead) || READ_ONCE(qdev->lost))
 		return -ENODEV;
 	if (!ret)
 		return -ETIMEDOUT;
@@ -613,7 +742,7 @@ static long qgpu_ioctl(struct file *filp, unsigned int cmd, unsigned long arg)
 	int idx;
 
 	idx = srcu_read_lock(&qdev->srcu);
-	if (READ_ONCE(qdev->dead)) {
+	if (READ_ONCE(qdev->dead) || READ_ONCE(qdev->lost)) {
 		ret = -ENODEV;
 		goto out;
 	}
@@ -702,6 +831,9 @@ static int qgpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	init_waitqueue_head(&qdev->soft_wq);
 	INIT_WORK(&qdev->retire_work, qgpu_retire_work);
 	INIT_WORK(&qdev->reset_work, qgpu_reset_work);
+	INIT_WORK(&qdev->lost_work, qgpu_lost_work);
+	INIT_DELAYED_WORK(&qdev->watchdog, qgpu_watchdog_work);
+	spin_lock_init(&qdev->irq_lock);
 	priv->qdev = qdev;
 
 	ret = pcim_enable_device(pdev);
@@ -816,6 +948,8 @@ static int qgpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	qdev->debugfs = debugfs_create_dir(pci_name(pdev), qgpu_debugfs_root);
 	debugfs_create_file("state", 0400, qdev->debugfs, qdev,
 			    &qgpu_state_fops);
+	/* What PCIe error recovery restores after a link reset. */
+	pci_save_state(pdev);
 
 	dev_info(dev, "%s: VRAM %llu MiB, %s with %d vector(s), %d-bit DMA, ring %u\n",
 		 qdev->name, qdev->vram_size >> 20,
@@ -830,6 +964,7 @@ err_stop:
 	qgpu_free_irqs(qdev, priv->vecs);
 	cancel_work_sync(&qdev->retire_work);
 	cancel_work_sync(&qdev->reset_work);
+	cancel_delayed_work_sync(&qdev->watchdog);
 err_iomap:
 	io_mapping_free(qdev->iomap);
 	qdev->iomap = NULL;
@@ -843,13 +978,18 @@ static void qgpu_remove(struct pci_dev *pdev)
 	struct qgpu_pci_priv *priv = pci_get_drvdata(pdev);
 	struct qgpu_device *qdev = priv->qdev;
 
+	/* Fail new opens and calls; the lost-device work needs the misc device. */
+	WRITE_ONCE(qdev->dead, true);
+	cancel_work_sync(&qdev->lost_work);
 	/* No new opens; the stats directory goes too. */
 	misc_deregister(&qdev->misc);
 	debugfs_remove_recursive(qdev->debugfs);
 
-	WRITE_ONCE(qdev->dead, true);
 	wake_up_all(&qdev->soft_wq);
-	/* Engine off and every job retired: the device touches no memory. */
+	/*
+	 * Engine off and every job retired: the device touches no memory
+	 * (if BAR0 no longer answers, bus mastering is switched off).
+	 */
 	qgpu_ring_shutdown(qdev);
 	/* Wait for ioctls, mmap and faults that saw the device alive. */
 	synchronize_srcu(&qdev->srcu);
@@ -860,11 +1000,112 @@ static void qgpu_remove(struct pci_dev *pdev)
 	qgpu_free_irqs(qdev, priv->vecs);
 	cancel_work_sync(&qdev->retire_work);
 	cancel_work_sync(&qdev->reset_work);
+	cancel_delayed_work_sync(&qdev->watchdog);
 	io_mapping_free(qdev->iomap);
 	qdev->iomap = NULL;
 	dev_info(&pdev->dev, "%s removed\n", qdev->name);
 	qgpu_device_put(qdev);
 }
+
+/* ---- PCIe error recovery (AER) --------------------------------------------- */
+
+/*
+ * Non-fatal errors (the link works): carry on to mmio_enabled. Fatal ones:
+ * stop DMA and fail what is in flight, then ask for a link reset. A
+ * permanently failed channel disables the device.
+ */
+static pci_ers_result_t qgpu_error_detected(struct pci_dev *pdev,
+					    pci_channel_state_t state)
+{
+	struct qgpu_pci_priv *priv = pci_get_drvdata(pdev);
+	struct qgpu_device *qdev = priv->qdev;
+
+	qgpu_stat_inc(qdev, QGPU_STAT_PCI_ERRORS);
+	switch (state) {
+	case pci_channel_io_normal:
+		dev_warn(&pdev->dev, "%s: non-fatal PCIe error; checking the device\n",
+			 qdev->name);
+		return PCI_ERS_RESULT_CAN_RECOVER;
+	case pci_channel_io_frozen:
+		dev_warn(&pdev->dev, "%s: fatal PCIe error; DMA stopped, in-flight jobs failed, waiting for a link reset\n",
+			 qdev->name);
+		qgpu_ring_quiesce(qdev);
+		return PCI_ERS_RESULT_NEED_RESET;
+	default:
+		qgpu_mark_lost(qdev, "PCIe channel failed permanently");
+		return PCI_ERS_RESULT_DISCONNECT;
+	}
+}
+
+/*
+ * Non-fatal error, MMIO works: the engine may have consumed poisoned data,
+ * so fail what is in flight (-EIO) and restart it on an empty ring.
+ */
+static pci_ers_result_t qgpu_mmio_enabled(struct pci_dev *pdev)
+{
+	struct qgpu_pci_priv *priv = pci_get_drvdata(pdev);
+	struct qgpu_device *qdev = priv->qdev;
+
+	if (qgpu_hw_lost(qdev))
+		return PCI_ERS_RESULT_NEED_RESET;
+	qgpu_ring_quiesce(qdev);
+	return PCI_ERS_RESULT_RECOVERED;
+}
+
+/* After the link reset: the device is in its reset state. */
+static pci_ers_result_t qgpu_slot_reset(struct pci_dev *pdev)
+{
+	struct qgpu_pci_priv *priv = pci_get_drvdata(pdev);
+	struct qgpu_device *qdev = priv->qdev;
+
+	pci_restore_state(pdev);
+	pci_save_state(pdev);
+	pci_set_master(pdev);
+	if (qgpu_rd(qdev, QGPU_REG_ID) != QGPU_ID_MAGIC) {
+		dev_err(&pdev->dev, "%s: no qgpu after the link reset (id %#x)\n",
+			qdev->name, qgpu_rd(qdev, QGPU_REG_ID));
+		return PCI_ERS_RESULT_DISCONNECT;
+	}
+	/* The reset cleared the interrupt mask and the ring registers. */
+	qgpu_wr(qdev, QGPU_REG_INT_STATUS, QGPU_INT_ALL);
+	return PCI_ERS_RESULT_RECOVERED;
+}
+
+static void qgpu_resume(struct pci_dev *pdev)
+{
+	struct qgpu_pci_priv *priv = pci_get_drvdata(pdev);
+	struct qgpu_device *qdev = priv->qdev;
+
+	if (READ_ONCE(qdev->lost))
+		return;
+	qgpu_ring_restart(qdev);
+	qgpu_stat_inc(qdev, QGPU_STAT_PCI_RECOVERIES);
+	dev_info(&pdev->dev, "%s: recovered from the PCIe error\n", qdev->name);
+}
+
+/* A function reset through sysfs (or by another driver): quiesce, restart. */
+static void qgpu_reset_prepare(struct pci_dev *pdev)
+{
+	struct qgpu_pci_priv *priv = pci_get_drvdata(pdev);
+
+	qgpu_ring_quiesce(priv->qdev);
+}
+
+static void qgpu_reset_done(struct pci_dev *pdev)
+{
+	struct qgpu_pci_priv *priv = pci_get_drvdata(pdev);
+
+	qgpu_ring_restart(priv->qdev);
+}
+
+static const struct pci_error_handlers qgpu_err_handlers = {
+	.error_detected = qgpu_error_detected,
+	.mmio_enabled = qgpu_mmio_enabled,
+	.slot_reset = qgpu_slot_reset,
+	.resume = qgpu_resume,
+	.reset_prepare = qgpu_reset_prepare,
+	.reset_done = qgpu_reset_done,
+};
 
 static const struct pci_device_id qgpu_pci_ids[] = {
 	{ PCI_DEVICE(QGPU_PCI_VENDOR_ID, QGPU_PCI_DEVICE_ID) },
@@ -877,6 +1118,7 @@ static struct pci_driver qgpu_pci_driver = {
 	.id_table = qgpu_pci_ids,
 	.probe = qgpu_probe,
 	.remove = qgpu_remove,
+	.err_handler = &qgpu_err_handlers,
 };
 
 static int __init qgpu_init(void)

@@ -251,7 +251,7 @@ static vm_fault_t qgpu_vm_fault(struct vm_fault *vmf)
 		return VM_FAULT_SIGBUS;
 
 	idx = srcu_read_lock(&qdev->srcu);
-	if (READ_ONCE(qdev->dead))
+	if (READ_ONCE(qdev->dead) || READ_ONCE(qdev->lost))
 		goto out;
 	/* vm_pgoff is relative to the VRAM start for lazy VMAs. */
 	pgoff = vma->vm_pgoff + ((vmf->address - vma->vm_start) >> PAGE_SHIFT);
@@ -375,7 +375,7 @@ int qgpu_mmap(struct file *filp, struct vm_area_struct *vma)
 	p->qdev = qdev;
 
 	idx = srcu_read_lock(&qdev->srcu);
-	if (READ_ONCE(qdev->dead)) {
+	if (READ_ONCE(qdev->dead) || READ_ONCE(qdev->lost)) {
 		ret = -ENODEV;
 		goto err;
 	}

@@ -18,6 +18,7 @@
 #include <linux/ktime.h>
 #include <linux/mm.h>
 #include <linux/overflow.h>
+#include <linux/pci.h>
 #include <linux/sched/signal.h>
 #include <linux/slab.h>
 #include <linux/uaccess.h>
@@ -39,7 +40,23 @@ MODULE_PARM_DESC(sg_max_entries,
 static unsigned int job_timeout_ms = 10000;
 module_param(job_timeout_ms, uint, 0644);
 MODULE_PARM_DESC(job_timeout_ms,
-		 "Synchronous job timeout before an engine reset (ms)");
+		 "Job timeout, and longest time without DMA progress, before an engine reset (ms)");
+
+/* Watchdog period: how often progress is sampled while jobs are queued. */
+static unsigned long qgpu_wd_period(void)
+{
+	return msecs_to_jiffies(clamp(READ_ONCE(job_timeout_ms) / 4, 10U, 1000U));
+}
+
+/* Why a submission cannot go ahead: 0, -ENODEV or -EIO. */
+static int qgpu_unusable(struct qgpu_device *qdev)
+{
+	if (READ_ONCE(qdev->dead) || READ_ONCE(qdev->lost))
+		return -ENODEV;
+	if (READ_ONCE(qdev->frozen))
+		return -EIO;
+	return 0;
+}
 
 u64 qgpu_completed_seq(struct qgpu_device *qdev)
 {
@@ -209,20 +226,29 @@ static void qgpu_retire_locked(struct qgpu_device *qdev)
 
 /*
  * Stop the engine (the device touches no memory afterwards), fail what is
- * still in flight and, if @restart, start again on an empty ring.
+ * still in flight (as timed out if @timed_out) and, if @restart, start
+ * again on an empty ring. If BAR0 no longer answers, the reset may not
+ * have reached the engine: bus mastering is switched off instead, so that
+ * no DMA can hit the pages released here.
  */
-static void qgpu_engine_abort_locked(struct qgpu_device *qdev, bool restart)
+static void qgpu_engine_abort_locked(struct qgpu_device *qdev, bool restart,
+				     bool timed_out)
 {
 	struct qgpu_job *job, *tmp;
 
 	lockdep_assert_held(&qdev->ring_lock);
 	qgpu_wr(qdev, QGPU_REG_ENGINE_CTRL, 0);
 	qgpu_wr(qdev, QGPU_REG_ENGINE_RESET, QGPU_ENGINE_RESET_MAGIC);
+	if (qgpu_hw_lost(qdev)) {
+		pci_clear_master(qdev->pdev);
+		restart = false;
+	}
 	qgpu_stat_inc(qdev, QGPU_STAT_ENGINE_RESETS);
 	qgpu_retire_locked(qdev);
 	list_for_each_entry_safe(job, tmp, &qdev->inflight, node) {
 		if (!job->hw_err)
 			job->hw_err = QGPU_ERR_ABORTED;
+		job->timed_out = timed_out;
 		qgpu_job_finish(qdev, job);
 	}
 	WRITE_ONCE(qdev->retired_seq, qdev->next_seq - 1);
@@ -236,7 +262,7 @@ static void qgpu_engine_abort_locked(struct qgpu_device *qdev, bool restart)
 void qgpu_ring_shutdown(struct qgpu_device *qdev)
 {
 	mutex_lock(&qdev->ring_lock);
-	qgpu_engine_abort_locked(qdev, false);
+	qgpu_engine_abort_locked(qdev, false, false);
 	qgpu_wr(qdev, QGPU_REG_INT_MASK, 0);
 	qgpu_wr(qdev, QGPU_REG_INT_STATUS, QGPU_INT_ALL);
 	mutex_unlock(&qdev->ring_lock);
@@ -259,12 +285,84 @@ void qgpu_reset_work(struct work_struct *work)
 						reset_work);
 
 	mutex_lock(&qdev->ring_lock);
-	if (READ_ONCE(qdev->halted) && !READ_ONCE(qdev->dead)) {
+	if (READ_ONCE(qdev->halted) && !qgpu_unusable(qdev)) {
 		dev_warn(qdev->dev, "engine halted (error %u at index %u); resetting\n",
 			 qgpu_rd(qdev, QGPU_REG_DMA_ERROR),
 			 qgpu_rd(qdev, QGPU_REG_DMA_ERROR_INDEX));
-		qgpu_engine_abort_locked(qdev, true);
+		qgpu_engine_abort_locked(qdev, true, false);
 	}
+	mutex_unlock(&qdev->ring_lock);
+}
+
+/*
+ * PCIe error recovery, step 1: stop the engine and fail what is in flight
+ * (-EIO); new submissions fail with -EIO until qgpu_ring_restart().
+ */
+void qgpu_ring_quiesce(struct qgpu_device *qdev)
+{
+	mutex_lock(&qdev->ring_lock);
+	WRITE_ONCE(qdev->frozen, true);
+	qgpu_engine_abort_locked(qdev, false, false);
+	mutex_unlock(&qdev->ring_lock);
+	cancel_delayed_work_sync(&qdev->watchdog);
+}
+
+/* PCIe error recovery, last step: program the ring again and accept work. */
+void qgpu_ring_restart(struct qgpu_device *qdev)
+{
+	mutex_lock(&qdev->ring_lock);
+	if (!READ_ONCE(qdev->dead) && !READ_ONCE(qdev->lost)) {
+		/* Nothing is in flight: the ring starts empty at index 0. */
+		qgpu_engine_abort_locked(qdev, true, false);
+		WRITE_ONCE(qdev->frozen, false);
+	}
+	mutex_unlock(&qdev->ring_lock);
+	wake_up_all(&qdev->fence_wq);
+}
+
+/*
+ * DMA timeout detection. While jobs are queued, sample the fence and the
+ * ring head; if neither moved for job_timeout_ms, the engine is hung (or
+ * the device stopped answering): reset it, failing the queued jobs.
+ */
+void qgpu_watchdog_work(struct work_struct *work)
+{
+	struct qgpu_device *qdev = container_of(to_delayed_work(work),
+						struct qgpu_device, watchdog);
+	unsigned long limit = msecs_to_jiffies(READ_ONCE(job_timeout_ms));
+	u64 seq;
+	u32 head;
+
+	qgpu_irq_resync(qdev);
+	mutex_lock(&qdev->ring_lock);
+	if (qgpu_unusable(qdev))
+		goto out_unlock;
+	qgpu_retire_locked(qdev);
+	if (list_empty(&qdev->inflight))
+		goto out_unlock;
+	if (qgpu_hw_lost(qdev)) {
+		mutex_unlock(&qdev->ring_lock);
+		qgpu_mark_lost(qdev, "registers read all ones");
+		return;
+	}
+	seq = qgpu_completed_seq(qdev);
+	head = qgpu_rd(qdev, QGPU_REG_RING_HEAD);
+	if (seq != qdev->wd_seq || head != qdev->wd_head) {
+		qdev->wd_seq = seq;
+		qdev->wd_head = head;
+		qdev->wd_stamp = jiffies;
+	} else if (time_after(jiffies, qdev->wd_stamp + limit)) {
+		dev_warn(qdev->dev,
+			 "DMA engine made no progress for %u ms (head %u, fence %llu, status %#x); resetting\n",
+			 jiffies_to_msecs(jiffies - qdev->wd_stamp), head, seq,
+			 qgpu_rd(qdev, QGPU_REG_ENGINE_STATUS));
+		qgpu_stat_inc(qdev, QGPU_STAT_TIMEOUTS);
+		qgpu_stat_inc(qdev, QGPU_STAT_WATCHDOG_RESETS);
+		qgpu_engine_abort_locked(qdev, true, true);
+		goto out_unlock;
+	}
+	queue_delayed_work(system_wq, &qdev->watchdog, qgpu_wd_period());
+out_unlock:
 	mutex_unlock(&qdev->ring_lock);
 }
 
@@ -298,10 +396,18 @@ int qgpu_submit(struct qgpu_device *qdev, struct qgpu_job *job,
 		u64 retired;
 		long ret;
 
-		if (READ_ONCE(qdev->dead)) {
+		long err = qgpu_unusable(qdev);
+
+		if (!err && qgpu_hw_lost(qdev)) {
+			mutex_unlock(&qdev->ring_lock);
+			qgpu_mark_lost(qdev, "registers read all ones");
+			mutex_lock(&qdev->ring_lock);
+			err = -ENODEV;
+		}
+		if (err) {
 			mutex_unlock(&qdev->ring_lock);
 			qgpu_job_release_resources(qdev, job);
-			return -ENODEV;
+			return err;
 		}
 		qgpu_retire_locked(qdev);
 		if (!READ_ONCE(qdev->halted) && qgpu_ring_free(qdev) >= n)
@@ -310,7 +416,7 @@ int qgpu_submit(struct qgpu_device *qdev, struct qgpu_job *job,
 		mutex_unlock(&qdev->ring_lock);
 		ret = wait_event_interruptible_timeout(qdev->fence_wq,
 				qgpu_completed_seq(qdev) > retired ||
-				READ_ONCE(qdev->dead),
+				qgpu_unusable(qdev),
 				msecs_to_jiffies(QGPU_POLL_MS));
 		if (ret < 0) {
 			qgpu_job_release_resources(qdev, job);
@@ -341,6 +447,13 @@ int qgpu_submit(struct qgpu_device *qdev, struct qgpu_job *job,
 	}
 	job->last_seq = qdev->next_seq - 1;
 	kref_get(&job->ref);
+	if (list_empty(&qdev->inflight)) {
+		/* The watchdog measures progress from here. */
+		qdev->wd_seq = qgpu_completed_seq(qdev);
+		qdev->wd_head = qgpu_rd(qdev, QGPU_REG_RING_HEAD);
+		qdev->wd_stamp = jiffies;
+		queue_delayed_work(system_wq, &qdev->watchdog, qgpu_wd_period());
+	}
 	list_add_tail(&job->node, &qdev->inflight);
 	qgpu_stat_inc(qdev, QGPU_STAT_JOBS);
 	qgpu_stat_add(qdev, QGPU_STAT_DESCRIPTORS, n);
@@ -355,9 +468,17 @@ int qgpu_submit(struct qgpu_device *qdev, struct qgpu_job *job,
  * be retired (pages unpinned) later; a job that does not finish within
  * job_timeout_ms resets the engine and returns -ETIMEDOUT.
  */
+/* Interrupts handled so far (completion and error vectors). */
+static s64 qgpu_irq_count(struct qgpu_device *qdev)
+{
+	return atomic64_read(&qdev->stats[QGPU_STAT_IRQ_DMA]) +
+	       atomic64_read(&qdev->stats[QGPU_STAT_IRQ_ERROR]);
+}
+
 int qgpu_job_wait(struct qgpu_device *qdev, struct qgpu_job *job)
 {
 	unsigned long deadline = jiffies + msecs_to_jiffies(job_timeout_ms);
+	s64 irqs = qgpu_irq_count(qdev);
 
 	/* Pairs with smp_store_release() in qgpu_job_finish(). */
 	while (!smp_load_acquire(&job->done)) {
@@ -365,29 +486,47 @@ int qgpu_job_wait(struct qgpu_device *qdev, struct qgpu_job *job)
 
 		ret = wait_event_interruptible_timeout(qdev->fence_wq,
 				qgpu_seq_passed(qdev, job->last_seq) ||
-				READ_ONCE(qdev->dead),
+				qgpu_unusable(qdev) || READ_ONCE(job->done),
 				msecs_to_jiffies(QGPU_POLL_MS));
 		if (ret < 0)
 			return -EINTR;
-		if (ret == 1 && qgpu_seq_passed(qdev, job->last_seq))
+		if (qgpu_seq_passed(qdev, job->last_seq) &&
+		    qgpu_irq_count(qdev) == irqs) {
+			/*
+			 * Done without any interrupt: if its message was lost,
+			 * the cause is still set and, being an edge, blocks
+			 * every later message until acknowledged.
+			 */
 			qgpu_stat_inc(qdev, QGPU_STAT_POLL_COMPLETIONS);
+			qgpu_irq_resync(qdev);
+		}
 
 		mutex_lock(&qdev->ring_lock);
 		qgpu_retire_locked(qdev);
-		if (!job->done && !READ_ONCE(qdev->dead) &&
+		if (!job->done && !qgpu_unusable(qdev) &&
 		    time_after(jiffies, deadline)) {
+			if (qgpu_hw_lost(qdev)) {
+				mutex_unlock(&qdev->ring_lock);
+				qgpu_mark_lost(qdev, "registers read all ones");
+				continue;
+			}
 			dev_warn(qdev->dev, "job %llu timed out; resetting engine\n",
 				 job->last_seq);
 			qgpu_stat_inc(qdev, QGPU_STAT_TIMEOUTS);
-			qgpu_engine_abort_locked(qdev, true);
+			qgpu_engine_abort_locked(qdev, true, true);
 			mutex_unlock(&qdev->ring_lock);
 			return -ETIMEDOUT;
 		}
 		mutex_unlock(&qdev->ring_lock);
-		if (!job->done && READ_ONCE(qdev->dead))
+		/* Pairs with smp_store_release() in qgpu_job_finish(). */
+		if (!smp_load_acquire(&job->done) &&
+		    (READ_ONCE(qdev->dead) || READ_ONCE(qdev->lost)))
 			return -ENODEV;
 	}
-	if (job->hw_err == QGPU_ERR_ABORTED && READ_ONCE(qdev->dead))
+	if (job->timed_out)
+		return -ETIMEDOUT;
+	if (job->hw_err == QGPU_ERR_ABORTED &&
+	    (READ_ONCE(qdev->dead) || READ_ONCE(qdev->lost)))
 		return -ENODEV;
 	return job->hw_err ? -EIO : 0;
 }
@@ -408,6 +547,7 @@ int qgpu_fence_wait(struct qgpu_device *qdev, u64 fence, u64 timeout_ns,
 	ktime_t deadline = ktime_add_safe(ktime_get(),
 					  ns_to_ktime(min_t(u64, timeout_ns,
 							    KTIME_MAX)));
+	s64 irqs = qgpu_irq_count(qdev);
 
 	mutex_lock(&qdev->ring_lock);
 	if (fence >= qdev->next_seq) {
@@ -428,18 +568,20 @@ int qgpu_fence_wait(struct qgpu_device *qdev, u64 fence, u64 timeout_ns,
 		mutex_unlock(&qdev->ring_lock);
 		if (!fence || *completed >= fence)
 			return *hw_status ? -EIO : 0;
-		if (READ_ONCE(qdev->dead))
+		if (READ_ONCE(qdev->dead) || READ_ONCE(qdev->lost))
 			return -ENODEV;
 		left = ktime_to_ns(ktime_sub(deadline, ktime_get()));
 		if (left <= 0)
 			return -ETIMEDOUT;
 		ret = wait_event_interruptible_timeout(qdev->fence_wq,
 				qgpu_seq_passed(qdev, fence) ||
-				READ_ONCE(qdev->dead),
+				READ_ONCE(qdev->dead) || READ_ONCE(qdev->lost),
 				min_t(long, nsecs_to_jiffies(left) + 1,
 				      msecs_to_jiffies(QGPU_POLL_MS)));
 		if (ret < 0)
 			return -EINTR;
+		if (qgpu_seq_passed(qdev, fence) && qgpu_irq_count(qdev) == irqs)
+			qgpu_irq_resync(qdev);
 	}
 }
 

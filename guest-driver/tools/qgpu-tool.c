@@ -8,6 +8,10 @@
  * 0x prefixes and K/M/G suffixes. The device is -d PATH, $QGPU_DEV, or
  * /dev/qgpu0.
  */
+#include <setjmp.h>
+#include <signal.h>
+#include <time.h>
+
 #include "qgpu-lib.h"
 
 static const char *dev;
@@ -21,6 +25,14 @@ static void usage(void)
 "  stats                              driver statistics (sysfs)\n"
 "  regs                               read the user register page via mmap\n"
 "  fill OFF LEN PATTERN [--cpu]       DMA fill (or kernel CPU fill) of VRAM\n"
+"  fill OFF LEN PATTERN --async [--wait MS]  submit without waiting; --wait\n"
+"                                     then waits for its fence (0: forever)\n"
+"  wait-fence FENCE MS                wait for a fence (0: forever)\n"
+"  hold SECONDS [--dma-off OFF --dma-len LEN] [--keep-going] [--ready FILE]\n"
+"                                     map VRAM (eager, lazy), regs and a BO,\n"
+"                                     touch them (and DMA round trips) in a\n"
+"                                     loop until SIGBUS, an ioctl error or\n"
+"                                     SECONDS; report what happened\n"
 "  copy-vram SRC DST LEN              DMA VRAM-to-VRAM copy\n"
 "  to-vram OFF FILE [--sg]            DMA a file (or - for stdin) into VRAM\n"
 "  from-vram OFF LEN FILE [--sg]      DMA VRAM into a file (- for stdout)\n"
@@ -108,7 +120,9 @@ static void cmd_stats(void)
 		"hw_errors", "irq_dma", "irq_error", "irq_soft", "irq_spurious",
 		"poll_completions", "timeouts", "engine_resets", "pinned_pages",
 		"vma_vram", "vma_vram_lazy", "vma_regs", "vma_bo", "lazy_faults",
-		"bos", "bo_bytes", "last_error",
+		"bos", "bo_bytes", "last_error", "irq_resync",
+		"watchdog_resets", "pci_errors", "pci_recoveries",
+		"device_lost",
 	};
 	size_t i;
 
@@ -137,6 +151,173 @@ static void cmd_regs(void)
 	       (unsigned long long)UREG(QGPU_REG_USER_FENCE_HI) << 32,
 	       UREG(QGPU_REG_USER_RING_HEAD), UREG(QGPU_REG_USER_SCRATCH));
 #undef UREG
+}
+
+static uint64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Wait for @fence; print the outcome as JSON. */
+static void wait_report(uint64_t fence, uint64_t ms)
+{
+	struct qgpu_wait_fence w;
+	uint64_t t0 = now_ms();
+	int ret = qgpu_wait(fd, fence, ms ? ms * 1000000ULL : ~0ULL, &w);
+
+	printf("{\"ok\":%s,\"fence\":%llu,\"errno\":%d,\"hw_status\":%u,"
+	       "\"completed\":%llu,\"elapsed_ms\":%llu}\n", ret ? "false" : "true",
+	       (unsigned long long)fence, -ret, w.hw_status,
+	       (unsigned long long)w.completed,
+	       (unsigned long long)(now_ms() - t0));
+	exit(ret ? 1 : 0);
+}
+
+/* ---- hold: mappings and DMA under fire ---------------------------------- */
+
+static sigjmp_buf hold_jmp;
+
+static void hold_on_sig(int sig)
+{
+	siglongjmp(hold_jmp, sig);
+}
+
+/*
+ * Touch @p: read a byte (@how 0), read and rewrite it (1), or read 32 bits
+ * (2: registers). Return 0, or the signal the access raised.
+ */
+static int probe_byte(volatile uint8_t *p, int how)
+{
+	int sig = sigsetjmp(hold_jmp, 1);
+
+	if (!sig) {
+		if (how == 2) {
+			(void)*(volatile uint32_t *)p;
+		} else {
+			uint8_t v = *p;
+
+			if (how)
+				*p = v + 1;
+		}
+	}
+	return sig;
+}
+
+static void cmd_hold(int argc, char **argv)
+{
+	static const char *const names[] = { "vram", "lazy", "regs", "bo" };
+	uint64_t secs = num(argv[0]), t0 = now_ms(), deadline;
+	const char *doff = opt_val(argc, argv, "--dma-off", NULL);
+	const char *dlen = opt_val(argc, argv, "--dma-len", NULL);
+	const char *ready = opt_val(argc, argv, "--ready", NULL);
+	int keep_going = has_opt(argc, argv, "--keep-going");
+	uint64_t dma_off = doff ? num(doff) : 0, dma_len = dlen ? num(dlen) : 0;
+	uint64_t iters = 0, dma_ok = 0, dma_err = 0;
+	int first_errno = 0, last_errno = 0, regs_ones = 0, sig, i, ret;
+	const char *event = "timeout", *where = "";
+	struct qgpu_bo_create bc = { .size = 65536 };
+	volatile uint8_t *maps[4];
+	struct sigaction sa = { .sa_handler = hold_on_sig };
+	char faulted[64] = "";
+	uint8_t *out = NULL, *in = NULL;
+	struct qgpu_info info = {0};
+
+	maps[0] = mmap(NULL, 65536, PROT_READ, MAP_SHARED, fd, QGPU_MMAP_VRAM);
+	maps[1] = mmap(NULL, 65536, PROT_READ, MAP_SHARED, fd, QGPU_MMAP_VRAM_LAZY);
+	maps[2] = mmap(NULL, QGPU_PAGE_SIZE, PROT_READ, MAP_SHARED, fd, QGPU_MMAP_REGS);
+	ret = qgpu_ioctl(fd, QGPU_IOCTL_BO_CREATE, &bc);
+	if (ret)
+		fail("BO create", -ret);
+	maps[3] = mmap(NULL, 65536, PROT_READ | PROT_WRITE, MAP_SHARED, fd, bc.mmap_offset);
+	for (i = 0; i < 4; i++)
+		if (maps[i] == MAP_FAILED)
+			fail(names[i], errno);
+	if (dma_len) {
+		out = malloc(dma_len);
+		in = malloc(dma_len);
+		if (!out || !in)
+			fail("malloc", ENOMEM);
+	}
+	sigaction(SIGBUS, &sa, NULL);
+	sigaction(SIGSEGV, &sa, NULL);
+	deadline = t0 + secs * 1000;
+	while (now_ms() < deadline) {
+		for (i = 0; i < 4; i++) {
+			sig = probe_byte(maps[i] + (i == 2 ? 0 : 4096 * (iters % 16)),
+					 i == 3 ? 1 : i == 2 ? 2 : 0);
+			if (sig) {
+				event = "sigbus";
+				where = names[i];
+				goto done;
+			}
+		}
+		if (!probe_byte(maps[2], 2) && *(volatile uint32_t *)maps[2] == ~0U)
+			regs_ones = 1;
+		if (dma_len) {
+			qgpu_pattern_fill(out, dma_len, 0x51470000u + (uint32_t)iters);
+			ret = qgpu_copy_user(fd, QGPU_OP_COPY_TO_VRAM, 0, out, dma_off,
+					     dma_len, NULL);
+			if (!ret)
+				ret = qgpu_copy_user(fd, QGPU_OP_COPY_FROM_VRAM, 0, in,
+						     dma_off, dma_len, NULL);
+			if (!ret && memcmp(in, out, dma_len)) {
+				event = "mismatch";
+				goto done;
+			}
+			if (ret) {
+				dma_err++;
+				last_errno = -ret;
+				if (!first_errno)
+					first_errno = -ret;
+				if (!keep_going || ret == -ENODEV) {
+					event = "ioctl";
+					where = "copy";
+					goto done;
+				}
+			} else {
+				dma_ok++;
+			}
+		}
+		iters++;
+		if (ready && iters == 1)
+			close(open(ready, O_WRONLY | O_CREAT, 0644));
+		if (!dma_len)
+			usleep(5000);
+	}
+done:
+	/*
+	 * Which mappings fault now, and what an ioctl says. A device going
+	 * away fails ioctls first and zaps mappings right after: after
+	 * -ENODEV, give the zap up to 3 s.
+	 */
+	for (uint64_t until = now_ms() + (last_errno == ENODEV ? 3000 : 0);;) {
+		int n = 0;
+
+		for (i = 0; i < 4; i++)
+			n += !!probe_byte(maps[i], i == 2 ? 2 : 0);
+		if (n == 4 || now_ms() >= until)
+			break;
+		usleep(10000);
+	}
+	for (i = 0; i < 4; i++) {
+		if (probe_byte(maps[i], i == 2 ? 2 : 0)) {
+			strcat(faulted, faulted[0] ? ",\"" : "\"");
+			strcat(faulted, names[i]);
+			strcat(faulted, "\"");
+		}
+	}
+	ret = qgpu_ioctl(fd, QGPU_IOCTL_INFO, &info);
+	printf("{\"ok\":true,\"event\":\"%s\",\"where\":\"%s\",\"iterations\":%llu,"
+	       "\"dma_ok\":%llu,\"dma_errors\":%llu,\"first_errno\":%d,"
+	       "\"last_errno\":%d,\"regs_all_ones\":%s,\"sigbus\":[%s],"
+	       "\"info_errno\":%d,\"elapsed_ms\":%llu}\n", event, where,
+	       (unsigned long long)iters, (unsigned long long)dma_ok,
+	       (unsigned long long)dma_err, first_errno, last_errno,
+	       regs_ones ? "true" : "false", faulted, -ret,
+	       (unsigned long long)(now_ms() - t0));
 }
 
 static void *read_all(const char *file, size_t *len)
@@ -196,12 +377,21 @@ int main(int argc, char **argv)
 		uint64_t off = num(argv[0]), len = num(argv[1]), fence = 0;
 		uint32_t pat = num(argv[2]);
 		int cpu = has_opt(argc, argv, "--cpu");
+		int async = has_opt(argc, argv, "--async");
+		const char *wait = opt_val(argc, argv, "--wait", NULL);
 
 		ret = cpu ? qgpu_cpu(fd, QGPU_CPU_FILL, off, len, pat, NULL) :
-			    qgpu_fill(fd, off, len, pat, 0, &fence);
+			    qgpu_fill(fd, off, len, pat,
+				      async ? QGPU_SUBMIT_F_ASYNC : 0, &fence);
 		if (ret)
 			fail("fill", -ret);
+		if (async && wait)
+			wait_report(fence, num(wait));
 		printf("{\"ok\":true,\"fence\":%llu}\n", (unsigned long long)fence);
+	} else if (!strcmp(cmd, "wait-fence") && argc >= 2) {
+		wait_report(num(argv[0]), num(argv[1]));
+	} else if (!strcmp(cmd, "hold") && argc >= 1) {
+		cmd_hold(argc, argv);
 	} else if (!strcmp(cmd, "copy-vram") && argc >= 3) {
 		struct qgpu_vram_op a = {
 			.op = QGPU_OP_COPY_VRAM, .src_offset = num(argv[0]),

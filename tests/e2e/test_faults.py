@@ -1,0 +1,519 @@
+"""Fault matrix: every injected fault, idle and with DMA in flight.
+
+Each test checks both sides: the guest's (errno, signals, dmesg, driver
+statistics) and the device's (stat-*, dma-trace, VRAM read on the host
+through the memory backend). Guard regions of VRAM written before the fault
+must come through intact, every user process must end or get an error within
+10 s, and after a recoverable fault a DMA round trip must verify (from the
+host too) without rebooting the guest.
+
+Background processes are started double-forked (``sh -c "( ... ) &"``): the
+guest's console shell exits when one of its own background jobs ends.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from qgpu.config import DmaMode, MiB
+from qgpu.faults import AerKind, FaultInjector
+from qgpu.inspector import DeviceInspector
+from qgpu.machine import GuestMachine
+from qgpu.pytest_plugin import check_guest_health
+
+MakeGuest = Callable[..., GuestMachine]
+
+EIO, ENODEV, ETIMEDOUT = 5, 19, 110
+ERR_ABORTED = 14
+#: VRAM regions filled before each fault and checked on the host after it.
+GUARDS = ((0, 0x5A5A0001), (8 * MiB, 0x5A5A0002), (32 * MiB, 0x5A5A0003))
+GUARD_LEN = 1 * MiB
+DMA_OFF, DMA_LEN = 16 * MiB, 256 * 1024      # the loop's transfers
+VERIFY_OFF, VERIFY_LEN = 20 * MiB, 128 * 1024
+BOUND = 10.0                                 # every process ends or errs within this
+ALL_MODES = pytest.mark.parametrize("dma_mode", list(DmaMode), indirect=True)
+DIRECT = pytest.mark.parametrize("dma_mode", [DmaMode.DIRECT], indirect=True)
+IDLE_MID = pytest.mark.parametrize("mid_dma", [False, True], ids=["idle", "mid-dma"])
+
+
+# ---- helpers -------------------------------------------------------------------
+
+def fnv1a64(data: bytes) -> int:
+    """FNV-1a 64, as qgpu-tool computes it."""
+    h = 0xCBF29CE484222325
+    for b in data:
+        h = ((h ^ b) * 0x100000001B3) & 0xFFFF_FFFF_FFFF_FFFF
+    return h
+
+
+def pattern(pat: int, length: int) -> bytes:
+    """What a FILL of ``pat`` writes."""
+    return pat.to_bytes(4, "little") * (length // 4)
+
+
+def tool(g: GuestMachine, args: str, *, timeout: float = 60.0) -> dict[str, Any]:
+    """Run qgpu-tool; return its JSON line."""
+    out = g.run(f"qgpu-tool {args}", timeout=timeout).output
+    lines = [ln for ln in out.splitlines() if ln.startswith("{")]
+    assert lines, f"qgpu-tool {args}: no JSON in {out!r}"
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result
+
+
+def stats(g: GuestMachine) -> dict[str, int]:
+    """Return the driver statistics (/sys/class/misc/qgpu0/stats)."""
+    return {k: int(v) for k, v in tool(g, "stats").items() if k != "ok"}
+
+
+def dmesg(g: GuestMachine) -> str:
+    return g.run("dmesg", timeout=30).output
+
+
+def wait_dmesg(g: GuestMachine, regex: str, timeout: float = BOUND) -> str:
+    """Wait until the kernel log matches ``regex``; return the log."""
+    deadline = time.monotonic() + timeout
+    while True:
+        log = dmesg(g)
+        if re.search(regex, log):
+            return log
+        assert time.monotonic() < deadline, f"no {regex!r} in dmesg within {timeout} s:\n{log}"
+        time.sleep(0.3)
+
+
+def fill_guards(g: GuestMachine) -> None:
+    for off, pat in GUARDS:
+        assert tool(g, f"fill {off} {GUARD_LEN} {pat:#x}")["ok"]
+
+
+def check_guards(insp: DeviceInspector) -> None:
+    for off, pat in GUARDS:
+        data = insp.vram_backend(off, GUARD_LEN)
+        assert data == pattern(pat, GUARD_LEN), f"guard region at {off:#x} was changed"
+
+
+def verify_dma(g: GuestMachine, insp: DeviceInspector) -> None:
+    """A round trip of random data through VRAM that verifies from the host too."""
+    g.run(f"head -c {VERIFY_LEN} /dev/urandom > /tmp/verify.bin", check=True)
+    up = tool(g, f"to-vram {VERIFY_OFF} /tmp/verify.bin")
+    assert up["ok"], up
+    down = tool(g, f"checksum {VERIFY_OFF} {VERIFY_LEN} --via dma")
+    assert down["ok"] and down["checksum"] == up["checksum"], (up, down)
+    host = fnv1a64(insp.vram_backend(VERIFY_OFF, VERIFY_LEN))
+    assert f"0x{host:016x}" == up["checksum"], "VRAM on the host differs from what the guest sent"
+
+
+def start_hold(g: GuestMachine, name: str, args: str) -> None:
+    """Start ``qgpu-tool hold`` in the background; wait until its loop runs."""
+    g.run(f"rm -f /tmp/{name}.*; sh -c \"( qgpu-tool hold {args} --ready /tmp/{name}.ready "
+          f"> /tmp/{name}.json 2>&1; echo \\$? > /tmp/{name}.rc ) </dev/null >/dev/null 2>&1 &\"",
+          check=True)
+    deadline = time.monotonic() + 20
+    while g.run(f"test -e /tmp/{name}.ready").status != 0:
+        assert time.monotonic() < deadline, g.run(f"cat /tmp/{name}.json").output
+        time.sleep(0.1)
+
+
+def wait_hold(g: GuestMachine, name: str, timeout: float = BOUND) -> dict[str, Any]:
+    """Wait (at most ``timeout``) for a held tool to end; return its report."""
+    deadline = time.monotonic() + timeout
+    while g.run(f"test -e /tmp/{name}.rc").status != 0:
+        assert time.monotonic() < deadline, \
+            f"the process holding the device did not end within {timeout} s"
+        time.sleep(0.2)
+    rc = g.run(f"cat /tmp/{name}.rc").output.strip()
+    out = g.run(f"cat /tmp/{name}.json").output
+    assert rc == "0", f"hold exited {rc} (signal {int(rc) - 128 if int(rc) > 128 else 0}): {out}"
+    report: dict[str, Any] = json.loads(out.splitlines()[-1])
+    return report
+
+
+def hold_dma(g: GuestMachine, name: str = "h", seconds: int = 5) -> None:
+    start_hold(g, name, f"{seconds} --dma-off {DMA_OFF} --dma-len {DMA_LEN} --keep-going")
+
+
+@pytest.fixture
+def faults(guest: GuestMachine) -> Iterator[FaultInjector]:
+    """The shared guest's injector; every knob disarmed afterwards."""
+    inj = FaultInjector.for_machine(guest)
+    yield inj
+    if guest.is_alive():
+        inj.clear()
+
+
+def dedicated(make_guest: MakeGuest, mode: DmaMode = DmaMode.DIRECT
+              ) -> tuple[GuestMachine, FaultInjector, DeviceInspector]:
+    g = make_guest(mode, ssh=False)
+    g.run("dmesg -c >/dev/null", check=True)
+    return g, FaultInjector.for_machine(g), g.inspector()
+
+
+# ---- descriptor faults -------------------------------------------------------------
+
+@ALL_MODES
+def test_dma_error_idle(guest: GuestMachine, faults: FaultInjector,
+                        qgpu_inspector: DeviceInspector) -> None:
+    insp = qgpu_inspector
+    fill_guards(guest)
+    before, dev_before = stats(guest), insp.stats()
+    seq0 = max((r["seq"] for r in insp.dma_trace()), default=-1)
+    guest.run(f"head -c {DMA_LEN} /dev/urandom > /tmp/f.bin", check=True)
+    faults.dma_error(1)
+    res = tool(guest, f"to-vram {DMA_OFF} /tmp/f.bin")
+    assert not res["ok"] and res["errno"] == EIO, res
+    after, dev_after = stats(guest), insp.stats()
+    assert after["hw_errors"] == before["hw_errors"] + 1 and after["last_error"] == 8
+    assert after["pinned_pages"] == 0
+    assert faults.armed()["dma-error"] == 0
+    assert dev_after["faults-injected"] == dev_before["faults-injected"] + 1
+    assert dev_after["errors"] == dev_before["errors"] + 1
+    failed = [r for r in insp.dma_trace() if r["seq"] > seq0 and r["status"] == "dma-read"]
+    assert len(failed) == 1 and failed[0]["length"] > 0, failed
+    check_guards(insp)
+    verify_dma(guest, insp)
+
+
+@DIRECT
+def test_dma_error_mid_dma(guest: GuestMachine, faults: FaultInjector,
+                           qgpu_inspector: DeviceInspector) -> None:
+    fill_guards(guest)
+    hold_dma(guest)
+    faults.dma_error(3)
+    rep = wait_hold(guest, "h")
+    assert rep["event"] == "timeout" and rep["dma_errors"] == 1, rep
+    assert rep["first_errno"] == EIO and rep["dma_ok"] > 1, rep
+    assert stats(guest)["hw_errors"] == 1
+    check_guards(qgpu_inspector)
+    verify_dma(guest, qgpu_inspector)
+
+
+@DIRECT
+@pytest.mark.parametrize("kind", ["truncate", "corrupt"])
+def test_silent_fault_idle(guest: GuestMachine, faults: FaultInjector,
+                           qgpu_inspector: DeviceInspector, kind: str) -> None:
+    """Silent faults: the device says OK; the host sees exactly the damage."""
+    insp = qgpu_inspector
+    fill_guards(guest)
+    old = 0x0BADF00D
+    assert tool(guest, f"fill {DMA_OFF} 4096 {old:#x}")["ok"]
+    guest.run("head -c 4096 /dev/urandom > /tmp/p.bin", check=True)
+    faults.truncate(1) if kind == "truncate" else faults.corrupt(1)
+    res = tool(guest, f"to-vram {DMA_OFF} /tmp/p.bin")
+    assert res["ok"], res                        # the device reports success
+    sent = guest.run("od -An -v -tx1 /tmp/p.bin", check=True).output
+    data = bytes.fromhex(sent.replace(" ", "").replace("\n", ""))
+    vram = insp.vram_backend(DMA_OFF, 4096)
+    if kind == "truncate":
+        assert vram[:2048] == data[:2048] and vram[2048:] == pattern(old, 2048)
+    else:
+        expect = bytearray(data)
+        expect[2048] ^= 0xFF
+        assert vram == bytes(expect)
+    assert insp.stats()["faults-injected"] >= 1
+    check_guards(insp)
+    verify_dma(guest, insp)
+
+
+@DIRECT
+@pytest.mark.parametrize("kind", ["truncate", "corrupt"])
+def test_silent_fault_mid_dma(guest: GuestMachine, faults: FaultInjector,
+                              qgpu_inspector: DeviceInspector, kind: str) -> None:
+    """User space that verifies its data catches the silent fault."""
+    fill_guards(guest)
+    hold_dma(guest)
+    faults.truncate(2) if kind == "truncate" else faults.corrupt(2)
+    rep = wait_hold(guest, "h")
+    assert rep["event"] == "mismatch" and rep["dma_errors"] == 0, rep
+    check_guards(qgpu_inspector)
+    verify_dma(guest, qgpu_inspector)
+
+
+# ---- engine hang: DMA timeout detection and engine reset -----------------------------
+
+@ALL_MODES
+def test_hang_idle_watchdog_resets(guest: GuestMachine, faults: FaultInjector,
+                                   qgpu_inspector: DeviceInspector) -> None:
+    insp = qgpu_inspector
+    fill_guards(guest)
+    guest.run("echo 1500 > /sys/module/qgpu/parameters/job_timeout_ms", check=True)
+    dev_before = insp.stats()
+    faults.hang()
+    # A process waiting for a fence with no timeout of its own.
+    res = tool(guest, f"fill {DMA_OFF} 1M 0x77 --async --wait 0", timeout=30)
+    assert not res["ok"] and res["errno"] == EIO and res["hw_status"] == ERR_ABORTED, res
+    assert res["elapsed_ms"] < BOUND * 1000
+    st = stats(guest)
+    assert st["watchdog_resets"] == 1 and st["timeouts"] == 1, st
+    assert not faults.is_hung()
+    dev = insp.stats()
+    assert dev["engine-resets"] > dev_before["engine-resets"]
+    # The hung engine never ran the fill: nothing retired, no bytes written.
+    assert dev["descriptors"] == dev_before["descriptors"]
+    assert dev["bytes-fill"] == dev_before["bytes-fill"]
+    assert "made no progress" in dmesg(guest)
+    check_guards(insp)
+    verify_dma(guest, insp)
+
+
+@DIRECT
+def test_hang_mid_dma(guest: GuestMachine, faults: FaultInjector,
+                      qgpu_inspector: DeviceInspector) -> None:
+    fill_guards(guest)
+    guest.run("echo 1500 > /sys/module/qgpu/parameters/job_timeout_ms", check=True)
+    hold_dma(guest, seconds=6)
+    faults.hang()
+    rep = wait_hold(guest, "h", timeout=BOUND + 6)
+    assert rep["event"] == "timeout" and rep["dma_errors"] == 1, rep
+    assert rep["first_errno"] in (ETIMEDOUT, EIO), rep
+    st = stats(guest)
+    assert st["timeouts"] >= 1 and st["pinned_pages"] == 0
+    check_guards(qgpu_inspector)
+    verify_dma(guest, qgpu_inspector)
+
+
+@DIRECT
+def test_slow_engine_mid_dma(guest: GuestMachine, faults: FaultInjector,
+                             qgpu_inspector: DeviceInspector) -> None:
+    fill_guards(guest)
+    hold_dma(guest, seconds=4)
+    faults.dma_delay(20_000_000)
+    rep = wait_hold(guest, "h", timeout=BOUND + 4)
+    assert rep["event"] == "timeout" and rep["dma_errors"] == 0 and rep["dma_ok"] > 0, rep
+    assert stats(guest)["timeouts"] == 0
+    faults.dma_delay(0)
+    check_guards(qgpu_inspector)
+    verify_dma(guest, qgpu_inspector)
+
+
+# ---- interrupts -----------------------------------------------------------------------
+
+@DIRECT
+@IDLE_MID
+def test_irq_drop(guest: GuestMachine, faults: FaultInjector,
+                  qgpu_inspector: DeviceInspector, mid_dma: bool) -> None:
+    insp = qgpu_inspector
+    fill_guards(guest)
+    inj0 = insp.stats()["faults-injected"]
+    if mid_dma:
+        hold_dma(guest, seconds=3)
+        faults.irq_drop(5)
+        rep = wait_hold(guest, "h", timeout=BOUND + 3)
+        assert rep["event"] == "timeout" and rep["dma_errors"] == 0, rep
+    else:
+        faults.irq_drop(1)
+        assert tool(guest, f"fill {DMA_OFF} 4096 1")["ok"]
+    st = stats(guest)
+    assert st["poll_completions"] >= 1 and st["irq_resync"] >= 1, st
+    assert insp.stats()["faults-injected"] > inj0
+    # Interrupts work again: every later job is signalled.
+    irq0 = st["irq_dma"]
+    for i in range(3):
+        assert tool(guest, f"fill {DMA_OFF} 4096 {i}")["ok"]
+    assert stats(guest)["irq_dma"] >= irq0 + 3
+    check_guards(insp)
+    verify_dma(guest, insp)
+
+
+@DIRECT
+@IDLE_MID
+def test_irq_dup(guest: GuestMachine, faults: FaultInjector,
+                 qgpu_inspector: DeviceInspector, mid_dma: bool) -> None:
+    fill_guards(guest)
+    if mid_dma:
+        hold_dma(guest, seconds=2)
+        faults.irq_dup(10)
+        rep = wait_hold(guest, "h", timeout=BOUND + 2)
+        assert rep["event"] == "timeout" and rep["dma_errors"] == 0, rep
+    else:
+        faults.irq_dup(2)
+        assert tool(guest, f"fill {DMA_OFF} 4096 1")["ok"]
+        assert tool(guest, f"fill {DMA_OFF} 4096 2")["ok"]
+    # The device sent duplicates (a duplicate may coalesce with the original
+    # in the guest's LAPIC, so spurious calls are possible, not certain).
+    assert qgpu_inspector.stats()["faults-injected"] >= 2
+    check_guards(qgpu_inspector)
+    verify_dma(guest, qgpu_inspector)
+
+
+# ---- PCIe AER ---------------------------------------------------------------------------
+
+AER_LOG = {AerKind.CORRECTABLE: r"Correctable error message received",
+           AerKind.NONFATAL: r"AER: device recovery successful",
+           AerKind.FATAL: r"AER: device recovery successful"}
+
+
+def _aer_case(guest: GuestMachine, faults: FaultInjector, insp: DeviceInspector,
+              kind: AerKind, mid_dma: bool, *, from_device: bool = False) -> None:
+    fill_guards(guest)
+    if mid_dma:
+        hold_dma(guest, seconds=5)
+    if from_device:
+        n0 = faults.faults_injected()
+        faults.aer(kind)            # the qgpu reports the error itself
+        assert faults.faults_injected() == n0 + 1
+    else:
+        faults.aer_root_port(kind)
+    log = wait_dmesg(guest, AER_LOG[kind])
+    if from_device:
+        # The AER driver names the qgpu (01:00.0) as the error source.
+        assert re.search(r"0000:01:00\.0.*(PCIe Bus Error|AER)", log), log
+    if mid_dma:
+        rep = wait_hold(guest, "h", timeout=BOUND + 5)
+        assert rep["event"] == "timeout" and rep["dma_ok"] > 0, rep
+        assert rep["dma_errors"] == 0 or rep["first_errno"] == EIO, rep
+    st = stats(guest)
+    if kind is AerKind.CORRECTABLE:
+        assert st["pci_errors"] == 0
+    else:
+        assert st["pci_errors"] == 1 and st["pci_recoveries"] == 1, st
+        assert "qgpu0: recovered from the PCIe error" in log
+        if kind is AerKind.FATAL:
+            assert "link has been reset" in log
+    assert guest.run("cat /sys/class/misc/qgpu0/state").output.strip() == "running"
+    assert st["pinned_pages"] == 0
+    check_guards(insp)
+    verify_dma(guest, insp)
+
+
+@DIRECT
+@IDLE_MID
+@pytest.mark.parametrize("kind", list(AerKind))
+def test_aer(guest: GuestMachine, faults: FaultInjector, qgpu_inspector: DeviceInspector,
+             kind: AerKind, mid_dma: bool) -> None:
+    _aer_case(guest, faults, qgpu_inspector, kind, mid_dma)
+
+
+@pytest.mark.parametrize("dma_mode", [DmaMode.SWIOTLB, DmaMode.IOMMU], indirect=True)
+def test_aer_fatal_mid_dma_other_modes(guest: GuestMachine, faults: FaultInjector,
+                                       qgpu_inspector: DeviceInspector) -> None:
+    _aer_case(guest, faults, qgpu_inspector, AerKind.FATAL, True)
+
+
+@DIRECT
+@IDLE_MID
+@pytest.mark.parametrize("kind", list(AerKind))
+def test_device_aer_reaches_the_driver(guest: GuestMachine, faults: FaultInjector,
+                                       qgpu_inspector: DeviceInspector, kind: AerKind,
+                                       mid_dma: bool) -> None:
+    """x-fault-aer: the qgpu's own error message reaches the driver's error handlers."""
+    _aer_case(guest, faults, qgpu_inspector, kind, mid_dma, from_device=True)
+
+
+# ---- VM stop/cont ---------------------------------------------------------------------------
+
+@DIRECT
+@IDLE_MID
+def test_stop_cont(guest: GuestMachine, faults: FaultInjector,
+                   qgpu_inspector: DeviceInspector, mid_dma: bool) -> None:
+    insp = qgpu_inspector
+    fill_guards(guest)
+    if mid_dma:
+        hold_dma(guest, seconds=4)
+    faults.stop()
+    try:
+        time.sleep(0.3)
+        frozen = insp.stats()["descriptors"]
+        time.sleep(1.0)
+        assert insp.stats()["descriptors"] == frozen, "DMA went on while the VM was stopped"
+        assert guest.qmp is not None
+        assert guest.qmp.command("query-status")["status"] == "paused"
+    finally:
+        faults.cont()
+    if mid_dma:
+        rep = wait_hold(guest, "h", timeout=BOUND + 4)
+        assert rep["event"] == "timeout" and rep["dma_errors"] == 0 and rep["dma_ok"] > 0, rep
+    assert stats(guest)["timeouts"] == 0
+    check_guards(insp)
+    verify_dma(guest, insp)
+
+
+# ---- destructive: dedicated guests --------------------------------------------------------
+
+@IDLE_MID
+def test_device_del_with_mappings(make_guest: MakeGuest, mid_dma: bool) -> None:
+    g, faults, insp = dedicated(make_guest)
+    fill_guards(g)
+    if mid_dma:
+        hold_dma(g, seconds=30)
+    else:
+        start_hold(g, "h", "30")
+    assert stats(g)["vma_bo"] == 1
+    faults.device_del()
+    rep = wait_hold(g, "h")
+    assert rep["event"] in ("sigbus", "ioctl"), rep
+    if rep["event"] == "ioctl":
+        assert rep["last_errno"] in (ENODEV, EIO), rep
+    assert sorted(rep["sigbus"]) == ["bo", "lazy", "regs", "vram"], rep
+    assert rep["info_errno"] == ENODEV
+    log = dmesg(g)
+    assert "qgpu0 removed" in log
+    assert g.run("test -e /dev/qgpu0").status != 0
+    check_guards(insp)                           # the backend outlives the device
+    check_guest_health(g)
+    assert g.is_alive()
+
+
+@IDLE_MID
+def test_surprise_removal(make_guest: MakeGuest, mid_dma: bool) -> None:
+    """Registers read all ones (device gone), then the device is deleted."""
+    g, faults, insp = dedicated(make_guest)
+    fill_guards(g)
+    if mid_dma:
+        hold_dma(g, seconds=30)
+    else:
+        start_hold(g, "h", "30")
+    faults.regs_all_ones()
+    if not mid_dma:                              # an ioctl notices the device is gone
+        res = tool(g, f"fill {DMA_OFF} 4096 1")
+        assert not res["ok"] and res["errno"] == ENODEV, res
+    rep = wait_hold(g, "h")
+    assert rep["event"] in ("sigbus", "ioctl"), rep
+    assert sorted(rep["sigbus"]) == ["bo", "lazy", "regs", "vram"], rep
+    assert rep["info_errno"] == ENODEV
+    assert g.run("cat /sys/class/misc/qgpu0/state").output.strip() == "failed"
+    st = stats(g)
+    assert st["device_lost"] == 1 and st["pinned_pages"] == 0, st
+    assert "device not responding" in dmesg(g)
+    # DMA has stopped for good (bus mastering off): the device moves no more bytes.
+    moved = insp.stats()["bytes-to-vram"] + insp.stats()["bytes-from-vram"]
+    time.sleep(0.5)
+    assert insp.stats()["bytes-to-vram"] + insp.stats()["bytes-from-vram"] == moved
+    check_guards(insp)
+    # A re-probe brings it back without rebooting the guest.
+    faults.regs_all_ones(False)
+    g.run("echo 1 > /sys/bus/pci/devices/0000:01:00.0/remove; "
+          "echo 1 > /sys/bus/pci/rescan", check=True, timeout=60)
+    deadline = time.monotonic() + BOUND
+    while g.run("test -c /dev/qgpu0").status != 0:
+        assert time.monotonic() < deadline, "qgpu0 did not come back after rescan"
+        time.sleep(0.2)
+    verify_dma(g, insp)
+    check_guards(insp)
+    # And it can still be hot-removed.
+    faults.device_del()
+    check_guest_health(g)
+
+
+@IDLE_MID
+def test_system_reset(make_guest: MakeGuest, mid_dma: bool) -> None:
+    g, faults, insp = dedicated(make_guest)
+    fill_guards(g)
+    if mid_dma:
+        hold_dma(g, seconds=30)
+    dev0 = insp.stats()
+    assert g.qmp is not None and g.console is not None
+    after = len(g.qmp.events())
+    faults.system_reset()
+    g.qmp.wait_event("RESET", 10, after=after)
+    g.console.wait_ready(120)
+    assert "qgpu0: VRAM" in dmesg(g)
+    dev = insp.stats()
+    assert dev["descriptors"] >= dev0["descriptors"]      # never reset (spec 9.2)
+    check_guards(insp)                                     # VRAM survives a reset
+    verify_dma(g, insp)
+    check_guest_health(g)
