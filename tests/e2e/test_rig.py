@@ -51,3 +51,14 @@ def test_artifact_bundle(make_guest: MakeGuest, tmp_path: object) -> None:
             "summary.json"} <= written
     assert "marker-for-the-console-log" in (tmp_path / "console.log").read_text()
     assert '"stats"' in (tmp_path / "devices.json").read_text()
+
+
+def test_background_jobs_do_not_end_the_console(make_guest: MakeGuest) -> None:
+    """A finished background job must not end the console shell (and the guest)."""
+    machine = make_guest(DmaMode.DIRECT, ssh=False)
+    machine.run("(sleep 1; echo done >/tmp/bg) & sleep 0.1", check=True)
+    deadline = time.monotonic() + 20
+    while machine.run("cat /tmp/bg 2>/dev/null").output.strip() != "done":
+        assert time.monotonic() < deadline, "the background job never finished"
+        time.sleep(0.5)
+    assert machine.run("echo still-here", check=True).output == "still-here"

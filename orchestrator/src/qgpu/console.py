@@ -113,7 +113,11 @@ class SerialConsole:
         """Run ``command`` in the guest shell; return its status and output."""
         self._seq += 1
         tag = f"QGPU-RC-{self._seq}="
-        self._child.send(f"{command}; echo \"{tag}$?\"\n")
+        try:
+            self._child.send(f"{command}; echo \"{tag}$?\"\n")
+        except OSError as exc:
+            raise QemuDiedError(f"{self.name}: console lost (QEMU exited?) before "
+                                f"{command!r}: {exc}") from exc
         self._expect([re.escape(tag) + r"(\d+)"], timeout, f"running {command!r}")
         status = int(self._child.match.group(1))
         output = (self._child.before or "").replace("\r\n", "\n")
@@ -135,7 +139,10 @@ class SerialConsole:
 
     def send_line(self, line: str) -> None:
         """Send raw input (e.g. ``exit`` to power the guest off)."""
-        self._child.send(line + "\n")
+        try:
+            self._child.send(line + "\n")
+        except OSError as exc:
+            raise QemuDiedError(f"{self.name}: console lost (QEMU exited?): {exc}") from exc
 
     def drain(self, seconds: float = 0.2) -> str:
         """Read whatever arrives within ``seconds``; raise if it shows a crash."""
