@@ -1,0 +1,21 @@
+"""Fixtures of the end-to-end tests (the rig's own come from qgpu.pytest_plugin)."""
+
+from __future__ import annotations
+
+import os
+import random
+import zlib
+
+import pytest
+
+
+@pytest.fixture
+def rng(request: pytest.FixtureRequest) -> random.Random:
+    """Return a random generator seeded from the test's id (reproducible per test).
+
+    ``QGPU_E2E_SEED=N`` in the environment mixes N in, to explore other data.
+    """
+    extra = os.environ.get("QGPU_E2E_SEED", "")
+    seed = zlib.crc32(f"{request.node.nodeid}{extra}".encode())
+    request.node.user_properties.append(("seed", seed))
+    return random.Random(seed)
