@@ -40,20 +40,6 @@ Record = dict[str, Any]
 _tags = itertools.count()
 
 
-def fnv1a64(data: bytes) -> int:
-    """Return FNV-1a 64 of ``data`` (the tools' checksum)."""
-    h = 0xCBF29CE484222325
-    for b in data:
-        h = ((h ^ b) * 0x100000001B3) & 0xFFFF_FFFF_FFFF_FFFF
-    return h
-
-
-def pattern_bytes(pattern: int, length: int) -> bytes:
-    """Return ``length`` bytes of a 32-bit little-endian pattern (qgpu_pattern_fill)."""
-    word = pattern.to_bytes(4, "little")
-    return (word * (length // 4 + 1))[:length]
-
-
 def sh(guest: GuestMachine, command: str, *, timeout: float = 60.0) -> str:
     """Run ``command`` in the guest over SSH; fail the test unless it exits 0."""
     res = guest.ssh_run(command, timeout=timeout)

@@ -15,6 +15,8 @@ import random
 import pytest
 
 from qgpu.config import DmaMode
+from qgpu.data import fill_pattern as pattern_bytes
+from qgpu.data import fnv1a64
 from qgpu.inspector import DeviceInspector
 from qgpu.machine import GuestMachine
 
@@ -25,10 +27,8 @@ from .guestio import (
     dma_platform,
     driver_stats,
     first_diff,
-    fnv1a64,
     guest_sha256,
     hold_tool,
-    pattern_bytes,
     put_file,
     sh,
     tool,

@@ -22,6 +22,8 @@ from typing import Any
 import pytest
 
 from qgpu.config import DmaMode, MiB
+from qgpu.data import fill_pattern
+from qgpu.data import fnv1a64 as fnv1a64  # re-exported for test_driver_fixes
 from qgpu.faults import AerKind, FaultInjector
 from qgpu.inspector import DeviceInspector
 from qgpu.machine import GuestMachine
@@ -44,18 +46,7 @@ IDLE_MID = pytest.mark.parametrize("mid_dma", [False, True], ids=["idle", "mid-d
 
 # ---- helpers -------------------------------------------------------------------
 
-def fnv1a64(data: bytes) -> int:
-    """FNV-1a 64, as qgpu-tool computes it."""
-    h = 0xCBF29CE484222325
-    for b in data:
-        h = ((h ^ b) * 0x100000001B3) & 0xFFFF_FFFF_FFFF_FFFF
-    return h
-
-
-def pattern(pat: int, length: int) -> bytes:
-    """What a FILL of ``pat`` writes."""
-    return pat.to_bytes(4, "little") * (length // 4)
-
+pattern = fill_pattern      # what a FILL of a 32-bit pattern writes
 
 def tool(g: GuestMachine, args: str, *, timeout: float = 60.0) -> dict[str, Any]:
     """Run qgpu-tool; return its JSON line."""

@@ -16,6 +16,8 @@ import pytest
 
 from qgpu.abi import ABI
 from qgpu.config import DmaMode
+from qgpu.data import fill_pattern as pattern_bytes
+from qgpu.data import fnv1a64
 from qgpu.inspector import DeviceInspector
 from qgpu.machine import GuestMachine
 
@@ -26,10 +28,8 @@ from .guestio import (
     dma_platform,
     driver_stats,
     first_diff,
-    fnv1a64,
     hold_tool,
     parse_json_line,
-    pattern_bytes,
     read_reg32,
     sh,
     tool,

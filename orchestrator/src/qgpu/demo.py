@@ -23,19 +23,11 @@ import time
 from typing import Any
 
 from qgpu.config import DmaMode, MachineConfig
+from qgpu.data import fnv1a64
 from qgpu.errors import QgpuError
 from qgpu.machine import GuestMachine, image_paths
 
 MiB = 1 << 20
-FNV_INIT, FNV_PRIME = 0xCBF29CE484222325, 0x100000001B3
-
-
-def fnv1a(data: bytes) -> int:
-    """Return the 64-bit FNV-1a hash the guest tools print."""
-    h = FNV_INIT
-    for byte in data:
-        h = ((h ^ byte) * FNV_PRIME) & 0xFFFF_FFFF_FFFF_FFFF
-    return h
 
 
 def _tool(machine: GuestMachine, args: str) -> dict[str, Any]:
@@ -112,7 +104,7 @@ def demo_mode(report: Report, mode: DmaMode, accel: str) -> None:
         sent = _tool(guest, f"to-vram {2 * MiB} /tmp/in")
         back = _tool(guest, f"from-vram {2 * MiB} {MiB} /tmp/out")
         same = guest.run("cmp /tmp/in /tmp/out").status == 0
-        host_sum = f"0x{fnv1a(insp.vram_backend(2 * MiB, MiB)):016x}"
+        host_sum = f"0x{fnv1a64(insp.vram_backend(2 * MiB, MiB)):016x}"
         report.line(f"    guest: sent checksum {sent['checksum']} in {sent['segments']} "
                     f"segment(s), got back {back['checksum']}")
         report.line(f"    host:  VRAM [2 MiB, 3 MiB) checksum {host_sum}")

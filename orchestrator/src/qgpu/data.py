@@ -1,0 +1,23 @@
+"""Data helpers that mirror the guest tools, so the host can check their work.
+
+``fnv1a64`` is the checksum ``qgpu-tool`` prints; ``fill_pattern`` is what a
+FILL descriptor (or ``qgpu_pattern_fill``) writes.
+"""
+
+from __future__ import annotations
+
+FNV_OFFSET_BASIS = 0xCBF29CE484222325
+FNV_PRIME = 0x100000001B3
+
+
+def fnv1a64(data: bytes, h: int = FNV_OFFSET_BASIS) -> int:
+    """Return the 64-bit FNV-1a hash of ``data`` (the guest tools' checksum)."""
+    for byte in data:
+        h = ((h ^ byte) * FNV_PRIME) & 0xFFFF_FFFF_FFFF_FFFF
+    return h
+
+
+def fill_pattern(pattern: int, length: int) -> bytes:
+    """Return ``length`` bytes of the 32-bit ``pattern`` repeated little-endian."""
+    word = pattern.to_bytes(4, "little")
+    return (word * (length // 4 + 1))[:length]
