@@ -11,9 +11,11 @@
 #include <linux/kref.h>
 #include <linux/list.h>
 #include <linux/miscdevice.h>
+#include <linux/mmzone.h>
 #include <linux/mutex.h>
 #include <linux/pci.h>
 #include <linux/scatterlist.h>
+#include <linux/sizes.h>
 #include <linux/spinlock.h>
 #include <linux/srcu.h>
 #include <linux/wait.h>
@@ -25,9 +27,11 @@
 
 #define QGPU_DRV_NAME		"qgpu"
 #define QGPU_MAX_XFER		(64ULL << 20)
-#define QGPU_BO_MAX_SIZE	(64ULL << 20)
+/* One physically contiguous allocation: what dma-direct can always try. */
+#define QGPU_BO_MAX_SIZE	((u64)PAGE_SIZE << MAX_PAGE_ORDER)
 #define QGPU_BO_MAX_HANDLE	0xffff
-#define QGPU_ERRLOG_SIZE	64
+/* Longest descriptor of a VRAM_OP, so that the watchdog sees progress. */
+#define QGPU_VRAM_OP_CHUNK	SZ_2M
 
 /* Statistics, shown in /sys/class/misc/qgpuN/stats/. */
 enum qgpu_stat {
@@ -163,11 +167,16 @@ struct qgpu_device {
 	u64 wd_seq;
 	u32 wd_head;
 	unsigned long wd_stamp;
-	struct {
-		u64 fence;
+	/*
+	 * Status of each retired descriptor, at its fence & (ring_entries - 1);
+	 * @seq tells which fence a slot holds (newer ones overwrite older).
+	 * @last_err_seq: the newest fence of a failed job (0: none).
+	 */
+	struct qgpu_fence_status {
+		u64 seq;
 		u32 err;
-	} errlog[QGPU_ERRLOG_SIZE];
-	unsigned int errlog_next;
+	} *fence_status;
+	u64 last_err_seq;
 
 	/* buffer objects */
 	struct mutex bo_lock;
@@ -195,6 +204,16 @@ static inline void qgpu_stat_add(struct qgpu_device *qdev, enum qgpu_stat s,
 static inline void qgpu_stat_inc(struct qgpu_device *qdev, enum qgpu_stat s)
 {
 	atomic64_inc(&qdev->stats[s]);
+}
+
+/* Why new work cannot go ahead: 0, -ENODEV (gone or lost) or -EIO (frozen). */
+static inline int qgpu_unusable(struct qgpu_device *qdev)
+{
+	if (READ_ONCE(qdev->dead) || READ_ONCE(qdev->lost))
+		return -ENODEV;
+	if (READ_ONCE(qdev->frozen))
+		return -EIO;
+	return 0;
 }
 
 static inline u32 qgpu_rd(struct qgpu_device *qdev, u32 reg)
@@ -236,7 +255,8 @@ long qgpu_ioctl_copy_user(struct qgpu_file *qf, void __user *arg);
 int qgpu_mmap(struct file *filp, struct vm_area_struct *vma);
 void qgpu_bo_put(struct qgpu_bo *bo);
 struct qgpu_bo *qgpu_bo_lookup(struct qgpu_file *qf, u32 handle);
-int qgpu_bo_create(struct qgpu_file *qf, struct qgpu_bo_create *args);
+struct qgpu_bo *qgpu_bo_create(struct qgpu_file *qf,
+			       struct qgpu_bo_create *args);
 int qgpu_bo_destroy(struct qgpu_file *qf, u32 handle);
 void qgpu_bo_free_all_backing(struct qgpu_device *qdev);
 int qgpu_fs_init(void);

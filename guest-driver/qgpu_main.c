@@ -132,7 +132,7 @@ void qgpu_lost_work(struct work_struct *work)
 						lost_work);
 	char *envp[] = { "QGPU_STATE=failed", NULL };
 
-	if (READ_ONCE(qdev->dead))
+	if (READ_ONCE(qdev->dead) || !qdev->inode)
 		return;
 	pci_clear_master(qdev->pdev);
 	qgpu_ring_shutdown(qdev);
@@ -561,16 +561,57 @@ static long qgpu_ioctl_copy_bo(struct qgpu_file *qf, void __user *arg)
 	return ret;
 }
 
+/*
+ * Split a VRAM_OP into descriptors of at most QGPU_VRAM_OP_CHUNK (more if
+ * the ring is small), so that the fence and the ring head move while a long
+ * operation runs and the watchdog sees progress. Chunks keep the FILL
+ * pattern's phase (multiples of 4); a COPY_VRAM with @dst above @src runs
+ * its chunks backwards, which keeps memmove semantics.
+ */
+static int qgpu_vram_op_descs(struct qgpu_device *qdev,
+			      const struct qgpu_vram_op *a,
+			      struct qgpu_desc **descsp)
+{
+	u32 max_desc = qdev->ring_entries - 1;
+	bool backwards = a->op == QGPU_OP_COPY_VRAM &&
+			 a->dst_offset > a->src_offset;
+	struct qgpu_desc *descs;
+	u64 chunk, off;
+	u32 n, i;
+
+	chunk = max_t(u64, QGPU_VRAM_OP_CHUNK,
+		      round_up(DIV_ROUND_UP_ULL(a->length, max_desc), 4));
+	n = DIV_ROUND_UP_ULL(a->length, chunk);
+	descs = kcalloc(n, sizeof(*descs), GFP_KERNEL);
+	if (!descs)
+		return -ENOMEM;
+	for (i = 0; i < n; i++) {
+		struct qgpu_desc *d = &descs[backwards ? n - 1 - i : i];
+
+		off = (u64)i * chunk;
+		d->opcode = cpu_to_le32(a->op);
+		d->dst = cpu_to_le64(a->dst_offset + off);
+		d->length = cpu_to_le64(min(chunk, a->length - off));
+		if (a->op == QGPU_OP_FILL)
+			d->fill_pattern = cpu_to_le32(a->pattern);
+		else
+			d->src = cpu_to_le64(a->src_offset + off);
+	}
+	*descsp = descs;
+	return n;
+}
+
 static long qgpu_ioctl_vram_op(struct qgpu_device *qdev, void __user *arg)
 {
 	struct qgpu_vram_op a;
-	struct qgpu_desc d = {};
+	struct qgpu_desc *descs;
 	struct qgpu_job *job;
-	int ret;
+	int ret, n;
 
 	if (copy_from_user(&a, arg, sizeof(a)))
 		return -EFAULT;
-	if (a.reserved[0] || a.reserved[1] || a.hw_status || a.fence ||
+	/* @fence and @hw_status are outputs: their input values are ignored. */
+	if (a.reserved[0] || a.reserved[1] ||
 	    (a.flags & ~QGPU_SUBMIT_F_ASYNC) ||
 	    !qgpu_vram_range_ok(qdev, a.dst_offset, a.length))
 		return -EINVAL;
@@ -578,25 +619,34 @@ static long qgpu_ioctl_vram_op(struct qgpu_device *qdev, void __user *arg)
 	case QGPU_OP_FILL:
 		if (a.src_offset)
 			return -EINVAL;
-		d.fill_pattern = cpu_to_le32(a.pattern);
 		break;
 	case QGPU_OP_COPY_VRAM:
 		if (a.pattern || !qgpu_vram_range_ok(qdev, a.src_offset, a.length))
 			return -EINVAL;
-		d.src = cpu_to_le64(a.src_offset);
 		break;
 	default:
 		return -EINVAL;
 	}
-	d.opcode = cpu_to_le32(a.op);
-	d.dst = cpu_to_le64(a.dst_offset);
-	d.length = cpu_to_le64(a.length);
+	a.fence = 0;
+	a.hw_status = 0;
+	n = qgpu_vram_op_descs(qdev, &a, &descs);
+	if (n < 0)
+		return n;
 	job = qgpu_job_alloc();
-	if (!job)
+	if (!job) {
+		kfree(descs);
 		return -ENOMEM;
+	}
 	job->op = a.op;
-	ret = qgpu_run_one(qdev, job, &d, a.flags & QGPU_SUBMIT_F_ASYNC,
-			   &a.fence, &a.hw_status);
+	ret = qgpu_submit(qdev, job, descs, n);
+	kfree(descs);
+	if (!ret) {
+		a.fence = job->last_seq;
+		if (!(a.flags & QGPU_SUBMIT_F_ASYNC)) {
+			ret = qgpu_job_wait(qdev, job);
+			a.hw_status = job->hw_err;
+		}
+	}
 	qgpu_job_put(job);
 	if ((!ret || ret == -EIO) && copy_to_user(arg, &a, sizeof(a)))
 		ret = -EFAULT;
@@ -626,18 +676,22 @@ static long qgpu_ioctl_wait_fence(struct qgpu_device *qdev, void __user *arg)
 static long qgpu_ioctl_bo_create(struct qgpu_file *qf, void __user *arg)
 {
 	struct qgpu_bo_create a;
-	int ret;
+	struct qgpu_bo *bo;
+	int ret = 0;
 
 	if (copy_from_user(&a, arg, sizeof(a)))
 		return -EFAULT;
-	ret = qgpu_bo_create(qf, &a);
-	if (ret)
-		return ret;
+	bo = qgpu_bo_create(qf, &a);
+	if (IS_ERR(bo))
+		return PTR_ERR(bo);
 	if (copy_to_user(arg, &a, sizeof(a))) {
-		qgpu_bo_destroy(qf, a.handle);
-		return -EFAULT;
+		/* Another thread may have destroyed and reused the handle. */
+		if (xa_cmpxchg(&qf->bos, a.handle, bo, NULL, 0) == bo)
+			qgpu_bo_put(bo);	/* the handle's reference */
+		ret = -EFAULT;
 	}
-	return 0;
+	qgpu_bo_put(bo);
+	return ret;
 }
 
 static long qgpu_ioctl_bo_destroy(struct qgpu_file *qf, void __user *arg)
@@ -686,6 +740,14 @@ static long qgpu_ioctl_cpu_access(struct qgpu_device *qdev, void __user *arg)
 		size_t n = min_t(u64, a.length - done, QGPU_CPU_CHUNK);
 		u8 *v = qdev->vram + a.vram_offset + done;
 
+		/* A lost or frozen device reads all ones: stop there. */
+		ret = qgpu_unusable(qdev);
+		if (ret)
+			break;
+		if (signal_pending(current)) {
+			ret = -EINTR;
+			break;
+		}
 		if (a.op == QGPU_CPU_FILL) {
 			memcpy(v, buf, n);
 		} else {
@@ -693,10 +755,6 @@ static long qgpu_ioctl_cpu_access(struct qgpu_device *qdev, void __user *arg)
 			h = qgpu_fnv1a(h, buf, n);
 		}
 		done += n;
-		if (fatal_signal_pending(current)) {
-			ret = -EINTR;
-			break;
-		}
 		cond_resched();
 	}
 	kfree(buf);
@@ -965,6 +1023,8 @@ err_stop:
 	cancel_work_sync(&qdev->retire_work);
 	cancel_work_sync(&qdev->reset_work);
 	cancel_delayed_work_sync(&qdev->watchdog);
+	/* Interrupts and the watchdog may have marked it lost meanwhile. */
+	cancel_work_sync(&qdev->lost_work);
 err_iomap:
 	io_mapping_free(qdev->iomap);
 	qdev->iomap = NULL;
@@ -1001,6 +1061,11 @@ static void qgpu_remove(struct pci_dev *pdev)
 	cancel_work_sync(&qdev->retire_work);
 	cancel_work_sync(&qdev->reset_work);
 	cancel_delayed_work_sync(&qdev->watchdog);
+	/*
+	 * qgpu_mark_lost() may have seen @dead clear just before it was set
+	 * and queued the work after the cancel above; nothing queues it now.
+	 */
+	cancel_work_sync(&qdev->lost_work);
 	io_mapping_free(qdev->iomap);
 	qdev->iomap = NULL;
 	dev_info(&pdev->dev, "%s removed\n", qdev->name);
@@ -1064,6 +1129,8 @@ static pci_ers_result_t qgpu_slot_reset(struct pci_dev *pdev)
 	if (qgpu_rd(qdev, QGPU_REG_ID) != QGPU_ID_MAGIC) {
 		dev_err(&pdev->dev, "%s: no qgpu after the link reset (id %#x)\n",
 			qdev->name, qgpu_rd(qdev, QGPU_REG_ID));
+		/* resume() is not called: disable it rather than stay frozen. */
+		qgpu_mark_lost(qdev, "no device after link reset");
 		return PCI_ERS_RESULT_DISCONNECT;
 	}
 	/* The reset cleared the interrupt mask and the ring registers. */

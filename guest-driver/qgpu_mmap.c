@@ -120,7 +120,12 @@ struct qgpu_bo *qgpu_bo_lookup(struct qgpu_file *qf, u32 handle)
 	return bo;
 }
 
-int qgpu_bo_create(struct qgpu_file *qf, struct qgpu_bo_create *args)
+/*
+ * Create a BO and give it a handle in @qf. Returns it with a reference for
+ * the caller (the handle holds another), or an ERR_PTR().
+ */
+struct qgpu_bo *qgpu_bo_create(struct qgpu_file *qf,
+			       struct qgpu_bo_create *args)
 {
 	struct qgpu_device *qdev = qf->qdev;
 	struct qgpu_bo *bo;
@@ -129,21 +134,22 @@ int qgpu_bo_create(struct qgpu_file *qf, struct qgpu_bo_create *args)
 
 	if (args->flags || args->reserved[0] || args->reserved[1] ||
 	    args->handle || args->mmap_offset || !args->size)
-		return -EINVAL;
+		return ERR_PTR(-EINVAL);
 	if (args->size > QGPU_BO_MAX_SIZE)
-		return -E2BIG;
+		return ERR_PTR(-E2BIG);
 
 	bo = kzalloc(sizeof(*bo), GFP_KERNEL);
 	if (!bo)
-		return -ENOMEM;
+		return ERR_PTR(-ENOMEM);
 	kref_init(&bo->ref);
 	bo->qdev = qdev;
 	bo->size = PAGE_ALIGN(args->size);
-	bo->vaddr = dma_alloc_coherent(qdev->dev, bo->size, &bo->dma,
-				       GFP_KERNEL);
+	/* Running out of contiguous memory is an -ENOMEM, not a warning. */
+	bo->vaddr = dma_alloc_attrs(qdev->dev, bo->size, &bo->dma, GFP_KERNEL,
+				    DMA_ATTR_NO_WARN);
 	if (!bo->vaddr) {
 		kfree(bo);
-		return -ENOMEM;
+		return ERR_PTR(-ENOMEM);
 	}
 	kref_get(&qdev->ref);
 	mutex_lock(&qdev->bo_lock);
@@ -152,17 +158,19 @@ int qgpu_bo_create(struct qgpu_file *qf, struct qgpu_bo_create *args)
 	qgpu_stat_inc(qdev, QGPU_STAT_BOS);
 	qgpu_stat_add(qdev, QGPU_STAT_BO_BYTES, bo->size);
 
+	kref_get(&bo->ref);	/* the caller's, before the handle is visible */
 	ret = xa_alloc(&qf->bos, &handle, bo, XA_LIMIT(1, QGPU_BO_MAX_HANDLE),
 		       GFP_KERNEL);
 	if (ret) {
 		qgpu_bo_put(bo);
-		return ret == -EBUSY ? -ENOSPC : ret;
+		qgpu_bo_put(bo);
+		return ERR_PTR(ret == -EBUSY ? -ENOSPC : ret);
 	}
 	bo->handle = handle;
 	args->handle = handle;
 	args->mmap_offset = QGPU_MMAP_BO_BASE +
 			    ((u64)handle << QGPU_MMAP_BO_SHIFT);
-	return 0;
+	return bo;
 }
 
 int qgpu_bo_destroy(struct qgpu_file *qf, u32 handle)

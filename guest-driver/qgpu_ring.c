@@ -48,16 +48,6 @@ static unsigned long qgpu_wd_period(void)
 	return msecs_to_jiffies(clamp(READ_ONCE(job_timeout_ms) / 4, 10U, 1000U));
 }
 
-/* Why a submission cannot go ahead: 0, -ENODEV or -EIO. */
-static int qgpu_unusable(struct qgpu_device *qdev)
-{
-	if (READ_ONCE(qdev->dead) || READ_ONCE(qdev->lost))
-		return -ENODEV;
-	if (READ_ONCE(qdev->frozen))
-		return -EIO;
-	return 0;
-}
-
 u64 qgpu_completed_seq(struct qgpu_device *qdev)
 {
 	u64 seq = le64_to_cpu(READ_ONCE(*qdev->fence_slot));
@@ -83,6 +73,12 @@ int qgpu_ring_init(struct qgpu_device *qdev)
 				  &qdev->ring_dma, GFP_KERNEL);
 	if (!mem)
 		return -ENOMEM;
+	qdev->fence_status = devm_kcalloc(qdev->dev, qdev->ring_entries,
+					  sizeof(*qdev->fence_status),
+					  GFP_KERNEL);
+	if (!qdev->fence_status)
+		return -ENOMEM;
+	qdev->last_err_seq = 0;
 	qdev->ring = mem;
 	qdev->fence_slot = mem + ring_bytes;
 	qdev->fence_dma = qdev->ring_dma + ring_bytes;
@@ -168,13 +164,18 @@ static void qgpu_job_release_resources(struct qgpu_device *qdev,
 
 static void qgpu_job_finish(struct qgpu_device *qdev, struct qgpu_job *job)
 {
+	u32 mask = qdev->ring_entries - 1;
+	u64 seq;
+
 	lockdep_assert_held(&qdev->ring_lock);
 	qgpu_job_release_resources(qdev, job);
+	/* Every fence of the job reports the job's status to WAIT_FENCE. */
+	for (seq = job->first_seq; seq <= job->last_seq; seq++) {
+		qdev->fence_status[seq & mask].seq = seq;
+		qdev->fence_status[seq & mask].err = job->hw_err;
+	}
 	if (job->hw_err) {
-		unsigned int i = qdev->errlog_next++ % QGPU_ERRLOG_SIZE;
-
-		qdev->errlog[i].fence = job->last_seq;
-		qdev->errlog[i].err = job->hw_err;
+		qdev->last_err_seq = max(qdev->last_err_seq, job->last_seq);
 		qgpu_stat_inc(qdev, QGPU_STAT_HW_ERRORS);
 		atomic64_set(&qdev->stats[QGPU_STAT_LAST_ERROR], job->hw_err);
 		dev_dbg(qdev->dev, "job %llu failed: device error %u\n",
@@ -366,11 +367,28 @@ out_unlock:
 	mutex_unlock(&qdev->ring_lock);
 }
 
-static u32 qgpu_ring_free(struct qgpu_device *qdev)
+/*
+ * Whether @n more descriptors fit. At most ring_entries - 1 may be
+ * outstanding, as the driver counts them (unretired). The device, though,
+ * writes a descriptor's fence before it moves HEAD past it, so HEAD may
+ * still point at one the driver has retired: a doorbell that moved TAIL
+ * onto HEAD then would be refused (spec 3.1). Only when the ring is that
+ * full does the device's own count, from RING_HEAD, decide.
+ */
+static bool qgpu_ring_has_room(struct qgpu_device *qdev, u32 n)
 {
-	u64 used = qdev->next_seq - 1 - qdev->retired_seq;
+	u32 used = qdev->next_seq - 1 - qdev->retired_seq;
+	u32 mask = qdev->ring_entries - 1;
+	u32 head;
 
-	return qdev->ring_entries - 1 - (u32)used;
+	if (used + n < mask)
+		return true;
+	if (used + n > mask)
+		return false;
+	head = qgpu_rd(qdev, QGPU_REG_RING_HEAD);
+	if (head > mask)
+		return false;
+	return ((qdev->tail - head) & mask) + n <= mask;
 }
 
 /*
@@ -410,7 +428,7 @@ int qgpu_submit(struct qgpu_device *qdev, struct qgpu_job *job,
 			return err;
 		}
 		qgpu_retire_locked(qdev);
-		if (!READ_ONCE(qdev->halted) && qgpu_ring_free(qdev) >= n)
+		if (!READ_ONCE(qdev->halted) && qgpu_ring_has_room(qdev, n))
 			break;
 		retired = qdev->retired_seq;
 		mutex_unlock(&qdev->ring_lock);
@@ -463,11 +481,6 @@ int qgpu_submit(struct qgpu_device *qdev, struct qgpu_job *job,
 	return 0;
 }
 
-/*
- * Wait for a submitted job. A signal returns -EINTR and leaves the job to
- * be retired (pages unpinned) later; a job that does not finish within
- * job_timeout_ms resets the engine and returns -ETIMEDOUT.
- */
 /* Interrupts handled so far (completion and error vectors). */
 static s64 qgpu_irq_count(struct qgpu_device *qdev)
 {
@@ -475,9 +488,15 @@ static s64 qgpu_irq_count(struct qgpu_device *qdev)
 	       atomic64_read(&qdev->stats[QGPU_STAT_IRQ_ERROR]);
 }
 
+/*
+ * Wait for a submitted job. A signal returns -EINTR and leaves the job to
+ * be retired (pages unpinned) later. There is no deadline of its own: a
+ * long job that makes progress is waited for, and an engine that makes none
+ * for job_timeout_ms is reset by the watchdog, which fails the job as timed
+ * out (-ETIMEDOUT).
+ */
 int qgpu_job_wait(struct qgpu_device *qdev, struct qgpu_job *job)
 {
-	unsigned long deadline = jiffies + msecs_to_jiffies(job_timeout_ms);
 	s64 irqs = qgpu_irq_count(qdev);
 
 	/* Pairs with smp_store_release() in qgpu_job_finish(). */
@@ -503,20 +522,6 @@ int qgpu_job_wait(struct qgpu_device *qdev, struct qgpu_job *job)
 
 		mutex_lock(&qdev->ring_lock);
 		qgpu_retire_locked(qdev);
-		if (!job->done && !qgpu_unusable(qdev) &&
-		    time_after(jiffies, deadline)) {
-			if (qgpu_hw_lost(qdev)) {
-				mutex_unlock(&qdev->ring_lock);
-				qgpu_mark_lost(qdev, "registers read all ones");
-				continue;
-			}
-			dev_warn(qdev->dev, "job %llu timed out; resetting engine\n",
-				 job->last_seq);
-			qgpu_stat_inc(qdev, QGPU_STAT_TIMEOUTS);
-			qgpu_engine_abort_locked(qdev, true, true);
-			mutex_unlock(&qdev->ring_lock);
-			return -ETIMEDOUT;
-		}
 		mutex_unlock(&qdev->ring_lock);
 		/* Pairs with smp_store_release() in qgpu_job_finish(). */
 		if (!smp_load_acquire(&job->done) &&
@@ -531,14 +536,23 @@ int qgpu_job_wait(struct qgpu_device *qdev, struct qgpu_job *job)
 	return job->hw_err ? -EIO : 0;
 }
 
-static u32 qgpu_errlog_find(struct qgpu_device *qdev, u64 fence)
+/*
+ * Status of a retired @fence: 0, or -EIO with its QGPU_ERR_* in @hw_status.
+ * A slot overwritten by a newer fence has forgotten it: that is still known
+ * to be a success if no job failed since, and -ESTALE otherwise.
+ */
+static int qgpu_fence_status(struct qgpu_device *qdev, u64 fence,
+			     u32 *hw_status)
 {
-	unsigned int i;
+	const struct qgpu_fence_status *fs;
 
-	for (i = 0; i < QGPU_ERRLOG_SIZE; i++)
-		if (qdev->errlog[i].fence == fence)
-			return qdev->errlog[i].err;
-	return 0;
+	lockdep_assert_held(&qdev->ring_lock);
+	fs = &qdev->fence_status[fence & (qdev->ring_entries - 1)];
+	if (fs->seq == fence) {
+		*hw_status = fs->err;
+		return fs->err ? -EIO : 0;
+	}
+	return fence > qdev->last_err_seq ? 0 : -ESTALE;
 }
 
 int qgpu_fence_wait(struct qgpu_device *qdev, u64 fence, u64 timeout_ns,
@@ -562,12 +576,14 @@ int qgpu_fence_wait(struct qgpu_device *qdev, u64 fence, u64 timeout_ns,
 
 		mutex_lock(&qdev->ring_lock);
 		qgpu_retire_locked(qdev);
-		*completed = max(qdev->retired_seq, qgpu_completed_seq(qdev));
-		if (fence && qdev->retired_seq >= fence)
-			*hw_status = qgpu_errlog_find(qdev, fence);
+		/* Retired: its status is known (the fence slot runs ahead). */
+		*completed = qdev->retired_seq;
+		if (*completed >= fence) {
+			ret = fence ? qgpu_fence_status(qdev, fence, hw_status) : 0;
+			mutex_unlock(&qdev->ring_lock);
+			return ret;
+		}
 		mutex_unlock(&qdev->ring_lock);
-		if (!fence || *completed >= fence)
-			return *hw_status ? -EIO : 0;
 		if (READ_ONCE(qdev->dead) || READ_ONCE(qdev->lost))
 			return -ENODEV;
 		left = ktime_to_ns(ktime_sub(deadline, ktime_get()));

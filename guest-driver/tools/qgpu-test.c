@@ -576,7 +576,8 @@ static int t_bad_args(void)
 #define VO(...) (vo = (struct qgpu_vram_op){ .op = QGPU_OP_FILL, .length = 64,	\
 		__VA_ARGS__ }, qgpu_ioctl(fd, QGPU_IOCTL_VRAM_OP, &vo))
 	EXPECT_ERR(VO(.reserved[1] = 1), -EINVAL, "vram_op reserved");
-	EXPECT_ERR(VO(.fence = 1), -EINVAL, "vram_op output field set");
+	/* @fence and @hw_status are outputs: what user space left there is ignored. */
+	EXPECT_ERR(VO(.fence = 1, .hw_status = 1), 0, "vram_op output fields set");
 	EXPECT_ERR(VO(.flags = 4), -EINVAL, "vram_op flag");
 	EXPECT_ERR(VO(.op = QGPU_OP_NOP), -EINVAL, "vram_op NOP");
 	EXPECT_ERR(VO(.src_offset = 4), -EINVAL, "fill with src");

@@ -34,6 +34,8 @@ static void usage(void)
 "                                     loop until SIGBUS, an ioctl error or\n"
 "                                     SECONDS; report what happened\n"
 "  copy-vram SRC DST LEN              DMA VRAM-to-VRAM copy\n"
+"  bo-create SIZE [--to-vram OFF]     create a BO, fill it through mmap (and\n"
+"                                     DMA it into VRAM at OFF); checksum\n"
 "  to-vram OFF FILE [--sg]            DMA a file (or - for stdin) into VRAM\n"
 "  from-vram OFF LEN FILE [--sg]      DMA VRAM into a file (- for stdout)\n"
 "  checksum OFF LEN [--via dma|cpu|mmap|lazy]   FNV-1a 64 of a VRAM range\n"
@@ -174,6 +176,43 @@ static void wait_report(uint64_t fence, uint64_t ms)
 	       (unsigned long long)w.completed,
 	       (unsigned long long)(now_ms() - t0));
 	exit(ret ? 1 : 0);
+}
+
+/* Create a BO of argv[0] bytes, fill it, optionally copy it to VRAM. */
+static void cmd_bo_create(int argc, char **argv)
+{
+	const char *to = opt_val(argc, argv, "--to-vram", NULL);
+	struct qgpu_bo_create bc = { .size = num(argv[0]) };
+	struct qgpu_bo_destroy bd = { 0 };
+	struct qgpu_copy_bo cb = { .op = QGPU_OP_COPY_TO_VRAM };
+	uint64_t sum;
+	uint8_t *p;
+	int ret;
+
+	ret = qgpu_ioctl(fd, QGPU_IOCTL_BO_CREATE, &bc);
+	if (ret)
+		fail("BO create", -ret);
+	p = mmap(NULL, bc.size, PROT_READ | PROT_WRITE, MAP_SHARED, fd,
+		 bc.mmap_offset);
+	if (p == MAP_FAILED)
+		fail("BO mmap", errno);
+	qgpu_pattern_fill(p, bc.size, 0x42420000u ^ (uint32_t)bc.size);
+	sum = qgpu_fnv1a(QGPU_FNV_INIT, p, bc.size);
+	if (to) {
+		cb.handle = bc.handle;
+		cb.vram_offset = num(to);
+		cb.length = bc.size;
+		ret = qgpu_ioctl(fd, QGPU_IOCTL_COPY_BO, &cb);
+		if (ret)
+			fail("BO copy", -ret);
+	}
+	munmap(p, bc.size);
+	bd.handle = bc.handle;
+	ret = qgpu_ioctl(fd, QGPU_IOCTL_BO_DESTROY, &bd);
+	if (ret)
+		fail("BO destroy", -ret);
+	printf("{\"ok\":true,\"size\":%llu,\"handle\":%u,\"checksum\":\"0x%016llx\"}\n",
+	       (unsigned long long)bc.size, bc.handle, (unsigned long long)sum);
 }
 
 /* ---- hold: mappings and DMA under fire ---------------------------------- */
@@ -401,6 +440,8 @@ int main(int argc, char **argv)
 		if (ret)
 			fail("copy-vram", -ret);
 		printf("{\"ok\":true,\"fence\":%llu}\n", (unsigned long long)a.fence);
+	} else if (!strcmp(cmd, "bo-create") && argc >= 1) {
+		cmd_bo_create(argc, argv);
 	} else if (!strcmp(cmd, "to-vram") && argc >= 2) {
 		struct qgpu_copy_user o;
 		size_t len;

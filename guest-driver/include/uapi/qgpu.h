@@ -64,7 +64,8 @@
  * @dma_mask_bits: out: DMA mask the driver set (64 or 32)
  * @vram_size:    out: bytes of VRAM
  * @max_xfer:     out: longest transfer one ioctl accepts, bytes
- * @bo_max_size:  out: largest buffer object, bytes
+ * @bo_max_size:  out: largest buffer object, bytes (one physically
+ *                contiguous allocation: 4 MiB with 4 KiB pages)
  * @pci_bdf:      out: domain << 16 | bus << 8 | devfn
  * @reserved0:    must be zero
  * @reserved:     must be zero
@@ -148,7 +149,8 @@ struct qgpu_copy_bo {
 };
 
 /**
- * struct qgpu_vram_op - QGPU_IOCTL_VRAM_OP: device-side VRAM work
+ * struct qgpu_vram_op - QGPU_IOCTL_VRAM_OP: device-side VRAM work. Long
+ *	operations run as several descriptors (a few MiB each) of one job
  * @op:          in: QGPU_OP_FILL or QGPU_OP_COPY_VRAM (memmove semantics)
  * @flags:       in: 0 or QGPU_SUBMIT_F_ASYNC
  * @src_offset:  in: COPY_VRAM source offset; must be zero for FILL
@@ -156,8 +158,8 @@ struct qgpu_copy_bo {
  * @length:      in: bytes, non-zero
  * @pattern:     in: FILL: 32-bit pattern, little-endian from @dst_offset;
  *               must be zero for COPY_VRAM
- * @hw_status:   out: QGPU_ERR_* (synchronous calls only)
- * @fence:       out: fence of the operation
+ * @hw_status:   out: QGPU_ERR_* (synchronous calls only); input ignored
+ * @fence:       out: fence of the operation; input ignored
  * @reserved:    must be zero
  */
 struct qgpu_vram_op {
@@ -180,7 +182,13 @@ struct qgpu_vram_op {
  *              -EINTR on a signal (the wait is not restarted)
  * @flags:      in: must be zero
  * @hw_status:  out: QGPU_ERR_* if the job of this fence failed (-EIO)
- * @completed:  out: the latest signalled fence
+ * @completed:  out: the latest fence whose job has retired (its status is
+ *              known); fences up to it are signalled
+ *
+ * Returns 0 only if the job of @fence succeeded. The driver remembers the
+ * status of the last ring_entries fences; for an older fence it is still
+ * known to be a success if no job has failed since, otherwise the wait
+ * fails with -ESTALE (the job may or may not have failed).
  * @reserved:   must be zero
  */
 struct qgpu_wait_fence {
