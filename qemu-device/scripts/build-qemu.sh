@@ -53,7 +53,7 @@ link_firmware() {
 link_firmware
 
 # ninja prints one status line per step: show progress without flooding logs.
-echo "build-qemu: ninja qemu-system-x86_64 (a cold build takes about 5 minutes on 2 cores)"
+echo "build-qemu: ninja qemu-system-x86_64 (a cold build takes 3 to 5 minutes on 2 cores)"
 if [[ -t 1 ]]; then
     ninja -C "$build" qemu-system-x86_64
 else
