@@ -181,7 +181,8 @@ struct qgpu_device {
 	/* buffer objects */
 	struct mutex bo_lock;
 	struct list_head bos;
-	atomic64_t bo_bytes;
+	atomic64_t bo_bytes;		/* coherent memory held by BOs */
+	u64 bo_limit;			/* bo_limit_mb: cap on bo_bytes */
 
 	wait_queue_head_t soft_wq;
 

@@ -32,6 +32,10 @@ static unsigned int ring_entries = 256;
 module_param(ring_entries, uint, 0444);
 MODULE_PARM_DESC(ring_entries, "Descriptors in the ring (power of two, 2-4096)");
 
+static unsigned int bo_limit_mb = 256;
+module_param(bo_limit_mb, uint, 0444);
+MODULE_PARM_DESC(bo_limit_mb, "DMA-coherent buffer-object memory per device, MiB");
+
 static unsigned int dma_bits = 64;
 module_param(dma_bits, uint, 0444);
 MODULE_PARM_DESC(dma_bits, "DMA mask to try first (32-64; 32 is the fallback)");
@@ -945,6 +949,7 @@ static int qgpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 		goto err_put;
 	}
 
+	qdev->bo_limit = (u64)bo_limit_mb << 20;
 	qdev->dma_bits = clamp(dma_bits, 32U, 64U);
 	ret = dma_set_mask_and_coherent(dev, DMA_BIT_MASK(qdev->dma_bits));
 	if (ret && qdev->dma_bits != 32) {

@@ -77,6 +77,7 @@ static void qgpu_bo_release(struct kref *ref)
 	list_del(&bo->node);
 	if (bo->vaddr) {
 		dma_free_coherent(qdev->dev, bo->size, bo->vaddr, bo->dma);
+		atomic64_sub(bo->size, &qdev->bo_bytes);
 		qgpu_stat_add(qdev, QGPU_STAT_BOS, -1);
 		qgpu_stat_add(qdev, QGPU_STAT_BO_BYTES, -(s64)bo->size);
 	}
@@ -100,6 +101,7 @@ void qgpu_bo_free_all_backing(struct qgpu_device *qdev)
 		if (!bo->vaddr)
 			continue;
 		dma_free_coherent(qdev->dev, bo->size, bo->vaddr, bo->dma);
+		atomic64_sub(bo->size, &qdev->bo_bytes);
 		bo->vaddr = NULL;
 		qgpu_stat_add(qdev, QGPU_STAT_BOS, -1);
 		qgpu_stat_add(qdev, QGPU_STAT_BO_BYTES, -(s64)bo->size);
@@ -137,10 +139,21 @@ struct qgpu_bo *qgpu_bo_create(struct qgpu_file *qf,
 		return ERR_PTR(-EINVAL);
 	if (args->size > QGPU_BO_MAX_SIZE)
 		return ERR_PTR(-E2BIG);
+	/*
+	 * Coherent memory is charged to no cgroup: cap it per device, or any
+	 * user of the device could exhaust the machine's memory.
+	 */
+	if (atomic64_add_return(PAGE_ALIGN(args->size), &qdev->bo_bytes) >
+	    qdev->bo_limit) {
+		atomic64_sub(PAGE_ALIGN(args->size), &qdev->bo_bytes);
+		return ERR_PTR(-ENOSPC);
+	}
 
 	bo = kzalloc(sizeof(*bo), GFP_KERNEL);
-	if (!bo)
+	if (!bo) {
+		atomic64_sub(PAGE_ALIGN(args->size), &qdev->bo_bytes);
 		return ERR_PTR(-ENOMEM);
+	}
 	kref_init(&bo->ref);
 	bo->qdev = qdev;
 	bo->size = PAGE_ALIGN(args->size);
@@ -148,6 +161,7 @@ struct qgpu_bo *qgpu_bo_create(struct qgpu_file *qf,
 	bo->vaddr = dma_alloc_attrs(qdev->dev, bo->size, &bo->dma, GFP_KERNEL,
 				    DMA_ATTR_NO_WARN);
 	if (!bo->vaddr) {
+		atomic64_sub(bo->size, &qdev->bo_bytes);
 		kfree(bo);
 		return ERR_PTR(-ENOMEM);
 	}

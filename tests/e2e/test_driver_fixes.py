@@ -110,3 +110,21 @@ def test_split_copy_vram_keeps_memmove(guest: GuestMachine,
     assert tool(guest, f"copy-vram {3 * MiB} {2 * MiB} {length}", timeout=60)["ok"]
     got = insp.vram_backend(2 * MiB, length)
     assert fnv1a64(got) == fnv1a64(data), "downward overlapping copy"
+
+
+ENOSPC = 28
+
+
+@DIRECT
+def test_bo_memory_is_capped_per_device(guest: GuestMachine) -> None:
+    """bo_limit_mb caps coherent BO memory; freed BOs give their memory back."""
+    guest.run("rmmod qgpu && insmod /opt/qgpu/qgpu.ko bo_limit_mb=1 && test -c /dev/qgpu0",
+              check=True)
+    try:
+        over = tool(guest, "bo-create 0x200000")
+        assert not over["ok"] and over["errno"] == ENOSPC, over
+        for _ in range(3):      # 3 x 768 KiB one after another: only fits if freed
+            assert tool(guest, "bo-create 0xc0000")["ok"]
+        assert stats(guest)["bo_bytes"] == 0
+    finally:
+        guest.run("rmmod qgpu && insmod /opt/qgpu/qgpu.ko && test -c /dev/qgpu0", check=True)

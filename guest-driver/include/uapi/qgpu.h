@@ -203,7 +203,9 @@ struct qgpu_wait_fence {
 /**
  * struct qgpu_bo_create - QGPU_IOCTL_BO_CREATE: allocate a DMA-coherent
  *	buffer object, zero-filled; it lives until destroyed and unmapped
- * @size:        in: bytes, 1..bo_max_size; rounded up to pages
+ * @size:        in: bytes, 1..bo_max_size; rounded up to pages. All BOs of
+ *               a device together are capped by the driver's bo_limit_mb
+ *               module parameter (default 256 MiB): -ENOSPC beyond it
  * @flags:       in: must be zero
  * @handle:      out: handle, valid in this open file only
  * @mmap_offset: out: mmap(2) offset of the object
