@@ -26,16 +26,8 @@ OUT=${1:-${OUT:-$top/build/images}}
 QGPU_CACHE=${QGPU_CACHE:-$HOME/.cache/qgpu}
 log() { echo "fetch-kernel: $*" >&2; }
 
-# Host tools used here (tell the lead to add them to scripts/install-host-deps.sh).
-missing=()
-for p in zstd xz-utils kmod; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-    log "installing host packages: ${missing[*]}"
-    SUDO=(); [[ $(id -u) -eq 0 ]] || SUDO=(sudo)
-    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
-fi
+# Host tools used here (zstd, xz-utils, kmod): the project's one installer.
+"$top/scripts/install-host-deps.sh" >&2
 
 ABI=${ABI:-$("$top/scripts/guest-kernel-abi.sh")}
 [[ -n $ABI ]] || { log "cannot determine the guest kernel ABI"; exit 1; }

@@ -34,18 +34,9 @@ ABI=$(cat "$OUT/kernel-abi" 2>/dev/null || true)
 MODROOT=$QGPU_CACHE/kernel/$ABI/lib/modules/$ABI
 [[ -e $MODROOT/modules.dep ]] || { log "$MODROOT/modules.dep missing: run fetch-kernel.sh"; exit 1; }
 
-# Host tools (installed idempotently; tell the lead to add them to
-# scripts/install-host-deps.sh).
-need_pkgs=(busybox-static cpio dropbear-bin openssh-client kmod xz-utils binutils)
-missing=()
-for p in "${need_pkgs[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-    log "installing host packages: ${missing[*]}"
-    SUDO=(); [[ $(id -u) -eq 0 ]] || SUDO=(sudo)
-    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
-fi
+# Host tools (busybox-static, cpio, dropbear-bin, openssh-client, kmod,
+# xz-utils, binutils): the project's one installer, idempotent and quick.
+"$top/scripts/install-host-deps.sh" >&2
 
 # ---- test SSH key (generated once, never committed: $OUT is git-ignored) ----
 mkdir -p "$OUT/ssh"
