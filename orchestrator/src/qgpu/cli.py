@@ -16,11 +16,14 @@ import argparse
 import contextlib
 import json
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from qgpu.config import DmaMode, MachineConfig, QgpuSpec
 from qgpu.errors import QgpuError
+from qgpu.inspector import DeviceInspector
 from qgpu.machine import GuestMachine, image_paths
 from qgpu.qmp import QmpClient
 
@@ -98,38 +101,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     """Print statistics, BARs and the DMA trace of a running guest's qgpu."""
-    path = f"/machine/peripheral/{args.device}"
     with QmpClient("inspect", timeout=15) as qmp:
         qmp.connect(args.qmp)
+        insp = DeviceInspector(qmp, args.device, vram=None, workdir=Path(tempfile.gettempdir()))
         report: dict[str, object] = {
-            "stats": {p["name"].removeprefix("stat-"): qmp.qom_get(path, p["name"])
-                      for p in qmp.command("qom-list", {"path": path})
-                      if p["name"].startswith("stat-")},
-            "dma-trace": qmp.qom_get(path, "dma-trace"),
+            "bars": {i: {"address": b.address, "size": b.size}
+                     for i, b in insp.bars().items()},
+            "stats": insp.stats(),
+            "dma-trace": insp.dma_trace(),
         }
         if args.vram is not None:
             offset, length = args.vram
-            report["vram"] = _read_vram(qmp, args.device, offset, length).hex()
+            report["vram"] = insp.vram_via_bar(offset, length).hex()
     print(json.dumps(report, indent=1))
     return 0
-
-
-def _read_vram(qmp: QmpClient, device: str, offset: int, length: int) -> bytes:
-    import tempfile
-    from pathlib import Path
-
-    for bus in qmp.command("query-pci"):
-        stack = list(bus["devices"])
-        while stack:
-            dev = stack.pop()
-            stack += dev.get("pci_bridge", {}).get("devices", [])
-            if dev.get("qdev_id") == device:
-                bar = next(r for r in dev["regions"] if r["bar"] == 2)
-                with tempfile.NamedTemporaryFile() as tmp:
-                    qmp.command("pmemsave", {"val": bar["address"] + offset, "size": length,
-                                             "filename": tmp.name})
-                    return Path(tmp.name).read_bytes()
-    raise QgpuError(f"no device {device} in query-pci")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
