@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -127,6 +128,22 @@ def test_memdev_conflicts_are_refused() -> None:
     assert "not a power of two" in err and "Resize memdev 'm'" in err
     err = _realize_error([*backend, "-device", "qgpu,memdev=m", "-device", "qgpu,memdev=m"])
     assert "memdev 'm' is already in use" in err
+
+
+def test_read_only_memdev_is_refused(tmp_path: Path) -> None:
+    """The device writes VRAM through its mapping: a read-only backend would crash it."""
+    backing = tmp_path / "vram.img"
+    backing.write_bytes(bytes(32 << 20))
+    err = _realize_error(["-object", f"memory-backend-file,id=m,size=32M,mem-path={backing},"
+                          "share=on,readonly=on,rom=on", *qgpu_args("memdev=m")])
+    assert "memdev 'm' is read-only" in err
+
+
+def test_aer_fault_before_realize_is_an_error_not_an_exit() -> None:
+    """x-fault-aer needs a plugged-in device; set too early it fails realize cleanly."""
+    err = _realize_error(qgpu_args("x-fault-aer=fatal"))
+    assert "x-fault-aer: the device is not realized yet" in err
+    assert "requester ID" not in err
 
 
 def test_conventional_pci_bus_is_refused() -> None:

@@ -187,6 +187,17 @@ struct QGPUState {
 
     QEMUBH *bh;
     QEMUTimer *delay_timer;
+    /*
+     * Moved by every device reset and by unrealize. Guest-programmed DMA
+     * (and MSI/MSI-X messages, whose address the guest picks) can reach
+     * other devices' registers, e.g. a root port's Bridge Control or Slot
+     * Control through the MMCONFIG window, and so reset or unplug this
+     * device in the middle of its own access. After each such access the
+     * engine compares @epoch with @run_epoch and, if it moved, touches
+     * nothing more: the reset already dropped the work.
+     */
+    uint32_t epoch;
+    uint32_t run_epoch;
 
     QGPUStats stats;
     QGPUTraceEntry *trace;
@@ -239,6 +250,12 @@ static const char *qgpu_err_name(uint32_t err)
 static const char *qgpu_op_name(uint32_t op)
 {
     return op <= QGPU_OP_MAX ? qgpu_op_names[op] : "invalid";
+}
+
+/* Reset or unplugged by its own DMA since the engine run began? */
+static bool qgpu_disturbed(QGPUState *s)
+{
+    return s->epoch != s->run_epoch;
 }
 
 static uint32_t qgpu_caps(QGPUState *s)
@@ -308,7 +325,7 @@ static void qgpu_signal(QGPUState *s, unsigned vec, bool msix)
         trace_qgpu_fault("irq-dup", vec);
         copies = 2;
     }
-    while (copies--) {
+    for (uint32_t epoch = s->epoch; copies-- && s->epoch == epoch;) {
         if (msix) {
             msix_notify(pdev, vec);
         } else {
@@ -327,6 +344,7 @@ static void qgpu_update_irq(QGPUState *s, uint32_t fresh)
 {
     PCIDevice *pdev = PCI_DEVICE(s);
     uint32_t pending = s->int_status & s->int_mask;
+    uint32_t epoch = s->epoch;
     bool level = false;
 
     fresh &= pending;
@@ -340,12 +358,18 @@ static void qgpu_update_irq(QGPUState *s, uint32_t fresh)
                 sent |= BIT(vec);
                 trace_qgpu_irq_msix(c, vec);
                 qgpu_signal(s, vec, true);
+                if (s->epoch != epoch) {
+                    return;     /* the message reset or unplugged us */
+                }
             }
         }
     } else if (msi_enabled(pdev)) {
         if (fresh) {
             trace_qgpu_irq_msi(fresh);
             qgpu_signal(s, 0, false);
+            if (s->epoch != epoch) {
+                return;
+            }
         }
     } else {
         level = pending != 0;
@@ -461,11 +485,15 @@ static uint32_t qgpu_load_segments(QGPUState *s)
         return err;
     }
     ents = g_new(struct qgpu_sg_entry, s->cur_sg_count);
-    if (pci_dma_read(pdev, base, ents, list_len) != MEMTX_OK) {
+    if (pci_dma_read(pdev, base, ents, list_len) != MEMTX_OK &&
+        !qgpu_disturbed(s)) {
         qemu_log_mask(LOG_GUEST_ERROR,
                       "qgpu: desc %u: SG list at 0x%" PRIx64 " unreadable\n",
                       s->cur_index, base);
         return QGPU_ERR_DMA_READ;
+    }
+    if (qgpu_disturbed(s)) {
+        return QGPU_ERR_NONE;   /* the caller checks too */
     }
     s->segs = g_new(QGPUSegment, s->cur_sg_count);
     for (uint32_t i = 0; i < s->cur_sg_count; i++) {
@@ -633,10 +661,19 @@ static void qgpu_retire(QGPUState *s, uint32_t err)
     if (!qgpu_write_status(s, QGPU_DESC_STATUS_DONE | err) && !err) {
         err = QGPU_ERR_DMA_WRITE;
     }
+    if (qgpu_disturbed(s)) {
+        return;
+    }
     if (fence) {
+        MemTxResult r;
+
         trace_qgpu_fence(s->cur_index, s->cur_fence_addr, s->cur_fence_value);
-        if (stq_le_pci_dma(pdev, s->cur_fence_addr, s->cur_fence_value,
-                           MEMTXATTRS_UNSPECIFIED) == MEMTX_OK) {
+        r = stq_le_pci_dma(pdev, s->cur_fence_addr, s->cur_fence_value,
+                           MEMTXATTRS_UNSPECIFIED);
+        if (qgpu_disturbed(s)) {
+            return;
+        }
+        if (r == MEMTX_OK) {
             s->fence = s->cur_fence_value;
             s->stats.last_fence = s->fence;
         } else {
@@ -708,6 +745,9 @@ static bool qgpu_fetch(QGPUState *s)
     if (!err && pci_dma_read(pdev, addr, &d, sizeof(d)) != MEMTX_OK) {
         err = QGPU_ERR_DESC_FETCH;
     }
+    if (qgpu_disturbed(s)) {
+        return false;
+    }
     if (err) {
         qgpu_halt(s, index, err);
         return false;
@@ -728,7 +768,10 @@ static bool qgpu_fetch(QGPUState *s)
     trace_qgpu_desc_fetch(index, qgpu_op_name(s->cur_opcode), s->cur_flags,
                           s->cur_src, s->cur_dst, s->cur_length);
 
-    err = qgpu_validate_desc(s, &d);
+    err = qgpu_validate_desc(s, &d);    /* reads an SG list from the guest */
+    if (qgpu_disturbed(s)) {
+        return false;
+    }
     if (!err && (s->cur_opcode == QGPU_OP_COPY_TO_VRAM ||
                  s->cur_opcode == QGPU_OP_COPY_FROM_VRAM)) {
         bool fail = qgpu_countdown(&s->fault_dma_error_nth);
@@ -829,9 +872,14 @@ static uint64_t qgpu_run_slice(QGPUState *s, uint64_t budget, uint32_t *err)
 
             if (to_vram) {
                 r = pci_dma_read(pdev, ga, vp, n);
-                memory_region_set_dirty(s->vram, voff, n);
             } else {
                 r = pci_dma_write(pdev, ga, vp, n);
+            }
+            if (qgpu_disturbed(s)) {
+                return moved;   /* s->segs and s->vram may be gone */
+            }
+            if (to_vram) {
+                memory_region_set_dirty(s->vram, voff, n);
             }
             if (r != MEMTX_OK) {
                 *err = to_vram ? QGPU_ERR_DMA_READ : QGPU_ERR_DMA_WRITE;
@@ -906,7 +954,8 @@ static void qgpu_corrupt_byte(QGPUState *s, uint64_t off)
         if (off < start + s->segs[i].len) {
             dma_addr_t ga = s->segs[i].addr + (off - start);
 
-            if (pci_dma_read(pdev, ga, &byte, 1) == MEMTX_OK) {
+            if (pci_dma_read(pdev, ga, &byte, 1) == MEMTX_OK &&
+                !qgpu_disturbed(s)) {
                 byte ^= 0xff;
                 pci_dma_write(pdev, ga, &byte, 1);
             }
@@ -938,6 +987,9 @@ static void qgpu_finish(QGPUState *s)
         s->stats.faults_injected++;
         trace_qgpu_fault("corrupt", s->cur_index);
         qgpu_corrupt_byte(s, s->cur_length / 2);
+        if (qgpu_disturbed(s)) {
+            return;
+        }
         break;
     case QGPU_FAULT_NONE:
         break;
@@ -969,11 +1021,11 @@ static void qgpu_delay_expired(void *opaque)
 /*
  * The engine: runs from a bottom half (or the delay timer), never inside an
  * MMIO access. Each run moves at most one slice of bytes and retires at most
- * QGPU_DMA_SLICE_DESCS descriptors, then yields to the main loop.
+ * QGPU_DMA_SLICE_DESCS descriptors, then yields to the main loop. After
+ * anything that reaches guest-chosen addresses it checks qgpu_disturbed().
  */
-static void qgpu_engine_run(void *opaque)
+static void qgpu_engine_work(QGPUState *s)
 {
-    QGPUState *s = opaque;
     uint64_t budget = QGPU_DMA_SLICE_BYTES;
     unsigned descs = 0;
 
@@ -992,13 +1044,16 @@ static void qgpu_engine_run(void *opaque)
             if (descs++ == QGPU_DMA_SLICE_DESCS) {
                 break;
             }
-            if (!qgpu_fetch(s)) {
+            if (!qgpu_fetch(s) || qgpu_disturbed(s)) {
                 return;
             }
             continue;
         }
         if (s->cur_opcode == QGPU_OP_NOP) {
             qgpu_retire(s, QGPU_ERR_NONE);
+            if (qgpu_disturbed(s)) {
+                return;
+            }
             continue;
         }
         if (s->segs_stale) {
@@ -1006,8 +1061,14 @@ static void qgpu_engine_run(void *opaque)
             if (s->cur_opcode == QGPU_OP_COPY_TO_VRAM ||
                 s->cur_opcode == QGPU_OP_COPY_FROM_VRAM) {
                 err = qgpu_load_segments(s);
+                if (qgpu_disturbed(s)) {
+                    return;
+                }
                 if (err) {
                     qgpu_retire(s, err);
+                    if (qgpu_disturbed(s)) {
+                        return;
+                    }
                     continue;
                 }
             }
@@ -1021,6 +1082,9 @@ static void qgpu_engine_run(void *opaque)
                                                     : s->cur_length;
         moved = s->cur_done < limit ?
                 qgpu_run_slice(s, MIN(budget, limit - s->cur_done), &err) : 0;
+        if (qgpu_disturbed(s)) {
+            return;
+        }
         budget -= moved;
         s->cur_done += moved;
         if (err) {
@@ -1028,9 +1092,36 @@ static void qgpu_engine_run(void *opaque)
         } else if (s->cur_done == limit) {
             qgpu_finish(s);
         }
+        if (qgpu_disturbed(s)) {
+            return;
+        }
     }
     if ((s->engine_ctrl & QGPU_ENGINE_CTRL_ENABLE) && !s->halted) {
         qgpu_engine_kick(s);    /* more to do: continue in the next run */
+    }
+}
+
+static void qgpu_engine_unref(void *opaque)
+{
+    object_unref(opaque);
+}
+
+static void qgpu_engine_run(void *opaque)
+{
+    QGPUState *s = opaque;
+
+    /*
+     * Our own DMA may unplug us (see @epoch): hold a reference for the run,
+     * and after an unplug drop it only once our caller (aio_bh_call() or
+     * qgpu_delay_expired()) has restored the re-entrancy guard inside us.
+     */
+    object_ref(OBJECT(s));
+    s->run_epoch = s->epoch;
+    qgpu_engine_work(s);
+    if (qgpu_disturbed(s)) {
+        aio_bh_schedule_oneshot(qemu_get_aio_context(), qgpu_engine_unref, s);
+    } else {
+        object_unref(OBJECT(s));
     }
 }
 
@@ -1060,6 +1151,7 @@ static void qgpu_engine_stop(QGPUState *s)
 static void qgpu_engine_reset(QGPUState *s)
 {
     trace_qgpu_engine_reset(s->active, s->ring_head, s->ring_tail);
+    s->epoch++;
     qgpu_engine_stop(s);
     if (s->active) {
         /* Record where it stopped and how much was left undone. */
@@ -1407,7 +1499,8 @@ static void qgpu_get_dma_trace(Object *obj, Visitor *v, const char *name,
                                void *opaque, Error **errp)
 {
     QGPUState *s = QGPU(obj);
-    uint64_t n = MIN(s->trace_seq, s->trace_depth);
+    /* Not realized (or unplugged): no trace buffer, an empty list. */
+    uint64_t n = s->trace ? MIN(s->trace_seq, s->trace_depth) : 0;
     bool ok = false;
 
     if (!visit_start_list(v, name, NULL, 0, errp)) {
@@ -1518,7 +1611,7 @@ static void qgpu_set_fault_aer(Object *obj, const char *value, Error **errp)
 {
     QGPUState *s = QGPU(obj);
     PCIDevice *pdev = PCI_DEVICE(s);
-    PCIEAERErr err = { .source_id = pci_requester_id(pdev) };
+    PCIEAERErr err = { 0 };
     int ret;
 
     if (!strcmp(value, "correctable")) {
@@ -1534,19 +1627,27 @@ static void qgpu_set_fault_aer(Object *obj, const char *value, Error **errp)
         return;
     }
     if (!DEVICE(s)->realized) {
+        /* Also: the requester ID below is only known once plugged in. */
         error_setg(errp, "x-fault-aer: the device is not realized yet");
         return;
     }
+    err.source_id = pci_requester_id(pdev);
+    /* The AER message's MSI may reach config space and unplug us. */
+    object_ref(obj);
     ret = pcie_aer_inject_error(pdev, &err);
     if (ret < 0) {
         error_setg_errno(errp, -ret, "x-fault-aer: cannot raise a %s error",
                          value);
+        object_unref(obj);
         return;
     }
     trace_qgpu_fault(value, err.status);
     s->stats.faults_injected++;
-    g_free(s->fault_aer);
-    s->fault_aer = g_strdup(value);
+    if (DEVICE(s)->realized) {
+        g_free(s->fault_aer);
+        s->fault_aer = g_strdup(value);
+    }
+    object_unref(obj);
 }
 
 static void qgpu_instance_init(Object *obj)
@@ -1662,6 +1763,14 @@ static bool qgpu_init_vram(QGPUState *s, Error **errp)
             return false;
         }
         s->vram = host_memory_backend_get_memory(s->hostmem);
+        if (memory_region_is_rom(s->vram)) {
+            /* The device writes VRAM through its host mapping. */
+            error_setg(errp, "memdev '%s' is read-only (rom=on or readonly=on); "
+                       "VRAM must be writable",
+                       object_get_canonical_path_component(OBJECT(s->hostmem)));
+            s->vram = NULL;
+            return false;
+        }
         backend_size = memory_region_size(s->vram);
         if (s->vram_size && s->vram_size != backend_size) {
             error_setg(errp, "vram-size (%" PRIu64 " bytes) conflicts with the "
@@ -1808,6 +1917,7 @@ static void qgpu_exit(PCIDevice *pdev)
 {
     QGPUState *s = QGPU(pdev);
 
+    s->epoch++;
     qgpu_engine_stop(s);
     qemu_bh_delete(s->bh);
     s->bh = NULL;
@@ -1839,7 +1949,10 @@ static void qgpu_reset_hold(Object *obj, ResetType type)
     pcie_cap_deverr_reset(PCI_DEVICE(s));
 
     trace_qgpu_reset(s->active);
-    qgpu_engine_stop(s);
+    s->epoch++;
+    if (s->bh) {                /* not realized: nothing runs */
+        qgpu_engine_stop(s);
+    }
     if (s->active) {
         s->stats.aborted++;
     }

@@ -1,0 +1,149 @@
+"""The device's own DMA and interrupt messages reaching PCI config space.
+
+A guest can aim a descriptor, or an MSI-X vector's address, at q35's
+MMCONFIG window and so write the root port's registers: a secondary bus reset
+resets qgpu, a slot power-off unplugs it, in the middle of qgpu's own access.
+QEMU must survive both, and the device must come back usable after a reset.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from qgpu.abi import ABI
+from qgpu.device import MSIX_ADDR, ROOT_PORT_SLOT, QgpuDevice, enumerate_qgpu
+from qgpu.errors import QmpError
+from qgpu.pci import CAP_ID_EXP, CAP_ID_MSIX, ECAM_BASE, PciFunction
+
+from .conftest import StartQgpu
+
+PCI_BRIDGE_CONTROL = 0x3E
+PCI_BRIDGE_CTL_BUS_RESET = 0x40
+PCI_EXP_SLTCTL = 0x18
+# Power controller off, power and attention indicators off: "unplug".
+PCI_EXP_SLTCTL_POWER_OFF = 0x0400 | 0x0300 | 0x00C0
+VRAM = 64 << 20
+
+
+def root_port_config(offset: int) -> int:
+    """Bus address of the root port's config register ``offset`` (MMCONFIG)."""
+    return ECAM_BASE | ROOT_PORT_SLOT << 15 | offset
+
+
+def wait_for(what: str, cond: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll ``cond`` until it holds."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def end_bus_reset_and_reenumerate(dev: QgpuDevice) -> None:
+    """Clear the root port's bus reset bit, then assign BARs as firmware would."""
+    port = PciFunction(dev.qt, 0, ROOT_PORT_SLOT)
+    port.write16(PCI_BRIDGE_CONTROL, port.read16(PCI_BRIDGE_CONTROL) & ~PCI_BRIDGE_CTL_BUS_RESET)
+    enumerate_qgpu(dev.qt, VRAM)
+
+
+def assert_reset_and_usable(dev: QgpuDevice) -> None:
+    """Registers at reset values; a fresh ring runs a fill that verifies."""
+    assert dev.reg(ABI.REG_ID) == ABI.ID_MAGIC
+    assert dev.reg(ABI.REG_ENGINE_CTRL) == 0
+    assert dev.reg(ABI.REG_RING_SIZE) == 0
+    dev.ring = None
+    dev.setup_ring(16)
+    assert dev.run(dev.desc(opcode=ABI.OP_FILL, dst=4096, length=4096,
+                            fill_pattern=0x5A5A5A5A)) == [ABI.ERR_NONE]
+    assert dev.vram_read(4096, 4096) == b"\x5a" * 4096
+
+
+def test_dma_that_resets_its_own_device(qgpu: QgpuDevice) -> None:
+    """COPY_FROM_VRAM into Bridge Control: a bus reset in the middle of the DMA."""
+    qgpu.vram_write(0, PCI_BRIDGE_CTL_BUS_RESET.to_bytes(2, "little"))
+    fence = qgpu.mem.alloc(8)
+    qgpu.mem.write(fence, bytes(8))
+    aborted = qgpu.stat("aborted")
+    [index] = qgpu.submit(qgpu.desc(
+        opcode=ABI.OP_COPY_FROM_VRAM, flags=ABI.DESC_F_FENCE | ABI.DESC_F_IRQ, src=0,
+        dst=root_port_config(PCI_BRIDGE_CONTROL), length=2, fence_addr=fence,
+        fence_value=0x77))
+    wait_for("the reset to abort the descriptor", lambda: qgpu.stat("aborted") == aborted + 1)
+    # The reset dropped the descriptor: no status, no fence written after it.
+    assert qgpu.status(index) == 0
+    assert qgpu.mem.read(fence, 8) == bytes(8)
+    end_bus_reset_and_reenumerate(qgpu)
+    assert_reset_and_usable(qgpu)
+
+
+def test_interrupt_message_that_resets_its_own_device(qgpu: QgpuDevice) -> None:
+    """An MSI-X vector aimed at Bridge Control: the completion interrupt resets qgpu."""
+    qgpu.msix_enable()
+    table = qgpu.fn.read32(qgpu.fn.capabilities()[CAP_ID_MSIX] + 4) & ~7
+    entry = MSIX_ADDR + table + 16 * ABI.MSIX_VEC_DMA
+    target = root_port_config(PCI_BRIDGE_CONTROL & ~3)     # dword at 0x3c
+    qgpu.qt.writel(entry, target)
+    qgpu.qt.writel(entry + 4, 0)
+    qgpu.qt.writel(entry + 8, PCI_BRIDGE_CTL_BUS_RESET << 16)  # lands in 0x3e
+    qgpu.set_reg(ABI.REG_INT_MASK, ABI.INT_ALL)
+    sent = qgpu.stat("interrupts")
+    [index] = qgpu.submit(qgpu.desc(opcode=ABI.OP_FILL, flags=ABI.DESC_F_IRQ, dst=0,
+                                    length=4096, fill_pattern=1))
+    wait_for("the completion interrupt", lambda: qgpu.stat("interrupts") > sent)
+    # Retired before the message went out; the bus reset then cleared the registers.
+    assert qgpu.status(index) == ABI.DESC_STATUS_DONE
+    port = PciFunction(qgpu.qt, 0, ROOT_PORT_SLOT)
+    assert port.read16(PCI_BRIDGE_CONTROL) & PCI_BRIDGE_CTL_BUS_RESET
+    end_bus_reset_and_reenumerate(qgpu)
+    assert_reset_and_usable(qgpu)
+
+
+def test_dma_that_unplugs_its_own_device(start: StartQgpu) -> None:
+    """COPY_FROM_VRAM into the root port's Slot Control: power off, the device goes.
+
+    q35 hot-plugs through ACPI by default; native PCIe hotplug (what Slot
+    Control drives) must be asked for.
+    """
+    qgpu = start(extra_args=["-global", "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off"])
+    qgpu.setup_ring(16)
+    assert qgpu.qt.qmp is not None
+    port = PciFunction(qgpu.qt, 0, ROOT_PORT_SLOT)
+    slot_control = port.capabilities()[CAP_ID_EXP] + PCI_EXP_SLTCTL
+    qgpu.vram_write(0, PCI_EXP_SLTCTL_POWER_OFF.to_bytes(2, "little"))
+    events = len(qgpu.qt.qmp.events())
+    qgpu.submit(qgpu.desc(opcode=ABI.OP_COPY_FROM_VRAM, src=0,
+                          dst=root_port_config(slot_control), length=2))
+    qgpu.qt.qmp.wait_event("DEVICE_DELETED", 10, after=events)
+    # QEMU lives on without the device.
+    assert qgpu.qt.qmp.command("query-status")["status"] == "running"
+    try:
+        qgpu.stat("descriptors")
+    except QmpError as exc:
+        assert "qgpu0" in str(exc) or "not found" in str(exc).lower()
+    else:
+        raise AssertionError("qgpu0 still answers qom-get after its unplug")
+    assert PciFunction(qgpu.qt, 1, 0).vendor_id == 0xFFFF
+
+
+def test_interrupt_message_that_unplugs_its_own_device(start: StartQgpu) -> None:
+    """A retirement raising two MSI-X vectors, the first of which powers the slot
+    off: the device must not send the second from freed state."""
+    qgpu = start(extra_args=["-global", "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off"])
+    qgpu.setup_ring(16)
+    assert qgpu.qt.qmp is not None
+    port = PciFunction(qgpu.qt, 0, ROOT_PORT_SLOT)
+    slot_control = port.capabilities()[CAP_ID_EXP] + PCI_EXP_SLTCTL   # dword aligned
+    qgpu.msix_enable()
+    table = qgpu.fn.read32(qgpu.fn.capabilities()[CAP_ID_MSIX] + 4) & ~7
+    entry = MSIX_ADDR + table + 16 * ABI.MSIX_VEC_DMA
+    qgpu.qt.writel(entry, root_port_config(slot_control))
+    qgpu.qt.writel(entry + 4, 0)
+    qgpu.qt.writel(entry + 8, PCI_EXP_SLTCTL_POWER_OFF)    # Slot Status (high half): 0
+    qgpu.set_reg(ABI.REG_INT_MASK, ABI.INT_ALL)
+    events = len(qgpu.qt.qmp.events())
+    # Refused (zero length) with F_IRQ: DMA_ERROR and DMA_DONE, two vectors.
+    qgpu.submit(qgpu.desc(opcode=ABI.OP_FILL, flags=ABI.DESC_F_IRQ, dst=0, length=0))
+    qgpu.qt.qmp.wait_event("DEVICE_DELETED", 10, after=events)
+    assert qgpu.qt.qmp.command("query-status")["status"] == "running"
+    assert PciFunction(qgpu.qt, 1, 0).vendor_id == 0xFFFF
