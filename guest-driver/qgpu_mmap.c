@@ -383,7 +383,11 @@ int qgpu_mmap(struct file *filp, struct vm_area_struct *vma)
 	u64 end;
 	int idx, ret;
 
-	if (!(vma->vm_flags & VM_SHARED))
+	/*
+	 * VM_MAYSHARE, not VM_SHARED: the core clears VM_SHARED for MAP_SHARED
+	 * on a read-only file, and such a read-only view is fine.
+	 */
+	if (!(vma->vm_flags & VM_MAYSHARE))
 		return -EINVAL;
 	if (vma->vm_flags & VM_EXEC)
 		return -EPERM;

@@ -171,6 +171,44 @@ static int t_regs_mmap_bad(void)
 	return PASS;
 }
 
+/* A read-only open may map registers and VRAM for reading, never writing. */
+static int t_readonly_fd(void)
+{
+	size_t len = 4096;
+	uint64_t off = 6 << 20;
+	int ro = open(dev, O_RDONLY | O_CLOEXEC);
+	volatile uint32_t *r;
+	uint8_t *v, *w;
+
+	CHECK(ro >= 0, "open %s read-only: %s", dev, strerror(errno));
+	r = mmap(NULL, QGPU_PAGE_SIZE, PROT_READ, MAP_SHARED, ro, QGPU_MMAP_REGS);
+	CHECK(r != MAP_FAILED, "read-only regs map: %s", strerror(errno));
+	CHECK(r[(QGPU_REG_USER_ID - QGPU_REGS_USER_PAGE) / 4] == QGPU_ID_MAGIC,
+	      "USER_ID through a read-only map");
+	munmap((void *)r, QGPU_PAGE_SIZE);
+
+	w = xmap_vram(off, len, 0);
+	CHECK(w, "read-write VRAM map: %s", strerror(errno));
+	rnd_fill(w, len);
+	__sync_synchronize();
+	v = mmap(NULL, len, PROT_READ, MAP_SHARED, ro, QGPU_MMAP_VRAM_LAZY + off);
+	CHECK(v != MAP_FAILED, "read-only lazy VRAM map: %s", strerror(errno));
+	CHECK(first_diff(v, w, len) < 0, "read-only view differs at %d",
+	      first_diff(v, w, len));
+	munmap(v, len);
+	munmap(w, len);
+
+	CHECK(mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, ro,
+		   QGPU_MMAP_VRAM + off) == MAP_FAILED && errno == EACCES,
+	      "writable map of a read-only fd: want EACCES, got %s",
+	      strerror(errno));
+	CHECK(mmap(NULL, len, PROT_READ, MAP_PRIVATE, ro, QGPU_MMAP_VRAM + off) ==
+	      MAP_FAILED && errno == EINVAL,
+	      "MAP_PRIVATE of a read-only fd: want EINVAL, got %s", strerror(errno));
+	close(ro);
+	return PASS;
+}
+
 static int t_vram_mmap_wc(void)
 {
 	size_t len = 1 << 20;
@@ -1081,6 +1119,7 @@ static const struct test tests[] = {
 	{ "info", t_info, 10 },
 	{ "regs_mmap", t_regs_mmap, 10 },
 	{ "regs_mmap_bad", t_regs_mmap_bad, 10 },
+	{ "readonly_fd", t_readonly_fd, 10 },
 	{ "vram_mmap_wc", t_vram_mmap_wc, 60 },
 	{ "vram_mmap_lazy", t_vram_mmap_lazy, 30 },
 	{ "vram_mmap_bad", t_vram_mmap_bad, 10 },
