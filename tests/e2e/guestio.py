@@ -23,7 +23,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from qgpu.abi import ABI
 from qgpu.inspector import DeviceInspector
 from qgpu.machine import GuestMachine
 
@@ -376,9 +375,3 @@ def check_dma_path(mode: str, insp: DeviceInspector, records: list[Record],
         assert 0 < hi - lo <= platform.swiotlb_bytes, \
             f"swiotlb: segments span {lo:#x}..{hi:#x}, more than the " \
             f"{platform.swiotlb_bytes}-byte bounce pool"
-
-
-def read_reg32(insp: DeviceInspector, offset: int) -> int:
-    """Read a 32-bit register of BAR0 from the host (QMP pmemsave of 4 bytes: one access)."""
-    bar = insp.bars()[ABI.BAR_REGS]
-    return int.from_bytes(insp.physical(bar.address + offset, 4), "little")

@@ -9,7 +9,7 @@ from qgpu.abi import ABI
 from qgpu.inspector import DeviceInspector
 from qgpu.machine import GuestMachine
 
-from .guestio import driver_stats, guest_irq_counts, put_file, read_reg32, tool
+from .guestio import driver_stats, guest_irq_counts, put_file, tool
 
 MiB = 1 << 20
 
@@ -31,7 +31,7 @@ def test_fences_agree_on_both_sides(guest: GuestMachine, qgpu_inspector: DeviceI
     for op in ops:
         fence = tool(guest, op)["fence"]
         user_page = tool(guest, "regs")["fence"]
-        register = read_reg32(insp, ABI.REG_FENCE_LO) | read_reg32(insp, ABI.REG_FENCE_HI) << 32
+        register = insp.register(ABI.REG_FENCE_LO) | insp.register(ABI.REG_FENCE_HI) << 32
         last = insp.stats()["last-fence"]
         assert fence > previous, f"{op}: fence {fence} does not advance past {previous}"
         assert fence == user_page == register == last, \

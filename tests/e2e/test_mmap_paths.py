@@ -30,7 +30,6 @@ from .guestio import (
     first_diff,
     hold_tool,
     parse_json_line,
-    read_reg32,
     sh,
     tool,
     trace_mark,
@@ -106,16 +105,16 @@ def test_register_page_mirrors_the_device(guest: GuestMachine,
     fence = tool(guest, f"fill {rng.randrange(0, 60 * MiB):#x} 4096 {rng.getrandbits(32):#x}"
                  )["fence"]
     regs = tool(guest, "regs")          # read through the mmap of the user page
-    host_fence = read_reg32(insp, ABI.REG_FENCE_LO) | read_reg32(insp, ABI.REG_FENCE_HI) << 32
-    assert regs["id"] == ABI.ID_MAGIC == read_reg32(insp, ABI.REG_USER_ID) \
-        == read_reg32(insp, ABI.REG_ID)
+    host_fence = insp.register(ABI.REG_FENCE_LO) | insp.register(ABI.REG_FENCE_HI) << 32
+    assert regs["id"] == ABI.ID_MAGIC == insp.register(ABI.REG_USER_ID) \
+        == insp.register(ABI.REG_ID)
     assert regs["fence"] == fence == host_fence == insp.stats()["last-fence"], \
         f"fence: user page {regs['fence']}, ioctl {fence}, register {host_fence}"
-    assert regs["ring_head"] == read_reg32(insp, ABI.REG_RING_HEAD) \
-        == read_reg32(insp, ABI.REG_USER_RING_HEAD)
-    assert regs["engine_status"] == read_reg32(insp, ABI.REG_ENGINE_STATUS)
+    assert regs["ring_head"] == insp.register(ABI.REG_RING_HEAD) \
+        == insp.register(ABI.REG_USER_RING_HEAD)
+    assert regs["engine_status"] == insp.register(ABI.REG_ENGINE_STATUS)
     assert regs["engine_status"] & ABI.ENGINE_STATUS_ENABLED
-    assert regs["scratch"] == read_reg32(insp, ABI.REG_USER_SCRATCH)
+    assert regs["scratch"] == insp.register(ABI.REG_USER_SCRATCH)
     assert insp.stats()["access-errors"] == access0, "a register access was refused"
 
 

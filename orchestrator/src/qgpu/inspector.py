@@ -103,6 +103,20 @@ class DeviceInspector:
             raise DeviceError(f"{self.qdev_id}: the VRAM BAR is not mapped")
         return self.physical(bar.address + offset, length)
 
+    def register(self, offset: int) -> int:
+        """Read the 32-bit register at ``offset`` in BAR0, as the guest would.
+
+        Register reads have no side effects on qgpu, so this is safe at any
+        time, also while the guest is stopped.
+        """
+        if offset % 4 or not 0 <= offset < ABI.REGS_SIZE:
+            raise DeviceError(f"register offset {offset:#x} is not a 32-bit register "
+                              f"in the {ABI.REGS_SIZE:#x}-byte register BAR")
+        bar = self.bars().get(ABI.BAR_REGS)
+        if bar is None or bar.address in (0, 0xFFFF_FFFF, 0xFFFF_FFFF_FFFF_FFFF):
+            raise DeviceError(f"{self.qdev_id}: the register BAR is not mapped")
+        return int.from_bytes(self.physical(bar.address + offset, 4), "little")
+
     def config_space(self) -> bytes:
         """Read the device's 4 KiB PCIe config space through q35's ECAM window.
 
