@@ -901,7 +901,6 @@ static int qgpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	ret = pcim_enable_device(pdev);
 	if (ret)
 		goto err_put;
-	pci_set_master(pdev);
 
 	if (pci_resource_len(pdev, QGPU_BAR_REGS) < QGPU_REGS_SIZE ||
 	    !(pci_resource_flags(pdev, QGPU_BAR_VRAM) & IORESOURCE_MEM)) {
@@ -924,6 +923,14 @@ static int qgpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 		goto err_put;
 	}
 	qdev->caps = qgpu_rd(qdev, QGPU_REG_CAPS);
+	/*
+	 * A previous kernel (kexec) or driver instance may have left the
+	 * engine running: stop it before bus mastering lets it reach memory.
+	 */
+	qgpu_wr(qdev, QGPU_REG_ENGINE_CTRL, 0);
+	qgpu_wr(qdev, QGPU_REG_ENGINE_RESET, QGPU_ENGINE_RESET_MAGIC);
+	qgpu_wr(qdev, QGPU_REG_INT_MASK, 0);
+	pci_set_master(pdev);
 
 	ret = pcim_request_region(pdev, QGPU_BAR_VRAM, QGPU_DRV_NAME "-vram");
 	if (ret)
@@ -1077,6 +1084,21 @@ static void qgpu_remove(struct pci_dev *pdev)
 	qgpu_device_put(qdev);
 }
 
+/*
+ * Reboot, poweroff and kexec: the device must not DMA into memory that the
+ * next kernel (or the firmware) owns. Stop the engine, fail what is in
+ * flight and switch bus mastering off; user space is not waited for.
+ */
+static void qgpu_shutdown(struct pci_dev *pdev)
+{
+	struct qgpu_pci_priv *priv = pci_get_drvdata(pdev);
+
+	if (!priv)
+		return;
+	qgpu_ring_quiesce(priv->qdev);
+	pci_clear_master(pdev);
+}
+
 /* ---- PCIe error recovery (AER) --------------------------------------------- */
 
 /*
@@ -1190,6 +1212,7 @@ static struct pci_driver qgpu_pci_driver = {
 	.id_table = qgpu_pci_ids,
 	.probe = qgpu_probe,
 	.remove = qgpu_remove,
+	.shutdown = qgpu_shutdown,
 	.err_handler = &qgpu_err_handlers,
 };
 

@@ -67,6 +67,7 @@ int qgpu_ring_init(struct qgpu_device *qdev)
 {
 	size_t ring_bytes = (size_t)qdev->ring_entries * QGPU_DESC_SIZE;
 	void *mem;
+	u64 base;
 
 	/* Ring, then a 64-byte line for the fence slot. */
 	mem = dmam_alloc_coherent(qdev->dev, ring_bytes + QGPU_DESC_SIZE,
@@ -78,13 +79,22 @@ int qgpu_ring_init(struct qgpu_device *qdev)
 					  GFP_KERNEL);
 	if (!qdev->fence_status)
 		return -ENOMEM;
+	/*
+	 * Fences stay monotonic across driver reloads: the FENCE register (also
+	 * read through the user page) keeps the last value written until the
+	 * device resets, so continue from it. The engine is stopped: no tearing.
+	 */
+	base = (u64)qgpu_rd(qdev, QGPU_REG_FENCE_HI) << 32 |
+	       qgpu_rd(qdev, QGPU_REG_FENCE_LO);
+	if (base > U64_MAX / 2)		/* garbage: start over */
+		base = 0;
 	qdev->last_err_seq = 0;
 	qdev->ring = mem;
 	qdev->fence_slot = mem + ring_bytes;
 	qdev->fence_dma = qdev->ring_dma + ring_bytes;
-	*qdev->fence_slot = 0;
-	qdev->next_seq = 1;
-	qdev->retired_seq = 0;
+	*qdev->fence_slot = cpu_to_le64(base);
+	qdev->next_seq = base + 1;
+	qdev->retired_seq = base;
 	INIT_LIST_HEAD(&qdev->inflight);
 	return 0;
 }

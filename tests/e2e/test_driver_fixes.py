@@ -1,5 +1,5 @@
 """Regression tests for driver review fixes: BO size cap, fence status after
-mass aborts, and long VRAM operations on a slow engine.
+mass aborts, long VRAM operations on a slow engine, and DMA stopped at reboot.
 
 The ``guest`` fixture fails a test whose dmesg shows a WARNING or BUG, which
 is what an oversized BO_CREATE used to produce.
@@ -8,9 +8,11 @@ is what an oversized BO_CREATE used to produce.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
-from qgpu.config import MiB
+from qgpu.abi import ABI
+from qgpu.config import DmaMode, MiB
 from qgpu.faults import FaultInjector
 from qgpu.inspector import DeviceInspector
 from qgpu.machine import GuestMachine
@@ -20,14 +22,18 @@ from .test_faults import (  # noqa: F401  (faults: a fixture)
     DIRECT,
     EIO,
     ERR_ABORTED,
+    IDLE_MID,
+    MakeGuest,
     faults,
     fnv1a64,
+    hold_dma,
     pattern,
     stats,
     tool,
 )
 
 E2BIG = 7
+PCI_COMMAND_MASTER = 0x4
 BO_CAP = 4 * MiB                 # PAGE_SIZE << MAX_PAGE_ORDER on x86-64
 NJOBS = 100                      # more than the old 64-entry error log
 
@@ -128,3 +134,54 @@ def test_bo_memory_is_capped_per_device(guest: GuestMachine) -> None:
         assert stats(guest)["bo_bytes"] == 0
     finally:
         guest.run("rmmod qgpu && insmod /opt/qgpu/qgpu.ko && test -c /dev/qgpu0", check=True)
+
+
+@IDLE_MID
+def test_reboot_stops_dma_first(make_guest: MakeGuest, mid_dma: bool) -> None:
+    """At reboot (and kexec) the driver's .shutdown stops the engine and bus
+    mastering before the next kernel or the firmware owns memory.
+
+    QEMU pauses instead of resetting (``-action shutdown=pause``; -no-reboot
+    turns the guest's reboot into a shutdown), so the host looks at the device
+    as the guest kernel left it.
+    """
+    g = make_guest(DmaMode.DIRECT, ssh=False, extra_args=("-action", "shutdown=pause"))
+    assert g.qmp is not None and g.console is not None
+    insp = g.inspector()
+    assert insp.register(ABI.REG_ENGINE_STATUS) & ABI.ENGINE_STATUS_ENABLED
+    assert insp.config_space()[4] & PCI_COMMAND_MASTER
+    if mid_dma:
+        hold_dma(g, seconds=120)
+    before = insp.stats()
+    events = len(g.qmp.events())
+    g.console.send_line("reboot -f")
+    g.qmp.wait_event("STOP", 60, after=events)
+    stopped = insp.stats()
+    assert stopped["engine-resets"] > before["engine-resets"], "no ENGINE_RESET at shutdown"
+    status = insp.register(ABI.REG_ENGINE_STATUS)
+    assert not status & (ABI.ENGINE_STATUS_ENABLED | ABI.ENGINE_STATUS_BUSY), \
+        f"engine left running across the reboot: ENGINE_STATUS={status:#x}"
+    assert not insp.config_space()[4] & PCI_COMMAND_MASTER, "bus mastering left on"
+    if mid_dma:
+        assert stopped["descriptors"] > before["descriptors"], "no DMA was in flight"
+    # QEMU's main loop (and a running engine) carries on while the vCPUs are stopped.
+    time.sleep(1)
+    assert insp.stats()["descriptors"] == stopped["descriptors"], "DMA went on after shutdown"
+
+
+@DIRECT
+def test_fences_keep_rising_across_driver_reload(guest: GuestMachine,
+                                                 qgpu_inspector: DeviceInspector) -> None:
+    """A reloaded driver continues from the device's FENCE register, so a fence
+    polled through the user page never looks done before its job ran."""
+    insp = qgpu_inspector
+    res = tool(guest, "fill 0 4096 0x11")
+    assert res["ok"], res
+    first = res["fence"]
+    guest.run("rmmod qgpu && insmod /opt/qgpu/qgpu.ko && test -c /dev/qgpu0",
+              timeout=60, check=True)
+    assert tool(guest, "regs")["fence"] == first, "FENCE register changed by the reload"
+    second = tool(guest, "fill 0 4096 0x22")["fence"]
+    assert second == first + 1, f"fence after reload: {second}, before: {first}"
+    hw = insp.register(ABI.REG_FENCE_LO) | insp.register(ABI.REG_FENCE_HI) << 32
+    assert hw == second == insp.stats()["last-fence"]
