@@ -15,7 +15,8 @@ mkdir -p "$STAMP_DIR"
 QEMU_BUILD=(build-essential ninja-build pkg-config flex bison python3 python3-venv
             libglib2.0-dev libpixman-1-dev libslirp-dev zlib1g-dev xz-utils
             dpkg-dev ca-certificates)
-QEMU_RUNTIME=(seabios qemu-system-data ipxe-qemu)
+# gdb: a backtrace from the core of a QEMU that crashed, for the error and artifacts.
+QEMU_RUNTIME=(seabios qemu-system-data ipxe-qemu gdb)
 IMAGE_BUILD=(busybox-static cpio dropbear-bin zstd kmod xz-utils binutils openssh-client)
 PACKAGES=("${QEMU_BUILD[@]}" "${QEMU_RUNTIME[@]}" "${IMAGE_BUILD[@]}" "$@")
 

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
+import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
-from qgpu.config import DmaMode
-from qgpu.errors import GuestCrashError, GuestTimeoutError, QemuDiedError
-from qgpu.machine import GuestMachine
+from qgpu.config import DmaMode, MachineConfig
+from qgpu.errors import GuestCrashError, GuestTimeoutError, QemuCrashWarning, QemuDiedError
+from qgpu.machine import QGPU_FRAME, GuestMachine, image_paths
+from qgpu.process import BACKTRACE_FILE
 
 MakeGuest = Callable[..., GuestMachine]
 
@@ -62,3 +67,71 @@ def test_background_jobs_do_not_end_the_console(make_guest: MakeGuest) -> None:
         assert time.monotonic() < deadline, "the background job never finished"
         time.sleep(0.5)
     assert machine.run("echo still-here", check=True).output == "still-here"
+
+
+def core_lands_in_workdir() -> bool:
+    """Whether this host's core_pattern writes cores into QEMU's working folder."""
+    pattern = Path("/proc/sys/kernel/core_pattern").read_text().strip()
+    return not pattern.startswith(("|", "/"))
+
+
+def test_qemu_crash_is_explained(make_guest: MakeGuest) -> None:
+    """A crashed QEMU's error names the signal, shows a backtrace and the console."""
+    machine = make_guest(DmaMode.DIRECT, ssh=False)
+    assert machine.proc is not None and machine.proc.pid is not None
+    workdir = machine.proc.workdir
+    os.kill(machine.proc.pid, signal.SIGSEGV)
+    with pytest.raises(QemuDiedError) as info:
+        machine.run("echo still there?", timeout=60)
+    err = info.value
+    assert err.signal == signal.SIGSEGV, str(err)
+    assert "killed by SIGSEGV" in str(err) and "guest console's last lines" in str(err)
+    if core_lands_in_workdir() and shutil.which("gdb"):
+        # The main loop thread got the signal: its frames are QEMU's, with names.
+        assert re.search(r"^#0 .* in ", err.crash_report, re.M), err.crash_report
+        assert (workdir / BACKTRACE_FILE).read_text().startswith("QEMU was killed by SIGSEGV")
+    elif core_lands_in_workdir():
+        assert "install gdb" in err.crash_report, err.crash_report
+    else:
+        assert "left no core" in err.crash_report, err.crash_report
+
+
+def test_qemu_crash_while_booting_is_warned_and_booted_again(
+        request: pytest.FixtureRequest) -> None:
+    """A crash at boot outside qgpu (as TCG does now and then on some hosts) is
+    reported as a warning with its backtrace, and the guest boots again."""
+    kernel, initrd, _ = image_paths()
+    machine = GuestMachine(MachineConfig(kernel=kernel, initrd=initrd, name="crash-boot",
+                                         accel=request.config.getoption("--qgpu-accel"),
+                                         ssh=False))
+    crashed: list[int] = []
+
+    def crash_first_boot() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            proc = machine.proc
+            if machine.console is not None and proc is not None and proc.pid is not None:
+                os.kill(proc.pid, signal.SIGSEGV)
+                crashed.append(proc.pid)
+                return
+            time.sleep(0.01)
+
+    killer = threading.Thread(target=crash_first_boot)
+    killer.start()
+    try:
+        with pytest.warns(QemuCrashWarning, match="killed by SIGSEGV"):
+            machine.start()
+        killer.join()
+        assert crashed and machine.proc is not None and machine.proc.pid != crashed[0]
+        assert machine.run("echo alive", check=True).output.strip() == "alive"
+    finally:
+        killer.join()
+        machine.stop()
+
+
+def test_crash_in_qgpu_is_recognised() -> None:
+    """Only a backtrace through the device model's code counts as a qgpu crash."""
+    ours = "#2  0x55d0 in qgpu_engine_run (opaque=0x55e1) at ../hw/misc/qgpu.c:1012"
+    tcg = ("#0  0x7f10 in cpu_exec_loop (cpu=0x5600) at ../accel/tcg/cpu-exec.c:960\n"
+           "left no core in /tmp/qgpu-direct-x1y2 (kernel.core_pattern is 'core')")
+    assert QGPU_FRAME.search(ours) and not QGPU_FRAME.search(tcg)

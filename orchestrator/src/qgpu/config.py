@@ -78,7 +78,11 @@ class MachineConfig:
                   console_log: Path, ssh_port: int | None,
                   vram_files: dict[str, Path], qmp_server: Path | None = None) -> list[str]:
         """Return QEMU's arguments (without the binary)."""
-        machine = "q35,kernel-irqchip=split" if self.dma_mode is DmaMode.IOMMU else "q35"
+        # Guest RAM stays out of core dumps: a crashed QEMU's core is then small
+        # enough to keep and read a backtrace from (see QemuProcess.crash_report).
+        machine = "q35,dump-guest-core=off"
+        if self.dma_mode is DmaMode.IOMMU:
+            machine += ",kernel-irqchip=split"
         args = ["-accel", accel, "-machine", machine, "-cpu", "qemu64,+rdrand" if
                 accel == "tcg" else "host", "-smp", str(self.cpus),
                 "-m", f"{self.memory // MiB}M", "-nodefaults", "-display", "none",

@@ -24,7 +24,25 @@ class QemuError(QgpuError):
 
 
 class QemuDiedError(QemuError):
-    """QEMU exited while the rig still needed it."""
+    """QEMU exited while the rig still needed it.
+
+    ``signal`` is the signal that ended QEMU (None for a plain exit or when not
+    known) and ``crash_report`` the backtrace of a crash, when one was taken.
+    """
+
+    def __init__(self, message: str, *, signal: int | None = None,
+                 crash_report: str = "") -> None:
+        """Record how QEMU ended, beside the message."""
+        super().__init__(message)
+        self.signal = signal
+        self.crash_report = crash_report
+
+
+class QemuCrashWarning(UserWarning):
+    """QEMU crashed while booting, outside qgpu's code, and the rig booted again.
+
+    The message carries the crash report (backtrace when a core could be read).
+    """
 
 
 class QemuTimeoutError(QemuError):

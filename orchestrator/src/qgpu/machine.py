@@ -1,7 +1,9 @@
 """A booted guest with qgpu devices: lifecycle, console, SSH, QMP, inspection.
 
 Lifecycle: :meth:`GuestMachine.start` boots and waits for the guest's ready
-marker (detecting QEMU dying early and kernel crashes on the console);
+marker (detecting QEMU dying early and kernel crashes on the console; a QEMU
+crash while booting that does not involve qgpu is reported as a
+:class:`~qgpu.errors.QemuCrashWarning` and the boot is tried once more);
 :meth:`GuestMachine.stop` powers the guest off, then QMP ``quit``, then
 SIGTERM/SIGKILL, and always removes sockets and shared-memory files.
 :meth:`GuestMachine.collect_artifacts` writes the bundle a failed test leaves.
@@ -11,21 +13,26 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import shutil
 import socket
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 from qgpu import accel, paths
 from qgpu.config import MachineConfig
 from qgpu.console import CommandResult, SerialConsole
-from qgpu.errors import QemuDiedError, QemuError, QgpuError, SetupError
+from qgpu.errors import QemuCrashWarning, QemuDiedError, QemuError, QgpuError, SetupError
 from qgpu.inspector import DeviceInspector
 from qgpu.process import QemuProcess
 from qgpu.qmp import QmpClient
 from qgpu.shm import SharedMemory
 from qgpu.ssh import GuestSsh
+
+#: A backtrace frame in the qgpu device model (functions qgpu_*, file qgpu.c).
+QGPU_FRAME = re.compile(r"\bqgpu_\w+ \(|\bqgpu\.c:")
 
 
 def free_port() -> int:
@@ -67,15 +74,31 @@ class GuestMachine:
 
     # -- lifecycle --------------------------------------------------------------
 
-    def start(self, *, attempts: int = 3) -> GuestMachine:
-        """Boot; retry (a new SSH port) if QEMU cannot bind its port forward."""
-        for attempt in range(attempts):
+    def start(self, *, attempts: int = 3, crash_retries: int = 1) -> GuestMachine:
+        """Boot and wait for the guest's ready marker.
+
+        Up to ``attempts`` boots when QEMU cannot bind its SSH port forward
+        (another process took the port). Up to ``crash_retries`` more when QEMU
+        crashes while booting and its backtrace does not show qgpu's code (TCG
+        crashes intermittently on some hosts): each such crash is reported as a
+        :class:`~qgpu.errors.QemuCrashWarning` with its backtrace, never hidden.
+        A crash in qgpu's code, or one more than allowed, raises.
+        """
+        port_tries = crashes = 0
+        while True:
             try:
                 return self._start_once()
             except QemuDiedError as exc:
-                if "host forwarding" not in str(exc) or attempt == attempts - 1:
-                    raise
-        raise AssertionError("unreachable")
+                if "host forwarding" in str(exc) and port_tries < attempts - 1:
+                    port_tries += 1
+                    continue
+                if exc.crash_report and not QGPU_FRAME.search(exc.crash_report) \
+                        and crashes < crash_retries:
+                    crashes += 1
+                    warnings.warn(QemuCrashWarning(f"{exc}\n-> booting {self.config.name} "
+                                                   "again"), stacklevel=2)
+                    continue
+                raise
 
     def _start_once(self) -> GuestMachine:
         cfg = self.config
@@ -120,13 +143,26 @@ class GuestMachine:
         return self
 
     def _died(self, exc: QemuDiedError, doing: str) -> QemuDiedError:
-        """Return a QemuDiedError that quotes QEMU's exit status and last output."""
+        """Return a QemuDiedError that explains how QEMU ended and where the guest was.
+
+        It quotes the exit status, the backtrace of a crash (from QEMU's core),
+        QEMU's last output and the guest console's last lines.
+        """
         if self.proc is None:
             return exc
         self.proc.wait(2.0)
         status = self.proc.wait(0)
-        return QemuDiedError(f"{self.config.name}: QEMU exited (status {status}) while "
-                             f"{doing}. Its last output:\n{self.proc.log_tail()}")
+        report = self.proc.crash_report()
+        parts = [f"{self.config.name}: QEMU exited (status {status}) while {doing}."]
+        if report:
+            parts.append(report)
+        parts.append(f"QEMU's last output:\n{self.proc.log_tail()}")
+        if self.console_log is not None:
+            with contextlib.suppress(OSError):
+                tail = self.console_log.read_text(errors="replace").splitlines()[-15:]
+                parts.append("The guest console's last lines:\n" + "\n".join(tail))
+        return QemuDiedError("\n".join(parts), signal=self.proc.exit_signal(),
+                             crash_report=report)
 
     def is_alive(self) -> bool:
         """Return whether QEMU is still running."""

@@ -3,13 +3,16 @@
 start -> (running; :meth:`QemuProcess.check_alive` detects early death) ->
 stop: ask politely (the caller's quit), wait, then SIGTERM, then SIGKILL, and
 always remove the temporary folder. QEMU's stderr goes to a log file whose
-tail is quoted in every error.
+tail is quoted in every error. A QEMU that crashes leaves a core in its work
+folder (where the kernel's core_pattern allows), and :meth:`crash_report`
+turns it into a backtrace with gdb.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -20,6 +23,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from qgpu.errors import QemuDiedError, QemuError, QemuTimeoutError
+
+#: Largest core a crashed QEMU may leave (guest RAM is excluded by the config).
+CORE_LIMIT = 4 << 30
+#: Signals that mean QEMU crashed (as opposed to being killed or told to quit).
+CRASH_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE,
+                           signal.SIGABRT})
+BACKTRACE_FILE = "qemu-backtrace.txt"
 
 
 class QemuProcess:
@@ -62,6 +72,12 @@ class QemuProcess:
             self._proc = subprocess.Popen(self.command_line, stdin=subprocess.DEVNULL,
                                           stdout=log, stderr=subprocess.STDOUT,
                                           cwd=self.workdir, start_new_session=True)
+        # Allow a core, so that a crash can be explained (set from outside: no
+        # preexec_fn in a process with threads). Best effort.
+        with contextlib.suppress(OSError, ValueError):
+            hard = resource.getrlimit(resource.RLIMIT_CORE)[1]
+            soft = CORE_LIMIT if hard == resource.RLIM_INFINITY else min(CORE_LIMIT, hard)
+            resource.prlimit(self._proc.pid, resource.RLIMIT_CORE, (soft, hard))
 
     def is_alive(self) -> bool:
         """Return True while QEMU runs."""
@@ -74,6 +90,49 @@ class QemuProcess:
         except OSError:
             return "(no QEMU log)"
         return "\n".join(text.splitlines()[-lines:])
+
+    def exit_signal(self) -> int | None:
+        """Return the signal that ended QEMU, or None (running, or a plain exit)."""
+        if self._proc is None or self._proc.poll() is None or self._proc.returncode >= 0:
+            return None
+        return -self._proc.returncode
+
+    def crash_report(self, gdb_timeout: float = 120.0) -> str:
+        """Explain a crash: the crashing thread's backtrace, read from QEMU's core.
+
+        Returns "" unless QEMU died from a crash signal (SIGSEGV, SIGBUS, SIGILL,
+        SIGFPE, SIGABRT). The report is also saved in the work folder, for the
+        artifact bundle. Without a core (``kernel.core_pattern`` sends it
+        elsewhere) or without gdb, the report says so.
+        """
+        sig = self.exit_signal()
+        if sig is None or sig not in CRASH_SIGNALS:
+            return ""
+        head = f"QEMU was killed by {signal.Signals(sig).name}"
+        cores = sorted(self.workdir.glob("core*"), key=lambda p: p.stat().st_mtime)
+        if not cores:
+            try:
+                pattern = Path("/proc/sys/kernel/core_pattern").read_text().strip()
+            except OSError:
+                pattern = "?"
+            report = (f"{head}; it left no core in {self.workdir} "
+                      f"(kernel.core_pattern is {pattern!r}), so there is no backtrace.")
+        elif (gdb := shutil.which("gdb")) is None:
+            report = f"{head}; install gdb for a backtrace from its core {cores[-1]}."
+        else:
+            try:
+                out = subprocess.run(
+                    [gdb, "-batch", "-nx", "-q", "-ex", "bt 40", str(self.binary),
+                     str(cores[-1])], capture_output=True, text=True, timeout=gdb_timeout,
+                    errors="replace", check=False).stdout
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                out = f"(gdb failed: {exc})"
+            frames = [ln for ln in out.splitlines() if ln.startswith("#")]
+            report = f"{head}; backtrace of the crashing thread:\n" + "\n".join(
+                frames or out.splitlines()[-20:])
+        with contextlib.suppress(OSError):
+            (self.workdir / BACKTRACE_FILE).write_text(report + "\n")
+        return report
 
     def check_alive(self, doing: str) -> None:
         """Raise :class:`QemuDiedError` (quoting QEMU's log) if QEMU has exited."""
@@ -135,7 +194,10 @@ class QemuProcess:
         return status
 
     def keep_log(self, dest: Path) -> None:
-        """Copy QEMU's log to ``dest`` (for artifact bundles)."""
+        """Copy QEMU's log to ``dest`` (for artifact bundles), and a crash report beside it."""
         if self.log_path.exists():
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(self.log_path, dest)
+        if (self.workdir / BACKTRACE_FILE).exists():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(self.workdir / BACKTRACE_FILE, dest.parent / BACKTRACE_FILE)
