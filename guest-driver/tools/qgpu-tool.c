@@ -329,10 +329,12 @@ static void cmd_hold(int argc, char **argv)
 done:
 	/*
 	 * Which mappings fault now, and what an ioctl says. A device going
-	 * away fails ioctls first and zaps mappings right after: after
-	 * -ENODEV, give the zap up to 3 s.
+	 * away fails ioctls first and zaps mappings right after, one VMA after
+	 * the other while this process runs on another CPU: after -ENODEV or
+	 * a first SIGBUS, give the zap up to 3 s to reach every mapping.
 	 */
-	for (uint64_t until = now_ms() + (last_errno == ENODEV ? 3000 : 0);;) {
+	for (uint64_t until = now_ms() + (last_errno == ENODEV ||
+					 !strcmp(event, "sigbus") ? 3000 : 0);;) {
 		int n = 0;
 
 		for (i = 0; i < 4; i++)
