@@ -17,6 +17,7 @@
 #include <linux/mount.h>
 #include <linux/pseudo_fs.h>
 #include <linux/slab.h>
+#include <linux/vmalloc.h>
 
 #include "qgpu_drv.h"
 
@@ -257,8 +258,11 @@ static int qgpu_vm_mremap(struct vm_area_struct *vma)
 }
 
 /*
- * Lazy VRAM: insert the faulting page. Eagerly populated VMAs only fault
- * after remove zapped them, and get SIGBUS.
+ * Lazy VRAM: insert the faulting page. A buffer object behind an IOMMU:
+ * dma_mmap_coherent() mapped its remapped pages VM_MIXEDMAP, which
+ * MADV_DONTNEED may zap; insert the page again (VM_PFNMAP mappings refuse
+ * MADV_DONTNEED). Everything else only faults after remove or a lost
+ * device zapped it, and gets SIGBUS.
  */
 static vm_fault_t qgpu_vm_fault(struct vm_fault *vmf)
 {
@@ -267,16 +271,28 @@ static vm_fault_t qgpu_vm_fault(struct vm_fault *vmf)
 	struct qgpu_device *qdev = p->qdev;
 	vm_fault_t ret = VM_FAULT_SIGBUS;
 	unsigned long pgoff;
+	void *vaddr;
 	int idx;
 
-	if (p->kind != QGPU_MAP_VRAM_LAZY)
+	if (p->kind != QGPU_MAP_VRAM_LAZY &&
+	    !(p->kind == QGPU_MAP_BO && (vma->vm_flags & VM_MIXEDMAP)))
 		return VM_FAULT_SIGBUS;
 
 	idx = srcu_read_lock(&qdev->srcu);
 	if (READ_ONCE(qdev->dead) || READ_ONCE(qdev->lost))
 		goto out;
-	/* vm_pgoff is relative to the VRAM start for lazy VMAs. */
+	/* vm_pgoff: relative to the VRAM start, or to the BO's first page. */
 	pgoff = vma->vm_pgoff + ((vmf->address - vma->vm_start) >> PAGE_SHIFT);
+	if (p->kind == QGPU_MAP_BO) {
+		/* Remove frees BO memory only after synchronize_srcu(). */
+		vaddr = READ_ONCE(p->bo->vaddr);
+		if (vaddr && is_vmalloc_addr(vaddr) &&
+		    pgoff < p->bo->size >> PAGE_SHIFT)
+			ret = vmf_insert_page(vma, vmf->address,
+					      vmalloc_to_page(vaddr +
+							      (pgoff << PAGE_SHIFT)));
+		goto out;
+	}
 	if (pgoff >= qdev->vram_size >> PAGE_SHIFT)
 		goto out;
 	ret = vmf_insert_pfn_prot(vma, vmf->address,

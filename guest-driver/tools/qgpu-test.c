@@ -1037,6 +1037,46 @@ static int touch(volatile uint8_t *p)
 	return sig;
 }
 
+/*
+ * MADV_DONTNEED on a BO mapping: refused where the mapping is VM_PFNMAP
+ * (direct mapping), else the pages fault back in with their contents
+ * (behind an IOMMU, dma_mmap_coherent() maps remapped pages VM_MIXEDMAP).
+ */
+static int t_bo_madvise(void)
+{
+	struct qgpu_bo_create bc;
+	size_t size = 4 * 4096;
+	uint8_t *p, *ref = malloc(size);
+	int ret;
+
+	ret = bo_create(fd, size, &bc);
+	CHECK(!ret, "create: %s", strerror(-ret));
+	p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, bc.mmap_offset);
+	CHECK(p != MAP_FAILED, "mmap BO: %s", strerror(errno));
+	rnd_fill(ref, size);
+	memcpy(p, ref, size);
+	if (madvise(p, size, MADV_DONTNEED)) {
+		CHECK(errno == EINVAL, "madvise: %s", strerror(errno));
+		snprintf(detail, sizeof(detail), "MADV_DONTNEED refused (PFN mapping)");
+	} else {
+		for (size_t off = 0; off < size; off += 4096)
+			CHECK(!touch(p + off), "signal at BO page %zu after MADV_DONTNEED",
+			      off / 4096);
+		CHECK(first_diff(ref, p, size) < 0, "BO contents differ at %d after "
+		      "MADV_DONTNEED", first_diff(ref, p, size));
+		ret = bo_copy(fd, QGPU_OP_COPY_TO_VRAM, 0, bc.handle, 0, 3 << 20, size,
+			      NULL);
+		CHECK(!ret, "BO->VRAM: %s", strerror(-ret));
+		CHECK(cpu_sum(3 << 20, size) == qgpu_fnv1a(QGPU_FNV_INIT, ref, size),
+		      "the refaulted pages are not the BO's");
+		snprintf(detail, sizeof(detail), "pages faulted back in");
+	}
+	munmap(p, size);
+	CHECK(!bo_destroy(fd, bc.handle), "destroy");
+	free(ref);
+	return PASS;
+}
+
 static int t_remove_while_open(void)
 {
 	char path[128], bdf[32];
@@ -1136,6 +1176,7 @@ static const struct test tests[] = {
 	{ "bo_foreign", t_bo_foreign, 10 },
 	{ "bo_lifetime", t_bo_lifetime, 10 },
 	{ "bo_bad", t_bo_bad, 10 },
+	{ "bo_madvise", t_bo_madvise, 10 },
 	{ "fence", t_fence, 30 },
 	{ "fence_timeout_signal", t_fence_timeout_signal, 300 },
 	{ "vram_copy", t_vram_copy, 30 },
