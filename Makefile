@@ -16,6 +16,7 @@ TOP       := $(abspath .)
 BUILD     := $(TOP)/build
 VENV      := $(BUILD)/venv
 PY        := $(VENV)/bin/python3
+VENV_STAMP := $(VENV)/.installed
 TOOLS_PY  := $(QGPU_CACHE)/tools-venv/bin/python3
 QEMU_SRC  := $(QGPU_CACHE)/qemu-src
 QEMU_OBJ  := $(QGPU_CACHE)/qemu-build
@@ -43,15 +44,18 @@ $(TOOLS_PY):
 	python3 -m venv $(QGPU_CACHE)/tools-venv
 	$(TOOLS_PY) -m pip install -q --disable-pip-version-check meson==1.5.2 pycotap==1.3.1
 
-$(PY): orchestrator/pyproject.toml
+# A stamp, not $(PY): that is a symlink to the system's interpreter, and
+# touching it would change the interpreter's mtime (and with it every QEMU
+# build step that lists the interpreter as an input).
+$(VENV_STAMP): orchestrator/pyproject.toml
 	@scripts/install-host-deps.sh
 	@echo "make: creating $(VENV) (pytest, qemu.qmp, pexpect, paramiko, mypy, ruff; orchestrator in editable mode)"
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -e 'orchestrator[dev]'
-	@touch $(PY)
+	@touch $@
 
 .PHONY: venv
-venv: $(PY) ## Create build/venv with the orchestrator and test tools
+venv: $(VENV_STAMP) ## Create build/venv with the orchestrator and test tools
 
 # ---- QEMU with the qgpu device ------------------------------------------------
 
