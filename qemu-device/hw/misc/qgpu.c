@@ -684,6 +684,9 @@ static void qgpu_retire(QGPUState *s, uint32_t err)
             if (!err) {
                 err = QGPU_ERR_FENCE_WRITE;
                 qgpu_write_status(s, QGPU_DESC_STATUS_DONE | err);
+                if (qgpu_disturbed(s)) {
+                    return;
+                }
             }
         }
     }
