@@ -901,6 +901,8 @@ static int qgpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	ret = pcim_enable_device(pdev);
 	if (ret)
 		goto err_put;
+	/* Off until the engine is known to be stopped (kdump may leave it on). */
+	pci_clear_master(pdev);
 
 	if (pci_resource_len(pdev, QGPU_BAR_REGS) < QGPU_REGS_SIZE ||
 	    !(pci_resource_flags(pdev, QGPU_BAR_VRAM) & IORESOURCE_MEM)) {
