@@ -27,15 +27,17 @@ class QemuDiedError(QemuError):
     """QEMU exited while the rig still needed it.
 
     ``signal`` is the signal that ended QEMU (None for a plain exit or when not
-    known) and ``crash_report`` the backtrace of a crash, when one was taken.
+    known), ``crash_report`` the explanation of a crash and ``backtrace`` the
+    crashing thread's frames as gdb printed them (empty when none was read).
     """
 
     def __init__(self, message: str, *, signal: int | None = None,
-                 crash_report: str = "") -> None:
+                 crash_report: str = "", backtrace: tuple[str, ...] = ()) -> None:
         """Record how QEMU ended, beside the message."""
         super().__init__(message)
         self.signal = signal
         self.crash_report = crash_report
+        self.backtrace = backtrace
 
 
 class QemuCrashWarning(UserWarning):

@@ -33,6 +33,19 @@ from qgpu.ssh import GuestSsh
 
 #: A backtrace frame in the qgpu device model (functions qgpu_*, file qgpu.c).
 QGPU_FRAME = re.compile(r"\bqgpu_\w+ \(|\bqgpu\.c:")
+#: A gdb frame that names its function ("#3  0x55d0 in main_loop_wait (..." or,
+#: inlined, "#4  qemu_poll_ns (..."), as opposed to "#0  0x7f10 in ?? ()".
+NAMED_FRAME = re.compile(r"^#\d+\s+(?:0x[0-9a-f]+ in )?[A-Za-z_][\w:.~<>]* \(")
+BACKTRACE_FILE = "qemu-backtrace.txt"
+
+
+def crash_outside_qgpu(backtrace: tuple[str, ...]) -> bool:
+    """Whether a crash is known not to be qgpu's: gdb named frames, none of them qgpu's.
+
+    Without a readable backtrace nothing is known, and the answer is False.
+    """
+    return (any(NAMED_FRAME.search(f) for f in backtrace)
+            and not any(QGPU_FRAME.search(f) for f in backtrace))
 
 
 def free_port() -> int:
@@ -71,6 +84,7 @@ class GuestMachine:
         self.boot_seconds = 0.0
         self.vram: dict[str, SharedMemory] = {}
         self.console_log: Path | None = None
+        self.crash_report = ""              #: why QEMU crashed, once it has
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -79,10 +93,11 @@ class GuestMachine:
 
         Up to ``attempts`` boots when QEMU cannot bind its SSH port forward
         (another process took the port). Up to ``crash_retries`` more when QEMU
-        crashes while booting and its backtrace does not show qgpu's code (TCG
-        crashes intermittently on some hosts): each such crash is reported as a
-        :class:`~qgpu.errors.QemuCrashWarning` with its backtrace, never hidden.
-        A crash in qgpu's code, or one more than allowed, raises.
+        crashes while booting and gdb read a backtrace that does not pass
+        through qgpu's code (TCG crashes intermittently on some hosts): each
+        such crash is reported as a :class:`~qgpu.errors.QemuCrashWarning` with
+        its backtrace, never hidden. A crash in qgpu's code, one without a
+        backtrace, or one more than allowed, raises.
         """
         port_tries = crashes = 0
         while True:
@@ -92,8 +107,7 @@ class GuestMachine:
                 if "host forwarding" in str(exc) and port_tries < attempts - 1:
                     port_tries += 1
                     continue
-                if exc.crash_report and not QGPU_FRAME.search(exc.crash_report) \
-                        and crashes < crash_retries:
+                if crash_outside_qgpu(exc.backtrace) and crashes < crash_retries:
                     crashes += 1
                     warnings.warn(QemuCrashWarning(f"{exc}\n-> booting {self.config.name} "
                                                    "again"), stacklevel=2)
@@ -154,15 +168,17 @@ class GuestMachine:
         status = self.proc.wait(0)
         report = self.proc.crash_report()
         parts = [f"{self.config.name}: QEMU exited (status {status}) while {doing}."]
-        if report:
-            parts.append(report)
+        if report is not None:
+            self.crash_report = report.text      # for the artifact bundle
+            parts.append(report.text)
         parts.append(f"QEMU's last output:\n{self.proc.log_tail()}")
         if self.console_log is not None:
             with contextlib.suppress(OSError):
                 tail = self.console_log.read_text(errors="replace").splitlines()[-15:]
                 parts.append("The guest console's last lines:\n" + "\n".join(tail))
         return QemuDiedError("\n".join(parts), signal=self.proc.exit_signal(),
-                             crash_report=report)
+                             crash_report=report.text if report else "",
+                             backtrace=report.backtrace if report else ())
 
     def is_alive(self) -> bool:
         """Return whether QEMU is still running."""
@@ -244,6 +260,8 @@ class GuestMachine:
             self.proc.keep_log(dest / "qemu.log")
             written.append(dest / "qemu.log")
             save("qemu.cmdline", " ".join(self.proc.command_line) + "\n")
+        if self.crash_report:
+            save(BACKTRACE_FILE, self.crash_report + "\n")
         if self.is_alive():
             with contextlib.suppress(QgpuError, OSError):
                 save("dmesg.txt", self.run("dmesg", timeout=20).output)

@@ -5,7 +5,7 @@ stop: ask politely (the caller's quit), wait, then SIGTERM, then SIGKILL, and
 always remove the temporary folder. QEMU's stderr goes to a log file whose
 tail is quoted in every error. A QEMU that crashes leaves a core in its work
 folder (where the kernel's core_pattern allows), and :meth:`crash_report`
-turns it into a backtrace with gdb.
+reads the crashing thread's backtrace from it with gdb.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from qgpu.errors import QemuDiedError, QemuError, QemuTimeoutError
@@ -29,7 +30,14 @@ CORE_LIMIT = 4 << 30
 #: Signals that mean QEMU crashed (as opposed to being killed or told to quit).
 CRASH_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE,
                            signal.SIGABRT})
-BACKTRACE_FILE = "qemu-backtrace.txt"
+
+
+@dataclass(frozen=True)
+class CrashReport:
+    """Why QEMU died from a crash signal: readable text, and the frames gdb read."""
+
+    text: str
+    backtrace: tuple[str, ...] = ()
 
 
 class QemuProcess:
@@ -97,17 +105,17 @@ class QemuProcess:
             return None
         return -self._proc.returncode
 
-    def crash_report(self, gdb_timeout: float = 120.0) -> str:
+    def crash_report(self, gdb_timeout: float = 120.0) -> CrashReport | None:
         """Explain a crash: the crashing thread's backtrace, read from QEMU's core.
 
-        Returns "" unless QEMU died from a crash signal (SIGSEGV, SIGBUS, SIGILL,
-        SIGFPE, SIGABRT). The report is also saved in the work folder, for the
-        artifact bundle. Without a core (``kernel.core_pattern`` sends it
-        elsewhere) or without gdb, the report says so.
+        Returns None unless QEMU died from a crash signal (SIGSEGV, SIGBUS,
+        SIGILL, SIGFPE, SIGABRT). Without a core (``kernel.core_pattern``
+        sends it elsewhere) or without gdb, the text says so and
+        ``backtrace`` is empty.
         """
         sig = self.exit_signal()
         if sig is None or sig not in CRASH_SIGNALS:
-            return ""
+            return None
         head = f"QEMU was killed by {signal.Signals(sig).name}"
         cores = sorted(self.workdir.glob("core*"), key=lambda p: p.stat().st_mtime)
         if not cores:
@@ -115,24 +123,26 @@ class QemuProcess:
                 pattern = Path("/proc/sys/kernel/core_pattern").read_text().strip()
             except OSError:
                 pattern = "?"
-            report = (f"{head}; it left no core in {self.workdir} "
-                      f"(kernel.core_pattern is {pattern!r}), so there is no backtrace.")
-        elif (gdb := shutil.which("gdb")) is None:
-            report = f"{head}; install gdb for a backtrace from its core {cores[-1]}."
-        else:
-            try:
-                out = subprocess.run(
-                    [gdb, "-batch", "-nx", "-q", "-ex", "bt 40", str(self.binary),
-                     str(cores[-1])], capture_output=True, text=True, timeout=gdb_timeout,
-                    errors="replace", check=False).stdout
-            except (OSError, subprocess.TimeoutExpired) as exc:
-                out = f"(gdb failed: {exc})"
-            frames = [ln for ln in out.splitlines() if ln.startswith("#")]
-            report = f"{head}; backtrace of the crashing thread:\n" + "\n".join(
-                frames or out.splitlines()[-20:])
-        with contextlib.suppress(OSError):
-            (self.workdir / BACKTRACE_FILE).write_text(report + "\n")
-        return report
+            return CrashReport(f"{head}; it left no core in {self.workdir} "
+                               f"(kernel.core_pattern is {pattern!r}), so there is no "
+                               "backtrace.")
+        gdb = shutil.which("gdb")
+        if gdb is None:
+            return CrashReport(f"{head}; install gdb for a backtrace from its core "
+                               f"{cores[-1]}.")
+        try:
+            out = subprocess.run(
+                [gdb, "-batch", "-nx", "-q", "-ex", "bt 40", str(self.binary), str(cores[-1])],
+                capture_output=True, text=True, timeout=gdb_timeout, errors="replace",
+                check=False).stdout
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return CrashReport(f"{head}; gdb could not read its core {cores[-1]}: {exc}")
+        frames = tuple(ln for ln in out.splitlines() if ln.startswith("#"))
+        if not frames:
+            return CrashReport(f"{head}; gdb found no backtrace in its core:\n"
+                               + "\n".join(out.splitlines()[-20:]))
+        return CrashReport(f"{head}; backtrace of the crashing thread:\n" + "\n".join(frames),
+                           frames)
 
     def check_alive(self, doing: str) -> None:
         """Raise :class:`QemuDiedError` (quoting QEMU's log) if QEMU has exited."""
@@ -194,10 +204,7 @@ class QemuProcess:
         return status
 
     def keep_log(self, dest: Path) -> None:
-        """Copy QEMU's log to ``dest`` (for artifact bundles), and a crash report beside it."""
+        """Copy QEMU's log to ``dest`` (for artifact bundles)."""
         if self.log_path.exists():
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(self.log_path, dest)
-        if (self.workdir / BACKTRACE_FILE).exists():
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(self.workdir / BACKTRACE_FILE, dest.parent / BACKTRACE_FILE)
