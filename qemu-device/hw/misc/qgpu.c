@@ -292,6 +292,13 @@ static uint32_t qgpu_engine_status(QGPUState *s)
     return st;
 }
 
+/* Enabled, not halted, and a descriptor in flight or queued: it should run. */
+static bool qgpu_engine_has_work(QGPUState *s)
+{
+    return (s->engine_ctrl & QGPU_ENGINE_CTRL_ENABLE) && !s->halted &&
+           (s->active || s->ring_head != s->ring_tail);
+}
+
 /* ---- interrupts --------------------------------------------------------- */
 
 static unsigned qgpu_cause_vector(uint32_t cause)
@@ -1561,8 +1568,7 @@ static void qgpu_set_dma_delay(Object *obj, Visitor *v, const char *name,
     }
     s->dma_delay_ns = val;
     /* Re-arm pending work on the new pacing (not before realize). */
-    if (s->bh && (s->engine_ctrl & QGPU_ENGINE_CTRL_ENABLE) && !s->halted &&
-        (s->active || s->ring_head != s->ring_tail)) {
+    if (s->bh && qgpu_engine_has_work(s)) {
         qgpu_engine_stop(s);
         qgpu_engine_kick(s);
     }
@@ -1582,8 +1588,7 @@ static void qgpu_set_fault_hang(Object *obj, bool value, Error **errp)
         trace_qgpu_fault("hang", s->ring_head);
     }
     s->fault_hang = value;
-    if (!value && s->bh && (s->engine_ctrl & QGPU_ENGINE_CTRL_ENABLE) &&
-        !s->halted && (s->active || s->ring_head != s->ring_tail)) {
+    if (!value && s->bh && qgpu_engine_has_work(s)) {
         qgpu_engine_kick(s);    /* the engine wakes up where it stopped */
     }
 }
@@ -2011,7 +2016,7 @@ static int qgpu_post_load(void *opaque, int version_id)
         /* The engine rebuilds the guest segment list from guest memory. */
         s->segs_stale = true;
     }
-    if (enabled && !s->halted && (s->active || s->ring_head != s->ring_tail)) {
+    if (qgpu_engine_has_work(s)) {
         qgpu_engine_kick(s);
     }
     return 0;
