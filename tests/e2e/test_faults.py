@@ -88,6 +88,12 @@ def check_guards(insp: DeviceInspector) -> None:
         assert data == pattern(pat, GUARD_LEN), f"guard region at {off:#x} was changed"
 
 
+def check_recovered(g: GuestMachine, insp: DeviceInspector) -> None:
+    """After a fault: data outside the faulted transfer intact, and the device works."""
+    check_guards(insp)
+    verify_dma(g, insp)
+
+
 def verify_dma(g: GuestMachine, insp: DeviceInspector) -> None:
     """A round trip of random data through VRAM that verifies from the host too."""
     g.run(f"head -c {VERIFY_LEN} /dev/urandom > /tmp/verify.bin", check=True)
@@ -165,8 +171,7 @@ def test_dma_error_idle(guest: GuestMachine, faults: FaultInjector,
     assert dev_after["errors"] == dev_before["errors"] + 1
     failed = [r for r in insp.dma_trace() if r["seq"] > seq0 and r["status"] == "dma-read"]
     assert len(failed) == 1 and failed[0]["length"] > 0, failed
-    check_guards(insp)
-    verify_dma(guest, insp)
+    check_recovered(guest, insp)
 
 
 @DIRECT
@@ -179,8 +184,7 @@ def test_dma_error_mid_dma(guest: GuestMachine, faults: FaultInjector,
     assert rep["event"] == "timeout" and rep["dma_errors"] == 1, rep
     assert rep["first_errno"] == EIO and rep["dma_ok"] > 1, rep
     assert stats(guest)["hw_errors"] == 1
-    check_guards(qgpu_inspector)
-    verify_dma(guest, qgpu_inspector)
+    check_recovered(guest, qgpu_inspector)
 
 
 @DIRECT
@@ -206,8 +210,7 @@ def test_silent_fault_idle(guest: GuestMachine, faults: FaultInjector,
         expect[2048] ^= 0xFF
         assert vram == bytes(expect)
     assert insp.stats()["faults-injected"] >= 1
-    check_guards(insp)
-    verify_dma(guest, insp)
+    check_recovered(guest, insp)
 
 
 @DIRECT
@@ -220,8 +223,7 @@ def test_silent_fault_mid_dma(guest: GuestMachine, faults: FaultInjector,
     faults.truncate(2) if kind == "truncate" else faults.corrupt(2)
     rep = wait_hold(guest, "h")
     assert rep["event"] == "mismatch" and rep["dma_errors"] == 0, rep
-    check_guards(qgpu_inspector)
-    verify_dma(guest, qgpu_inspector)
+    check_recovered(guest, qgpu_inspector)
 
 
 # ---- engine hang: DMA timeout detection and engine reset -----------------------------
@@ -247,8 +249,7 @@ def test_hang_idle_watchdog_resets(guest: GuestMachine, faults: FaultInjector,
     assert dev["descriptors"] == dev_before["descriptors"]
     assert dev["bytes-fill"] == dev_before["bytes-fill"]
     assert "made no progress" in dmesg(guest)
-    check_guards(insp)
-    verify_dma(guest, insp)
+    check_recovered(guest, insp)
 
 
 @DIRECT
@@ -263,8 +264,7 @@ def test_hang_mid_dma(guest: GuestMachine, faults: FaultInjector,
     assert rep["first_errno"] in (ETIMEDOUT, EIO), rep
     st = stats(guest)
     assert st["timeouts"] >= 1 and st["pinned_pages"] == 0
-    check_guards(qgpu_inspector)
-    verify_dma(guest, qgpu_inspector)
+    check_recovered(guest, qgpu_inspector)
 
 
 @DIRECT
@@ -277,8 +277,7 @@ def test_slow_engine_mid_dma(guest: GuestMachine, faults: FaultInjector,
     assert rep["event"] == "timeout" and rep["dma_errors"] == 0 and rep["dma_ok"] > 0, rep
     assert stats(guest)["timeouts"] == 0
     faults.dma_delay(0)
-    check_guards(qgpu_inspector)
-    verify_dma(guest, qgpu_inspector)
+    check_recovered(guest, qgpu_inspector)
 
 
 # ---- interrupts -----------------------------------------------------------------------
@@ -306,8 +305,7 @@ def test_irq_drop(guest: GuestMachine, faults: FaultInjector,
     for i in range(3):
         assert tool(guest, f"fill {DMA_OFF} 4096 {i}")["ok"]
     assert stats(guest)["irq_dma"] >= irq0 + 3
-    check_guards(insp)
-    verify_dma(guest, insp)
+    check_recovered(guest, insp)
 
 
 @DIRECT
@@ -327,8 +325,7 @@ def test_irq_dup(guest: GuestMachine, faults: FaultInjector,
     # The device sent duplicates (a duplicate may coalesce with the original
     # in the guest's LAPIC, so spurious calls are possible, not certain).
     assert qgpu_inspector.stats()["faults-injected"] >= 2
-    check_guards(qgpu_inspector)
-    verify_dma(guest, qgpu_inspector)
+    check_recovered(guest, qgpu_inspector)
 
 
 # ---- PCIe AER ---------------------------------------------------------------------------
@@ -367,8 +364,7 @@ def _aer_case(guest: GuestMachine, faults: FaultInjector, insp: DeviceInspector,
             assert "link has been reset" in log
     assert guest.run("cat /sys/class/misc/qgpu0/state").output.strip() == "running"
     assert st["pinned_pages"] == 0
-    check_guards(insp)
-    verify_dma(guest, insp)
+    check_recovered(guest, insp)
 
 
 @DIRECT
@@ -419,8 +415,7 @@ def test_stop_cont(guest: GuestMachine, faults: FaultInjector,
         rep = wait_hold(guest, "h", timeout=BOUND + 4)
         assert rep["event"] == "timeout" and rep["dma_errors"] == 0 and rep["dma_ok"] > 0, rep
     assert stats(guest)["timeouts"] == 0
-    check_guards(insp)
-    verify_dma(guest, insp)
+    check_recovered(guest, insp)
 
 
 # ---- destructive: dedicated guests --------------------------------------------------------
@@ -483,8 +478,7 @@ def test_surprise_removal(make_guest: MakeGuest, mid_dma: bool) -> None:
     while g.run("test -c /dev/qgpu0").status != 0:
         assert time.monotonic() < deadline, "qgpu0 did not come back after rescan"
         time.sleep(0.2)
-    verify_dma(g, insp)
-    check_guards(insp)
+    check_recovered(g, insp)
     # And it can still be hot-removed.
     faults.device_del()
     check_guest_health(g)
@@ -505,6 +499,5 @@ def test_system_reset(make_guest: MakeGuest, mid_dma: bool) -> None:
     assert "qgpu0: VRAM" in dmesg(g)
     dev = insp.stats()
     assert dev["descriptors"] >= dev0["descriptors"]      # never reset (spec 9.2)
-    check_guards(insp)                                     # VRAM survives a reset
-    verify_dma(g, insp)
+    check_recovered(g, insp)                     # VRAM survives a reset
     check_guest_health(g)
