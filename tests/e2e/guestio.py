@@ -16,13 +16,13 @@ QEMU saw. :meth:`HeldTool.release` lets it finish and returns its JSON result.
 from __future__ import annotations
 
 import itertools
-import json
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from qgpu.data import last_json_object
 from qgpu.inspector import DeviceInspector
 from qgpu.machine import GuestMachine
 
@@ -49,12 +49,10 @@ def sh(guest: GuestMachine, command: str, *, timeout: float = 60.0) -> str:
 
 def parse_json_line(output: str, what: str) -> dict[str, Any]:
     """Return the last line of ``output`` that is a JSON object."""
-    for line in reversed(output.splitlines()):
-        line = line.strip()
-        if line.startswith("{"):
-            obj: dict[str, Any] = json.loads(line)
-            return obj
-    raise AssertionError(f"{what}: no JSON line in the output:\n{output}")
+    obj = last_json_object(output)
+    if obj is None:
+        raise AssertionError(f"{what}: no JSON line in the output:\n{output}")
+    return obj
 
 
 def tool(guest: GuestMachine, args: str, *, ok: bool = True,

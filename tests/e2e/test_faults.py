@@ -29,6 +29,8 @@ from qgpu.inspector import DeviceInspector
 from qgpu.machine import GuestMachine
 from qgpu.pytest_plugin import check_guest_health
 
+from .guestio import parse_json_line
+
 MakeGuest = Callable[..., GuestMachine]
 
 EIO, ENODEV, ETIMEDOUT = 5, 19, 110
@@ -50,11 +52,8 @@ pattern = fill_pattern      # what a FILL of a 32-bit pattern writes
 
 def tool(g: GuestMachine, args: str, *, timeout: float = 60.0) -> dict[str, Any]:
     """Run qgpu-tool; return its JSON line."""
-    out = g.run(f"qgpu-tool {args}", timeout=timeout).output
-    lines = [ln for ln in out.splitlines() if ln.startswith("{")]
-    assert lines, f"qgpu-tool {args}: no JSON in {out!r}"
-    result: dict[str, Any] = json.loads(lines[-1])
-    return result
+    return parse_json_line(g.run(f"qgpu-tool {args}", timeout=timeout).output,
+                           f"qgpu-tool {args}")
 
 
 def stats(g: GuestMachine) -> dict[str, int]:

@@ -9,13 +9,13 @@ the same guest process writing its own RAM. Prints, asserts nothing.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
 from collections.abc import Sequence
 
 from qgpu.config import DmaMode, MachineConfig
+from qgpu.data import last_json_object
 from qgpu.errors import QgpuError
 from qgpu.machine import GuestMachine, image_paths
 
@@ -43,8 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"boot {n + 1}/{args.boots}: ready (driver loaded) in {times[-1]:.2f} s",
                   file=sys.stderr, flush=True)
             if n == args.boots - 1:
-                out = machine.run(f"qgpu-bench {args.mib} 5", timeout=600).output.splitlines()
-                result = json.loads(out[-1]) if out else {}
+                out = machine.run(f"qgpu-bench {args.mib} 5", timeout=600).output
+                result = last_json_object(out) or {}
         finally:
             machine.stop()
     if not result.get("ok"):

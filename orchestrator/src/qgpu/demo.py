@@ -15,7 +15,6 @@ driver and shows, side by side:
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import sys
@@ -23,7 +22,7 @@ import time
 from typing import Any
 
 from qgpu.config import DmaMode, MachineConfig
-from qgpu.data import fnv1a64
+from qgpu.data import fnv1a64, last_json_object
 from qgpu.errors import QgpuError
 from qgpu.machine import GuestMachine, image_paths
 
@@ -31,9 +30,9 @@ MiB = 1 << 20
 
 
 def _tool(machine: GuestMachine, args: str) -> dict[str, Any]:
-    out = machine.run(f"qgpu-tool {args}", timeout=120).output.strip().splitlines()
-    result: dict[str, Any] = json.loads(out[-1]) if out else {}
-    if not result.get("ok"):
+    out = machine.run(f"qgpu-tool {args}", timeout=120).output
+    result = last_json_object(out)
+    if result is None or not result.get("ok"):
         raise QgpuError(f"qgpu-tool {args} failed in the guest: {out}")
     return result
 
