@@ -37,7 +37,7 @@
  *
  * Every mapping must be MAP_SHARED (MAP_PRIVATE: -EINVAL), not executable
  * (-EPERM) and lie inside one region (-EINVAL). Mappings cannot be moved by
- * mremap(2) or grown.
+ * mremap(2) or grown. A file opened O_RDONLY may map any region PROT_READ.
  */
 #define QGPU_MMAP_VRAM		0x0ULL
 #define QGPU_MMAP_VRAM_LAZY	(1ULL << 40)
