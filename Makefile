@@ -26,6 +26,16 @@ STAMPS    := $(QGPU_CACHE)/stamps
 
 PYTEST_ARGS ?=
 
+# The guest kernel (build/images/$(KERNEL)): stock = Debian's; qgpu = built here
+# with CONFIG_IO_MAPPING; debug = qgpu + KASAN, lockdep, kmemleak, DMA-API debug,
+# UBSAN, fault injection (images/build-kernel.sh, cached in $(QGPU_CACHE)).
+KERNEL    ?= stock
+KERNELS   := stock qgpu debug
+ifeq ($(filter $(KERNEL),$(KERNELS)),)
+$(error KERNEL must be one of: $(KERNELS) (got '$(KERNEL)'))
+endif
+IMAGES    := $(BUILD)/images
+
 .PHONY: help
 help: ## List the targets
 	@echo "qgpu make targets (QGPU_CACHE=$(QGPU_CACHE)):"
@@ -75,34 +85,41 @@ qemu: $(STAMPS)/qemu-src $(TOOLS_PY) ## Build qemu-system-x86_64 with qgpu -> bu
 
 .PHONY: demo
 demo: qemu image venv ## The main job: build what is missing, boot the guest, show DMA + mmap from both sides
-	$(VENV)/bin/qgpu demo
+	$(VENV)/bin/qgpu demo --kernel $(KERNEL)
 
 .PHONY: demo-device
 demo-device: qemu venv ## The device alone over qtest (no guest kernel): DMA, MSI-X, stats, trace
 	$(PY) -m qgpu.smoke
 
-# ---- guest side: driver, image ------------------------------------------------
+# ---- guest side: kernel, driver, image -------------------------------------------
 
-GUEST_OUT := $(BUILD)/guest
+GUEST_OUT := $(BUILD)/guest/$(KERNEL)
+
+.PHONY: kernel
+kernel: ## Fetch (stock) or build (qgpu, debug) the guest kernel KERNEL -> build/images/KERNEL/
+	@$(MAKE) --no-print-directory -C images kernel KERNEL=$(KERNEL) OUT=$(IMAGES)/$(KERNEL)
 
 .PHONY: driver
-driver: ## Build the qgpu kernel module and guest tools against the guest kernel -> build/guest/
-	@scripts/install-host-deps.sh
-	@abi=$$(scripts/guest-kernel-abi.sh); \
-	echo "make: building the driver for Linux $$abi"; \
-	$(MAKE) --no-print-directory -C guest-driver KDIR=/usr/src/linux-headers-$$abi OUT=$(GUEST_OUT)
+driver: kernel ## Build qgpu.ko (and the test canary) for KERNEL, and the guest tools -> build/guest/KERNEL/
+	@kdir=$$(readlink -f $(IMAGES)/$(KERNEL)/kernel-kdir); \
+	echo "make: building the driver for Linux $$(cat $(IMAGES)/$(KERNEL)/kernel-abi) ($(KERNEL))"; \
+	$(MAKE) --no-print-directory -C guest-driver KDIR=$$kdir OUT=$(GUEST_OUT)
 
 .PHONY: image
-image: driver ## Guest kernel + initramfs with driver, tools, SSH -> build/images/
-	@$(MAKE) --no-print-directory -C images image OUT=$(BUILD)/images GUEST=$(GUEST_OUT) QEMU=$(QEMU_BIN)
+image: driver ## Guest kernel + initramfs with driver, tools, SSH for KERNEL -> build/images/KERNEL/
+	@$(MAKE) --no-print-directory -C images initramfs KERNEL=$(KERNEL) OUT=$(IMAGES)/$(KERNEL) GUEST=$(GUEST_OUT)
+
+.PHONY: images
+images: ## The images of every kernel (stock, qgpu, debug): what make test needs
+	@for k in $(KERNELS); do $(MAKE) --no-print-directory image KERNEL=$$k; done
 
 .PHONY: boot-smoke
-boot-smoke: qemu image ## Boot the guest in each DMA mode and check it comes up with the driver
-	@$(MAKE) --no-print-directory -C images boot-smoke OUT=$(BUILD)/images GUEST=$(GUEST_OUT) QEMU=$(QEMU_BIN)
+boot-smoke: qemu image ## Boot the guest (KERNEL) in each DMA mode and check it comes up with the driver
+	@$(MAKE) --no-print-directory -C images boot-smoke KERNEL=$(KERNEL) OUT=$(IMAGES)/$(KERNEL) GUEST=$(GUEST_OUT) QEMU=$(QEMU_BIN)
 
 .PHONY: boot-bench
-boot-bench: qemu image ## Boot-to-ready-shell times (benchmark)
-	@$(MAKE) --no-print-directory -C images boot-bench OUT=$(BUILD)/images GUEST=$(GUEST_OUT) QEMU=$(QEMU_BIN)
+boot-bench: qemu image ## Boot-to-ready-shell times of KERNEL (benchmark)
+	@$(MAKE) --no-print-directory -C images boot-bench KERNEL=$(KERNEL) OUT=$(IMAGES)/$(KERNEL) GUEST=$(GUEST_OUT) QEMU=$(QEMU_BIN)
 
 # ---- tests and benchmarks -------------------------------------------------------
 
@@ -116,13 +133,23 @@ lint: venv ## ruff and mypy --strict on the orchestrator and tests
 	$(VENV)/bin/mypy orchestrator/src tests
 
 .PHONY: test-e2e
-test-e2e: qemu image venv ## End-to-end tests: booted guests in every DMA mode
-	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
+test-e2e: qemu image venv ## End-to-end tests on KERNEL: booted guests in every DMA mode
+	$(PY) -m pytest tests/e2e --qgpu-kernel $(KERNEL) $(PYTEST_ARGS)
 
+# What runs on which kernel: everything on stock; the whole end-to-end suite
+# again on debug, where any sanitizer report fails a test; on qgpu, the tests
+# of the io_mapping_map_user() path. Every run happens even if one fails.
 .PHONY: test
-test: qemu image venv ## Everything CI runs: lint, then all test suites
+test: qemu images venv ## Everything CI runs: lint, then the suites on the stock, debug and qgpu kernels
 	$(MAKE) --no-print-directory lint
-	$(PY) -m pytest tests $(PYTEST_ARGS)
+	@status=0; \
+	echo "make: device + end-to-end suites, stock kernel"; \
+	$(PY) -m pytest tests --qgpu-kernel stock $(PYTEST_ARGS) || status=1; \
+	echo "make: end-to-end suite, debug kernel"; \
+	$(PY) -m pytest tests/e2e --qgpu-kernel debug $(PYTEST_ARGS) || status=1; \
+	echo "make: io_mapping tests, qgpu kernel"; \
+	$(PY) -m pytest tests/e2e/test_io_mapping.py --qgpu-kernel qgpu $(PYTEST_ARGS) || status=1; \
+	exit $$status
 
 .PHONY: bench
 bench: qemu image venv ## Benchmarks: DMA engine vs memcpy and edu; guest boot time; WC VRAM vs RAM writes
@@ -136,5 +163,5 @@ clean: ## Remove build/ (venv, links); the QEMU build cache stays
 	rm -rf $(BUILD)
 
 .PHONY: distclean
-distclean: clean ## Also remove $(QGPU_CACHE): downloads and the QEMU build
+distclean: clean ## Also remove $(QGPU_CACHE): downloads, the QEMU and kernel builds
 	rm -rf $(QGPU_CACHE)

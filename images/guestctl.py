@@ -28,7 +28,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 TOP = HERE.parent
-OUT = Path(os.environ.get("OUT", TOP / "build" / "images"))
+OUT = Path(os.environ.get("OUT", TOP / "build" / "images" / "stock"))
 READY = "QGPU-GUEST-READY"
 
 

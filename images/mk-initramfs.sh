@@ -30,9 +30,13 @@ export SOURCE_DATE_EPOCH
 log() { echo "mk-initramfs: $*" >&2; }
 
 ABI=$(cat "$OUT/kernel-abi" 2>/dev/null || true)
-[[ -n $ABI ]] || { log "$OUT/kernel-abi missing: run fetch-kernel.sh (make -C images kernel) first"; exit 1; }
-MODROOT=$QGPU_CACHE/kernel/$ABI/lib/modules/$ABI
-[[ -e $MODROOT/modules.dep ]] || { log "$MODROOT/modules.dep missing: run fetch-kernel.sh"; exit 1; }
+[[ -n $ABI ]] || { log "$OUT/kernel-abi missing: run fetch-kernel.sh or build-kernel.sh (make kernel) first"; exit 1; }
+# The kernel's installed tree (fetch-kernel.sh / build-kernel.sh link it).
+KROOT=$(readlink -f "$OUT/kernel-root" 2>/dev/null || true)
+MODROOT=$KROOT/lib/modules/$ABI
+KCONFIG=$KROOT/boot/config-$ABI
+[[ -n $KROOT && -e $MODROOT/modules.dep && -e $KCONFIG ]] ||
+    { log "$OUT/kernel-root/lib/modules/$ABI/modules.dep missing: run make kernel first"; exit 1; }
 
 # Host tools (busybox-static, cpio, dropbear-bin, openssh-client, kmod,
 # xz-utils, binutils): the project's one installer, idempotent and quick.
@@ -57,8 +61,8 @@ inputs_digest() {
         find "$here/rootfs" -type f -printf '%P %m\n' | LC_ALL=C sort
         (cd "$here/rootfs/etc" && find . -type f | LC_ALL=C sort | xargs sha256sum)
         if [[ -d $GUEST ]]; then
-            (cd "$GUEST" && find . -type f ! -name '*.o' ! -name '*.cmd' | LC_ALL=C sort |
-                xargs -r sha256sum)
+            (cd "$GUEST" && find . -path ./.kbuild -prune -o -type f ! -name '*.o' ! -name '*.cmd' \
+                -print | LC_ALL=C sort | xargs -r sha256sum)
         fi
     } | sha256sum | cut -d' ' -f1
 }
@@ -138,8 +142,8 @@ visit() {
 }
 # What the kernel config lacks as built-in, for virtio-net-pci.
 want_mods=()
-grep -q '^CONFIG_VIRTIO_NET=y' "$MODROOT/../../../boot/config-$ABI" || want_mods+=(virtio_net)
-grep -q '^CONFIG_VIRTIO_PCI=y' "$MODROOT/../../../boot/config-$ABI" || want_mods+=(virtio_pci)
+grep -q '^CONFIG_VIRTIO_NET=y' "$KCONFIG" || want_mods+=(virtio_net)
+grep -q '^CONFIG_VIRTIO_PCI=y' "$KCONFIG" || want_mods+=(virtio_pci)
 
 driver_note="no driver packed"
 if [[ -e $GUEST/qgpu.ko ]]; then
@@ -196,10 +200,10 @@ fi
 while read -r f; do
     rel=${f#"$GUEST"/}
     install -D -m "$(stat -c %a "$f")" "$f" "opt/qgpu/$rel"
-done < <(cd "$GUEST" 2>/dev/null && find "$GUEST" -type f \
+done < <(cd "$GUEST" 2>/dev/null && find "$GUEST" -path "$GUEST/.kbuild" -prune -o -type f \
             ! -path "$GUEST/bin/*" ! -name qgpu.ko ! -name '*.o' ! -name '*.cmd' \
             ! -name '*.mod' ! -name '*.mod.c' ! -name 'modules.order' \
-            ! -name 'Module.symvers' ! -path '*/.tmp*' ! -name '.*' | sort)
+            ! -name 'Module.symvers' ! -path '*/.tmp*' ! -name '.*' -print | sort)
 if [[ -e opt/qgpu/qgpu.ko ]]; then
     nbin=$(find opt/qgpu/bin -type f | wc -l)
     log "$driver_note; $nbin tool(s) in /opt/qgpu/bin"

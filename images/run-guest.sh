@@ -33,7 +33,10 @@
 #   --smp N / --mem SIZE  vCPUs (default 2) / RAM (default 1G)
 #   --cpu MODEL           default qemu64,+rdrand (RDRAND: the guest's RNG is
 #                         ready at once, so sshd does not wait for entropy)
-#   --kernel F / --initrd F   default $OUT/vmlinux (PVH boot), $OUT/initramfs.img
+#   --image DIR           the image folder (default $OUT: build/images/stock;
+#                         build/images/qgpu or build/images/debug for the
+#                         project's own kernels); its kernel-cmdline is added
+#   --kernel F / --initrd F   default DIR/vmlinux (PVH boot), DIR/initramfs.img
 #   --console plain|edit  console shell style (default: edit on a terminal,
 #                         plain when stdin is not a terminal); see rootfs/init
 #   --no-boot-tuning      do not add the boot-time tuning parameters
@@ -46,12 +49,12 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/.." && pwd)
-OUT=${OUT:-$top/build/images}
+OUT=${OUT:-$top/build/images/stock}
 QEMU=${QEMU:-$top/build/bin/qemu-system-x86_64}
 
 mode=direct cmd= have_cmd= timeout_s= vram_file= vram_size=64M ssh_port= qmp=
 serial_log= run_dir= console= cpu=qemu64,+rdrand keep_run_dir= smp=2 mem=1G tuning=1 dry_run= qgpu_opts=
-kernel=$OUT/vmlinux initrd=$OUT/initramfs.img
+kernel= initrd=
 extra_append=() extra_qemu=()
 
 die() { echo "run-guest: $*" >&2; exit 2; }
@@ -73,6 +76,7 @@ while (($#)); do
         --smp) smp=$2; shift ;;
         --cpu) cpu=$2; shift ;;
         --mem) mem=$2; shift ;;
+        --image) OUT=$2; shift ;;
         --kernel) kernel=$2; shift ;;
         --initrd) initrd=$2; shift ;;
         --console) console=$2; shift ;;
@@ -84,13 +88,17 @@ while (($#)); do
     shift
 done
 
+kernel=${kernel:-$OUT/vmlinux} initrd=${initrd:-$OUT/initramfs.img}
 [[ -x $QEMU ]] || die "QEMU not found at $QEMU (make -C $top qemu)"
 [[ -e $kernel ]] || die "kernel $kernel missing (make -C $here kernel)"
 [[ -e $initrd ]] || die "initramfs $initrd missing (make -C $here initramfs)"
 [[ -n $timeout_s ]] || { [[ -n $have_cmd ]] && timeout_s=600 || timeout_s=0; }
 
 # ---- guest kernel command line ----------------------------------------------------
-append=(console=ttyS0,115200 quiet panic=-1 mitigations=off 8250.nr_uarts=1)
+append=(console=ttyS0,115200 quiet panic=-1 8250.nr_uarts=1)
+# What this kernel wants (e.g. mitigations=off for Debian's, DMA-API debugging
+# filters for the debug kernel): written beside it when it was fetched or built.
+if [[ -s $OUT/kernel-cmdline ]]; then read -ra kwords <"$OUT/kernel-cmdline" || true; append+=("${kwords[@]}"); fi
 if [[ -n $tuning ]]; then
     # Boot-time tuning for TCG (measured: ~1 s saved). These skip work a
     # throw-away test guest does not need: crypto self-tests, the jitter

@@ -18,7 +18,9 @@ QEMU_BUILD=(build-essential ninja-build pkg-config flex bison python3 python3-ve
 # gdb: a backtrace from the core of a QEMU that crashed, for the error and artifacts.
 QEMU_RUNTIME=(seabios qemu-system-data ipxe-qemu gdb)
 IMAGE_BUILD=(busybox-static cpio dropbear-bin zstd kmod xz-utils binutils openssh-client)
-PACKAGES=("${QEMU_BUILD[@]}" "${QEMU_RUNTIME[@]}" "${IMAGE_BUILD[@]}" "$@")
+# The project's own guest kernels (images/build-kernel.sh): objtool needs libelf.
+KERNEL_BUILD=(bc libelf-dev libssl-dev patch)
+PACKAGES=("${QEMU_BUILD[@]}" "${QEMU_RUNTIME[@]}" "${IMAGE_BUILD[@]}" "${KERNEL_BUILD[@]}" "$@")
 
 stamp="$STAMP_DIR/host-deps.$(printf '%s\n' "${PACKAGES[@]}" | sort | sha256sum | cut -c1-16)"
 if [[ -e $stamp ]]; then
