@@ -7,6 +7,7 @@
 
 #include <linux/atomic.h>
 #include <linux/dma-mapping.h>
+#include <linux/interrupt.h>
 #include <linux/io-mapping.h>
 #include <linux/kref.h>
 #include <linux/list.h>
@@ -260,6 +261,21 @@ struct qgpu_bo *qgpu_bo_create(struct qgpu_file *qf,
 			       struct qgpu_bo_create *args);
 int qgpu_bo_destroy(struct qgpu_file *qf, u32 handle);
 void qgpu_bo_free_all_backing(struct qgpu_device *qdev);
+/* qgpu_inject.c: the kernel calls a test can fail on demand (fail_function) */
+long qgpu_pin_user_pages(unsigned long start, unsigned long npages,
+			 bool writable, struct page **pages);
+int qgpu_dma_map_user_sgt(struct device *dev, struct sg_table *sgt,
+			  enum dma_data_direction dir);
+int qgpu_dma_map_user_page(struct device *dev, struct page *page,
+			   unsigned int off, size_t len,
+			   enum dma_data_direction dir, dma_addr_t *dma);
+void *qgpu_dma_alloc(struct device *dev, size_t size, dma_addr_t *dma,
+		     unsigned long attrs);
+int qgpu_alloc_irq_vectors(struct pci_dev *pdev, unsigned int min,
+			   unsigned int max, unsigned int flags);
+int qgpu_request_irq(unsigned int irq, irq_handler_t handler,
+		     unsigned long flags, const char *name, void *data);
+
 int qgpu_fs_init(void);
 void qgpu_fs_exit(void);
 struct inode *qgpu_fs_inode_new(void);

@@ -240,13 +240,13 @@ static int qgpu_setup_irqs(struct qgpu_device *qdev, struct qgpu_vec *vecs)
 	qgpu_wr(qdev, QGPU_REG_INT_MASK, 0);
 	qgpu_wr(qdev, QGPU_REG_INT_STATUS, QGPU_INT_ALL);
 
-	nvec = pci_alloc_irq_vectors(pdev, QGPU_MSIX_VECTORS, QGPU_MSIX_VECTORS,
-				     PCI_IRQ_MSIX);
+	nvec = qgpu_alloc_irq_vectors(pdev, QGPU_MSIX_VECTORS, QGPU_MSIX_VECTORS,
+				      PCI_IRQ_MSIX);
 	if (nvec == QGPU_MSIX_VECTORS) {
 		qdev->irq_mode = QGPU_IRQ_MODE_MSIX;
 	} else {
-		nvec = pci_alloc_irq_vectors(pdev, 1, 1,
-					     PCI_IRQ_MSI | PCI_IRQ_INTX);
+		nvec = qgpu_alloc_irq_vectors(pdev, 1, 1,
+					      PCI_IRQ_MSI | PCI_IRQ_INTX);
 		if (nvec < 0)
 			return nvec;
 		qdev->irq_mode = pdev->msi_enabled ? QGPU_IRQ_MODE_MSI :
@@ -265,9 +265,9 @@ static int qgpu_setup_irqs(struct qgpu_device *qdev, struct qgpu_vec *vecs)
 			snprintf(vecs[i].name, sizeof(vecs[i].name), "%s",
 				 qdev->name);
 		}
-		ret = request_irq(pci_irq_vector(pdev, i), qgpu_irq,
-				  qdev->irq_mode == QGPU_IRQ_MODE_INTX ?
-				  IRQF_SHARED : 0, vecs[i].name, &vecs[i]);
+		ret = qgpu_request_irq(pci_irq_vector(pdev, i), qgpu_irq,
+				       qdev->irq_mode == QGPU_IRQ_MODE_INTX ?
+				       IRQF_SHARED : 0, vecs[i].name, &vecs[i]);
 		if (ret) {
 			qgpu_free_irqs(qdev, vecs);
 			return ret;

@@ -159,8 +159,8 @@ struct qgpu_bo *qgpu_bo_create(struct qgpu_file *qf,
 	bo->qdev = qdev;
 	bo->size = PAGE_ALIGN(args->size);
 	/* Running out of contiguous memory is an -ENOMEM, not a warning. */
-	bo->vaddr = dma_alloc_attrs(qdev->dev, bo->size, &bo->dma, GFP_KERNEL,
-				    DMA_ATTR_NO_WARN);
+	bo->vaddr = qgpu_dma_alloc(qdev->dev, bo->size, &bo->dma,
+				   DMA_ATTR_NO_WARN);
 	if (!bo->vaddr) {
 		atomic64_sub(bo->size, &qdev->bo_bytes);
 		kfree(bo);

@@ -643,8 +643,8 @@ static int qgpu_build_sg_descs(struct qgpu_device *qdev, struct qgpu_job *job,
 	unsigned int i;
 
 	job->sg_list_size = array_size(nents, sizeof(struct qgpu_sg_entry));
-	job->sg_list = dma_alloc_coherent(qdev->dev, job->sg_list_size,
-					  &job->sg_list_dma, GFP_KERNEL);
+	job->sg_list = qgpu_dma_alloc(qdev->dev, job->sg_list_size,
+				      &job->sg_list_dma, 0);
 	if (!job->sg_list)
 		return -ENOMEM;
 
@@ -714,9 +714,8 @@ static int qgpu_copy_user_chunk(struct qgpu_device *qdev,
 		goto out_put;
 	}
 	/* Short-term pins: released when the job retires. */
-	pinned = pin_user_pages_fast(uptr & PAGE_MASK, job->npages,
-				     job->dir == DMA_FROM_DEVICE ? FOLL_WRITE : 0,
-				     job->pages);
+	pinned = qgpu_pin_user_pages(uptr & PAGE_MASK, job->npages,
+				     job->dir == DMA_FROM_DEVICE, job->pages);
 	if (pinned != job->npages) {
 		if (pinned > 0)
 			unpin_user_pages(job->pages, pinned);
@@ -734,12 +733,10 @@ static int qgpu_copy_user_chunk(struct qgpu_device *qdev,
 			ret = -ENOMEM;
 			goto out_release;
 		}
-		job->page_dma = dma_map_page_attrs(dev, job->pages[0], off, len,
-						   job->dir, DMA_ATTR_NO_WARN);
-		if (dma_mapping_error(dev, job->page_dma)) {
-			ret = -ENOMEM;
+		ret = qgpu_dma_map_user_page(dev, job->pages[0], off, len,
+					     job->dir, &job->page_dma);
+		if (ret)
 			goto out_release;
-		}
 		job->page_len = len;
 		job->page_mapped = true;
 		qgpu_stat_inc(qdev, QGPU_STAT_SINGLE_PAGE_MAPS);
@@ -757,7 +754,7 @@ static int qgpu_copy_user_chunk(struct qgpu_device *qdev,
 			job->sgt.sgl = NULL;
 			goto out_release;
 		}
-		ret = dma_map_sgtable(dev, &job->sgt, job->dir, DMA_ATTR_NO_WARN);
+		ret = qgpu_dma_map_user_sgt(dev, &job->sgt, job->dir);
 		if (ret)
 			goto out_release;
 		job->sgt_mapped = true;

@@ -7,6 +7,14 @@
  * "errno":N} on failure (exit 1). Usage errors exit 2. Numbers accept
  * 0x prefixes and K/M/G suffixes. The device is -d PATH, $QGPU_DEV, or
  * /dev/qgpu0.
+ *
+ * Kernel fault injection (kernels with CONFIG_FAULT_INJECTION): with
+ * QGPU_FAIL_NTH=N in the environment, the N-th fault point this process
+ * reaches in the kernel fails (/proc/thread-self/fail-nth; which points
+ * count -- failslab, fail_page_alloc, fail_function, and from which code --
+ * is set in debugfs), and a second JSON line follows the result:
+ * {"fail_nth_injected":true} if the kernel reached the N-th point, false
+ * if the command reached fewer.
  */
 #include <setjmp.h>
 #include <signal.h>
@@ -41,7 +49,9 @@ static void usage(void)
 "  checksum OFF LEN [--via dma|cpu|mmap|lazy]   FNV-1a 64 of a VRAM range\n"
 "  mmap-read OFF LEN [--lazy]         hex of VRAM bytes read through mmap\n"
 "  mmap-write OFF LEN PATTERN [--lazy]  write a 32-bit pattern through mmap\n"
-"  raise-irq                          raise and wait for the soft interrupt\n");
+"  raise-irq                          raise and wait for the soft interrupt\n"
+"  write-file PATH TEXT               write TEXT to PATH in one write(), e.g.\n"
+"                                     a PCI address to a driver's bind file\n");
 	exit(2);
 }
 
@@ -385,6 +395,54 @@ static void *read_all(const char *file, size_t *len)
 	return buf;
 }
 
+static int fail_nth_fd = -1;
+
+/* Report whether the armed fault was injected (the counter ran down to 0). */
+static void fail_nth_report(void)
+{
+	char buf[32] = "";
+	ssize_t n;
+
+	fflush(stdout);
+	/* The driver's release runs in this close(): its fault points count too. */
+	if (fd >= 0)
+		close(fd);
+	n = pread(fail_nth_fd, buf, sizeof(buf) - 1, 0);
+	if (n <= 0) {
+		printf("{\"fail_nth_injected\":null,\"error\":\"reading fail-nth: %s\"}\n",
+		       strerror(errno));
+		return;
+	}
+	printf("{\"fail_nth_injected\":%s}\n", atoi(buf) == 0 ? "true" : "false");
+}
+
+static void fail_nth_arm(void)
+{
+	const char *nth = getenv("QGPU_FAIL_NTH");
+
+	if (!nth)
+		return;
+	fail_nth_fd = open("/proc/thread-self/fail-nth", O_RDWR | O_CLOEXEC);
+	if (fail_nth_fd < 0 || write(fail_nth_fd, nth, strlen(nth)) < 0) {
+		fprintf(stderr, "qgpu-tool: QGPU_FAIL_NTH=%s: /proc/thread-self/fail-nth: %s "
+			"(a kernel with CONFIG_FAULT_INJECTION?)\n", nth, strerror(errno));
+		exit(2);
+	}
+	atexit(fail_nth_report);
+}
+
+static void cmd_write_file(const char *path, const char *text)
+{
+	int wfd = open(path, O_WRONLY | O_CLOEXEC);
+
+	if (wfd < 0)
+		fail(path, errno);
+	if (write(wfd, text, strlen(text)) < 0)
+		fail(path, errno);
+	close(wfd);
+	printf("{\"ok\":true}\n");
+}
+
 int main(int argc, char **argv)
 {
 	const char *cmd;
@@ -404,6 +462,11 @@ int main(int argc, char **argv)
 	argv += 2;
 	if (!strcmp(cmd, "stats")) {
 		cmd_stats();
+		return 0;
+	}
+	fail_nth_arm();
+	if (!strcmp(cmd, "write-file") && argc >= 2) {
+		cmd_write_file(argv[0], argv[1]);
 		return 0;
 	}
 	fd = qgpu_open(dev);
