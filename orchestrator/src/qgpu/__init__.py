@@ -11,13 +11,16 @@ Modules, one concern each:
 - :mod:`qgpu.qtest`      -- QEMU under the qtest accelerator: memory, I/O ports, clock, IRQs
 - :mod:`qgpu.pci`        -- PCI config space, BARs and bridges, programmed over qtest
 - :mod:`qgpu.device`     -- a qgpu driver in Python, for device-level tests and benchmarks
+- :mod:`qgpu.kernels`    -- guest kernels (stock, qgpu, debug, an image folder) and their detectors
 - :mod:`qgpu.config`     -- typed guest machine configuration -> QEMU command line
 - :mod:`qgpu.accel`      -- TCG, or KVM where a bounded probe shows it works
 - :mod:`qgpu.console`    -- the guest's serial console (pexpect), crash detection
 - :mod:`qgpu.ssh`        -- SSH into the guest (paramiko)
 - :mod:`qgpu.machine`    -- a booted guest: lifecycle, console, SSH, QMP, artifacts
 - :mod:`qgpu.inspector`  -- the device seen from the host: BARs, capabilities, stats, trace, memory
+- :mod:`qgpu.health`     -- the guest kernel's bug reports (KASAN, lockdep, kmemleak, DMA-API, ...)
 - :mod:`qgpu.faults`     -- fault injection (x-fault-* knobs, AER, removal, reset, stop/cont)
+- :mod:`qgpu.kfault`     -- kernel fault injection into the driver (fail-nth, failslab, ...)
 - :mod:`qgpu.data`       -- the guest tools' checksum and fill pattern, for host-side checks
 - :mod:`qgpu.pytest_plugin` -- fixtures, options, DMA-mode parametrization, artifact bundles
 - :mod:`qgpu.cli`, :mod:`qgpu.demo`, :mod:`qgpu.smoke`, :mod:`qgpu.bench`,

@@ -5,6 +5,9 @@
     qgpu inspect --qmp SOCKET           statistics, BARs, DMA trace, VRAM of a running guest
     qgpu demo                           the DMA + mmap demonstration (make demo)
 
+``--kernel stock|qgpu|debug|DIR`` chooses the guest kernel for boot, run and demo
+(see :mod:`qgpu.kernels`; build one with ``make image KERNEL=...``).
+
 Progress goes to stderr; command output to stdout. Exit status 0 on success,
 the guest command's status for ``run``, 2 for usage errors, 1 for rig errors
 (with a message that says what to do).
@@ -24,7 +27,8 @@ from pathlib import Path
 from qgpu.config import DmaMode, MachineConfig, QgpuSpec
 from qgpu.errors import QgpuError
 from qgpu.inspector import DeviceInspector
-from qgpu.machine import GuestMachine, image_paths
+from qgpu.kernels import KNOWN, resolve
+from qgpu.machine import GuestMachine
 from qgpu.qmp import QmpClient
 
 MiB = 1 << 20
@@ -42,9 +46,16 @@ def _size(text: str) -> int:
     return int(text, 0)
 
 
+def _kernel_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--kernel", default=None, metavar="|".join(KNOWN) + "|DIR",
+                        help="guest kernel (default: stock); debug has KASAN, lockdep, "
+                             "kmemleak, DMA-API debugging; DIR: an image folder")
+
+
 def _machine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", type=DmaMode, choices=list(DmaMode), default=DmaMode.DIRECT,
                         help="DMA mode of the guest (default: direct)")
+    _kernel_arg(parser)
     parser.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto",
                         help="accelerator; auto: KVM only if a bounded probe boots a guest")
     parser.add_argument("--vram-size", type=_size, default=64 * MiB,
@@ -56,16 +67,17 @@ def _machine_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _boot(args: argparse.Namespace) -> GuestMachine:
-    kernel, initrd, key = image_paths()
+    kernel = resolve(args.kernel)
     if any("=" not in p for p in args.qgpu_prop):
         raise QgpuError("--qgpu-prop takes NAME=VALUE")
     props = tuple((p.split("=", 1)[0], p.split("=", 1)[1]) for p in args.qgpu_prop)
     spec = QgpuSpec(vram_size=args.vram_size, props=props)
-    config = MachineConfig(kernel=kernel, initrd=initrd, accel=args.accel,
-                           dma_mode=args.mode, qgpus=(spec,), append=tuple(args.append))
-    progress(f"booting the guest ({args.mode} DMA, accelerator {args.accel}) ...")
+    config = MachineConfig.for_kernel(kernel, accel=args.accel, dma_mode=args.mode,
+                                      qgpus=(spec,), append=tuple(args.append))
+    progress(f"booting the guest ({args.mode} DMA, kernel {kernel.name} {kernel.release}, "
+             f"accelerator {args.accel}) ...")
     start = time.monotonic()
-    machine = GuestMachine(config, ssh_key=key).start()
+    machine = GuestMachine(config, ssh_key=kernel.ssh_key).start()
     progress(f"guest ready in {time.monotonic() - start:.1f} s ({machine.accel})")
     return machine
 
@@ -121,7 +133,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Run the demonstration."""
     from qgpu import demo
 
-    return demo.main(mode=args.mode, accel=args.accel)
+    return demo.main(mode=args.mode, accel=args.accel, kernel=args.kernel)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -133,7 +145,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.set_defaults(func=cmd_boot)
     p = sub.add_parser("run", help="boot, run a command, print its output")
     _machine_args(p)
-    p.add_argument("--timeout", type=float, default=300.0, help="seconds the command may take")
+    p.add_argument("--timeout", type=float, default=300.0,
+                   help="seconds the command may take (x4 on kernels with KASAN, lockdep "
+                        "or kmemleak)")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- the command")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("inspect", help="statistics, DMA trace, VRAM of a running guest's qgpu")
@@ -146,6 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--mode", type=DmaMode, choices=list(DmaMode), default=None,
                    help="only this DMA mode (default: all three)")
     p.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto")
+    _kernel_arg(p)
     p.set_defaults(func=cmd_demo)
     args = parser.parse_args(argv)
     if getattr(args, "command", None) and args.command[:1] == ["--"]:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from qgpu.kernels import GuestKernel
 
 MiB = 1 << 20
 
@@ -58,10 +61,25 @@ class MachineConfig:
     ssh: bool = True
     boot_timeout: float = 180.0
     extra_args: tuple[str, ...] = field(default=())
+    #: What the kernel is (release, detectors), when it came from an image folder.
+    guest_kernel: GuestKernel | None = None
+    #: Every guest timeout (boot, commands) is multiplied by this: slow kernels
+    #: (KASAN, lockdep) get more time without raising timeouts everywhere.
+    timeout_scale: float = 1.0
+
+    @classmethod
+    def for_kernel(cls, kernel: GuestKernel, *, append: tuple[str, ...] = (),
+                   timeout_scale: float | None = None, **kw: Any) -> MachineConfig:
+        """Describe a machine booting ``kernel``, with the boot words and time it needs."""
+        kernel.check()
+        return cls(kernel=kernel.kernel, initrd=kernel.initrd, guest_kernel=kernel,
+                   append=kernel.boot_args() + tuple(append),
+                   timeout_scale=kernel.timeout_scale if timeout_scale is None
+                   else timeout_scale, **kw)
 
     def kernel_cmdline(self) -> str:
         """Return the kernel command line."""
-        words = ["console=ttyS0,115200", "quiet", "panic=-1", "mitigations=off",
+        words = ["console=ttyS0,115200", "quiet", "panic=-1",
                  "8250.nr_uarts=1", "qgpu_console=plain"]
         if self.boot_tuning:
             words += BOOT_TUNING

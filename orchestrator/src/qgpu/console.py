@@ -36,6 +36,7 @@ CRASH_PATTERNS = (
     r"INFO: task [^\r\n]+ blocked for more than",
 )
 CRASH_RE = re.compile("|".join(CRASH_PATTERNS))
+_NEVER = re.compile(r"(?!)")
 
 
 @dataclass(frozen=True)
@@ -75,11 +76,13 @@ class SerialConsole:
         with contextlib.suppress(OSError):
             self._sock.close()
 
-    def _expect(self, patterns: list[str | type], timeout: float, doing: str) -> int:
+    def _expect(self, patterns: list[str | type], timeout: float, doing: str, *,
+                watch_crashes: bool = True) -> int:
         """Wait for one of ``patterns``; turn crashes, EOF and timeouts into errors."""
         crash_index = len(patterns)
+        crash = CRASH_RE if watch_crashes else _NEVER
         try:
-            index: int = self._child.expect([*patterns, CRASH_RE, pexpect.EOF, pexpect.TIMEOUT],
+            index: int = self._child.expect([*patterns, crash, pexpect.EOF, pexpect.TIMEOUT],
                                             timeout=timeout)
         except OSError as exc:          # socket closed under us
             raise QemuDiedError(f"{self.name}: console lost while {doing}: {exc}") from exc
@@ -109,8 +112,14 @@ class SerialConsole:
         self._expect([re.escape(PROMPT)], 30, "waiting for the first prompt")
         return time.monotonic() - start
 
-    def run(self, command: str, *, timeout: float = 60.0, check: bool = False) -> CommandResult:
-        """Run ``command`` in the guest shell; return its status and output."""
+    def run(self, command: str, *, timeout: float = 60.0, check: bool = False,
+            watch_crashes: bool = True) -> CommandResult:
+        """Run ``command`` in the guest shell; return its status and output.
+
+        A kernel crash report on the console raises :class:`GuestCrashError`, unless
+        ``watch_crashes`` is False: for commands that print old reports themselves
+        (``dmesg``), whose output would otherwise look like a new crash.
+        """
         self._seq += 1
         tag = f"QGPU-RC-{self._seq}="
         try:
@@ -118,12 +127,14 @@ class SerialConsole:
         except OSError as exc:
             raise QemuDiedError(f"{self.name}: console lost (QEMU exited?) before "
                                 f"{command!r}: {exc}") from exc
-        self._expect([re.escape(tag) + r"(\d+)"], timeout, f"running {command!r}")
+        self._expect([re.escape(tag) + r"(\d+)"], timeout, f"running {command!r}",
+                     watch_crashes=watch_crashes)
         status = int(self._child.match.group(1))
         output = (self._child.before or "").replace("\r\n", "\n")
         # Drop the prompt the shell printed before our command's output.
         output = output.removeprefix(PROMPT).lstrip("\n")
-        self._expect([re.escape(PROMPT)], 30, f"waiting for the prompt after {command!r}")
+        self._expect([re.escape(PROMPT)], 30, f"waiting for the prompt after {command!r}",
+                     watch_crashes=watch_crashes)
         result = CommandResult(command, status, output.rstrip("\n"))
         return result.check() if check else result
 

@@ -24,7 +24,8 @@ from typing import Any
 from qgpu.config import DmaMode, MachineConfig
 from qgpu.data import fnv1a64, last_json_object
 from qgpu.errors import QgpuError
-from qgpu.machine import GuestMachine, image_paths
+from qgpu.kernels import GuestKernel, resolve
+from qgpu.machine import GuestMachine
 
 MiB = 1 << 20
 
@@ -58,13 +59,12 @@ class Report:
         self.line(f"    [{'ok' if ok else 'FAIL'}] {text}")
 
 
-def demo_mode(report: Report, mode: DmaMode, accel: str) -> None:
+def demo_mode(report: Report, mode: DmaMode, accel: str, kernel: GuestKernel) -> None:
     """Run the three demonstrations in one guest."""
-    kernel, initrd, key = image_paths()
     started = time.monotonic()
     report.line(f"\n=== DMA mode: {mode} " + "=" * 50)
-    with GuestMachine(MachineConfig(kernel=kernel, initrd=initrd, accel=accel, dma_mode=mode,
-                                    name=f"demo-{mode}"), ssh_key=key) as guest:
+    config = MachineConfig.for_kernel(kernel, accel=accel, dma_mode=mode, name=f"demo-{mode}")
+    with GuestMachine(config, ssh_key=kernel.ssh_key) as guest:
         insp = guest.inspector()
         info = _tool(guest, "info")
         vram_bar = insp.bars()[2]
@@ -146,14 +146,21 @@ def demo_mode(report: Report, mode: DmaMode, accel: str) -> None:
                      "device and driver agree on the bytes moved; no device errors")
 
 
-def main(mode: DmaMode | None = None, accel: str = "auto") -> int:
-    """Run the demonstration in ``mode`` (default: all three); 0 if every check held."""
+def main(mode: DmaMode | None = None, accel: str = "auto", kernel: str | None = None) -> int:
+    """Run the demonstration in ``mode`` (default: all three); 0 if every check held.
+
+    ``kernel``: stock (default), qgpu, debug or an image folder (see qgpu.kernels).
+    """
     report = Report()
     report.line("qgpu demonstration: a virtual PCIe GPU in QEMU, its Linux driver, and the "
                 "host looking over its shoulder.")
+    guest_kernel = resolve(kernel).check()
+    report.line(f"guest kernel: {guest_kernel.name} (Linux {guest_kernel.release}); "
+                "VRAM mapped with " + ("io_mapping_map_user()" if guest_kernel.io_mapping
+                                       else "io_remap_pfn_range() (no CONFIG_IO_MAPPING)"))
     for m in [mode] if mode else list(DmaMode):
         try:
-            demo_mode(report, m, accel)
+            demo_mode(report, m, accel, guest_kernel)
         except QgpuError as exc:
             report.failures += 1
             report.line(f"    [FAIL] {m}: {exc}")

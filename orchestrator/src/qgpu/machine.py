@@ -24,7 +24,7 @@ from typing import Any
 from qgpu import accel, paths
 from qgpu.config import MachineConfig
 from qgpu.console import CommandResult, SerialConsole
-from qgpu.errors import QemuCrashWarning, QemuDiedError, QemuError, QgpuError, SetupError
+from qgpu.errors import QemuCrashWarning, QemuDiedError, QemuError, QgpuError
 from qgpu.inspector import DeviceInspector
 from qgpu.process import QemuProcess
 from qgpu.qmp import QmpClient
@@ -54,19 +54,6 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-def image_paths() -> tuple[Path, Path, Path]:
-    """Return (kernel, initramfs, SSH key) of the guest image under build/images."""
-    images = paths.image_dir()
-    kernel = images / "vmlinux"
-    if not kernel.exists():
-        kernel = images / "vmlinuz"
-    initrd, key = images / "initramfs.img", images / "ssh" / "id_ed25519"
-    for p in (kernel, initrd, key):
-        if not p.exists():
-            raise SetupError(f"{p} is missing: run 'make image' to build the guest image")
-    return kernel, initrd, key
 
 
 class GuestMachine:
@@ -142,12 +129,13 @@ class GuestMachine:
             self.console = SerialConsole(ser, self.proc.workdir / "console.transcript",
                                          name=cfg.name, is_alive=self.proc.is_alive)
             try:
-                self.boot_seconds = self.console.wait_ready(cfg.boot_timeout)
+                self.boot_seconds = self.console.wait_ready(cfg.boot_timeout *
+                                                            cfg.timeout_scale)
             except QemuDiedError as exc:
                 raise self._died(exc, "booting") from exc
             if ssh_port is not None and self.ssh_key is not None:
                 self.ssh = GuestSsh(ssh_port, self.ssh_key)
-                self.ssh.connect(timeout=60)
+                self.ssh.connect(timeout=60 * cfg.timeout_scale)
         except BaseException:
             self.stop(graceful=False)
             raise
@@ -219,21 +207,29 @@ class GuestMachine:
 
     # -- using it ------------------------------------------------------------------
 
-    def run(self, command: str, *, timeout: float = 60.0, check: bool = False) -> CommandResult:
-        """Run a shell command on the serial console."""
+    def run(self, command: str, *, timeout: float = 60.0, check: bool = False,
+            watch_crashes: bool = True) -> CommandResult:
+        """Run a shell command on the serial console.
+
+        ``timeout`` is what the command may take on the stock kernel; it is
+        multiplied by the machine's ``timeout_scale`` (slower debug kernels).
+        ``watch_crashes=False`` for commands that print old kernel reports (dmesg).
+        """
         if self.console is None:
             raise QemuError(f"{self.config.name}: not running")
         try:
-            return self.console.run(command, timeout=timeout, check=check)
+            return self.console.run(command, timeout=timeout * self.config.timeout_scale,
+                                    check=check, watch_crashes=watch_crashes)
         except QemuDiedError as exc:
             raise self._died(exc, f"running {command!r}") from exc
 
     def ssh_run(self, command: str, *, timeout: float = 60.0, check: bool = False,
                 stdin: bytes | None = None) -> CommandResult:
-        """Run a command over SSH."""
+        """Run a command over SSH (``timeout`` scaled like :meth:`run`'s)."""
         if self.ssh is None:
             raise QemuError(f"{self.config.name}: no SSH session (ssh disabled or no key)")
-        return self.ssh.run(command, timeout=timeout, check=check, stdin=stdin)
+        return self.ssh.run(command, timeout=timeout * self.config.timeout_scale, check=check,
+                            stdin=stdin)
 
     def inspector(self, qdev_id: str = "qgpu0") -> DeviceInspector:
         """Return the host-side inspector of device ``qdev_id``."""
@@ -264,7 +260,7 @@ class GuestMachine:
             save(BACKTRACE_FILE, self.crash_report + "\n")
         if self.is_alive():
             with contextlib.suppress(QgpuError, OSError):
-                save("dmesg.txt", self.run("dmesg", timeout=20).output)
+                save("dmesg.txt", self.run("dmesg", timeout=20, watch_crashes=False).output)
         if self.qmp is not None:
             save("qmp-events.json", json.dumps([e.as_dict() for e in self.qmp.events()],
                                                indent=1))
@@ -274,8 +270,12 @@ class GuestMachine:
                     insp = self.inspector(spec.id)
                     devices[spec.id] = {"stats": insp.stats(), "dma-trace": insp.dma_trace()}
             save("devices.json", json.dumps(devices, indent=1))
+        kernel = self.config.guest_kernel
         save("summary.json", json.dumps({
             "name": self.config.name, "accel": self.accel,
+            "kernel": {"name": kernel.name, "release": kernel.release,
+                       "detectors": kernel.detectors.names()} if kernel else
+            {"file": str(self.config.kernel)},
             "dma_mode": str(self.config.dma_mode), "alive": self.is_alive(),
             "boot_seconds": self.boot_seconds, "time": time.time()}, indent=1))
         return written

@@ -3,7 +3,15 @@
 Options (``pytest --help`` lists them under "qgpu test rig"):
 
 ``--qgpu-qemu PATH``       the qemu-system-x86_64 with qgpu (default: build/bin/)
-``--qgpu-image DIR``       the guest image (default: build/images)
+``--qgpu-kernel NAME|DIR`` the guest kernel: stock (default), qgpu, debug (see
+                           :mod:`qgpu.kernels`), or an image folder
+``--qgpu-image DIR``       the same as ``--qgpu-kernel DIR``
+``--qgpu-timeout-scale F`` multiply guest timeouts by F (default: 4 on kernels with
+                           KASAN, lockdep or kmemleak, else 1)
+``--qgpu-kmemleak WHEN``  when kmemleak (kernels that have it) checks a shared guest:
+                           ``retire`` (default) once, when the guest is shut down, naming
+                           the test that allocated each leaked object; ``test`` after
+                           every test (exact, about 12 s more per test)
 ``--qgpu-accel MODE``      auto (KVM only if a bounded probe boots a guest), tcg, kvm
 ``--qgpu-artifacts DIR``   where failed tests leave their bundle (default build/artifacts)
 ``--qgpu-keep-artifacts``  write the bundle for passing tests too
@@ -14,9 +22,15 @@ Fixtures:
                   so tests are grouped by mode and one VM per mode is booted)
 ``guest``         a booted :class:`~qgpu.machine.GuestMachine` for ``dma_mode`` with a
                   freshly loaded driver and an empty dmesg; shared between tests of
-                  the same mode, replaced when a test leaves it dead or crashed
+                  the same mode, replaced when a test leaves it dead or crashed.
+                  After the test the driver is unloaded and the kernel's detectors
+                  are read (:mod:`qgpu.health`): any report fails the test
+``guest_kernel``  the :class:`~qgpu.kernels.GuestKernel` under test
 ``qgpu_inspector`` the host-side :class:`~qgpu.inspector.DeviceInspector` of qgpu0
-``make_guest``    factory for a dedicated VM with a custom configuration
+``make_guest``    factory for a dedicated VM with a custom configuration; its
+                  detectors are read after a passing test too
+                  (``make_guest(..., check_health=False)`` for a guest the test
+                  leaves unable to answer)
 """
 
 from __future__ import annotations
@@ -25,20 +39,18 @@ import contextlib
 import os
 import re
 from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from qgpu import paths
+from qgpu import health, kernels, paths
 from qgpu.config import DmaMode, MachineConfig, QgpuSpec
 from qgpu.errors import GuestCrashError, QgpuError, SetupError
 from qgpu.inspector import DeviceInspector
-from qgpu.machine import GuestMachine, image_paths
-
-# Lines in dmesg that mean the kernel is unhappy: any of them fails the test.
-DMESG_BAD = re.compile(r"BUG:|WARNING:|Oops|Call Trace|general protection|"
-                       r"Kernel panic|DMAR: DRHD: handling fault|DMAR: \[DMA (Read|Write)")
+from qgpu.kernels import GuestKernel
+from qgpu.machine import GuestMachine
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -46,9 +58,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("qgpu", "qgpu test rig")
     group.addoption("--qgpu-qemu", metavar="PATH", default=None,
                     help="qemu-system-x86_64 with the qgpu device (default: build/bin/)")
+    group.addoption("--qgpu-kernel", metavar="NAME|DIR", default=None,
+                    help="guest kernel: stock (default), qgpu (io_mapping_map_user), debug "
+                         "(KASAN, lockdep, kmemleak, DMA-API debug, UBSAN), or an image "
+                         "folder with vmlinux/vmlinuz, initramfs.img, ssh/")
     group.addoption("--qgpu-image", metavar="DIR", default=None,
-                    help="guest image folder with vmlinux/vmlinuz, initramfs.img, ssh/ "
-                         "(default: build/images)")
+                    help="guest image folder (the same as --qgpu-kernel DIR)")
+    group.addoption("--qgpu-timeout-scale", metavar="F", type=float, default=None,
+                    help="multiply every guest timeout by F (default: 4 on kernels with "
+                         "KASAN, lockdep or kmemleak, else 1)")
+    group.addoption("--qgpu-kmemleak", default="retire", choices=("retire", "test"),
+                    help="when kmemleak checks a shared guest: once when it is shut down, "
+                         "naming the test that allocated each leak (retire, default), or "
+                         "after every test (test: exact, about 12 s more per test)")
     group.addoption("--qgpu-accel", default="auto", choices=("auto", "tcg", "kvm"),
                     help="accelerator; auto uses KVM only if a bounded probe boots a guest")
     group.addoption("--qgpu-artifacts", metavar="DIR", default=None,
@@ -63,17 +85,26 @@ def pytest_configure(config: pytest.Config) -> None:
     if qemu:
         os.environ["QGPU_QEMU"] = str(qemu)
     image = config.getoption("--qgpu-image", default=None)
-    if image:
-        os.environ["QGPU_IMAGE_DIR"] = str(image)
+    kernel = config.getoption("--qgpu-kernel", default=None) or image
+    if kernel:
+        os.environ["QGPU_KERNEL"] = str(kernel)
     config.addinivalue_line("markers", "slow: long-running test")
 
 
-def pytest_report_header(config: pytest.Config) -> str:
-    """Name the QEMU under test in pytest's header."""
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """Name the QEMU and the guest kernel under test in pytest's header."""
+    lines = []
     try:
-        return f"qgpu: QEMU {paths.qemu_binary()}"
+        lines.append(f"qgpu: QEMU {paths.qemu_binary()}")
     except SetupError as exc:
-        return f"qgpu: {exc}"
+        lines.append(f"qgpu: {exc}")
+    try:
+        k = kernels.resolve()
+        lines.append(f"qgpu: guest kernel {k.name} ({k.release}, {k.image_dir}); detectors: "
+                     f"{', '.join(k.detectors.names()) or 'none'}")
+    except SetupError as exc:
+        lines.append(f"qgpu: {exc}")
+    return lines
 
 
 @pytest.hookimpl(wrapper=True)
@@ -91,46 +122,114 @@ def _failed(node: pytest.Item) -> bool:
 
 
 def _artifact_dir(config: pytest.Config, node: pytest.Item) -> Path:
+    return _artifact_dir_for(config, node.nodeid)
+
+
+def _artifact_dir_for(config: pytest.Config, nodeid: str) -> Path:
     base = config.getoption("--qgpu-artifacts") or paths.build_dir() / "artifacts"
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-    name = re.sub(r"[^A-Za-z0-9_.=-]+", "_", node.nodeid)[-150:]
+    name = re.sub(r"[^A-Za-z0-9_.=-]+", "_", nodeid)[-150:]
     return Path(base) / worker / name
 
 
 def _base_config(config: pytest.Config, mode: DmaMode, **kw: Any) -> MachineConfig:
-    kernel, initrd, _ = image_paths()
-    return MachineConfig(kernel=kernel, initrd=initrd, accel=config.getoption("--qgpu-accel"),
-                         dma_mode=mode, name=f"{mode}", **kw)
+    return MachineConfig.for_kernel(kernels.resolve(), accel=config.getoption("--qgpu-accel"),
+                                    dma_mode=mode, name=f"{mode}",
+                                    timeout_scale=config.getoption("--qgpu-timeout-scale"),
+                                    **kw)
+
+
+@dataclass
+class _Window:
+    """A test's span on a shared guest, in the guest's jiffies (for kmemleak's reports)."""
+
+    nodeid: str
+    start: int | None
+    end: int | None = None
+
+    def holds(self, jiffies: int) -> bool:
+        return (self.start is not None and self.start <= jiffies and
+                (self.end is None or jiffies <= self.end))
+
+
+def _attribute(found: health.Health, windows: list[_Window]) -> list[str]:
+    """Name the test during which each leaked object was allocated."""
+    lines = []
+    for leak in found.leaks:
+        owner = next((w.nodeid for w in windows if w.holds(leak.jiffies)), None)
+        lines.append(f"  object allocated at jiffies {leak.jiffies}: " +
+                     (f"during {owner}" if owner else "outside any test (at boot, or "
+                      "between tests)"))
+    return lines
 
 
 class _Pool:
-    """The session's booted guests, one per DMA mode."""
+    """The session's booted guests, one per DMA mode, and the tests each one ran."""
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self.machines: dict[DmaMode, GuestMachine] = {}
+        self.windows: dict[DmaMode, list[_Window]] = {}
 
     def get(self, mode: DmaMode) -> GuestMachine:
         # Tests are grouped by mode: stop other modes' guests to spare the CPUs.
         for other in [m for m in self.machines if m is not mode]:
-            self.drop(other)
+            self.retire(other)
         machine = self.machines.get(mode)
         if machine is None or not machine.is_alive():
             if machine is not None:
                 self.drop(mode)
-            _, _, key = image_paths()
-            machine = GuestMachine(_base_config(self.config, mode), ssh_key=key).start()
+            cfg = _base_config(self.config, mode)
+            assert cfg.guest_kernel is not None
+            machine = GuestMachine(cfg, ssh_key=cfg.guest_kernel.ssh_key).start()
+            try:
+                health.check_boot(machine)
+            except BaseException:
+                machine.stop()
+                raise
             self.machines[mode] = machine
+            self.windows[mode] = []
         return machine
 
     def drop(self, mode: DmaMode) -> None:
+        """Stop the guest of ``mode`` without looking at it (it failed already)."""
         machine = self.machines.pop(mode, None)
+        self.windows.pop(mode, None)
         if machine is not None:
             machine.stop()
 
+    def retire(self, mode: DmaMode) -> None:
+        """Stop a healthy guest after a last, thorough leak check.
+
+        kmemleak reports an object only after two scans 5 s apart: the leaks of the
+        guest's last tests show up only here. They are saved in the bundle of the test
+        that allocated them, and raised (failing the test or session teardown that
+        retires the guest, with the culprit named).
+        """
+        machine = self.machines.get(mode)
+        windows = self.windows.get(mode, [])
+        found = None
+        if machine is not None and machine.is_alive() and health.detectors(machine).kmemleak:
+            found = _health_after(machine, unload=True, settle_leaks=True)
+        self.drop(mode)
+        if found is not None and not found.ok:
+            found.problems += _attribute(found, windows)
+            owners = [w for w in windows if any(w.holds(lk.jiffies) for lk in found.leaks)]
+            for w in owners or windows[-1:]:
+                with contextlib.suppress(OSError):
+                    _save_health(found, _artifact_dir_for(self.config, w.nodeid))
+            raise GuestCrashError(f"{mode} guest, checked once more before it was shut down: "
+                                  + "\n".join(found.problems), found.summary())
+
     def close(self) -> None:
+        errors = []
         for mode in list(self.machines):
-            self.drop(mode)
+            try:
+                self.retire(mode)
+            except GuestCrashError as exc:
+                errors.append(str(exc))
+        if errors:
+            raise GuestCrashError("\n".join(errors))
 
 
 @pytest.fixture(scope="session")
@@ -148,15 +247,35 @@ def dma_mode(request: pytest.FixtureRequest) -> DmaMode:
     return mode
 
 
+@pytest.fixture(scope="session")
+def guest_kernel() -> GuestKernel:
+    """Return the guest kernel under test (``--qgpu-kernel``)."""
+    return kernels.resolve().check()
+
+
 def check_guest_health(machine: GuestMachine) -> None:
-    """Fail if the guest's console or dmesg shows a crash, BUG, WARN or IOMMU fault."""
-    if machine.console is not None:
-        machine.console.drain(0.1)
-    dmesg = machine.run("dmesg", timeout=30).output
-    bad = [line for line in dmesg.splitlines() if DMESG_BAD.search(line)]
-    if bad:
-        raise GuestCrashError("the guest kernel log shows trouble:\n" + "\n".join(bad[:20]),
-                              dmesg)
+    """Raise :class:`GuestCrashError` if the guest's kernel reported anything (qgpu.health)."""
+    found = health.check(machine)
+    if not found.ok:
+        raise GuestCrashError("the guest kernel reported trouble:\n" + found.summary(),
+                              found.reports.get("dmesg-report.txt", ""))
+
+
+def _health_after(machine: GuestMachine, *, unload: bool, scan_leaks: bool = True,
+                  settle_leaks: bool = False) -> health.Health:
+    """Read the detectors after a test; a guest that cannot answer is a finding too."""
+    try:
+        return health.check(machine, unload=unload, scan_leaks=scan_leaks,
+                            settle_leaks=settle_leaks)
+    except (GuestCrashError, QgpuError, OSError) as exc:
+        return health.Health(problems=[f"the health check failed: {exc}"])
+
+
+def _save_health(found: health.Health, dest: Path) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "health.txt").write_text("\n".join(found.problems) + "\n")
+    for name, text in found.reports.items():
+        (dest / name).write_text(text + "\n")
 
 
 @pytest.fixture
@@ -165,22 +284,33 @@ def guest(request: pytest.FixtureRequest, _qgpu_pool: _Pool, dma_mode: DmaMode
     """Yield a booted guest in ``dma_mode`` with the qgpu driver freshly loaded."""
     machine = _qgpu_pool.get(dma_mode)
     # A fresh driver instance and an empty kernel log for every test.
-    machine.run("dmesg -c >/dev/null; if grep -q '^qgpu ' /proc/modules; then rmmod qgpu; fi"
-                " && insmod /opt/qgpu/qgpu.ko && test -c /dev/qgpu0", timeout=60, check=True)
+    out = machine.run(health.prepare_command(health.detectors(machine)) +
+                      "; if grep -q '^qgpu ' /proc/modules; then rmmod qgpu; fi"
+                      " && insmod /opt/qgpu/qgpu.ko && test -c /dev/qgpu0",
+                      timeout=60, check=True).output
+    window = _Window(request.node.nodeid, health.parse_jiffies(out))
+    windows = _qgpu_pool.windows.setdefault(dma_mode, [])
+    windows.append(window)
     yield machine
     failed = _failed(request.node)
+    dest = _artifact_dir(request.config, request.node)
     if machine.is_alive():
-        try:
-            check_guest_health(machine)
-        except (GuestCrashError, QgpuError) as exc:
-            failed = True
+        # Unload: remove and exit paths run, DMA-API debugging counts what was left.
+        # kmemleak needs two scans 5 s apart to report an object: after every test
+        # only if asked, else once when the guest retires.
+        per_test = request.config.getoption("--qgpu-kmemleak") == "test"
+        found = _health_after(machine, unload=True, scan_leaks=per_test, settle_leaks=per_test)
+        window.end = found.jiffies
+        found.problems += _attribute(found, windows)
+        if not found.ok:
             with contextlib.suppress(QgpuError, OSError):
-                machine.collect_artifacts(_artifact_dir(request.config, request.node))
+                _save_health(found, dest)
+                machine.collect_artifacts(dest)
             _qgpu_pool.drop(dma_mode)
-            pytest.fail(f"guest unhealthy after the test: {exc}")
+            pytest.fail(f"guest unhealthy after the test: {found.summary()}")
     if failed or request.config.getoption("--qgpu-keep-artifacts"):
         with contextlib.suppress(QgpuError, OSError):
-            machine.collect_artifacts(_artifact_dir(request.config, request.node))
+            machine.collect_artifacts(dest)
     if failed or not machine.is_alive():
         _qgpu_pool.drop(dma_mode)     # never hand a suspect guest to the next test
 
@@ -196,19 +326,39 @@ def make_guest(request: pytest.FixtureRequest) -> Iterator[Callable[..., GuestMa
     """Boot dedicated guests: ``make_guest(dma_mode=..., qgpus=(QgpuSpec(...),), ...)``."""
     machines: list[GuestMachine] = []
 
-    def _make(mode: DmaMode = DmaMode.DIRECT, **kw: Any) -> GuestMachine:
-        _, _, key = image_paths()
-        machine = GuestMachine(_base_config(request.config, mode, **kw), ssh_key=key)
+    checked: set[int] = set()
+
+    def _make(mode: DmaMode = DmaMode.DIRECT, *, check_health: bool = True,
+              **kw: Any) -> GuestMachine:
+        cfg = _base_config(request.config, mode, **kw)
+        assert cfg.guest_kernel is not None
+        machine = GuestMachine(cfg, ssh_key=cfg.guest_kernel.ssh_key)
         machines.append(machine)
-        return machine.start()
+        machine.start()
+        if check_health:
+            checked.add(id(machine))
+            health.check_boot(machine)
+        return machine
 
     yield _make
+    unhealthy = []
     for machine in machines:
-        if _failed(request.node) or request.config.getoption("--qgpu-keep-artifacts"):
+        dest = _artifact_dir(request.config, request.node) / machine.config.name
+        failed = _failed(request.node)
+        if not failed and id(machine) in checked and machine.is_alive():
+            # A dedicated guest gets no later scan: let its leaks show now.
+            found = _health_after(machine, unload=False, settle_leaks=True)
+            if not found.ok:
+                failed = True
+                unhealthy.append(f"{machine.config.name}: {found.summary()}")
+                with contextlib.suppress(QgpuError, OSError):
+                    _save_health(found, dest)
+        if failed or request.config.getoption("--qgpu-keep-artifacts"):
             with contextlib.suppress(QgpuError, OSError):
-                machine.collect_artifacts(_artifact_dir(request.config, request.node)
-                                          / machine.config.name)
+                machine.collect_artifacts(dest)
         machine.stop()
+    if unhealthy:
+        pytest.fail("guest unhealthy after the test: " + "\n".join(unhealthy))
 
 
-__all__ = ["QgpuSpec", "check_guest_health"]
+__all__ = ["GuestKernel", "QgpuSpec", "check_guest_health"]

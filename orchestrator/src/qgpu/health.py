@@ -1,0 +1,225 @@
+"""Is the guest kernel still healthy? What its bug detectors reported.
+
+After each test the rig asks the guest, in one command:
+
+- the kernel log: ``BUG:`` (KASAN, KFENCE, sleeping in atomic context, ...), ``WARNING:``
+  (lockdep, DMA-API debugging, debug objects, WARN_ON), ``UBSAN:``, oopses, panics, call
+  traces and IOMMU faults;
+- kmemleak, where the kernel has it: every unreferenced object it lists, with the
+  guest's ``jiffies`` when it was allocated (:class:`Leak`). kmemleak reports an object
+  only once it is 5 seconds old and an earlier scan saw it unchanged, so one scan at
+  the end of a test cannot report that test's leaks; ``settle_leaks=True`` waits and
+  scans twice (about 12 s under TCG), and then nothing the test leaked escapes. The
+  pytest plugin does that when a shared guest retires and names the test that
+  allocated each object from the jiffies each test's window began and ended at
+  (``--qgpu-kmemleak=test`` does it after every test instead);
+- DMA-API debugging, where the kernel has it: ``error_count`` must be 0. It counts every
+  driver's errors, among them mappings a driver still held when it was unbound, while
+  ``dma_debug_driver=qgpu`` prints only qgpu's (``num_errors`` is not a count: it is how
+  many more errors will be printed, which :func:`prepare_command` makes unlimited);
+- lockdep, where the kernel has it: ``debug_locks`` must still be 1 (lockdep switches
+  itself off after its first report, and a guest without it checks nothing more).
+
+Any of these fails the test; the reports go into its artifact bundle.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from dataclasses import dataclass, field
+
+from qgpu.errors import GuestCrashError
+from qgpu.kernels import Detectors
+from qgpu.machine import GuestMachine
+
+#: Lines in the kernel log that mean something went wrong.
+DMESG_BAD = re.compile(
+    r"BUG:|WARNING:|Oops|Call Trace|general protection|Kernel panic|UBSAN:|"
+    r"DMA-API: debugging out of memory|kmemleak: Kernel memory leak detector disabled|"
+    r"DMAR: DRHD: handling fault|DMAR: \[DMA (Read|Write)")
+
+KMEMLEAK = "/sys/kernel/debug/kmemleak"
+#: The guest's jiffies right now (the first line of /proc/timer_list that names them).
+JIFFIES_NOW = "grep -m1 '^jiffies' /proc/timer_list"
+_LEAK = re.compile(r"^unreferenced object 0x[0-9a-f]+ \(size \d+\):\n\s+comm \"[^\"]*\", "
+                   r"pid \d+, jiffies (\d+)", re.M)
+DMA_API = "/sys/kernel/debug/dma-api"
+_SECTION = "=====qgpu-health:"
+
+
+@dataclass(frozen=True)
+class Leak:
+    """One object kmemleak found unreferenced."""
+
+    jiffies: int                #: the guest's jiffies when it was allocated
+    report: str                 #: kmemleak's text for it (comm, hex dump, backtrace)
+
+
+@dataclass
+class Health:
+    """What one check found: problems (one line each) and the reports behind them."""
+
+    problems: list[str] = field(default_factory=list)
+    reports: dict[str, str] = field(default_factory=dict)   #: artifact file name -> text
+    leaks: list[Leak] = field(default_factory=list)
+    jiffies: int | None = None  #: the guest's jiffies when the check ended
+
+    @property
+    def ok(self) -> bool:
+        """Whether nothing was found."""
+        return not self.problems
+
+    def summary(self) -> str:
+        """Return the problems and the start of each report, for a test failure."""
+        parts = ["\n".join(self.problems)]
+        for name, text in self.reports.items():
+            parts.append(f"--- {name} ---\n{text[:4000]}")
+        return "\n".join(parts)
+
+
+def prepare_command(det: Detectors) -> str:
+    """Return the guest shell command that starts a test with a clean slate.
+
+    The kernel log is emptied (what the test's check reads is then the test's own),
+    and DMA-API debugging prints every error, not only the first of the boot.
+    """
+    parts = ["dmesg -c >/dev/null"]
+    if det.dma_api_debug:
+        parts.append(f"echo 1 > {DMA_API}/all_errors")
+    if det.kmemleak:
+        parts.append(JIFFIES_NOW)       # where the test's window of allocations begins
+    return "; ".join(parts)
+
+
+def parse_jiffies(output: str) -> int | None:
+    """Return N from a ``jiffies: N`` line of :data:`JIFFIES_NOW`'s output."""
+    m = re.search(r"^jiffies: (\d+)", output, re.M)
+    return int(m[1]) if m else None
+
+
+def check_command(det: Detectors, *, unload: bool = False, scan_leaks: bool = True,
+                  settle_leaks: bool = False) -> str:
+    """Return the guest shell command that gathers everything :func:`parse` reads.
+
+    With ``unload``, qgpu.ko is unloaded first: its remove and exit paths run, and
+    DMA-API debugging counts the mappings it still held. ``scan_leaks=False`` skips
+    kmemleak's scan (3 s under TCG; pointless right after boot, when every object is
+    younger than the 5 s kmemleak waits before it reports one). ``settle_leaks`` lets
+    every object the test allocated age past those 5 s and be scanned once before the
+    scan that reports (9 s more under TCG).
+    """
+    parts = []
+    if unload:
+        parts.append(f"echo '{_SECTION}unload'; if grep -q '^qgpu ' /proc/modules; then "
+                     "rmmod qgpu 2>&1 && echo unloaded; else echo unloaded; fi")
+    parts.append(f"echo '{_SECTION}dmesg'; dmesg")
+    if det.kmemleak and scan_leaks and settle_leaks:
+        parts.append(f"sleep 6; echo scan > {KMEMLEAK}")
+    if det.kmemleak and scan_leaks:
+        # The scan is synchronous: the file then lists the new suspects. 'clear'
+        # marks them reported, so the next test starts with none.
+        parts.append(f"echo '{_SECTION}kmemleak'; echo scan > {KMEMLEAK} && cat {KMEMLEAK}"
+                     f" && echo clear > {KMEMLEAK}")
+    if det.dma_api_debug:
+        parts.append(f"echo '{_SECTION}dma-api'; cat {DMA_API}/error_count")
+    if det.lockdep:
+        parts.append(f"echo '{_SECTION}lockdep'; grep debug_locks /proc/lockdep_stats")
+    if det.kmemleak:
+        parts.append(f"echo '{_SECTION}jiffies'; {JIFFIES_NOW}")  # the end of the test's window
+    return "; ".join(parts)
+
+
+def _sections(output: str) -> dict[str, str]:
+    found: dict[str, str] = {}
+    name = None
+    lines: list[str] = []
+    for line in output.splitlines():
+        if line.startswith(_SECTION):
+            if name is not None:
+                found[name] = "\n".join(lines)
+            name, lines = line[len(_SECTION):].strip(), []
+        elif name is not None:
+            lines.append(line)
+    if name is not None:
+        found[name] = "\n".join(lines)
+    return found
+
+
+def parse(output: str, det: Detectors, *, scan_leaks: bool = True) -> Health:
+    """Read the output of :func:`check_command` into a :class:`Health`."""
+    health = Health()
+    sec = _sections(output)
+    dmesg = sec.get("dmesg")
+    if dmesg is None:
+        health.problems.append("the guest did not answer the health check")
+        health.reports["health-check.txt"] = output
+        return health
+    if "unload" in sec and sec["unload"].strip().splitlines()[-1:] != ["unloaded"]:
+        health.problems.append(f"rmmod qgpu failed after the test: {sec['unload'].strip()}")
+    bad = [line for line in dmesg.splitlines() if DMESG_BAD.search(line)]
+    if bad:
+        health.problems.append("the guest kernel log shows trouble:\n" + "\n".join(bad[:20]))
+        health.reports["dmesg-report.txt"] = dmesg
+    health.jiffies = parse_jiffies(sec.get("jiffies", ""))
+    if det.kmemleak and scan_leaks:
+        leaks = sec.get("kmemleak", "").strip()
+        if "unreferenced object" in leaks:
+            blocks = re.split(r"(?m)^(?=unreferenced object )", leaks)
+            for block in blocks:
+                m = _LEAK.match(block)
+                if m:
+                    health.leaks.append(Leak(int(m[1]), block.rstrip()))
+            health.problems.append(f"kmemleak: {leaks.count('unreferenced object')} "
+                                   "unreferenced object(s)")
+            health.reports["kmemleak.txt"] = leaks
+        elif leaks:
+            health.problems.append(f"kmemleak could not scan: {leaks.splitlines()[0]}")
+    if det.dma_api_debug:
+        errors = sec.get("dma-api", "").strip()
+        if errors != "0":
+            health.problems.append(f"DMA-API debugging counted errors: error_count={errors!r} "
+                                   "(qgpu's are in the kernel log; other drivers' are counted "
+                                   "but not printed)")
+    if det.lockdep:
+        locks = sec.get("lockdep", "").split()
+        if locks[-1:] != ["1"]:
+            health.problems.append("lockdep is off (debug_locks is not 1): it reported "
+                                   "something earlier, or never started; the guest can no "
+                                   "longer check locking")
+    return health
+
+
+def detectors(machine: GuestMachine) -> Detectors:
+    """Return the detectors of the machine's kernel (none if it is not known)."""
+    kernel = machine.config.guest_kernel
+    return kernel.detectors if kernel is not None else Detectors()
+
+
+def check(machine: GuestMachine, *, unload: bool = False, scan_leaks: bool = True,
+          settle_leaks: bool = False, timeout: float = 60.0) -> Health:
+    """Ask a running guest what its kernel's detectors saw (see the module's doc)."""
+    det = detectors(machine)
+    if machine.console is not None:
+        # A report still on its way to the console is also in the kernel log, read below.
+        with contextlib.suppress(GuestCrashError):
+            machine.console.drain(0.1)
+    # The output quotes old reports (dmesg): only a crash while it runs is news, and
+    # the kernel log it reads has that too.
+    out = machine.run(check_command(det, unload=unload, scan_leaks=scan_leaks,
+                                    settle_leaks=settle_leaks),
+                      timeout=timeout, watch_crashes=False).output
+    return parse(out, det, scan_leaks=scan_leaks)
+
+
+def check_boot(machine: GuestMachine) -> None:
+    """Raise :class:`GuestCrashError` if the kernel reported anything while booting.
+
+    Then empty the log, so that a test's check reads only what the test caused.
+    """
+    found = check(machine, scan_leaks=False)
+    if not found.ok:
+        raise GuestCrashError(f"{machine.config.name}: the guest kernel reported trouble "
+                              f"while booting:\n{found.summary()}",
+                              found.reports.get("dmesg-report.txt", ""))
+    machine.run(prepare_command(detectors(machine)), timeout=30, check=True)
