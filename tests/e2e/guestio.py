@@ -32,6 +32,7 @@ PAGE = 4096
 PIPE_CAPACITY = 65536                   # Linux default: 16 pages
 GLIBC_MMAP_CHUNK_HEADER = 16            # malloc() >= 128 KiB: mmap'ed chunk, data at +16
 PFN_MASK = (1 << 55) - 1
+VM_DEVICE_FLAGS = {"sh", "pf", "io", "de", "dd"}   # VM_SHARED|PFNMAP|IO|DONTEXPAND|DONTDUMP
 PAGE_PRESENT = 1 << 63
 
 Record = dict[str, Any]
@@ -71,6 +72,13 @@ def put_file(guest: GuestMachine, path: str, data: bytes) -> None:
     res = guest.ssh_run(f"cat > {path} && wc -c < {path}", stdin=data, timeout=60)
     assert res.status == 0 and res.output.strip() == str(len(data)), \
         f"uploading {len(data)} bytes to {path} failed: {res.output}"
+
+
+def pat_entries(guest: GuestMachine) -> list[tuple[int, int, str]]:
+    """Return the PAT memtype list: (start, end, memory type) of each reservation."""
+    out = sh(guest, "cat /sys/kernel/debug/x86/pat_memtype_list")
+    return [(int(m[1], 16), int(m[2], 16), m[3].strip()) for m in
+            re.finditer(r"\[mem 0x([0-9a-f]+)-0x([0-9a-f]+)\] (.+)", out)]
 
 
 def guest_sha256(guest: GuestMachine, path: str) -> str:

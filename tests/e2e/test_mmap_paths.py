@@ -10,7 +10,6 @@ promises, at the BAR addresses QEMU reports.
 from __future__ import annotations
 
 import random
-import re
 
 import pytest
 
@@ -19,25 +18,26 @@ from qgpu.config import DmaMode
 from qgpu.data import fill_pattern as pattern_bytes
 from qgpu.data import fnv1a64
 from qgpu.inspector import DeviceInspector
+from qgpu.kernels import GuestKernel
 from qgpu.machine import GuestMachine
 
 from .guestio import (
     PAGE,
     SUITE,
+    VM_DEVICE_FLAGS,
     DmaPlatform,
     dma_platform,
     driver_stats,
     first_diff,
     hold_tool,
     parse_json_line,
-    sh,
+    pat_entries,
     tool,
     trace_mark,
     trace_since,
 )
 
 MiB = 1 << 20
-VM_DEVICE_FLAGS = {"sh", "pf", "io", "de", "dd"}   # VM_SHARED|PFNMAP|IO|DONTEXPAND|DONTDUMP
 
 
 def _pages(offset: int, length: int) -> int:
@@ -118,16 +118,15 @@ def test_register_page_mirrors_the_device(guest: GuestMachine,
     assert insp.stats()["access-errors"] == access0, "a register access was refused"
 
 
-def _pat_entries(guest: GuestMachine) -> list[tuple[int, int, str]]:
-    out = sh(guest, "cat /sys/kernel/debug/x86/pat_memtype_list")
-    return [(int(m[1], 16), int(m[2], 16), m[3].strip()) for m in
-            re.finditer(r"\[mem 0x([0-9a-f]+)-0x([0-9a-f]+)\] (.+)", out)]
-
-
 def test_mappings_vmflags_and_pat_memtypes(guest: GuestMachine,
                                            qgpu_inspector: DeviceInspector,
+                                           guest_kernel: GuestKernel,
                                            rng: random.Random) -> None:
-    """While mapped: VM_PFNMAP|VM_IO|VM_DONTEXPAND|VM_DONTDUMP, WC VRAM, UC- registers."""
+    """While mapped: VM_PFNMAP|VM_IO|VM_DONTEXPAND|VM_DONTDUMP, WC VRAM, UC- registers.
+
+    io_mapping_map_user() (kernels with CONFIG_IO_MAPPING) reserves no memtype per
+    mapping: the eager VRAM page is covered by the BAR-wide WC reservation only.
+    """
     insp = qgpu_inspector
     bars = insp.bars()
     vram_bar, regs_bar = bars[ABI.BAR_VRAM], bars[ABI.BAR_REGS]
@@ -136,7 +135,7 @@ def test_mappings_vmflags_and_pat_memtypes(guest: GuestMachine,
     wc_page = (vram_bar.address + eager_page, vram_bar.address + eager_page + PAGE,
                "write-combining")
     uc_page = (user_page, user_page + PAGE, "uncached-minus")
-    before = _pat_entries(guest)
+    before = pat_entries(guest)
     assert (vram_bar.address, vram_bar.address + vram_bar.size, "write-combining") in before, \
         f"the driver's WC io_mapping of the VRAM BAR is not in the PAT list: {before}"
     drv0 = driver_stats(guest)
@@ -153,9 +152,10 @@ def test_mappings_vmflags_and_pat_memtypes(guest: GuestMachine,
             assert flags >= VM_DEVICE_FLAGS, f"{what}: VmFlags {sorted(flags)} lack " \
                 f"{sorted(VM_DEVICE_FLAGS - flags)}"
             assert not flags & {"ex", "me"}, f"{what}: executable mapping allowed: {flags}"
-        during = _pat_entries(guest)
-        assert wc_page in during, \
-            f"no write-combining PAT entry for the mapped VRAM page {wc_page[0]:#x}: {during}"
+        during = pat_entries(guest)
+        assert (wc_page in during) != guest_kernel.io_mapping, \
+            f"PAT entry for the mapped VRAM page {wc_page[0]:#x} (want one only without " \
+            f"io_mapping_map_user): {during}"
         assert uc_page in during, \
             f"no uncached-minus PAT entry for the mapped register page {user_page:#x}: {during}"
         drv1 = driver_stats(guest)
@@ -164,7 +164,7 @@ def test_mappings_vmflags_and_pat_memtypes(guest: GuestMachine,
     assert regs.release()["id"] == ABI.ID_MAGIC
     assert bytes.fromhex(eager.release()["hex"]) == insp.vram_backend(eager_page, PAGE)
     assert bytes.fromhex(lazy.release()["hex"]) == insp.vram_backend(lazy_page, PAGE)
-    after = _pat_entries(guest)
+    after = pat_entries(guest)
     assert wc_page not in after and uc_page not in after, "PAT entries outlive the mappings"
     drv2 = driver_stats(guest)
     assert (drv2["vma_regs"], drv2["vma_vram"], drv2["vma_vram_lazy"]) == (0, 0, 0)

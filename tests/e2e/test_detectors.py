@@ -1,0 +1,76 @@
+"""The debug kernel's detectors fail a test, and its artifact bundle holds the report.
+
+A detector that never fires proves nothing. The canary module (``tests/canary``)
+commits one bug on request -- a use-after-free, a leak, a lock-order inversion, a
+DMA-API misuse -- inside a test that pytest itself runs (pytester) with this rig's
+plugin, on the kernel under test. Each such test must fail with the detector's
+report, and its bundle must hold the report; the same test without a bug must pass.
+On a kernel without a detector, its case is skipped (the stock kernel has none).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from qgpu.kernels import GuestKernel
+
+pytest_plugins = ["pytester"]
+
+INNER_TEST = '''
+import pytest
+
+from qgpu.config import DmaMode
+
+
+@pytest.mark.parametrize("dma_mode", [DmaMode.DIRECT], indirect=True)
+def test_canary(guest):
+    guest.run("insmod /opt/qgpu/test/qgpu_canary.ko bug={bug}", timeout=60, check=True)
+'''
+
+# bug -> (detector, what the report says, the bundle file that must hold it)
+CASES = {
+    "use-after-free": ("kasan", "BUG: KASAN: slab-use-after-free", "dmesg-report.txt"),
+    "leak": ("kmemleak", "unreferenced object", "kmemleak.txt"),
+    "lock-inversion": ("lockdep", "WARNING: possible circular locking dependency detected",
+                       "dmesg-report.txt"),
+    "dma-wrong-size": ("dma_api_debug", "DMA-API: qgpu", "dmesg-report.txt"),
+}
+
+
+def _run_inner(pytester: pytest.Pytester, kernel: GuestKernel, bug: str,
+               request: pytest.FixtureRequest) -> tuple[pytest.RunResult, Path]:
+    pytester.makepyfile(test_canary=INNER_TEST.format(bug=bug))
+    artifacts = pytester.path / "artifacts"
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", f"--qgpu-kernel={kernel.image_dir}",
+        f"--qgpu-artifacts={artifacts}", f"--qgpu-accel={request.config.getoption('--qgpu-accel')}",
+        timeout=600 * kernel.timeout_scale)
+    return result, artifacts
+
+
+@pytest.mark.parametrize("bug", list(CASES))
+def test_detector_fails_the_test(pytester: pytest.Pytester, guest_kernel: GuestKernel,
+                                 request: pytest.FixtureRequest, bug: str) -> None:
+    detector, report, bundle_file = CASES[bug]
+    if not getattr(guest_kernel.detectors, detector):
+        pytest.skip(f"the {guest_kernel.name} kernel has no {detector}")
+    result, artifacts = _run_inner(pytester, guest_kernel, bug, request)
+    output = result.stdout.str()
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, \
+        f"the canary's {bug} did not fail its test (exit {result.ret}):\n{output[-4000:]}"
+    assert report in output, output[-4000:]
+    if bug == "leak":       # found when the guest retires, and blamed on the test
+        assert "during test_canary.py::test_canary[direct]" in output, output[-4000:]
+    bundles = list(artifacts.glob(f"*/*test_canary*/{bundle_file}"))
+    assert bundles, f"no {bundle_file} in the bundle: {sorted(artifacts.rglob('*'))}"
+    assert report in bundles[0].read_text(), bundles[0].read_text()[-3000:]
+    assert (bundles[0].parent / "health.txt").exists()
+
+
+def test_no_bug_passes(pytester: pytest.Pytester, guest_kernel: GuestKernel,
+                       request: pytest.FixtureRequest) -> None:
+    """The control case: the canary loaded without a bug leaves nothing to report."""
+    result, _ = _run_inner(pytester, guest_kernel, "none", request)
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()[-4000:]

@@ -1,0 +1,94 @@
+"""Every allocation, pin, DMA mapping and IRQ setup of the driver fails once: a clean errno.
+
+On kernels with fault injection (the debug kernel), :mod:`qgpu.kfault` fails each
+fault point an operation reaches, one run per point -- the driver's slab and page
+allocations, and its pin, DMA-map, DMA-alloc and IRQ-setup calls -- for the probe (a
+bind through sysfs) and for the ioctls behind each qgpu-tool command. For each: the
+operation ends with a clean errno, or succeeds where the driver has a fallback
+(MSI-X -> MSI -> INTx); once the faults are removed the device works; and the
+kernel reports nothing: KASAN, lockdep and DMA-API debugging after each test, and
+kmemleak when the guest retires, naming the test that leaked (qgpu.health).
+"""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from qgpu.config import DmaMode
+from qgpu.kernels import GuestKernel
+from qgpu.kfault import DRIVER_POINTS, FaultRun, KernelFaultInjector
+from qgpu.machine import GuestMachine
+
+from .guestio import put_file, sh, tool
+
+MiB = 1 << 20
+#: What a failed allocation, pin or mapping may turn into, and nothing else.
+CLEAN_ERRNOS = {errno.ENOMEM, errno.EFAULT}
+
+# qgpu-tool commands: each exercises open, one ioctl path, and release.
+OPS = {
+    "info": "info",
+    "fill": "fill 0x10000 65536 0x5a5a5a5a",
+    "copy-vram": "copy-vram 0 0x100000 65536",
+    "to-vram-page": "to-vram 0x200000 /tmp/kf-page",
+    "to-vram-sg": "to-vram 0x200000 /tmp/kf-big --sg",
+    "from-vram-sg": f"from-vram 0x200000 {200 * 1024} /tmp/kf-out --sg",
+    "bo-create": "bo-create 65536 --to-vram 0x300000",
+}
+
+
+@pytest.fixture
+def kfaults(guest: GuestMachine, guest_kernel: GuestKernel) -> KernelFaultInjector:
+    if not guest_kernel.detectors.fault_injection:
+        pytest.skip(f"the {guest_kernel.name} kernel has no fault injection (use debug)")
+    put_file(guest, "/tmp/kf-page", bytes(range(256)) * 12)          # 3 KiB: one page
+    put_file(guest, "/tmp/kf-big", bytes(range(256)) * 800)          # 200 KiB: SG list
+    return KernelFaultInjector(guest)
+
+
+def _check_runs(runs: list[FaultRun], allowed: set[int] | None, what: str) -> None:
+    """Each failed point: success (a fallback) or a clean errno (in ``allowed``, if given)."""
+    injected = [r for r in runs if r.injected]
+    assert injected, f"{what}: no fault point reached -- is the scoping to qgpu.ko wrong?"
+    bad = [f"point {r.nth}: status {r.status}, {r.result}" for r in injected
+           if not (r.status == 0 and r.result.get("ok")) and
+           not (r.status == 1 and r.result.get("ok") is False and r.errno is not None and
+                r.errno > 0 and (allowed is None or r.errno in allowed))]
+    want = "an errno" if allowed is None else \
+        f"one of {sorted(errno.errorcode[e] for e in allowed)}"
+    assert not bad, f"{what}: a failed fault point gave no clean errno (want {want}):\n  " + \
+        "\n  ".join(bad)
+    last = runs[-1]
+    assert not last.injected and last.result.get("ok") is True, \
+        f"{what}: without a fault the operation failed: {last.result}"
+
+
+@pytest.mark.parametrize("op", list(OPS))
+def test_ioctl_fault_points(guest: GuestMachine, kfaults: KernelFaultInjector, op: str) -> None:
+    with kfaults.armed():
+        assert set(DRIVER_POINTS) == set(kfaults.injectable()), kfaults.injectable()
+        runs = kfaults.sweep(OPS[op])
+    _check_runs(runs, CLEAN_ERRNOS, f"qgpu-tool {OPS[op]}")
+    # The faults are gone: the device works, for this operation and for DMA.
+    assert tool(guest, OPS[op])["ok"]
+    assert tool(guest, "fill 0 4096 0x11")["ok"]
+
+
+@pytest.mark.parametrize("dma_mode", [DmaMode.DIRECT, DmaMode.IOMMU], indirect=True)
+def test_probe_fault_points(guest: GuestMachine, kfaults: KernelFaultInjector) -> None:
+    """Bind the driver with each fault point of its probe failed in turn.
+
+    A probe may fail with whatever errno the kernel API that failed gave it
+    (devm_memremap() says ENXIO, a region request EBUSY); what must hold is
+    that it fails cleanly and the next bind works.
+    """
+    bdf = sh(guest, "basename $(readlink /sys/class/misc/qgpu0/device)").strip()
+    drv = "/sys/bus/pci/drivers/qgpu"
+    with kfaults.armed():
+        runs = kfaults.sweep(f"write-file {drv}/bind {bdf}",
+                             before=f"if [ -e {drv}/{bdf} ]; then echo {bdf} > {drv}/unbind; fi")
+    _check_runs(runs, None, f"probe of {bdf}")
+    sh(guest, f"test -e {drv}/{bdf} && test -c /dev/qgpu0")
+    assert tool(guest, "fill 0 4096 0x22")["ok"]
