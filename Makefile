@@ -152,7 +152,7 @@ test: qemu images venv ## Everything CI runs: lint, then the suites on the stock
 	exit $$status
 
 .PHONY: bench
-bench: qemu image venv ## Benchmarks: DMA engine vs memcpy and edu; guest boot time; WC VRAM vs RAM writes
+bench: qemu images venv ## Benchmarks: DMA engine vs memcpy and edu; boot time per kernel; WC VRAM vs RAM writes
 	$(PY) -m qgpu.bench
 	$(PY) -m qgpu.bench_guest
 

@@ -2,6 +2,7 @@
 
     qgpu boot [--mode iommu]            boot and hand over the serial console
     qgpu run [--mode swiotlb] -- CMD    boot, run CMD, print its output, exit with its status
+                                        (1 if the kernel's detectors reported anything)
     qgpu inspect --qmp SOCKET           statistics, BARs, DMA trace, VRAM of a running guest
     qgpu demo                           the DMA + mmap demonstration (make demo)
 
@@ -24,6 +25,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from qgpu import health
 from qgpu.config import DmaMode, MachineConfig, QgpuSpec
 from qgpu.errors import QgpuError
 from qgpu.inspector import DeviceInspector
@@ -106,6 +108,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         result = machine.run(" ".join(args.command), timeout=args.timeout)
         print(result.output)
+        if health.detectors(machine).names():
+            progress("reading the guest kernel's bug detectors"
+                     + (" (kmemleak: 12 s)" if health.detectors(machine).kmemleak else ""))
+            found = health.check(machine, settle_leaks=True)
+            if not found.ok:
+                print(f"qgpu: the guest kernel reported trouble:\n{found.summary()}",
+                      file=sys.stderr)
+                return result.status or 1
+            progress("no reports from " + ", ".join(health.detectors(machine).names()))
         return result.status
     finally:
         machine.stop()
