@@ -26,16 +26,28 @@ from .guestio import put_file, sh, tool
 MiB = 1 << 20
 #: What a failed allocation, pin or mapping may turn into, and nothing else.
 CLEAN_ERRNOS = {errno.ENOMEM, errno.EFAULT}
+#: mmap() also passes on remap_pfn_range()'s EINVAL: that is how the kernel reports
+#: a failed PAT memtype reservation (an allocation) for the mapped range.
+MMAP_ERRNOS = CLEAN_ERRNOS | {errno.EINVAL}
 
-# qgpu-tool commands: each exercises open, one ioctl path, and release.
+# qgpu-tool commands, together every ioctl and every mmap region; each exercises
+# open, its own path, and release.
 OPS = {
-    "info": "info",
-    "fill": "fill 0x10000 65536 0x5a5a5a5a",
-    "copy-vram": "copy-vram 0 0x100000 65536",
-    "to-vram-page": "to-vram 0x200000 /tmp/kf-page",
-    "to-vram-sg": "to-vram 0x200000 /tmp/kf-big --sg",
+    "info": "info",                                                   # INFO
+    "fill": "fill 0x10000 65536 0x5a5a5a5a",                          # VRAM_OP fill
+    "copy-vram": "copy-vram 0 0x100000 65536",                        # VRAM_OP copy
+    "wait-fence": "fill 0x10000 4096 0x1 --async --wait 5000",        # WAIT_FENCE
+    "cpu-write": "fill 0x20000 65536 0x77 --cpu",                     # CPU_ACCESS fill
+    "cpu-read": "checksum 0 65536 --via cpu",                         # CPU_ACCESS read
+    "to-vram-page": "to-vram 0x200000 /tmp/kf-page",                  # COPY_USER, 1 page
+    "to-vram-sg": "to-vram 0x200000 /tmp/kf-big --sg",                # COPY_USER, SG list
     "from-vram-sg": f"from-vram 0x200000 {200 * 1024} /tmp/kf-out --sg",
-    "bo-create": "bo-create 65536 --to-vram 0x300000",
+    "bo-create": "bo-create 65536 --to-vram 0x300000",                # BO_CREATE, COPY_BO,
+                                                                      # BO mmap, BO_DESTROY
+    "raise-irq": "raise-irq",                                         # RAISE_IRQ
+    "mmap-vram": "mmap-write 0x1000 8192 0x12345678",                 # VRAM, eager
+    "mmap-lazy": "mmap-read 0x3000 4096 --lazy",                      # VRAM, fault handler
+    "mmap-regs": "regs",                                              # register page
 }
 
 
@@ -70,7 +82,8 @@ def test_ioctl_fault_points(guest: GuestMachine, kfaults: KernelFaultInjector, o
     with kfaults.armed():
         assert set(DRIVER_POINTS) == set(kfaults.injectable()), kfaults.injectable()
         runs = kfaults.sweep(OPS[op])
-    _check_runs(runs, CLEAN_ERRNOS, f"qgpu-tool {OPS[op]}")
+    _check_runs(runs, MMAP_ERRNOS if op.startswith("mmap") else CLEAN_ERRNOS,
+                f"qgpu-tool {OPS[op]}")
     # The faults are gone: the device works, for this operation and for DMA.
     assert tool(guest, OPS[op])["ok"]
     assert tool(guest, "fill 0 4096 0x11")["ok"]
