@@ -36,10 +36,15 @@
 #   linux-src/VER-PATCHES/                       unpacked + patched, shared by flavours
 #   kernel-build/VER-PATCHES/FLAVOUR/obj/        objects: a fragment change rebuilds
 #                                                only what it affects
-#   kernel-build/VER-PATCHES/FLAVOUR/root/       installed tree (see kernel-root)
-#   kernel-build/VER-PATCHES/FLAVOUR/key         the inputs of the last good build;
-#                                                written last, so an interrupted
-#                                                build never looks finished
+#   kernel-build/VER-PATCHES/FLAVOUR/root/       installed tree (see kernel-root),
+#                                                with the vmlinux OUT gets
+#   kernel-build/VER-PATCHES/FLAVOUR/key         the inputs of the last good build:
+#                                                removed before obj/ changes and
+#                                                written last, so a failed or
+#                                                interrupted build never looks
+#                                                finished
+#   kernel-build.lock                            one kernel build at a time per cache
+# Trees of other versions or patch sets are removed after a successful build.
 #
 # Env: QGPU_CACHE, JOBS (default: nproc), KERNEL_VERSION (a linux-source
 # package version, instead of the stock kernel's).
@@ -102,7 +107,7 @@ publish() {
           -e $o/vmlinux && -e $o/vmlinuz && -e $o/kernel.config && -e $o/kernel-cmdline ]]; then
         return 0
     fi
-    cp "$obj/vmlinux" "$o/vmlinux.tmp" && mv "$o/vmlinux.tmp" "$o/vmlinux"
+    cp "$root/boot/vmlinux-$rel" "$o/vmlinux.tmp" && mv "$o/vmlinux.tmp" "$o/vmlinux"
     cp "$root/boot/vmlinuz-$rel" "$o/vmlinuz.tmp" && mv "$o/vmlinuz.tmp" "$o/vmlinuz"
     cp "$root/boot/config-$rel" "$o/kernel.config"
     ln -sfn "$root" "$o/kernel-root"
@@ -113,8 +118,25 @@ publish() {
     printf 'package=%s\nversion=%s\nsha256=%s\nflavour=%s\nfragments=%s\nkey=%s\n' \
         "$pkg" "$ver" "$want_sha" "$flavour" "${fragments[*]}" "$key" >"$o/kernel-source"
 }
-if [[ -n $rel && $(cat "$bdir/key" 2>/dev/null) == "$key" && -e $root/boot/vmlinuz-$rel &&
-      -e $obj/vmlinux ]]; then
+up_to_date() {
+    [[ -n $rel && $(cat "$bdir/key" 2>/dev/null) == "$key" && -e $root/boot/vmlinuz-$rel &&
+       -e $root/boot/vmlinux-$rel ]]
+}
+if up_to_date; then
+    publish "$OUT"
+    log "$flavour kernel $rel is up to date (cache $bdir)"
+    exit 0
+fi
+
+# One build at a time in this cache (another checkout may share it).
+mkdir -p "$QGPU_CACHE"
+exec 9>"$QGPU_CACHE/kernel-build.lock"
+if ! flock -n 9; then
+    log "waiting for another kernel build in $QGPU_CACHE to finish"
+    flock 9
+fi
+rel=$(cat "$bdir/release" 2>/dev/null || true)
+if up_to_date; then             # the other build was this one
     publish "$OUT"
     log "$flavour kernel $rel is up to date (cache $bdir)"
     exit 0
@@ -150,7 +172,10 @@ if [[ ! -e $src/.done ]]; then
 fi
 
 # ---- configure ---------------------------------------------------------------------
+# From here on obj/ no longer matches the last good build: it is not finished
+# until the key is written again.
 mkdir -p "$obj"
+rm -f "$bdir/key" "$bdir/release"
 log "configuring $flavour: allnoconfig + ${fragments[*]}"
 (cd "$src" && scripts/kconfig/merge_config.sh -n -O "$obj" "${frag_paths[@]}") \
     >"$bdir/config.log" 2>&1 || { tail -20 "$bdir/config.log" >&2; die "configuration failed (log: $bdir/config.log)"; }
@@ -187,8 +212,13 @@ fresh=1
 [[ -e $obj/vmlinux ]] && fresh=0
 log "building $flavour with $JOBS jobs (log: $bdir/build.log)${est:+; a full build is about $est steps}"
 start=$SECONDS
-"${kmake[@]}" bzImage modules >"$bdir/build.log" 2>&1 &
+# Its own process group, killed with this script: a background job ignores the
+# terminal's Ctrl-C, and the build must not outlive us.
+setsid "${kmake[@]}" bzImage modules >"$bdir/build.log" 2>&1 &
 pid=$!
+trap 'kill -TERM -- -$pid 2>/dev/null || true' EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 while kill -0 "$pid" 2>/dev/null; do
     for _ in $(seq 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
     kill -0 "$pid" 2>/dev/null || break
@@ -196,10 +226,12 @@ while kill -0 "$pid" 2>/dev/null; do
     log "$flavour: $n steps${est:+ of about $est} in $(((SECONDS - start) / 60)) min $(((SECONDS - start) % 60)) s"
 done
 if ! wait "$pid"; then
+    trap - EXIT
     grep -E 'error|Error' "$bdir/build.log" | head -20 >&2 || true
     tail -20 "$bdir/build.log" >&2
     die "$flavour build failed (log: $bdir/build.log)"
 fi
+trap - EXIT INT TERM
 steps=$(grep -c '^  [A-Z]' "$bdir/build.log" || true)
 # Remember the size of a full build for the next estimate.
 if ((fresh)); then echo "$steps" >"$bdir/steps"; fi
@@ -213,17 +245,18 @@ mkdir -p "$root.tmp/boot"
     die "modules_install failed (log: $bdir/build.log)"
 rm -f "$root.tmp/lib/modules/$rel/build" "$root.tmp/lib/modules/$rel/source"
 cp "$obj/arch/x86/boot/bzImage" "$root.tmp/boot/vmlinuz-$rel"
+cp "$obj/vmlinux" "$root.tmp/boot/vmlinux-$rel"
 cp "$obj/.config" "$root.tmp/boot/config-$rel"
 rm -rf "$root"
 mv "$root.tmp" "$root"
 echo "$rel" >"$bdir/release"
 echo "$key" >"$bdir/key"
 publish "$OUT"
-# Trees of this version with other patches are stale: a patch change rebuilds
-# everything anyway (a new source tree), and each tree is gigabytes.
-for stale in "$QGPU_CACHE"/linux-src/"${ver//[~+:]/_}"-* "$QGPU_CACHE"/kernel-build/"${ver//[~+:]/_}"-*; do
-    [[ -d $stale && $stale != "$src" && $stale != "$QGPU_CACHE/kernel-build/$src_id" ]] || continue
-    log "removing $stale (other patches)"
+# Trees of other versions or patch sets are stale (a new kernel version or
+# patch rebuilds everything in a new tree anyway), and each is gigabytes.
+for stale in "$QGPU_CACHE"/linux-src/* "$QGPU_CACHE"/kernel-build/*; do
+    [[ -d $stale && ${stale##*/} != "$src_id" ]] || continue
+    log "removing $stale (another kernel version or patch set)"
     rm -rf "$stale"
 done
 log "$flavour kernel $rel ready in $OUT"

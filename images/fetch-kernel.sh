@@ -28,7 +28,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/.." && pwd)
-OUT=${1:-${OUT:-$top/build/images}}
+OUT=${1:-${OUT:-$top/build/images/stock}}
 QGPU_CACHE=${QGPU_CACHE:-$HOME/.cache/qgpu}
 log() { echo "fetch-kernel: $*" >&2; }
 

@@ -19,8 +19,8 @@ umask 022
 
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/.." && pwd)
-OUT=${OUT:-$top/build/images}
-GUEST=${GUEST:-$top/build/guest}
+OUT=${OUT:-$top/build/images/stock}
+GUEST=${GUEST:-$top/build/guest/stock}
 QGPU_CACHE=${QGPU_CACHE:-$HOME/.cache/qgpu}
 COMPRESS=${COMPRESS:-gzip}
 # Fixed timestamp for every file (reproducibility). A constant rather than

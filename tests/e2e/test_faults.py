@@ -67,6 +67,7 @@ def dmesg(g: GuestMachine) -> str:
 
 def wait_dmesg(g: GuestMachine, regex: str, timeout: float = BOUND) -> str:
     """Wait until the kernel log matches ``regex``; return the log."""
+    timeout *= g.config.timeout_scale           # the stock kernel's time
     deadline = time.monotonic() + timeout
     while True:
         log = dmesg(g)
@@ -109,14 +110,15 @@ def start_hold(g: GuestMachine, name: str, args: str) -> None:
     g.run(f"rm -f /tmp/{name}.*; sh -c \"( qgpu-tool hold {args} --ready /tmp/{name}.ready "
           f"> /tmp/{name}.json 2>&1; echo \\$? > /tmp/{name}.rc ) </dev/null >/dev/null 2>&1 &\"",
           check=True)
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 20 * g.config.timeout_scale
     while g.run(f"test -e /tmp/{name}.ready").status != 0:
         assert time.monotonic() < deadline, g.run(f"cat /tmp/{name}.json").output
         time.sleep(0.1)
 
 
 def wait_hold(g: GuestMachine, name: str, timeout: float = BOUND) -> dict[str, Any]:
-    """Wait (at most ``timeout``) for a held tool to end; return its report."""
+    """Wait (at most ``timeout`` on the stock kernel) for a held tool to end; return its report."""
+    timeout *= g.config.timeout_scale
     deadline = time.monotonic() + timeout
     while g.run(f"test -e /tmp/{name}.rc").status != 0:
         assert time.monotonic() < deadline, \
@@ -473,7 +475,7 @@ def test_surprise_removal(make_guest: MakeGuest, mid_dma: bool) -> None:
     faults.regs_all_ones(False)
     g.run("echo 1 > /sys/bus/pci/devices/0000:01:00.0/remove; "
           "echo 1 > /sys/bus/pci/rescan", check=True, timeout=60)
-    deadline = time.monotonic() + BOUND
+    deadline = time.monotonic() + BOUND * g.config.timeout_scale
     while g.run("test -c /dev/qgpu0").status != 0:
         assert time.monotonic() < deadline, "qgpu0 did not come back after rescan"
         time.sleep(0.2)

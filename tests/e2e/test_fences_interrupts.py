@@ -53,7 +53,7 @@ def test_interrupts_counted_on_both_sides(guest: GuestMachine,
     soft = [tool(guest, "raise-irq")["irq_count"] for _ in range(3)]
     assert soft == [soft[0], soft[0] + 1, soft[0] + 2], f"soft interrupt counts {soft}"
     # Every interrupt the device sent must arrive; give a late one a moment.
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 10 * guest.config.timeout_scale
     while True:
         irq1, host1, drv1 = guest_irq_counts(guest), insp.stats()["interrupts"], \
             driver_stats(guest)

@@ -17,6 +17,7 @@ import errno
 import pytest
 
 from qgpu.config import DmaMode
+from qgpu.health import check as check_health
 from qgpu.kernels import GuestKernel
 from qgpu.kfault import DRIVER_POINTS, FaultRun, KernelFaultInjector
 from qgpu.machine import GuestMachine
@@ -27,8 +28,10 @@ MiB = 1 << 20
 #: What a failed allocation, pin or mapping may turn into, and nothing else.
 CLEAN_ERRNOS = {errno.ENOMEM, errno.EFAULT}
 #: mmap() also passes on remap_pfn_range()'s EINVAL: that is how the kernel reports
-#: a failed PAT memtype reservation (an allocation) for the mapped range.
+#: a failed PAT memtype reservation (an allocation) for the mapped range. Each such
+#: point's stack must show it (PAT_FRAMES).
 MMAP_ERRNOS = CLEAN_ERRNOS | {errno.EINVAL}
+PAT_FRAMES = ("track_pfn_remap", "reserve_pfn_range", "memtype_reserve")
 
 # qgpu-tool commands, together every ioctl and every mmap region; each exercises
 # open, its own path, and release.
@@ -82,8 +85,18 @@ def test_ioctl_fault_points(guest: GuestMachine, kfaults: KernelFaultInjector, o
     with kfaults.armed():
         assert set(DRIVER_POINTS) == set(kfaults.injectable()), kfaults.injectable()
         runs = kfaults.sweep(OPS[op])
-    _check_runs(runs, MMAP_ERRNOS if op.startswith("mmap") else CLEAN_ERRNOS,
-                f"qgpu-tool {OPS[op]}")
+        _check_runs(runs, MMAP_ERRNOS if op.startswith("mmap") else CLEAN_ERRNOS,
+                    f"qgpu-tool {OPS[op]}")
+        einval = [r for r in runs if r.injected and r.errno == errno.EINVAL]
+        if einval:
+            found = check_health(guest, scan_leaks=False)   # before the stacks fill the log
+            assert found.ok, found.summary()
+            for r in einval:
+                stack = kfaults.stack_of(OPS[op], r.nth)
+                assert any(f in stack for f in PAT_FRAMES), \
+                    f"qgpu-tool {OPS[op]}: point {r.nth} gave EINVAL, but its stack shows " \
+                    f"no PAT reservation:\n{stack[-3000:]}"
+            sh(guest, "dmesg -c >/dev/null")   # the stacks, read and explained
     # The faults are gone: the device works, for this operation and for DMA.
     assert tool(guest, OPS[op])["ok"]
     assert tool(guest, "fill 0 4096 0x11")["ok"]

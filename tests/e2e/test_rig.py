@@ -62,7 +62,7 @@ def test_background_jobs_do_not_end_the_console(make_guest: MakeGuest) -> None:
     """A finished background job must not end the console shell (and the guest)."""
     machine = make_guest(DmaMode.DIRECT, ssh=False)
     machine.run("(sleep 1; echo done >/tmp/bg) & sleep 0.1", check=True)
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 20 * machine.config.timeout_scale
     while machine.run("cat /tmp/bg 2>/dev/null").output.strip() != "done":
         assert time.monotonic() < deadline, "the background job never finished"
         time.sleep(0.5)

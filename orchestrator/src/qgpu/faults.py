@@ -43,21 +43,25 @@ AER_HMP_NAMES = {AerKind.CORRECTABLE: "BAD_TLP", AerKind.NONFATAL: "POISON_TLP",
 class FaultInjector:
     """Inject faults into one qgpu (and its machine) through QMP."""
 
-    def __init__(self, inspector: DeviceInspector, *, root_port: str | None = None) -> None:
+    def __init__(self, inspector: DeviceInspector, *, root_port: str | None = None,
+                 timeout_scale: float = 1.0) -> None:
         """Inject through ``inspector``'s QMP connection.
 
         ``root_port`` is the qdev id of the PCIe root port the device sits
-        behind (needed for :meth:`aer_root_port` only).
+        behind (needed for :meth:`aer_root_port` only); waits on the guest are
+        multiplied by ``timeout_scale`` (slow debug kernels).
         """
         self.inspector = inspector
         self.qmp = inspector.qmp
         self.qdev_id = inspector.qdev_id
         self.root_port = root_port
+        self.timeout_scale = timeout_scale
 
     @classmethod
     def for_machine(cls, machine: GuestMachine, qdev_id: str = "qgpu0") -> FaultInjector:
         """Return an injector for device ``qdev_id`` of a rig machine."""
-        return cls(machine.inspector(qdev_id), root_port=f"{qdev_id}-rp")
+        return cls(machine.inspector(qdev_id), root_port=f"{qdev_id}-rp",
+                   timeout_scale=machine.config.timeout_scale)
 
     # -- plumbing ------------------------------------------------------------
 
@@ -218,6 +222,7 @@ class FaultInjector:
         except QmpError as exc:
             raise DeviceError(f"device_del {self.qdev_id} refused: {exc}; was it already "
                               "removed?") from exc
+        timeout *= self.timeout_scale
         deadline = time.monotonic() + timeout
         while True:
             try:

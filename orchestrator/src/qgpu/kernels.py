@@ -13,8 +13,8 @@ a folder    an image folder of the same layout (``vmlinux`` or ``vmlinuz``,
             ``make image KERNEL=...`` elsewhere
 
 What a kernel can detect is read from its configuration (``kernel.config`` beside it),
-not from its name, so any kernel built with the same options gets the same checks and
-boot parameters.
+not from its name, so any kernel built with the same options gets the same checks; the
+boot parameters it wants are in ``kernel-cmdline`` beside it.
 """
 
 from __future__ import annotations
@@ -92,7 +92,10 @@ class GuestKernel:
     def detectors(self) -> Detectors:
         """Return the bug detectors this kernel has."""
         return Detectors(
-            kasan=self.has("KASAN"), kfence=self.has("KFENCE"),
+            kasan=self.has("KASAN"),
+            # Debian builds KFENCE in but samples nothing unless booted to.
+            kfence=self.has("KFENCE") and
+            self.config.get("CONFIG_KFENCE_SAMPLE_INTERVAL", "0") != "0",
             lockdep=self.has("PROVE_LOCKING"), kmemleak=self.has("DEBUG_KMEMLEAK"),
             dma_api_debug=self.has("DMA_API_DEBUG"),
             ubsan=self.has("UBSAN"), debug_objects=self.has("DEBUG_OBJECTS"),

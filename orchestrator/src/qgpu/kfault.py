@@ -193,6 +193,24 @@ class KernelFaultInjector:
                              "the sweep stopped")
         return runs
 
+    def stack_of(self, tool_args: str, nth: int) -> str:
+        """Run ``qgpu-tool TOOL_ARGS`` with its ``nth`` point failed; return that point's stack.
+
+        The kernel prints the stack of the failed point (``verbose`` 2) into its log,
+        where it stays: a caller that goes on must clear the log (``dmesg -c``) once it
+        has checked it.
+        """
+        types = " ".join(FAULT_TYPES)
+        mark = f"qgpu-kfault-stack-{nth}"
+        self._sh(f"for t in {types}; do echo 2 > {DEBUGFS}/$t/verbose; done; "
+                 f"echo {mark} > /dev/kmsg")
+        try:
+            self.run(tool_args, nth)
+        finally:
+            self._sh(f"for t in {types}; do echo 1 > {DEBUGFS}/$t/verbose; done")
+        log = self.machine.run("dmesg", timeout=30, watch_crashes=False).output
+        return log.split(mark, 1)[-1]
+
     def _parse(self, tool_args: str, nth: int, status: int, output: str) -> FaultRun:
         lines = _json_lines(output)
         report = [o for o in lines if "fail_nth_injected" in o]

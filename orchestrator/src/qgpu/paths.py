@@ -2,6 +2,7 @@
 
 The Makefile puts stable links under ``build/`` at the top of the checkout;
 ``QGPU_BUILD_DIR`` overrides that location and ``QGPU_QEMU`` the QEMU binary.
+Guest images (``build/images/KERNEL``) are found by :mod:`qgpu.kernels`.
 """
 
 from __future__ import annotations
@@ -29,12 +30,6 @@ def build_dir() -> Path:
     """Return the build output folder (``build/`` unless ``QGPU_BUILD_DIR`` is set)."""
     env = os.environ.get("QGPU_BUILD_DIR")
     return Path(env) if env else repo_root() / "build"
-
-
-def image_dir() -> Path:
-    """Return the guest image folder (``build/images`` unless ``QGPU_IMAGE_DIR`` is set)."""
-    env = os.environ.get("QGPU_IMAGE_DIR")
-    return Path(env) if env else build_dir() / "images"
 
 
 def abi_header() -> Path:

@@ -172,9 +172,12 @@ class _Pool:
         self.windows: dict[DmaMode, list[_Window]] = {}
 
     def get(self, mode: DmaMode) -> GuestMachine:
-        # Tests are grouped by mode: stop other modes' guests to spare the CPUs.
+        # Tests are grouped by mode, and each group's guest retires after its last
+        # test (pytest_runtest_teardown); this only catches an unusual order.
         for other in [m for m in self.machines if m is not mode]:
-            self.retire(other)
+            problem = self.retire(other)
+            if problem:
+                raise GuestCrashError(problem)
         machine = self.machines.get(mode)
         if machine is None or not machine.is_alive():
             if machine is not None:
@@ -192,19 +195,18 @@ class _Pool:
         return machine
 
     def drop(self, mode: DmaMode) -> None:
-        """Stop the guest of ``mode`` without looking at it (it failed already)."""
+        """Stop the guest of ``mode`` without looking at it."""
         machine = self.machines.pop(mode, None)
         self.windows.pop(mode, None)
         if machine is not None:
             machine.stop()
 
-    def retire(self, mode: DmaMode) -> None:
-        """Stop a healthy guest after a last, thorough leak check.
+    def retire(self, mode: DmaMode) -> str | None:
+        """Stop the guest of ``mode`` after a last, thorough leak check; return its findings.
 
         kmemleak reports an object only after two scans 5 s apart: the leaks of the
-        guest's last tests show up only here. They are saved in the bundle of the test
-        that allocated them, and raised (failing the test or session teardown that
-        retires the guest, with the culprit named).
+        guest's last tests show up only here. Each report is saved in the bundle of
+        the test that allocated the object, and the returned text names that test.
         """
         machine = self.machines.get(mode)
         windows = self.windows.get(mode, [])
@@ -212,29 +214,52 @@ class _Pool:
         if machine is not None and machine.is_alive() and health.detectors(machine).kmemleak:
             found = _health_after(machine, unload=True, settle_leaks=True)
         self.drop(mode)
-        if found is not None and not found.ok:
-            found.problems += _attribute(found, windows)
-            owners = [w for w in windows if any(w.holds(lk.jiffies) for lk in found.leaks)]
-            for w in owners or windows[-1:]:
-                with contextlib.suppress(OSError):
-                    _save_health(found, _artifact_dir_for(self.config, w.nodeid))
-            raise GuestCrashError(f"{mode} guest, checked once more before it was shut down: "
-                                  + "\n".join(found.problems), found.summary())
+        if found is None or found.ok:
+            return None
+        found.problems += _attribute(found, windows)
+        owners = [w for w in windows if any(w.holds(lk.jiffies) for lk in found.leaks)]
+        for w in owners or windows[-1:]:
+            with contextlib.suppress(OSError):
+                _save_health(found, _artifact_dir_for(self.config, w.nodeid))
+        return (f"the {mode} guest, checked once more before it was shut down:\n"
+                + "\n".join(found.problems) + "\n" + found.summary())
 
     def close(self) -> None:
-        errors = []
-        for mode in list(self.machines):
-            try:
-                self.retire(mode)
-            except GuestCrashError as exc:
-                errors.append(str(exc))
-        if errors:
-            raise GuestCrashError("\n".join(errors))
+        problems = [p for p in (self.retire(mode) for mode in list(self.machines)) if p]
+        if problems:
+            raise GuestCrashError("\n".join(problems))
+
+
+_POOL = pytest.StashKey[_Pool]()
+
+
+def _mode_of(item: pytest.Item | None) -> DmaMode | None:
+    callspec = getattr(item, "callspec", None)
+    mode = callspec.params.get("dma_mode") if callspec is not None else None
+    return DmaMode(mode) if mode is not None else None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None
+                            ) -> Generator[None, None, None]:
+    """Retire a mode's guest after the last test that uses it, and report its leaks there."""
+    yield
+    pool = item.config.stash.get(_POOL, None)
+    mode = _mode_of(item)
+    if pool is None or mode is None or mode not in pool.machines:
+        return
+    if nextitem is not None and _mode_of(nextitem) is mode and \
+            "guest" in getattr(nextitem, "fixturenames", ()):
+        return
+    problem = pool.retire(mode)
+    if problem:
+        raise GuestCrashError(problem)
 
 
 @pytest.fixture(scope="session")
 def _qgpu_pool(pytestconfig: pytest.Config) -> Iterator[_Pool]:
     pool = _Pool(pytestconfig)
+    pytestconfig.stash[_POOL] = pool
     yield pool
     pool.close()
 
@@ -262,11 +287,11 @@ def check_guest_health(machine: GuestMachine) -> None:
 
 
 def _health_after(machine: GuestMachine, *, unload: bool, scan_leaks: bool = True,
-                  settle_leaks: bool = False) -> health.Health:
+                  settle_leaks: bool = False, clear_log: bool = False) -> health.Health:
     """Read the detectors after a test; a guest that cannot answer is a finding too."""
     try:
         return health.check(machine, unload=unload, scan_leaks=scan_leaks,
-                            settle_leaks=settle_leaks)
+                            settle_leaks=settle_leaks, clear_log=clear_log)
     except (GuestCrashError, QgpuError, OSError) as exc:
         return health.Health(problems=[f"the health check failed: {exc}"])
 
@@ -283,36 +308,52 @@ def guest(request: pytest.FixtureRequest, _qgpu_pool: _Pool, dma_mode: DmaMode
           ) -> Iterator[GuestMachine]:
     """Yield a booted guest in ``dma_mode`` with the qgpu driver freshly loaded."""
     machine = _qgpu_pool.get(dma_mode)
+    windows = _qgpu_pool.windows.setdefault(dma_mode, [])
     # A fresh driver instance and an empty kernel log for every test.
     out = machine.run(health.prepare_command(health.detectors(machine)) +
                       "; if grep -q '^qgpu ' /proc/modules; then rmmod qgpu; fi"
                       " && insmod /opt/qgpu/qgpu.ko && test -c /dev/qgpu0",
-                      timeout=60, check=True).output
+                      timeout=60, check=True, watch_crashes=False).output
+    late = health.late_reports(out)
+    if late:
+        after = windows[-1].nodeid if windows else "the boot"
+        _qgpu_pool.drop(dma_mode)
+        pytest.fail(f"the guest kernel reported trouble after the check of {after} (it "
+                    "arrived later, e.g. from a timer after the driver was unloaded):\n"
+                    + "\n".join(late[:20]))
     window = _Window(request.node.nodeid, health.parse_jiffies(out))
-    windows = _qgpu_pool.windows.setdefault(dma_mode, [])
     windows.append(window)
     yield machine
     failed = _failed(request.node)
     dest = _artifact_dir(request.config, request.node)
+    if failed or request.config.getoption("--qgpu-keep-artifacts"):
+        # Before the check below unloads the driver: the state the test left.
+        with contextlib.suppress(QgpuError, OSError):
+            machine.collect_artifacts(dest)
+    problems: list[str] = []
     if machine.is_alive():
         # Unload: remove and exit paths run, DMA-API debugging counts what was left.
         # kmemleak needs two scans 5 s apart to report an object: after every test
         # only if asked, else once when the guest retires.
         per_test = request.config.getoption("--qgpu-kmemleak") == "test"
-        found = _health_after(machine, unload=True, scan_leaks=per_test, settle_leaks=per_test)
+        found = _health_after(machine, unload=True, scan_leaks=per_test,
+                              settle_leaks=per_test, clear_log=True)
         window.end = found.jiffies
         found.problems += _attribute(found, windows)
         if not found.ok:
             with contextlib.suppress(QgpuError, OSError):
                 _save_health(found, dest)
-                machine.collect_artifacts(dest)
-            _qgpu_pool.drop(dma_mode)
-            pytest.fail(f"guest unhealthy after the test: {found.summary()}")
-    if failed or request.config.getoption("--qgpu-keep-artifacts"):
-        with contextlib.suppress(QgpuError, OSError):
-            machine.collect_artifacts(dest)
-    if failed or not machine.is_alive():
-        _qgpu_pool.drop(dma_mode)     # never hand a suspect guest to the next test
+                if not failed:
+                    machine.collect_artifacts(dest)
+            problems.append(f"guest unhealthy after the test: {found.summary()}")
+    if problems or failed or not machine.is_alive():
+        # Never hand a suspect guest to the next test; a live one is checked for the
+        # leaks of the tests before this one first.
+        retired = _qgpu_pool.retire(dma_mode)
+        if retired:
+            problems.append(retired)
+    if problems:
+        pytest.fail("\n".join(problems))
 
 
 @pytest.fixture
