@@ -246,11 +246,13 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None
     yield
     pool = item.config.stash.get(_POOL, None)
     mode = _mode_of(item)
-    if pool is None or mode is None or mode not in pool.machines:
-        return
-    if nextitem is not None and _mode_of(nextitem) is mode and \
-            "guest" in getattr(nextitem, "fixturenames", ()):
-        return
+    if pool is None or mode is None or mode not in pool.machines or nextitem is None:
+        return                          # at the end, the session fixture retires them
+    items = item.session.items
+    later = items[items.index(nextitem):]
+    if _mode_of(next((i for i in later if "guest" in getattr(i, "fixturenames", ())),
+                     None)) is mode:
+        return                          # the next test on a shared guest uses this one
     problem = pool.retire(mode)
     if problem:
         raise GuestCrashError(problem)
