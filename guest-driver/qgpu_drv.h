@@ -135,6 +135,9 @@ struct qgpu_device {
 	bool frozen;
 	struct work_struct lost_work;
 	struct inode *inode;		/* private address_space for zapping */
+	/* every mmap(2) of the device, see qgpu_zap_user_mappings() */
+	spinlock_t mappings_lock;
+	struct list_head mappings;
 
 	/* misc device */
 	int id;
@@ -261,6 +264,7 @@ struct qgpu_bo *qgpu_bo_create(struct qgpu_file *qf,
 			       struct qgpu_bo_create *args);
 int qgpu_bo_destroy(struct qgpu_file *qf, u32 handle);
 void qgpu_bo_free_all_backing(struct qgpu_device *qdev);
+void qgpu_zap_user_mappings(struct qgpu_device *qdev);
 /* qgpu_inject.c: the kernel calls a test can fail on demand (fail_function) */
 long qgpu_pin_user_pages(unsigned long start, unsigned long npages,
 			 bool writable, struct page **pages);

@@ -141,9 +141,8 @@ void qgpu_lost_work(struct work_struct *work)
 	pci_clear_master(qdev->pdev);
 	qgpu_ring_shutdown(qdev);
 	cancel_delayed_work_sync(&qdev->watchdog);
-	/* Faults that saw the device alive finish first, then zap. */
-	synchronize_srcu(&qdev->srcu);
-	unmap_mapping_range(qdev->inode->i_mapping, 0, 0, 1);
+	/* Faults and mmaps that saw the device alive finish first, then zap. */
+	qgpu_zap_user_mappings(qdev);
 	if (qdev->misc_registered)
 		kobject_uevent_env(&qdev->misc.this_device->kobj, KOBJ_CHANGE,
 				   envp);
@@ -557,10 +556,13 @@ static long qgpu_ioctl_copy_bo(struct qgpu_file *qf, void __user *arg)
 	d.length = cpu_to_le64(a.length);
 	d.src = cpu_to_le64(a.op == QGPU_OP_COPY_TO_VRAM ? guest : a.vram_offset);
 	d.dst = cpu_to_le64(a.op == QGPU_OP_COPY_TO_VRAM ? a.vram_offset : guest);
+	a.fence = 0;
+	a.hw_status = 0;
 	ret = qgpu_run_one(qdev, job, &d, a.flags & QGPU_SUBMIT_F_ASYNC,
 			   &a.fence, &a.hw_status);
 	qgpu_job_put(job);
-	if ((!ret || ret == -EIO) && copy_to_user(arg, &a, sizeof(a)))
+	/* Once submitted, the caller gets the fence whatever the result. */
+	if (a.fence && copy_to_user(arg, &a, sizeof(a)) && !ret)
 		ret = -EFAULT;
 	return ret;
 }
@@ -652,7 +654,8 @@ static long qgpu_ioctl_vram_op(struct qgpu_device *qdev, void __user *arg)
 		}
 	}
 	qgpu_job_put(job);
-	if ((!ret || ret == -EIO) && copy_to_user(arg, &a, sizeof(a)))
+	/* Once submitted, the caller gets the fence whatever the result. */
+	if (a.fence && copy_to_user(arg, &a, sizeof(a)) && !ret)
 		ret = -EFAULT;
 	return ret;
 }
@@ -888,6 +891,8 @@ static int qgpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	mutex_init(&qdev->ring_lock);
 	mutex_init(&qdev->bo_lock);
 	INIT_LIST_HEAD(&qdev->bos);
+	spin_lock_init(&qdev->mappings_lock);
+	INIT_LIST_HEAD(&qdev->mappings);
 	INIT_LIST_HEAD(&qdev->inflight);
 	init_waitqueue_head(&qdev->fence_wq);
 	init_waitqueue_head(&qdev->soft_wq);
@@ -1065,10 +1070,11 @@ static void qgpu_remove(struct pci_dev *pdev)
 	 * (if BAR0 no longer answers, bus mastering is switched off).
 	 */
 	qgpu_ring_shutdown(qdev);
-	/* Wait for ioctls, mmap and faults that saw the device alive. */
-	synchronize_srcu(&qdev->srcu);
-	/* No user PTE may point at the BARs or at BO memory any more. */
-	unmap_mapping_range(qdev->inode->i_mapping, 0, 0, 1);
+	/*
+	 * Wait for ioctls, mmaps and faults that saw the device alive; then no
+	 * user PTE may point at the BARs or at BO memory any more.
+	 */
+	qgpu_zap_user_mappings(qdev);
 	qgpu_bo_free_all_backing(qdev);
 
 	qgpu_free_irqs(qdev, priv->vecs);

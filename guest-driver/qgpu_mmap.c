@@ -6,11 +6,13 @@
  * All mappings of a device live in one private address_space (an inode of
  * a small pseudo file system, as DRM does) so that remove can zap every
  * user PTE with unmap_mapping_range() before the BARs and the coherent
- * memory go away. Every VMA holds a reference on what it maps; vm_ops
- * open/close keep the per-kind VMA counts in the statistics exact across
- * fork() and partial munmap().
+ * memory go away; qgpu_zap_user_mappings() says why that alone is not
+ * enough for mappings populated inside ->mmap. Every VMA holds a reference
+ * on what it maps; vm_ops open/close keep the per-kind VMA counts in the
+ * statistics exact across fork() and partial munmap().
  */
 
+#include <linux/delay.h>
 #include <linux/fs.h>
 #include <linux/mm.h>
 #include <linux/module.h>
@@ -20,6 +22,11 @@
 #include <linux/vmalloc.h>
 
 #include "qgpu_drv.h"
+
+static unsigned int mmap_race_delay_us;
+module_param(mmap_race_delay_us, uint, 0644);
+MODULE_PARM_DESC(mmap_race_delay_us,
+		 "Testing: stall each mmap(2) this long (at most 1 s) after the driver's part, before the core makes the new mapping visible to remove (0: off)");
 
 /* ---- private address_space ------------------------------------------------ */
 
@@ -217,22 +224,75 @@ static const enum qgpu_stat qgpu_map_stat[] = {
 	[QGPU_MAP_BO] = QGPU_STAT_VMA_BO,
 };
 
-/* vm_private_data of our VMAs. */
+/*
+ * vm_private_data of our VMAs: one per mmap(2), shared by the VMAs that
+ * fork() and partial munmap() make of it.
+ */
 struct qgpu_vma_priv {
 	struct kref ref;
 	struct qgpu_device *qdev;	/* reference */
 	struct qgpu_bo *bo;		/* reference, QGPU_MAP_BO only */
 	enum qgpu_map_kind kind;
+	struct mm_struct *mm;		/* mmgrab()bed; NULL until mapped */
+	struct list_head node;		/* qdev->mappings, under mappings_lock */
 };
 
 static void qgpu_vma_priv_release(struct kref *ref)
 {
 	struct qgpu_vma_priv *p = container_of(ref, struct qgpu_vma_priv, ref);
+	struct qgpu_device *qdev = p->qdev;
 
+	if (p->mm) {
+		spin_lock(&qdev->mappings_lock);
+		list_del(&p->node);
+		spin_unlock(&qdev->mappings_lock);
+		mmdrop(p->mm);
+	}
 	if (p->bo)
 		qgpu_bo_put(p->bo);
-	qgpu_device_put(p->qdev);
+	qgpu_device_put(qdev);
 	kfree(p);
+}
+
+/*
+ * Remove (and a lost device) call this, with @dead or @lost set, to take
+ * every user PTE of the device away before its BARs and BO memory go.
+ *
+ * Faults check @dead under SRCU, so synchronize_srcu() and then
+ * unmap_mapping_range() would do for them. ->mmap is different: it fills
+ * PTEs (remap_pfn_range, io_mapping_map_user, dma_mmap_coherent), but the
+ * core links the new VMA into the address_space only after ->mmap has
+ * returned, so an mmap(2) whose ->mmap saw the device alive can link its
+ * VMA after unmap_mapping_range() looked, and keep PTEs to freed memory.
+ * The core holds the mm's mmap_lock for writing from before ->mmap until
+ * the VMA is linked (or torn down on failure): taking it once for each
+ * mapping's mm waits for every such mmap(2) to finish. The list is read
+ * after synchronize_srcu(), so it holds every mapping whose ->mmap
+ * succeeded. mmap_lock is taken without holding any lock of ours: munmap
+ * holds it while releasing a mapping, which takes mappings_lock.
+ */
+void qgpu_zap_user_mappings(struct qgpu_device *qdev)
+{
+	struct qgpu_vma_priv *p;
+	struct mm_struct *mm;
+	LIST_HEAD(waited);
+
+	synchronize_srcu(&qdev->srcu);
+	spin_lock(&qdev->mappings_lock);
+	while ((p = list_first_entry_or_null(&qdev->mappings,
+					     struct qgpu_vma_priv, node))) {
+		list_move_tail(&p->node, &waited);
+		mm = p->mm;
+		mmgrab(mm);
+		spin_unlock(&qdev->mappings_lock);
+		mmap_read_lock(mm);
+		mmap_read_unlock(mm);
+		mmdrop(mm);
+		spin_lock(&qdev->mappings_lock);
+	}
+	list_splice(&waited, &qdev->mappings);
+	spin_unlock(&qdev->mappings_lock);
+	unmap_mapping_range(qdev->inode->i_mapping, 0, 0, 1);
 }
 
 static void qgpu_vm_open(struct vm_area_struct *vma)
@@ -464,7 +524,16 @@ int qgpu_mmap(struct file *filp, struct vm_area_struct *vma)
 
 	kref_get(&qdev->ref);
 	qgpu_stat_inc(qdev, qgpu_map_stat[p->kind]);
+	/* Inside the SRCU section: remove's zap waits for this mmap(2). */
+	p->mm = vma->vm_mm;
+	mmgrab(p->mm);
+	spin_lock(&qdev->mappings_lock);
+	list_add_tail(&p->node, &qdev->mappings);
+	spin_unlock(&qdev->mappings_lock);
 	srcu_read_unlock(&qdev->srcu, idx);
+	/* Widens the window between ->mmap and the VMA's linking, for tests. */
+	if (READ_ONCE(mmap_race_delay_us))
+		fsleep(min(READ_ONCE(mmap_race_delay_us), USEC_PER_SEC));
 	return 0;
 
 err:

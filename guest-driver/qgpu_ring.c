@@ -404,9 +404,10 @@ static bool qgpu_ring_has_room(struct qgpu_device *qdev, u32 n)
 /*
  * Queue @n descriptors (@descs, little-endian, fence fields filled in here)
  * as one job. On success the ring holds a reference to @job until it
- * retires. Fails with -ENODEV once the device is gone, -EINTR on a signal
- * while waiting for ring space; nothing is submitted then and the job's
- * resources (mappings, pins, BO reference) have been released.
+ * retires. Fails with -ENODEV once the device is gone, -EINTR on a fatal
+ * signal while waiting for ring space (other signals do not interrupt
+ * submission: see qgpu_job_wait()); nothing is submitted then and the
+ * job's resources (mappings, pins, BO reference) have been released.
  */
 int qgpu_submit(struct qgpu_device *qdev, struct qgpu_job *job,
 		struct qgpu_desc *descs, u32 n)
@@ -442,7 +443,8 @@ int qgpu_submit(struct qgpu_device *qdev, struct qgpu_job *job,
 			break;
 		retired = qdev->retired_seq;
 		mutex_unlock(&qdev->ring_lock);
-		ret = wait_event_interruptible_timeout(qdev->fence_wq,
+		/* Room comes as jobs retire (or the watchdog fails them). */
+		ret = wait_event_killable_timeout(qdev->fence_wq,
 				qgpu_completed_seq(qdev) > retired ||
 				qgpu_unusable(qdev),
 				msecs_to_jiffies(QGPU_POLL_MS));
@@ -498,12 +500,24 @@ static s64 qgpu_irq_count(struct qgpu_device *qdev)
 	       atomic64_read(&qdev->stats[QGPU_STAT_IRQ_ERROR]);
 }
 
+static bool qgpu_job_waited(struct qgpu_device *qdev, struct qgpu_job *job)
+{
+	return qgpu_seq_passed(qdev, job->last_seq) || qgpu_unusable(qdev) ||
+	       READ_ONCE(job->done);
+}
+
 /*
- * Wait for a submitted job. A signal returns -EINTR and leaves the job to
- * be retired (pages unpinned) later. There is no deadline of its own: a
- * long job that makes progress is waited for, and an engine that makes none
- * for job_timeout_ms is reset by the watchdog, which fails the job as timed
- * out (-ETIMEDOUT).
+ * Wait for a submitted job to retire: a synchronous ioctl returns only
+ * when the device has finished with the caller's memory, its DMA mappings
+ * are torn down (bounce buffers copied back) and its pages unpinned.
+ * Signals therefore do not interrupt it -- an ioctl that returned -EINTR
+ * while the device went on writing into the caller's buffer would be worse
+ * -- and a fatal one does not either: the job is waited for all the same,
+ * in uninterruptible sleep. There is no deadline of its own: a long job
+ * that makes progress is waited for, and an engine that makes none for
+ * job_timeout_ms is reset by the watchdog, which fails the job as timed
+ * out (-ETIMEDOUT). Every sleep is short (QGPU_POLL_MS), so the hung-task
+ * detector never mistakes a long job for a stuck task.
  */
 int qgpu_job_wait(struct qgpu_device *qdev, struct qgpu_job *job)
 {
@@ -511,14 +525,14 @@ int qgpu_job_wait(struct qgpu_device *qdev, struct qgpu_job *job)
 
 	/* Pairs with smp_store_release() in qgpu_job_finish(). */
 	while (!smp_load_acquire(&job->done)) {
-		long ret;
-
-		ret = wait_event_interruptible_timeout(qdev->fence_wq,
-				qgpu_seq_passed(qdev, job->last_seq) ||
-				qgpu_unusable(qdev) || READ_ONCE(job->done),
-				msecs_to_jiffies(QGPU_POLL_MS));
-		if (ret < 0)
-			return -EINTR;
+		if (fatal_signal_pending(current))
+			wait_event_timeout(qdev->fence_wq,
+					   qgpu_job_waited(qdev, job),
+					   msecs_to_jiffies(QGPU_POLL_MS));
+		else
+			wait_event_killable_timeout(qdev->fence_wq,
+					qgpu_job_waited(qdev, job),
+					msecs_to_jiffies(QGPU_POLL_MS));
 		if (qgpu_seq_passed(qdev, job->last_seq) &&
 		    qgpu_irq_count(qdev) == irqs) {
 			/*
@@ -838,12 +852,18 @@ long qgpu_ioctl_copy_user(struct qgpu_file *qf, void __user *arg)
 		u64 uptr = a.user_ptr + done;
 		u64 n = min(a.length - done, chunk - offset_in_page(uptr));
 
+		/* A dying caller stops between chunks, never inside one. */
+		if (fatal_signal_pending(current)) {
+			ret = -EINTR;
+			break;
+		}
 		ret = qgpu_copy_user_chunk(qdev, &a, uptr, a.vram_offset + done, n);
 		if (ret)
 			break;
 		done += n;
 	}
-	if ((ret == 0 || ret == -EIO) && copy_to_user(arg, &a, sizeof(a)))
+	/* The fence of the last chunk that ran, whatever the result. */
+	if (a.fence && copy_to_user(arg, &a, sizeof(a)) && !ret)
 		ret = -EFAULT;
 	return ret;
 }

@@ -16,6 +16,17 @@
  *    transfers above &qgpu_info.max_xfer -E2BIG;
  *  - a descriptor the device fails gives -EIO with @hw_status set to the
  *    device's QGPU_ERR_* code; a removed device gives -ENODEV.
+ *
+ * Signals and the submitting ioctls (COPY_USER, COPY_BO, VRAM_OP): signals
+ * do not interrupt them. A synchronous call returns only when the device
+ * is done with the memory it names (user buffer, buffer object, VRAM), so
+ * nothing changes behind the caller's back once it has returned. A fatal
+ * signal stops a COPY_USER between chunks (-EINTR, after the chunk in
+ * flight has finished) and a submission still waiting for ring space
+ * (-EINTR, nothing submitted). Once a job was submitted, @fence is written
+ * back whatever the result. Any signal interrupts only WAIT_FENCE,
+ * RAISE_IRQ and CPU_ACCESS (the kernel's own copy, which stops where it
+ * is): -EINTR.
  */
 #ifndef _UAPI_QGPU_H
 #define _UAPI_QGPU_H
@@ -102,7 +113,8 @@ struct qgpu_info {
  * @user_ptr:    in: user virtual address, any alignment
  * @vram_offset: in: VRAM offset, any alignment
  * @length:      in: bytes, 1..max_xfer
- * @fence:       out: fence of the last chunk (signalled on return)
+ * @fence:       out: fence of the last chunk that ran (signalled on
+ *               return), also when the call fails
  * @hw_status:   out: QGPU_ERR_* of the failed descriptor (-EIO), else 0
  * @nr_segments: out: DMA segments the user buffer mapped to, all chunks
  * @reserved:    must be zero

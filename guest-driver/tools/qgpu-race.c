@@ -1,0 +1,387 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * qgpu-race: reproducers for races between user space and the driver,
+ * each bounded in time and reporting one JSON line like qgpu-tool
+ * ({"ok":true,...}; "ok" says the run completed, the fields say what it
+ * saw). The tests decide what counts as a bug.
+ *
+ *   remove-vs-mmap TRIES [--remove-after-us N] [--preempt]
+ *	Per try: a thread maps a buffer object again and again while the main
+ *	thread removes the device through sysfs, after a random 0..3 ms or
+ *	after N µs. With --preempt, a SCHED_FIFO thread on the mapper's CPU
+ *	preempts it at random moments. After remove has returned, every
+ *	mapping still held must fault (SIGBUS): one that can be read kept its
+ *	PTEs past remove, to memory remove has freed. The device is rescanned
+ *	before the next try. (The driver's mmap_race_delay_us parameter holds
+ *	each mmap(2) in the window where the race lies.)
+ *
+ *   signal-copy LEN ALARM_MS [WATCH_MS]
+ *	A synchronous COPY_USER of LEN bytes from VRAM into a fresh buffer,
+ *	with SIGALRM (a handler, no SA_RESTART) after ALARM_MS. Reports how
+ *	the call ended, and how many bytes of the buffer changed during the
+ *	WATCH_MS (default 300) after it returned: the device must not write
+ *	to user memory once the call is over.
+ *
+ *   signal-fill LEN ALARM_MS
+ *	The same for a synchronous VRAM_OP FILL: how it ended, its fence.
+ */
+#include <dirent.h>
+#include <limits.h>
+#include <pthread.h>
+#include <sched.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <sys/time.h>
+#include <time.h>
+
+#include "qgpu-lib.h"
+
+#define KEEP_MAPPINGS	8	/* newest mappings of a try that are checked */
+
+static void usage(void)
+{
+	fprintf(stderr,
+"usage: qgpu-race COMMAND ARGS   (device: $QGPU_DEV or /dev/qgpu0)\n"
+"  remove-vs-mmap TRIES [--remove-after-us N] [--preempt]\n"
+"                                     mmap a BO in a loop while the device is\n"
+"                                     removed; count mappings that survive\n"
+"  signal-copy LEN ALARM_MS [WATCH_MS]  SIGALRM during a synchronous copy\n"
+"                                     from VRAM; count bytes written after\n"
+"                                     the call returned\n"
+"  signal-fill LEN ALARM_MS           SIGALRM during a synchronous fill\n");
+	exit(2);
+}
+
+static void fail(const char *what, int err)
+{
+	printf("{\"ok\":false,\"error\":\"%s: %s\",\"errno\":%d}\n", what,
+	       strerror(err), err);
+	exit(1);
+}
+
+static uint64_t arg_u64(const char *s)
+{
+	uint64_t v;
+
+	if (qgpu_parse_u64(s, &v))
+		usage();
+	return v;
+}
+
+static double now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+static void sleep_us(long us)
+{
+	struct timespec ts = { us / 1000000, (us % 1000000) * 1000 };
+
+	while (nanosleep(&ts, &ts) && errno == EINTR)
+		;
+}
+
+static int write_file(const char *path, const char *text)
+{
+	int f = open(path, O_WRONLY | O_CLOEXEC);
+	ssize_t n;
+
+	if (f < 0)
+		return -errno;
+	n = write(f, text, strlen(text));
+	close(f);
+	return n == (ssize_t)strlen(text) ? 0 : (n < 0 ? -errno : -EIO);
+}
+
+/* ---- remove-vs-mmap ------------------------------------------------------ */
+
+static sigjmp_buf probe_jmp;
+
+static void on_sigbus(int sig)
+{
+	siglongjmp(probe_jmp, 1);
+}
+
+/* 1 if the byte at @p can be read, 0 if reading it raises SIGBUS. */
+static int readable(volatile uint8_t *p)
+{
+	if (sigsetjmp(probe_jmp, 1))
+		return 0;
+	(void)*p;
+	return 1;
+}
+
+struct mapper {
+	int fd;
+	uint64_t offset;
+	int cpu;
+	atomic_int stop;
+	void *maps[KEEP_MAPPINGS];	/* newest mappings, a ring */
+	unsigned long count;		/* successful mmap() calls */
+	int last_errno;
+};
+
+static void pin_to(int cpu)
+{
+	cpu_set_t set;
+
+	CPU_ZERO(&set);
+	CPU_SET(cpu, &set);
+	sched_setaffinity(0, sizeof(set), &set);
+}
+
+static void *mapper_thread(void *arg)
+{
+	struct mapper *m = arg;
+
+	pin_to(m->cpu);
+	while (!atomic_load(&m->stop)) {
+		void *p = mmap(NULL, QGPU_PAGE_SIZE, PROT_READ | PROT_WRITE,
+			       MAP_SHARED, m->fd, m->offset);
+		void **slot;
+
+		if (p == MAP_FAILED) {
+			m->last_errno = errno;
+			break;
+		}
+		slot = &m->maps[m->count % KEEP_MAPPINGS];
+		if (*slot)
+			munmap(*slot, QGPU_PAGE_SIZE);
+		*slot = p;
+		m->count++;
+	}
+	return NULL;
+}
+
+/*
+ * Preempts the mapper at random moments (sleeps up to 0.5 ms) and holds
+ * its CPU for up to 2 ms: long enough for remove, on another CPU, to run
+ * while the mapper stands anywhere in mmap(2) (on a preemptible kernel;
+ * elsewhere at its preemption points).
+ */
+static void *preempter_thread(void *arg)
+{
+	struct mapper *m = arg;
+	struct sched_param sp = { .sched_priority = 1 };
+	unsigned int seed = (unsigned int)getpid();
+
+	pin_to(m->cpu);
+	pthread_setschedparam(pthread_self(), SCHED_FIFO, &sp);
+	while (!atomic_load(&m->stop)) {
+		double until = now_ms() + (rand_r(&seed) % 2000) / 1000.0;
+
+		while (now_ms() < until)
+			;
+		sleep_us(20 + rand_r(&seed) % 500);
+	}
+	return NULL;
+}
+
+/* The device's sysfs folder, e.g. /sys/devices/pci0000:00/.../0000:01:00.0. */
+static int device_sysfs(const char *node, char *out, size_t len)
+{
+	const char *name = strrchr(node, '/');
+	char link[PATH_MAX];
+
+	snprintf(link, sizeof(link), "/sys/class/misc/%s/device",
+		 name ? name + 1 : node);
+	if (!realpath(link, out))
+		return -errno;
+	return strlen(out) < len ? 0 : -ENAMETOOLONG;
+}
+
+static int wait_node(const char *node, double ms)
+{
+	double end = now_ms() + ms;
+
+	while (access(node, R_OK | W_OK)) {
+		if (now_ms() > end)
+			return -ETIMEDOUT;
+		sleep_us(10000);
+	}
+	return 0;
+}
+
+static void cmd_remove_vs_mmap(uint64_t tries, long remove_after_us,
+			       int preempt)
+{
+	const char *node = qgpu_dev_path();
+	unsigned long stale = 0, mmaps = 0, tries_stale = 0;
+	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+	struct sigaction sa = { .sa_handler = on_sigbus };
+	unsigned int seed = (unsigned int)time(NULL);
+	char sysdir[PATH_MAX], path[PATH_MAX + 16];
+	double t0 = now_ms();
+	uint64_t t;
+	int ret;
+
+	sigaction(SIGBUS, &sa, NULL);
+	sigaction(SIGSEGV, &sa, NULL);
+	for (t = 0; t < tries; t++) {
+		struct qgpu_bo_create bo = { .size = QGPU_PAGE_SIZE };
+		struct mapper m = { .cpu = 0 };
+		pthread_t mt, pt;
+		int i, hit = 0;
+
+		ret = wait_node(node, 10000);
+		if (ret)
+			fail("waiting for the device node after rescan", -ret);
+		ret = device_sysfs(node, sysdir, sizeof(sysdir));
+		if (ret)
+			fail("finding the device in sysfs", -ret);
+		m.fd = qgpu_open(node);
+		if (m.fd < 0)
+			fail("open", errno);
+		ret = qgpu_ioctl(m.fd, QGPU_IOCTL_BO_CREATE, &bo);
+		if (ret)
+			fail("BO_CREATE", -ret);
+		m.offset = bo.mmap_offset;
+
+		pthread_create(&mt, NULL, mapper_thread, &m);
+		if (preempt)
+			pthread_create(&pt, NULL, preempter_thread, &m);
+		pin_to(ncpu > 1 ? 1 : 0);
+		sleep_us(remove_after_us >= 0 ? remove_after_us
+					      : rand_r(&seed) % 3000);
+		snprintf(path, sizeof(path), "%s/remove", sysdir);
+		ret = write_file(path, "1");
+		if (ret)
+			fail("writing the device's sysfs remove", -ret);
+		atomic_store(&m.stop, 1);
+		pthread_join(mt, NULL);
+		if (preempt)
+			pthread_join(pt, NULL);
+
+		/* remove has returned: nothing of the device may be mapped. */
+		for (i = 0; i < KEEP_MAPPINGS; i++) {
+			if (m.maps[i] && readable(m.maps[i])) {
+				stale++;
+				hit = 1;
+			}
+			if (m.maps[i])
+				munmap(m.maps[i], QGPU_PAGE_SIZE);
+		}
+		tries_stale += hit;
+		mmaps += m.count;
+		close(m.fd);
+		ret = write_file("/sys/bus/pci/rescan", "1");
+		if (ret)
+			fail("rescanning the PCI bus", -ret);
+	}
+	ret = wait_node(node, 10000);
+	if (ret)
+		fail("waiting for the device node after the last rescan", -ret);
+	printf("{\"ok\":true,\"tries\":%llu,\"tries_with_stale_mapping\":%lu,"
+	       "\"stale_mappings\":%lu,\"mmaps\":%lu,\"seconds\":%.1f}\n",
+	       (unsigned long long)tries, tries_stale, stale, mmaps,
+	       (now_ms() - t0) / 1e3);
+}
+
+/* ---- signal-copy --------------------------------------------------------- */
+
+static volatile sig_atomic_t alarms;
+
+static void on_alarm(int sig)
+{
+	alarms++;
+}
+
+static void cmd_signal_copy(uint64_t len, uint64_t alarm_ms, uint64_t watch_ms)
+{
+	struct sigaction sa = { .sa_handler = on_alarm };	/* no SA_RESTART */
+	struct itimerval it = {
+		.it_value = { alarm_ms / 1000, (alarm_ms % 1000) * 1000 },
+	};
+	struct qgpu_copy_user res;
+	uint8_t *buf, *snap;
+	uint64_t changed = 0, i, pattern_ok = 1;
+	double t0, t1;
+	int fd, ret;
+
+	fd = qgpu_open(NULL);
+	if (fd < 0)
+		fail("open", errno);
+	buf = mmap(NULL, len, PROT_READ | PROT_WRITE,
+		   MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+	snap = malloc(len);
+	if (buf == MAP_FAILED || !snap)
+		fail("allocating buffers", ENOMEM);
+	memset(buf, 0xaa, len);
+	/* VRAM holds 0x5a5a...: every byte the copy lands changes. */
+	ret = qgpu_fill(fd, 0, len, 0x5a5a5a5a, 0, NULL);
+	if (ret)
+		fail("VRAM_OP FILL", -ret);
+
+	sigaction(SIGALRM, &sa, NULL);
+	setitimer(ITIMER_REAL, &it, NULL);
+	t0 = now_ms();
+	ret = qgpu_copy_user(fd, QGPU_OP_COPY_FROM_VRAM, 0, buf, 0, len, &res);
+	t1 = now_ms();
+	memcpy(snap, buf, len);
+	sleep_us(watch_ms * 1000);
+	for (i = 0; i < len; i++) {
+		changed += buf[i] != snap[i];
+		pattern_ok &= buf[i] == 0x5a;
+	}
+	printf("{\"ok\":true,\"result\":%d,\"alarms\":%d,\"call_ms\":%.1f,"
+	       "\"fence\":%llu,\"hw_status\":%u,\"bytes_changed_after_return\":%llu,"
+	       "\"copied_all\":%s}\n", ret, (int)alarms, t1 - t0,
+	       (unsigned long long)res.fence, res.hw_status,
+	       (unsigned long long)changed, pattern_ok ? "true" : "false");
+}
+
+static void cmd_signal_fill(uint64_t len, uint64_t alarm_ms)
+{
+	struct sigaction sa = { .sa_handler = on_alarm };	/* no SA_RESTART */
+	struct itimerval it = {
+		.it_value = { alarm_ms / 1000, (alarm_ms % 1000) * 1000 },
+	};
+	struct qgpu_vram_op a = {
+		.op = QGPU_OP_FILL, .length = len, .pattern = 0x0f0f0f0f,
+	};
+	double t0, t1;
+	int fd, ret;
+
+	fd = qgpu_open(NULL);
+	if (fd < 0)
+		fail("open", errno);
+	sigaction(SIGALRM, &sa, NULL);
+	setitimer(ITIMER_REAL, &it, NULL);
+	t0 = now_ms();
+	ret = qgpu_ioctl(fd, QGPU_IOCTL_VRAM_OP, &a);
+	t1 = now_ms();
+	printf("{\"ok\":true,\"result\":%d,\"alarms\":%d,\"call_ms\":%.1f,"
+	       "\"fence\":%llu,\"hw_status\":%u}\n", ret, (int)alarms, t1 - t0,
+	       (unsigned long long)a.fence, a.hw_status);
+}
+
+int main(int argc, char **argv)
+{
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	if (argc >= 3 && !strcmp(argv[1], "remove-vs-mmap")) {
+		long after = -1;
+		int i, preempt = 0;
+
+		for (i = 3; i < argc; i++) {
+			if (!strcmp(argv[i], "--preempt"))
+				preempt = 1;
+			else if (!strcmp(argv[i], "--remove-after-us") && i + 1 < argc)
+				after = (long)arg_u64(argv[++i]);
+			else
+				usage();
+		}
+		cmd_remove_vs_mmap(arg_u64(argv[2]), after, preempt);
+	}
+	else if (argc >= 4 && !strcmp(argv[1], "signal-copy"))
+		cmd_signal_copy(arg_u64(argv[2]), arg_u64(argv[3]),
+				argc >= 5 ? arg_u64(argv[4]) : 300);
+	else if (argc >= 4 && !strcmp(argv[1], "signal-fill"))
+		cmd_signal_fill(arg_u64(argv[2]), arg_u64(argv[3]));
+	else
+		usage();
+	return 0;
+}
