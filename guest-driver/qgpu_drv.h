@@ -198,6 +198,7 @@ struct qgpu_device {
 struct qgpu_file {
 	struct qgpu_device *qdev;
 	struct xarray bos;		/* handle -> struct qgpu_bo */
+	bool writable;			/* opened for writing: may change VRAM */
 };
 
 static inline void qgpu_stat_add(struct qgpu_device *qdev, enum qgpu_stat s,

@@ -446,6 +446,7 @@ static int qgpu_open(struct inode *inode, struct file *filp)
 	srcu_read_unlock(&qdev->srcu, idx);
 
 	qf->qdev = qdev;
+	qf->writable = filp->f_mode & FMODE_WRITE;
 	xa_init_flags(&qf->bos, XA_FLAGS_ALLOC1);
 	filp->private_data = qf;
 	/* All mappings of the device share one address_space (for zapping). */
@@ -723,8 +724,9 @@ static u64 qgpu_fnv1a(u64 h, const u8 *p, size_t n)
 
 #define QGPU_CPU_CHUNK	SZ_64K
 
-static long qgpu_ioctl_cpu_access(struct qgpu_device *qdev, void __user *arg)
+static long qgpu_ioctl_cpu_access(struct qgpu_file *qf, void __user *arg)
 {
+	struct qgpu_device *qdev = qf->qdev;
 	struct qgpu_cpu_access a;
 	u64 done = 0, h = 0xcbf29ce484222325ULL;
 	u8 *buf;
@@ -732,6 +734,8 @@ static long qgpu_ioctl_cpu_access(struct qgpu_device *qdev, void __user *arg)
 
 	if (copy_from_user(&a, arg, sizeof(a)))
 		return -EFAULT;
+	if (a.op == QGPU_CPU_FILL && !qf->writable)
+		return -EBADF;
 	if (a.reserved[0] || a.reserved[1] || a.checksum ||
 	    !qgpu_vram_range_ok(qdev, a.vram_offset, a.length) ||
 	    (a.op != QGPU_CPU_CHECKSUM && a.op != QGPU_CPU_FILL) ||
@@ -811,6 +815,18 @@ static long qgpu_ioctl(struct file *filp, unsigned int cmd, unsigned long arg)
 		ret = -ENODEV;
 		goto out;
 	}
+	/*
+	 * A file opened read-only may look (INFO, WAIT_FENCE, copies from VRAM
+	 * into user memory, CPU checksums, RAISE_IRQ, read-only mappings) but
+	 * not change the device: what writes VRAM or holds device memory
+	 * (buffer objects) needs a file opened for writing, as write(2) would.
+	 */
+	if (!qf->writable &&
+	    (cmd == QGPU_IOCTL_VRAM_OP || cmd == QGPU_IOCTL_COPY_BO ||
+	     cmd == QGPU_IOCTL_BO_CREATE || cmd == QGPU_IOCTL_BO_DESTROY)) {
+		ret = -EBADF;
+		goto out;
+	}
 	switch (cmd) {
 	case QGPU_IOCTL_INFO:
 		ret = qgpu_ioctl_info(qdev, uarg);
@@ -834,7 +850,7 @@ static long qgpu_ioctl(struct file *filp, unsigned int cmd, unsigned long arg)
 		ret = qgpu_ioctl_bo_destroy(qf, uarg);
 		break;
 	case QGPU_IOCTL_CPU_ACCESS:
-		ret = qgpu_ioctl_cpu_access(qdev, uarg);
+		ret = qgpu_ioctl_cpu_access(qf, uarg);
 		break;
 	case QGPU_IOCTL_RAISE_IRQ:
 		ret = qgpu_ioctl_raise_irq(qdev, uarg);

@@ -240,7 +240,10 @@ static void qgpu_retire_locked(struct qgpu_device *qdev)
  * still in flight (as timed out if @timed_out) and, if @restart, start
  * again on an empty ring. If BAR0 no longer answers, the reset may not
  * have reached the engine: bus mastering is switched off instead, so that
- * no DMA can hit the pages released here.
+ * no DMA can hit the pages released here. Unless a PCIe error is being
+ * recovered (a frozen link reads all ones until its reset), that also
+ * makes the device lost: without bus mastering it cannot work again, and
+ * it must not look alive if its registers answer later.
  */
 static void qgpu_engine_abort_locked(struct qgpu_device *qdev, bool restart,
 				     bool timed_out)
@@ -253,6 +256,8 @@ static void qgpu_engine_abort_locked(struct qgpu_device *qdev, bool restart,
 	if (qgpu_hw_lost(qdev)) {
 		pci_clear_master(qdev->pdev);
 		restart = false;
+		if (!READ_ONCE(qdev->frozen))
+			qgpu_mark_lost(qdev, "registers read all ones at an engine reset");
 	}
 	qgpu_stat_inc(qdev, QGPU_STAT_ENGINE_RESETS);
 	qgpu_retire_locked(qdev);
@@ -323,9 +328,10 @@ void qgpu_ring_restart(struct qgpu_device *qdev)
 {
 	mutex_lock(&qdev->ring_lock);
 	if (!READ_ONCE(qdev->dead) && !READ_ONCE(qdev->lost)) {
+		/* The link is back: from here, all ones means a lost device. */
+		WRITE_ONCE(qdev->frozen, false);
 		/* Nothing is in flight: the ring starts empty at index 0. */
 		qgpu_engine_abort_locked(qdev, true, false);
-		WRITE_ONCE(qdev->frozen, false);
 	}
 	mutex_unlock(&qdev->ring_lock);
 	wake_up_all(&qdev->fence_wq);
@@ -822,6 +828,9 @@ long qgpu_ioctl_copy_user(struct qgpu_file *qf, void __user *arg)
 
 	if (copy_from_user(&a, arg, sizeof(a)))
 		return -EFAULT;
+	/* Writing VRAM needs a file opened for writing (see qgpu_ioctl()). */
+	if (a.op == QGPU_OP_COPY_TO_VRAM && !qf->writable)
+		return -EBADF;
 	if (a.reserved[0] || a.reserved[1] ||
 	    (a.flags & ~QGPU_SUBMIT_F_FORCE_SG) ||
 	    (a.op != QGPU_OP_COPY_TO_VRAM && a.op != QGPU_OP_COPY_FROM_VRAM) ||

@@ -28,7 +28,8 @@ static int fd = -1;
 static void usage(void)
 {
 	fprintf(stderr,
-"usage: qgpu-tool [-d /dev/qgpuN] COMMAND ARGS\n"
+"usage: qgpu-tool [-d /dev/qgpuN] [--read-only] COMMAND ARGS\n"
+"  (--read-only: open the device O_RDONLY)\n"
 "  info                               device and driver parameters\n"
 "  stats                              driver statistics (sysfs)\n"
 "  regs                               read the user register page via mmap\n"
@@ -90,12 +91,15 @@ static const char *opt_val(int argc, char **argv, const char *opt,
 	return def;
 }
 
+/* Map VRAM [off, off + len); writable unless the device was opened read-only. */
 static void *map_vram(uint64_t off, uint64_t len, int lazy, void **base,
 		      size_t *maplen)
 {
 	uint64_t start = off & ~4095ULL;
 	size_t l = (off - start) + len;
-	void *p = mmap(NULL, l, PROT_READ | PROT_WRITE, MAP_SHARED, fd,
+	int prot = (fcntl(fd, F_GETFL) & O_ACCMODE) == O_RDONLY ? PROT_READ :
+			PROT_READ | PROT_WRITE;
+	void *p = mmap(NULL, l, prot, MAP_SHARED, fd,
 		       (lazy ? QGPU_MMAP_VRAM_LAZY : QGPU_MMAP_VRAM) + start);
 
 	if (p == MAP_FAILED)
@@ -451,14 +455,21 @@ static void cmd_write_file(const char *path, const char *text)
 int main(int argc, char **argv)
 {
 	const char *cmd;
-	int ret;
+	int ret, read_only = 0;
 
-	if (argc > 2 && !strcmp(argv[1], "-d")) {
-		dev = argv[2];
-		argv += 2;
-		argc -= 2;
-	} else {
-		dev = qgpu_dev_path();
+	dev = qgpu_dev_path();
+	for (;;) {
+		if (argc > 2 && !strcmp(argv[1], "-d")) {
+			dev = argv[2];
+			argv += 2;
+			argc -= 2;
+		} else if (argc > 1 && !strcmp(argv[1], "--read-only")) {
+			read_only = 1;
+			argv++;
+			argc--;
+		} else {
+			break;
+		}
 	}
 	if (argc < 2)
 		usage();
@@ -474,7 +485,7 @@ int main(int argc, char **argv)
 		cmd_write_file(argv[0], argv[1]);
 		return 0;
 	}
-	fd = qgpu_open(dev);
+	fd = read_only ? open(dev, O_RDONLY | O_CLOEXEC) : qgpu_open(dev);
 	if (fd < 0)
 		fail(dev, errno);
 

@@ -13,12 +13,22 @@ from typing import Any
 
 from qgpu.config import MiB
 from qgpu.faults import FaultInjector
+from qgpu.inspector import DeviceInspector
 from qgpu.machine import GuestMachine
 
 from .guestio import parse_json_line
-from .test_faults import ALL_MODES, faults  # noqa: F401  (faults: a fixture)
+from .test_faults import (  # noqa: F401  (faults: a fixture)
+    ALL_MODES,
+    DIRECT,
+    ENODEV,
+    faults,
+    stats,
+    tool,
+    verify_dma,
+)
 
 RACE = "/opt/qgpu/bin/qgpu-race"
+BDF = "0000:01:00.0"
 PARAMS = "/sys/module/qgpu/parameters"
 
 
@@ -87,3 +97,54 @@ def test_signal_does_not_lose_a_fill_fence(guest: GuestMachine,
     assert res["alarms"] == 1 and res["call_ms"] > 60, res
     assert res["result"] == 0 and res["fence"] > 0 and res["hw_status"] == 0, res
 
+
+@DIRECT
+def test_registers_lost_during_a_reset_mark_the_device_lost(
+        guest: GuestMachine, faults: FaultInjector,  # noqa: F811
+        qgpu_inspector: DeviceInspector) -> None:
+    """Review item 4: an engine reset that finds BAR0 reading all ones switches
+    bus mastering off (the reset may not have reached the engine). It did so
+    without marking the device lost: once the registers answered again, the
+    device looked alive ("running") and every job timed out. Here the reset
+    is a function reset through sysfs while the registers read all ones."""
+    guest.run(f"echo 2000 > {PARAMS}/job_timeout_ms", check=True)
+    faults.regs_all_ones()
+    guest.run(f"echo 1 > /sys/bus/pci/devices/{BDF}/reset", check=True)
+    faults.regs_all_ones(False)
+    state = guest.run("cat /sys/class/misc/qgpu0/state").output.strip()
+    res = tool(guest, "fill 0 4096 1", timeout=60)
+    st = stats(guest)
+    assert state == "failed" and st["device_lost"] == 1, (state, st)
+    assert not res["ok"] and res["errno"] == ENODEV, res
+    # Re-probing brings it back.
+    guest.run(f"echo 1 > /sys/bus/pci/devices/{BDF}/remove; echo 1 > /sys/bus/pci/rescan",
+              check=True, timeout=60)
+    verify_dma(guest, qgpu_inspector)
+
+
+EBADF = 9
+
+
+@DIRECT
+def test_read_only_file_cannot_change_the_device(
+        guest: GuestMachine, qgpu_inspector: DeviceInspector) -> None:
+    """Review finding: a file opened O_RDONLY ran COPY_USER to VRAM, VRAM_OP
+    fills, CPU_ACCESS fills, BO_CREATE and COPY_BO, changing VRAM. Now it may
+    look but not change: those fail with -EBADF and VRAM stays as it was."""
+    off, length = 2 * MiB, 64 * 1024
+    assert tool(guest, f"fill {off} {length} 0x5a5a5a5a")["ok"]
+    before = qgpu_inspector.vram_backend(off, length)
+    guest.run("head -c 65536 /dev/urandom > /tmp/ro.bin", check=True)
+    ro = "--read-only"
+    for args in (f"to-vram {off} /tmp/ro.bin", f"fill {off} {length} 1",
+                 f"fill {off} {length} 1 --cpu", f"copy-vram 0 {off} {length}",
+                 f"bo-create 4096 --to-vram {off}"):
+        res = tool(guest, f"{ro} {args}")
+        assert not res["ok"] and res["errno"] == EBADF, (args, res)
+    assert qgpu_inspector.vram_backend(off, length) == before, "a read-only file changed VRAM"
+    # What only looks still works.
+    for args in ("info", f"checksum {off} {length} --via dma",
+                 f"checksum {off} {length} --via cpu", f"checksum {off} {length} --via mmap",
+                 "raise-irq"):
+        res = tool(guest, f"{ro} {args}")
+        assert res["ok"], (args, res)

@@ -15,7 +15,11 @@
  *  - bad user pointers give -EFAULT, unknown buffer-object handles -ENOENT,
  *    transfers above &qgpu_info.max_xfer -E2BIG;
  *  - a descriptor the device fails gives -EIO with @hw_status set to the
- *    device's QGPU_ERR_* code; a removed device gives -ENODEV.
+ *    device's QGPU_ERR_* code; a removed device gives -ENODEV;
+ *  - a file opened O_RDONLY may look but not change the device: INFO,
+ *    WAIT_FENCE, RAISE_IRQ, COPY_USER from VRAM and CPU_ACCESS checksums
+ *    work; COPY_USER to VRAM, CPU_ACCESS fills, VRAM_OP, COPY_BO and the
+ *    buffer-object ioctls fail with -EBADF (and it maps read-only).
  *
  * Signals and the submitting ioctls (COPY_USER, COPY_BO, VRAM_OP): signals
  * do not interrupt them. A synchronous call returns only when the device
