@@ -428,6 +428,11 @@ static int qgpu_mmap_bo(struct qgpu_file *qf, struct vm_area_struct *vma,
 	struct qgpu_bo *bo;
 	int ret;
 
+	/* Handles and sizes fit the uapi's layout, below what mmap2 reaches. */
+	BUILD_BUG_ON(QGPU_BO_MAX_SIZE > 1ULL << QGPU_MMAP_BO_SHIFT);
+	BUILD_BUG_ON(QGPU_MMAP_BO_BASE +
+		     ((u64)(QGPU_BO_MAX_HANDLE + 1) << QGPU_MMAP_BO_SHIFT) >
+		     1ULL << (32 + 12));
 	if (!handle || handle > QGPU_BO_MAX_HANDLE)
 		return -EINVAL;
 	bo = qgpu_bo_lookup(qf, handle);

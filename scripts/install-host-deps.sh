@@ -17,7 +17,9 @@ QEMU_BUILD=(build-essential ninja-build pkg-config flex bison python3 python3-ve
             dpkg-dev ca-certificates)
 # gdb: a backtrace from the core of a QEMU that crashed, for the error and artifacts.
 QEMU_RUNTIME=(seabios qemu-system-data ipxe-qemu gdb)
-IMAGE_BUILD=(busybox-static cpio dropbear-bin zstd kmod xz-utils binutils openssh-client)
+# gcc-multilib: a 32-bit build of qgpu-tool, to test the driver's compat_ioctl and mmap2.
+IMAGE_BUILD=(busybox-static cpio dropbear-bin zstd kmod xz-utils binutils openssh-client
+             gcc-multilib)
 # The project's own guest kernels (images/build-kernel.sh): objtool needs libelf.
 KERNEL_BUILD=(bc libelf-dev libssl-dev patch)
 PACKAGES=("${QEMU_BUILD[@]}" "${QEMU_RUNTIME[@]}" "${IMAGE_BUILD[@]}" "${KERNEL_BUILD[@]}" "$@")

@@ -285,10 +285,14 @@ static int t_vram_mmap_bad(void)
 		   "MAP_PRIVATE lazy");
 	EXPECT_ERR(MMAP_ERR(8192, rw, MAP_SHARED, QGPU_MMAP_VRAM_LAZY + vs - 4096),
 		   -EINVAL, "lazy straddles end");
-	EXPECT_ERR(MMAP_ERR(4096, rw, MAP_SHARED, 3ULL << 40), -EINVAL, "hole offset");
+	EXPECT_ERR(MMAP_ERR(4096, rw, MAP_SHARED, QGPU_MMAP_REGS + 4096), -EINVAL,
+		   "hole offset");
+	EXPECT_ERR(MMAP_ERR(4096, rw, MAP_SHARED, 4ULL << 40), -EINVAL,
+		   "past the BO offsets");
 	EXPECT_ERR(MMAP_ERR(4096, rw, MAP_SHARED, QGPU_MMAP_BO_BASE), -EINVAL,
 		   "BO handle 0");
-	EXPECT_ERR(MMAP_ERR(4096, rw, MAP_SHARED, QGPU_MMAP_BO_BASE + (77ULL << 32)),
+	EXPECT_ERR(MMAP_ERR(4096, rw, MAP_SHARED,
+			    QGPU_MMAP_BO_BASE + (77ULL << QGPU_MMAP_BO_SHIFT)),
 		   -EINVAL, "unknown BO");
 	/* The mmap core refuses offset + length overflows itself. */
 	CHECK(MMAP_ERR(4096, rw, MAP_SHARED, 0xfffffffffffff000ULL) == -EOVERFLOW ||

@@ -50,6 +50,9 @@
  * QGPU_MMAP_BO_BASE + (handle << QGPU_MMAP_BO_SHIFT): a buffer object; its
  *	offset is returned by QGPU_IOCTL_BO_CREATE.
  *
+ * Every offset lies below 2^44, so that 32-bit processes reach each region
+ * too: mmap2(2) takes the offset in 4 KiB pages, 32 bits of them.
+ *
  * Every mapping must be MAP_SHARED (MAP_PRIVATE: -EINVAL), not executable
  * (-EPERM) and lie inside one region (-EINVAL). Mappings cannot be moved by
  * mremap(2) or grown. A file opened O_RDONLY may map any region PROT_READ.
@@ -57,8 +60,8 @@
 #define QGPU_MMAP_VRAM		0x0ULL
 #define QGPU_MMAP_VRAM_LAZY	(1ULL << 40)
 #define QGPU_MMAP_REGS		(2ULL << 40)
-#define QGPU_MMAP_BO_BASE	(1ULL << 44)
-#define QGPU_MMAP_BO_SHIFT	32
+#define QGPU_MMAP_BO_BASE	(3ULL << 40)
+#define QGPU_MMAP_BO_SHIFT	24	/* 16 MiB per handle: any BO fits */
 
 #define QGPU_IOCTL_BASE		'Q'
 
