@@ -65,6 +65,7 @@ enum qgpu_stat {
 	QGPU_STAT_PCI_ERRORS,
 	QGPU_STAT_PCI_RECOVERIES,
 	QGPU_STAT_DEVICE_LOST,
+	QGPU_STAT_BAR_REFAULTS,
 	QGPU_STAT_NR
 };
 
@@ -266,6 +267,7 @@ struct qgpu_bo *qgpu_bo_create(struct qgpu_file *qf,
 int qgpu_bo_destroy(struct qgpu_file *qf, u32 handle);
 void qgpu_bo_free_all_backing(struct qgpu_device *qdev);
 void qgpu_zap_user_mappings(struct qgpu_device *qdev);
+void qgpu_zap_bar_mappings(struct qgpu_device *qdev);
 /* qgpu_inject.c: the kernel calls a test can fail on demand (fail_function) */
 long qgpu_pin_user_pages(unsigned long start, unsigned long npages,
 			 bool writable, struct page **pages);

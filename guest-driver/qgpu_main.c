@@ -325,6 +325,7 @@ QGPU_STAT_ATTR(watchdog_resets, QGPU_STAT_WATCHDOG_RESETS);
 QGPU_STAT_ATTR(pci_errors, QGPU_STAT_PCI_ERRORS);
 QGPU_STAT_ATTR(pci_recoveries, QGPU_STAT_PCI_RECOVERIES);
 QGPU_STAT_ATTR(device_lost, QGPU_STAT_DEVICE_LOST);
+QGPU_STAT_ATTR(bar_refaults, QGPU_STAT_BAR_REFAULTS);
 
 static struct attribute *qgpu_stat_attrs[] = {
 	&qgpu_attr_jobs.attr.attr,
@@ -356,6 +357,7 @@ static struct attribute *qgpu_stat_attrs[] = {
 	&qgpu_attr_pci_errors.attr.attr,
 	&qgpu_attr_pci_recoveries.attr.attr,
 	&qgpu_attr_device_lost.attr.attr,
+	&qgpu_attr_bar_refaults.attr.attr,
 	NULL
 };
 
@@ -1146,6 +1148,7 @@ static pci_ers_result_t qgpu_error_detected(struct pci_dev *pdev,
 		dev_warn(&pdev->dev, "%s: fatal PCIe error; DMA stopped, in-flight jobs failed, waiting for a link reset\n",
 			 qdev->name);
 		qgpu_ring_quiesce(qdev);
+		qgpu_zap_bar_mappings(qdev);
 		return PCI_ERS_RESULT_NEED_RESET;
 	default:
 		qgpu_mark_lost(qdev, "PCIe channel failed permanently");
@@ -1207,6 +1210,7 @@ static void qgpu_reset_prepare(struct pci_dev *pdev)
 	struct qgpu_pci_priv *priv = pci_get_drvdata(pdev);
 
 	qgpu_ring_quiesce(priv->qdev);
+	qgpu_zap_bar_mappings(priv->qdev);
 }
 
 static void qgpu_reset_done(struct pci_dev *pdev)

@@ -233,6 +233,7 @@ struct qgpu_vma_priv {
 	struct qgpu_device *qdev;	/* reference */
 	struct qgpu_bo *bo;		/* reference, QGPU_MAP_BO only */
 	enum qgpu_map_kind kind;
+	pgoff_t base;			/* mmap offset of the region's byte 0, pages */
 	struct mm_struct *mm;		/* mmgrab()bed; NULL until mapped */
 	struct list_head node;		/* qdev->mappings, under mappings_lock */
 };
@@ -271,7 +272,7 @@ static void qgpu_vma_priv_release(struct kref *ref)
  * succeeded. mmap_lock is taken without holding any lock of ours: munmap
  * holds it while releasing a mapping, which takes mappings_lock.
  */
-void qgpu_zap_user_mappings(struct qgpu_device *qdev)
+static void qgpu_zap_range(struct qgpu_device *qdev, u64 start, u64 len)
 {
 	struct qgpu_vma_priv *p;
 	struct mm_struct *mm;
@@ -292,7 +293,25 @@ void qgpu_zap_user_mappings(struct qgpu_device *qdev)
 	}
 	list_splice(&waited, &qdev->mappings);
 	spin_unlock(&qdev->mappings_lock);
-	unmap_mapping_range(qdev->inode->i_mapping, 0, 0, 1);
+	unmap_mapping_range(qdev->inode->i_mapping, start, len, 1);
+}
+
+void qgpu_zap_user_mappings(struct qgpu_device *qdev)
+{
+	qgpu_zap_range(qdev, 0, 0);
+}
+
+/*
+ * A reset (function reset, PCIe link reset) is about to make the BARs
+ * unreachable, with @frozen set: take every user PTE of VRAM and of the
+ * register page away, as vfio-pci does. Accesses fault and wait in
+ * qgpu_vm_fault() until qgpu_ring_restart() clears @frozen, then map the
+ * page again. Buffer objects are system memory: their mappings stay (each
+ * VMA's vm_pgoff is its mmap offset, so the BAR regions are one range).
+ */
+void qgpu_zap_bar_mappings(struct qgpu_device *qdev)
+{
+	qgpu_zap_range(qdev, 0, QGPU_MMAP_BO_BASE);
 }
 
 static void qgpu_vm_open(struct vm_area_struct *vma)
@@ -318,11 +337,29 @@ static int qgpu_vm_mremap(struct vm_area_struct *vma)
 }
 
 /*
- * Lazy VRAM: insert the faulting page. A buffer object behind an IOMMU:
- * dma_mmap_coherent() mapped its remapped pages VM_MIXEDMAP, which
+ * Wait, without the fault lock, until a reset in progress is over; then
+ * the fault is retried. False if the fault may not drop its lock.
+ */
+static bool qgpu_fault_wait_reset(struct vm_fault *vmf, struct qgpu_device *qdev)
+{
+	if (!(vmf->flags & FAULT_FLAG_ALLOW_RETRY))
+		return false;
+	if (vmf->flags & FAULT_FLAG_RETRY_NOWAIT)
+		return true;
+	release_fault_lock(vmf);
+	wait_event_killable(qdev->fence_wq,
+			    !READ_ONCE(qdev->frozen) || READ_ONCE(qdev->dead) ||
+			    READ_ONCE(qdev->lost));
+	return true;
+}
+
+/*
+ * Insert the faulting page. VRAM and the register page fault when lazily
+ * mapped, or after a reset zapped them (qgpu_zap_bar_mappings()); during
+ * the reset the fault waits for it to end. A buffer object behind an
+ * IOMMU: dma_mmap_coherent() mapped its remapped pages VM_MIXEDMAP, which
  * MADV_DONTNEED may zap; insert the page again (VM_PFNMAP mappings refuse
- * MADV_DONTNEED). Everything else only faults after remove or a lost
- * device zapped it, and gets SIGBUS.
+ * MADV_DONTNEED). After remove or a lost device zapped everything: SIGBUS.
  */
 static vm_fault_t qgpu_vm_fault(struct vm_fault *vmf)
 {
@@ -330,19 +367,19 @@ static vm_fault_t qgpu_vm_fault(struct vm_fault *vmf)
 	struct qgpu_vma_priv *p = vma->vm_private_data;
 	struct qgpu_device *qdev = p->qdev;
 	vm_fault_t ret = VM_FAULT_SIGBUS;
-	unsigned long pgoff;
+	unsigned long pgoff, pfn;
 	void *vaddr;
 	int idx;
 
-	if (p->kind != QGPU_MAP_VRAM_LAZY &&
-	    !(p->kind == QGPU_MAP_BO && (vma->vm_flags & VM_MIXEDMAP)))
+	if (p->kind == QGPU_MAP_BO && !(vma->vm_flags & VM_MIXEDMAP))
 		return VM_FAULT_SIGBUS;
+	/* The page of the region: vm_pgoff is the mmap offset of vm_start. */
+	pgoff = vma->vm_pgoff - p->base +
+		((vmf->address - vma->vm_start) >> PAGE_SHIFT);
 
 	idx = srcu_read_lock(&qdev->srcu);
 	if (READ_ONCE(qdev->dead) || READ_ONCE(qdev->lost))
 		goto out;
-	/* vm_pgoff: relative to the VRAM start, or to the BO's first page. */
-	pgoff = vma->vm_pgoff + ((vmf->address - vma->vm_start) >> PAGE_SHIFT);
 	if (p->kind == QGPU_MAP_BO) {
 		/* Remove frees BO memory only after synchronize_srcu(). */
 		vaddr = READ_ONCE(p->bo->vaddr);
@@ -353,13 +390,24 @@ static vm_fault_t qgpu_vm_fault(struct vm_fault *vmf)
 							      (pgoff << PAGE_SHIFT)));
 		goto out;
 	}
-	if (pgoff >= qdev->vram_size >> PAGE_SHIFT)
-		goto out;
-	ret = vmf_insert_pfn_prot(vma, vmf->address,
-				  (qdev->vram_phys >> PAGE_SHIFT) + pgoff,
-				  vma->vm_page_prot);
+	if (READ_ONCE(qdev->frozen)) {
+		srcu_read_unlock(&qdev->srcu, idx);
+		return qgpu_fault_wait_reset(vmf, qdev) ? VM_FAULT_RETRY :
+							  VM_FAULT_SIGBUS;
+	}
+	if (p->kind == QGPU_MAP_REGS) {
+		if (pgoff)
+			goto out;
+		pfn = (qdev->regs_phys + QGPU_REGS_USER_PAGE) >> PAGE_SHIFT;
+	} else {
+		if (pgoff >= qdev->vram_size >> PAGE_SHIFT)
+			goto out;
+		pfn = (qdev->vram_phys >> PAGE_SHIFT) + pgoff;
+	}
+	ret = vmf_insert_pfn_prot(vma, vmf->address, pfn, vma->vm_page_prot);
 	if (ret == VM_FAULT_NOPAGE)
-		qgpu_stat_inc(qdev, QGPU_STAT_LAZY_FAULTS);
+		qgpu_stat_inc(qdev, p->kind == QGPU_MAP_VRAM_LAZY ?
+				    QGPU_STAT_LAZY_FAULTS : QGPU_STAT_BAR_REFAULTS);
 out:
 	srcu_read_unlock(&qdev->srcu, idx);
 	return ret;
@@ -390,7 +438,8 @@ static int qgpu_mmap_vram(struct qgpu_device *qdev, struct vm_area_struct *vma,
 	unsigned long pfn = (qdev->iomap->base >> PAGE_SHIFT) + pgoff;
 	unsigned long size = vma->vm_end - vma->vm_start;
 
-	vma->vm_pgoff = pgoff;
+	/* What a fault after a reset inserts with. */
+	vma->vm_page_prot = pgprot_decrypted(qgpu_vram_prot(qdev, vma));
 #if IS_ENABLED(CONFIG_IO_MAPPING)
 	return io_mapping_map_user(qdev->iomap, vma, vma->vm_start, pfn, size);
 #else
@@ -406,7 +455,6 @@ static int qgpu_mmap_vram(struct qgpu_device *qdev, struct vm_area_struct *vma,
 		 * ("freeing invalid memtype"). Remapping in two pieces makes
 		 * PAT only check the range against the existing reservation.
 		 */
-		vma->vm_page_prot = qgpu_vram_prot(qdev, vma);
 		ret = io_remap_pfn_range(vma, vma->vm_start, pfn, first,
 					 vma->vm_page_prot);
 		if (ret || first == size)
@@ -442,10 +490,15 @@ static int qgpu_mmap_bo(struct qgpu_file *qf, struct vm_area_struct *vma,
 		qgpu_bo_put(bo);
 		return -EINVAL;
 	}
-	/* dma_mmap_coherent() takes vm_pgoff as the offset into the buffer. */
+	/*
+	 * dma_mmap_coherent() takes vm_pgoff as the offset into the buffer;
+	 * the VMA keeps its mmap offset (see qgpu_zap_bar_mappings()).
+	 */
+	p->base = (off - bo_off) >> PAGE_SHIFT;
 	vma->vm_pgoff = bo_off >> PAGE_SHIFT;
 	ret = dma_mmap_coherent(qf->qdev->dev, vma, bo->vaddr, bo->dma,
 				bo->size);
+	vma->vm_pgoff = off >> PAGE_SHIFT;
 	if (ret) {
 		qgpu_bo_put(bo);
 		return ret;
@@ -461,6 +514,7 @@ int qgpu_mmap(struct file *filp, struct vm_area_struct *vma)
 	unsigned long size = vma->vm_end - vma->vm_start;
 	u64 off = (u64)vma->vm_pgoff << PAGE_SHIFT;
 	struct qgpu_vma_priv *p;
+	bool frozen;
 	u64 end;
 	int idx, ret;
 
@@ -500,22 +554,32 @@ int qgpu_mmap(struct file *filp, struct vm_area_struct *vma)
 	vma->vm_ops = &qgpu_vm_ops;
 	vma->vm_private_data = p;
 
+	/*
+	 * VRAM and the register page are mapped here (eagerly) unless a reset
+	 * is in progress: their faults then map them once it is over.
+	 */
+	frozen = READ_ONCE(qdev->frozen);
 	if (end <= QGPU_MMAP_VRAM + qdev->vram_size) {
 		p->kind = QGPU_MAP_VRAM;
-		ret = qgpu_mmap_vram(qdev, vma, (off - QGPU_MMAP_VRAM) >> PAGE_SHIFT);
+		p->base = QGPU_MMAP_VRAM >> PAGE_SHIFT;
+		vma->vm_page_prot = pgprot_decrypted(qgpu_vram_prot(qdev, vma));
+		ret = frozen ? 0 :
+		      qgpu_mmap_vram(qdev, vma, (off - QGPU_MMAP_VRAM) >> PAGE_SHIFT);
 	} else if (off >= QGPU_MMAP_VRAM_LAZY &&
 		   end <= QGPU_MMAP_VRAM_LAZY + qdev->vram_size) {
 		p->kind = QGPU_MAP_VRAM_LAZY;
-		vma->vm_pgoff = (off - QGPU_MMAP_VRAM_LAZY) >> PAGE_SHIFT;
-		vma->vm_page_prot = qgpu_vram_prot(qdev, vma);
+		p->base = QGPU_MMAP_VRAM_LAZY >> PAGE_SHIFT;
+		/* io_remap_pfn_range() would add pgprot_decrypted() too. */
+		vma->vm_page_prot = pgprot_decrypted(qgpu_vram_prot(qdev, vma));
 		ret = 0;
 	} else if (off == QGPU_MMAP_REGS && size == PAGE_SIZE &&
 		   PAGE_SIZE == QGPU_PAGE_SIZE) {
 		/* Only the user page; the kernel page is never mapped. */
 		p->kind = QGPU_MAP_REGS;
-		vma->vm_pgoff = 0;
-		vma->vm_page_prot = pgprot_noncached(vma->vm_page_prot);
-		ret = io_remap_pfn_range(vma, vma->vm_start,
+		p->base = QGPU_MMAP_REGS >> PAGE_SHIFT;
+		vma->vm_page_prot = pgprot_decrypted(pgprot_noncached(vma->vm_page_prot));
+		ret = frozen ? 0 :
+		      io_remap_pfn_range(vma, vma->vm_start,
 				(qdev->regs_phys + QGPU_REGS_USER_PAGE) >> PAGE_SHIFT,
 				PAGE_SIZE, vma->vm_page_prot);
 	} else if (off >= QGPU_MMAP_BO_BASE) {

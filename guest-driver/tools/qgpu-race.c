@@ -24,6 +24,16 @@
  *
  *   signal-fill LEN ALARM_MS
  *	The same for a synchronous VRAM_OP FILL: how it ended, its fence.
+ *
+ *   reset-vs-mappings RESETS
+ *	Maps 64 KiB of VRAM eagerly and lazily, the register page and a
+ *	buffer object, touches them all, and resets the function through
+ *	sysfs; then reads every mapping and reports whether each read right
+ *	and how many page faults the driver counted meanwhile (its lazy_faults
+ *	and bar_refaults statistics): a mapping whose PTEs the reset zapped
+ *	faults again. (pagemap cannot tell: page walks skip VM_PFNMAP.) Then
+ *	RESETS more resets run while a thread reads the VRAM mappings without
+ *	pause, counting the reads that raised SIGBUS.
  */
 #include <dirent.h>
 #include <limits.h>
@@ -49,7 +59,8 @@ static void usage(void)
 "  signal-copy LEN ALARM_MS [WATCH_MS]  SIGALRM during a synchronous copy\n"
 "                                     from VRAM; count bytes written after\n"
 "                                     the call returned\n"
-"  signal-fill LEN ALARM_MS           SIGALRM during a synchronous fill\n");
+"  signal-fill LEN ALARM_MS           SIGALRM during a synchronous fill\n"
+"  reset-vs-mappings RESETS           function resets under live mappings\n");
 	exit(2);
 }
 
@@ -99,7 +110,7 @@ static int write_file(const char *path, const char *text)
 
 /* ---- remove-vs-mmap ------------------------------------------------------ */
 
-static sigjmp_buf probe_jmp;
+static __thread sigjmp_buf probe_jmp;	/* per thread: SIGBUS is per thread */
 
 static void on_sigbus(int sig)
 {
@@ -359,6 +370,129 @@ static void cmd_signal_fill(uint64_t len, uint64_t alarm_ms)
 	       (unsigned long long)a.fence, a.hw_status);
 }
 
+/* ---- reset-vs-mappings ---------------------------------------------------- */
+
+#define RESET_MAP_LEN	(64 * 1024)
+
+/* 1 if [p, p + len) reads as @want (or, @want NULL, is readable), 0 if not, -1 on SIGBUS. */
+static int reads_as(const volatile uint8_t *p, const uint8_t *want, size_t len)
+{
+	size_t i;
+
+	if (sigsetjmp(probe_jmp, 1))
+		return -1;
+	for (i = 0; i < len; i++)
+		if (want && p[i] != want[i])
+			return 0;
+		else if (!want)
+			(void)p[i];
+	return 1;
+}
+
+struct toucher {
+	const volatile uint8_t *vram, *lazy;
+	atomic_int stop;
+	unsigned long reads, sigbus;
+};
+
+static void *toucher_thread(void *arg)
+{
+	struct toucher *t = arg;
+	volatile size_t off = 0;	/* lives across siglongjmp() */
+
+	while (!atomic_load(&t->stop)) {
+		if (sigsetjmp(probe_jmp, 1)) {
+			t->sigbus++;
+		} else {
+			(void)t->vram[off];
+			(void)t->lazy[off];
+		}
+		t->reads++;
+		off = (off + 4096) % RESET_MAP_LEN;
+	}
+	return NULL;
+}
+
+static void cmd_reset_vs_mappings(uint64_t resets)
+{
+	struct sigaction sa = { .sa_handler = on_sigbus };
+	struct qgpu_bo_create bo = { .size = 4096 };
+	char sysdir[PATH_MAX], path[PATH_MAX + 16];
+	uint8_t *vram, *lazy, *bom, want[RESET_MAP_LEN];
+	volatile uint32_t *regs;
+	struct toucher t = { 0 };
+	const char *name[4] = { "vram", "lazy", "regs", "bo" };
+	long long lazy0, bar0, lazy1, bar1;
+	int reads[4], fd, ret, i;
+	uint64_t r;
+	pthread_t th;
+
+	sigaction(SIGBUS, &sa, NULL);
+	fd = qgpu_open(NULL);
+	if (fd < 0)
+		fail("open", errno);
+	ret = device_sysfs(qgpu_dev_path(), sysdir, sizeof(sysdir));
+	if (ret)
+		fail("finding the device in sysfs", -ret);
+	snprintf(path, sizeof(path), "%s/reset", sysdir);
+	ret = qgpu_ioctl(fd, QGPU_IOCTL_BO_CREATE, &bo);
+	if (ret)
+		fail("BO_CREATE", -ret);
+	vram = mmap(NULL, RESET_MAP_LEN, PROT_READ | PROT_WRITE, MAP_SHARED, fd,
+		    QGPU_MMAP_VRAM);
+	lazy = mmap(NULL, RESET_MAP_LEN, PROT_READ | PROT_WRITE, MAP_SHARED, fd,
+		    QGPU_MMAP_VRAM_LAZY);
+	regs = mmap(NULL, 4096, PROT_READ, MAP_SHARED, fd, QGPU_MMAP_REGS);
+	bom = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd,
+		   bo.mmap_offset);
+	if (vram == MAP_FAILED || lazy == MAP_FAILED || regs == MAP_FAILED ||
+	    bom == MAP_FAILED)
+		fail("mmap", errno);
+	for (i = 0; i < RESET_MAP_LEN; i++)
+		want[i] = (uint8_t)(i * 7 + 3);
+	memcpy(vram, want, RESET_MAP_LEN);
+	memset(bom, 0x3c, 4096);
+	__sync_synchronize();
+	/* Touch every page: all have PTEs now. */
+	if (reads_as(lazy, want, RESET_MAP_LEN) != 1 ||
+	    regs[(QGPU_REG_USER_ID - QGPU_REGS_USER_PAGE) / 4] != QGPU_ID_MAGIC)
+		fail("mappings before the reset", EIO);
+	lazy0 = qgpu_stat(NULL, "lazy_faults");
+	bar0 = qgpu_stat(NULL, "bar_refaults");
+	ret = write_file(path, "1");
+	if (ret)
+		fail("writing the device's sysfs reset", -ret);
+	reads[0] = reads_as(vram, want, RESET_MAP_LEN);
+	reads[1] = reads_as(lazy, want, RESET_MAP_LEN);
+	reads[2] = reads_as((const volatile uint8_t *)regs, NULL, 4096) == 1 &&
+		   regs[(QGPU_REG_USER_ID - QGPU_REGS_USER_PAGE) / 4] == QGPU_ID_MAGIC;
+	memset(want, 0x3c, 4096);
+	reads[3] = reads_as(bom, want, 4096);
+	lazy1 = qgpu_stat(NULL, "lazy_faults");
+	bar1 = qgpu_stat(NULL, "bar_refaults");
+
+	t.vram = vram;
+	t.lazy = lazy;
+	pthread_create(&th, NULL, toucher_thread, &t);
+	for (r = 0; r < resets; r++) {
+		ret = write_file(path, "1");
+		if (ret)
+			fail("writing the device's sysfs reset", -ret);
+	}
+	sleep_us(20000);
+	atomic_store(&t.stop, 1);
+	pthread_join(th, NULL);
+
+	printf("{\"ok\":true,\"faults_after_reset\":{\"lazy\":%lld,"
+	       "\"bar_refaults\":%lld},\"reads_right_after_reset\":{",
+	       lazy1 - lazy0, bar1 - bar0);
+	for (i = 0; i < 4; i++)
+		printf("%s\"%s\":%d", i ? "," : "", name[i], reads[i]);
+	printf("},\"resets\":%llu,\"reads_during_resets\":%lu,"
+	       "\"sigbus_during_resets\":%lu}\n", (unsigned long long)resets,
+	       t.reads, t.sigbus);
+}
+
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -379,6 +513,8 @@ int main(int argc, char **argv)
 	else if (argc >= 4 && !strcmp(argv[1], "signal-copy"))
 		cmd_signal_copy(arg_u64(argv[2]), arg_u64(argv[3]),
 				argc >= 5 ? arg_u64(argv[4]) : 300);
+	else if (argc >= 3 && !strcmp(argv[1], "reset-vs-mappings"))
+		cmd_reset_vs_mappings(arg_u64(argv[2]));
 	else if (argc >= 4 && !strcmp(argv[1], "signal-fill"))
 		cmd_signal_fill(arg_u64(argv[2]), arg_u64(argv[3]));
 	else

@@ -34,6 +34,8 @@ GLIBC_MMAP_CHUNK_HEADER = 16            # malloc() >= 128 KiB: mmap'ed chunk, da
 PFN_MASK = (1 << 55) - 1
 VM_DEVICE_FLAGS = {"sh", "pf", "io", "de", "dd"}   # VM_SHARED|PFNMAP|IO|DONTEXPAND|DONTDUMP
 PAGE_PRESENT = 1 << 63
+MMAP_VRAM_LAZY = 1 << 40                # mmap offsets of the uapi header (include/uapi/qgpu.h)
+MMAP_REGS = 2 << 40
 
 Record = dict[str, Any]
 

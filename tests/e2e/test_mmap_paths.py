@@ -22,6 +22,8 @@ from qgpu.kernels import GuestKernel
 from qgpu.machine import GuestMachine
 
 from .guestio import (
+    MMAP_REGS,
+    MMAP_VRAM_LAZY,
     PAGE,
     SUITE,
     VM_DEVICE_FLAGS,
@@ -143,8 +145,9 @@ def test_mappings_vmflags_and_pat_memtypes(guest: GuestMachine,
     with hold_tool(guest, "regs") as regs, \
             hold_tool(guest, f"mmap-read {eager_page:#x} {PAGE}") as eager, \
             hold_tool(guest, f"mmap-read {lazy_page:#x} {PAGE} --lazy") as lazy:
-        for held, offset, what in ((regs, 0, "registers"), (eager, eager_page, "VRAM"),
-                                   (lazy, lazy_page, "lazy VRAM")):
+        # /proc/PID/maps shows each mapping's mmap offset (uapi QGPU_MMAP_*).
+        for held, offset, what in ((regs, MMAP_REGS, "registers"), (eager, eager_page, "VRAM"),
+                                   (lazy, MMAP_VRAM_LAZY + lazy_page, "lazy VRAM")):
             maps = list(held.smaps_flags().values())
             assert len(maps) == 1, f"{what}: want one device mapping, got {maps}"
             mapping, flags = maps[0]

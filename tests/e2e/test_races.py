@@ -148,3 +148,18 @@ def test_read_only_file_cannot_change_the_device(
                  "raise-irq"):
         res = tool(guest, f"{ro} {args}")
         assert res["ok"], (args, res)
+
+
+@ALL_MODES
+def test_reset_zaps_device_mappings_and_faults_wait(guest: GuestMachine) -> None:
+    """Review item 3: a function reset (or a PCIe link reset) made the device's
+    memory unreachable for a while, but user mappings of the BARs kept their
+    PTEs through it (vfio zaps them and blocks faults until the device is
+    back). Now the reset zaps the VRAM and register mappings (buffer objects
+    are system memory: theirs stay), so that each of their 16 + 16 + 1 pages
+    faults again when read after it; every mapping reads right; and accesses
+    during five more resets wait instead of raising SIGBUS."""
+    res = race(guest, "reset-vs-mappings 5")
+    assert res["faults_after_reset"] == {"lazy": 16, "bar_refaults": 16 + 1}, res
+    assert res["reads_right_after_reset"] == {"vram": 1, "lazy": 1, "regs": 1, "bo": 1}, res
+    assert res["reads_during_resets"] > 0 and res["sigbus_during_resets"] == 0, res

@@ -53,6 +53,13 @@
  * Every offset lies below 2^44, so that 32-bit processes reach each region
  * too: mmap2(2) takes the offset in 4 KiB pages, 32 bits of them.
  *
+ * A reset of the device (a function reset, or a PCIe link reset during
+ * error recovery) unmaps VRAM and the register page from every process for
+ * its duration: an access then waits for the reset to end and maps the
+ * page again (counted in the bar_refaults statistic; lazy VRAM in
+ * lazy_faults). Buffer-object mappings are not affected. Once the device
+ * is removed or lost, every access raises SIGBUS.
+ *
  * Every mapping must be MAP_SHARED (MAP_PRIVATE: -EINVAL), not executable
  * (-EPERM) and lie inside one region (-EINVAL). Mappings cannot be moved by
  * mremap(2) or grown. A file opened O_RDONLY may map any region PROT_READ.
