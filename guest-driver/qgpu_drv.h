@@ -283,8 +283,6 @@ int qgpu_alloc_irq_vectors(struct pci_dev *pdev, unsigned int min,
 int qgpu_request_irq(unsigned int irq, irq_handler_t handler,
 		     unsigned long flags, const char *name, void *data);
 
-int qgpu_fs_init(void);
-void qgpu_fs_exit(void);
 struct inode *qgpu_fs_inode_new(void);
 void qgpu_fs_inode_free(struct inode *inode);
 

@@ -76,6 +76,9 @@ void qgpu_fs_inode_free(struct inode *inode)
 
 /* ---- buffer objects -------------------------------------------------------- */
 
+/* Allocated with these attributes, freed with the same (dma_free_attrs()). */
+#define QGPU_BO_DMA_ATTRS	DMA_ATTR_NO_WARN	/* no splat on -ENOMEM */
+
 static void qgpu_bo_release(struct kref *ref)
 {
 	struct qgpu_bo *bo = container_of(ref, struct qgpu_bo, ref);
@@ -84,7 +87,8 @@ static void qgpu_bo_release(struct kref *ref)
 	mutex_lock(&qdev->bo_lock);
 	list_del(&bo->node);
 	if (bo->vaddr) {
-		dma_free_coherent(qdev->dev, bo->size, bo->vaddr, bo->dma);
+		dma_free_attrs(qdev->dev, bo->size, bo->vaddr, bo->dma,
+			       QGPU_BO_DMA_ATTRS);
 		atomic64_sub(bo->size, &qdev->bo_bytes);
 		qgpu_stat_add(qdev, QGPU_STAT_BOS, -1);
 		qgpu_stat_add(qdev, QGPU_STAT_BO_BYTES, -(s64)bo->size);
@@ -108,9 +112,10 @@ void qgpu_bo_free_all_backing(struct qgpu_device *qdev)
 	list_for_each_entry(bo, &qdev->bos, node) {
 		if (!bo->vaddr)
 			continue;
-		dma_free_coherent(qdev->dev, bo->size, bo->vaddr, bo->dma);
+		dma_free_attrs(qdev->dev, bo->size, bo->vaddr, bo->dma,
+			       QGPU_BO_DMA_ATTRS);
 		atomic64_sub(bo->size, &qdev->bo_bytes);
-		bo->vaddr = NULL;
+		WRITE_ONCE(bo->vaddr, NULL);	/* lookups read it locklessly */
 		qgpu_stat_add(qdev, QGPU_STAT_BOS, -1);
 		qgpu_stat_add(qdev, QGPU_STAT_BO_BYTES, -(s64)bo->size);
 	}
@@ -167,7 +172,7 @@ struct qgpu_bo *qgpu_bo_create(struct qgpu_file *qf,
 	bo->size = PAGE_ALIGN(args->size);
 	/* Running out of contiguous memory is an -ENOMEM, not a warning. */
 	bo->vaddr = qgpu_dma_alloc(qdev->dev, bo->size, &bo->dma,
-				   DMA_ATTR_NO_WARN);
+				   QGPU_BO_DMA_ATTRS);
 	if (!bo->vaddr) {
 		atomic64_sub(bo->size, &qdev->bo_bytes);
 		kfree(bo);
@@ -413,11 +418,51 @@ out:
 	return ret;
 }
 
+/*
+ * ptrace (gdb) and /proc/PID/mem reach device mappings here, as
+ * get_user_pages() cannot (VM_PFNMAP). VRAM and the register page: through
+ * a temporary mapping of the page the PTE points at (generic_access_phys(),
+ * so only pages faulted in, with the mapping's own permissions). Buffer
+ * objects: through the kernel's address of their memory, while it lives.
+ */
+static int qgpu_vm_access(struct vm_area_struct *vma, unsigned long addr,
+			  void *buf, int len, int write)
+{
+	struct qgpu_vma_priv *p = vma->vm_private_data;
+	struct qgpu_device *qdev = p->qdev;
+	u64 off;
+	void *vaddr;
+	int idx;
+
+	if (p->kind != QGPU_MAP_BO)
+		return generic_access_phys(vma, addr, buf, len, write);
+	if (write && !(vma->vm_flags & VM_WRITE))
+		return -EACCES;
+	off = ((u64)(vma->vm_pgoff - p->base) << PAGE_SHIFT) +
+	      (addr - vma->vm_start);
+	if (off >= p->bo->size)
+		return -EINVAL;
+	len = min_t(u64, len, p->bo->size - off);
+	idx = srcu_read_lock(&qdev->srcu);
+	/* Remove frees BO memory only after synchronize_srcu(). */
+	vaddr = READ_ONCE(p->bo->vaddr);
+	if (!vaddr || READ_ONCE(qdev->dead) || READ_ONCE(qdev->lost)) {
+		len = -EIO;
+	} else if (write) {
+		memcpy(vaddr + off, buf, len);
+	} else {
+		memcpy(buf, vaddr + off, len);
+	}
+	srcu_read_unlock(&qdev->srcu, idx);
+	return len;
+}
+
 static const struct vm_operations_struct qgpu_vm_ops = {
 	.open = qgpu_vm_open,
 	.close = qgpu_vm_close,
 	.mremap = qgpu_vm_mremap,
 	.fault = qgpu_vm_fault,
+	.access = qgpu_vm_access,
 };
 
 /* WC protection of the io_mapping, other bits from the VMA. */

@@ -32,6 +32,55 @@ static inline uint64_t qgpu_fnv1a(uint64_t h, const void *buf, size_t n)
 	return h;
 }
 
+/*
+ * malloc() that never returns NULL: the tools cannot go on without memory,
+ * so they stop with the one-line JSON failure every tool prints.
+ */
+static inline void *qgpu_xmalloc(size_t n)
+{
+	void *p = malloc(n ? n : 1);
+
+	if (!p) {
+		printf("{\"ok\":false,\"error\":\"out of memory (%zu bytes)\","
+		       "\"errno\":%d}\n", n, ENOMEM);
+		exit(1);
+	}
+	return p;
+}
+
+/* aligned_alloc(), whose size must be a multiple of @align, never NULL. */
+static inline void *qgpu_xaligned_alloc(size_t align, size_t n)
+{
+	void *p = aligned_alloc(align, (n + align - 1) / align * align);
+
+	if (!p) {
+		printf("{\"ok\":false,\"error\":\"out of memory (%zu bytes)\","
+		       "\"errno\":%d}\n", n, ENOMEM);
+		exit(1);
+	}
+	return p;
+}
+
+/*
+ * The 64-bit fence of a mapped user register page. Its halves are two
+ * registers: read HI, LO, HI again until HI did not move, or a fence
+ * crossing 2^32 would read torn.
+ */
+static inline uint64_t qgpu_user_fence(const volatile uint32_t *user_page)
+{
+	const volatile uint32_t *hi_reg =
+		&user_page[(QGPU_REG_USER_FENCE_HI - QGPU_REGS_USER_PAGE) / 4];
+	const volatile uint32_t *lo_reg =
+		&user_page[(QGPU_REG_USER_FENCE_LO - QGPU_REGS_USER_PAGE) / 4];
+	uint32_t hi, lo;
+
+	do {
+		hi = *hi_reg;
+		lo = *lo_reg;
+	} while (*hi_reg != hi);
+	return (uint64_t)hi << 32 | lo;
+}
+
 /* Device node: $QGPU_DEV or /dev/qgpu0. */
 static inline const char *qgpu_dev_path(void)
 {

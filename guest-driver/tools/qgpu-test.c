@@ -143,8 +143,7 @@ static int t_regs_mmap(void)
 
 		CHECK(!qgpu_fill(fd, 0, 4096, 1, 0, &fence), "fill");
 		CHECK(!qgpu_wait(fd, fence, 0, &w), "wait");
-		hw = UREG(QGPU_REG_USER_FENCE_LO) |
-		     (uint64_t)UREG(QGPU_REG_USER_FENCE_HI) << 32;
+		hw = qgpu_user_fence(r);
 		CHECK(hw >= fence, "user-page fence %llu < %llu",
 		      (unsigned long long)hw, (unsigned long long)fence);
 	}
@@ -214,7 +213,7 @@ static int t_vram_mmap_wc(void)
 	size_t len = 1 << 20;
 	uint64_t off = 2 << 20;
 	uint8_t *v = xmap_vram(0, info.vram_size, 0);
-	uint8_t *src = malloc(len), *dst = malloc(len);
+	uint8_t *src = qgpu_xmalloc(len), *dst = qgpu_xmalloc(len);
 
 	CHECK(v, "mmap VRAM: %s", strerror(errno));
 	rnd_fill(src, len);
@@ -247,7 +246,7 @@ static int t_vram_mmap_lazy(void)
 	long long faults = stat_of("lazy_faults"), vmas = stat_of("vma_vram_lazy");
 	uint8_t *wc = xmap_vram(off, len, 0);
 	uint8_t *lz = xmap_vram(off, len, 1);
-	uint8_t *ref = malloc(len);
+	uint8_t *ref = qgpu_xmalloc(len);
 
 	CHECK(wc && lz, "mmap: %s", strerror(errno));
 	CHECK(stat_of("vma_vram_lazy") == vmas + 1, "vma_vram_lazy");
@@ -361,8 +360,8 @@ static int t_vma_accounting(void)
 static int roundtrip(uint64_t off, size_t len, size_t mis, uint32_t flags,
 		     uint32_t *segs)
 {
-	uint8_t *a = aligned_alloc(4096, len + mis + 4096);
-	uint8_t *b = aligned_alloc(4096, len + mis + 4096);
+	uint8_t *a = qgpu_xaligned_alloc(4096, len + mis + 4096);
+	uint8_t *b = qgpu_xaligned_alloc(4096, len + mis + 4096);
 	struct qgpu_copy_user o;
 	int ret, d;
 
@@ -504,7 +503,7 @@ static int t_dma_scattered(void)
 	size_t n = 600, len = n * 4096;
 	uint8_t *big = mmap(NULL, 2 * len, PROT_READ | PROT_WRITE,
 			    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	uint8_t *ref = malloc(len), *back = malloc(len);
+	uint8_t *ref = qgpu_xmalloc(len), *back = qgpu_xmalloc(len);
 	struct qgpu_copy_user o;
 	int ret;
 
@@ -703,7 +702,7 @@ static int t_bo_basic(void)
 	struct qgpu_bo_create bc;
 	long long bos = stat_of("bos"), vmas = stat_of("vma_bo");
 	size_t size = 3 * 4096;
-	uint8_t *p, *ref = malloc(size);
+	uint8_t *p, *ref = qgpu_xmalloc(size);
 	uint64_t fence;
 	int ret;
 
@@ -900,7 +899,7 @@ static int t_fence_timeout_signal(void)
 static int t_vram_copy(void)
 {
 	size_t len = 100000;
-	uint8_t *a = malloc(len + 5000), *b = malloc(len + 5000);
+	uint8_t *a = qgpu_xmalloc(len + 5000), *b = qgpu_xmalloc(len + 5000);
 	struct qgpu_vram_op vo = { .op = QGPU_OP_COPY_VRAM, .src_offset = 3 << 20,
 				   .dst_offset = (3 << 20) + 4321, .length = len };
 	int ret;
@@ -921,7 +920,7 @@ static int t_vram_copy(void)
 static int t_cpu_access(void)
 {
 	size_t len = 256 * 1024 + 3;
-	uint8_t *v = xmap_vram(5 << 20, 512 * 1024, 0), *ref = malloc(len);
+	uint8_t *v = xmap_vram(5 << 20, 512 * 1024, 0), *ref = qgpu_xmalloc(len);
 
 	CHECK(v, "mmap");
 	CHECK(!qgpu_cpu(fd, QGPU_CPU_FILL, (5 << 20) + 1, len, 0xcafef00d, NULL),
@@ -955,7 +954,7 @@ static void *worker_fn(void *arg)
 {
 	struct worker *w = arg;
 	size_t len = 3000 + w->id * 1000;
-	uint8_t *a = malloc(len), *b = malloc(len);
+	uint8_t *a = qgpu_xmalloc(len), *b = qgpu_xmalloc(len);
 	uint64_t base = (8 << 20) + w->id * (1 << 20);
 
 	for (int i = 0; i < w->iters && !w->fail; i++) {
@@ -1050,7 +1049,7 @@ static int t_bo_madvise(void)
 {
 	struct qgpu_bo_create bc;
 	size_t size = 4 * 4096;
-	uint8_t *p, *ref = malloc(size);
+	uint8_t *p, *ref = qgpu_xmalloc(size);
 	int ret;
 
 	ret = bo_create(fd, size, &bc);

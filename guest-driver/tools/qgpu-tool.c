@@ -138,7 +138,7 @@ static void cmd_stats(void)
 		"vma_vram", "vma_vram_lazy", "vma_regs", "vma_bo", "lazy_faults",
 		"bos", "bo_bytes", "last_error", "irq_resync",
 		"watchdog_resets", "pci_errors", "pci_recoveries",
-		"device_lost",
+		"device_lost", "bar_refaults",
 	};
 	size_t i;
 
@@ -163,8 +163,7 @@ static void cmd_regs(void)
 	printf("{\"ok\":true,\"id\":%u,\"engine_status\":%u,\"fence\":%llu,"
 	       "\"ring_head\":%u,\"scratch\":%u}\n",
 	       UREG(QGPU_REG_USER_ID), UREG(QGPU_REG_USER_ENGINE_STATUS),
-	       (unsigned long long)UREG(QGPU_REG_USER_FENCE_LO) |
-	       (unsigned long long)UREG(QGPU_REG_USER_FENCE_HI) << 32,
+	       (unsigned long long)qgpu_user_fence(r),
 	       UREG(QGPU_REG_USER_RING_HEAD), UREG(QGPU_REG_USER_SCRATCH));
 #undef UREG
 }
@@ -580,7 +579,7 @@ int main(int argc, char **argv)
 			void *base;
 			size_t ml;
 			void *p = map_vram(off, len, !strcmp(via, "lazy"), &base, &ml);
-			void *tmp = malloc(len ? len : 1);
+			void *tmp = qgpu_xmalloc(len);
 
 			memcpy(tmp, p, len);
 			sum = qgpu_fnv1a(QGPU_FNV_INIT, tmp, len);

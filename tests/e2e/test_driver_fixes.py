@@ -17,7 +17,7 @@ from qgpu.faults import FaultInjector
 from qgpu.inspector import DeviceInspector
 from qgpu.machine import GuestMachine
 
-from .guestio import parse_json_line
+from .guestio import MMAP_REGS, parse_json_line
 from .test_faults import (  # noqa: F401  (faults: a fixture)
     ALL_MODES,
     DIRECT,
@@ -29,6 +29,7 @@ from .test_faults import (  # noqa: F401  (faults: a fixture)
     fnv1a64,
     hold_dma,
     pattern,
+    start_hold,
     stats,
     tool,
 )
@@ -208,3 +209,37 @@ def test_32bit_process_reaches_every_ioctl_and_mapping(
     assert tool32("regs")["id"] == ABI.ID_MAGIC
     for via in ("dma", "cpu", "mmap", "lazy"):
         assert tool32(f"checksum {off} {size} --via {via}")["checksum"] == bo["checksum"], via
+
+
+def proc_mem_read(guest: GuestMachine, pid: int, addr: int, length: int,
+                  unit: int = 1) -> bytes:
+    """``length`` bytes at ``addr`` of process ``pid``, read through /proc/PID/mem
+    in reads of ``unit`` bytes (registers take only 32-bit accesses, spec 2.1)."""
+    out = guest.run(f"dd if=/proc/{pid}/mem bs={unit} skip={addr // unit} "
+                    f"count={length // unit} 2>/dev/null | od -An -v -tx1").output
+    return bytes(int(x, 16) for x in out.split())
+
+
+@ALL_MODES
+def test_debugger_reads_and_writes_device_mappings(
+        guest: GuestMachine, qgpu_inspector: DeviceInspector) -> None:
+    """Review item 7 (vm_ops->access): gdb and /proc/PID/mem could not read a
+    process's VRAM, register or buffer-object mappings (get_user_pages cannot
+    reach VM_PFNMAP memory). Now they read what the device holds, and write a
+    buffer object the process mapped writable."""
+    guest.run("qgpu-tool fill 0 65536 0x1234abcd", check=True)
+    start_hold(guest, "dbg", "120")
+    pid = int(guest.run("pidof qgpu-tool", check=True).output.split()[0])
+    try:
+        maps = [ln.split() for ln in guest.run(f"cat /proc/{pid}/maps").output.splitlines()
+                if ln.endswith("/dev/qgpu0")]
+        by_offset = {int(m[2], 16): int(m[0].split("-")[0], 16) for m in maps}
+        vram, regs = by_offset[0], by_offset[MMAP_REGS]
+        bo = next(va for off, va in by_offset.items() if off > MMAP_REGS)
+        assert proc_mem_read(guest, pid, vram, 64) == qgpu_inspector.vram_backend(0, 64)
+        assert proc_mem_read(guest, pid, regs, 4, unit=4) == ABI.ID_MAGIC.to_bytes(4, "little")
+        guest.run(f"printf 'qgpu\\001\\002' | dd of=/proc/{pid}/mem bs=1 seek={bo + 100} "
+                  "conv=notrunc 2>/dev/null", check=True)
+        assert proc_mem_read(guest, pid, bo + 98, 8) == b"\0\0qgpu\x01\x02"
+    finally:
+        guest.run(f"kill {pid}; while [ -e /proc/{pid} ]; do usleep 20000; done", timeout=60)
