@@ -233,11 +233,39 @@ static inline void qgpu_wr(struct qgpu_device *qdev, u32 reg, u32 val)
 	writel(val, qdev->regs + reg);
 }
 
+/* Per-vector interrupt context. */
+struct qgpu_vec {
+	struct qgpu_device *qdev;
+	u32 causes;
+	char name[32];
+};
+
+/* PCI driver data. */
+struct qgpu_pci_priv {
+	struct qgpu_device *qdev;
+	struct qgpu_vec vecs[QGPU_MSIX_VECTORS];
+};
+
+/* qgpu_pci.c */
 void qgpu_device_put(struct qgpu_device *qdev);
+
+/* qgpu_irq.c */
+int qgpu_setup_irqs(struct qgpu_device *qdev, struct qgpu_vec *vecs);
+void qgpu_free_irqs(struct qgpu_device *qdev, struct qgpu_vec *vecs);
 void qgpu_irq_resync(struct qgpu_device *qdev);
+
+/* qgpu_recovery.c */
 bool qgpu_hw_lost(struct qgpu_device *qdev);
 void qgpu_mark_lost(struct qgpu_device *qdev, const char *why);
 void qgpu_lost_work(struct work_struct *work);
+extern const struct pci_error_handlers qgpu_err_handlers;
+
+/* qgpu_sysfs.c */
+extern const struct attribute_group *qgpu_misc_groups[];
+void qgpu_debugfs_add(struct qgpu_device *qdev, struct dentry *root);
+
+/* qgpu_ioctl.c */
+extern const struct file_operations qgpu_fops;
 
 /* qgpu_ring.c */
 int qgpu_ring_init(struct qgpu_device *qdev);

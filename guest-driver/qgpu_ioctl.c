@@ -1,0 +1,462 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * qgpu: the device file /dev/qgpuN: open, release and the ioctls of
+ * include/uapi/qgpu.h (COPY_USER is in qgpu_ring.c, mmap in qgpu_mmap.c).
+ */
+
+#include <linux/fs.h>
+#include <linux/pci.h>
+#include <linux/sched/signal.h>
+#include <linux/slab.h>
+#include <linux/uaccess.h>
+#include <linux/unaligned.h>
+
+#include "qgpu_drv.h"
+
+static int qgpu_open(struct inode *inode, struct file *filp)
+{
+	struct miscdevice *misc = filp->private_data;
+	struct qgpu_device *qdev = container_of(misc, struct qgpu_device, misc);
+	struct qgpu_file *qf;
+	int idx;
+
+	qf = kzalloc(sizeof(*qf), GFP_KERNEL);
+	if (!qf)
+		return -ENOMEM;
+	idx = srcu_read_lock(&qdev->srcu);
+	if (READ_ONCE(qdev->dead) || READ_ONCE(qdev->lost)) {
+		srcu_read_unlock(&qdev->srcu, idx);
+		kfree(qf);
+		return -ENODEV;
+	}
+	kref_get(&qdev->ref);
+	srcu_read_unlock(&qdev->srcu, idx);
+
+	qf->qdev = qdev;
+	qf->writable = filp->f_mode & FMODE_WRITE;
+	xa_init_flags(&qf->bos, XA_FLAGS_ALLOC1);
+	filp->private_data = qf;
+	/* All mappings of the device share one address_space (for zapping). */
+	filp->f_mapping = qdev->inode->i_mapping;
+	return nonseekable_open(inode, filp);
+}
+
+static int qgpu_release(struct inode *inode, struct file *filp)
+{
+	struct qgpu_file *qf = filp->private_data;
+	struct qgpu_bo *bo;
+	unsigned long handle;
+
+	xa_for_each(&qf->bos, handle, bo) {
+		xa_erase(&qf->bos, handle);
+		qgpu_bo_put(bo);
+	}
+	xa_destroy(&qf->bos);
+	qgpu_device_put(qf->qdev);
+	kfree(qf);
+	return 0;
+}
+
+static bool qgpu_vram_range_ok(struct qgpu_device *qdev, u64 off, u64 len)
+{
+	u64 end;
+
+	return len && !check_add_overflow(off, len, &end) &&
+	       end <= qdev->vram_size;
+}
+
+static long qgpu_ioctl_info(struct qgpu_device *qdev, void __user *arg)
+{
+	struct pci_dev *pdev = qdev->pdev;
+	struct qgpu_info a;
+
+	if (copy_from_user(&a, arg, sizeof(a)))
+		return -EFAULT;
+	if (a.flags || a.reserved0 || memchr_inv(a.reserved, 0, sizeof(a.reserved)))
+		return -EINVAL;
+	a.version = qgpu_rd(qdev, QGPU_REG_VERSION);
+	a.caps = qgpu_rd(qdev, QGPU_REG_CAPS);
+	a.irq_mode = qdev->irq_mode;
+	a.irq_vectors = qdev->nvec;
+	a.ring_entries = qdev->ring_entries;
+	a.sg_max_entries = qgpu_rd(qdev, QGPU_REG_SG_MAX_ENTRIES);
+	a.dma_mask_bits = qdev->dma_bits;
+	a.vram_size = qdev->vram_size;
+	a.max_xfer = QGPU_MAX_XFER;
+	a.bo_max_size = QGPU_BO_MAX_SIZE;
+	a.pci_bdf = pci_domain_nr(pdev->bus) << 16 | pdev->bus->number << 8 |
+		    pdev->devfn;
+	return copy_to_user(arg, &a, sizeof(a)) ? -EFAULT : 0;
+}
+
+/* Submit one descriptor; wait unless asynchronous. */
+static int qgpu_run_one(struct qgpu_device *qdev, struct qgpu_job *job,
+			struct qgpu_desc *d, bool async, u64 *fence,
+			u32 *hw_status)
+{
+	int ret;
+
+	ret = qgpu_submit(qdev, job, d, 1);
+	if (ret)
+		return ret;
+	*fence = job->last_seq;
+	if (async)
+		return 0;
+	ret = qgpu_job_wait(qdev, job);
+	*hw_status = job->hw_err;
+	return ret;
+}
+
+static long qgpu_ioctl_copy_bo(struct qgpu_file *qf, void __user *arg)
+{
+	struct qgpu_device *qdev = qf->qdev;
+	struct qgpu_copy_bo a;
+	struct qgpu_desc d = {};
+	struct qgpu_job *job;
+	struct qgpu_bo *bo;
+	u64 end, guest;
+	int ret;
+
+	if (copy_from_user(&a, arg, sizeof(a)))
+		return -EFAULT;
+	if (a.reserved0 || a.reserved1 || a.reserved[0] || a.reserved[1] ||
+	    (a.flags & ~QGPU_SUBMIT_F_ASYNC) ||
+	    (a.op != QGPU_OP_COPY_TO_VRAM && a.op != QGPU_OP_COPY_FROM_VRAM) ||
+	    !qgpu_vram_range_ok(qdev, a.vram_offset, a.length))
+		return -EINVAL;
+	bo = qgpu_bo_lookup(qf, a.handle);
+	if (!bo)
+		return -ENOENT;
+	if (check_add_overflow(a.bo_offset, a.length, &end) || end > bo->size) {
+		qgpu_bo_put(bo);
+		return -EINVAL;
+	}
+	job = qgpu_job_alloc();
+	if (!job) {
+		qgpu_bo_put(bo);
+		return -ENOMEM;
+	}
+	job->bo = bo;	/* dropped when the job retires */
+	job->op = a.op;
+	job->bytes = a.length;
+	guest = bo->dma + a.bo_offset;
+	d.opcode = cpu_to_le32(a.op);
+	d.length = cpu_to_le64(a.length);
+	d.src = cpu_to_le64(a.op == QGPU_OP_COPY_TO_VRAM ? guest : a.vram_offset);
+	d.dst = cpu_to_le64(a.op == QGPU_OP_COPY_TO_VRAM ? a.vram_offset : guest);
+	a.fence = 0;
+	a.hw_status = 0;
+	ret = qgpu_run_one(qdev, job, &d, a.flags & QGPU_SUBMIT_F_ASYNC,
+			   &a.fence, &a.hw_status);
+	qgpu_job_put(job);
+	/* Once submitted, the caller gets the fence whatever the result. */
+	if (a.fence && copy_to_user(arg, &a, sizeof(a)) && !ret)
+		ret = -EFAULT;
+	return ret;
+}
+
+/*
+ * Split a VRAM_OP into descriptors of at most QGPU_VRAM_OP_CHUNK (more if
+ * the ring is small), so that the fence and the ring head move while a long
+ * operation runs and the watchdog sees progress. Chunks keep the FILL
+ * pattern's phase (multiples of 4); a COPY_VRAM with @dst above @src runs
+ * its chunks backwards, which keeps memmove semantics.
+ */
+static int qgpu_vram_op_descs(struct qgpu_device *qdev,
+			      const struct qgpu_vram_op *a,
+			      struct qgpu_desc **descsp)
+{
+	u32 max_desc = qdev->ring_entries - 1;
+	bool backwards = a->op == QGPU_OP_COPY_VRAM &&
+			 a->dst_offset > a->src_offset;
+	struct qgpu_desc *descs;
+	u64 chunk, off;
+	u32 n, i;
+
+	chunk = max_t(u64, QGPU_VRAM_OP_CHUNK,
+		      round_up(DIV_ROUND_UP_ULL(a->length, max_desc), 4));
+	n = DIV_ROUND_UP_ULL(a->length, chunk);
+	descs = kcalloc(n, sizeof(*descs), GFP_KERNEL);
+	if (!descs)
+		return -ENOMEM;
+	for (i = 0; i < n; i++) {
+		struct qgpu_desc *d = &descs[backwards ? n - 1 - i : i];
+
+		off = (u64)i * chunk;
+		d->opcode = cpu_to_le32(a->op);
+		d->dst = cpu_to_le64(a->dst_offset + off);
+		d->length = cpu_to_le64(min(chunk, a->length - off));
+		if (a->op == QGPU_OP_FILL)
+			d->fill_pattern = cpu_to_le32(a->pattern);
+		else
+			d->src = cpu_to_le64(a->src_offset + off);
+	}
+	*descsp = descs;
+	return n;
+}
+
+static long qgpu_ioctl_vram_op(struct qgpu_device *qdev, void __user *arg)
+{
+	struct qgpu_vram_op a;
+	struct qgpu_desc *descs;
+	struct qgpu_job *job;
+	int ret, n;
+
+	if (copy_from_user(&a, arg, sizeof(a)))
+		return -EFAULT;
+	/* @fence and @hw_status are outputs: their input values are ignored. */
+	if (a.reserved[0] || a.reserved[1] ||
+	    (a.flags & ~QGPU_SUBMIT_F_ASYNC) ||
+	    !qgpu_vram_range_ok(qdev, a.dst_offset, a.length))
+		return -EINVAL;
+	switch (a.op) {
+	case QGPU_OP_FILL:
+		if (a.src_offset)
+			return -EINVAL;
+		break;
+	case QGPU_OP_COPY_VRAM:
+		if (a.pattern || !qgpu_vram_range_ok(qdev, a.src_offset, a.length))
+			return -EINVAL;
+		break;
+	default:
+		return -EINVAL;
+	}
+	a.fence = 0;
+	a.hw_status = 0;
+	n = qgpu_vram_op_descs(qdev, &a, &descs);
+	if (n < 0)
+		return n;
+	job = qgpu_job_alloc();
+	if (!job) {
+		kfree(descs);
+		return -ENOMEM;
+	}
+	job->op = a.op;
+	ret = qgpu_submit(qdev, job, descs, n);
+	kfree(descs);
+	if (!ret) {
+		a.fence = job->last_seq;
+		if (!(a.flags & QGPU_SUBMIT_F_ASYNC)) {
+			ret = qgpu_job_wait(qdev, job);
+			a.hw_status = job->hw_err;
+		}
+	}
+	qgpu_job_put(job);
+	/* Once submitted, the caller gets the fence whatever the result. */
+	if (a.fence && copy_to_user(arg, &a, sizeof(a)) && !ret)
+		ret = -EFAULT;
+	return ret;
+}
+
+static long qgpu_ioctl_wait_fence(struct qgpu_device *qdev, void __user *arg)
+{
+	struct qgpu_wait_fence a;
+	int ret;
+
+	if (copy_from_user(&a, arg, sizeof(a)))
+		return -EFAULT;
+	if (a.flags || a.reserved[0] || a.reserved[1])
+		return -EINVAL;
+	a.hw_status = 0;
+	a.completed = 0;
+	ret = qgpu_fence_wait(qdev, a.fence, a.timeout_ns, &a.hw_status,
+			      &a.completed);
+	if (ret == -EINVAL || ret == -ENODEV)
+		return ret;
+	if (copy_to_user(arg, &a, sizeof(a)))
+		return -EFAULT;
+	return ret;
+}
+
+static long qgpu_ioctl_bo_create(struct qgpu_file *qf, void __user *arg)
+{
+	struct qgpu_bo_create a;
+	struct qgpu_bo *bo;
+	int ret = 0;
+
+	if (copy_from_user(&a, arg, sizeof(a)))
+		return -EFAULT;
+	bo = qgpu_bo_create(qf, &a);
+	if (IS_ERR(bo))
+		return PTR_ERR(bo);
+	if (copy_to_user(arg, &a, sizeof(a))) {
+		/* Another thread may have destroyed and reused the handle. */
+		if (xa_cmpxchg(&qf->bos, a.handle, bo, NULL, 0) == bo)
+			qgpu_bo_put(bo);	/* the handle's reference */
+		ret = -EFAULT;
+	}
+	qgpu_bo_put(bo);
+	return ret;
+}
+
+static long qgpu_ioctl_bo_destroy(struct qgpu_file *qf, void __user *arg)
+{
+	struct qgpu_bo_destroy a;
+
+	if (copy_from_user(&a, arg, sizeof(a)))
+		return -EFAULT;
+	if (a.flags || a.reserved[0] || a.reserved[1])
+		return -EINVAL;
+	return qgpu_bo_destroy(qf, a.handle);
+}
+
+static u64 qgpu_fnv1a(u64 h, const u8 *p, size_t n)
+{
+	while (n--) {
+		h ^= *p++;
+		h *= 0x100000001b3ULL;
+	}
+	return h;
+}
+
+#define QGPU_CPU_CHUNK	SZ_64K
+
+static long qgpu_ioctl_cpu_access(struct qgpu_file *qf, void __user *arg)
+{
+	struct qgpu_device *qdev = qf->qdev;
+	struct qgpu_cpu_access a;
+	u64 done = 0, h = 0xcbf29ce484222325ULL;
+	u8 *buf;
+	int i, ret = 0;
+
+	if (copy_from_user(&a, arg, sizeof(a)))
+		return -EFAULT;
+	if (a.op == QGPU_CPU_FILL && !qf->writable)
+		return -EBADF;
+	if (a.reserved[0] || a.reserved[1] || a.checksum ||
+	    !qgpu_vram_range_ok(qdev, a.vram_offset, a.length) ||
+	    (a.op != QGPU_CPU_CHECKSUM && a.op != QGPU_CPU_FILL) ||
+	    (a.op == QGPU_CPU_CHECKSUM && a.pattern))
+		return -EINVAL;
+	buf = kmalloc(QGPU_CPU_CHUNK, GFP_KERNEL);
+	if (!buf)
+		return -ENOMEM;
+	if (a.op == QGPU_CPU_FILL)
+		for (i = 0; i < QGPU_CPU_CHUNK; i += 4)
+			put_unaligned_le32(a.pattern, buf + i);
+	while (done < a.length) {
+		size_t n = min_t(u64, a.length - done, QGPU_CPU_CHUNK);
+		u8 *v = qdev->vram + a.vram_offset + done;
+
+		/* A lost or frozen device reads all ones: stop there. */
+		ret = qgpu_unusable(qdev);
+		if (ret)
+			break;
+		if (signal_pending(current)) {
+			ret = -EINTR;
+			break;
+		}
+		if (a.op == QGPU_CPU_FILL) {
+			memcpy(v, buf, n);
+		} else {
+			memcpy(buf, v, n);
+			h = qgpu_fnv1a(h, buf, n);
+		}
+		done += n;
+		cond_resched();
+	}
+	kfree(buf);
+	if (ret)
+		return ret;
+	if (a.op == QGPU_CPU_FILL)
+		wmb();	/* flush the write-combining buffers */
+	a.checksum = a.op == QGPU_CPU_CHECKSUM ? h : 0;
+	return copy_to_user(arg, &a, sizeof(a)) ? -EFAULT : 0;
+}
+
+static long qgpu_ioctl_raise_irq(struct qgpu_device *qdev, void __user *arg)
+{
+	struct qgpu_raise_irq a;
+	s64 before;
+	long ret;
+
+	if (copy_from_user(&a, arg, sizeof(a)))
+		return -EFAULT;
+	if (a.flags || a.irq_count || a.reserved[0] || a.reserved[1])
+		return -EINVAL;
+	before = atomic64_read(&qdev->stats[QGPU_STAT_IRQ_SOFT]);
+	qgpu_wr(qdev, QGPU_REG_INT_RAISE, QGPU_INT_SOFT);
+	ret = wait_event_interruptible_timeout(qdev->soft_wq,
+			atomic64_read(&qdev->stats[QGPU_STAT_IRQ_SOFT]) != before ||
+			READ_ONCE(qdev->dead) || READ_ONCE(qdev->lost), HZ);
+	if (ret < 0)
+		return -EINTR;
+	if (READ_ONCE(qdev->dead) || READ_ONCE(qdev->lost))
+		return -ENODEV;
+	if (!ret)
+		return -ETIMEDOUT;
+	a.irq_count = atomic64_read(&qdev->stats[QGPU_STAT_IRQ_SOFT]);
+	return copy_to_user(arg, &a, sizeof(a)) ? -EFAULT : 0;
+}
+
+static long qgpu_ioctl(struct file *filp, unsigned int cmd, unsigned long arg)
+{
+	struct qgpu_file *qf = filp->private_data;
+	struct qgpu_device *qdev = qf->qdev;
+	void __user *uarg = (void __user *)arg;
+	long ret;
+	int idx;
+
+	idx = srcu_read_lock(&qdev->srcu);
+	if (READ_ONCE(qdev->dead) || READ_ONCE(qdev->lost)) {
+		ret = -ENODEV;
+		goto out;
+	}
+	/*
+	 * A file opened read-only may look (INFO, WAIT_FENCE, copies from VRAM
+	 * into user memory, CPU checksums, RAISE_IRQ, read-only mappings) but
+	 * not change the device: what writes VRAM or holds device memory
+	 * (buffer objects) needs a file opened for writing, as write(2) would.
+	 */
+	if (!qf->writable &&
+	    (cmd == QGPU_IOCTL_VRAM_OP || cmd == QGPU_IOCTL_COPY_BO ||
+	     cmd == QGPU_IOCTL_BO_CREATE || cmd == QGPU_IOCTL_BO_DESTROY)) {
+		ret = -EBADF;
+		goto out;
+	}
+	switch (cmd) {
+	case QGPU_IOCTL_INFO:
+		ret = qgpu_ioctl_info(qdev, uarg);
+		break;
+	case QGPU_IOCTL_COPY_USER:
+		ret = qgpu_ioctl_copy_user(qf, uarg);
+		break;
+	case QGPU_IOCTL_COPY_BO:
+		ret = qgpu_ioctl_copy_bo(qf, uarg);
+		break;
+	case QGPU_IOCTL_VRAM_OP:
+		ret = qgpu_ioctl_vram_op(qdev, uarg);
+		break;
+	case QGPU_IOCTL_WAIT_FENCE:
+		ret = qgpu_ioctl_wait_fence(qdev, uarg);
+		break;
+	case QGPU_IOCTL_BO_CREATE:
+		ret = qgpu_ioctl_bo_create(qf, uarg);
+		break;
+	case QGPU_IOCTL_BO_DESTROY:
+		ret = qgpu_ioctl_bo_destroy(qf, uarg);
+		break;
+	case QGPU_IOCTL_CPU_ACCESS:
+		ret = qgpu_ioctl_cpu_access(qf, uarg);
+		break;
+	case QGPU_IOCTL_RAISE_IRQ:
+		ret = qgpu_ioctl_raise_irq(qdev, uarg);
+		break;
+	default:
+		ret = -ENOTTY;
+		break;
+	}
+out:
+	srcu_read_unlock(&qdev->srcu, idx);
+	return ret;
+}
+
+const struct file_operations qgpu_fops = {
+	.owner = THIS_MODULE,
+	.open = qgpu_open,
+	.release = qgpu_release,
+	.unlocked_ioctl = qgpu_ioctl,
+	.compat_ioctl = compat_ptr_ioctl,
+	.mmap = qgpu_mmap,
+};
+
