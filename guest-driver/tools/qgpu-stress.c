@@ -58,6 +58,7 @@ struct counters {
 	atomic_ulong integrity_failures;
 	atomic_ulong late_writes;
 	atomic_ulong reopens;
+	atomic_ulong alarms;		/* SIGALRMs this worker thread took */
 	char first_failure[160];
 };
 
@@ -109,6 +110,7 @@ struct worker {
 
 static __thread sigjmp_buf bus_jmp;
 static __thread volatile int bus_armed;
+static __thread struct counters *my_counters;	/* for signal handlers */
 
 static void on_sigbus(int sig)
 {
@@ -120,6 +122,8 @@ static void on_sigbus(int sig)
 
 static void on_alarm(int sig)
 {
+	if (my_counters)
+		atomic_fetch_add(&my_counters->alarms, 1);
 }
 
 static void failure(struct worker *w, const char *fmt, ...)
@@ -414,6 +418,7 @@ static void *worker_thread(void *arg)
 	struct worker *w = arg;
 	uint64_t s = w->seed;
 
+	my_counters = w->c;
 	w->a = qgpu_xaligned_alloc(4096, SLOT + 8192);
 	w->b = qgpu_xaligned_alloc(4096, SLOT + 8192);
 	w->fd = -1;
@@ -462,6 +467,18 @@ static void worker_process(int first, int threads, uint64_t seed, int signals)
 			    (uint64_t)(first + i) * SLOT;
 		w[i].c = &sh->c[first + i];
 		pthread_create(&t[i], NULL, worker_thread, &w[i]);
+	}
+	/*
+	 * The timer's SIGALRM goes to the process, and the kernel would hand
+	 * it to this thread, idle in pthread_join(): block it here, so that it
+	 * interrupts the workers' calls.
+	 */
+	if (signals) {
+		sigset_t alrm;
+
+		sigemptyset(&alrm);
+		sigaddset(&alrm, SIGALRM);
+		pthread_sigmask(SIG_BLOCK, &alrm, NULL);
 	}
 	for (i = 0; i < threads; i++)
 		pthread_join(t[i], NULL);
@@ -513,7 +530,7 @@ int main(int argc, char **argv)
 	double t0, next_reset, next_remove;
 	pid_t pids[MAX_WORKERS];
 	unsigned long total[OP_NR] = { 0 }, abandoned = 0, sigbus = 0;
-	unsigned long integrity = 0, late = 0, reopens = 0;
+	unsigned long integrity = 0, late = 0, reopens = 0, alarms = 0;
 	const char *first = "";
 	uint64_t rs;
 	const char *name;
@@ -629,6 +646,7 @@ int main(int argc, char **argv)
 		integrity += c->integrity_failures;
 		late += c->late_writes;
 		reopens += c->reopens;
+		alarms += c->alarms;
 		if (c->first_failure[0])
 			first = c->first_failure;
 	}
@@ -648,9 +666,10 @@ int main(int argc, char **argv)
 			printf("%s\"%d\":%lu", n++ ? "," : "", e, v);
 	}
 	printf("},\"abandoned\":%lu,\"sigbus\":%lu,\"reopens\":%lu,\"resets\":%lu,"
-	       "\"removals\":%lu,\"stops\":%lu,\"integrity_failures\":%lu,"
-	       "\"late_writes\":%lu,\"stuck_workers\":%d,\"crashed_workers\":%d,"
+	       "\"removals\":%lu,\"stops\":%lu,\"alarms_in_workers\":%lu,"
+	       "\"integrity_failures\":%lu,\"late_writes\":%lu,"
+	       "\"stuck_workers\":%d,\"crashed_workers\":%d,"
 	       "\"first_failure\":\"%s\"}\n", abandoned, sigbus, reopens, resets,
-	       removals, stops, integrity, late, stuck, crashed, first);
+	       removals, stops, alarms, integrity, late, stuck, crashed, first);
 	return integrity || late || stuck || crashed ? 1 : 0;
 }

@@ -37,6 +37,7 @@ def test_stress(guest: GuestMachine, guest_kernel: GuestKernel) -> None:
     # Everything ran, and so did the disturbances.
     assert all(rep["ops"][op] > 0 for op in OPS), rep
     assert rep["resets"] > 0 and rep["removals"] > 0 and rep["stops"] > 0, rep
+    assert rep["alarms_in_workers"] > 0, f"no SIGALRM reached a worker thread: {rep}"
     # Nothing is left behind once the workers are gone.
     st = driver_stats(guest)
     left = {k: st[k] for k in ("pinned_pages", "bos", "bo_bytes", "vma_vram",
