@@ -124,8 +124,15 @@ struct qgpu_device {
 	u32 caps;
 	int dma_bits;
 
-	/* lifetime: readers are ioctls, mmap, faults; remove flips @dead */
+	/*
+	 * Lifetime: remove flips @dead. @srcu readers are ioctls and open;
+	 * @map_srcu readers are mmap(2), page faults and ptrace access. Two
+	 * domains, so that a reset, which must wait only for mappings, never
+	 * waits for an ioctl (which may block on user memory for as long as
+	 * user space likes; see qgpu_zap_bar_mappings()).
+	 */
 	struct srcu_struct srcu;
+	struct srcu_struct map_srcu;
 	bool dead;
 	/*
 	 * @lost: BAR0 reads all ones or the PCIe channel failed for good; the
@@ -139,6 +146,7 @@ struct qgpu_device {
 	/* every mmap(2) of the device, see qgpu_zap_user_mappings() */
 	spinlock_t mappings_lock;
 	struct list_head mappings;
+	struct mutex zap_lock;		/* one zap at a time */
 
 	/* misc device */
 	int id;

@@ -262,9 +262,10 @@ static void qgpu_vma_priv_release(struct kref *ref)
 
 /*
  * Remove (and a lost device) call this, with @dead or @lost set, to take
- * every user PTE of the device away before its BARs and BO memory go.
+ * every user PTE of the device away before its BARs and BO memory go;
+ * resets zap the BARs' (qgpu_zap_bar_mappings()).
  *
- * Faults check @dead under SRCU, so synchronize_srcu() and then
+ * Faults check those flags under @map_srcu, so synchronize_srcu() and then
  * unmap_mapping_range() would do for them. ->mmap is different: it fills
  * PTEs (remap_pfn_range, io_mapping_map_user, dma_mmap_coherent), but the
  * core links the new VMA into the address_space only after ->mmap has
@@ -272,21 +273,27 @@ static void qgpu_vma_priv_release(struct kref *ref)
  * VMA after unmap_mapping_range() looked, and keep PTEs to freed memory.
  * The core holds the mm's mmap_lock for writing from before ->mmap until
  * the VMA is linked (or torn down on failure): taking it once for each
- * mapping's mm waits for every such mmap(2) to finish. The list is read
- * after synchronize_srcu(), so it holds every mapping whose ->mmap
- * succeeded. mmap_lock is taken without holding any lock of ours: munmap
- * holds it while releasing a mapping, which takes mappings_lock.
+ * mapping's mm waits for every such mmap(2) to finish. The mappings are
+ * taken off the list right after synchronize_srcu(): that snapshot holds
+ * every ->mmap that saw the flags clear, and later ones fill no PTEs of
+ * what is zapped, so the wait is bounded. mmap_lock is taken without
+ * holding mappings_lock (munmap holds mmap_lock while releasing a
+ * mapping, which takes it); zap_lock, held throughout so that two zaps
+ * never split the list between them, is never taken under mmap_lock.
  */
 static void qgpu_zap_range(struct qgpu_device *qdev, u64 start, u64 len)
 {
 	struct qgpu_vma_priv *p;
 	struct mm_struct *mm;
+	LIST_HEAD(todo);
 	LIST_HEAD(waited);
 
-	synchronize_srcu(&qdev->srcu);
+	mutex_lock(&qdev->zap_lock);
+	synchronize_srcu(&qdev->map_srcu);
 	spin_lock(&qdev->mappings_lock);
-	while ((p = list_first_entry_or_null(&qdev->mappings,
-					     struct qgpu_vma_priv, node))) {
+	list_splice_init(&qdev->mappings, &todo);
+	while ((p = list_first_entry_or_null(&todo, struct qgpu_vma_priv,
+					     node))) {
 		list_move_tail(&p->node, &waited);
 		mm = p->mm;
 		mmgrab(mm);
@@ -299,10 +306,13 @@ static void qgpu_zap_range(struct qgpu_device *qdev, u64 start, u64 len)
 	list_splice(&waited, &qdev->mappings);
 	spin_unlock(&qdev->mappings_lock);
 	unmap_mapping_range(qdev->inode->i_mapping, start, len, 1);
+	mutex_unlock(&qdev->zap_lock);
 }
 
+/* Everything; ioctls, which may use BO memory, are waited for too. */
 void qgpu_zap_user_mappings(struct qgpu_device *qdev)
 {
+	synchronize_srcu(&qdev->srcu);
 	qgpu_zap_range(qdev, 0, 0);
 }
 
@@ -343,18 +353,28 @@ static int qgpu_vm_mremap(struct vm_area_struct *vma)
 
 /*
  * Wait, without the fault lock, until a reset in progress is over; then
- * the fault is retried. False if the fault may not drop its lock.
+ * the fault is retried. Only user-space accesses wait: false (SIGBUS, or
+ * -EFAULT for the kernel's uaccess) for the kernel's own and for faults
+ * that may not drop their lock. The file is held while waiting: once the
+ * lock is dropped the VMA may go, and with it what kept @qdev and the
+ * module alive; the last fput() is deferred until the task leaves the
+ * kernel.
  */
 static bool qgpu_fault_wait_reset(struct vm_fault *vmf, struct qgpu_device *qdev)
 {
-	if (!(vmf->flags & FAULT_FLAG_ALLOW_RETRY))
+	struct file *file;
+
+	if (!(vmf->flags & FAULT_FLAG_USER) ||
+	    !(vmf->flags & FAULT_FLAG_ALLOW_RETRY))
 		return false;
 	if (vmf->flags & FAULT_FLAG_RETRY_NOWAIT)
 		return true;
+	file = get_file(vmf->vma->vm_file);
 	release_fault_lock(vmf);
 	wait_event_killable(qdev->fence_wq,
 			    !READ_ONCE(qdev->frozen) || READ_ONCE(qdev->dead) ||
 			    READ_ONCE(qdev->lost));
+	fput(file);
 	return true;
 }
 
@@ -382,7 +402,7 @@ static vm_fault_t qgpu_vm_fault(struct vm_fault *vmf)
 	pgoff = vma->vm_pgoff - p->base +
 		((vmf->address - vma->vm_start) >> PAGE_SHIFT);
 
-	idx = srcu_read_lock(&qdev->srcu);
+	idx = srcu_read_lock(&qdev->map_srcu);
 	if (READ_ONCE(qdev->dead) || READ_ONCE(qdev->lost))
 		goto out;
 	if (p->kind == QGPU_MAP_BO) {
@@ -396,7 +416,7 @@ static vm_fault_t qgpu_vm_fault(struct vm_fault *vmf)
 		goto out;
 	}
 	if (READ_ONCE(qdev->frozen)) {
-		srcu_read_unlock(&qdev->srcu, idx);
+		srcu_read_unlock(&qdev->map_srcu, idx);
 		return qgpu_fault_wait_reset(vmf, qdev) ? VM_FAULT_RETRY :
 							  VM_FAULT_SIGBUS;
 	}
@@ -414,7 +434,7 @@ static vm_fault_t qgpu_vm_fault(struct vm_fault *vmf)
 		qgpu_stat_inc(qdev, p->kind == QGPU_MAP_VRAM_LAZY ?
 				    QGPU_STAT_LAZY_FAULTS : QGPU_STAT_BAR_REFAULTS);
 out:
-	srcu_read_unlock(&qdev->srcu, idx);
+	srcu_read_unlock(&qdev->map_srcu, idx);
 	return ret;
 }
 
@@ -434,6 +454,13 @@ static int qgpu_vm_access(struct vm_area_struct *vma, unsigned long addr,
 	void *vaddr;
 	int idx;
 
+	/*
+	 * One page at most, inside the VMA: generic_access_phys() maps the
+	 * physical range from the first page's PTE on, which past this page
+	 * could be beyond the BAR. The core calls again for the rest.
+	 */
+	len = min_t(unsigned long, len,
+		    min(PAGE_SIZE - offset_in_page(addr), vma->vm_end - addr));
 	if (p->kind != QGPU_MAP_BO)
 		return generic_access_phys(vma, addr, buf, len, write);
 	if (write && !(vma->vm_flags & VM_WRITE))
@@ -443,7 +470,7 @@ static int qgpu_vm_access(struct vm_area_struct *vma, unsigned long addr,
 	if (off >= p->bo->size)
 		return -EINVAL;
 	len = min_t(u64, len, p->bo->size - off);
-	idx = srcu_read_lock(&qdev->srcu);
+	idx = srcu_read_lock(&qdev->map_srcu);
 	/* Remove frees BO memory only after synchronize_srcu(). */
 	vaddr = READ_ONCE(p->bo->vaddr);
 	if (!vaddr || READ_ONCE(qdev->dead) || READ_ONCE(qdev->lost)) {
@@ -453,7 +480,7 @@ static int qgpu_vm_access(struct vm_area_struct *vma, unsigned long addr,
 	} else {
 		memcpy(buf, vaddr + off, len);
 	}
-	srcu_read_unlock(&qdev->srcu, idx);
+	srcu_read_unlock(&qdev->map_srcu, idx);
 	return len;
 }
 
@@ -580,7 +607,7 @@ int qgpu_mmap(struct file *filp, struct vm_area_struct *vma)
 	kref_init(&p->ref);
 	p->qdev = qdev;
 
-	idx = srcu_read_lock(&qdev->srcu);
+	idx = srcu_read_lock(&qdev->map_srcu);
 	if (READ_ONCE(qdev->dead) || READ_ONCE(qdev->lost)) {
 		ret = -ENODEV;
 		goto err;
@@ -644,14 +671,14 @@ int qgpu_mmap(struct file *filp, struct vm_area_struct *vma)
 	spin_lock(&qdev->mappings_lock);
 	list_add_tail(&p->node, &qdev->mappings);
 	spin_unlock(&qdev->mappings_lock);
-	srcu_read_unlock(&qdev->srcu, idx);
+	srcu_read_unlock(&qdev->map_srcu, idx);
 	/* Widens the window between ->mmap and the VMA's linking, for tests. */
 	if (READ_ONCE(mmap_race_delay_us))
 		fsleep(min(READ_ONCE(mmap_race_delay_us), USEC_PER_SEC));
 	return 0;
 
 err:
-	srcu_read_unlock(&qdev->srcu, idx);
+	srcu_read_unlock(&qdev->map_srcu, idx);
 	vma->vm_private_data = NULL;
 	vma->vm_ops = NULL;
 	kfree(p);

@@ -51,6 +51,7 @@ static void qgpu_device_release(struct kref *ref)
 	qgpu_fs_inode_free(qdev->inode);
 	if (qdev->id >= 0)
 		ida_free(&qgpu_ida, qdev->id);
+	cleanup_srcu_struct(&qdev->map_srcu);
 	cleanup_srcu_struct(&qdev->srcu);
 	pci_dev_put(qdev->pdev);
 	kfree(qdev);
@@ -82,16 +83,17 @@ static int qgpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	qdev->pdev = pci_dev_get(pdev);
 	qdev->dev = dev;
 	ret = init_srcu_struct(&qdev->srcu);
-	if (ret) {
-		pci_dev_put(pdev);
-		kfree(qdev);
-		return ret;
-	}
+	if (ret)
+		goto err_free;
+	ret = init_srcu_struct(&qdev->map_srcu);
+	if (ret)
+		goto err_srcu;
 	mutex_init(&qdev->ring_lock);
 	mutex_init(&qdev->bo_lock);
 	INIT_LIST_HEAD(&qdev->bos);
 	spin_lock_init(&qdev->mappings_lock);
 	INIT_LIST_HEAD(&qdev->mappings);
+	mutex_init(&qdev->zap_lock);
 	INIT_LIST_HEAD(&qdev->inflight);
 	init_waitqueue_head(&qdev->fence_wq);
 	init_waitqueue_head(&qdev->soft_wq);
@@ -247,6 +249,12 @@ err_iomap:
 err_put:
 	qgpu_device_put(qdev);
 	return ret;
+err_srcu:
+	cleanup_srcu_struct(&qdev->srcu);
+err_free:
+	pci_dev_put(pdev);
+	kfree(qdev);
+	return ret;
 }
 
 static void qgpu_remove(struct pci_dev *pdev)
@@ -260,6 +268,12 @@ static void qgpu_remove(struct pci_dev *pdev)
 	/* No new opens; the stats directory goes too. */
 	misc_deregister(&qdev->misc);
 	debugfs_remove_recursive(qdev->debugfs);
+	/*
+	 * The name is free again: a device probed next (a rescan) is qgpuN
+	 * again even while files and mappings of this one are still open.
+	 */
+	ida_free(&qgpu_ida, qdev->id);
+	qdev->id = -1;
 
 	wake_up_all(&qdev->soft_wq);
 	/*

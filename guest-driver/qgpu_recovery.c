@@ -137,6 +137,9 @@ static void qgpu_resume(struct pci_dev *pdev)
 	if (READ_ONCE(qdev->lost))
 		return;
 	qgpu_ring_restart(qdev);
+	/* The restart finds out whether the device answers again. */
+	if (READ_ONCE(qdev->lost))
+		return;
 	qgpu_stat_inc(qdev, QGPU_STAT_PCI_RECOVERIES);
 	dev_info(&pdev->dev, "%s: recovered from the PCIe error\n", qdev->name);
 }

@@ -506,10 +506,14 @@ static s64 qgpu_irq_count(struct qgpu_device *qdev)
 	       atomic64_read(&qdev->stats[QGPU_STAT_IRQ_ERROR]);
 }
 
+/*
+ * Done, or its fence passed (to be retired here). A device that is gone,
+ * lost or recovering fails its jobs (qgpu_engine_abort_locked(), from
+ * remove, the lost work or quiesce), which also sets @done.
+ */
 static bool qgpu_job_waited(struct qgpu_device *qdev, struct qgpu_job *job)
 {
-	return qgpu_seq_passed(qdev, job->last_seq) || qgpu_unusable(qdev) ||
-	       READ_ONCE(job->done);
+	return qgpu_seq_passed(qdev, job->last_seq) || READ_ONCE(job->done);
 }
 
 /*
@@ -553,10 +557,6 @@ int qgpu_job_wait(struct qgpu_device *qdev, struct qgpu_job *job)
 		mutex_lock(&qdev->ring_lock);
 		qgpu_retire_locked(qdev);
 		mutex_unlock(&qdev->ring_lock);
-		/* Pairs with smp_store_release() in qgpu_job_finish(). */
-		if (!smp_load_acquire(&job->done) &&
-		    (READ_ONCE(qdev->dead) || READ_ONCE(qdev->lost)))
-			return -ENODEV;
 	}
 	if (job->timed_out)
 		return -ETIMEDOUT;

@@ -34,9 +34,24 @@
  *	faults again. (pagemap cannot tell: page walks skip VM_PFNMAP.) Then
  *	RESETS more resets run while a thread reads the VRAM mappings without
  *	pause, counting the reads that raised SIGBUS.
+ *
+ *   access-bounds
+ *	Reads 8 bytes through /proc/self/mem at 4 bytes before the end of a
+ *	one-page mapping of the register page, of VRAM's last page and of a
+ *	buffer object's first page: a debugger's access must stop at the end
+ *	of the mapping (4 bytes), never reach past it (beyond the BAR).
+ *
+ *   reset-vs-stuck-ioctl
+ *	An ioctl whose argument is in a userfaultfd page nobody serves blocks
+ *	in the kernel; meanwhile the function is reset through sysfs. Reports
+ *	whether the reset finished while the ioctl was still blocked (it must
+ *	not wait for user space), then serves the page.
  */
 #include <dirent.h>
 #include <limits.h>
+#include <linux/userfaultfd.h>
+#include <poll.h>
+#include <sys/syscall.h>
 #include <pthread.h>
 #include <sched.h>
 #include <setjmp.h>
@@ -60,7 +75,9 @@ static void usage(void)
 "                                     from VRAM; count bytes written after\n"
 "                                     the call returned\n"
 "  signal-fill LEN ALARM_MS           SIGALRM during a synchronous fill\n"
-"  reset-vs-mappings RESETS           function resets under live mappings\n");
+"  reset-vs-mappings RESETS           function resets under live mappings\n"
+"  access-bounds                      /proc/self/mem reads across a mapping's end\n"
+"  reset-vs-stuck-ioctl               a reset while an ioctl waits on user memory\n");
 	exit(2);
 }
 
@@ -231,7 +248,6 @@ static void cmd_remove_vs_mmap(uint64_t tries, long remove_after_us,
 	int ret;
 
 	sigaction(SIGBUS, &sa, NULL);
-	sigaction(SIGSEGV, &sa, NULL);
 	for (t = 0; t < tries; t++) {
 		struct qgpu_bo_create bo = { .size = QGPU_PAGE_SIZE };
 		struct mapper m = { .cpu = 0 };
@@ -493,6 +509,148 @@ static void cmd_reset_vs_mappings(uint64_t resets)
 	       t.reads, t.sigbus);
 }
 
+/* ---- access-bounds --------------------------------------------------------- */
+
+/* A one-page mapping of @off with nothing mapped after it. */
+static uint8_t *map_before_hole(int fd, uint64_t off)
+{
+	uint8_t *two = mmap(NULL, 8192, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS,
+			    -1, 0);
+	uint8_t *p;
+
+	if (two == MAP_FAILED)
+		return MAP_FAILED;
+	p = mmap(two, 4096, PROT_READ, MAP_SHARED | MAP_FIXED, fd, off);
+	munmap(two + 4096, 4096);
+	return p;
+}
+
+/* Bytes pread(/proc/self/mem) returns for 8 bytes at @p + 4092, or -errno. */
+static long mem_read_across(int mem, const uint8_t *p)
+{
+	uint8_t buf[8];
+	ssize_t n = pread(mem, buf, sizeof(buf), (off_t)(uintptr_t)(p + 4092));
+
+	return n < 0 ? -errno : n;
+}
+
+static void cmd_access_bounds(void)
+{
+	struct qgpu_bo_create bo = { .size = 8192 };
+	struct qgpu_info info = { 0 };
+	uint8_t *regs, *vram, *bom;
+	int fd, mem, ret;
+
+	fd = qgpu_open(NULL);
+	mem = open("/proc/self/mem", O_RDONLY | O_CLOEXEC);
+	if (fd < 0 || mem < 0)
+		fail("open", errno);
+	ret = qgpu_ioctl(fd, QGPU_IOCTL_INFO, &info);
+	if (!ret)
+		ret = qgpu_ioctl(fd, QGPU_IOCTL_BO_CREATE, &bo);
+	if (ret)
+		fail("INFO, BO_CREATE", -ret);
+	regs = map_before_hole(fd, QGPU_MMAP_REGS);
+	vram = map_before_hole(fd, QGPU_MMAP_VRAM + info.vram_size - 4096);
+	bom = map_before_hole(fd, bo.mmap_offset);
+	if (regs == MAP_FAILED || vram == MAP_FAILED || bom == MAP_FAILED)
+		fail("mmap", errno);
+	(void)*(volatile uint8_t *)vram;	/* fault it in */
+	printf("{\"ok\":true,\"bytes_read\":{\"regs\":%ld,\"vram\":%ld,\"bo\":%ld}}\n",
+	       mem_read_across(mem, regs), mem_read_across(mem, vram),
+	       mem_read_across(mem, bom));
+}
+
+/* ---- reset-vs-stuck-ioctl --------------------------------------------------- */
+
+struct stuck {
+	int fd;
+	void *arg;
+	int result;
+	const char *reset_path;
+	atomic_int reset_done;
+	double reset_ms;
+};
+
+static void *stuck_ioctl_thread(void *arg)
+{
+	struct stuck *st = arg;
+
+	st->result = qgpu_ioctl(st->fd, QGPU_IOCTL_INFO, st->arg);
+	return NULL;
+}
+
+static void *reset_thread(void *arg)
+{
+	struct stuck *st = arg;
+	double t0 = now_ms();
+
+	if (write_file(st->reset_path, "1") == 0)
+		st->reset_ms = now_ms() - t0;
+	atomic_store(&st->reset_done, 1);
+	return NULL;
+}
+
+static void cmd_reset_vs_stuck_ioctl(void)
+{
+	struct uffdio_api api = { .api = UFFD_API };
+	struct uffdio_register reg = { .mode = UFFDIO_REGISTER_MODE_MISSING };
+	struct uffdio_zeropage zero = { 0 };
+	struct stuck st = { .reset_ms = -1 };
+	char sysdir[PATH_MAX], path[PATH_MAX + 16];
+	struct uffd_msg msg;
+	struct pollfd pfd;
+	pthread_t io, rs;
+	double end;
+	int uffd, ret, done_while_blocked;
+	void *page;
+
+	uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC);
+	if (uffd < 0) {
+		printf("{\"ok\":true,\"supported\":false,\"errno\":%d}\n", errno);
+		return;
+	}
+	if (ioctl(uffd, UFFDIO_API, &api))
+		fail("UFFDIO_API", errno);
+	st.fd = qgpu_open(NULL);
+	if (st.fd < 0)
+		fail("open", errno);
+	ret = device_sysfs(qgpu_dev_path(), sysdir, sizeof(sysdir));
+	if (ret)
+		fail("finding the device in sysfs", -ret);
+	snprintf(path, sizeof(path), "%s/reset", sysdir);
+	st.reset_path = path;
+	page = mmap(NULL, 4096, PROT_READ | PROT_WRITE,
+		    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (page == MAP_FAILED)
+		fail("mmap", errno);
+	reg.range.start = (uintptr_t)page;
+	reg.range.len = 4096;
+	if (ioctl(uffd, UFFDIO_REGISTER, &reg))
+		fail("UFFDIO_REGISTER", errno);
+	st.arg = page;
+	pthread_create(&io, NULL, stuck_ioctl_thread, &st);
+	/* The ioctl is blocked once its copy_from_user() faulted. */
+	pfd.fd = uffd;
+	pfd.events = POLLIN;
+	if (poll(&pfd, 1, 10000) != 1 || read(uffd, &msg, sizeof(msg)) != sizeof(msg))
+		fail("waiting for the ioctl to fault on its argument", ETIMEDOUT);
+	pthread_create(&rs, NULL, reset_thread, &st);
+	end = now_ms() + 5000;
+	while (!atomic_load(&st.reset_done) && now_ms() < end)
+		sleep_us(10000);
+	done_while_blocked = atomic_load(&st.reset_done);
+	zero.range.start = (uintptr_t)page;
+	zero.range.len = 4096;
+	if (ioctl(uffd, UFFDIO_ZEROPAGE, &zero))
+		fail("UFFDIO_ZEROPAGE", errno);
+	pthread_join(io, NULL);
+	pthread_join(rs, NULL);
+	printf("{\"ok\":true,\"supported\":true,\"reset_done_while_blocked\":%s,"
+	       "\"reset_ms\":%.1f,\"ioctl_result\":%d}\n",
+	       done_while_blocked ? "true" : "false", st.reset_ms, st.result);
+}
+
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -513,6 +671,10 @@ int main(int argc, char **argv)
 	else if (argc >= 4 && !strcmp(argv[1], "signal-copy"))
 		cmd_signal_copy(arg_u64(argv[2]), arg_u64(argv[3]),
 				argc >= 5 ? arg_u64(argv[4]) : 300);
+	else if (argc >= 2 && !strcmp(argv[1], "access-bounds"))
+		cmd_access_bounds();
+	else if (argc >= 2 && !strcmp(argv[1], "reset-vs-stuck-ioctl"))
+		cmd_reset_vs_stuck_ioctl();
 	else if (argc >= 3 && !strcmp(argv[1], "reset-vs-mappings"))
 		cmd_reset_vs_mappings(arg_u64(argv[2]));
 	else if (argc >= 4 && !strcmp(argv[1], "signal-fill"))

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from qgpu.config import MiB
 from qgpu.faults import FaultInjector
 from qgpu.inspector import DeviceInspector
@@ -163,3 +165,44 @@ def test_reset_zaps_device_mappings_and_faults_wait(guest: GuestMachine) -> None
     assert res["faults_after_reset"] == {"lazy": 16, "bar_refaults": 16 + 1}, res
     assert res["reads_right_after_reset"] == {"vram": 1, "lazy": 1, "regs": 1, "bo": 1}, res
     assert res["reads_during_resets"] > 0 and res["sigbus_during_resets"] == 0, res
+
+
+@ALL_MODES
+def test_debugger_access_stops_at_the_mapping_end(guest: GuestMachine) -> None:
+    """Review of vm_ops->access: /proc/PID/mem hands ->access the whole rest of
+    a read, and generic_access_phys() maps that much physical memory from the
+    first page's PTE on -- past the end of the register page that is past the
+    end of BAR0, past VRAM's last page beyond the BAR. An 8-byte read 4 bytes
+    before the end of a one-page mapping followed by a hole must return 4."""
+    res = race(guest, "access-bounds")
+    assert res["bytes_read"] == {"regs": 4, "vram": 4, "bo": 4}, res
+
+
+@DIRECT
+def test_reset_does_not_wait_for_an_ioctl_blocked_on_user_memory(
+        guest: GuestMachine) -> None:
+    """Review of the reset zap: it waited (synchronize_srcu) for every ioctl in
+    progress, and an ioctl can block on user memory for as long as user space
+    likes (userfaultfd, FUSE). Mappings have their own SRCU domain now: a
+    reset finishes while an ioctl waits on its argument."""
+    res = race(guest, "reset-vs-stuck-ioctl")
+    if not res["supported"]:
+        pytest.skip(f"this guest kernel has no userfaultfd (errno {res['errno']})")
+    assert res["reset_done_while_blocked"], f"the reset waited for the ioctl: {res}"
+    assert res["ioctl_result"] == 0, res
+
+
+@DIRECT
+def test_rescanned_device_keeps_its_name(guest: GuestMachine) -> None:
+    """A device removed while a process still holds it open kept its number
+    until that process let go, so the rescanned device became qgpu1 and tools
+    and tests looking for /dev/qgpu0 lost it. The number is free at remove."""
+    pid = guest.run("sleep 600 </dev/qgpu0 >/dev/null 2>&1 & echo $!", check=True).output
+    try:
+        guest.run(f"echo 1 > /sys/bus/pci/devices/{BDF}/remove; "
+                  "echo 1 > /sys/bus/pci/rescan", check=True, timeout=60)
+        names = guest.run("ls /sys/class/misc | grep qgpu").output.split()
+        assert names == ["qgpu0"], f"the rescanned device is {names}"
+    finally:
+        guest.run(f"kill {pid.strip()}; while [ -e /proc/{pid.strip()} ]; do usleep 20000; done",
+                  timeout=60)

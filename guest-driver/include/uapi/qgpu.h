@@ -22,9 +22,11 @@
  *    buffer-object ioctls fail with -EBADF (and it maps read-only).
  *
  * Signals and the submitting ioctls (COPY_USER, COPY_BO, VRAM_OP): signals
- * do not interrupt them. A synchronous call returns only when the device
- * is done with the memory it names (user buffer, buffer object, VRAM), so
- * nothing changes behind the caller's back once it has returned. A fatal
+ * do not interrupt them (a handler runs, a stop takes effect, when the call
+ * returns). A synchronous call returns only when the device is done with
+ * the memory it names (user buffer, buffer object, VRAM), also when it
+ * fails because the device was removed or lost, so nothing changes behind
+ * the caller's back once it has returned. A fatal
  * signal stops a COPY_USER between chunks (-EINTR, after the chunk in
  * flight has finished) and a submission still waiting for ring space
  * (-EINTR, nothing submitted). Once a job was submitted, @fence is written
@@ -55,10 +57,12 @@
  *
  * A reset of the device (a function reset, or a PCIe link reset during
  * error recovery) unmaps VRAM and the register page from every process for
- * its duration: an access then waits for the reset to end and maps the
- * page again (counted in the bar_refaults statistic; lazy VRAM in
- * lazy_faults). Buffer-object mappings are not affected. Once the device
- * is removed or lost, every access raises SIGBUS.
+ * its duration: a process's access then waits for the reset to end and
+ * maps the page again (counted in the bar_refaults statistic; lazy VRAM in
+ * lazy_faults); the kernel's own accesses meanwhile (an ioctl argument in
+ * such a mapping: -EFAULT; ptrace: -EIO) do not wait. Buffer-object
+ * mappings are not affected. Once the device is removed or lost, every
+ * access raises SIGBUS.
  *
  * Every mapping must be MAP_SHARED (MAP_PRIVATE: -EINVAL), not executable
  * (-EPERM) and lie inside one region (-EINVAL). Mappings cannot be moved by
