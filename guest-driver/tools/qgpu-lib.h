@@ -15,6 +15,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "qgpu.h"
@@ -79,6 +80,39 @@ static inline uint64_t qgpu_user_fence(const volatile uint32_t *user_page)
 		lo = *lo_reg;
 	} while (*hi_reg != hi);
 	return (uint64_t)hi << 32 | lo;
+}
+
+/* Monotonic time in milliseconds. */
+static inline double qgpu_now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+/* Sleep @us microseconds, whatever signals arrive meanwhile. */
+static inline void qgpu_sleep_us(long us)
+{
+	struct timespec ts = { us / 1000000, (us % 1000000) * 1000 };
+
+	while (nanosleep(&ts, &ts) && errno == EINTR)
+		;
+}
+
+/* Write @text to @path in one write() (a sysfs file): 0 or -errno. */
+static inline int qgpu_write_file(const char *path, const char *text)
+{
+	int f = open(path, O_WRONLY | O_CLOEXEC);
+	ssize_t n;
+	int err;
+
+	if (f < 0)
+		return -errno;
+	n = write(f, text, strlen(text));
+	err = n < 0 ? errno : EIO;
+	close(f);
+	return n == (ssize_t)strlen(text) ? 0 : -err;
 }
 
 /* Device node: $QGPU_DEV or /dev/qgpu0. */

@@ -97,34 +97,6 @@ static uint64_t arg_u64(const char *s)
 	return v;
 }
 
-static double now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
-
-static void sleep_us(long us)
-{
-	struct timespec ts = { us / 1000000, (us % 1000000) * 1000 };
-
-	while (nanosleep(&ts, &ts) && errno == EINTR)
-		;
-}
-
-static int write_file(const char *path, const char *text)
-{
-	int f = open(path, O_WRONLY | O_CLOEXEC);
-	ssize_t n;
-
-	if (f < 0)
-		return -errno;
-	n = write(f, text, strlen(text));
-	close(f);
-	return n == (ssize_t)strlen(text) ? 0 : (n < 0 ? -errno : -EIO);
-}
-
 /* ---- remove-vs-mmap ------------------------------------------------------ */
 
 static __thread sigjmp_buf probe_jmp;	/* per thread: SIGBUS is per thread */
@@ -200,11 +172,11 @@ static void *preempter_thread(void *arg)
 	pin_to(m->cpu);
 	pthread_setschedparam(pthread_self(), SCHED_FIFO, &sp);
 	while (!atomic_load(&m->stop)) {
-		double until = now_ms() + (rand_r(&seed) % 2000) / 1000.0;
+		double until = qgpu_now_ms() + (rand_r(&seed) % 2000) / 1000.0;
 
-		while (now_ms() < until)
+		while (qgpu_now_ms() < until)
 			;
-		sleep_us(20 + rand_r(&seed) % 500);
+		qgpu_sleep_us(20 + rand_r(&seed) % 500);
 	}
 	return NULL;
 }
@@ -224,12 +196,12 @@ static int device_sysfs(const char *node, char *out, size_t len)
 
 static int wait_node(const char *node, double ms)
 {
-	double end = now_ms() + ms;
+	double end = qgpu_now_ms() + ms;
 
 	while (access(node, R_OK | W_OK)) {
-		if (now_ms() > end)
+		if (qgpu_now_ms() > end)
 			return -ETIMEDOUT;
-		sleep_us(10000);
+		qgpu_sleep_us(10000);
 	}
 	return 0;
 }
@@ -243,7 +215,7 @@ static void cmd_remove_vs_mmap(uint64_t tries, long remove_after_us,
 	struct sigaction sa = { .sa_handler = on_sigbus };
 	unsigned int seed = (unsigned int)time(NULL);
 	char sysdir[PATH_MAX], path[PATH_MAX + 16];
-	double t0 = now_ms();
+	double t0 = qgpu_now_ms();
 	uint64_t t;
 	int ret;
 
@@ -272,10 +244,10 @@ static void cmd_remove_vs_mmap(uint64_t tries, long remove_after_us,
 		if (preempt)
 			pthread_create(&pt, NULL, preempter_thread, &m);
 		pin_to(ncpu > 1 ? 1 : 0);
-		sleep_us(remove_after_us >= 0 ? remove_after_us
+		qgpu_sleep_us(remove_after_us >= 0 ? remove_after_us
 					      : rand_r(&seed) % 3000);
 		snprintf(path, sizeof(path), "%s/remove", sysdir);
-		ret = write_file(path, "1");
+		ret = qgpu_write_file(path, "1");
 		if (ret)
 			fail("writing the device's sysfs remove", -ret);
 		atomic_store(&m.stop, 1);
@@ -295,7 +267,7 @@ static void cmd_remove_vs_mmap(uint64_t tries, long remove_after_us,
 		tries_stale += hit;
 		mmaps += m.count;
 		close(m.fd);
-		ret = write_file("/sys/bus/pci/rescan", "1");
+		ret = qgpu_write_file("/sys/bus/pci/rescan", "1");
 		if (ret)
 			fail("rescanning the PCI bus", -ret);
 	}
@@ -305,7 +277,7 @@ static void cmd_remove_vs_mmap(uint64_t tries, long remove_after_us,
 	printf("{\"ok\":true,\"tries\":%llu,\"tries_with_stale_mapping\":%lu,"
 	       "\"stale_mappings\":%lu,\"mmaps\":%lu,\"seconds\":%.1f}\n",
 	       (unsigned long long)tries, tries_stale, stale, mmaps,
-	       (now_ms() - t0) / 1e3);
+	       (qgpu_now_ms() - t0) / 1e3);
 }
 
 /* ---- signal-copy --------------------------------------------------------- */
@@ -345,11 +317,11 @@ static void cmd_signal_copy(uint64_t len, uint64_t alarm_ms, uint64_t watch_ms)
 
 	sigaction(SIGALRM, &sa, NULL);
 	setitimer(ITIMER_REAL, &it, NULL);
-	t0 = now_ms();
+	t0 = qgpu_now_ms();
 	ret = qgpu_copy_user(fd, QGPU_OP_COPY_FROM_VRAM, 0, buf, 0, len, &res);
-	t1 = now_ms();
+	t1 = qgpu_now_ms();
 	memcpy(snap, buf, len);
-	sleep_us(watch_ms * 1000);
+	qgpu_sleep_us(watch_ms * 1000);
 	for (i = 0; i < len; i++) {
 		changed += buf[i] != snap[i];
 		pattern_ok &= buf[i] == 0x5a;
@@ -378,9 +350,9 @@ static void cmd_signal_fill(uint64_t len, uint64_t alarm_ms)
 		fail("open", errno);
 	sigaction(SIGALRM, &sa, NULL);
 	setitimer(ITIMER_REAL, &it, NULL);
-	t0 = now_ms();
+	t0 = qgpu_now_ms();
 	ret = qgpu_ioctl(fd, QGPU_IOCTL_VRAM_OP, &a);
-	t1 = now_ms();
+	t1 = qgpu_now_ms();
 	printf("{\"ok\":true,\"result\":%d,\"alarms\":%d,\"call_ms\":%.1f,"
 	       "\"fence\":%llu,\"hw_status\":%u}\n", ret, (int)alarms, t1 - t0,
 	       (unsigned long long)a.fence, a.hw_status);
@@ -475,7 +447,7 @@ static void cmd_reset_vs_mappings(uint64_t resets)
 		fail("mappings before the reset", EIO);
 	lazy0 = qgpu_stat(NULL, "lazy_faults");
 	bar0 = qgpu_stat(NULL, "bar_refaults");
-	ret = write_file(path, "1");
+	ret = qgpu_write_file(path, "1");
 	if (ret)
 		fail("writing the device's sysfs reset", -ret);
 	reads[0] = reads_as(vram, want, RESET_MAP_LEN);
@@ -491,11 +463,11 @@ static void cmd_reset_vs_mappings(uint64_t resets)
 	t.lazy = lazy;
 	pthread_create(&th, NULL, toucher_thread, &t);
 	for (r = 0; r < resets; r++) {
-		ret = write_file(path, "1");
+		ret = qgpu_write_file(path, "1");
 		if (ret)
 			fail("writing the device's sysfs reset", -ret);
 	}
-	sleep_us(20000);
+	qgpu_sleep_us(20000);
 	atomic_store(&t.stop, 1);
 	pthread_join(th, NULL);
 
@@ -583,10 +555,10 @@ static void *stuck_ioctl_thread(void *arg)
 static void *reset_thread(void *arg)
 {
 	struct stuck *st = arg;
-	double t0 = now_ms();
+	double t0 = qgpu_now_ms();
 
-	if (write_file(st->reset_path, "1") == 0)
-		st->reset_ms = now_ms() - t0;
+	if (qgpu_write_file(st->reset_path, "1") == 0)
+		st->reset_ms = qgpu_now_ms() - t0;
 	atomic_store(&st->reset_done, 1);
 	return NULL;
 }
@@ -636,9 +608,9 @@ static void cmd_reset_vs_stuck_ioctl(void)
 	if (poll(&pfd, 1, 10000) != 1 || read(uffd, &msg, sizeof(msg)) != sizeof(msg))
 		fail("waiting for the ioctl to fault on its argument", ETIMEDOUT);
 	pthread_create(&rs, NULL, reset_thread, &st);
-	end = now_ms() + 5000;
-	while (!atomic_load(&st.reset_done) && now_ms() < end)
-		sleep_us(10000);
+	end = qgpu_now_ms() + 5000;
+	while (!atomic_load(&st.reset_done) && qgpu_now_ms() < end)
+		qgpu_sleep_us(10000);
 	done_while_blocked = atomic_load(&st.reset_done);
 	zero.range.start = (uintptr_t)page;
 	zero.range.len = 4096;

@@ -72,22 +72,6 @@ static struct shared *sh;
 static const char *node;
 static uint64_t vram_size;
 
-static double now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
-
-static void sleep_us(long us)
-{
-	struct timespec ts = { us / 1000000, (us % 1000000) * 1000 };
-
-	while (nanosleep(&ts, &ts) && errno == EINTR)
-		;
-}
-
 /* xorshift64*: the same seed gives the same choices. */
 static uint64_t rnd(uint64_t *s)
 {
@@ -202,7 +186,7 @@ static void op_copy(struct worker *w, uint64_t *s)
 	if (!ret && memcmp(w->a + mis, w->b + mis, len))
 		failure(w, "copy_user round trip differs (vram %#llx len %zu)",
 			(unsigned long long)voff, len);
-	sleep_us(rnd(s) % 2000);
+	qgpu_sleep_us(rnd(s) % 2000);
 	if (sum(w->b, len + 4096) != after) {
 		atomic_fetch_add(&w->c->late_writes, 1);
 		failure(w, "buffer changed after COPY_USER returned %d", ret);
@@ -426,7 +410,7 @@ static void *worker_thread(void *arg)
 		if (w->fd < 0) {
 			w->fd = qgpu_open(node);
 			if (w->fd < 0) {
-				sleep_us(10000);
+				qgpu_sleep_us(10000);
 				continue;
 			}
 			atomic_fetch_add(&w->c->reopens, 1);
@@ -486,18 +470,6 @@ static void worker_process(int first, int threads, uint64_t seed, int signals)
 }
 
 /* ---- controller -------------------------------------------------------------- */
-
-static int write_file(const char *path, const char *text)
-{
-	int f = open(path, O_WRONLY | O_CLOEXEC);
-	ssize_t n;
-
-	if (f < 0)
-		return -errno;
-	n = write(f, text, strlen(text));
-	close(f);
-	return n == (ssize_t)strlen(text) ? 0 : -EIO;
-}
 
 static void usage(void)
 {
@@ -590,42 +562,42 @@ int main(int argc, char **argv)
 			worker_process(i * threads, threads, seed, signals);
 	}
 	rs = seed;
-	t0 = now_ms();
+	t0 = qgpu_now_ms();
 	next_reset = t0 + reset_ms;
 	next_remove = t0 + remove_ms;
-	while (now_ms() < t0 + seconds * 1e3) {
+	while (qgpu_now_ms() < t0 + seconds * 1e3) {
 		if (stop_cont) {
 			pid_t p = pids[rnd(&rs) % procs];
 
 			kill(p, SIGSTOP);
-			sleep_us(rnd(&rs) % 20000);
+			qgpu_sleep_us(rnd(&rs) % 20000);
 			kill(p, SIGCONT);
 			stops++;
 		}
-		if (reset_ms && now_ms() >= next_reset) {
+		if (reset_ms && qgpu_now_ms() >= next_reset) {
 			snprintf(path, sizeof(path), "%s/reset", sysdir);
-			resets += !write_file(path, "1");
-			next_reset = now_ms() + reset_ms;
+			resets += !qgpu_write_file(path, "1");
+			next_reset = qgpu_now_ms() + reset_ms;
 		}
-		if (remove_ms && now_ms() >= next_remove) {
+		if (remove_ms && qgpu_now_ms() >= next_remove) {
 			snprintf(path, sizeof(path), "%s/remove", sysdir);
-			removals += !write_file(path, "1");
-			write_file("/sys/bus/pci/rescan", "1");
-			next_remove = now_ms() + remove_ms;
+			removals += !qgpu_write_file(path, "1");
+			qgpu_write_file("/sys/bus/pci/rescan", "1");
+			next_remove = qgpu_now_ms() + remove_ms;
 		}
-		sleep_us(5000 + rnd(&rs) % 20000);
+		qgpu_sleep_us(5000 + rnd(&rs) % 20000);
 	}
 	atomic_store(&sh->stop, 1);
 	/* Bounded: a worker still there 60 s later is stuck (in the driver). */
 	for (i = 0; i < (int)procs; i++) {
-		double give_up = now_ms() + 60000;
+		double give_up = qgpu_now_ms() + 60000;
 		int st = 0;
 		pid_t r;
 
 		kill(pids[i], SIGCONT);
 		while ((r = waitpid(pids[i], &st, WNOHANG)) == 0 &&
-		       now_ms() < give_up)
-			sleep_us(10000);
+		       qgpu_now_ms() < give_up)
+			qgpu_sleep_us(10000);
 		if (r == 0) {
 			stuck++;
 			kill(pids[i], SIGKILL);
@@ -652,7 +624,7 @@ int main(int argc, char **argv)
 	}
 	printf("{\"ok\":%s,\"seed\":%llu,\"seconds\":%.1f,\"workers\":%llu,\"ops\":{",
 	       integrity || late || stuck || crashed ? "false" : "true",
-	       (unsigned long long)seed, (now_ms() - t0) / 1e3,
+	       (unsigned long long)seed, (qgpu_now_ms() - t0) / 1e3,
 	       (unsigned long long)(procs * threads));
 	for (i = 0; i < OP_NR; i++)
 		printf("%s\"%s\":%lu", i ? "," : "", op_names[i], total[i]);

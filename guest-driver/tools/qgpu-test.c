@@ -1008,16 +1008,6 @@ static int t_no_leaks(void)
 
 /* ---- destructive: hot removal while open ------------------------------------ */
 
-static int write_file(const char *path, const char *s)
-{
-	int f = open(path, O_WRONLY);
-	int ok = f >= 0 && write(f, s, strlen(s)) == (ssize_t)strlen(s);
-
-	if (f >= 0)
-		close(f);
-	return ok ? 0 : -1;
-}
-
 static sigjmp_buf bus_jmp;
 
 static void on_bus(int sig)
@@ -1110,7 +1100,8 @@ static int t_remove_while_open(void)
 		qgpu_fill(fd, 0, info.vram_size, i, QGPU_SUBMIT_F_ASYNC, &fence);
 
 	snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s/remove", bdf);
-	CHECK(!write_file(path, "1"), "remove %s: %s", path, strerror(errno));
+	ret = qgpu_write_file(path, "1");
+	CHECK(!ret, "remove %s: %s", path, strerror(-ret));
 
 	in = (struct qgpu_info){0};
 	EXPECT_ERR(qgpu_ioctl(fd, QGPU_IOCTL_INFO, &in), -ENODEV, "INFO after remove");
@@ -1132,7 +1123,7 @@ static int t_remove_while_open(void)
 	close(fd);
 	fd = -1;
 
-	CHECK(!write_file("/sys/bus/pci/rescan", "1"), "rescan");
+	CHECK(!qgpu_write_file("/sys/bus/pci/rescan", "1"), "rescan");
 	for (tries = 0; tries < 50; tries++) {
 		fd2 = -1;
 		for (int n = 0; n < 8 && fd2 < 0; n++) {
