@@ -125,11 +125,13 @@ struct qgpu_device {
 	int dma_bits;
 
 	/*
-	 * Lifetime: remove flips @dead. @srcu readers are ioctls and open;
-	 * @map_srcu readers are mmap(2), page faults and ptrace access. Two
-	 * domains, so that a reset, which must wait only for mappings, never
-	 * waits for an ioctl (which may block on user memory for as long as
-	 * user space likes; see qgpu_zap_bar_mappings()).
+	 * Lifetime: remove flips @dead. @srcu readers are open and the
+	 * ioctls' device work, never their accesses to user memory (which may
+	 * block for as long as user space likes: userfaultfd, FUSE), so that
+	 * remove never waits for user space; @map_srcu readers are mmap(2),
+	 * page faults and ptrace access. Two domains, so that a reset, which
+	 * must wait only for mappings, never waits for an ioctl (see
+	 * qgpu_zap_bar_mappings()).
 	 */
 	struct srcu_struct srcu;
 	struct srcu_struct map_srcu;
@@ -162,6 +164,14 @@ struct qgpu_device {
 
 	/* ring */
 	struct mutex ring_lock;
+	/*
+	 * Held by a submitter from its wait for ring room until it has queued:
+	 * submitters go in the order they came (mutexes hand over to their
+	 * waiters in order), so that a job of many descriptors is not starved
+	 * by jobs of one that take each slot as it comes free. Taken before
+	 * ring_lock.
+	 */
+	struct mutex submit_lock;
 	struct qgpu_desc *ring;
 	dma_addr_t ring_dma;
 	__le64 *fence_slot;		/* written by the device */
@@ -174,7 +184,15 @@ struct qgpu_device {
 	wait_queue_head_t fence_wq;
 	struct work_struct retire_work;
 	struct work_struct reset_work;
+	/* The engine halted (a ring entry was unreadable): reset it. */
 	bool halted;
+	u32 halt_err, halt_index;	/* DMA_ERROR and its index, for the log */
+	/*
+	 * The watchdog failed a hung job and ran the jobs behind it again;
+	 * cleared when a job retires. Still set at the next timeout: the
+	 * engine makes no progress at all, and every job fails.
+	 */
+	bool wd_replayed;
 	/* DMA timeout detection: no progress for job_timeout_ms resets */
 	struct delayed_work watchdog;
 	u64 wd_seq;
@@ -203,6 +221,17 @@ struct qgpu_device {
 	atomic64_t stats[QGPU_STAT_NR];
 };
 
+/*
+ * One ioctl call (qgpu_ioctl()): the kernel copy of its argument, whether it
+ * holds results to copy back (some failures report progress too), and a
+ * new buffer object whose handle is taken back if that copy fails.
+ */
+struct qgpu_ioctl_call {
+	void *args;
+	bool copy_out;
+	struct qgpu_bo *new_bo;		/* holds a reference */
+};
+
 /* Per open file. */
 struct qgpu_file {
 	struct qgpu_device *qdev;
@@ -221,13 +250,17 @@ static inline void qgpu_stat_inc(struct qgpu_device *qdev, enum qgpu_stat s)
 	atomic64_inc(&qdev->stats[s]);
 }
 
-/* Why new work cannot go ahead: 0, -ENODEV (gone or lost) or -EIO (frozen). */
+/*
+ * Why new work cannot go ahead: 0, -ENODEV (gone or lost) or -EAGAIN (a
+ * reset or PCIe error recovery is under way: try again). -EIO is kept for
+ * what the device did to a job (its QGPU_ERR_* in hw_status).
+ */
 static inline int qgpu_unusable(struct qgpu_device *qdev)
 {
 	if (READ_ONCE(qdev->dead) || READ_ONCE(qdev->lost))
 		return -ENODEV;
 	if (READ_ONCE(qdev->frozen))
-		return -EIO;
+		return -EAGAIN;
 	return 0;
 }
 
@@ -292,7 +325,7 @@ int qgpu_job_wait(struct qgpu_device *qdev, struct qgpu_job *job);
 int qgpu_fence_wait(struct qgpu_device *qdev, u64 fence, u64 timeout_ns,
 		    u32 *hw_status, u64 *completed);
 u64 qgpu_completed_seq(struct qgpu_device *qdev);
-long qgpu_ioctl_copy_user(struct qgpu_file *qf, void __user *arg);
+long qgpu_ioctl_copy_user(struct qgpu_file *qf, struct qgpu_ioctl_call *call);
 
 /* qgpu_mmap.c */
 int qgpu_mmap(struct file *filp, struct vm_area_struct *vma);

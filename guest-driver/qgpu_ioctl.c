@@ -65,13 +65,12 @@ static bool qgpu_vram_range_ok(struct qgpu_device *qdev, u64 off, u64 len)
 	       end <= qdev->vram_size;
 }
 
-static long qgpu_ioctl_info(struct qgpu_device *qdev, void __user *arg)
+static long qgpu_ioctl_info(struct qgpu_file *qf, struct qgpu_ioctl_call *call)
 {
+	struct qgpu_device *qdev = qf->qdev;
 	struct pci_dev *pdev = qdev->pdev;
-	struct qgpu_info a;
+	struct qgpu_info *ap = call->args, a = *ap;
 
-	if (copy_from_user(&a, arg, sizeof(a)))
-		return -EFAULT;
 	if (a.flags || a.reserved0 || memchr_inv(a.reserved, 0, sizeof(a.reserved)))
 		return -EINVAL;
 	a.version = qgpu_rd(qdev, QGPU_REG_VERSION);
@@ -86,7 +85,9 @@ static long qgpu_ioctl_info(struct qgpu_device *qdev, void __user *arg)
 	a.bo_max_size = QGPU_BO_MAX_SIZE;
 	a.pci_bdf = pci_domain_nr(pdev->bus) << 16 | pdev->bus->number << 8 |
 		    pdev->devfn;
-	return copy_to_user(arg, &a, sizeof(a)) ? -EFAULT : 0;
+	*ap = a;
+	call->copy_out = true;
+	return 0;
 }
 
 /* Submit one descriptor; wait unless asynchronous. */
@@ -107,18 +108,16 @@ static int qgpu_run_one(struct qgpu_device *qdev, struct qgpu_job *job,
 	return ret;
 }
 
-static long qgpu_ioctl_copy_bo(struct qgpu_file *qf, void __user *arg)
+static long qgpu_ioctl_copy_bo(struct qgpu_file *qf, struct qgpu_ioctl_call *call)
 {
 	struct qgpu_device *qdev = qf->qdev;
-	struct qgpu_copy_bo a;
+	struct qgpu_copy_bo *ap = call->args, a = *ap;
 	struct qgpu_desc d = {};
 	struct qgpu_job *job;
 	struct qgpu_bo *bo;
 	u64 end, guest;
 	int ret;
 
-	if (copy_from_user(&a, arg, sizeof(a)))
-		return -EFAULT;
 	if (a.reserved0 || a.reserved1 || a.reserved[0] || a.reserved[1] ||
 	    (a.flags & ~QGPU_SUBMIT_F_ASYNC) ||
 	    (a.op != QGPU_OP_COPY_TO_VRAM && a.op != QGPU_OP_COPY_FROM_VRAM) ||
@@ -150,8 +149,8 @@ static long qgpu_ioctl_copy_bo(struct qgpu_file *qf, void __user *arg)
 			   &a.fence, &a.hw_status);
 	qgpu_job_put(job);
 	/* Once submitted, the caller gets the fence whatever the result. */
-	if (a.fence && copy_to_user(arg, &a, sizeof(a)) && !ret)
-		ret = -EFAULT;
+	*ap = a;
+	call->copy_out = a.fence != 0;
 	return ret;
 }
 
@@ -195,15 +194,14 @@ static int qgpu_vram_op_descs(struct qgpu_device *qdev,
 	return n;
 }
 
-static long qgpu_ioctl_vram_op(struct qgpu_device *qdev, void __user *arg)
+static long qgpu_ioctl_vram_op(struct qgpu_file *qf, struct qgpu_ioctl_call *call)
 {
-	struct qgpu_vram_op a;
+	struct qgpu_device *qdev = qf->qdev;
+	struct qgpu_vram_op *ap = call->args, a = *ap;
 	struct qgpu_desc *descs;
 	struct qgpu_job *job;
 	int ret, n;
 
-	if (copy_from_user(&a, arg, sizeof(a)))
-		return -EFAULT;
 	/* @fence and @hw_status are outputs: their input values are ignored. */
 	if (a.reserved[0] || a.reserved[1] ||
 	    (a.flags & ~QGPU_SUBMIT_F_ASYNC) ||
@@ -243,58 +241,47 @@ static long qgpu_ioctl_vram_op(struct qgpu_device *qdev, void __user *arg)
 	}
 	qgpu_job_put(job);
 	/* Once submitted, the caller gets the fence whatever the result. */
-	if (a.fence && copy_to_user(arg, &a, sizeof(a)) && !ret)
-		ret = -EFAULT;
+	*ap = a;
+	call->copy_out = a.fence != 0;
 	return ret;
 }
 
-static long qgpu_ioctl_wait_fence(struct qgpu_device *qdev, void __user *arg)
+static long qgpu_ioctl_wait_fence(struct qgpu_file *qf, struct qgpu_ioctl_call *call)
 {
-	struct qgpu_wait_fence a;
+	struct qgpu_wait_fence *ap = call->args, a = *ap;
 	int ret;
 
-	if (copy_from_user(&a, arg, sizeof(a)))
-		return -EFAULT;
 	if (a.flags || a.reserved[0] || a.reserved[1])
 		return -EINVAL;
 	a.hw_status = 0;
 	a.completed = 0;
-	ret = qgpu_fence_wait(qdev, a.fence, a.timeout_ns, &a.hw_status,
+	ret = qgpu_fence_wait(qf->qdev, a.fence, a.timeout_ns, &a.hw_status,
 			      &a.completed);
-	if (ret == -EINVAL || ret == -ENODEV)
-		return ret;
-	if (copy_to_user(arg, &a, sizeof(a)))
-		return -EFAULT;
+	/* Timeouts, signals and failed jobs report how far the device got. */
+	*ap = a;
+	call->copy_out = ret != -EINVAL && ret != -ENODEV;
 	return ret;
 }
 
-static long qgpu_ioctl_bo_create(struct qgpu_file *qf, void __user *arg)
+static long qgpu_ioctl_bo_create(struct qgpu_file *qf,
+				 struct qgpu_ioctl_call *call)
 {
-	struct qgpu_bo_create a;
 	struct qgpu_bo *bo;
-	int ret = 0;
 
-	if (copy_from_user(&a, arg, sizeof(a)))
-		return -EFAULT;
-	bo = qgpu_bo_create(qf, &a);
+	bo = qgpu_bo_create(qf, call->args);
 	if (IS_ERR(bo))
 		return PTR_ERR(bo);
-	if (copy_to_user(arg, &a, sizeof(a))) {
-		/* Another thread may have destroyed and reused the handle. */
-		if (xa_cmpxchg(&qf->bos, a.handle, bo, NULL, 0) == bo)
-			qgpu_bo_put(bo);	/* the handle's reference */
-		ret = -EFAULT;
-	}
-	qgpu_bo_put(bo);
-	return ret;
+	/* A reference for qgpu_ioctl(), in case the handle cannot be returned. */
+	call->new_bo = bo;
+	call->copy_out = true;
+	return 0;
 }
 
-static long qgpu_ioctl_bo_destroy(struct qgpu_file *qf, void __user *arg)
+static long qgpu_ioctl_bo_destroy(struct qgpu_file *qf,
+				  struct qgpu_ioctl_call *call)
 {
-	struct qgpu_bo_destroy a;
+	struct qgpu_bo_destroy a = *(struct qgpu_bo_destroy *)call->args;
 
-	if (copy_from_user(&a, arg, sizeof(a)))
-		return -EFAULT;
 	if (a.flags || a.reserved[0] || a.reserved[1])
 		return -EINVAL;
 	return qgpu_bo_destroy(qf, a.handle);
@@ -311,16 +298,15 @@ static u64 qgpu_fnv1a(u64 h, const u8 *p, size_t n)
 
 #define QGPU_CPU_CHUNK	SZ_64K
 
-static long qgpu_ioctl_cpu_access(struct qgpu_file *qf, void __user *arg)
+static long qgpu_ioctl_cpu_access(struct qgpu_file *qf,
+				  struct qgpu_ioctl_call *call)
 {
 	struct qgpu_device *qdev = qf->qdev;
-	struct qgpu_cpu_access a;
+	struct qgpu_cpu_access *ap = call->args, a = *ap;
 	u64 done = 0, h = 0xcbf29ce484222325ULL;
 	u8 *buf;
 	int i, ret = 0;
 
-	if (copy_from_user(&a, arg, sizeof(a)))
-		return -EFAULT;
 	if (a.op == QGPU_CPU_FILL && !qf->writable)
 		return -EBADF;
 	if (a.reserved[0] || a.reserved[1] || a.checksum ||
@@ -361,17 +347,19 @@ static long qgpu_ioctl_cpu_access(struct qgpu_file *qf, void __user *arg)
 	if (a.op == QGPU_CPU_FILL)
 		wmb();	/* flush the write-combining buffers */
 	a.checksum = a.op == QGPU_CPU_CHECKSUM ? h : 0;
-	return copy_to_user(arg, &a, sizeof(a)) ? -EFAULT : 0;
+	*ap = a;
+	call->copy_out = true;
+	return 0;
 }
 
-static long qgpu_ioctl_raise_irq(struct qgpu_device *qdev, void __user *arg)
+static long qgpu_ioctl_raise_irq(struct qgpu_file *qf,
+				 struct qgpu_ioctl_call *call)
 {
-	struct qgpu_raise_irq a;
+	struct qgpu_device *qdev = qf->qdev;
+	struct qgpu_raise_irq *ap = call->args, a = *ap;
 	s64 before;
 	long ret;
 
-	if (copy_from_user(&a, arg, sizeof(a)))
-		return -EFAULT;
 	if (a.flags || a.irq_count || a.reserved[0] || a.reserved[1])
 		return -EINVAL;
 	before = atomic64_read(&qdev->stats[QGPU_STAT_IRQ_SOFT]);
@@ -386,68 +374,102 @@ static long qgpu_ioctl_raise_irq(struct qgpu_device *qdev, void __user *arg)
 	if (!ret)
 		return -ETIMEDOUT;
 	a.irq_count = atomic64_read(&qdev->stats[QGPU_STAT_IRQ_SOFT]);
-	return copy_to_user(arg, &a, sizeof(a)) ? -EFAULT : 0;
+	*ap = a;
+	call->copy_out = true;
+	return 0;
 }
 
+/*
+ * Each ioctl: its handler; QGPU_IOCTL_F_WRITE if it changes the device (it
+ * needs a file opened for writing, as write(2) would: a read-only file may
+ * look -- INFO, WAIT_FENCE, copies from VRAM into user memory, checksums,
+ * RAISE_IRQ, read-only mappings -- but not change VRAM or hold device
+ * memory; COPY_USER and CPU_ACCESS check their direction themselves); and
+ * QGPU_IOCTL_F_USER_MEMORY if it touches user memory beyond its argument,
+ * in which case it enters the device's SRCU section itself, around the
+ * device work only.
+ */
+#define QGPU_IOCTL_F_WRITE		BIT(0)
+#define QGPU_IOCTL_F_USER_MEMORY	BIT(1)
+
+struct qgpu_ioctl_def {
+	unsigned int cmd;
+	long (*handler)(struct qgpu_file *qf, struct qgpu_ioctl_call *call);
+	unsigned int flags;
+};
+
+static const struct qgpu_ioctl_def qgpu_ioctls[] = {
+	{ QGPU_IOCTL_INFO, qgpu_ioctl_info, 0 },
+	{ QGPU_IOCTL_COPY_USER, qgpu_ioctl_copy_user, QGPU_IOCTL_F_USER_MEMORY },
+	{ QGPU_IOCTL_COPY_BO, qgpu_ioctl_copy_bo, QGPU_IOCTL_F_WRITE },
+	{ QGPU_IOCTL_VRAM_OP, qgpu_ioctl_vram_op, QGPU_IOCTL_F_WRITE },
+	{ QGPU_IOCTL_WAIT_FENCE, qgpu_ioctl_wait_fence, 0 },
+	{ QGPU_IOCTL_BO_CREATE, qgpu_ioctl_bo_create, QGPU_IOCTL_F_WRITE },
+	{ QGPU_IOCTL_BO_DESTROY, qgpu_ioctl_bo_destroy, QGPU_IOCTL_F_WRITE },
+	{ QGPU_IOCTL_CPU_ACCESS, qgpu_ioctl_cpu_access, 0 },
+	{ QGPU_IOCTL_RAISE_IRQ, qgpu_ioctl_raise_irq, 0 },
+};
+
+/* The largest ioctl argument: every one is copied in and out whole. */
+#define QGPU_IOCTL_MAX_ARG	128
+
+/*
+ * The argument is copied in before, and out after, the device's SRCU read
+ * section (as DRM does, for another reason): remove waits for those
+ * sections, and user memory can take as long as user space likes to
+ * arrive (userfaultfd, FUSE). Handlers work on the kernel copy.
+ */
 static long qgpu_ioctl(struct file *filp, unsigned int cmd, unsigned long arg)
 {
 	struct qgpu_file *qf = filp->private_data;
 	struct qgpu_device *qdev = qf->qdev;
 	void __user *uarg = (void __user *)arg;
+	const struct qgpu_ioctl_def *def = NULL;
+	u64 args[QGPU_IOCTL_MAX_ARG / sizeof(u64)];
+	struct qgpu_ioctl_call call = { .args = args };
+	unsigned int i, size = _IOC_SIZE(cmd);
 	long ret;
 	int idx;
 
-	idx = srcu_read_lock(&qdev->srcu);
-	if (READ_ONCE(qdev->dead) || READ_ONCE(qdev->lost)) {
-		ret = -ENODEV;
-		goto out;
+	for (i = 0; i < ARRAY_SIZE(qgpu_ioctls); i++)
+		if (qgpu_ioctls[i].cmd == cmd)
+			def = &qgpu_ioctls[i];
+	if (!def)
+		return -ENOTTY;
+	BUILD_BUG_ON(sizeof(struct qgpu_info) > sizeof(args));
+	if (WARN_ON_ONCE(size > sizeof(args)))
+		return -ENOTTY;
+	if ((def->flags & QGPU_IOCTL_F_WRITE) && !qf->writable)
+		return -EBADF;
+	if (copy_from_user(args, uarg, size))
+		return -EFAULT;
+
+	if (def->flags & QGPU_IOCTL_F_USER_MEMORY) {
+		ret = def->handler(qf, &call);
+	} else {
+		idx = srcu_read_lock(&qdev->srcu);
+		if (READ_ONCE(qdev->dead) || READ_ONCE(qdev->lost))
+			ret = -ENODEV;
+		else
+			ret = def->handler(qf, &call);
+		srcu_read_unlock(&qdev->srcu, idx);
 	}
-	/*
-	 * A file opened read-only may look (INFO, WAIT_FENCE, copies from VRAM
-	 * into user memory, CPU checksums, RAISE_IRQ, read-only mappings) but
-	 * not change the device: what writes VRAM or holds device memory
-	 * (buffer objects) needs a file opened for writing, as write(2) would.
-	 */
-	if (!qf->writable &&
-	    (cmd == QGPU_IOCTL_VRAM_OP || cmd == QGPU_IOCTL_COPY_BO ||
-	     cmd == QGPU_IOCTL_BO_CREATE || cmd == QGPU_IOCTL_BO_DESTROY)) {
-		ret = -EBADF;
-		goto out;
+
+	if (call.copy_out && copy_to_user(uarg, args, size)) {
+		if (!ret)
+			ret = -EFAULT;
+		/* The handle cannot be returned: take it back, unless another
+		 * thread guessed it and destroyed it (and maybe reused it). */
+		if (call.new_bo) {
+			struct qgpu_bo_create *a = (void *)args;
+
+			if (xa_cmpxchg(&qf->bos, a->handle, call.new_bo, NULL,
+				       0) == call.new_bo)
+				qgpu_bo_put(call.new_bo);
+		}
 	}
-	switch (cmd) {
-	case QGPU_IOCTL_INFO:
-		ret = qgpu_ioctl_info(qdev, uarg);
-		break;
-	case QGPU_IOCTL_COPY_USER:
-		ret = qgpu_ioctl_copy_user(qf, uarg);
-		break;
-	case QGPU_IOCTL_COPY_BO:
-		ret = qgpu_ioctl_copy_bo(qf, uarg);
-		break;
-	case QGPU_IOCTL_VRAM_OP:
-		ret = qgpu_ioctl_vram_op(qdev, uarg);
-		break;
-	case QGPU_IOCTL_WAIT_FENCE:
-		ret = qgpu_ioctl_wait_fence(qdev, uarg);
-		break;
-	case QGPU_IOCTL_BO_CREATE:
-		ret = qgpu_ioctl_bo_create(qf, uarg);
-		break;
-	case QGPU_IOCTL_BO_DESTROY:
-		ret = qgpu_ioctl_bo_destroy(qf, uarg);
-		break;
-	case QGPU_IOCTL_CPU_ACCESS:
-		ret = qgpu_ioctl_cpu_access(qf, uarg);
-		break;
-	case QGPU_IOCTL_RAISE_IRQ:
-		ret = qgpu_ioctl_raise_irq(qdev, uarg);
-		break;
-	default:
-		ret = -ENOTTY;
-		break;
-	}
-out:
-	srcu_read_unlock(&qdev->srcu, idx);
+	if (call.new_bo)
+		qgpu_bo_put(call.new_bo);
 	return ret;
 }
 

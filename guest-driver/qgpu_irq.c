@@ -22,13 +22,18 @@ static void qgpu_handle_causes(struct qgpu_device *qdev, u32 causes)
 	}
 	if (causes & (QGPU_INT_DMA_ERROR | QGPU_INT_ENGINE_HALT)) {
 		u32 err = qgpu_rd(qdev, QGPU_REG_DMA_ERROR);
+		u32 index = qgpu_rd(qdev, QGPU_REG_DMA_ERROR_INDEX);
 
 		qgpu_stat_inc(qdev, QGPU_STAT_IRQ_ERROR);
 		atomic64_set(&qdev->stats[QGPU_STAT_LAST_ERROR], err);
 		dev_dbg_ratelimited(qdev->dev, "DMA error %u at ring index %u\n",
-				    err, qgpu_rd(qdev, QGPU_REG_DMA_ERROR_INDEX));
+				    err, index);
+		/* Clearing DMA_ERROR clears its index too: the reset work
+		 * reports what was read here. */
 		qgpu_wr(qdev, QGPU_REG_DMA_ERROR, 0);
 		if ((causes & QGPU_INT_ENGINE_HALT) && !READ_ONCE(qdev->dead)) {
+			WRITE_ONCE(qdev->halt_err, err);
+			WRITE_ONCE(qdev->halt_index, index);
 			WRITE_ONCE(qdev->halted, true);
 			queue_work(system_wq, &qdev->reset_work);
 		}

@@ -89,6 +89,7 @@ static int qgpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	if (ret)
 		goto err_srcu;
 	mutex_init(&qdev->ring_lock);
+	mutex_init(&qdev->submit_lock);
 	mutex_init(&qdev->bo_lock);
 	INIT_LIST_HEAD(&qdev->bos);
 	spin_lock_init(&qdev->mappings_lock);

@@ -6,6 +6,7 @@
  * the BARs from user space and restart on an empty ring.
  */
 
+#include <linux/delay.h>
 #include <linux/pci.h>
 #include <linux/workqueue.h>
 
@@ -64,6 +65,11 @@ void qgpu_lost_work(struct work_struct *work)
 
 /* ---- PCIe error recovery (AER) and function resets ------------------------ */
 
+static unsigned int reset_hold_ms;
+module_param(reset_hold_ms, uint, 0644);
+MODULE_PARM_DESC(reset_hold_ms,
+		 "Testing: keep the device recovering this long (at most 5 s) at the end of a function reset (0: off)");
+
 /*
  * Non-fatal errors (the link works): carry on to mmio_enabled. Fatal ones:
  * stop DMA and fail what is in flight, then ask for a link reset. A
@@ -108,12 +114,24 @@ static pci_ers_result_t qgpu_mmio_enabled(struct pci_dev *pdev)
 	return PCI_ERS_RESULT_RECOVERED;
 }
 
-/* After the link reset: the device is in its reset state. */
+/*
+ * After the link reset: the device is in its reset state. The reset may
+ * also come after a non-fatal error, for which error_detected() let the
+ * engine run (CAN_RECOVER), because another driver below the same port
+ * voted for it (then mmio_enabled() is skipped): stop what is still
+ * running and zap the BAR mappings first, as a fatal error would have.
+ */
 static pci_ers_result_t qgpu_slot_reset(struct pci_dev *pdev)
 {
 	struct qgpu_pci_priv *priv = pci_get_drvdata(pdev);
 	struct qgpu_device *qdev = priv->qdev;
 
+	if (!READ_ONCE(qdev->frozen)) {
+		dev_warn(&pdev->dev, "%s: slot reset after a non-fatal error; DMA stopped, in-flight jobs failed\n",
+			 qdev->name);
+		qgpu_ring_quiesce(qdev);
+		qgpu_zap_bar_mappings(qdev);
+	}
 	pci_restore_state(pdev);
 	pci_save_state(pdev);
 	pci_set_master(pdev);
@@ -156,7 +174,10 @@ static void qgpu_reset_prepare(struct pci_dev *pdev)
 static void qgpu_reset_done(struct pci_dev *pdev)
 {
 	struct qgpu_pci_priv *priv = pci_get_drvdata(pdev);
+	unsigned int hold = min(READ_ONCE(reset_hold_ms), 5000U);
 
+	if (hold)
+		msleep(hold);
 	qgpu_ring_restart(priv->qdev);
 }
 

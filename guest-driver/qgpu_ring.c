@@ -231,8 +231,10 @@ static void qgpu_retire_locked(struct qgpu_device *qdev)
 		qgpu_job_finish(qdev, job);
 		any = true;
 	}
-	if (any)
+	if (any) {
+		qdev->wd_replayed = false;	/* the engine makes progress */
 		wake_up_all(&qdev->fence_wq);
+	}
 }
 
 /*
@@ -269,9 +271,85 @@ static void qgpu_engine_abort_locked(struct qgpu_device *qdev, bool restart,
 	}
 	WRITE_ONCE(qdev->retired_seq, qdev->next_seq - 1);
 	WRITE_ONCE(qdev->halted, false);
+	qdev->wd_replayed = false;
 	if (restart)
 		qgpu_ring_start(qdev);
 	wake_up_all(&qdev->fence_wq);
+}
+
+/*
+ * The watchdog found the engine stuck: reset it and fail the job it was
+ * running, the first one not retired, as timed out. The jobs queued
+ * behind it had not started -- the engine runs the ring in order -- and
+ * their memory is still pinned and mapped: run them again from the start
+ * of the ring, with their fences unchanged, rather than fail work that did
+ * nothing wrong. If the engine has retired nothing since the last such
+ * replay, the fault is not in one job: fail them all.
+ */
+static void qgpu_engine_reset_hung_locked(struct qgpu_device *qdev)
+{
+	u32 mask = qdev->ring_entries - 1, n = 0, k = 0, i;
+	struct qgpu_job *guilty, *job;
+	struct qgpu_desc *saved;
+	u64 first, last;
+
+	lockdep_assert_held(&qdev->ring_lock);
+	if (qdev->wd_replayed)
+		goto fail_all;
+	/* Stopped, the engine changes nothing that is read below. */
+	qgpu_wr(qdev, QGPU_REG_ENGINE_CTRL, 0);
+	qgpu_wr(qdev, QGPU_REG_ENGINE_RESET, QGPU_ENGINE_RESET_MAGIC);
+	if (qgpu_hw_lost(qdev))
+		goto fail_all;
+	/* What finished before the reset keeps its result. */
+	qgpu_retire_locked(qdev);
+	guilty = list_first_entry_or_null(&qdev->inflight, struct qgpu_job,
+					  node);
+	if (!guilty || list_is_singular(&qdev->inflight))
+		goto fail_all;
+	list_for_each_entry(job, &qdev->inflight, node)
+		if (job != guilty)
+			n += job->ndesc;
+	saved = kmalloc_array(n, sizeof(*saved), GFP_KERNEL);
+	if (!saved)
+		goto fail_all;
+	list_for_each_entry(job, &qdev->inflight, node)
+		for (i = 0; job != guilty && i < job->ndesc; i++)
+			saved[k++] = qdev->ring[(job->first_idx + i) & mask];
+
+	qgpu_stat_inc(qdev, QGPU_STAT_ENGINE_RESETS);
+	first = guilty->first_seq;
+	last = guilty->last_seq;
+	if (!guilty->hw_err)
+		guilty->hw_err = QGPU_ERR_ABORTED;
+	guilty->timed_out = true;
+	qgpu_job_finish(qdev, guilty);	/* may free it */
+
+	qgpu_ring_start(qdev);
+	k = 0;
+	list_for_each_entry(job, &qdev->inflight, node) {
+		job->first_idx = qdev->tail;
+		for (i = 0; i < job->ndesc; i++) {
+			qdev->ring[qdev->tail] = saved[k++];
+			qdev->ring[qdev->tail].status = 0;
+			qdev->tail = (qdev->tail + 1) & mask;
+		}
+	}
+	kfree(saved);
+	qdev->wd_replayed = true;
+	qdev->wd_seq = qgpu_completed_seq(qdev);
+	qdev->wd_head = 0;
+	qdev->wd_stamp = jiffies;
+	dev_warn(qdev->dev,
+		 "failed the hung job (fences %llu..%llu); running the %u descriptors queued behind it again\n",
+		 first, last, n);
+	/* writel() orders the descriptor stores before the doorbell. */
+	qgpu_wr(qdev, QGPU_REG_DOORBELL, qdev->tail);
+	wake_up_all(&qdev->fence_wq);
+	return;
+
+fail_all:
+	qgpu_engine_abort_locked(qdev, true, true);
 }
 
 /* Called by remove with qdev->dead set: quiesce the engine for good. */
@@ -302,17 +380,29 @@ void qgpu_reset_work(struct work_struct *work)
 
 	mutex_lock(&qdev->ring_lock);
 	if (READ_ONCE(qdev->halted) && !qgpu_unusable(qdev)) {
-		dev_warn(qdev->dev, "engine halted (error %u at index %u); resetting\n",
-			 qgpu_rd(qdev, QGPU_REG_DMA_ERROR),
-			 qgpu_rd(qdev, QGPU_REG_DMA_ERROR_INDEX));
-		qgpu_engine_abort_locked(qdev, true, false);
+		/*
+		 * Another reset (the watchdog's, a PCIe recovery's) may have
+		 * run since the interrupt: reset only an engine that is still
+		 * halted, never one running the jobs submitted since.
+		 */
+		if (!(qgpu_rd(qdev, QGPU_REG_ENGINE_STATUS) &
+		      QGPU_ENGINE_STATUS_HALTED)) {
+			WRITE_ONCE(qdev->halted, false);
+		} else {
+			dev_warn(qdev->dev,
+				 "engine halted (error %u at ring index %u); resetting\n",
+				 READ_ONCE(qdev->halt_err),
+				 READ_ONCE(qdev->halt_index));
+			qgpu_engine_abort_locked(qdev, true, false);
+		}
 	}
 	mutex_unlock(&qdev->ring_lock);
 }
 
 /*
  * PCIe error recovery, step 1: stop the engine and fail what is in flight
- * (-EIO); new submissions fail with -EIO until qgpu_ring_restart().
+ * (-EIO, QGPU_ERR_ABORTED); new submissions fail with -EAGAIN until
+ * qgpu_ring_restart().
  */
 void qgpu_ring_quiesce(struct qgpu_device *qdev)
 {
@@ -375,8 +465,9 @@ void qgpu_watchdog_work(struct work_struct *work)
 			 qgpu_rd(qdev, QGPU_REG_ENGINE_STATUS));
 		qgpu_stat_inc(qdev, QGPU_STAT_TIMEOUTS);
 		qgpu_stat_inc(qdev, QGPU_STAT_WATCHDOG_RESETS);
-		qgpu_engine_abort_locked(qdev, true, true);
-		goto out_unlock;
+		qgpu_engine_reset_hung_locked(qdev);
+		if (list_empty(&qdev->inflight))
+			goto out_unlock;
 	}
 	queue_delayed_work(system_wq, &qdev->watchdog, qgpu_wd_period());
 out_unlock:
@@ -410,10 +501,12 @@ static bool qgpu_ring_has_room(struct qgpu_device *qdev, u32 n)
 /*
  * Queue @n descriptors (@descs, little-endian, fence fields filled in here)
  * as one job. On success the ring holds a reference to @job until it
- * retires. Fails with -ENODEV once the device is gone, -EINTR on a fatal
- * signal while waiting for ring space (other signals do not interrupt
- * submission: see qgpu_job_wait()); nothing is submitted then and the
- * job's resources (mappings, pins, BO reference) have been released.
+ * retires. Submitters queue in the order they came (submit_lock). Fails
+ * with -ENODEV once the device is gone, -EINTR on a fatal signal while
+ * waiting for ring space or for earlier submitters (other signals do not
+ * interrupt submission: see qgpu_job_wait()); nothing is submitted then
+ * and the job's resources (mappings, pins, BO reference) have been
+ * released.
  */
 int qgpu_submit(struct qgpu_device *qdev, struct qgpu_job *job,
 		struct qgpu_desc *descs, u32 n)
@@ -426,6 +519,10 @@ int qgpu_submit(struct qgpu_device *qdev, struct qgpu_job *job,
 		return -EINVAL;
 	}
 
+	if (mutex_lock_killable(&qdev->submit_lock)) {
+		qgpu_job_release_resources(qdev, job);
+		return -EINTR;
+	}
 	mutex_lock(&qdev->ring_lock);
 	for (;;) {
 		u64 retired;
@@ -441,6 +538,7 @@ int qgpu_submit(struct qgpu_device *qdev, struct qgpu_job *job,
 		}
 		if (err) {
 			mutex_unlock(&qdev->ring_lock);
+			mutex_unlock(&qdev->submit_lock);
 			qgpu_job_release_resources(qdev, job);
 			return err;
 		}
@@ -455,6 +553,7 @@ int qgpu_submit(struct qgpu_device *qdev, struct qgpu_job *job,
 				qgpu_unusable(qdev),
 				msecs_to_jiffies(QGPU_POLL_MS));
 		if (ret < 0) {
+			mutex_unlock(&qdev->submit_lock);
 			qgpu_job_release_resources(qdev, job);
 			return -EINTR;
 		}
@@ -496,6 +595,7 @@ int qgpu_submit(struct qgpu_device *qdev, struct qgpu_job *job,
 	/* writel() orders the descriptor stores before the doorbell. */
 	qgpu_wr(qdev, QGPU_REG_DOORBELL, qdev->tail);
 	mutex_unlock(&qdev->ring_lock);
+	mutex_unlock(&qdev->submit_lock);
 	return 0;
 }
 
@@ -704,8 +804,10 @@ static u32 qgpu_sg_max(struct qgpu_device *qdev)
 }
 
 /*
- * One chunk of a user copy: pin, map, submit as one job, wait. Updates the
- * fence, hw_status and nr_segments of @a.
+ * One chunk of a user copy: pin, then map, submit as one job and wait.
+ * Updates the fence, hw_status and nr_segments of @a. Pinning may wait on
+ * user space (userfaultfd, FUSE) for as long as it likes, so it happens
+ * before the device's SRCU read section, which remove waits for.
  */
 static int qgpu_copy_user_chunk(struct qgpu_device *qdev,
 				struct qgpu_copy_user *a, u64 uptr,
@@ -717,7 +819,7 @@ static int qgpu_copy_user_chunk(struct qgpu_device *qdev,
 	struct qgpu_job *job;
 	u32 sg_max, ndesc;
 	long pinned;
-	int ret;
+	int ret, idx;
 
 	job = qgpu_job_alloc();
 	if (!job)
@@ -741,11 +843,18 @@ static int qgpu_copy_user_chunk(struct qgpu_device *qdev,
 			unpin_user_pages(job->pages, pinned);
 		kvfree(job->pages);
 		job->pages = NULL;
-		ret = -EFAULT;
+		/* The kernel's reason (-ENOMEM, -EFAULT, ...); short: not mapped. */
+		ret = pinned < 0 ? pinned : -EFAULT;
 		goto out_put;
 	}
 	qgpu_stat_add(qdev, QGPU_STAT_PINNED_PAGES, job->npages);
 
+	idx = srcu_read_lock(&qdev->srcu);
+	ret = qgpu_unusable(qdev);
+	if (ret) {
+		qgpu_job_release_resources(qdev, job);
+		goto out_unlock;
+	}
 	sg_max = qgpu_sg_max(qdev);
 	if (job->npages == 1 && !(a->flags & QGPU_SUBMIT_F_FORCE_SG)) {
 		descs = kzalloc(sizeof(*descs), GFP_KERNEL);
@@ -801,33 +910,38 @@ static int qgpu_copy_user_chunk(struct qgpu_device *qdev,
 
 	ret = qgpu_submit(qdev, job, descs, ndesc);
 	if (ret)
-		goto out_put;
+		goto out_unlock;
 	ret = qgpu_job_wait(qdev, job);
 	a->fence = job->last_seq;
 	a->hw_status = job->hw_err;
 	a->nr_segments += nsegs;
-	goto out_put;
+	goto out_unlock;
 
 out_release:
 	/* Mapping failures are resource limits (e.g. bounce buffers). */
 	if (ret == -EIO)
 		ret = -ENOMEM;
 	qgpu_job_release_resources(qdev, job);
+out_unlock:
+	srcu_read_unlock(&qdev->srcu, idx);
 out_put:
 	kfree(descs);
 	qgpu_job_put(job);
 	return ret;
 }
 
-long qgpu_ioctl_copy_user(struct qgpu_file *qf, void __user *arg)
+/*
+ * QGPU_IOCTL_COPY_USER. Called outside the device's SRCU read section:
+ * each chunk enters it once its pages are pinned.
+ */
+long qgpu_ioctl_copy_user(struct qgpu_file *qf, struct qgpu_ioctl_call *call)
 {
 	struct qgpu_device *qdev = qf->qdev;
+	struct qgpu_copy_user *ap = call->args, a = *ap;
 	u64 end, done = 0, chunk;
-	struct qgpu_copy_user a;
-	int ret = 0;
+	int ret = 0, idx;
+	u32 sg_max;
 
-	if (copy_from_user(&a, arg, sizeof(a)))
-		return -EFAULT;
 	/* Writing VRAM needs a file opened for writing (see qgpu_ioctl()). */
 	if (a.op == QGPU_OP_COPY_TO_VRAM && !qf->writable)
 		return -EBADF;
@@ -849,11 +963,18 @@ long qgpu_ioctl_copy_user(struct qgpu_file *qf, void __user *arg)
 	 * Chunks bound the pinned memory and the bounce-buffer space of one
 	 * job; a chunk ends on a page boundary of the user buffer.
 	 */
+	idx = srcu_read_lock(&qdev->srcu);
+	ret = qgpu_unusable(qdev);
+	if (!ret)
+		sg_max = qgpu_sg_max(qdev);
+	srcu_read_unlock(&qdev->srcu, idx);
+	if (ret)
+		return ret;
 	chunk = max_t(u64, round_down((u64)READ_ONCE(xfer_chunk_kb) << 10,
 				      PAGE_SIZE), PAGE_SIZE);
 	/* A chunk's pages, one segment at worst each, must fit the ring. */
 	chunk = min_t(u64, chunk, (u64)(qdev->ring_entries - 1) *
-			   qgpu_sg_max(qdev) * PAGE_SIZE);
+			   sg_max * PAGE_SIZE);
 	a.fence = 0;
 	a.hw_status = 0;
 	a.nr_segments = 0;
@@ -872,7 +993,7 @@ long qgpu_ioctl_copy_user(struct qgpu_file *qf, void __user *arg)
 		done += n;
 	}
 	/* The fence of the last chunk that ran, whatever the result. */
-	if (a.fence && copy_to_user(arg, &a, sizeof(a)) && !ret)
-		ret = -EFAULT;
+	*ap = a;
+	call->copy_out = a.fence != 0;
 	return ret;
 }

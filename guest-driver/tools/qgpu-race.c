@@ -41,11 +41,13 @@
  *	buffer object's first page: a debugger's access must stop at the end
  *	of the mapping (4 bytes), never reach past it (beyond the BAR).
  *
- *   reset-vs-stuck-ioctl
- *	An ioctl whose argument is in a userfaultfd page nobody serves blocks
- *	in the kernel; meanwhile the function is reset through sysfs. Reports
- *	whether the reset finished while the ioctl was still blocked (it must
- *	not wait for user space), then serves the page.
+ *   stuck-ioctl reset|remove arg|buffer
+ *	An ioctl whose argument (INFO), or whose user buffer (COPY_USER to
+ *	VRAM), is in a userfaultfd page nobody serves blocks in the kernel;
+ *	meanwhile the function is reset, or the device removed, through sysfs.
+ *	Reports whether that finished while the ioctl was still blocked (it
+ *	must not wait for user space), then serves the page and reports the
+ *	ioctl's result.
  */
 #include <dirent.h>
 #include <limits.h>
@@ -77,7 +79,9 @@ static void usage(void)
 "  signal-fill LEN ALARM_MS           SIGALRM during a synchronous fill\n"
 "  reset-vs-mappings RESETS           function resets under live mappings\n"
 "  access-bounds                      /proc/self/mem reads across a mapping's end\n"
-"  reset-vs-stuck-ioctl               a reset while an ioctl waits on user memory\n");
+"  stuck-ioctl reset|remove arg|buffer\n"
+"                                     a reset or a remove while an ioctl waits\n"
+"                                     on user memory (its argument or buffer)\n");
 	exit(2);
 }
 
@@ -533,50 +537,67 @@ static void cmd_access_bounds(void)
 	       mem_read_across(mem, bom));
 }
 
-/* ---- reset-vs-stuck-ioctl --------------------------------------------------- */
+/* ---- stuck-ioctl ------------------------------------------------------------ */
 
 struct stuck {
 	int fd;
-	void *arg;
-	int result;
-	const char *reset_path;
-	atomic_int reset_done;
-	double reset_ms;
+	int use_buffer;		/* the user buffer, not the argument, is stuck */
+	void *page;		/* the userfaultfd page nobody serves */
+	int result;		/* the ioctl's: 0 or -errno */
+	const char *action_path;
+	atomic_int action_done;
+	double action_ms;
 };
 
 static void *stuck_ioctl_thread(void *arg)
 {
 	struct stuck *st = arg;
 
-	st->result = qgpu_ioctl(st->fd, QGPU_IOCTL_INFO, st->arg);
+	if (st->use_buffer) {
+		/* COPY_USER from the page: pinning it faults. */
+		struct qgpu_copy_user a = {
+			.op = QGPU_OP_COPY_TO_VRAM,
+			.user_ptr = (uintptr_t)st->page,
+			.length = 4096,
+		};
+
+		st->result = qgpu_ioctl(st->fd, QGPU_IOCTL_COPY_USER, &a);
+	} else {
+		/* The argument itself: copying it in faults. */
+		st->result = qgpu_ioctl(st->fd, QGPU_IOCTL_INFO, st->page);
+	}
 	return NULL;
 }
 
-static void *reset_thread(void *arg)
+static void *action_thread(void *arg)
 {
 	struct stuck *st = arg;
 	double t0 = qgpu_now_ms();
 
-	if (qgpu_write_file(st->reset_path, "1") == 0)
-		st->reset_ms = qgpu_now_ms() - t0;
-	atomic_store(&st->reset_done, 1);
+	if (qgpu_write_file(st->action_path, "1") == 0)
+		st->action_ms = qgpu_now_ms() - t0;
+	atomic_store(&st->action_done, 1);
 	return NULL;
 }
 
-static void cmd_reset_vs_stuck_ioctl(void)
+static void cmd_stuck_ioctl(const char *action, const char *where)
 {
 	struct uffdio_api api = { .api = UFFD_API };
 	struct uffdio_register reg = { .mode = UFFDIO_REGISTER_MODE_MISSING };
 	struct uffdio_zeropage zero = { 0 };
-	struct stuck st = { .reset_ms = -1 };
+	struct stuck st = { .action_ms = -1 };
 	char sysdir[PATH_MAX], path[PATH_MAX + 16];
 	struct uffd_msg msg;
 	struct pollfd pfd;
-	pthread_t io, rs;
+	pthread_t io, act;
 	double end;
 	int uffd, ret, done_while_blocked;
-	void *page;
 
+	if (strcmp(action, "reset") && strcmp(action, "remove"))
+		usage();
+	if (strcmp(where, "arg") && strcmp(where, "buffer"))
+		usage();
+	st.use_buffer = !strcmp(where, "buffer");
 	uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC);
 	if (uffd < 0) {
 		printf("{\"ok\":true,\"supported\":false,\"errno\":%d}\n", errno);
@@ -590,37 +611,37 @@ static void cmd_reset_vs_stuck_ioctl(void)
 	ret = device_sysfs(qgpu_dev_path(), sysdir, sizeof(sysdir));
 	if (ret)
 		fail("finding the device in sysfs", -ret);
-	snprintf(path, sizeof(path), "%s/reset", sysdir);
-	st.reset_path = path;
-	page = mmap(NULL, 4096, PROT_READ | PROT_WRITE,
-		    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (page == MAP_FAILED)
+	snprintf(path, sizeof(path), "%s/%s", sysdir, action);
+	st.action_path = path;
+	st.page = mmap(NULL, 4096, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (st.page == MAP_FAILED)
 		fail("mmap", errno);
-	reg.range.start = (uintptr_t)page;
+	reg.range.start = (uintptr_t)st.page;
 	reg.range.len = 4096;
 	if (ioctl(uffd, UFFDIO_REGISTER, &reg))
 		fail("UFFDIO_REGISTER", errno);
-	st.arg = page;
 	pthread_create(&io, NULL, stuck_ioctl_thread, &st);
-	/* The ioctl is blocked once its copy_from_user() faulted. */
+	/* The ioctl is blocked once it faulted on the page. */
 	pfd.fd = uffd;
 	pfd.events = POLLIN;
 	if (poll(&pfd, 1, 10000) != 1 || read(uffd, &msg, sizeof(msg)) != sizeof(msg))
-		fail("waiting for the ioctl to fault on its argument", ETIMEDOUT);
-	pthread_create(&rs, NULL, reset_thread, &st);
+		fail("waiting for the ioctl to fault on user memory", ETIMEDOUT);
+	pthread_create(&act, NULL, action_thread, &st);
 	end = qgpu_now_ms() + 5000;
-	while (!atomic_load(&st.reset_done) && qgpu_now_ms() < end)
+	while (!atomic_load(&st.action_done) && qgpu_now_ms() < end)
 		qgpu_sleep_us(10000);
-	done_while_blocked = atomic_load(&st.reset_done);
-	zero.range.start = (uintptr_t)page;
+	done_while_blocked = atomic_load(&st.action_done);
+	zero.range.start = (uintptr_t)st.page;
 	zero.range.len = 4096;
 	if (ioctl(uffd, UFFDIO_ZEROPAGE, &zero))
 		fail("UFFDIO_ZEROPAGE", errno);
 	pthread_join(io, NULL);
-	pthread_join(rs, NULL);
-	printf("{\"ok\":true,\"supported\":true,\"reset_done_while_blocked\":%s,"
-	       "\"reset_ms\":%.1f,\"ioctl_result\":%d}\n",
-	       done_while_blocked ? "true" : "false", st.reset_ms, st.result);
+	pthread_join(act, NULL);
+	printf("{\"ok\":true,\"supported\":true,\"action\":\"%s\",\"where\":\"%s\","
+	       "\"done_while_blocked\":%s,\"action_ms\":%.1f,\"ioctl_result\":%d}\n",
+	       action, where, done_while_blocked ? "true" : "false", st.action_ms,
+	       st.result);
 }
 
 int main(int argc, char **argv)
@@ -645,8 +666,8 @@ int main(int argc, char **argv)
 				argc >= 5 ? arg_u64(argv[4]) : 300);
 	else if (argc >= 2 && !strcmp(argv[1], "access-bounds"))
 		cmd_access_bounds();
-	else if (argc >= 2 && !strcmp(argv[1], "reset-vs-stuck-ioctl"))
-		cmd_reset_vs_stuck_ioctl();
+	else if (argc >= 4 && !strcmp(argv[1], "stuck-ioctl"))
+		cmd_stuck_ioctl(argv[2], argv[3]);
 	else if (argc >= 3 && !strcmp(argv[1], "reset-vs-mappings"))
 		cmd_reset_vs_mappings(arg_u64(argv[2]));
 	else if (argc >= 4 && !strcmp(argv[1], "signal-fill"))

@@ -8,6 +8,7 @@ is what an oversized BO_CREATE used to produce.
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any
 
@@ -32,10 +33,13 @@ from .test_faults import (  # noqa: F401  (faults: a fixture)
     start_hold,
     stats,
     tool,
+    verify_dma,
+    wait_dmesg,
 )
 
 E2BIG = 7
 PCI_COMMAND_MASTER = 0x4
+BDF = "0000:01:00.0"
 BO_CAP = 4 * MiB                 # PAGE_SIZE << MAX_PAGE_ORDER on x86-64
 NJOBS = 100                      # more than the old 64-entry error log
 
@@ -61,30 +65,101 @@ def test_bo_size_cap(guest: GuestMachine) -> None:
 
 
 @DIRECT
-def test_engine_reset_fails_every_async_job(guest: GuestMachine,
-                                            faults: FaultInjector) -> None:  # noqa: F811
+def test_a_hang_fails_only_the_job_the_engine_ran(guest: GuestMachine, faults: FaultInjector,  # noqa: F811
+                                               qgpu_inspector: DeviceInspector) -> None:
+    """Review item 7: the watchdog failed every queued job as timed out when the
+    engine hung on the first. Now only that one fails; the jobs behind it, which
+    the engine had not started, run again after the reset with their fences."""
     guest.run("echo 5000 > /sys/module/qgpu/parameters/job_timeout_ms", check=True)
+    page = 4096
+    assert tool(guest, f"fill 0 {(NJOBS + 2) * page} 0x11111111")["ok"]
     faults.hang()
-    out = guest.run(f"for i in $(seq {NJOBS}); do qgpu-tool fill $((i * 4096)) 4096 0x77 "
-                    "--async; done", timeout=120).output
+    out = guest.run(f"for i in $(seq {NJOBS}); do qgpu-tool fill $((i * {page})) {page} "
+                    "0x77 --async; done", timeout=120).output
     subs = json_lines(out)
     assert len(subs) == NJOBS and all(s["ok"] for s in subs), out
     fences = [int(s["fence"]) for s in subs]
-    # The watchdog resets the hung engine and fails every queued job.
     last = tool(guest, f"wait-fence {fences[-1]} 0", timeout=60)
-    assert not last["ok"] and last["errno"] == EIO, last
+    assert last["ok"], f"a job queued behind the hung one failed: {last}"
     assert not faults.is_hung()
     out = guest.run("for f in " + " ".join(map(str, fences)) +
                     "; do qgpu-tool wait-fence $f 1000; done", timeout=120).output
     waits = json_lines(out)
     assert len(waits) == NJOBS, out
-    bad = [w for w in waits
-           if w["ok"] or w["errno"] != EIO or w["hw_status"] != ERR_ABORTED]
-    assert not bad, f"{len(bad)} aborted jobs not reported as failed: {bad[:5]}"
+    first, rest = waits[0], waits[1:]
+    assert not first["ok"] and first["errno"] == EIO and first["hw_status"] == ERR_ABORTED, first
+    failed = [w for w in rest if not w["ok"]]
+    assert not failed, f"{len(failed)} innocent jobs failed: {failed[:5]}"
     st = stats(guest)
-    assert st["watchdog_resets"] == 1, st
-    # The engine works again.
+    assert st["watchdog_resets"] == 1 and st["timeouts"] == 1, st
+    vram = qgpu_inspector.vram_backend(page, NJOBS * page)
+    assert vram[:page] == pattern(0x11111111, page), "the failed fill wrote VRAM"
+    assert vram[page:] == pattern(0x77, (NJOBS - 1) * page), "a replayed fill missed VRAM"
     assert tool(guest, f"fill 0 {MiB} 0x12345678")["ok"]
+
+
+@DIRECT
+def test_an_engine_that_stays_stuck_fails_every_job(guest: GuestMachine,
+                                                    faults: FaultInjector) -> None:  # noqa: F811
+    """The replay after a hang has a limit: if the engine retires nothing after
+    it either, the next timeout fails every queued job instead of blaming them
+    one by one. Here the jobs queue behind a hang, then every engine run takes
+    a second and the timeout drops to 300 ms: two resets, and all jobs fail."""
+    params = "/sys/module/qgpu/parameters"
+    guest.run(f"echo 60000 > {params}/job_timeout_ms", check=True)
+    faults.hang()
+    try:
+        out = guest.run(f"for i in $(seq {NJOBS}); do qgpu-tool fill $((i * 4096)) 4096 0x77 "
+                        "--async; done", timeout=120).output
+        subs = json_lines(out)
+        assert len(subs) == NJOBS and all(s["ok"] for s in subs), out
+        fences = [int(s["fence"]) for s in subs]
+        faults.dma_delay(1_000_000_000)
+        guest.run(f"echo 300 > {params}/job_timeout_ms", check=True)
+        res = tool(guest, f"wait-fence {fences[-1]} 0", timeout=60)
+    finally:
+        faults.dma_delay(0)
+    assert not res["ok"] and res["errno"] == EIO and res["hw_status"] == ERR_ABORTED, res
+    st = stats(guest)
+    assert st["watchdog_resets"] == 2 and st["timeouts"] == 2, st
+    out = guest.run("for f in " + " ".join(map(str, fences)) +
+                    "; do qgpu-tool wait-fence $f 1000; done", timeout=120).output
+    waits = json_lines(out)
+    bad = [w for w in waits if w["ok"] or w["errno"] != EIO or w["hw_status"] != ERR_ABORTED]
+    assert len(waits) == NJOBS and not bad, \
+        f"{len(bad)} aborted jobs not reported as failed: {bad[:5]}"
+    assert tool(guest, f"fill 0 {MiB} 0x12345678")["ok"]
+
+
+@DIRECT
+def test_a_halt_is_logged_with_its_error_and_ring_index(
+        guest: GuestMachine, qgpu_inspector: DeviceInspector) -> None:
+    """Review item 7: the reset work's message always read "engine halted (error 0
+    at index 0)": the interrupt handler's write to DMA_ERROR had already cleared
+    the error and its index. Here the engine cannot fetch its ring (bus mastering
+    off, so the interrupt is lost too and the watchdog's resync finds the halt):
+    the message names DESC_FETCH."""
+    config = f"/sys/bus/pci/devices/{BDF}/config"
+    guest.run("dmesg -c >/dev/null; echo 1000 > /sys/module/qgpu/parameters/job_timeout_ms",
+              check=True)
+    command = int(guest.run(f"od -An -tu1 -j4 -N1 {config}", check=True).output.split()[0])
+    assert command & PCI_COMMAND_MASTER, command
+
+    def write_command(value: int) -> None:
+        guest.run(f"printf '\\{value:03o}' | dd of={config} bs=1 seek=4 count=1 "
+                  "conv=notrunc 2>/dev/null", check=True)
+
+    write_command(command & ~PCI_COMMAND_MASTER)
+    try:
+        res = tool(guest, "fill 0 4096 0x1", timeout=60)
+    finally:
+        write_command(command)
+    assert not res["ok"] and res["errno"] == EIO, res
+    log = wait_dmesg(guest, r"engine halted")
+    m = re.search(r"engine halted \(error (\d+) at (?:ring )?index (\d+)\)", log)
+    assert m, log
+    assert int(m[1]) == ABI.ERR_DESC_FETCH, f"the halt was logged as error {m[1]}: {m[0]}"
+    verify_dma(guest, qgpu_inspector)
 
 
 @DIRECT
@@ -101,6 +176,40 @@ def test_long_vram_op_on_slow_engine(guest: GuestMachine, faults: FaultInjector,
     assert res["ok"], res
     st = stats(guest)
     assert st["timeouts"] == 0 and st["watchdog_resets"] == 0, st
+    assert qgpu_inspector.vram_backend(0, length) == pattern(pat, length)
+
+
+@DIRECT
+def test_a_large_vram_op_is_not_starved_by_small_jobs(
+        guest: GuestMachine, faults: FaultInjector,  # noqa: F811
+        qgpu_inspector: DeviceInspector) -> None:
+    """Review item 7 (VRAM_OP starvation): a job of many descriptors waited for
+    that much room in the ring, while jobs of one descriptor took every slot
+    that came free: with others submitting without pause it never ran. Now
+    submitters queue in order. A 4-entry ring (3 descriptors in flight), two
+    processes submitting 1 MiB fills for 20 s, each engine run (at most
+    1 MiB) slowed to 100 ms: a 6 MiB fill (3 descriptors of 2 MiB, which need
+    an empty ring) must finish while they are still at it."""
+    length, pat = 6 * MiB, 0x0FA11FA1
+    guest.run("rmmod qgpu && insmod /opt/qgpu/qgpu.ko ring_entries=4 && test -c /dev/qgpu0",
+              check=True, timeout=60)
+    faults.dma_delay(100_000_000)
+    try:
+        for i in (1, 2):
+            off = 40 * MiB + i * MiB
+            guest.run(f"rm -f /tmp/loop{i}.done; sh -c \"( end=\\$((\\$(date +%s) + 20)); "
+                      f"while [ \\$(date +%s) -lt \\$end ]; do qgpu-tool fill {off} "
+                      f"{MiB} {i} --async >/dev/null 2>&1; done; touch /tmp/loop{i}.done ) "
+                      "</dev/null >/dev/null 2>&1 &\"", check=True)
+        time.sleep(1.0)       # the ring is full of small jobs
+        res = tool(guest, f"fill 0 {length} {pat:#x}", timeout=120)
+        loops_done = guest.run("ls /tmp/loop*.done 2>/dev/null").output.split()
+    finally:
+        faults.dma_delay(0)
+        guest.run("while [ ! -e /tmp/loop1.done ] || [ ! -e /tmp/loop2.done ]; do sleep 0.2; "
+                  "done", timeout=60)
+    assert res["ok"], res
+    assert not loops_done, "the large fill ran only once the small jobs stopped coming"
     assert qgpu_inspector.vram_backend(0, length) == pattern(pat, length)
 
 

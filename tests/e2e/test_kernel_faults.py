@@ -118,3 +118,16 @@ def test_probe_fault_points(guest: GuestMachine, kfaults: KernelFaultInjector) -
     _check_runs(runs, None, f"probe of {bdf}")
     sh(guest, f"test -e {drv}/{bdf} && test -c /dev/qgpu0")
     assert tool(guest, "fill 0 4096 0x22")["ok"]
+
+
+@pytest.mark.parametrize("err", [errno.ENOMEM, errno.EPERM], ids=["ENOMEM", "EPERM"])
+def test_a_failed_pin_passes_its_errno_on(guest: GuestMachine, kfaults: KernelFaultInjector,
+                                          err: int) -> None:
+    """Review item 7: COPY_USER turned every failure to pin the user buffer into
+    -EFAULT, also when the kernel said why (out of memory, not allowed). The
+    errno the pin returned reaches the caller now."""
+    for op in ("to-vram-page", "to-vram-sg"):
+        with kfaults.failing("qgpu_pin_user_pages", err):
+            res = tool(guest, OPS[op], ok=False)
+        assert not res["ok"] and res["errno"] == err, (op, res)
+    assert tool(guest, OPS["to-vram-sg"])["ok"]

@@ -22,6 +22,7 @@ from .guestio import parse_json_line
 from .test_faults import (  # noqa: F401  (faults: a fixture)
     ALL_MODES,
     DIRECT,
+    EAGAIN,
     ENODEV,
     faults,
     stats,
@@ -178,6 +179,14 @@ def test_debugger_access_stops_at_the_mapping_end(guest: GuestMachine) -> None:
     assert res["bytes_read"] == {"regs": 4, "vram": 4, "bo": 4}, res
 
 
+def stuck_ioctl(guest: GuestMachine, action: str, where: str) -> dict[str, Any]:
+    """Run ``qgpu-race stuck-ioctl``; skip where the kernel has no userfaultfd."""
+    res = race(guest, f"stuck-ioctl {action} {where}")
+    if not res["supported"]:
+        pytest.skip(f"this guest kernel has no userfaultfd (errno {res['errno']})")
+    return res
+
+
 @DIRECT
 def test_reset_does_not_wait_for_an_ioctl_blocked_on_user_memory(
         guest: GuestMachine) -> None:
@@ -185,11 +194,57 @@ def test_reset_does_not_wait_for_an_ioctl_blocked_on_user_memory(
     progress, and an ioctl can block on user memory for as long as user space
     likes (userfaultfd, FUSE). Mappings have their own SRCU domain now: a
     reset finishes while an ioctl waits on its argument."""
-    res = race(guest, "reset-vs-stuck-ioctl")
-    if not res["supported"]:
-        pytest.skip(f"this guest kernel has no userfaultfd (errno {res['errno']})")
-    assert res["reset_done_while_blocked"], f"the reset waited for the ioctl: {res}"
+    res = stuck_ioctl(guest, "reset", "arg")
+    assert res["done_while_blocked"], f"the reset waited for the ioctl: {res}"
     assert res["ioctl_result"] == 0, res
+
+
+@DIRECT
+@pytest.mark.parametrize("where", ["arg", "buffer"])
+def test_remove_does_not_wait_for_an_ioctl_blocked_on_user_memory(
+        guest: GuestMachine, qgpu_inspector: DeviceInspector, where: str) -> None:
+    """Review item 7: the ioctls' SRCU read sections spanned copy_from_user()
+    of the argument and the pinning of user buffers, so remove, which waits
+    for those sections, waited for as long as user space kept a userfaultfd
+    (or FUSE) page unserved. Now user memory is touched outside them: remove
+    finishes while the ioctl is blocked, and the ioctl then fails -ENODEV."""
+    try:
+        res = stuck_ioctl(guest, "remove", where)
+    finally:
+        guest.run("echo 1 > /sys/bus/pci/rescan", timeout=60)
+    assert res["done_while_blocked"], f"remove waited for the ioctl: {res}"
+    assert res["ioctl_result"] == -ENODEV, res
+    verify_dma(guest, qgpu_inspector)
+
+
+@DIRECT
+def test_work_during_a_reset_fails_with_eagain(guest: GuestMachine,
+                                               qgpu_inspector: DeviceInspector) -> None:
+    """Review item 7: -EIO meant both "the device failed this job" and "the device
+    is being reset or recovering, try again". A call made while the device
+    recovers now fails -EAGAIN (nothing was done); -EIO is left to device
+    errors. The reset is held open for 3 s by a driver test knob."""
+    state = "/sys/class/misc/qgpu0/state"
+    guest.run(f"echo 3000 > {PARAMS}/reset_hold_ms; rm -f /tmp/reset.done", check=True)
+    try:
+        guest.run(f"sh -c \"( echo 1 > /sys/bus/pci/devices/{BDF}/reset; "
+                  "touch /tmp/reset.done ) </dev/null >/dev/null 2>&1 &\"", check=True)
+        guest.run(f"for i in $(seq 100); do grep -q recovering {state} && break; sleep 0.05; done",
+                  check=True)
+        assert guest.run(f"cat {state}").output.strip() == "recovering"
+        results = {args: tool(guest, args) for args in (
+            "fill 0 4096 0x1", "fill 0 4096 0x1 --cpu", "checksum 0 4096 --via dma")}
+        recovering = guest.run(f"cat {state}").output.strip()
+    finally:
+        guest.run(f"echo 0 > {PARAMS}/reset_hold_ms; "
+                  "for i in $(seq 200); do [ -e /tmp/reset.done ] && break; sleep 0.05; done",
+                  timeout=60)
+    assert recovering == "recovering", "the reset ended before the calls were made"
+    bad = {args: res for args, res in results.items()
+           if res["ok"] or res["errno"] != EAGAIN}
+    assert not bad, f"calls during a reset did not fail -EAGAIN: {bad}"
+    assert guest.run(f"cat {state}").output.strip() == "running"
+    verify_dma(guest, qgpu_inspector)
 
 
 @DIRECT

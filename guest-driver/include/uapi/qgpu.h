@@ -13,13 +13,29 @@
  *    (-EINVAL otherwise);
  *  - offsets and lengths are checked for overflow; out of range is -EINVAL;
  *  - bad user pointers give -EFAULT, unknown buffer-object handles -ENOENT,
- *    transfers above &qgpu_info.max_xfer -E2BIG;
+ *    transfers above &qgpu_info.max_xfer -E2BIG; a user buffer that cannot
+ *    be pinned gives the kernel's reason (-EFAULT where nothing is mapped,
+ *    -ENOMEM when memory runs short, ...);
  *  - a descriptor the device fails gives -EIO with @hw_status set to the
- *    device's QGPU_ERR_* code; a removed device gives -ENODEV;
+ *    device's QGPU_ERR_* code (QGPU_ERR_ABORTED: an engine reset, a PCIe
+ *    error recovery or a removal stopped it); while the device is being
+ *    reset or recovers from a PCIe error, calls that need it fail with
+ *    -EAGAIN and do nothing (try again; /sys/class/misc/qgpuN/state reads
+ *    "recovering" meanwhile); a removed device gives -ENODEV, also to a
+ *    call that was waiting on user memory (userfaultfd, FUSE) meanwhile:
+ *    removal does not wait for user space;
  *  - a file opened O_RDONLY may look but not change the device: INFO,
  *    WAIT_FENCE, RAISE_IRQ, COPY_USER from VRAM and CPU_ACCESS checksums
  *    work; COPY_USER to VRAM, CPU_ACCESS fills, VRAM_OP, COPY_BO and the
  *    buffer-object ioctls fail with -EBADF (and it maps read-only).
+ *
+ * An engine that makes no progress for job_timeout_ms (module parameter)
+ * is reset: the job it was running fails (-ETIMEDOUT from a synchronous
+ * call; -EIO with QGPU_ERR_ABORTED from WAIT_FENCE), and the jobs queued
+ * behind it, which had not started, run again with the same fences. If the
+ * engine then retires nothing either, the next timeout fails them all.
+ * Submitters wait for ring space in the order they came, so a job of many
+ * descriptors is not starved by jobs of one.
  *
  * Signals and the submitting ioctls (COPY_USER, COPY_BO, VRAM_OP): signals
  * do not interrupt them (a handler runs, a stop takes effect, when the call

@@ -155,6 +155,27 @@ class KernelFaultInjector:
                      f"echo {(1 << 64) - 1} > {DEBUGFS}/{t}/require-end"]
         self.machine.run("; ".join(undo), timeout=30)
 
+    @contextmanager
+    def failing(self, function: str, err: int, *, times: int = 1) -> Iterator[KernelFaultInjector]:
+        """Make the driver's ``function`` (one of :data:`DRIVER_POINTS`) fail with ``-err``.
+
+        Every call fails, ``times`` times in all, whoever makes it (no fail-nth, no
+        scoping: arm it only around the operation that should meet it). Undone on exit.
+        """
+        if DRIVER_POINTS.get(function) != "ERRNO":
+            raise ValueError(f"{function!r} is not one of the driver's errno fault points")
+        d = f"{DEBUGFS}/fail_function"
+        self._sh(f"[ -d {d} ] || {{ echo 'no fail_function in debugfs' >&2; exit 1; }}; "
+                 f"echo > {d}/inject && echo {function} > {d}/inject && "
+                 f"echo {(1 << 64) - err} > {d}/{function}/retval && "
+                 f"echo 1 > {d}/interval && echo {times} > {d}/times && "
+                 f"echo 100 > {d}/probability")
+        try:
+            yield self
+        finally:
+            if self.machine.is_alive():
+                self.machine.run(f"echo 0 > {d}/probability; echo > {d}/inject", timeout=30)
+
     def injectable(self) -> list[str]:
         """Return the driver's functions that fail_function can fail."""
         out = self._sh(f"cat {DEBUGFS}/fail_function/injectable")
