@@ -71,7 +71,7 @@ static long qgpu_ioctl_info(struct qgpu_file *qf, struct qgpu_ioctl_call *call)
 	struct pci_dev *pdev = qdev->pdev;
 	struct qgpu_info *ap = call->args, a = *ap;
 
-	if (a.flags || a.reserved0 || memchr_inv(a.reserved, 0, sizeof(a.reserved)))
+	if (a.flags || memchr_inv(a.reserved, 0, sizeof(a.reserved)))
 		return -EINVAL;
 	a.version = qgpu_rd(qdev, QGPU_REG_VERSION);
 	a.caps = qgpu_rd(qdev, QGPU_REG_CAPS);
@@ -83,7 +83,8 @@ static long qgpu_ioctl_info(struct qgpu_file *qf, struct qgpu_ioctl_call *call)
 	a.vram_size = qdev->vram_size;
 	a.max_xfer = QGPU_MAX_XFER;
 	a.bo_max_size = QGPU_BO_MAX_SIZE;
-	a.pci_bdf = pci_domain_nr(pdev->bus) << 16 | pdev->bus->number << 8 |
+	a.pci_domain = pci_domain_nr(pdev->bus);
+	a.pci_bdf = (a.pci_domain & 0xffff) << 16 | pdev->bus->number << 8 |
 		    pdev->devfn;
 	*ap = a;
 	call->copy_out = true;
@@ -392,26 +393,33 @@ static long qgpu_ioctl_raise_irq(struct qgpu_file *qf,
 #define QGPU_IOCTL_F_WRITE		BIT(0)
 #define QGPU_IOCTL_F_USER_MEMORY	BIT(1)
 
+/* The largest ioctl argument: every one is copied in and out whole. */
+#define QGPU_IOCTL_MAX_ARG	128
+
 struct qgpu_ioctl_def {
 	unsigned int cmd;
 	long (*handler)(struct qgpu_file *qf, struct qgpu_ioctl_call *call);
 	unsigned int flags;
 };
 
-static const struct qgpu_ioctl_def qgpu_ioctls[] = {
-	{ QGPU_IOCTL_INFO, qgpu_ioctl_info, 0 },
-	{ QGPU_IOCTL_COPY_USER, qgpu_ioctl_copy_user, QGPU_IOCTL_F_USER_MEMORY },
-	{ QGPU_IOCTL_COPY_BO, qgpu_ioctl_copy_bo, QGPU_IOCTL_F_WRITE },
-	{ QGPU_IOCTL_VRAM_OP, qgpu_ioctl_vram_op, QGPU_IOCTL_F_WRITE },
-	{ QGPU_IOCTL_WAIT_FENCE, qgpu_ioctl_wait_fence, 0 },
-	{ QGPU_IOCTL_BO_CREATE, qgpu_ioctl_bo_create, QGPU_IOCTL_F_WRITE },
-	{ QGPU_IOCTL_BO_DESTROY, qgpu_ioctl_bo_destroy, QGPU_IOCTL_F_WRITE },
-	{ QGPU_IOCTL_CPU_ACCESS, qgpu_ioctl_cpu_access, 0 },
-	{ QGPU_IOCTL_RAISE_IRQ, qgpu_ioctl_raise_irq, 0 },
-};
+#define QGPU_IOCTL_DEF(_cmd, _handler, _flags)				\
+	{ .cmd = (_cmd) + BUILD_BUG_ON_ZERO(_IOC_SIZE(_cmd) > QGPU_IOCTL_MAX_ARG), \
+	  .handler = (_handler), .flags = (_flags) }
 
-/* The largest ioctl argument: every one is copied in and out whole. */
-#define QGPU_IOCTL_MAX_ARG	128
+static const struct qgpu_ioctl_def qgpu_ioctls[] = {
+	QGPU_IOCTL_DEF(QGPU_IOCTL_INFO, qgpu_ioctl_info, 0),
+	QGPU_IOCTL_DEF(QGPU_IOCTL_COPY_USER, qgpu_ioctl_copy_user,
+		       QGPU_IOCTL_F_USER_MEMORY),
+	QGPU_IOCTL_DEF(QGPU_IOCTL_COPY_BO, qgpu_ioctl_copy_bo, QGPU_IOCTL_F_WRITE),
+	QGPU_IOCTL_DEF(QGPU_IOCTL_VRAM_OP, qgpu_ioctl_vram_op, QGPU_IOCTL_F_WRITE),
+	QGPU_IOCTL_DEF(QGPU_IOCTL_WAIT_FENCE, qgpu_ioctl_wait_fence, 0),
+	QGPU_IOCTL_DEF(QGPU_IOCTL_BO_CREATE, qgpu_ioctl_bo_create,
+		       QGPU_IOCTL_F_WRITE),
+	QGPU_IOCTL_DEF(QGPU_IOCTL_BO_DESTROY, qgpu_ioctl_bo_destroy,
+		       QGPU_IOCTL_F_WRITE),
+	QGPU_IOCTL_DEF(QGPU_IOCTL_CPU_ACCESS, qgpu_ioctl_cpu_access, 0),
+	QGPU_IOCTL_DEF(QGPU_IOCTL_RAISE_IRQ, qgpu_ioctl_raise_irq, 0),
+};
 
 /*
  * The argument is copied in before, and out after, the device's SRCU read
@@ -431,13 +439,10 @@ static long qgpu_ioctl(struct file *filp, unsigned int cmd, unsigned long arg)
 	long ret;
 	int idx;
 
-	for (i = 0; i < ARRAY_SIZE(qgpu_ioctls); i++)
+	for (i = 0; i < ARRAY_SIZE(qgpu_ioctls) && !def; i++)
 		if (qgpu_ioctls[i].cmd == cmd)
 			def = &qgpu_ioctls[i];
 	if (!def)
-		return -ENOTTY;
-	BUILD_BUG_ON(sizeof(struct qgpu_info) > sizeof(args));
-	if (WARN_ON_ONCE(size > sizeof(args)))
 		return -ENOTTY;
 	if ((def->flags & QGPU_IOCTL_F_WRITE) && !qf->writable)
 		return -EBADF;
@@ -458,8 +463,10 @@ static long qgpu_ioctl(struct file *filp, unsigned int cmd, unsigned long arg)
 	if (call.copy_out && copy_to_user(uarg, args, size)) {
 		if (!ret)
 			ret = -EFAULT;
-		/* The handle cannot be returned: take it back, unless another
-		 * thread guessed it and destroyed it (and maybe reused it). */
+		/*
+		 * The handle cannot be returned: take it back, unless another
+		 * thread guessed it and destroyed it (and maybe reused it).
+		 */
 		if (call.new_bo) {
 			struct qgpu_bo_create *a = (void *)args;
 

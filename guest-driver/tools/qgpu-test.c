@@ -1083,7 +1083,7 @@ static int t_remove_while_open(void)
 	uint64_t fence;
 	int fd2, ret, tries;
 
-	snprintf(bdf, sizeof(bdf), "%04x:%02x:%02x.%x", info.pci_bdf >> 16,
+	snprintf(bdf, sizeof(bdf), "%04x:%02x:%02x.%x", info.pci_domain,
 		 (info.pci_bdf >> 8) & 0xff, (info.pci_bdf >> 3) & 0x1f,
 		 info.pci_bdf & 7);
 	v = xmap_vram(0, 1 << 20, 0);

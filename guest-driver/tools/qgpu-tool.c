@@ -124,7 +124,7 @@ static void cmd_info(void)
 	       (unsigned long long)i.vram_size, qgpu_irq_mode_name(i.irq_mode),
 	       i.irq_vectors, i.ring_entries, i.sg_max_entries, i.dma_mask_bits,
 	       (unsigned long long)i.max_xfer, (unsigned long long)i.bo_max_size,
-	       i.pci_bdf >> 16, (i.pci_bdf >> 8) & 0xff, (i.pci_bdf >> 3) & 0x1f,
+	       i.pci_domain, (i.pci_bdf >> 8) & 0xff, (i.pci_bdf >> 3) & 0x1f,
 	       i.pci_bdf & 7);
 }
 

@@ -163,6 +163,17 @@ def test_a_halt_is_logged_with_its_error_and_ring_index(
 
 
 @DIRECT
+def test_info_names_the_device_with_its_whole_pci_domain(guest: GuestMachine) -> None:
+    """Review item 7: INFO packed the domain into the top 16 bits of pci_bdf, cut
+    off above 0xffff. It has its own 32-bit field now (q35 has one domain, 0, so
+    this shows the field is filled and agrees with sysfs, not a big domain)."""
+    info = tool(guest, "info")
+    real = guest.run("basename $(readlink /sys/class/misc/qgpu0/device)",
+                     check=True).output.strip()
+    assert info["pci"] == real, (info, real)
+
+
+@DIRECT
 def test_long_vram_op_on_slow_engine(guest: GuestMachine, faults: FaultInjector,  # noqa: F811
                                      qgpu_inspector: DeviceInspector) -> None:
     length, pat = 32 * MiB, 0x600DF111

@@ -1,4 +1,10 @@
-"""The rig itself: failures in the guest or QEMU end a test quickly and clearly."""
+"""The rig itself: failures in the guest or QEMU end a test quickly and clearly.
+
+These test the orchestrator, not the driver: on a kernel with heavy bug
+detectors (the debug kernel) they would only take longer (about 2.5 minutes
+of boots, kmemleak scans and scaled timeouts) and find nothing more, so they
+run on the other kernels only.
+"""
 
 from __future__ import annotations
 
@@ -15,10 +21,19 @@ import pytest
 
 from qgpu.config import DmaMode, MachineConfig
 from qgpu.errors import GuestCrashError, GuestTimeoutError, QemuCrashWarning, QemuDiedError
-from qgpu.kernels import resolve
+from qgpu.kernels import GuestKernel, resolve
 from qgpu.machine import BACKTRACE_FILE, GuestMachine, crash_outside_qgpu
 
 MakeGuest = Callable[..., GuestMachine]
+
+
+@pytest.fixture(autouse=True)
+def _not_on_a_debug_kernel(request: pytest.FixtureRequest) -> None:
+    if "make_guest" not in request.fixturenames:
+        return                              # no guest: nothing to slow down
+    kernel: GuestKernel = request.getfixturevalue("guest_kernel")
+    if kernel.detectors.heavy:
+        pytest.skip(f"tests the rig, not the driver: not on the {kernel.name} kernel")
 
 
 def test_killed_qemu_is_reported_at_once(make_guest: MakeGuest) -> None:

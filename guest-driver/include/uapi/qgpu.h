@@ -111,8 +111,10 @@
  * @max_xfer:     out: longest transfer one ioctl accepts, bytes
  * @bo_max_size:  out: largest buffer object, bytes (one physically
  *                contiguous allocation: 4 MiB with 4 KiB pages)
- * @pci_bdf:      out: domain << 16 | bus << 8 | devfn
- * @reserved0:    must be zero
+ * @pci_bdf:      out: domain << 16 | bus << 8 | devfn, with the low 16
+ *                bits of the domain only (see @pci_domain)
+ * @pci_domain:   out: the PCI domain (segment), all of it; ignored on input
+ *                (before it was added this field was reserved: zero)
  * @reserved:     must be zero
  */
 struct qgpu_info {
@@ -128,7 +130,7 @@ struct qgpu_info {
 	__u64 max_xfer;
 	__u64 bo_max_size;
 	__u32 pci_bdf;
-	__u32 reserved0;
+	__u32 pci_domain;
 	__u64 reserved[4];
 };
 

@@ -155,26 +155,23 @@ class KernelFaultInjector:
                      f"echo {(1 << 64) - 1} > {DEBUGFS}/{t}/require-end"]
         self.machine.run("; ".join(undo), timeout=30)
 
-    @contextmanager
-    def failing(self, function: str, err: int, *, times: int = 1) -> Iterator[KernelFaultInjector]:
-        """Make the driver's ``function`` (one of :data:`DRIVER_POINTS`) fail with ``-err``.
+    def fail_once(self, function: str, err: int, tool_args: str, *,
+                  timeout: float = 60.0) -> FaultRun:
+        """Run ``qgpu-tool TOOL_ARGS`` with the driver's ``function`` failing once with ``-err``.
 
-        Every call fails, ``times`` times in all, whoever makes it (no fail-nth, no
-        scoping: arm it only around the operation that should meet it). Undone on exit.
+        ``function`` is one of the :data:`DRIVER_POINTS` that return an errno. fail-nth 1
+        counts that point only: the slab and page-allocation types are scoped to an
+        address range that holds no code, and fail_function injects nothing else.
         """
         if DRIVER_POINTS.get(function) != "ERRNO":
             raise ValueError(f"{function!r} is not one of the driver's errno fault points")
-        d = f"{DEBUGFS}/fail_function"
-        self._sh(f"[ -d {d} ] || {{ echo 'no fail_function in debugfs' >&2; exit 1; }}; "
-                 f"echo > {d}/inject && echo {function} > {d}/inject && "
-                 f"echo {(1 << 64) - err} > {d}/{function}/retval && "
-                 f"echo 1 > {d}/interval && echo {times} > {d}/times && "
-                 f"echo 100 > {d}/probability")
-        try:
-            yield self
-        finally:
-            if self.machine.is_alive():
-                self.machine.run(f"echo 0 > {d}/probability; echo > {d}/inject", timeout=30)
+        with self.armed():
+            only = [f"echo 1 > {DEBUGFS}/{t}/require-start && echo 2 > {DEBUGFS}/{t}/require-end"
+                    for t in FAULT_TYPES if t != "fail_function"]
+            d = f"{DEBUGFS}/fail_function"
+            self._sh(" && ".join([*only, f"echo > {d}/inject", f"echo {function} > {d}/inject",
+                                  f"echo {(1 << 64) - err} > {d}/{function}/retval"]))
+            return self.run(tool_args, 1, timeout=timeout)
 
     def injectable(self) -> list[str]:
         """Return the driver's functions that fail_function can fail."""
