@@ -166,10 +166,10 @@ struct qgpu_device {
 	struct mutex ring_lock;
 	/*
 	 * Held by a submitter from its wait for ring room until it has queued:
-	 * submitters go in the order they came (mutexes hand over to their
-	 * waiters in order), so that a job of many descriptors is not starved
-	 * by jobs of one that take each slot as it comes free. Taken before
-	 * ring_lock.
+	 * submitters go about in the order they came (a mutex hands over to
+	 * its waiters in order, after at most one steal), so that a job of
+	 * many descriptors is not starved by jobs of one that take each slot
+	 * as it comes free. Taken before ring_lock.
 	 */
 	struct mutex submit_lock;
 	struct qgpu_desc *ring;
@@ -189,8 +189,8 @@ struct qgpu_device {
 	u32 halt_err, halt_index;	/* DMA_ERROR and its index, for the log */
 	/*
 	 * The watchdog failed a hung job and ran the jobs behind it again;
-	 * cleared when a job retires. Still set at the next timeout: the
-	 * engine makes no progress at all, and every job fails.
+	 * cleared when a job retires. Still set at the next timeout (no job
+	 * retired since): every queued job fails.
 	 */
 	bool wd_replayed;
 	/* DMA timeout detection: no progress for job_timeout_ms resets */

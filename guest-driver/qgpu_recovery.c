@@ -115,10 +115,11 @@ static pci_ers_result_t qgpu_mmio_enabled(struct pci_dev *pdev)
 }
 
 /*
- * After the link reset: the device is in its reset state. The reset may
- * also come after a non-fatal error, for which error_detected() let the
- * engine run (CAN_RECOVER), because another driver below the same port
- * voted for it (then mmio_enabled() is skipped): stop what is still
+ * After a fatal error's link reset: the device is in its reset state.
+ * slot_reset also comes after a non-fatal error, for which
+ * error_detected() let the engine run (CAN_RECOVER), when another driver
+ * below the same port voted NEED_RESET (mmio_enabled() is skipped then;
+ * 6.12 resets nothing in that case, a platform may): stop what is still
  * running and zap the BAR mappings first, as a fatal error would have.
  */
 static pci_ers_result_t qgpu_slot_reset(struct pci_dev *pdev)

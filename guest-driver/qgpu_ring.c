@@ -288,7 +288,7 @@ static void qgpu_engine_abort_locked(struct qgpu_device *qdev, bool restart,
  */
 static void qgpu_engine_reset_hung_locked(struct qgpu_device *qdev)
 {
-	u32 mask = qdev->ring_entries - 1, n = 0, k = 0, i;
+	u32 mask = qdev->ring_entries - 1, n = 0, k = 0, i, head;
 	struct qgpu_job *guilty, *job;
 	struct qgpu_desc *saved;
 	u64 first, last;
@@ -296,8 +296,12 @@ static void qgpu_engine_reset_hung_locked(struct qgpu_device *qdev)
 	lockdep_assert_held(&qdev->ring_lock);
 	if (qdev->wd_replayed)
 		goto fail_all;
-	/* Stopped, the engine changes nothing that is read below. */
+	/*
+	 * Stopped, the engine changes nothing that is read below. HEAD, read
+	 * before the reset zeroes it, is the descriptor it was stuck on.
+	 */
 	qgpu_wr(qdev, QGPU_REG_ENGINE_CTRL, 0);
+	head = qgpu_rd(qdev, QGPU_REG_RING_HEAD);
 	qgpu_wr(qdev, QGPU_REG_ENGINE_RESET, QGPU_ENGINE_RESET_MAGIC);
 	if (qgpu_hw_lost(qdev))
 		goto fail_all;
@@ -307,10 +311,24 @@ static void qgpu_engine_reset_hung_locked(struct qgpu_device *qdev)
 					  node);
 	if (!guilty || list_is_singular(&qdev->inflight))
 		goto fail_all;
-	list_for_each_entry(job, &qdev->inflight, node)
+	/*
+	 * Only if the engine was stuck inside that job and retired nothing
+	 * behind it (a descriptor whose fence write failed retires without
+	 * moving the fence) is the rest known not to have run.
+	 */
+	if (((head - guilty->first_idx) & mask) >= guilty->ndesc)
+		goto fail_all;
+	list_for_each_entry(job, &qdev->inflight, node) {
+		for (i = 0; job != guilty && i < job->ndesc; i++) {
+			struct qgpu_desc *d = &qdev->ring[(job->first_idx + i) & mask];
+
+			if (le32_to_cpu(READ_ONCE(d->status)) & QGPU_DESC_STATUS_DONE)
+				goto fail_all;
+		}
 		if (job != guilty)
 			n += job->ndesc;
-	saved = kmalloc_array(n, sizeof(*saved), GFP_KERNEL);
+	}
+	saved = kvmalloc_array(n, sizeof(*saved), GFP_KERNEL);
 	if (!saved)
 		goto fail_all;
 	list_for_each_entry(job, &qdev->inflight, node)
@@ -320,6 +338,14 @@ static void qgpu_engine_reset_hung_locked(struct qgpu_device *qdev)
 	qgpu_stat_inc(qdev, QGPU_STAT_ENGINE_RESETS);
 	first = guilty->first_seq;
 	last = guilty->last_seq;
+	/* Its first error: one its descriptors reported, else the abort. */
+	for (i = 0; i < guilty->ndesc && !guilty->hw_err; i++) {
+		struct qgpu_desc *d = &qdev->ring[(guilty->first_idx + i) & mask];
+		u32 st = le32_to_cpu(READ_ONCE(d->status));
+
+		if (st & QGPU_DESC_STATUS_DONE)
+			guilty->hw_err = st & QGPU_DESC_STATUS_ERR_MASK;
+	}
 	if (!guilty->hw_err)
 		guilty->hw_err = QGPU_ERR_ABORTED;
 	guilty->timed_out = true;
@@ -335,7 +361,7 @@ static void qgpu_engine_reset_hung_locked(struct qgpu_device *qdev)
 			qdev->tail = (qdev->tail + 1) & mask;
 		}
 	}
-	kfree(saved);
+	kvfree(saved);
 	qdev->wd_replayed = true;
 	qdev->wd_seq = qgpu_completed_seq(qdev);
 	qdev->wd_head = 0;
@@ -385,10 +411,11 @@ void qgpu_reset_work(struct work_struct *work)
 		 * run since the interrupt: reset only an engine that is still
 		 * halted, never one running the jobs submitted since.
 		 */
-		if (!(qgpu_rd(qdev, QGPU_REG_ENGINE_STATUS) &
-		      QGPU_ENGINE_STATUS_HALTED)) {
-			WRITE_ONCE(qdev->halted, false);
-		} else {
+		WRITE_ONCE(qdev->halted, false);
+		/* A halt after the clear sets it again and requeues this work. */
+		smp_mb();
+		if (qgpu_rd(qdev, QGPU_REG_ENGINE_STATUS) &
+		    QGPU_ENGINE_STATUS_HALTED) {
 			dev_warn(qdev->dev,
 				 "engine halted (error %u at ring index %u); resetting\n",
 				 READ_ONCE(qdev->halt_err),
@@ -843,8 +870,12 @@ static int qgpu_copy_user_chunk(struct qgpu_device *qdev,
 			unpin_user_pages(job->pages, pinned);
 		kvfree(job->pages);
 		job->pages = NULL;
-		/* The kernel's reason (-ENOMEM, -EFAULT, ...); short: not mapped. */
-		ret = pinned < 0 ? pinned : -EFAULT;
+		/*
+		 * The kernel's reason (-ENOMEM, -EFAULT, ...); short: not mapped.
+		 * GUP's -EAGAIN/-EINTR mean a fatal signal, not "try again".
+		 */
+		ret = pinned >= 0 ? -EFAULT :
+		      pinned == -EAGAIN ? -EINTR : pinned;
 		goto out_put;
 	}
 	qgpu_stat_add(qdev, QGPU_STAT_PINNED_PAGES, job->npages);

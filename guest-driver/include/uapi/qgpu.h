@@ -20,7 +20,8 @@
  *    device's QGPU_ERR_* code (QGPU_ERR_ABORTED: an engine reset, a PCIe
  *    error recovery or a removal stopped it); while the device is being
  *    reset or recovers from a PCIe error, calls that need it fail with
- *    -EAGAIN and do nothing (try again; /sys/class/misc/qgpuN/state reads
+ *    -EAGAIN (try again; what ran before stays done: earlier COPY_USER
+ *    chunks, part of a CPU_ACCESS fill; /sys/class/misc/qgpuN/state reads
  *    "recovering" meanwhile); a removed device gives -ENODEV, also to a
  *    call that was waiting on user memory (userfaultfd, FUSE) meanwhile:
  *    removal does not wait for user space;
@@ -32,8 +33,10 @@
  * An engine that makes no progress for job_timeout_ms (module parameter)
  * is reset: the job it was running fails (-ETIMEDOUT from a synchronous
  * call; -EIO with QGPU_ERR_ABORTED from WAIT_FENCE), and the jobs queued
- * behind it, which had not started, run again with the same fences. If the
- * engine then retires nothing either, the next timeout fails them all.
+ * behind it, which had not started, run again with the same fences -- on
+ * whatever the failed job left in VRAM: check every fence you depend on,
+ * not only the last. If the engine then retires nothing either, the next
+ * timeout fails them all.
  * Submitters wait for ring space in the order they came, so a job of many
  * descriptors is not starved by jobs of one.
  *
