@@ -69,24 +69,23 @@ static long qgpu_ioctl_info(struct qgpu_file *qf, struct qgpu_ioctl_call *call)
 {
 	struct qgpu_device *qdev = qf->qdev;
 	struct pci_dev *pdev = qdev->pdev;
-	struct qgpu_info *ap = call->args, a = *ap;
+	struct qgpu_info *a = call->args;
 
-	if (a.flags || memchr_inv(a.reserved, 0, sizeof(a.reserved)))
+	if (a->flags || memchr_inv(a->reserved, 0, sizeof(a->reserved)))
 		return -EINVAL;
-	a.version = qgpu_rd(qdev, QGPU_REG_VERSION);
-	a.caps = qgpu_rd(qdev, QGPU_REG_CAPS);
-	a.irq_mode = qdev->irq_mode;
-	a.irq_vectors = qdev->nvec;
-	a.ring_entries = qdev->ring_entries;
-	a.sg_max_entries = qgpu_rd(qdev, QGPU_REG_SG_MAX_ENTRIES);
-	a.dma_mask_bits = qdev->dma_bits;
-	a.vram_size = qdev->vram_size;
-	a.max_xfer = QGPU_MAX_XFER;
-	a.bo_max_size = QGPU_BO_MAX_SIZE;
-	a.pci_domain = pci_domain_nr(pdev->bus);
-	a.pci_bdf = (a.pci_domain & 0xffff) << 16 | pdev->bus->number << 8 |
+	a->version = qgpu_rd(qdev, QGPU_REG_VERSION);
+	a->caps = qgpu_rd(qdev, QGPU_REG_CAPS);
+	a->irq_mode = qdev->irq_mode;
+	a->irq_vectors = qdev->nvec;
+	a->ring_entries = qdev->ring_entries;
+	a->sg_max_entries = qgpu_rd(qdev, QGPU_REG_SG_MAX_ENTRIES);
+	a->dma_mask_bits = qdev->dma_bits;
+	a->vram_size = qdev->vram_size;
+	a->max_xfer = QGPU_MAX_XFER;
+	a->bo_max_size = QGPU_BO_MAX_SIZE;
+	a->pci_domain = pci_domain_nr(pdev->bus);
+	a->pci_bdf = (a->pci_domain & 0xffff) << 16 | pdev->bus->number << 8 |
 		    pdev->devfn;
-	*ap = a;
 	call->copy_out = true;
 	return 0;
 }
@@ -112,22 +111,22 @@ static int qgpu_run_one(struct qgpu_device *qdev, struct qgpu_job *job,
 static long qgpu_ioctl_copy_bo(struct qgpu_file *qf, struct qgpu_ioctl_call *call)
 {
 	struct qgpu_device *qdev = qf->qdev;
-	struct qgpu_copy_bo *ap = call->args, a = *ap;
+	struct qgpu_copy_bo *a = call->args;
 	struct qgpu_desc d = {};
 	struct qgpu_job *job;
 	struct qgpu_bo *bo;
 	u64 end, guest;
 	int ret;
 
-	if (a.reserved0 || a.reserved1 || a.reserved[0] || a.reserved[1] ||
-	    (a.flags & ~QGPU_SUBMIT_F_ASYNC) ||
-	    (a.op != QGPU_OP_COPY_TO_VRAM && a.op != QGPU_OP_COPY_FROM_VRAM) ||
-	    !qgpu_vram_range_ok(qdev, a.vram_offset, a.length))
+	if (a->reserved0 || a->reserved1 || a->reserved[0] || a->reserved[1] ||
+	    (a->flags & ~QGPU_SUBMIT_F_ASYNC) ||
+	    (a->op != QGPU_OP_COPY_TO_VRAM && a->op != QGPU_OP_COPY_FROM_VRAM) ||
+	    !qgpu_vram_range_ok(qdev, a->vram_offset, a->length))
 		return -EINVAL;
-	bo = qgpu_bo_lookup(qf, a.handle);
+	bo = qgpu_bo_lookup(qf, a->handle);
 	if (!bo)
 		return -ENOENT;
-	if (check_add_overflow(a.bo_offset, a.length, &end) || end > bo->size) {
+	if (check_add_overflow(a->bo_offset, a->length, &end) || end > bo->size) {
 		qgpu_bo_put(bo);
 		return -EINVAL;
 	}
@@ -137,21 +136,20 @@ static long qgpu_ioctl_copy_bo(struct qgpu_file *qf, struct qgpu_ioctl_call *cal
 		return -ENOMEM;
 	}
 	job->bo = bo;	/* dropped when the job retires */
-	job->op = a.op;
-	job->bytes = a.length;
-	guest = bo->dma + a.bo_offset;
-	d.opcode = cpu_to_le32(a.op);
-	d.length = cpu_to_le64(a.length);
-	d.src = cpu_to_le64(a.op == QGPU_OP_COPY_TO_VRAM ? guest : a.vram_offset);
-	d.dst = cpu_to_le64(a.op == QGPU_OP_COPY_TO_VRAM ? a.vram_offset : guest);
-	a.fence = 0;
-	a.hw_status = 0;
-	ret = qgpu_run_one(qdev, job, &d, a.flags & QGPU_SUBMIT_F_ASYNC,
-			   &a.fence, &a.hw_status);
+	job->op = a->op;
+	job->bytes = a->length;
+	guest = bo->dma + a->bo_offset;
+	d.opcode = cpu_to_le32(a->op);
+	d.length = cpu_to_le64(a->length);
+	d.src = cpu_to_le64(a->op == QGPU_OP_COPY_TO_VRAM ? guest : a->vram_offset);
+	d.dst = cpu_to_le64(a->op == QGPU_OP_COPY_TO_VRAM ? a->vram_offset : guest);
+	a->fence = 0;
+	a->hw_status = 0;
+	ret = qgpu_run_one(qdev, job, &d, a->flags & QGPU_SUBMIT_F_ASYNC,
+			   &a->fence, &a->hw_status);
 	qgpu_job_put(job);
 	/* Once submitted, the caller gets the fence whatever the result. */
-	*ap = a;
-	call->copy_out = a.fence != 0;
+	call->copy_out = a->fence != 0;
 	return ret;
 }
 
@@ -198,31 +196,31 @@ static int qgpu_vram_op_descs(struct qgpu_device *qdev,
 static long qgpu_ioctl_vram_op(struct qgpu_file *qf, struct qgpu_ioctl_call *call)
 {
 	struct qgpu_device *qdev = qf->qdev;
-	struct qgpu_vram_op *ap = call->args, a = *ap;
+	struct qgpu_vram_op *a = call->args;
 	struct qgpu_desc *descs;
 	struct qgpu_job *job;
 	int ret, n;
 
 	/* @fence and @hw_status are outputs: their input values are ignored. */
-	if (a.reserved[0] || a.reserved[1] ||
-	    (a.flags & ~QGPU_SUBMIT_F_ASYNC) ||
-	    !qgpu_vram_range_ok(qdev, a.dst_offset, a.length))
+	if (a->reserved[0] || a->reserved[1] ||
+	    (a->flags & ~QGPU_SUBMIT_F_ASYNC) ||
+	    !qgpu_vram_range_ok(qdev, a->dst_offset, a->length))
 		return -EINVAL;
-	switch (a.op) {
+	switch (a->op) {
 	case QGPU_OP_FILL:
-		if (a.src_offset)
+		if (a->src_offset)
 			return -EINVAL;
 		break;
 	case QGPU_OP_COPY_VRAM:
-		if (a.pattern || !qgpu_vram_range_ok(qdev, a.src_offset, a.length))
+		if (a->pattern || !qgpu_vram_range_ok(qdev, a->src_offset, a->length))
 			return -EINVAL;
 		break;
 	default:
 		return -EINVAL;
 	}
-	a.fence = 0;
-	a.hw_status = 0;
-	n = qgpu_vram_op_descs(qdev, &a, &descs);
+	a->fence = 0;
+	a->hw_status = 0;
+	n = qgpu_vram_op_descs(qdev, a, &descs);
 	if (n < 0)
 		return n;
 	job = qgpu_job_alloc();
@@ -230,36 +228,34 @@ static long qgpu_ioctl_vram_op(struct qgpu_file *qf, struct qgpu_ioctl_call *cal
 		kfree(descs);
 		return -ENOMEM;
 	}
-	job->op = a.op;
+	job->op = a->op;
 	ret = qgpu_submit(qdev, job, descs, n);
 	kfree(descs);
 	if (!ret) {
-		a.fence = job->last_seq;
-		if (!(a.flags & QGPU_SUBMIT_F_ASYNC)) {
+		a->fence = job->last_seq;
+		if (!(a->flags & QGPU_SUBMIT_F_ASYNC)) {
 			ret = qgpu_job_wait(qdev, job);
-			a.hw_status = job->hw_err;
+			a->hw_status = job->hw_err;
 		}
 	}
 	qgpu_job_put(job);
 	/* Once submitted, the caller gets the fence whatever the result. */
-	*ap = a;
-	call->copy_out = a.fence != 0;
+	call->copy_out = a->fence != 0;
 	return ret;
 }
 
 static long qgpu_ioctl_wait_fence(struct qgpu_file *qf, struct qgpu_ioctl_call *call)
 {
-	struct qgpu_wait_fence *ap = call->args, a = *ap;
+	struct qgpu_wait_fence *a = call->args;
 	int ret;
 
-	if (a.flags || a.reserved[0] || a.reserved[1])
+	if (a->flags || a->reserved[0] || a->reserved[1])
 		return -EINVAL;
-	a.hw_status = 0;
-	a.completed = 0;
-	ret = qgpu_fence_wait(qf->qdev, a.fence, a.timeout_ns, &a.hw_status,
-			      &a.completed);
+	a->hw_status = 0;
+	a->completed = 0;
+	ret = qgpu_fence_wait(qf->qdev, a->fence, a->timeout_ns, &a->hw_status,
+			      &a->completed);
 	/* Timeouts, signals and failed jobs report how far the device got. */
-	*ap = a;
 	call->copy_out = ret != -EINVAL && ret != -ENODEV;
 	return ret;
 }
@@ -281,11 +277,11 @@ static long qgpu_ioctl_bo_create(struct qgpu_file *qf,
 static long qgpu_ioctl_bo_destroy(struct qgpu_file *qf,
 				  struct qgpu_ioctl_call *call)
 {
-	struct qgpu_bo_destroy a = *(struct qgpu_bo_destroy *)call->args;
+	struct qgpu_bo_destroy *a = call->args;
 
-	if (a.flags || a.reserved[0] || a.reserved[1])
+	if (a->flags || a->reserved[0] || a->reserved[1])
 		return -EINVAL;
-	return qgpu_bo_destroy(qf, a.handle);
+	return qgpu_bo_destroy(qf, a->handle);
 }
 
 static u64 qgpu_fnv1a(u64 h, const u8 *p, size_t n)
@@ -303,27 +299,27 @@ static long qgpu_ioctl_cpu_access(struct qgpu_file *qf,
 				  struct qgpu_ioctl_call *call)
 {
 	struct qgpu_device *qdev = qf->qdev;
-	struct qgpu_cpu_access *ap = call->args, a = *ap;
+	struct qgpu_cpu_access *a = call->args;
 	u64 done = 0, h = 0xcbf29ce484222325ULL;
 	u8 *buf;
 	int i, ret = 0;
 
-	if (a.op == QGPU_CPU_FILL && !qf->writable)
+	if (a->op == QGPU_CPU_FILL && !qf->writable)
 		return -EBADF;
-	if (a.reserved[0] || a.reserved[1] || a.checksum ||
-	    !qgpu_vram_range_ok(qdev, a.vram_offset, a.length) ||
-	    (a.op != QGPU_CPU_CHECKSUM && a.op != QGPU_CPU_FILL) ||
-	    (a.op == QGPU_CPU_CHECKSUM && a.pattern))
+	if (a->reserved[0] || a->reserved[1] || a->checksum ||
+	    !qgpu_vram_range_ok(qdev, a->vram_offset, a->length) ||
+	    (a->op != QGPU_CPU_CHECKSUM && a->op != QGPU_CPU_FILL) ||
+	    (a->op == QGPU_CPU_CHECKSUM && a->pattern))
 		return -EINVAL;
 	buf = kmalloc(QGPU_CPU_CHUNK, GFP_KERNEL);
 	if (!buf)
 		return -ENOMEM;
-	if (a.op == QGPU_CPU_FILL)
+	if (a->op == QGPU_CPU_FILL)
 		for (i = 0; i < QGPU_CPU_CHUNK; i += 4)
-			put_unaligned_le32(a.pattern, buf + i);
-	while (done < a.length) {
-		size_t n = min_t(u64, a.length - done, QGPU_CPU_CHUNK);
-		u8 *v = qdev->vram + a.vram_offset + done;
+			put_unaligned_le32(a->pattern, buf + i);
+	while (done < a->length) {
+		size_t n = min_t(u64, a->length - done, QGPU_CPU_CHUNK);
+		u8 *v = qdev->vram + a->vram_offset + done;
 
 		/* A lost or frozen device reads all ones: stop there. */
 		ret = qgpu_unusable(qdev);
@@ -333,7 +329,7 @@ static long qgpu_ioctl_cpu_access(struct qgpu_file *qf,
 			ret = -EINTR;
 			break;
 		}
-		if (a.op == QGPU_CPU_FILL) {
+		if (a->op == QGPU_CPU_FILL) {
 			memcpy(v, buf, n);
 		} else {
 			memcpy(buf, v, n);
@@ -345,10 +341,9 @@ static long qgpu_ioctl_cpu_access(struct qgpu_file *qf,
 	kfree(buf);
 	if (ret)
 		return ret;
-	if (a.op == QGPU_CPU_FILL)
+	if (a->op == QGPU_CPU_FILL)
 		wmb();	/* flush the write-combining buffers */
-	a.checksum = a.op == QGPU_CPU_CHECKSUM ? h : 0;
-	*ap = a;
+	a->checksum = a->op == QGPU_CPU_CHECKSUM ? h : 0;
 	call->copy_out = true;
 	return 0;
 }
@@ -357,11 +352,11 @@ static long qgpu_ioctl_raise_irq(struct qgpu_file *qf,
 				 struct qgpu_ioctl_call *call)
 {
 	struct qgpu_device *qdev = qf->qdev;
-	struct qgpu_raise_irq *ap = call->args, a = *ap;
+	struct qgpu_raise_irq *a = call->args;
 	s64 before;
 	long ret;
 
-	if (a.flags || a.irq_count || a.reserved[0] || a.reserved[1])
+	if (a->flags || a->irq_count || a->reserved[0] || a->reserved[1])
 		return -EINVAL;
 	before = atomic64_read(&qdev->stats[QGPU_STAT_IRQ_SOFT]);
 	qgpu_wr(qdev, QGPU_REG_INT_RAISE, QGPU_INT_SOFT);
@@ -374,8 +369,7 @@ static long qgpu_ioctl_raise_irq(struct qgpu_file *qf,
 		return -ENODEV;
 	if (!ret)
 		return -ETIMEDOUT;
-	a.irq_count = atomic64_read(&qdev->stats[QGPU_STAT_IRQ_SOFT]);
-	*ap = a;
+	a->irq_count = atomic64_read(&qdev->stats[QGPU_STAT_IRQ_SOFT]);
 	call->copy_out = true;
 	return 0;
 }

@@ -288,7 +288,7 @@ static void qgpu_engine_abort_locked(struct qgpu_device *qdev, bool restart,
  */
 static void qgpu_engine_reset_hung_locked(struct qgpu_device *qdev)
 {
-	u32 mask = qdev->ring_entries - 1, n = 0, k = 0, i, head;
+	u32 mask = qdev->ring_entries - 1, n, i, head, behind;
 	struct qgpu_job *guilty, *job;
 	struct qgpu_desc *saved;
 	u64 first, last;
@@ -318,22 +318,19 @@ static void qgpu_engine_reset_hung_locked(struct qgpu_device *qdev)
 	 */
 	if (((head - guilty->first_idx) & mask) >= guilty->ndesc)
 		goto fail_all;
-	list_for_each_entry(job, &qdev->inflight, node) {
-		for (i = 0; job != guilty && i < job->ndesc; i++) {
-			struct qgpu_desc *d = &qdev->ring[(job->first_idx + i) & mask];
-
-			if (le32_to_cpu(READ_ONCE(d->status)) & QGPU_DESC_STATUS_DONE)
-				goto fail_all;
-		}
-		if (job != guilty)
-			n += job->ndesc;
-	}
+	/* The jobs behind it fill the ring from its end to the tail. */
+	behind = (guilty->first_idx + guilty->ndesc) & mask;
+	n = (qdev->tail - behind) & mask;
 	saved = kvmalloc_array(n, sizeof(*saved), GFP_KERNEL);
 	if (!saved)
 		goto fail_all;
-	list_for_each_entry(job, &qdev->inflight, node)
-		for (i = 0; job != guilty && i < job->ndesc; i++)
-			saved[k++] = qdev->ring[(job->first_idx + i) & mask];
+	for (i = 0; i < n; i++) {
+		saved[i] = qdev->ring[(behind + i) & mask];
+		if (le32_to_cpu(saved[i].status) & QGPU_DESC_STATUS_DONE) {
+			kvfree(saved);
+			goto fail_all;
+		}
+	}
 
 	qgpu_stat_inc(qdev, QGPU_STAT_ENGINE_RESETS);
 	first = guilty->first_seq;
@@ -351,16 +348,14 @@ static void qgpu_engine_reset_hung_locked(struct qgpu_device *qdev)
 	guilty->timed_out = true;
 	qgpu_job_finish(qdev, guilty);	/* may free it */
 
-	qgpu_ring_start(qdev);
-	k = 0;
-	list_for_each_entry(job, &qdev->inflight, node) {
-		job->first_idx = qdev->tail;
-		for (i = 0; i < job->ndesc; i++) {
-			qdev->ring[qdev->tail] = saved[k++];
-			qdev->ring[qdev->tail].status = 0;
-			qdev->tail = (qdev->tail + 1) & mask;
-		}
+	qgpu_ring_start(qdev);		/* tail 0 */
+	list_for_each_entry(job, &qdev->inflight, node)
+		job->first_idx = (job->first_idx - behind) & mask;
+	for (i = 0; i < n; i++) {
+		qdev->ring[i] = saved[i];
+		qdev->ring[i].status = 0;
 	}
+	qdev->tail = n;
 	kvfree(saved);
 	qdev->wd_replayed = true;
 	qdev->wd_seq = qgpu_completed_seq(qdev);
@@ -832,19 +827,20 @@ static u32 qgpu_sg_max(struct qgpu_device *qdev)
 
 /*
  * One chunk of a user copy: pin, then map, submit as one job and wait.
- * Updates the fence, hw_status and nr_segments of @a. Pinning may wait on
- * user space (userfaultfd, FUSE) for as long as it likes, so it happens
- * before the device's SRCU read section, which remove waits for.
+ * Updates the fence, hw_status and nr_segments of @a; @sg_max is what the
+ * chunk was sized for. Pinning may wait on user space (userfaultfd, FUSE)
+ * for as long as it likes, so it happens before the device's SRCU read
+ * section, which remove waits for.
  */
 static int qgpu_copy_user_chunk(struct qgpu_device *qdev,
 				struct qgpu_copy_user *a, u64 uptr,
-				u64 vram_offset, u64 len)
+				u64 vram_offset, u64 len, u32 sg_max)
 {
 	struct device *dev = qdev->dev;
 	struct qgpu_desc *descs = NULL;
 	unsigned int off, nsegs, max_seg;
 	struct qgpu_job *job;
-	u32 sg_max, ndesc;
+	u32 ndesc;
 	long pinned;
 	int ret, idx;
 
@@ -886,7 +882,6 @@ static int qgpu_copy_user_chunk(struct qgpu_device *qdev,
 		qgpu_job_release_resources(qdev, job);
 		goto out_unlock;
 	}
-	sg_max = qgpu_sg_max(qdev);
 	if (job->npages == 1 && !(a->flags & QGPU_SUBMIT_F_FORCE_SG)) {
 		descs = kzalloc(sizeof(*descs), GFP_KERNEL);
 		if (!descs) {
@@ -968,26 +963,26 @@ out_put:
 long qgpu_ioctl_copy_user(struct qgpu_file *qf, struct qgpu_ioctl_call *call)
 {
 	struct qgpu_device *qdev = qf->qdev;
-	struct qgpu_copy_user *ap = call->args, a = *ap;
+	struct qgpu_copy_user *a = call->args;
 	u64 end, done = 0, chunk;
 	int ret = 0, idx;
 	u32 sg_max;
 
 	/* Writing VRAM needs a file opened for writing (see qgpu_ioctl()). */
-	if (a.op == QGPU_OP_COPY_TO_VRAM && !qf->writable)
+	if (a->op == QGPU_OP_COPY_TO_VRAM && !qf->writable)
 		return -EBADF;
-	if (a.reserved[0] || a.reserved[1] ||
-	    (a.flags & ~QGPU_SUBMIT_F_FORCE_SG) ||
-	    (a.op != QGPU_OP_COPY_TO_VRAM && a.op != QGPU_OP_COPY_FROM_VRAM) ||
-	    !a.length)
+	if (a->reserved[0] || a->reserved[1] ||
+	    (a->flags & ~QGPU_SUBMIT_F_FORCE_SG) ||
+	    (a->op != QGPU_OP_COPY_TO_VRAM && a->op != QGPU_OP_COPY_FROM_VRAM) ||
+	    !a->length)
 		return -EINVAL;
-	if (a.length > QGPU_MAX_XFER)
+	if (a->length > QGPU_MAX_XFER)
 		return -E2BIG;
-	if (check_add_overflow(a.vram_offset, a.length, &end) ||
+	if (check_add_overflow(a->vram_offset, a->length, &end) ||
 	    end > qdev->vram_size)
 		return -EINVAL;
-	if (check_add_overflow(a.user_ptr, a.length, &end) ||
-	    a.user_ptr != (unsigned long)a.user_ptr)
+	if (check_add_overflow(a->user_ptr, a->length, &end) ||
+	    a->user_ptr != (unsigned long)a->user_ptr)
 		return -EINVAL;
 
 	/*
@@ -1006,25 +1001,25 @@ long qgpu_ioctl_copy_user(struct qgpu_file *qf, struct qgpu_ioctl_call *call)
 	/* A chunk's pages, one segment at worst each, must fit the ring. */
 	chunk = min_t(u64, chunk, (u64)(qdev->ring_entries - 1) *
 			   sg_max * PAGE_SIZE);
-	a.fence = 0;
-	a.hw_status = 0;
-	a.nr_segments = 0;
-	while (done < a.length) {
-		u64 uptr = a.user_ptr + done;
-		u64 n = min(a.length - done, chunk - offset_in_page(uptr));
+	a->fence = 0;
+	a->hw_status = 0;
+	a->nr_segments = 0;
+	while (done < a->length) {
+		u64 uptr = a->user_ptr + done;
+		u64 n = min(a->length - done, chunk - offset_in_page(uptr));
 
 		/* A dying caller stops between chunks, never inside one. */
 		if (fatal_signal_pending(current)) {
 			ret = -EINTR;
 			break;
 		}
-		ret = qgpu_copy_user_chunk(qdev, &a, uptr, a.vram_offset + done, n);
+		ret = qgpu_copy_user_chunk(qdev, a, uptr, a->vram_offset + done, n,
+					   sg_max);
 		if (ret)
 			break;
 		done += n;
 	}
 	/* The fence of the last chunk that ran, whatever the result. */
-	*ap = a;
-	call->copy_out = a.fence != 0;
+	call->copy_out = a->fence != 0;
 	return ret;
 }
