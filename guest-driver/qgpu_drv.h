@@ -119,8 +119,15 @@ struct qgpu_device {
 	resource_size_t regs_phys;
 	resource_size_t vram_phys;
 	u64 vram_size;
+	/*
+	 * VRAM is write-combined only if its BAR is prefetchable (reads have
+	 * no side effects, writes may merge); a non-prefetchable BAR gets
+	 * uncached mappings and no io_mapping (it can only be WC).
+	 */
+	bool vram_wc;
 	void *vram;			/* kernel WC mapping (devm_memremap) */
-	struct io_mapping *iomap;	/* VRAM, WC, for user mappings */
+	void __iomem *vram_uc;		/* or, not prefetchable: devm_ioremap */
+	struct io_mapping *iomap;	/* VRAM, WC, for user mappings, or NULL */
 	u32 caps;
 	int dma_bits;
 

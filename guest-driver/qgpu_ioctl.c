@@ -319,7 +319,7 @@ static long qgpu_ioctl_cpu_access(struct qgpu_file *qf,
 			put_unaligned_le32(a->pattern, buf + i);
 	while (done < a->length) {
 		size_t n = min_t(u64, a->length - done, QGPU_CPU_CHUNK);
-		u8 *v = qdev->vram + a->vram_offset + done;
+		u64 at = a->vram_offset + done;
 
 		/* A lost or frozen device reads all ones: stop there. */
 		ret = qgpu_unusable(qdev);
@@ -330,9 +330,15 @@ static long qgpu_ioctl_cpu_access(struct qgpu_file *qf,
 			break;
 		}
 		if (a->op == QGPU_CPU_FILL) {
-			memcpy(v, buf, n);
+			if (qdev->vram)
+				memcpy(qdev->vram + at, buf, n);
+			else
+				memcpy_toio(qdev->vram_uc + at, buf, n);
 		} else {
-			memcpy(buf, v, n);
+			if (qdev->vram)
+				memcpy(buf, qdev->vram + at, n);
+			else
+				memcpy_fromio(buf, qdev->vram_uc + at, n);
 			h = qgpu_fnv1a(h, buf, n);
 		}
 		done += n;

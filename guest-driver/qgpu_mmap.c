@@ -492,10 +492,15 @@ static const struct vm_operations_struct qgpu_vm_ops = {
 	.access = qgpu_vm_access,
 };
 
-/* WC protection of the io_mapping, other bits from the VMA. */
+/*
+ * WC protection of the io_mapping, other bits from the VMA; uncached for a
+ * VRAM BAR that is not prefetchable.
+ */
 static pgprot_t qgpu_vram_prot(struct qgpu_device *qdev,
 			       struct vm_area_struct *vma)
 {
+	if (!qdev->vram_wc)
+		return pgprot_noncached(vma->vm_page_prot);
 #ifdef _PAGE_CACHE_MASK
 	return __pgprot((pgprot_val(qdev->iomap->prot) & _PAGE_CACHE_MASK) |
 			(pgprot_val(vma->vm_page_prot) & ~_PAGE_CACHE_MASK));
@@ -507,35 +512,33 @@ static pgprot_t qgpu_vram_prot(struct qgpu_device *qdev,
 static int qgpu_mmap_vram(struct qgpu_device *qdev, struct vm_area_struct *vma,
 			  unsigned long pgoff)
 {
-	unsigned long pfn = (qdev->iomap->base >> PAGE_SHIFT) + pgoff;
+	unsigned long pfn = (qdev->vram_phys >> PAGE_SHIFT) + pgoff;
 	unsigned long size = vma->vm_end - vma->vm_start;
+	unsigned long first = size > PAGE_SIZE ? PAGE_SIZE : size;
+	int ret;
 
 	/* What a fault after a reset inserts with. */
 	vma->vm_page_prot = pgprot_decrypted(qgpu_vram_prot(qdev, vma));
 #if IS_ENABLED(CONFIG_IO_MAPPING)
-	return io_mapping_map_user(qdev->iomap, vma, vma->vm_start, pfn, size);
-#else
-	{
-		unsigned long first = size > PAGE_SIZE ? PAGE_SIZE : size;
-		int ret;
-
-		/*
-		 * io_mapping_map_user() skips PAT tracking: the io_mapping's
-		 * ioremap_wc() already reserved the WC memtype of the BAR.
-		 * A remap of the whole VMA would take a second, VMA-wide
-		 * reservation that partial munmap() cannot split cleanly
-		 * ("freeing invalid memtype"). Remapping in two pieces makes
-		 * PAT only check the range against the existing reservation.
-		 */
-		ret = io_remap_pfn_range(vma, vma->vm_start, pfn, first,
-					 vma->vm_page_prot);
-		if (ret || first == size)
-			return ret;
-		return io_remap_pfn_range(vma, vma->vm_start + first,
-					  pfn + (first >> PAGE_SHIFT), size - first,
-					  vma->vm_page_prot);
-	}
+	if (qdev->iomap)
+		return io_mapping_map_user(qdev->iomap, vma, vma->vm_start,
+					   pfn, size);
 #endif
+	/*
+	 * io_mapping_map_user() skips PAT tracking: the io_mapping's
+	 * ioremap_wc() (or, uncached, the driver's ioremap()) already reserved
+	 * the memtype of the BAR. A remap of the whole VMA would take a
+	 * second, VMA-wide reservation that partial munmap() cannot split
+	 * cleanly ("freeing invalid memtype"). Remapping in two pieces makes
+	 * PAT only check the range against the existing reservation.
+	 */
+	ret = io_remap_pfn_range(vma, vma->vm_start, pfn, first,
+				 vma->vm_page_prot);
+	if (ret || first == size)
+		return ret;
+	return io_remap_pfn_range(vma, vma->vm_start + first,
+				  pfn + (first >> PAGE_SHIFT), size - first,
+				  vma->vm_page_prot);
 }
 
 static int qgpu_mmap_bo(struct qgpu_file *qf, struct vm_area_struct *vma,

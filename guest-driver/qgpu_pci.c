@@ -153,16 +153,35 @@ static int qgpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 		ret = -ENODEV;
 		goto err_put;
 	}
-	qdev->vram = devm_memremap(dev, qdev->vram_phys, qdev->vram_size,
-				   MEMREMAP_WC);
-	if (IS_ERR(qdev->vram)) {
-		ret = PTR_ERR(qdev->vram);
-		goto err_put;
-	}
-	qdev->iomap = io_mapping_create_wc(qdev->vram_phys, qdev->vram_size);
-	if (!qdev->iomap) {
-		ret = -ENOMEM;
-		goto err_put;
+	/*
+	 * Write-combining is only right for a prefetchable BAR: a device may
+	 * give reads of a non-prefetchable one side effects, and need its
+	 * writes in order and unmerged.
+	 */
+	qdev->vram_wc = pci_resource_flags(pdev, QGPU_BAR_VRAM) &
+			IORESOURCE_PREFETCH;
+	if (qdev->vram_wc) {
+		qdev->vram = devm_memremap(dev, qdev->vram_phys,
+					   qdev->vram_size, MEMREMAP_WC);
+		if (IS_ERR(qdev->vram)) {
+			ret = PTR_ERR(qdev->vram);
+			goto err_put;
+		}
+		qdev->iomap = io_mapping_create_wc(qdev->vram_phys,
+						   qdev->vram_size);
+		if (!qdev->iomap) {
+			ret = -ENOMEM;
+			goto err_put;
+		}
+	} else {
+		qdev->vram = NULL;
+		qdev->vram_uc = devm_ioremap(dev, qdev->vram_phys,
+					     qdev->vram_size);
+		if (!qdev->vram_uc) {
+			ret = -ENOMEM;
+			goto err_put;
+		}
+		dev_info(dev, "VRAM BAR is not prefetchable: mapped uncached\n");
 	}
 
 	qdev->bo_limit = (u64)bo_limit_mb << 20;
@@ -245,7 +264,8 @@ err_stop:
 	/* Interrupts and the watchdog may have marked it lost meanwhile. */
 	cancel_work_sync(&qdev->lost_work);
 err_iomap:
-	io_mapping_free(qdev->iomap);
+	if (qdev->iomap)
+		io_mapping_free(qdev->iomap);
 	qdev->iomap = NULL;
 err_put:
 	qgpu_device_put(qdev);
@@ -298,7 +318,8 @@ static void qgpu_remove(struct pci_dev *pdev)
 	 * and queued the work after the cancel above; nothing queues it now.
 	 */
 	cancel_work_sync(&qdev->lost_work);
-	io_mapping_free(qdev->iomap);
+	if (qdev->iomap)
+		io_mapping_free(qdev->iomap);
 	qdev->iomap = NULL;
 	dev_info(&pdev->dev, "%s removed\n", qdev->name);
 	qgpu_device_put(qdev);

@@ -114,8 +114,21 @@ static ssize_t state_show(struct device *dev, struct device_attribute *attr,
 }
 static DEVICE_ATTR_RO(state);
 
+/* How the CPU maps VRAM: "write-combining", or "uncached" if not prefetchable. */
+static ssize_t vram_caching_show(struct device *dev,
+				 struct device_attribute *attr, char *buf)
+{
+	struct miscdevice *misc = dev_get_drvdata(dev);
+	struct qgpu_device *qdev = container_of(misc, struct qgpu_device, misc);
+
+	return sysfs_emit(buf, "%s\n", qdev->vram_wc ? "write-combining" :
+							"uncached");
+}
+static DEVICE_ATTR_RO(vram_caching);
+
 static struct attribute *qgpu_dev_attrs[] = {
 	&dev_attr_state.attr,
+	&dev_attr_vram_caching.attr,
 	NULL
 };
 

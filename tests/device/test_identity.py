@@ -72,6 +72,16 @@ def test_bar_layout(start: StartQgpu, vram_size: int) -> None:
     assert dev.vram_read(vram_size - 1, 1) == b"\xa5"
 
 
+def test_vram_bar_can_be_non_prefetchable(start: StartQgpu) -> None:
+    """vram-prefetchable=off clears BAR2's prefetchable bit (drivers must map it UC)."""
+    dev = start("vram-prefetchable=off", shared_vram=False)
+    vram = dev.fn.bar(ABI.BAR_VRAM)
+    assert vram is not None
+    assert (vram.size, vram.is_64bit, vram.prefetchable) == (64 << 20, True, False)
+    dev.vram_write(4096, b"uc")
+    assert dev.vram_read(4096, 2) == b"uc"
+
+
 def test_query_pci_shows_64bit_prefetchable_vram(start: StartQgpu) -> None:
     dev = start()
     assert dev.qt.qmp is not None
@@ -94,7 +104,7 @@ def test_device_help_lists_properties() -> None:
                          capture_output=True, text=True, timeout=30, check=True).stdout
     for prop in ("vram-size", "memdev", "msi", "msix", "trace-depth", "dma-trace",
                  "stat-transfers", "stat-bytes-to-vram", "stat-errors", "stat-interrupts",
-                 "stat-last-fence", "x-dma-delay-ns"):
+                 "stat-last-fence", "x-dma-delay-ns", "vram-prefetchable"):
         assert f"{prop}=" in out, f"{prop} missing from -device qgpu,help"
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from qgpu.abi import ABI
-from qgpu.config import DmaMode, MiB
+from qgpu.config import DmaMode, MiB, QgpuSpec
 from qgpu.faults import FaultInjector
 from qgpu.inspector import DeviceInspector
 from qgpu.kernels import GuestKernel
@@ -370,3 +370,48 @@ def test_debugger_reads_and_writes_device_mappings(
         assert proc_mem_read(guest, pid, bo + 98, 8) == b"\0\0qgpu\x01\x02"
     finally:
         guest.run(f"kill {pid}; while [ -e /proc/{pid} ]; do usleep 20000; done", timeout=60)
+
+
+IORESOURCE_PREFETCH = 0x2000
+
+
+def pat_memtype(guest: GuestMachine, start: int, end: int) -> list[str]:
+    """The memory types PAT holds for exactly ``[start, end)`` (kernel and user reservations)."""
+    want = f"[mem 0x{start:016x}-0x{end:016x}]"
+    out = guest.run("cat /sys/kernel/debug/x86/pat_memtype_list", check=True).output
+    return [ln.split("]", 1)[1].strip() for ln in out.splitlines() if want in ln]
+
+
+def test_vram_is_write_combined_only_if_its_bar_is_prefetchable(
+        make_guest: MakeGuest) -> None:
+    """Review item 7 (WC without IORESOURCE_PREFETCH): the driver mapped VRAM
+    write-combining whatever the BAR said. A non-prefetchable BAR (device
+    property vram-prefetchable=off) is now mapped uncached by the kernel, by
+    user mappings (eager and lazy) and by CPU_ACCESS, and all of them still
+    reach VRAM."""
+    g = make_guest(DmaMode.DIRECT, qgpus=(
+        QgpuSpec(id="qgpu0"),
+        QgpuSpec(id="qgpu1", props=(("vram-prefetchable", "off"),))))
+    for qdev_id, prefetchable in (("qgpu0", True), ("qgpu1", False)):
+        bdf = g.run(f"basename $(readlink /sys/class/misc/{qdev_id}/device)",
+                    check=True).output.strip()
+        start, end, flags = (int(x, 16) for x in g.run(
+            f"sed -n 3p /sys/bus/pci/devices/{bdf}/resource", check=True).output.split())
+        assert bool(flags & IORESOURCE_PREFETCH) == prefetchable, (qdev_id, hex(flags))
+        types = pat_memtype(g, start, end + 1)
+        want = "write-combining" if prefetchable else "uncached-minus"
+        assert types and set(types) == {want}, (qdev_id, types)
+        caching = g.run(f"cat /sys/class/misc/{qdev_id}/vram_caching",
+                        check=True).output.strip()
+        assert caching == ("write-combining" if prefetchable else "uncached"), caching
+        # Every CPU path still reaches VRAM, as the host sees it.
+        dev, insp = f"-d /dev/{qdev_id}", g.inspector(qdev_id)
+        assert tool(g, f"{dev} fill 0 8192 0x11223344 --cpu")["ok"]
+        assert tool(g, f"{dev} mmap-write 8192 4096 0x55667788")["ok"]
+        assert tool(g, f"{dev} mmap-write 12288 4096 0x99aabbcc --lazy")["ok"]
+        want_bytes = (bytes.fromhex("44332211") * 2048 + bytes.fromhex("88776655") * 1024
+                      + bytes.fromhex("ccbbaa99") * 1024)
+        assert insp.vram_backend(0, 16384) == want_bytes, qdev_id
+        sums = {via: tool(g, f"{dev} checksum 0 16384 --via {via}")["checksum"]
+                for via in ("dma", "cpu", "mmap", "lazy")}
+        assert set(sums.values()) == {f"0x{fnv1a64(want_bytes):016x}"}, (qdev_id, sums)

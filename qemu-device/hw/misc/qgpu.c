@@ -142,6 +142,7 @@ struct QGPUState {
     HostMemoryBackend *hostmem;
     bool msi;
     bool msix;
+    bool vram_prefetchable;     /* BAR2's prefetchable bit (drivers pick WC by it) */
     uint32_t trace_depth;
     uint64_t dma_delay_ns;
 
@@ -1868,9 +1869,14 @@ static void qgpu_realize(PCIDevice *pdev, Error **errp)
                           "qgpu.regs", QGPU_REGS_SIZE);
     pci_register_bar(pdev, QGPU_BAR_REGS, PCI_BASE_ADDRESS_SPACE_MEMORY,
                      &s->mmio);
+    /*
+     * VRAM is plain memory, so it is prefetchable; vram-prefetchable=off
+     * shows drivers a BAR they must not map write-combining.
+     */
     pci_register_bar(pdev, QGPU_BAR_VRAM, PCI_BASE_ADDRESS_SPACE_MEMORY |
                      PCI_BASE_ADDRESS_MEM_TYPE_64 |
-                     PCI_BASE_ADDRESS_MEM_PREFETCH, s->vram);
+                     (s->vram_prefetchable ? PCI_BASE_ADDRESS_MEM_PREFETCH : 0),
+                     s->vram);
 
     if (pcie_endpoint_cap_init(pdev, QGPU_CAP_OFF_PCIE) < 0) {
         error_setg(errp, "cannot add the PCI Express capability");
@@ -1906,7 +1912,8 @@ static void qgpu_realize(PCIDevice *pdev, Error **errp)
     s->bh = qemu_bh_new_guarded(qgpu_engine_run, s,
                                 &DEVICE(s)->mem_reentrancy_guard);
     s->delay_timer = timer_new_ns(QEMU_CLOCK_VIRTUAL, qgpu_delay_expired, s);
-    trace_qgpu_realize(s->vram_size, !!s->hostmem, s->msi, s->msix);
+    trace_qgpu_realize(s->vram_size, !!s->hostmem, s->msi, s->msix,
+                       s->vram_prefetchable);
     return;
 
 err_msix:
@@ -2083,6 +2090,7 @@ static const Property qgpu_properties[] = {
                      HostMemoryBackend *),
     DEFINE_PROP_BOOL("msi", QGPUState, msi, true),
     DEFINE_PROP_BOOL("msix", QGPUState, msix, true),
+    DEFINE_PROP_BOOL("vram-prefetchable", QGPUState, vram_prefetchable, true),
     DEFINE_PROP_UINT32("trace-depth", QGPUState, trace_depth, 64),
 };
 
