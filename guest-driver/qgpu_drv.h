@@ -66,6 +66,7 @@ enum qgpu_stat {
 	QGPU_STAT_PCI_RECOVERIES,
 	QGPU_STAT_DEVICE_LOST,
 	QGPU_STAT_BAR_REFAULTS,
+	QGPU_STAT_LINE_BOUNCES,
 	QGPU_STAT_NR
 };
 
@@ -107,6 +108,11 @@ struct qgpu_job {
 	struct qgpu_sg_entry *sg_list;	/* device SG list (coherent) */
 	dma_addr_t sg_list_dma;
 	size_t sg_list_size;
+	/* a copy from VRAM into part of one cache line: a bounce buffer */
+	void *bounce;			/* coherent, what the device writes */
+	dma_addr_t bounce_dma;
+	size_t bounce_len;
+	u8 *bounce_out;			/* its contents, kept when the job retires */
 
 	struct qgpu_bo *bo;		/* BO transfers: reference */
 };

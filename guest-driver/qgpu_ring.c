@@ -131,7 +131,10 @@ struct qgpu_job *qgpu_job_alloc(void)
 
 static void qgpu_job_free(struct kref *ref)
 {
-	kfree(container_of(ref, struct qgpu_job, ref));
+	struct qgpu_job *job = container_of(ref, struct qgpu_job, ref);
+
+	kfree(job->bounce_out);
+	kfree(job);
 }
 
 void qgpu_job_put(struct qgpu_job *job)
@@ -160,6 +163,10 @@ static void qgpu_job_release_resources(struct qgpu_device *qdev,
 		dma_free_coherent(dev, job->sg_list_size, job->sg_list,
 				  job->sg_list_dma);
 	job->sg_list = NULL;
+	if (job->bounce)
+		dma_free_coherent(dev, job->bounce_len, job->bounce,
+				  job->bounce_dma);
+	job->bounce = NULL;
 	if (job->pages) {
 		unpin_user_pages_dirty_lock(job->pages, job->npages,
 					    job->dir == DMA_FROM_DEVICE);
@@ -178,6 +185,11 @@ static void qgpu_job_finish(struct qgpu_device *qdev, struct qgpu_job *job)
 	u64 seq;
 
 	lockdep_assert_held(&qdev->ring_lock);
+	if (job->bounce && !job->hw_err) {
+		/* The device wrote the data before the fence we read. */
+		dma_rmb();
+		memcpy(job->bounce_out, job->bounce, job->bounce_len);
+	}
 	qgpu_job_release_resources(qdev, job);
 	/* Every fence of the job reports the job's status to WAIT_FENCE. */
 	for (seq = job->first_seq; seq <= job->last_seq; seq++) {
@@ -826,15 +838,52 @@ static u32 qgpu_sg_max(struct qgpu_device *qdev)
 }
 
 /*
+ * A device write into memory must not share a cache line with anything
+ * else written meanwhile, by the CPU or by another mapping: where DMA is not
+ * coherent, the invalidation of the line drops those writes, and DMA-API
+ * debugging refuses two such mappings of one line on every platform
+ * ("cacheline tracking EEXIST"; it tracks L1 lines).
+ */
+static unsigned int qgpu_dma_line(void)
+{
+	return max_t(unsigned int, dma_get_cache_alignment(), L1_CACHE_BYTES);
+}
+
+/*
+ * Part of one cache line, copied from VRAM: the device writes a bounce
+ * buffer, and the caller copies what it wrote to user memory once the job
+ * is over (job->bounce_out, kept when the job retires).
+ */
+static int qgpu_bounce_prepare(struct qgpu_device *qdev, struct qgpu_job *job,
+			       u64 vram_offset, u64 len,
+			       struct qgpu_desc **descs)
+{
+	job->bounce_out = kmalloc(len, GFP_KERNEL);
+	*descs = kzalloc(sizeof(**descs), GFP_KERNEL);
+	if (!job->bounce_out || !*descs)
+		return -ENOMEM;
+	job->bounce_len = len;
+	job->bounce = qgpu_dma_alloc(qdev->dev, len, &job->bounce_dma, 0);
+	if (!job->bounce)
+		return -ENOMEM;
+	qgpu_desc_guest(*descs, QGPU_OP_COPY_FROM_VRAM, job->bounce_dma,
+			vram_offset, len);
+	qgpu_stat_inc(qdev, QGPU_STAT_LINE_BOUNCES);
+	return 0;
+}
+
+/*
  * One chunk of a user copy: pin, then map, submit as one job and wait.
  * Updates the fence, hw_status and nr_segments of @a; @sg_max is what the
  * chunk was sized for. Pinning may wait on user space (userfaultfd, FUSE)
  * for as long as it likes, so it happens before the device's SRCU read
- * section, which remove waits for.
+ * section, which remove waits for; so does the copy out of a @bounce
+ * buffer, which replaces pinning for part of a cache line.
  */
 static int qgpu_copy_user_chunk(struct qgpu_device *qdev,
 				struct qgpu_copy_user *a, u64 uptr,
-				u64 vram_offset, u64 len, u32 sg_max)
+				u64 vram_offset, u64 len, u32 sg_max,
+				bool bounce)
 {
 	struct device *dev = qdev->dev;
 	struct qgpu_desc *descs = NULL;
@@ -850,6 +899,8 @@ static int qgpu_copy_user_chunk(struct qgpu_device *qdev,
 	job->op = a->op;
 	job->bytes = len;
 	job->dir = a->op == QGPU_OP_COPY_TO_VRAM ? DMA_TO_DEVICE : DMA_FROM_DEVICE;
+	if (bounce)
+		goto submit;
 	off = offset_in_page(uptr);
 	job->npages = DIV_ROUND_UP(off + len, PAGE_SIZE);
 	job->pages = kvmalloc_array(job->npages, sizeof(*job->pages),
@@ -876,13 +927,20 @@ static int qgpu_copy_user_chunk(struct qgpu_device *qdev,
 	}
 	qgpu_stat_add(qdev, QGPU_STAT_PINNED_PAGES, job->npages);
 
+submit:
 	idx = srcu_read_lock(&qdev->srcu);
 	ret = qgpu_unusable(qdev);
 	if (ret) {
 		qgpu_job_release_resources(qdev, job);
 		goto out_unlock;
 	}
-	if (job->npages == 1 && !(a->flags & QGPU_SUBMIT_F_FORCE_SG)) {
+	if (bounce) {
+		ret = qgpu_bounce_prepare(qdev, job, vram_offset, len, &descs);
+		if (ret)
+			goto out_release;
+		ndesc = 1;
+		nsegs = 1;
+	} else if (job->npages == 1 && !(a->flags & QGPU_SUBMIT_F_FORCE_SG)) {
 		descs = kzalloc(sizeof(*descs), GFP_KERNEL);
 		if (!descs) {
 			ret = -ENOMEM;
@@ -950,6 +1008,10 @@ out_release:
 	qgpu_job_release_resources(qdev, job);
 out_unlock:
 	srcu_read_unlock(&qdev->srcu, idx);
+	/* Outside the section: the copy may wait on user space. */
+	if (!ret && bounce &&
+	    copy_to_user(u64_to_user_ptr(uptr), job->bounce_out, len))
+		ret = -EFAULT;
 out_put:
 	kfree(descs);
 	qgpu_job_put(job);
@@ -965,6 +1027,7 @@ long qgpu_ioctl_copy_user(struct qgpu_file *qf, struct qgpu_ioctl_call *call)
 	struct qgpu_device *qdev = qf->qdev;
 	struct qgpu_copy_user *a = call->args;
 	u64 end, done = 0, chunk;
+	unsigned int line;
 	int ret = 0, idx;
 	u32 sg_max;
 
@@ -1004,9 +1067,27 @@ long qgpu_ioctl_copy_user(struct qgpu_file *qf, struct qgpu_ioctl_call *call)
 	a->fence = 0;
 	a->hw_status = 0;
 	a->nr_segments = 0;
+	line = qgpu_dma_line();
 	while (done < a->length) {
 		u64 uptr = a->user_ptr + done;
 		u64 n = min(a->length - done, chunk - offset_in_page(uptr));
+		u64 head = uptr & (line - 1), tail = (uptr + n) & (line - 1);
+		bool bounce = false;
+
+		/*
+		 * From VRAM, a partial cache line at either end of the buffer
+		 * is a chunk of its own, through a bounce buffer: neighbouring
+		 * bytes may be someone else's (qgpu_dma_line()).
+		 */
+		if (a->op == QGPU_OP_COPY_FROM_VRAM && head) {
+			n = min_t(u64, n, line - head);
+			bounce = true;
+		} else if (a->op == QGPU_OP_COPY_FROM_VRAM && tail) {
+			if (n > tail)
+				n -= tail;	/* whole lines now, the rest next */
+			else
+				bounce = true;
+		}
 
 		/* A dying caller stops between chunks, never inside one. */
 		if (fatal_signal_pending(current)) {
@@ -1014,7 +1095,7 @@ long qgpu_ioctl_copy_user(struct qgpu_file *qf, struct qgpu_ioctl_call *call)
 			break;
 		}
 		ret = qgpu_copy_user_chunk(qdev, a, uptr, a->vram_offset + done, n,
-					   sg_max);
+					   sg_max, bounce);
 		if (ret)
 			break;
 		done += n;

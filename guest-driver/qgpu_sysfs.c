@@ -60,6 +60,7 @@ QGPU_STAT_ATTR(pci_errors, QGPU_STAT_PCI_ERRORS);
 QGPU_STAT_ATTR(pci_recoveries, QGPU_STAT_PCI_RECOVERIES);
 QGPU_STAT_ATTR(device_lost, QGPU_STAT_DEVICE_LOST);
 QGPU_STAT_ATTR(bar_refaults, QGPU_STAT_BAR_REFAULTS);
+QGPU_STAT_ATTR(line_bounces, QGPU_STAT_LINE_BOUNCES);
 
 static struct attribute *qgpu_stat_attrs[] = {
 	&qgpu_attr_jobs.attr.attr,
@@ -92,6 +93,7 @@ static struct attribute *qgpu_stat_attrs[] = {
 	&qgpu_attr_pci_recoveries.attr.attr,
 	&qgpu_attr_device_lost.attr.attr,
 	&qgpu_attr_bar_refaults.attr.attr,
+	&qgpu_attr_line_bounces.attr.attr,
 	NULL
 };
 

@@ -138,7 +138,7 @@ static inline int qgpu_ioctl(int fd, unsigned long req, void *arg)
 static inline long long qgpu_stat(const char *path, const char *stat)
 {
 	const char *name = strrchr(path ? path : qgpu_dev_path(), '/');
-	char file[256];
+	char file[512];
 	long long v = -1;
 	FILE *f;
 

@@ -48,6 +48,16 @@
  *	Reports whether that finished while the ioctl was still blocked (it
  *	must not wait for user space), then serves the page and reports the
  *	ioctl's result.
+ *
+ *   shared-lines ITERATIONS
+ *	Four threads copy from VRAM into neighbouring pieces of user memory
+ *	at once, ITERATIONS times each: two pieces of one page whose ends
+ *	share a cache line (40 and 88 bytes, the second starting in the
+ *	first's line), and two multi-page pieces meeting inside a line. Each
+ *	thread checks its piece after every copy, and canaries around them
+ *	are checked at the end. The driver must never map one cache line for
+ *	two device writes at once (DMA-API debugging: "cacheline tracking
+ *	EEXIST"), nor let a copy touch a byte outside its piece.
  */
 #include <dirent.h>
 #include <limits.h>
@@ -81,7 +91,9 @@ static void usage(void)
 "  access-bounds                      /proc/self/mem reads across a mapping's end\n"
 "  stuck-ioctl reset|remove arg|buffer\n"
 "                                     a reset or a remove while an ioctl waits\n"
-"                                     on user memory (its argument or buffer)\n");
+"                                     on user memory (its argument or buffer)\n"
+"  shared-lines ITERATIONS            concurrent copies from VRAM into\n"
+"                                     pieces of memory sharing cache lines\n");
 	exit(2);
 }
 
@@ -644,6 +656,109 @@ static void cmd_stuck_ioctl(const char *action, const char *where)
 	       st.result);
 }
 
+/* ---- shared-lines ----------------------------------------------------------- */
+
+#define SHARED_BUF_LEN	(4 * 4096)
+#define SHARED_CANARY	0xc5
+
+struct piece {
+	int fd;
+	uint8_t *dst;
+	uint64_t vram_off, len, iterations;
+	uint32_t flags;
+	uint8_t want;			/* the byte VRAM holds for this piece */
+	uint64_t copies, mismatches;
+	int first_errno;
+};
+
+static void *piece_worker(void *arg)
+{
+	struct piece *pc = arg;
+	struct qgpu_copy_user res;
+	uint64_t it, i;
+	int ret;
+
+	for (it = 0; it < pc->iterations; it++) {
+		/* The copy must change every byte of the piece back. */
+		memset(pc->dst, (uint8_t)~pc->want, pc->len);
+		ret = qgpu_copy_user(pc->fd, QGPU_OP_COPY_FROM_VRAM, pc->flags,
+				     pc->dst, pc->vram_off, pc->len, &res);
+		if (ret) {
+			if (!pc->first_errno)
+				pc->first_errno = -ret;
+			continue;
+		}
+		pc->copies++;
+		for (i = 0; i < pc->len; i++)
+			pc->mismatches += pc->dst[i] != pc->want;
+	}
+	return NULL;
+}
+
+static void cmd_shared_lines(uint64_t iterations)
+{
+	/* Offsets in the buffer; the second pair meets inside a line. */
+	static const struct { uint64_t at, len; uint32_t flags; } layout[] = {
+		{ 64, 40, 0 },
+		{ 104, 88, 0 },
+		{ 4096 + 8, 6000, QGPU_SUBMIT_F_FORCE_SG },
+		{ 4096 + 6008, 4000, QGPU_SUBMIT_F_FORCE_SG },
+	};
+	enum { N = sizeof(layout) / sizeof(layout[0]) };
+	struct piece pcs[N];
+	pthread_t th[N];
+	uint64_t copies = 0, mismatches = 0, canary_bad = 0, at;
+	uint8_t *buf;
+	int fd, ret, first_errno = 0, k;
+
+	fd = qgpu_open(NULL);
+	if (fd < 0)
+		fail("open", errno);
+	buf = mmap(NULL, SHARED_BUF_LEN, PROT_READ | PROT_WRITE,
+		   MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+	if (buf == MAP_FAILED)
+		fail("mmap", errno);
+	memset(buf, SHARED_CANARY, SHARED_BUF_LEN);
+	for (k = 0; k < N; k++) {
+		pcs[k] = (struct piece){
+			.fd = fd, .dst = buf + layout[k].at,
+			.vram_off = (uint64_t)k << 16, .len = layout[k].len,
+			.flags = layout[k].flags, .iterations = iterations,
+			.want = (uint8_t)(0x11 * (k + 1)),
+		};
+		ret = qgpu_fill(fd, pcs[k].vram_off, 65536,
+				0x01010101u * pcs[k].want, 0, NULL);
+		if (ret)
+			fail("VRAM_OP FILL", -ret);
+	}
+	for (k = 0; k < N; k++)
+		if (pthread_create(&th[k], NULL, piece_worker, &pcs[k]))
+			fail("pthread_create", EAGAIN);
+	for (k = 0; k < N; k++) {
+		pthread_join(th[k], NULL);
+		copies += pcs[k].copies;
+		mismatches += pcs[k].mismatches;
+		if (!first_errno)
+			first_errno = pcs[k].first_errno;
+	}
+	/* Bytes no piece covers keep their canary. */
+	for (at = 0; at < SHARED_BUF_LEN; at++) {
+		int covered = 0;
+
+		for (k = 0; k < N; k++)
+			covered |= at >= layout[k].at &&
+				   at < layout[k].at + layout[k].len;
+		if (!covered)
+			canary_bad += buf[at] != SHARED_CANARY;
+	}
+	printf("{\"ok\":true,\"copies\":%llu,\"expected\":%llu,\"mismatches\":%llu,"
+	       "\"canary_bytes_changed\":%llu,\"first_errno\":%d}\n",
+	       (unsigned long long)copies,
+	       (unsigned long long)(iterations * N),
+	       (unsigned long long)mismatches,
+	       (unsigned long long)canary_bad, first_errno);
+}
+
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -672,6 +787,8 @@ int main(int argc, char **argv)
 		cmd_reset_vs_mappings(arg_u64(argv[2]));
 	else if (argc >= 4 && !strcmp(argv[1], "signal-fill"))
 		cmd_signal_fill(arg_u64(argv[2]), arg_u64(argv[3]));
+	else if (argc >= 3 && !strcmp(argv[1], "shared-lines"))
+		cmd_shared_lines(arg_u64(argv[2]));
 	else
 		usage();
 	return 0;

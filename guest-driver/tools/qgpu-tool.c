@@ -16,6 +16,7 @@
  * {"fail_nth_injected":true} if the kernel reached the N-th point, false
  * if the command reached fewer.
  */
+#include <dirent.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <time.h>
@@ -128,28 +129,32 @@ static void cmd_info(void)
 	       i.pci_bdf & 7);
 }
 
+/* Every statistic the driver has in sysfs, by name. */
+static int is_stat(const struct dirent *d)
+{
+	return d->d_name[0] != '.';
+}
+
 static void cmd_stats(void)
 {
-	static const char *const names[] = {
-		"jobs", "descriptors", "sg_descriptors", "sg_entries",
-		"single_page_maps", "bytes_to_vram", "bytes_from_vram",
-		"hw_errors", "irq_dma", "irq_error", "irq_soft", "irq_spurious",
-		"poll_completions", "timeouts", "engine_resets", "pinned_pages",
-		"vma_vram", "vma_vram_lazy", "vma_regs", "vma_bo", "lazy_faults",
-		"bos", "bo_bytes", "last_error", "irq_resync",
-		"watchdog_resets", "pci_errors", "pci_recoveries",
-		"device_lost", "bar_refaults",
-	};
-	size_t i;
+	const char *name = strrchr(dev, '/');
+	struct dirent **names;
+	char dir[256];
+	int i, n;
 
+	snprintf(dir, sizeof(dir), "/sys/class/misc/%s/stats", name ? name + 1 : dev);
+	n = scandir(dir, &names, is_stat, alphasort);
+	if (n <= 0)
+		fail("sysfs stats", n < 0 ? errno : ENOENT);
 	printf("{\"ok\":true");
-	for (i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-		long long v = qgpu_stat(dev, names[i]);
+	for (i = 0; i < n; i++) {
+		long long v = qgpu_stat(dev, names[i]->d_name);
 
-		if (v < 0 && i == 0)
-			fail("sysfs stats", ENOENT);
-		printf(",\"%s\":%lld", names[i], v);
+		if (v >= 0)
+			printf(",\"%s\":%lld", names[i]->d_name, v);
+		free(names[i]);
 	}
+	free(names);
 	printf("}\n");
 }
 

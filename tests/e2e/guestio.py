@@ -34,6 +34,7 @@ GLIBC_MMAP_CHUNK_HEADER = 16            # malloc() >= 128 KiB: mmap'ed chunk, da
 PFN_MASK = (1 << 55) - 1
 VM_DEVICE_FLAGS = {"sh", "pf", "io", "de", "dd"}   # VM_SHARED|PFNMAP|IO|DONTEXPAND|DONTDUMP
 PAGE_PRESENT = 1 << 63
+CACHE_LINE = 64                         # x86 L1 line: the driver's qgpu_dma_line()
 MMAP_VRAM_LAZY = 1 << 40                # mmap offsets of the uapi header (include/uapi/qgpu.h)
 MMAP_REGS = 2 << 40
 
@@ -332,13 +333,33 @@ def dma_platform(guest: GuestMachine) -> DmaPlatform:
     return DmaPlatform(tuple(system_ram(guest)), int(slabs.split()[0]) * 2048)
 
 
+def split_line_bounces(records: list[Record], buf: UserBuffer, vram_offset: int
+                       ) -> tuple[list[Record], list[Record]]:
+    """Split a copy's trace into the segments bounced through the driver, and the rest.
+
+    From VRAM, the driver copies a partial cache line at either end of the user
+    buffer through a bounce buffer of its own (the device must never write a line
+    the CPU or another copy shares): a segment inside one line, shorter than it.
+    Every other segment covers whole lines of the user buffer.
+    """
+    bounced: list[Record] = []
+    mapped: list[Record] = []
+    for r in records:
+        first = buf.va + int(r["vram-offset"]) - vram_offset
+        last = first + int(r["length"]) - 1
+        partial = first // CACHE_LINE == last // CACHE_LINE and int(r["length"]) < CACHE_LINE
+        (bounced if r["op"] == "copy-from-vram" and partial else mapped).append(r)
+    return bounced, mapped
+
+
 def check_dma_path(mode: str, insp: DeviceInspector, records: list[Record],
                    vram_offset: int, buf: UserBuffer, data: bytes,
                    platform: DmaPlatform) -> None:
     """Assert the traced segments of a user copy took ``mode``'s path, from the host's view.
 
     Always: the user's own pages hold ``data`` (read by QEMU at their guest-physical
-    addresses). Then, per segment:
+    addresses). Segments bounced for a partial cache line (:func:`split_line_bounces`)
+    are in none of the user's pages, in any mode. Then, per other segment:
 
     - direct: the bus address is the guest-physical address of the user bytes, the
       segment's pages are physically contiguous, and QEMU finds the data there;
@@ -352,6 +373,11 @@ def check_dma_path(mode: str, insp: DeviceInspector, records: list[Record],
     got = read_user(insp, buf, 0, buf.length)
     assert got == data, f"the user buffer in guest RAM does not hold the data " \
         f"({first_diff(got, data)}): wrong buffer address or failed DMA"
+    bounced, records = split_line_bounces(records, buf, vram_offset)
+    for r in bounced:
+        bus, n = int(r["bus-addr"]), int(r["length"])
+        assert not {p for p in range(bus >> 12, ((bus + n - 1) >> 12) + 1)} & frames, \
+            f"partial cache line {r} was written into the user's own pages, not bounced"
     for r in records:
         off, n, bus = int(r["vram-offset"]) - vram_offset, int(r["length"]), int(r["bus-addr"])
         want = data[off:off + n]

@@ -31,6 +31,7 @@ from .guestio import (
     hold_tool,
     put_file,
     sh,
+    split_line_bounces,
     tool,
     trace_mark,
     trace_since,
@@ -132,29 +133,37 @@ def test_dma_roundtrip_between_two_user_buffers(guest: GuestMachine,
 
 def _sg_transfer(guest: GuestMachine, insp: DeviceInspector, mode: DmaMode, cmd: str,
                  op: str, off: int, data: bytes, platform: DmaPlatform) -> bool:
-    """Run one forced-SG copy held for inspection; False if its buffer was not fragmented."""
+    """Run one forced-SG copy held for inspection; False if its buffer was not fragmented.
+
+    From VRAM, a partial cache line at either end is a plain descriptor of its own
+    into a bounce buffer (:func:`split_line_bounces`); the SG list maps the rest.
+    """
     host0, drv0, mark = insp.stats(), driver_stats(guest), trace_mark(insp)
     with hold_tool(guest, cmd) as held:
         records = trace_since(insp, mark)
         check_contiguous(records, op, off, len(data))
         buf = user_buffer(held, len(data))
-        runs = buf.runs()
+        bounced, mapped = split_line_bounces(records, buf, off)
+        head = sum(int(r["length"]) for r in bounced if int(r["vram-offset"]) == off)
+        runs = buf.runs(head, len(data) - sum(int(r["length"]) for r in bounced))
         if len(runs) < 2:
             return False
         if mode is DmaMode.IOMMU:
             # The IOMMU may merge the runs into fewer bus segments, never split them.
-            assert len(records) <= len(runs)
+            assert len(mapped) <= len(runs)
         else:
-            assert len(records) == len(runs), \
-                f"{len(runs)} physical runs but {len(records)} device segments"
+            assert len(mapped) == len(runs), \
+                f"{len(runs)} physical runs but {len(mapped)} device segments"
         check_dma_path(mode, insp, records, off, buf, data, platform)
     res = held.release()
     host1, drv1 = insp.stats(), driver_stats(guest)
     assert res["segments"] == len(records)
-    assert _delta(host1, host0, "descriptors") == 1, "one SG descriptor expected"
+    assert _delta(host1, host0, "descriptors") == 1 + len(bounced), \
+        "one SG descriptor, and one per bounced partial line, expected"
     assert _delta(drv1, drv0, "sg_descriptors") == 1
-    assert _delta(drv1, drv0, "sg_entries") == len(records)
+    assert _delta(drv1, drv0, "sg_entries") == len(mapped)
     assert _delta(drv1, drv0, "single_page_maps") == 0
+    assert _delta(drv1, drv0, "line_bounces") == len(bounced)
     return True
 
 

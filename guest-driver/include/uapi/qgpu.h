@@ -146,7 +146,14 @@ struct qgpu_info {
  *	and VRAM. The driver works in chunks (module parameter xfer_chunk_kb):
  *	each is pinned, DMA-mapped (bounced or IOMMU-mapped as the platform
  *	needs), run and released before the next. On an error, chunks before
- *	the failing one have been transferred.
+ *	the failing one have been transferred. From VRAM, a partial cache
+ *	line at either end of the buffer is a chunk of its own: the device
+ *	writes it into a kernel bounce buffer, and the driver copies it to
+ *	the caller before the call returns (memory the device writes must
+ *	not share a cache line with anybody else's data; counted in the
+ *	line_bounces statistic). So the bytes beside the buffer, in its
+ *	first and last lines, may be used by the CPU or by other copies
+ *	while this one runs, even where DMA is not cache-coherent.
  * @op:          in: QGPU_OP_COPY_TO_VRAM or QGPU_OP_COPY_FROM_VRAM
  * @flags:       in: 0 or QGPU_SUBMIT_F_FORCE_SG
  * @user_ptr:    in: user virtual address, any alignment
@@ -156,6 +163,7 @@ struct qgpu_info {
  *               return), also when the call fails
  * @hw_status:   out: QGPU_ERR_* of the failed descriptor (-EIO), else 0
  * @nr_segments: out: DMA segments the user buffer mapped to, all chunks
+ *               (a bounced partial line counts as one)
  * @reserved:    must be zero
  */
 struct qgpu_copy_user {
