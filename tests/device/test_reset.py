@@ -13,10 +13,14 @@ import pytest
 from qgpu.abi import ABI
 from qgpu.device import QOM_PATH, QgpuDevice, enumerate_qgpu, qgpu_args
 from qgpu.errors import QmpError
+from qgpu.pci import CAP_ID_PM
 from qgpu.qtest import QtestMachine
 
 MiB = 1 << 20
 SLICE_NS = 1_000_000
+PCI_PM_PMC = 2
+PCI_PM_CTRL = 4
+PCI_PM_CTRL_NO_SOFT_RESET = 0x8
 
 
 def _slow(dev: QgpuDevice) -> None:
@@ -173,3 +177,40 @@ def test_migration_with_transfer_in_flight(qgpu: QgpuDevice, rng: random.Random,
         assert after.vram_host(0, len(data)) == data
         assert after.mem.read(fence, 8) == (7).to_bytes(8, "little")
         assert after.stat("bytes-to-vram") == 6 * MiB
+
+
+def test_d3hot_stops_the_engine_and_d0_resets_the_function(qgpu: QgpuDevice,
+                                                          rng: random.Random) -> None:
+    """PCI PM: D3hot stops DMA; back to D0 the function is reset (No_Soft_Reset is
+    clear, as for a GPU whose power was cut), VRAM survives."""
+    pm = qgpu.fn.capabilities()[CAP_ID_PM]
+    assert qgpu.fn.read16(pm + PCI_PM_PMC) & 0x7 == 3, "PM version 1.2"
+    assert qgpu.fn.read16(pm + PCI_PM_CTRL) & PCI_PM_CTRL_NO_SOFT_RESET == 0
+    assert qgpu.vram_shm is not None
+    qgpu.vram_shm.write(32 * MiB, b"survives D3hot")
+    _slow(qgpu)
+    qgpu.set_reg(ABI.REG_SCRATCH, 0x1234)
+    index, _, _ = _start_copy(qgpu, rng)
+    qgpu.qt.clock_step(SLICE_NS * 2 + 1)
+    moved = qgpu.stat("bytes-to-vram")
+    assert 0 < moved < 8 * MiB
+    qgpu.fn.write16(pm + PCI_PM_CTRL, 3)                 # D3hot
+    assert qgpu.fn.read16(pm + PCI_PM_CTRL) & 3 == 3
+    qgpu.qt.clock_step(SLICE_NS * 20)
+    assert qgpu.stat("bytes-to-vram") == moved, "DMA went on in D3hot"
+    qgpu.fn.write16(pm + PCI_PM_CTRL, 1)                 # D1: not offered, refused
+    assert qgpu.fn.read16(pm + PCI_PM_CTRL) & 3 == 3
+    qgpu.fn.write16(pm + PCI_PM_CTRL, 0)                 # D0: the function resets
+    qgpu.qt.clock_step(SLICE_NS * 20)
+    assert qgpu.stat("bytes-to-vram") == moved, "the aborted copy resumed"
+    fn = enumerate_qgpu(qgpu.qt, qgpu.vram_size)        # config space was reset too
+    assert fn.read16(pm + PCI_PM_CTRL) & 3 == 0
+    for name in ("SCRATCH", "RING_SIZE", "RING_HEAD", "ENGINE_CTRL", "INT_MASK", "FENCE_LO"):
+        assert qgpu.reg(getattr(ABI, "REG_" + name)) == 0, name
+    assert qgpu.stat("aborted") == 1
+    assert qgpu.status(index) == 0, "no write-back after the power cycle"
+    assert qgpu.vram_host(32 * MiB, 14) == b"survives D3hot"
+    assert qgpu.qt.qmp is not None
+    qgpu.qt.qmp.qom_set(QOM_PATH, "x-dma-delay-ns", 0)
+    qgpu.setup_ring(8)
+    assert qgpu.run(qgpu.desc(opcode=ABI.OP_FILL, dst=0, length=64, fill_pattern=5)) == [0]

@@ -48,6 +48,7 @@ OBJECT_DECLARE_SIMPLE_TYPE(QGPUState, QGPU)
 /* Config-space capability offsets. */
 #define QGPU_CAP_OFF_MSIX       0x40
 #define QGPU_CAP_OFF_MSI        0x50
+#define QGPU_CAP_OFF_PM         0x60
 #define QGPU_CAP_OFF_PCIE       0x80
 #define QGPU_EXT_CAP_OFF_AER    0x100
 
@@ -1013,6 +1014,13 @@ static void qgpu_finish(QGPUState *s)
 
 static void qgpu_engine_run(void *opaque);
 
+/* The power state in PMCSR: 0 (D0) .. 3 (D3hot). */
+static uint8_t qgpu_power_state(PCIDevice *pdev)
+{
+    return pci_get_word(pdev->config + QGPU_CAP_OFF_PM + PCI_PM_CTRL) &
+           PCI_PM_CTRL_STATE_MASK;
+}
+
 /*
  * The delay timer runs the engine under the device's re-entrancy guard, as
  * the bottom half does (see aio_bh_call()): DMA that reaches our own MMIO
@@ -1042,6 +1050,11 @@ static void qgpu_engine_work(QGPUState *s)
 
     if (s->fault_hang) {
         return;     /* until x-fault-hang is cleared or the engine reset */
+    }
+    if (qgpu_power_state(PCI_DEVICE(s)) != 0) {
+        /* Powered down: no DMA, and the way back to D0 resets the engine. */
+        trace_qgpu_engine_powered_down(s->ring_head, s->ring_tail);
+        return;
     }
     while ((s->engine_ctrl & QGPU_ENGINE_CTRL_ENABLE) && !s->halted) {
         uint64_t moved, limit;
@@ -1838,10 +1851,28 @@ static void qgpu_fini_vram(QGPUState *s)
 static void qgpu_config_write(PCIDevice *pdev, uint32_t addr, uint32_t val,
                               int len)
 {
+    QGPUState *s = QGPU(pdev);
+    uint8_t old_state = qgpu_power_state(pdev), new_state;
+
     pci_default_write_config(pdev, addr, val, len);
     pcie_aer_write_config(pdev, addr, val, len);
+    new_state = qgpu_power_state(pdev);
+    if (new_state != old_state) {
+        trace_qgpu_power_state(old_state, new_state);
+        if (old_state == 3 && new_state == 0) {
+            /*
+             * No_Soft_Reset is clear: like a GPU whose power was cut, the
+             * function comes back from D3hot in its reset state (registers
+             * and config space; VRAM survives, see qgpu_reset_hold()). The
+             * OS restores config space, the driver its ring. This is what
+             * FLR does too, from the same place.
+             */
+            pci_device_reset(pdev);
+            return;
+        }
+    }
     /* Switching MSI/MSI-X off hands pending causes back to INTx. */
-    qgpu_update_irq(QGPU(pdev), 0);
+    qgpu_update_irq(s, 0);
 }
 
 static void qgpu_realize(PCIDevice *pdev, Error **errp)
@@ -1884,6 +1915,18 @@ static void qgpu_realize(PCIDevice *pdev, Error **errp)
     }
     /* Let the OS enable error reporting, or AER messages never leave us. */
     pcie_cap_deverr_init(pdev);
+    /*
+     * Power management: D0 and D3hot, and no No_Soft_Reset, so that D3hot
+     * loses the device's state as a powered-down GPU does (see
+     * qgpu_config_write()): a driver must save and restore what it needs.
+     */
+    if (pci_pm_init(pdev, QGPU_CAP_OFF_PM, errp) < 0) {
+        goto err_pcie;
+    }
+    pci_set_word(pdev->config + QGPU_CAP_OFF_PM + PCI_PM_PMC,
+                 PCI_PM_CAP_VER_1_2);
+    pci_set_word(pdev->wmask + QGPU_CAP_OFF_PM + PCI_PM_CTRL,
+                 PCI_PM_CTRL_STATE_MASK);
     if (s->msi && msi_init(pdev, QGPU_CAP_OFF_MSI, 1, true, false, errp)) {
         error_append_hint(errp, "Set msi=off to run without MSI.\n");
         goto err_pcie;
