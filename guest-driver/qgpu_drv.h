@@ -67,6 +67,7 @@ enum qgpu_stat {
 	QGPU_STAT_DEVICE_LOST,
 	QGPU_STAT_BAR_REFAULTS,
 	QGPU_STAT_LINE_BOUNCES,
+	QGPU_STAT_SUSPENDS,
 	QGPU_STAT_NR
 };
 
@@ -313,6 +314,7 @@ bool qgpu_hw_lost(struct qgpu_device *qdev);
 void qgpu_mark_lost(struct qgpu_device *qdev, const char *why);
 void qgpu_lost_work(struct work_struct *work);
 extern const struct pci_error_handlers qgpu_err_handlers;
+extern const struct dev_pm_ops qgpu_pm_ops;
 
 /* qgpu_sysfs.c */
 extern const struct attribute_group *qgpu_misc_groups[];
@@ -330,6 +332,7 @@ void qgpu_reset_work(struct work_struct *work);
 void qgpu_watchdog_work(struct work_struct *work);
 void qgpu_ring_quiesce(struct qgpu_device *qdev);
 void qgpu_ring_restart(struct qgpu_device *qdev);
+int qgpu_ring_suspend(struct qgpu_device *qdev);
 struct qgpu_job *qgpu_job_alloc(void);
 void qgpu_job_put(struct qgpu_job *job);
 int qgpu_submit(struct qgpu_device *qdev, struct qgpu_job *job,

@@ -353,6 +353,7 @@ static struct pci_driver qgpu_pci_driver = {
 	.remove = qgpu_remove,
 	.shutdown = qgpu_shutdown,
 	.err_handler = &qgpu_err_handlers,
+	.driver.pm = pm_sleep_ptr(&qgpu_pm_ops),
 };
 
 static int __init qgpu_init(void)

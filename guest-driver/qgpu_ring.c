@@ -447,6 +447,41 @@ void qgpu_ring_quiesce(struct qgpu_device *qdev)
 	cancel_delayed_work_sync(&qdev->watchdog);
 }
 
+/*
+ * System suspend: refuse new work (-EAGAIN, as while recovering), let the
+ * jobs already queued finish -- for at most job_timeout_ms -- then stop the
+ * engine, failing whatever did not (-EIO, QGPU_ERR_ABORTED). User space is
+ * frozen by now, but asynchronous jobs may still be queued. Returns how
+ * many jobs were failed.
+ */
+int qgpu_ring_suspend(struct qgpu_device *qdev)
+{
+	unsigned long deadline = jiffies +
+				 msecs_to_jiffies(READ_ONCE(job_timeout_ms));
+	int failed = 0;
+
+	WRITE_ONCE(qdev->frozen, true);
+	for (;;) {
+		bool idle;
+
+		mutex_lock(&qdev->ring_lock);
+		qgpu_retire_locked(qdev);
+		idle = list_empty(&qdev->inflight);
+		if (idle || time_after(jiffies, deadline) || qgpu_hw_lost(qdev)) {
+			failed = list_count_nodes(&qdev->inflight);
+			qgpu_engine_abort_locked(qdev, false, false);
+			mutex_unlock(&qdev->ring_lock);
+			break;
+		}
+		mutex_unlock(&qdev->ring_lock);
+		wait_event_timeout(qdev->fence_wq, READ_ONCE(qdev->lost),
+				   msecs_to_jiffies(QGPU_POLL_MS));
+	}
+	cancel_delayed_work_sync(&qdev->watchdog);
+	cancel_work_sync(&qdev->retire_work);
+	return failed;
+}
+
 /* PCIe error recovery, last step: program the ring again and accept work. */
 void qgpu_ring_restart(struct qgpu_device *qdev)
 {

@@ -61,6 +61,7 @@ QGPU_STAT_ATTR(pci_recoveries, QGPU_STAT_PCI_RECOVERIES);
 QGPU_STAT_ATTR(device_lost, QGPU_STAT_DEVICE_LOST);
 QGPU_STAT_ATTR(bar_refaults, QGPU_STAT_BAR_REFAULTS);
 QGPU_STAT_ATTR(line_bounces, QGPU_STAT_LINE_BOUNCES);
+QGPU_STAT_ATTR(suspends, QGPU_STAT_SUSPENDS);
 
 static struct attribute *qgpu_stat_attrs[] = {
 	&qgpu_attr_jobs.attr.attr,
@@ -94,6 +95,7 @@ static struct attribute *qgpu_stat_attrs[] = {
 	&qgpu_attr_device_lost.attr.attr,
 	&qgpu_attr_bar_refaults.attr.attr,
 	&qgpu_attr_line_bounces.attr.attr,
+	&qgpu_attr_suspends.attr.attr,
 	NULL
 };
 
@@ -102,7 +104,7 @@ static const struct attribute_group qgpu_stat_group = {
 	.attrs = qgpu_stat_attrs,
 };
 
-/* "running", "recovering" (PCIe error recovery) or "failed" (disabled). */
+/* "running", "recovering" (a reset, PCIe error recovery, suspend) or "failed". */
 static ssize_t state_show(struct device *dev, struct device_attribute *attr,
 			  char *buf)
 {

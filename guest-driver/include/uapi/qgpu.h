@@ -18,8 +18,11 @@
  *    -ENOMEM when memory runs short, ...);
  *  - a descriptor the device fails gives -EIO with @hw_status set to the
  *    device's QGPU_ERR_* code (QGPU_ERR_ABORTED: an engine reset, a PCIe
- *    error recovery or a removal stopped it); while the device is being
- *    reset or recovers from a PCIe error, calls that need it fail with
+ *    error recovery, a removal, or a system suspend that waited
+ *    job_timeout_ms for it in vain stopped it); while the device is being
+ *    reset, recovers from a PCIe error or is suspended (system sleep:
+ *    queued jobs finish first, the device then powers down and loses its
+ *    registers; VRAM and mappings survive), calls that need it fail with
  *    -EAGAIN (try again; what ran before stays done: earlier COPY_USER
  *    chunks, part of a CPU_ACCESS fill; /sys/class/misc/qgpuN/state reads
  *    "recovering" meanwhile); a removed device gives -ENODEV, also to a

@@ -1,0 +1,67 @@
+"""System sleep: the driver drains queued work, the device powers down to D3hot
+(and loses its registers, as a GPU does), and the driver restores its ring.
+
+The kernel's suspend test mode (``/sys/power/pm_test``, CONFIG_PM_DEBUG) runs
+every device callback of a suspend to RAM, including the move to D3hot and back,
+and stops short of the firmware: real S3 does not work under TCG here (Linux's
+wakeup trampoline faults after QEMU's ``system_wakeup``), and the debug kernel
+has no CONFIG_SUSPEND, so the test runs where pm_test exists.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from qgpu.abi import ABI
+from qgpu.config import MiB
+from qgpu.faults import FaultInjector
+from qgpu.inspector import DeviceInspector
+from qgpu.machine import GuestMachine
+
+from .test_faults import (  # noqa: F401  (faults: a fixture)
+    ALL_MODES,
+    faults,
+    pattern,
+    stats,
+    tool,
+    verify_dma,
+)
+
+JOBS = 3                          # queued at suspend: 1 MiB fills, 200 ms each
+SUSPEND = ("(echo 0 > /sys/module/suspend/parameters/pm_test_delay && "
+           "echo platform > /sys/power/pm_test && echo mem > /sys/power/state); "
+           "rc=$?; echo none > /sys/power/pm_test; [ $rc = 0 ]")
+
+
+@ALL_MODES
+def test_suspend_drains_work_and_resume_restores_the_powered_down_device(
+        guest: GuestMachine, qgpu_inspector: DeviceInspector,
+        faults: FaultInjector) -> None:  # noqa: F811
+    """Issue 10 (suspend/resume): with no dev_pm_ops the PCI core left the
+    device powered and running through system suspend (its FENCE register kept
+    the last fence). Now suspend lets queued jobs finish, the function goes to
+    D3hot and comes back reset (FENCE 0), and resume programs the ring again:
+    every queued job succeeded, and new work runs at once."""
+    if guest.run("test -w /sys/power/pm_test && grep -qw mem /sys/power/state").status:
+        pytest.skip("this kernel has no suspend test mode (CONFIG_SUSPEND, CONFIG_PM_DEBUG)")
+    insp = qgpu_inspector
+    s0 = stats(guest)
+    faults.dma_delay(200_000_000)
+    fences = [tool(guest, f"fill {i * MiB:#x} {MiB} {0x50A0 + i:#x} --async")["fence"]
+              for i in range(JOBS)]
+    res = guest.run(SUSPEND, timeout=120)
+    faults.dma_delay(0)
+    assert res.status == 0, f"suspend failed: {res.output}"
+    # Powered down in between: the function came back in its reset state.
+    assert insp.register(ABI.REG_FENCE_LO) == 0, \
+        "FENCE kept its value: the device was never powered down (D3hot)"
+    s1 = stats(guest)
+    assert s1["suspends"] - s0["suspends"] == 1, "the driver's suspend() did not run"
+    for i, fence in enumerate(fences):
+        done = tool(guest, f"wait-fence {fence} 1000")
+        assert done["ok"], (fence, done)
+        assert insp.vram_backend(i * MiB, MiB) == pattern(0x50A0 + i, MiB), i
+    verify_dma(guest, insp)
+    s2 = stats(guest)
+    for name in ("hw_errors", "timeouts", "watchdog_resets"):
+        assert s2[name] == s0[name], (name, s0[name], s2[name])
