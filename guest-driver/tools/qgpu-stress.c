@@ -43,6 +43,7 @@
 #define SLOT		(1u << 20)	/* VRAM per worker thread */
 #define MAX_WORKERS	8
 #define XFER_MAX	(256u << 10)
+#define RETRY_MS	200		/* a reset or removal that could not happen */
 
 enum op { OP_COPY, OP_BO, OP_FILL, OP_COPY_VRAM, OP_MMAP, OP_FORK, OP_NR };
 static const char *const op_names[OP_NR] = {
@@ -495,7 +496,7 @@ int main(int argc, char **argv)
 {
 	uint64_t seconds = 60, seed = 1, procs = 2, threads = 2;
 	uint64_t reset_ms = 0, remove_ms = 0;
-	int signals = 0, stop_cont = 0, stuck = 0, crashed = 0, i, fd;
+	int signals = 0, stop_cont = 0, stuck = 0, crashed = 0, i, fd, ok;
 	unsigned long resets = 0, removals = 0, stops = 0;
 	char sysdir[PATH_MAX], link[PATH_MAX], path[PATH_MAX + 16];
 	struct qgpu_info info = { 0 };
@@ -574,16 +575,24 @@ int main(int argc, char **argv)
 			kill(p, SIGCONT);
 			stops++;
 		}
+		/*
+		 * A reset or removal that cannot happen now (the device is
+		 * away: hot-unplugged by the host meanwhile) is tried again
+		 * soon rather than a whole period later.
+		 */
 		if (reset_ms && qgpu_now_ms() >= next_reset) {
 			snprintf(path, sizeof(path), "%s/reset", sysdir);
-			resets += !qgpu_write_file(path, "1");
-			next_reset = qgpu_now_ms() + reset_ms;
+			ok = !qgpu_write_file(path, "1");
+			resets += ok;
+			next_reset = qgpu_now_ms() + (ok ? reset_ms : RETRY_MS);
 		}
 		if (remove_ms && qgpu_now_ms() >= next_remove) {
 			snprintf(path, sizeof(path), "%s/remove", sysdir);
-			removals += !qgpu_write_file(path, "1");
-			qgpu_write_file("/sys/bus/pci/rescan", "1");
-			next_remove = qgpu_now_ms() + remove_ms;
+			ok = !qgpu_write_file(path, "1");
+			removals += ok;
+			if (ok)
+				qgpu_write_file("/sys/bus/pci/rescan", "1");
+			next_remove = qgpu_now_ms() + (ok ? remove_ms : RETRY_MS);
 		}
 		qgpu_sleep_us(5000 + rnd(&rs) % 20000);
 	}

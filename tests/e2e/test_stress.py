@@ -4,7 +4,8 @@ Two processes of two threads each run random COPY_USER, buffer-object,
 fill, VRAM-copy, mmap and fork() operations for a bounded time, verifying
 every result they can, while SIGALRM arrives every 300 us, workers are
 stopped and continued, the function is reset and the device removed and
-rescanned. The run is seeded (the seed is in the report; ``qgpu-stress
+rescanned in the guest, and unplugged and plugged in again from the host (QMP
+``device_del``/``device_add``). The run is seeded (the seed is in the report; ``qgpu-stress
 --seed`` repeats its choices). On the debug kernel it runs 60 s per mode
 and the ``guest`` fixture fails the test on any KASAN, lockdep, DMA-API,
 kmemleak or UBSAN report; on the others it runs 10 s.
@@ -12,14 +13,48 @@ kmemleak or UBSAN report; on the others it runs 10 s.
 
 from __future__ import annotations
 
+import threading
+import time
+
+from qgpu.faults import FaultInjector
 from qgpu.kernels import GuestKernel
 from qgpu.machine import GuestMachine
 
 from .guestio import driver_stats, parse_json_line
-from .test_faults import ALL_MODES
+from .test_faults import ALL_MODES, BOUND
 
 SEED = 20261130
 OPS = ("copy_user", "bo", "fill_async", "copy_vram", "mmap", "fork")
+
+
+class HostHotplug:
+    """Unplug and plug the qgpu back in from the host, every ``period`` s, in a thread."""
+
+    def __init__(self, faults: FaultInjector, period: float) -> None:
+        self.faults, self.period = faults, period
+        self.cycles = 0
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="qmp-hotplug", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.wait(self.period):
+                self.faults.device_del()
+                time.sleep(0.2)
+                self.faults.device_add()
+                self.cycles += 1
+        except BaseException as exc:    # re-raised in the test's thread
+            self.error = exc
+
+    def __enter__(self) -> HostHotplug:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=120)
+        assert not self._thread.is_alive(), "the hotplug thread did not stop"
 
 
 @ALL_MODES
@@ -27,9 +62,18 @@ def test_stress(guest: GuestMachine, guest_kernel: GuestKernel) -> None:
     seconds = 60 if guest_kernel.detectors.heavy else 10
     args = (f"--seconds {seconds} --seed {SEED} --procs 2 --threads 2 --signals "
             "--stop-cont --reset-every-ms 1500 --remove-every-ms 6000")
-    res = guest.ssh_run(f"/opt/qgpu/bin/qgpu-stress {args}",
-                        timeout=(seconds + 120) * guest.config.timeout_scale)
+    with HostHotplug(FaultInjector.for_machine(guest), period=seconds / 4) as hotplug:
+        res = guest.ssh_run(f"/opt/qgpu/bin/qgpu-stress {args}",
+                            timeout=(seconds + 120) * guest.config.timeout_scale)
+    if hotplug.error is not None:
+        raise hotplug.error
+    # Plugged in at the end: wait for the guest to have probed it again.
+    deadline = time.monotonic() + BOUND * guest.config.timeout_scale
+    while guest.run("test -c /dev/qgpu0").status != 0:
+        assert time.monotonic() < deadline, "qgpu0 did not come back after device_add"
+        time.sleep(0.2)
     rep = parse_json_line(res.output, f"qgpu-stress {args}")
+    print(f"qgpu-stress: {rep}; host hotplug cycles: {hotplug.cycles}")
     assert rep["integrity_failures"] == 0 and rep["late_writes"] == 0, \
         f"data went wrong (seed {SEED}): {rep['first_failure']}\n{rep}"
     assert rep["stuck_workers"] == 0 and rep["crashed_workers"] == 0, rep
@@ -37,6 +81,7 @@ def test_stress(guest: GuestMachine, guest_kernel: GuestKernel) -> None:
     # Everything ran, and so did the disturbances.
     assert all(rep["ops"][op] > 0 for op in OPS), rep
     assert rep["resets"] > 0 and rep["removals"] > 0 and rep["stops"] > 0, rep
+    assert hotplug.cycles > 0, "the host never unplugged the device"
     assert rep["alarms_in_workers"] > 0, f"no SIGALRM reached a worker thread: {rep}"
     # Nothing is left behind once the workers are gone.
     st = driver_stats(guest)

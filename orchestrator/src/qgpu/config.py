@@ -43,6 +43,26 @@ class QgpuSpec:
         """Return the device's QOM path (for qom-get/qom-set)."""
         return f"/machine/peripheral/{self.id}"
 
+    @property
+    def root_port(self) -> str:
+        """Return the id of the PCIe root port the device sits on."""
+        return f"{self.id}-rp"
+
+    @property
+    def vram_backend(self) -> str:
+        """Return the id of the memory backend of shared VRAM."""
+        return f"{self.id}-vram"
+
+    def device_props(self) -> dict[str, str]:
+        """Return the device's properties: for ``-device``, and QMP ``device_add``."""
+        props = {"driver": "qgpu", "id": self.id, "bus": self.root_port}
+        if self.shared_vram:
+            props["memdev"] = self.vram_backend
+        else:
+            props["vram-size"] = str(self.vram_size)
+        props.update(self.props)
+        return props
+
 
 @dataclass(frozen=True)
 class MachineConfig:
@@ -116,17 +136,13 @@ class MachineConfig:
             # Before any device that does DMA, so they all sit behind it.
             args += ["-device", "intel-iommu,intremap=on,caching-mode=on"]
         for slot, spec in enumerate(self.qgpus):
-            port = f"{spec.id}-rp"
-            args += ["-device", f"pcie-root-port,id={port},chassis={slot + 1}"]
-            dev = f"qgpu,id={spec.id},bus={port}"
-            if spec.id in vram_files:
-                args += ["-object", f"memory-backend-file,id={spec.id}-vram,"
+            args += ["-device", f"pcie-root-port,id={spec.root_port},chassis={slot + 1}"]
+            if spec.shared_vram:
+                args += ["-object", f"memory-backend-file,id={spec.vram_backend},"
                          f"size={spec.vram_size},mem-path={vram_files[spec.id]},share=on"]
-                dev += f",memdev={spec.id}-vram"
-            else:
-                dev += f",vram-size={spec.vram_size}"
-            dev += "".join(f",{k}={v}" for k, v in spec.props)
-            args += ["-device", dev]
+            props = spec.device_props()
+            args += ["-device", ",".join([props.pop("driver")] +
+                                         [f"{k}={v}" for k, v in props.items()])]
         if ssh_port is not None:
             args += ["-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
                      "-device", "virtio-net-pci,netdev=n0,romfile="]

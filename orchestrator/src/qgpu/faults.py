@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import enum
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from qgpu.errors import DeviceError, QemuTimeoutError, QmpError
@@ -44,24 +45,32 @@ class FaultInjector:
     """Inject faults into one qgpu (and its machine) through QMP."""
 
     def __init__(self, inspector: DeviceInspector, *, root_port: str | None = None,
-                 timeout_scale: float = 1.0) -> None:
+                 timeout_scale: float = 1.0,
+                 device_props: Mapping[str, str] | None = None) -> None:
         """Inject through ``inspector``'s QMP connection.
 
         ``root_port`` is the qdev id of the PCIe root port the device sits
         behind (needed for :meth:`aer_root_port` only); waits on the guest are
-        multiplied by ``timeout_scale`` (slow debug kernels).
+        multiplied by ``timeout_scale`` (slow debug kernels); ``device_props``
+        are what :meth:`device_add` plugs the device back in with.
         """
         self.inspector = inspector
         self.qmp = inspector.qmp
         self.qdev_id = inspector.qdev_id
         self.root_port = root_port
         self.timeout_scale = timeout_scale
+        self.device_props = dict(device_props) if device_props is not None else None
 
     @classmethod
     def for_machine(cls, machine: GuestMachine, qdev_id: str = "qgpu0") -> FaultInjector:
         """Return an injector for device ``qdev_id`` of a rig machine."""
-        return cls(machine.inspector(qdev_id), root_port=f"{qdev_id}-rp",
-                   timeout_scale=machine.config.timeout_scale)
+        spec = next((s for s in machine.config.qgpus if s.id == qdev_id), None)
+        if spec is None:
+            raise DeviceError(f"the machine has no qgpu {qdev_id!r}; it has "
+                              f"{[s.id for s in machine.config.qgpus]}")
+        return cls(machine.inspector(qdev_id), root_port=spec.root_port,
+                   timeout_scale=machine.config.timeout_scale,
+                   device_props=spec.device_props())
 
     # -- plumbing ------------------------------------------------------------
 
@@ -236,6 +245,21 @@ class FaultInjector:
             if event.data.get("device") == self.qdev_id:
                 return
             after = self.qmp.events().index(event) + 1
+
+    def device_add(self) -> None:
+        """Plug the qgpu back in (QMP ``device_add``) as it was at boot, after :meth:`device_del`.
+
+        Returns once QEMU has added it; the guest's hotplug driver then finds
+        it and probes it, which the caller waits for as it needs.
+        """
+        if self.device_props is None:
+            raise DeviceError("device_add(): this injector does not know the device's "
+                              "properties; pass device_props= or use for_machine()")
+        try:
+            self.qmp.command("device_add", self.device_props)
+        except QmpError as exc:
+            raise DeviceError(f"device_add {self.qdev_id} failed: {exc}; is it still "
+                              "plugged in (device_del first)?") from exc
 
     def system_reset(self) -> None:
         """Reset the whole machine (QMP ``system_reset``): the guest reboots.
