@@ -136,7 +136,13 @@ class MachineConfig:
             # Before any device that does DMA, so they all sit behind it.
             args += ["-device", "intel-iommu,intremap=on,caching-mode=on"]
         for slot, spec in enumerate(self.qgpus):
-            args += ["-device", f"pcie-root-port,id={spec.root_port},chassis={slot + 1}"]
+            # A 5 GT/s port: after a secondary bus reset (AER recovery) Linux then
+            # polls the device instead of waiting for the port's Data Link Layer
+            # Link Active bit, which QEMU's root ports never set for a device plugged
+            # at boot while ACPI does hotplug (q35's default), and the reset would
+            # fail for any device with a PM capability (a d3cold_delay to wait).
+            args += ["-device", f"pcie-root-port,id={spec.root_port},chassis={slot + 1},"
+                     "x-speed=5"]
             if spec.shared_vram:
                 args += ["-object", f"memory-backend-file,id={spec.vram_backend},"
                          f"size={spec.vram_size},mem-path={vram_files[spec.id]},share=on"]
