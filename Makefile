@@ -139,16 +139,42 @@ test-e2e: qemu image venv ## End-to-end tests on KERNEL: booted guests in every 
 # What runs on which kernel: everything on stock; the whole end-to-end suite
 # again on debug, where any sanitizer report fails a test; on qgpu, the tests
 # of the io_mapping_map_user() path. Every run happens even if one fails.
+# The debug suite keeps about one core busy (one TCG guest at a time), so by
+# default the stock suite runs beside it, its output kept in a log that is
+# shown when it ends (TEST_PARALLEL=0: one after the other, all on the
+# terminal). Each suite keeps its failure artifacts in build/artifacts/KERNEL.
+TEST_PARALLEL ?= 1
+TEST_LOGS     := $(BUILD)/logs
+
 .PHONY: test
 test: qemu images venv ## Everything CI runs: lint, then the suites on the stock, debug and qgpu kernels
 	$(MAKE) --no-print-directory lint
-	@status=0; \
-	echo "make: device + end-to-end suites, stock kernel"; \
-	$(PY) -m pytest tests --qgpu-kernel stock $(PYTEST_ARGS) || status=1; \
+	@status=0; stock=; mkdir -p $(TEST_LOGS); \
+	stock_suite="$(PY) -m pytest tests --qgpu-kernel stock \
+	    --qgpu-artifacts $(BUILD)/artifacts/stock $(PYTEST_ARGS)"; \
+	if [ "$(TEST_PARALLEL)" = 1 ]; then \
+	    echo "make: device + end-to-end suites, stock kernel: running beside the debug" \
+	         "suite, output in $(TEST_LOGS)/test-stock.log (shown when it ends)"; \
+	    rm -f $(TEST_LOGS)/test-stock.rc; \
+	    ( if $$stock_suite > $(TEST_LOGS)/test-stock.log 2>&1; then echo 0; \
+	      else echo $$?; fi > $(TEST_LOGS)/test-stock.rc ) & stock=$$!; \
+	    trap 'kill $$stock 2>/dev/null' INT TERM; \
+	else \
+	    echo "make: device + end-to-end suites, stock kernel"; \
+	    $$stock_suite || status=1; \
+	fi; \
 	echo "make: end-to-end suite, debug kernel"; \
-	$(PY) -m pytest tests/e2e --qgpu-kernel debug $(PYTEST_ARGS) || status=1; \
+	$(PY) -m pytest tests/e2e --qgpu-kernel debug \
+	    --qgpu-artifacts $(BUILD)/artifacts/debug $(PYTEST_ARGS) || status=1; \
+	if [ -n "$$stock" ]; then \
+	    echo "make: waiting for the stock suite"; wait $$stock || true; \
+	    echo "make: ---- stock suite ($(TEST_LOGS)/test-stock.log) ----"; \
+	    cat $(TEST_LOGS)/test-stock.log; \
+	    [ "$$(cat $(TEST_LOGS)/test-stock.rc 2>/dev/null)" = 0 ] || status=1; \
+	fi; \
 	echo "make: io_mapping tests, qgpu kernel"; \
-	$(PY) -m pytest tests/e2e/test_io_mapping.py --qgpu-kernel qgpu $(PYTEST_ARGS) || status=1; \
+	$(PY) -m pytest tests/e2e/test_io_mapping.py --qgpu-kernel qgpu \
+	    --qgpu-artifacts $(BUILD)/artifacts/qgpu $(PYTEST_ARGS) || status=1; \
 	exit $$status
 
 .PHONY: bench
