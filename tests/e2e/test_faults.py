@@ -21,11 +21,12 @@ from typing import Any
 
 import pytest
 
-from qgpu.config import DmaMode, MiB
+from qgpu.config import DmaMode, MiB, QgpuSpec
 from qgpu.data import fill_pattern
 from qgpu.data import fnv1a64 as fnv1a64  # re-exported for test_driver_fixes
 from qgpu.faults import AerKind, FaultInjector
 from qgpu.inspector import DeviceInspector
+from qgpu.kernels import GuestKernel
 from qgpu.machine import GuestMachine
 from qgpu.pytest_plugin import check_guest_health
 
@@ -444,6 +445,41 @@ def test_device_del_with_mappings(make_guest: MakeGuest, mid_dma: bool) -> None:
     check_guards(insp)                           # the backend outlives the device
     check_guest_health(g)
     assert g.is_alive()
+
+
+def test_slot_reset_after_another_driver_voted_for_one(make_guest: MakeGuest,
+                                                       guest_kernel: GuestKernel) -> None:
+    """Review item 5: a non-fatal error, for which qgpu votes CAN_RECOVER and keeps
+    running, still ends in its slot_reset() when another driver below the port votes
+    NEED_RESET (mmio_enabled is then skipped). slot_reset() restored config space
+    under a running engine and live BAR mappings. Now it stops DMA (in-flight jobs
+    fail) and zaps the mappings first, as a fatal error would have. The other driver:
+    tests/canary/qgpu_reset_voter.c, on an edu device as function 1 of qgpu's slot.
+    (Not on kernels with heavy detectors: the quiesce and zap are a fatal error's,
+    which test_aer[fatal-*] runs there.)"""
+    if guest_kernel.detectors.heavy:
+        pytest.skip(f"the fatal-error path it shares is tested on {guest_kernel.name}")
+    g = make_guest(DmaMode.DIRECT, ssh=False,
+                   qgpus=(QgpuSpec(props=(("addr", "0.0"), ("multifunction", "on"))),),
+                   extra_args=("-device", "edu,bus=qgpu0-rp,addr=0.1"))
+    faults, insp = FaultInjector.for_machine(g), g.inspector()
+    g.run("insmod /opt/qgpu/test/qgpu_reset_voter.ko && "
+          "test -e /sys/bus/pci/drivers/qgpu_reset_voter/0000:01:00.1", check=True)
+    fill_guards(g)
+    hold_dma(g, seconds=5)          # DMA, and every kind of mapping touched in a loop
+    s0 = stats(g)
+    faults.aer_root_port(AerKind.NONFATAL)
+    log = wait_dmesg(g, AER_LOG[AerKind.NONFATAL])
+    assert "voting for a reset" in log, log
+    rep = wait_hold(g, "h", timeout=BOUND + 5)
+    assert rep["event"] == "timeout" and rep["dma_ok"] > 0, rep
+    assert rep["dma_errors"] == 0 or rep["first_errno"] in (EIO, EAGAIN), rep
+    st = stats(g)
+    assert st["pci_errors"] == 1 and st["pci_recoveries"] == 1, st
+    assert st["bar_refaults"] > s0["bar_refaults"], \
+        f"the BAR mappings were not zapped before the slot reset: {s0} -> {st}"
+    assert "slot reset after a non-fatal error; DMA stopped" in log, log
+    check_recovered(g, insp)
 
 
 @IDLE_MID
