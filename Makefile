@@ -156,8 +156,8 @@ test: qemu images venv ## Everything CI runs: lint, then the suites on the stock
 	    echo "make: device + end-to-end suites, stock kernel: running beside the debug" \
 	         "suite, output in $(TEST_LOGS)/test-stock.log (shown when it ends)"; \
 	    rm -f $(TEST_LOGS)/test-stock.rc; \
-	    ( if $$stock_suite > $(TEST_LOGS)/test-stock.log 2>&1; then echo 0; \
-	      else echo $$?; fi > $(TEST_LOGS)/test-stock.rc ) & stock=$$!; \
+	    ( if $$stock_suite > $(TEST_LOGS)/test-stock.log 2>&1; then rc=0; \
+	      else rc=$$?; fi; echo $$rc > $(TEST_LOGS)/test-stock.rc ) & stock=$$!; \
 	    trap 'kill $$stock 2>/dev/null' INT TERM; \
 	else \
 	    echo "make: device + end-to-end suites, stock kernel"; \
