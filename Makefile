@@ -140,9 +140,10 @@ test-e2e: qemu image venv ## End-to-end tests on KERNEL: booted guests in every 
 # again on debug, where any sanitizer report fails a test; on qgpu, the tests
 # of the io_mapping_map_user() path. Every run happens even if one fails.
 # The debug suite keeps about one core busy (one TCG guest at a time), so by
-# default the stock suite runs beside it, its output kept in a log that is
-# shown when it ends (TEST_PARALLEL=0: one after the other, all on the
-# terminal). Each suite keeps its failure artifacts in build/artifacts/KERNEL.
+# default the stock suite runs beside it, in a process group of its own (an
+# interrupt is passed on to it), its output kept in a log that is shown when
+# it ends (TEST_PARALLEL=0: one after the other, all on the terminal). Each
+# suite keeps its failure artifacts in build/artifacts/KERNEL.
 TEST_PARALLEL ?= 1
 TEST_LOGS     := $(BUILD)/logs
 
@@ -150,18 +151,20 @@ TEST_LOGS     := $(BUILD)/logs
 test: qemu images venv ## Everything CI runs: lint, then the suites on the stock, debug and qgpu kernels
 	$(MAKE) --no-print-directory lint
 	@status=0; stock=; mkdir -p $(TEST_LOGS); \
-	stock_suite="$(PY) -m pytest tests --qgpu-kernel stock \
-	    --qgpu-artifacts $(BUILD)/artifacts/stock $(PYTEST_ARGS)"; \
+	stock_suite() { $(PY) -m pytest tests --qgpu-kernel stock \
+	    --qgpu-artifacts $(BUILD)/artifacts/stock $(PYTEST_ARGS); }; \
 	if [ "$(TEST_PARALLEL)" = 1 ]; then \
 	    echo "make: device + end-to-end suites, stock kernel: running beside the debug" \
 	         "suite, output in $(TEST_LOGS)/test-stock.log (shown when it ends)"; \
 	    rm -f $(TEST_LOGS)/test-stock.rc; \
-	    ( if $$stock_suite > $(TEST_LOGS)/test-stock.log 2>&1; then rc=0; \
+	    set -m; \
+	    ( if stock_suite > $(TEST_LOGS)/test-stock.log 2>&1; then rc=0; \
 	      else rc=$$?; fi; echo $$rc > $(TEST_LOGS)/test-stock.rc ) & stock=$$!; \
-	    trap 'kill $$stock 2>/dev/null' INT TERM; \
+	    set +m; \
+	    trap 'kill -INT -- -$$stock 2>/dev/null; wait $$stock; exit 130' INT TERM; \
 	else \
 	    echo "make: device + end-to-end suites, stock kernel"; \
-	    $$stock_suite || status=1; \
+	    stock_suite || status=1; \
 	fi; \
 	echo "make: end-to-end suite, debug kernel"; \
 	$(PY) -m pytest tests/e2e --qgpu-kernel debug \

@@ -154,9 +154,13 @@ struct qgpu_device {
 	 * @lost: BAR0 reads all ones or the PCIe channel failed for good; the
 	 * device is disabled (no DMA, mappings zapped) until it is re-probed.
 	 * @frozen: a PCIe error is being recovered; no new work until resume.
+	 * @suspended: system sleep; no new work until the PM resume. Unlike
+	 * @frozen, the device answers: interrupts are handled while queued
+	 * jobs drain (qgpu_ring_suspend()).
 	 */
 	bool lost;
 	bool frozen;
+	bool suspended;
 	struct work_struct lost_work;
 	struct inode *inode;		/* private address_space for zapping */
 	/* every mmap(2) of the device, see qgpu_zap_user_mappings() */
@@ -273,7 +277,7 @@ static inline int qgpu_unusable(struct qgpu_device *qdev)
 {
 	if (READ_ONCE(qdev->dead) || READ_ONCE(qdev->lost))
 		return -ENODEV;
-	if (READ_ONCE(qdev->frozen))
+	if (READ_ONCE(qdev->frozen) || READ_ONCE(qdev->suspended))
 		return -EAGAIN;
 	return 0;
 }
@@ -332,7 +336,8 @@ void qgpu_reset_work(struct work_struct *work);
 void qgpu_watchdog_work(struct work_struct *work);
 void qgpu_ring_quiesce(struct qgpu_device *qdev);
 void qgpu_ring_restart(struct qgpu_device *qdev);
-int qgpu_ring_suspend(struct qgpu_device *qdev);
+int qgpu_ring_suspend(struct qgpu_device *qdev, int *drained);
+void qgpu_ring_resume(struct qgpu_device *qdev);
 struct qgpu_job *qgpu_job_alloc(void);
 void qgpu_job_put(struct qgpu_job *job);
 int qgpu_submit(struct qgpu_device *qdev, struct qgpu_job *job,

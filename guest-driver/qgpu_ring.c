@@ -449,18 +449,24 @@ void qgpu_ring_quiesce(struct qgpu_device *qdev)
 
 /*
  * System suspend: refuse new work (-EAGAIN, as while recovering), let the
- * jobs already queued finish -- for at most job_timeout_ms -- then stop the
- * engine, failing whatever did not (-EIO, QGPU_ERR_ABORTED). User space is
- * frozen by now, but asynchronous jobs may still be queued. Returns how
- * many jobs were failed.
+ * jobs already queued finish -- for at most job_timeout_ms in all -- then
+ * stop the engine, failing whatever did not (-EIO, QGPU_ERR_ABORTED), and
+ * mask and acknowledge its interrupts. User space is frozen by now, but
+ * asynchronous jobs may still be queued; interrupts are handled meanwhile
+ * (@suspended, unlike @frozen, does not silence the handler). Returns how
+ * many jobs were failed; *@drained says how many were queued at the start.
  */
-int qgpu_ring_suspend(struct qgpu_device *qdev)
+int qgpu_ring_suspend(struct qgpu_device *qdev, int *drained)
 {
 	unsigned long deadline = jiffies +
 				 msecs_to_jiffies(READ_ONCE(job_timeout_ms));
 	int failed = 0;
 
-	WRITE_ONCE(qdev->frozen, true);
+	WRITE_ONCE(qdev->suspended, true);
+	mutex_lock(&qdev->ring_lock);
+	qgpu_retire_locked(qdev);
+	*drained = list_count_nodes(&qdev->inflight);
+	mutex_unlock(&qdev->ring_lock);
 	for (;;) {
 		bool idle;
 
@@ -470,6 +476,8 @@ int qgpu_ring_suspend(struct qgpu_device *qdev)
 		if (idle || time_after(jiffies, deadline) || qgpu_hw_lost(qdev)) {
 			failed = list_count_nodes(&qdev->inflight);
 			qgpu_engine_abort_locked(qdev, false, false);
+			qgpu_wr(qdev, QGPU_REG_INT_MASK, 0);
+			qgpu_wr(qdev, QGPU_REG_INT_STATUS, QGPU_INT_ALL);
 			mutex_unlock(&qdev->ring_lock);
 			break;
 		}
@@ -479,7 +487,20 @@ int qgpu_ring_suspend(struct qgpu_device *qdev)
 	}
 	cancel_delayed_work_sync(&qdev->watchdog);
 	cancel_work_sync(&qdev->retire_work);
+	cancel_work_sync(&qdev->reset_work);
+	*drained -= failed;
 	return failed;
+}
+
+/* System resume: the device came back reset; an empty ring from index 0. */
+void qgpu_ring_resume(struct qgpu_device *qdev)
+{
+	mutex_lock(&qdev->ring_lock);
+	if (!READ_ONCE(qdev->dead) && !READ_ONCE(qdev->lost))
+		qgpu_engine_abort_locked(qdev, true, false);
+	WRITE_ONCE(qdev->suspended, false);
+	mutex_unlock(&qdev->ring_lock);
+	wake_up_all(&qdev->fence_wq);
 }
 
 /* PCIe error recovery, last step: program the ring again and accept work. */

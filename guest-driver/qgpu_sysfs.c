@@ -104,7 +104,7 @@ static const struct attribute_group qgpu_stat_group = {
 	.attrs = qgpu_stat_attrs,
 };
 
-/* "running", "recovering" (a reset, PCIe error recovery, suspend) or "failed". */
+/* "running", "recovering" (a reset, PCIe error recovery), "suspended" or "failed". */
 static ssize_t state_show(struct device *dev, struct device_attribute *attr,
 			  char *buf)
 {
@@ -113,6 +113,8 @@ static ssize_t state_show(struct device *dev, struct device_attribute *attr,
 
 	if (READ_ONCE(qdev->lost) || READ_ONCE(qdev->dead))
 		return sysfs_emit(buf, "failed\n");
+	if (READ_ONCE(qdev->suspended))
+		return sysfs_emit(buf, "suspended\n");
 	return sysfs_emit(buf, "%s\n", READ_ONCE(qdev->frozen) ? "recovering" :
 							      "running");
 }

@@ -10,6 +10,8 @@ has no CONFIG_SUSPEND, so the test runs where pm_test exists.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from qgpu.abi import ABI
@@ -27,7 +29,7 @@ from .test_faults import (  # noqa: F401  (faults: a fixture)
     verify_dma,
 )
 
-JOBS = 3                          # queued at suspend: 1 MiB fills, 200 ms each
+JOBS = 3                          # queued at suspend: 1 MiB fills, 1 s each
 SUSPEND = ("(echo 0 > /sys/module/suspend/parameters/pm_test_delay && "
            "echo platform > /sys/power/pm_test && echo mem > /sys/power/state); "
            "rc=$?; echo none > /sys/power/pm_test; [ $rc = 0 ]")
@@ -46,7 +48,7 @@ def test_suspend_drains_work_and_resume_restores_the_powered_down_device(
         pytest.skip("this kernel has no suspend test mode (CONFIG_SUSPEND, CONFIG_PM_DEBUG)")
     insp = qgpu_inspector
     s0 = stats(guest)
-    faults.dma_delay(200_000_000)
+    faults.dma_delay(1_000_000_000)
     fences = [tool(guest, f"fill {i * MiB:#x} {MiB} {0x50A0 + i:#x} --async")["fence"]
               for i in range(JOBS)]
     res = guest.run(SUSPEND, timeout=120)
@@ -57,6 +59,9 @@ def test_suspend_drains_work_and_resume_restores_the_powered_down_device(
         "FENCE kept its value: the device was never powered down (D3hot)"
     s1 = stats(guest)
     assert s1["suspends"] - s0["suspends"] == 1, "the driver's suspend() did not run"
+    # The queue was not empty when suspend() ran: it waited for the jobs.
+    drained = re.findall(r"qgpu0: suspended; (\d+) queued job", guest.run("dmesg").output)
+    assert drained and int(drained[-1]) >= 1, f"nothing was queued at suspend: {drained}"
     for i, fence in enumerate(fences):
         done = tool(guest, f"wait-fence {fence} 1000")
         assert done["ok"], (fence, done)

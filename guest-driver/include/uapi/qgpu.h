@@ -21,13 +21,13 @@
  *    error recovery, a removal, or a system suspend that waited
  *    job_timeout_ms for it in vain stopped it); while the device is being
  *    reset, recovers from a PCIe error or is suspended (system sleep:
- *    queued jobs finish first, the device then powers down and loses its
- *    registers; VRAM and mappings survive), calls that need it fail with
+ *    queued jobs finish first, the device then powers down (D3hot) and
+ *    loses its registers; VRAM and mappings survive), calls that need it fail with
  *    -EAGAIN (try again; what ran before stays done: earlier COPY_USER
  *    chunks, part of a CPU_ACCESS fill; /sys/class/misc/qgpuN/state reads
- *    "recovering" meanwhile); a removed device gives -ENODEV, also to a
- *    call that was waiting on user memory (userfaultfd, FUSE) meanwhile:
- *    removal does not wait for user space;
+ *    "recovering", or "suspended", meanwhile); a removed device gives
+ *    -ENODEV, also to a call that was waiting on user memory (userfaultfd,
+ *    FUSE) meanwhile: removal does not wait for user space;
  *  - a file opened O_RDONLY may look but not change the device: INFO,
  *    WAIT_FENCE, RAISE_IRQ, COPY_USER from VRAM and CPU_ACCESS checksums
  *    work; COPY_USER to VRAM, CPU_ACCESS fills, VRAM_OP, COPY_BO and the
@@ -66,9 +66,10 @@
 /* ---- mmap offsets (bytes; the mmap(2) offset selects the region) -------- */
 
 /*
- * [QGPU_MMAP_VRAM, +vram_size): VRAM, write-combined, mapped at mmap time.
- * [QGPU_MMAP_VRAM_LAZY, +vram_size): VRAM, write-combined, mapped page by
- *	page on first touch (fault handler).
+ * [QGPU_MMAP_VRAM, +vram_size): VRAM, write-combined (uncached if the BAR
+ *	is not prefetchable: sysfs vram_caching), mapped at mmap time.
+ * [QGPU_MMAP_VRAM_LAZY, +vram_size): VRAM, as above, mapped page by page on
+ *	first touch (fault handler).
  * [QGPU_MMAP_REGS, +QGPU_PAGE_SIZE): the BAR0 user register page, uncached
  *	(QGPU_REG_USER_* at QGPU_REG_USER_* - QGPU_REGS_USER_PAGE).
  * QGPU_MMAP_BO_BASE + (handle << QGPU_MMAP_BO_SHIFT): a buffer object; its
@@ -300,7 +301,8 @@ struct qgpu_bo_destroy {
 
 /**
  * struct qgpu_cpu_access - QGPU_IOCTL_CPU_ACCESS: the kernel reads or
- *	writes VRAM with the CPU through its own write-combined mapping
+ *	writes VRAM with the CPU through its own mapping (write-combined, or
+ *	uncached if the BAR is not prefetchable)
  * @op:          in: QGPU_CPU_*
  * @pattern:     in: QGPU_CPU_FILL pattern; zero for QGPU_CPU_CHECKSUM
  * @vram_offset: in: VRAM offset

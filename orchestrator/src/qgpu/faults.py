@@ -255,11 +255,17 @@ class FaultInjector:
         if self.device_props is None:
             raise DeviceError("device_add(): this injector does not know the device's "
                               "properties; pass device_props= or use for_machine()")
+        # HMP takes the -device string, where QMP's device_add wants JSON types
+        # (a number for vram-size, a boolean for msi, ...).
+        props = dict(self.device_props)
+        spec = ",".join([props.pop("driver")] + [f"{k}={v}" for k, v in props.items()])
         try:
-            self.qmp.command("device_add", self.device_props)
+            out = self.qmp.hmp(f"device_add {spec}").strip()
         except QmpError as exc:
-            raise DeviceError(f"device_add {self.qdev_id} failed: {exc}; is it still "
-                              "plugged in (device_del first)?") from exc
+            out = str(exc)
+        if out:
+            raise DeviceError(f"device_add {spec} failed: {out}; is it still plugged in "
+                              "(device_del first)?")
 
     def system_reset(self) -> None:
         """Reset the whole machine (QMP ``system_reset``): the guest reboots.
