@@ -3,9 +3,12 @@
 Two processes of two threads each run random COPY_USER, buffer-object,
 fill, VRAM-copy, mmap and fork() operations for a bounded time, verifying
 every result they can, while SIGALRM arrives every 300 us, workers are
-stopped and continued, the function is reset and the device removed and
-rescanned in the guest, and unplugged and plugged in again from the host (QMP
-``device_del``/``device_add``). The run is seeded (the seed is in the report; ``qgpu-stress
+stopped and continued, the function is reset, the device is unplugged and
+plugged in again from the host (QMP ``device_del``/``device_add``) in the first
+40 % of the run, and removed and rescanned through sysfs in the guest from 60 %
+on. (Not both at once: Linux 6.12 frees the pci_dev of an ACPI eject under a
+concurrent sysfs remove -- KASAN: use-after-free in pci_stop_bus_device --, a PCI
+core race outside the driver.) The run is seeded (the seed is in the report; ``qgpu-stress
 --seed`` repeats its choices). On the debug kernel it runs 60 s per mode
 and the ``guest`` fixture fails the test on any KASAN, lockdep, DMA-API,
 kmemleak or UBSAN report; on the others it runs 10 s.
@@ -30,8 +33,9 @@ OPS = ("copy_user", "bo", "fill_async", "copy_vram", "mmap", "fork")
 class HostHotplug:
     """Unplug and plug the qgpu back in from the host, every ``period`` s, in a thread.
 
-    No cycle starts after ``until`` s: the device the run ends with has served the
-    workers for a while, so the leak check afterwards looks at a used instance.
+    No cycle starts after ``until`` s: the guest's own sysfs removals come later,
+    and the device the run ends with has served the workers for a while, so the
+    leak check afterwards looks at a used instance.
     """
 
     def __init__(self, faults: FaultInjector, period: float, until: float) -> None:
@@ -68,9 +72,10 @@ class HostHotplug:
 def test_stress(guest: GuestMachine, guest_kernel: GuestKernel) -> None:
     seconds = 60 if guest_kernel.detectors.heavy else 10
     args = (f"--seconds {seconds} --seed {SEED} --procs 2 --threads 2 --signals "
-            "--stop-cont --reset-every-ms 1500 --remove-every-ms 6000")
-    with HostHotplug(FaultInjector.for_machine(guest), period=seconds / 4,
-                     until=seconds * 0.6) as hotplug:
+            f"--stop-cont --reset-every-ms 1500 --remove-every-ms {seconds * 1000 // 10} "
+            f"--remove-from-ms {seconds * 600}")
+    with HostHotplug(FaultInjector.for_machine(guest), period=seconds / 8,
+                     until=seconds * 0.4) as hotplug:
         res = guest.ssh_run(f"/opt/qgpu/bin/qgpu-stress {args}",
                             timeout=(seconds + 120) * guest.config.timeout_scale)
     if hotplug.error is not None:
