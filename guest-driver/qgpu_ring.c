@@ -385,13 +385,19 @@ fail_all:
 	qgpu_engine_abort_locked(qdev, true, true);
 }
 
+/* Stop the engine, fail what is in flight, and mask and ack its interrupts. */
+static void qgpu_engine_silence_locked(struct qgpu_device *qdev)
+{
+	qgpu_engine_abort_locked(qdev, false, false);
+	qgpu_wr(qdev, QGPU_REG_INT_MASK, 0);
+	qgpu_wr(qdev, QGPU_REG_INT_STATUS, QGPU_INT_ALL);
+}
+
 /* Called by remove with qdev->dead set: quiesce the engine for good. */
 void qgpu_ring_shutdown(struct qgpu_device *qdev)
 {
 	mutex_lock(&qdev->ring_lock);
-	qgpu_engine_abort_locked(qdev, false, false);
-	qgpu_wr(qdev, QGPU_REG_INT_MASK, 0);
-	qgpu_wr(qdev, QGPU_REG_INT_STATUS, QGPU_INT_ALL);
+	qgpu_engine_silence_locked(qdev);
 	mutex_unlock(&qdev->ring_lock);
 }
 
@@ -463,21 +469,18 @@ int qgpu_ring_suspend(struct qgpu_device *qdev, int *drained)
 	int failed = 0;
 
 	WRITE_ONCE(qdev->suspended, true);
-	mutex_lock(&qdev->ring_lock);
-	qgpu_retire_locked(qdev);
-	*drained = list_count_nodes(&qdev->inflight);
-	mutex_unlock(&qdev->ring_lock);
+	*drained = -1;
 	for (;;) {
 		bool idle;
 
 		mutex_lock(&qdev->ring_lock);
 		qgpu_retire_locked(qdev);
+		if (*drained < 0)
+			*drained = list_count_nodes(&qdev->inflight);
 		idle = list_empty(&qdev->inflight);
 		if (idle || time_after(jiffies, deadline) || qgpu_hw_lost(qdev)) {
 			failed = list_count_nodes(&qdev->inflight);
-			qgpu_engine_abort_locked(qdev, false, false);
-			qgpu_wr(qdev, QGPU_REG_INT_MASK, 0);
-			qgpu_wr(qdev, QGPU_REG_INT_STATUS, QGPU_INT_ALL);
+			qgpu_engine_silence_locked(qdev);
 			mutex_unlock(&qdev->ring_lock);
 			break;
 		}

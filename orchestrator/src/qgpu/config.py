@@ -63,6 +63,11 @@ class QgpuSpec:
         props.update(self.props)
         return props
 
+    def device_arg(self) -> str:
+        """Return the ``-device`` argument (also what HMP ``device_add`` takes)."""
+        props = self.device_props()
+        return ",".join([props.pop("driver")] + [f"{k}={v}" for k, v in props.items()])
+
 
 @dataclass(frozen=True)
 class MachineConfig:
@@ -146,9 +151,7 @@ class MachineConfig:
             if spec.shared_vram:
                 args += ["-object", f"memory-backend-file,id={spec.vram_backend},"
                          f"size={spec.vram_size},mem-path={vram_files[spec.id]},share=on"]
-            props = spec.device_props()
-            args += ["-device", ",".join([props.pop("driver")] +
-                                         [f"{k}={v}" for k, v in props.items()])]
+            args += ["-device", spec.device_arg()]
         if ssh_port is not None:
             args += ["-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
                      "-device", "virtio-net-pci,netdev=n0,romfile="]

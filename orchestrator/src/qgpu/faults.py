@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from qgpu.errors import DeviceError, QemuTimeoutError, QmpError
@@ -45,21 +44,20 @@ class FaultInjector:
     """Inject faults into one qgpu (and its machine) through QMP."""
 
     def __init__(self, inspector: DeviceInspector, *, root_port: str | None = None,
-                 timeout_scale: float = 1.0,
-                 device_props: Mapping[str, str] | None = None) -> None:
+                 timeout_scale: float = 1.0, device_arg: str | None = None) -> None:
         """Inject through ``inspector``'s QMP connection.
 
         ``root_port`` is the qdev id of the PCIe root port the device sits
         behind (needed for :meth:`aer_root_port` only); waits on the guest are
-        multiplied by ``timeout_scale`` (slow debug kernels); ``device_props``
-        are what :meth:`device_add` plugs the device back in with.
+        multiplied by ``timeout_scale`` (slow debug kernels); ``device_arg`` (a
+        ``-device`` string) is what :meth:`device_add` plugs the device back in with.
         """
         self.inspector = inspector
         self.qmp = inspector.qmp
         self.qdev_id = inspector.qdev_id
         self.root_port = root_port
         self.timeout_scale = timeout_scale
-        self.device_props = dict(device_props) if device_props is not None else None
+        self.device_arg = device_arg
 
     @classmethod
     def for_machine(cls, machine: GuestMachine, qdev_id: str = "qgpu0") -> FaultInjector:
@@ -70,7 +68,7 @@ class FaultInjector:
                               f"{[s.id for s in machine.config.qgpus]}")
         return cls(machine.inspector(qdev_id), root_port=spec.root_port,
                    timeout_scale=machine.config.timeout_scale,
-                   device_props=spec.device_props())
+                   device_arg=spec.device_arg())
 
     # -- plumbing ------------------------------------------------------------
 
@@ -252,20 +250,18 @@ class FaultInjector:
         Returns once QEMU has added it; the guest's hotplug driver then finds
         it and probes it, which the caller waits for as it needs.
         """
-        if self.device_props is None:
+        if self.device_arg is None:
             raise DeviceError("device_add(): this injector does not know the device's "
-                              "properties; pass device_props= or use for_machine()")
+                              "properties; pass device_arg= or use for_machine()")
         # HMP takes the -device string, where QMP's device_add wants JSON types
         # (a number for vram-size, a boolean for msi, ...).
-        props = dict(self.device_props)
-        spec = ",".join([props.pop("driver")] + [f"{k}={v}" for k, v in props.items()])
         try:
-            out = self.qmp.hmp(f"device_add {spec}").strip()
+            out = self.qmp.hmp(f"device_add {self.device_arg}").strip()
         except QmpError as exc:
             out = str(exc)
         if out:
-            raise DeviceError(f"device_add {spec} failed: {out}; is it still plugged in "
-                              "(device_del first)?")
+            raise DeviceError(f"device_add {self.device_arg} failed: {out}; is it still "
+                              "plugged in (device_del first)?")
 
     def system_reset(self) -> None:
         """Reset the whole machine (QMP ``system_reset``): the guest reboots.
