@@ -37,6 +37,11 @@
 /* Statistics, shown in /sys/class/misc/qgpuN/stats/. */
 enum qgpu_stat {
 	QGPU_STAT_JOBS,
+	/*
+	 * Descriptors written to the ring, a replay's included: once the
+	 * engine is idle, the device's stat-descriptors + stat-aborted +
+	 * stat-dropped over the same time.
+	 */
 	QGPU_STAT_DESCRIPTORS,
 	QGPU_STAT_SG_DESCRIPTORS,
 	QGPU_STAT_SG_ENTRIES,

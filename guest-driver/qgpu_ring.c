@@ -369,6 +369,7 @@ static void qgpu_engine_reset_hung_locked(struct qgpu_device *qdev)
 	}
 	qdev->tail = n;
 	kvfree(saved);
+	qgpu_stat_add(qdev, QGPU_STAT_DESCRIPTORS, n);	/* written again */
 	qdev->wd_replayed = true;
 	qdev->wd_seq = qgpu_completed_seq(qdev);
 	qdev->wd_head = 0;

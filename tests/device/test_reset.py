@@ -214,3 +214,38 @@ def test_d3hot_stops_the_engine_and_d0_resets_the_function(qgpu: QgpuDevice,
     qgpu.qt.qmp.qom_set(QOM_PATH, "x-dma-delay-ns", 0)
     qgpu.setup_ring(8)
     assert qgpu.run(qgpu.desc(opcode=ABI.OP_FILL, dst=0, length=64, fill_pattern=5)) == [0]
+
+
+def test_every_descriptor_submitted_is_retired_aborted_or_dropped(
+        qgpu: QgpuDevice, rng: random.Random) -> None:
+    """The statistics account for each descriptor a driver wrote, however it ended.
+
+    A driver checks its own count of descriptors written against
+    ``descriptors + aborted + dropped``; the pending ones an engine reset or
+    a device reset discards unstarted are ``dropped``.
+    """
+    _slow(qgpu)
+    _start_copy(qgpu, rng, 4 * MiB)
+    qgpu.submit(*(qgpu.desc(opcode=ABI.OP_FILL, dst=4096 * i, length=64) for i in range(3)))
+    qgpu.qt.clock_step(SLICE_NS + 1)
+    qgpu.set_reg(ABI.REG_ENGINE_RESET, ABI.ENGINE_RESET_MAGIC)
+    assert {n: qgpu.stat(n) for n in ("descriptors", "aborted", "dropped")} == \
+        {"descriptors": 0, "aborted": 1, "dropped": 3}
+    # Disabled, the engine starts nothing: a reset drops all that is pending.
+    assert qgpu.ring is not None
+    qgpu.ring.tail = 0
+    qgpu.submit(*(qgpu.desc(opcode=ABI.OP_FILL, dst=4096 * i, length=64) for i in range(2)))
+    qgpu.set_reg(ABI.REG_ENGINE_RESET, ABI.ENGINE_RESET_MAGIC)
+    assert (qgpu.stat("aborted"), qgpu.stat("dropped")) == (1, 5)
+    # So does a device reset, with one in flight and one behind it.
+    qgpu.ring.tail = 0
+    qgpu.set_reg(ABI.REG_ENGINE_CTRL, ABI.ENGINE_CTRL_ENABLE)
+    _start_copy(qgpu, rng, 4 * MiB)
+    qgpu.submit(qgpu.desc(opcode=ABI.OP_FILL, dst=0, length=64))
+    qgpu.qt.clock_step(SLICE_NS + 1)
+    assert qgpu.qt.qmp is not None
+    events = len(qgpu.qt.qmp.events())
+    qgpu.qt.qmp.command("system_reset")
+    qgpu.qt.qmp.wait_event("RESET", after=events)
+    assert {n: qgpu.stat(n) for n in ("descriptors", "aborted", "dropped")} == \
+        {"descriptors": 0, "aborted": 2, "dropped": 6}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from qgpu.machine import GuestMachine
 TOOL = "/opt/qgpu/bin/qgpu-tool"
 SUITE = "/opt/qgpu/bin/qgpu-test"
 PAGE = 4096
+QGPU_BDF = "0000:01:00.0"                 # qgpu0 behind its root port
 PIPE_CAPACITY = 65536                   # Linux default: 16 pages
 GLIBC_MMAP_CHUNK_HEADER = 16            # malloc() >= 128 KiB: mmap'ed chunk, data at +16
 PFN_MASK = (1 << 55) - 1
@@ -93,6 +95,59 @@ def driver_stats(guest: GuestMachine) -> dict[str, int]:
     """Return the driver's statistics (sysfs, via ``qgpu-tool stats``)."""
     obj = tool(guest, "stats")
     return {k: int(v) for k, v in obj.items() if k != "ok"}
+
+
+@dataclass(frozen=True)
+class StatsMark:
+    """The device's statistics (QMP) and the driver's (sysfs), read with the engine idle."""
+
+    host: dict[str, int]
+    driver: dict[str, int]
+
+
+def idle_stats(guest: GuestMachine, insp: DeviceInspector, *, timeout: float = 30.0
+               ) -> StatsMark:
+    """Wait until every job is retired and the ring is empty, then read both statistics.
+
+    Only between idle points do the driver's and the device's counts of
+    descriptors have to agree (:func:`check_descriptors_accounted`).
+    """
+    path = f"/sys/kernel/debug/qgpu/{QGPU_BDF}/state"
+    deadline = time.monotonic() + timeout * guest.config.timeout_scale
+    while True:
+        state = dict(line.split(": ", 1) for line in sh(guest, f"cat {path}").splitlines())
+        if (int(state["retired_seq"]) + 1 == int(state["next_seq"])
+                and state["ring_head"] == state["ring_tail"] == hex(int(state["sw_tail"]))):
+            break
+        assert time.monotonic() < deadline, f"the engine did not go idle: {state}"
+        time.sleep(0.1)
+    return StatsMark(insp.stats(), driver_stats(guest))
+
+
+def check_descriptors_accounted(before: StatsMark, after: StatsMark) -> dict[str, int]:
+    """Every descriptor the driver wrote ended on the device as retired, aborted or dropped.
+
+    Between two :func:`idle_stats` points of one driver instance: the
+    driver's ``descriptors`` (written to the ring, replays included) equals
+    the device's ``descriptors + aborted + dropped``, and the driver counts
+    no more bytes or failed jobs than the device saw. Returns the deltas.
+    """
+    def host(name: str) -> int:
+        return after.host[name] - before.host[name]
+
+    def drv(name: str) -> int:
+        return after.driver[name] - before.driver[name]
+
+    deltas = {"driver_descriptors": drv("descriptors"), "retired": host("descriptors"),
+              "aborted": host("aborted"), "dropped": host("dropped")}
+    assert deltas["driver_descriptors"] == \
+        deltas["retired"] + deltas["aborted"] + deltas["dropped"], \
+        f"the driver wrote descriptors the device did not end, or the reverse: {deltas}"
+    assert drv("bytes_to_vram") <= host("bytes-to-vram"), (before, after)
+    assert drv("bytes_from_vram") <= host("bytes-from-vram"), (before, after)
+    assert drv("hw_errors") <= host("errors") + host("aborted") + host("dropped"), \
+        (before, after)
+    return deltas
 
 
 def guest_irq_counts(guest: GuestMachine) -> dict[str, int]:

@@ -21,7 +21,7 @@ from qgpu.inspector import DeviceInspector
 from qgpu.kernels import GuestKernel
 from qgpu.machine import GuestMachine
 
-from .guestio import MMAP_REGS, parse_json_line
+from .guestio import MMAP_REGS, check_descriptors_accounted, idle_stats, parse_json_line
 from .test_faults import (  # noqa: F401  (faults: a fixture)
     ALL_MODES,
     DIRECT,
@@ -76,6 +76,7 @@ def test_a_hang_fails_only_the_job_the_engine_ran(guest: GuestMachine, faults: F
     guest.run("echo 5000 > /sys/module/qgpu/parameters/job_timeout_ms", check=True)
     page = 4096
     assert tool(guest, f"fill 0 {(NJOBS + 2) * page} 0x11111111")["ok"]
+    before = idle_stats(guest, qgpu_inspector)
     faults.hang()
     out = guest.run(f"for i in $(seq {NJOBS}); do qgpu-tool fill $((i * {page})) {page} "
                     "0x77 --async; done", timeout=120).output
@@ -99,6 +100,11 @@ def test_a_hang_fails_only_the_job_the_engine_ran(guest: GuestMachine, faults: F
     assert vram[:page] == pattern(0x11111111, page), "the failed fill wrote VRAM"
     assert vram[page:] == pattern(0x77, (NJOBS - 1) * page), "a replayed fill missed VRAM"
     assert tool(guest, f"fill 0 {MiB} 0x12345678")["ok"]
+    # x-fault-hang stalls the engine before it starts a descriptor: the
+    # reset dropped all 100, and the replay wrote 99 of them again. The
+    # driver's count must include those to match the device's.
+    deltas = check_descriptors_accounted(before, idle_stats(guest, qgpu_inspector))
+    assert (deltas["aborted"], deltas["dropped"]) == (0, NJOBS), deltas
 
 
 @DIRECT

@@ -23,7 +23,7 @@ from qgpu.faults import FaultInjector
 from qgpu.kernels import GuestKernel
 from qgpu.machine import GuestMachine
 
-from .guestio import driver_stats, parse_json_line
+from .guestio import check_descriptors_accounted, driver_stats, idle_stats, parse_json_line
 from .test_faults import ALL_MODES, BOUND
 
 SEED = 20261130
@@ -101,3 +101,26 @@ def test_stress(guest: GuestMachine, guest_kernel: GuestKernel) -> None:
     left = {k: st[k] for k in ("pinned_pages", "bos", "bo_bytes", "vma_vram",
                                "vma_vram_lazy", "vma_regs", "vma_bo")}
     assert not any(left.values()), f"left behind after the run: {left}"
+
+
+@ALL_MODES
+def test_stress_statistics_agree_with_the_device(guest: GuestMachine,
+                                                 guest_kernel: GuestKernel) -> None:
+    """The driver counts every descriptor the device retired, aborted or dropped.
+
+    A removal starts a new driver instance with new statistics while the
+    device keeps its own, so this run has signals, stops and function resets
+    but no removal, and compares the two between idle points.
+    """
+    seconds = 15 if guest_kernel.detectors.heavy else 5
+    args = (f"--seconds {seconds} --seed {SEED + 1} --procs 2 --threads 2 --signals "
+            "--stop-cont --reset-every-ms 700")
+    insp = guest.inspector()
+    before = idle_stats(guest, insp)
+    res = guest.ssh_run(f"/opt/qgpu/bin/qgpu-stress {args}",
+                        timeout=(seconds + 120) * guest.config.timeout_scale)
+    rep = parse_json_line(res.output, f"qgpu-stress {args}")
+    assert rep["ok"] is True and res.status == 0 and rep["resets"] > 0, res.output
+    deltas = check_descriptors_accounted(before, idle_stats(guest, insp))
+    print(f"qgpu-stress: {rep}; descriptors: {deltas}")
+    assert deltas["driver_descriptors"] > 0, deltas

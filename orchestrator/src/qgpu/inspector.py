@@ -22,7 +22,7 @@ from qgpu.qmp import QmpClient
 from qgpu.shm import SharedMemory
 
 STAT_NAMES = ("descriptors", "transfers", "bytes-to-vram", "bytes-from-vram",
-              "bytes-vram-copy", "bytes-fill", "errors", "aborted", "last-fence",
+              "bytes-vram-copy", "bytes-fill", "errors", "aborted", "dropped", "last-fence",
               "interrupts", "doorbells", "access-errors", "engine-resets", "faults-injected")
 
 

@@ -118,7 +118,8 @@ typedef struct QGPUStats {
     uint64_t bytes_vram_copy;
     uint64_t bytes_fill;
     uint64_t errors;            /* descriptors retired with an error */
-    uint64_t aborted;
+    uint64_t aborted;           /* in flight at a reset */
+    uint64_t dropped;           /* pending, discarded unstarted by a reset */
     uint64_t last_fence;
     uint64_t interrupts;        /* MSI-X/MSI messages sent, INTx assertions */
     uint64_t doorbells;
@@ -1172,11 +1173,31 @@ static void qgpu_engine_stop(QGPUState *s)
  * fence is written), empty the ring, clear the halt and disable the engine.
  * Ring base and size, and DMA_ERROR (for diagnosis), are kept.
  */
+/*
+ * Count the descriptors a reset discards without starting them: HEAD..TAIL-1,
+ * less the one in flight (at HEAD). With aborted and retired descriptors,
+ * this lets a driver account for every descriptor it wrote.
+ */
+static void qgpu_count_dropped(QGPUState *s)
+{
+    uint32_t pending;
+
+    if (!s->ring_size) {
+        return;
+    }
+    pending = (s->ring_tail + s->ring_size - s->ring_head) % s->ring_size;
+    if (s->active && pending) {
+        pending--;
+    }
+    s->stats.dropped += pending;
+}
+
 static void qgpu_engine_reset(QGPUState *s)
 {
     trace_qgpu_engine_reset(s->active, s->ring_head, s->ring_tail);
     s->epoch++;
     qgpu_engine_stop(s);
+    qgpu_count_dropped(s);
     if (s->active) {
         /* Record where it stopped and how much was left undone. */
         qgpu_trace_record(s, qgpu_abort_point(s), qgpu_vram_point(s),
@@ -1692,7 +1713,10 @@ static void qgpu_instance_init(Object *obj)
                   "bytes copied VRAM to VRAM"),
         QGPU_STAT("bytes-fill", bytes_fill, "bytes of VRAM filled"),
         QGPU_STAT("errors", errors, "descriptors failed, and ring faults"),
-        QGPU_STAT("aborted", aborted, "descriptors aborted by engine reset"),
+        QGPU_STAT("aborted", aborted,
+                  "descriptors in flight at an engine or device reset"),
+        QGPU_STAT("dropped", dropped,
+                  "pending descriptors a reset discarded unstarted"),
         QGPU_STAT("last-fence", last_fence, "fence value last written"),
         QGPU_STAT("interrupts", interrupts,
                   "MSI-X/MSI messages sent and INTx assertions"),
@@ -2011,6 +2035,7 @@ static void qgpu_reset_hold(Object *obj, ResetType type)
     if (s->bh) {                /* not realized: nothing runs */
         qgpu_engine_stop(s);
     }
+    qgpu_count_dropped(s);
     if (s->active) {
         s->stats.aborted++;
     }
@@ -2072,6 +2097,25 @@ static int qgpu_post_load(void *opaque, int version_id)
     return 0;
 }
 
+/* Sent only when set, so that a stream from a build without it still loads. */
+static bool qgpu_dropped_needed(void *opaque)
+{
+    QGPUState *s = opaque;
+
+    return s->stats.dropped != 0;
+}
+
+static const VMStateDescription vmstate_qgpu_dropped = {
+    .name = "qgpu/stats-dropped",
+    .version_id = 1,
+    .minimum_version_id = 1,
+    .needed = qgpu_dropped_needed,
+    .fields = (const VMStateField[]) {
+        VMSTATE_UINT64(stats.dropped, QGPUState),
+        VMSTATE_END_OF_LIST()
+    },
+};
+
 static const VMStateDescription vmstate_qgpu = {
     .name = "qgpu",
     .version_id = 1,
@@ -2124,6 +2168,10 @@ static const VMStateDescription vmstate_qgpu = {
         VMSTATE_UINT64(stats.engine_resets, QGPUState),
         VMSTATE_UINT64(stats.faults_injected, QGPUState),
         VMSTATE_END_OF_LIST()
+    },
+    .subsections = (const VMStateDescription * const []) {
+        &vmstate_qgpu_dropped,
+        NULL
     },
 };
 
