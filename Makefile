@@ -21,6 +21,10 @@ TOOLS_PY  := $(QGPU_CACHE)/tools-venv/bin/python3
 QEMU_SRC  := $(QGPU_CACHE)/qemu-src
 QEMU_OBJ  := $(QGPU_CACHE)/qemu-build
 QEMU_BIN  := $(BUILD)/bin/qemu-system-x86_64
+QEMU_FUZZ_OBJ := $(QGPU_CACHE)/qemu-build-fuzz
+QEMU_SAN_OBJ  := $(QGPU_CACHE)/qemu-build-sanitize
+QEMU_SAN_BIN  := $(BUILD)/bin/qemu-system-x86_64-sanitize
+QEMU_FUZZ_BIN := $(BUILD)/bin/qemu-fuzz-x86_64
 STAMPS    := $(QGPU_CACHE)/stamps
 
 
@@ -83,6 +87,36 @@ qemu: $(STAMPS)/qemu-src $(TOOLS_PY) ## Build qemu-system-x86_64 with qgpu -> bu
 	@ln -sfn $(QEMU_OBJ)/qemu-system-x86_64 $(QEMU_BIN)
 	@echo "make: $(QEMU_BIN) is ready"
 
+# QEMU's generic fuzzer (libFuzzer over qtest, ASan + UBSan, clang) with the
+# qgpu configurations: its own build directory in $(QGPU_CACHE).
+FUZZ_SECONDS ?= 300
+FUZZ_CONFIGS ?=
+FUZZ_OUT     := $(BUILD)/fuzz
+FUZZ_SEEDS   := qemu-device/tests/fuzz/seeds
+
+.PHONY: qemu-fuzz
+qemu-fuzz: $(STAMPS)/qemu-src $(TOOLS_PY) ## Build QEMU's fuzz target with qgpu (clang, libFuzzer, ASan, UBSan)
+	@scripts/install-host-deps.sh clang-16 libclang-rt-16-dev llvm-16
+	@qemu-device/scripts/overlay-qgpu.sh $(QEMU_SRC)
+	@qemu-device/scripts/build-qemu.sh $(QEMU_SRC) $(QEMU_FUZZ_OBJ) $(TOOLS_PY) fuzz
+	@mkdir -p $(BUILD)/bin
+	@ln -sfn $(QEMU_FUZZ_OBJ)/qemu-fuzz-x86_64 $(QEMU_FUZZ_BIN)
+	@echo "make: $(QEMU_FUZZ_BIN) is ready"
+
+.PHONY: qemu-sanitize
+qemu-sanitize: $(STAMPS)/qemu-src $(TOOLS_PY) ## Build qemu-system-x86_64 with qgpu under ASan + UBSan (gcc)
+	@scripts/install-host-deps.sh
+	@qemu-device/scripts/overlay-qgpu.sh $(QEMU_SRC)
+	@qemu-device/scripts/build-qemu.sh $(QEMU_SRC) $(QEMU_SAN_OBJ) $(TOOLS_PY) sanitize
+	@mkdir -p $(BUILD)/bin
+	@ln -sfn $(QEMU_SAN_OBJ)/qemu-system-x86_64 $(QEMU_SAN_BIN)
+	@echo "make: $(QEMU_SAN_BIN) is ready"
+
+.PHONY: fuzz
+fuzz: qemu-fuzz ## Fuzz qgpu for FUZZ_SECONDS (default 300) over its configurations; fails on any crash
+	@qemu-device/scripts/run-fuzz.sh $(QEMU_FUZZ_BIN) $(FUZZ_SECONDS) $(FUZZ_OUT) \
+	    $(FUZZ_SEEDS) $(QEMU_SRC) $(FUZZ_CONFIGS)
+
 .PHONY: demo
 demo: qemu image venv ## The main job: build what is missing, boot the guest, show DMA + mmap from both sides
 	$(VENV)/bin/qgpu demo --kernel $(KERNEL)
@@ -123,9 +157,22 @@ boot-bench: qemu image ## Boot-to-ready-shell times of KERNEL (benchmark)
 
 # ---- tests and benchmarks -------------------------------------------------------
 
+# QEMU_SANITIZE=1: against the ASan + UBSan build; a test fails on any report
+# (tests/device/conftest.py reads them from QEMU's log).
+QEMU_SANITIZE ?= 0
+ifeq ($(QEMU_SANITIZE),1)
+TEST_DEVICE_QEMU := qemu-sanitize
+TEST_DEVICE_RUN  := ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+                    UBSAN_OPTIONS=print_stacktrace=1 \
+                    $(PY) -m pytest tests/device --qgpu-qemu $(QEMU_SAN_BIN)
+else
+TEST_DEVICE_QEMU := qemu
+TEST_DEVICE_RUN  := $(PY) -m pytest tests/device
+endif
+
 .PHONY: test-device
-test-device: qemu venv ## Device-level tests over qtest (no guest kernel)
-	$(PY) -m pytest tests/device $(PYTEST_ARGS)
+test-device: $(TEST_DEVICE_QEMU) venv ## Device-level tests over qtest (no guest kernel); QEMU_SANITIZE=1: under ASan + UBSan
+	$(TEST_DEVICE_RUN) $(PYTEST_ARGS)
 
 .PHONY: lint
 lint: venv ## ruff and mypy --strict on the orchestrator and tests
@@ -136,32 +183,46 @@ lint: venv ## ruff and mypy --strict on the orchestrator and tests
 test-e2e: qemu image venv ## End-to-end tests on KERNEL: booted guests in every DMA mode
 	$(PY) -m pytest tests/e2e --qgpu-kernel $(KERNEL) $(PYTEST_ARGS)
 
-# What runs on which kernel: everything on stock; the whole end-to-end suite
-# again on debug, where any sanitizer report fails a test; on qgpu, the tests
-# of the io_mapping_map_user() path. Every run happens even if one fails.
+# What `make test` runs: lint; everything on the stock kernel; the whole
+# end-to-end suite again on debug, where any sanitizer report fails a test; on
+# qgpu, the tests of the io_mapping_map_user() path; the device suite against
+# an ASan + UBSan QEMU; and TEST_FUZZ_SECONDS (0: none) of the qgpu fuzzer.
+# Every run happens even if one fails.
 # The debug suite keeps about one core busy (one TCG guest at a time), so by
-# default the stock suite runs beside it, in a process group of its own (an
-# interrupt is passed on to it), its output kept in a log that is shown when
-# it ends (TEST_PARALLEL=0: one after the other, all on the terminal). Each
-# suite keeps its failure artifacts in build/artifacts/KERNEL.
+# default the rest runs beside it in a second lane -- stock suite, then the
+# sanitizer builds and runs (one ninja job) -- in a process group of its own
+# (an interrupt is passed on to it), its output kept in logs that are shown
+# when it ends (TEST_PARALLEL=0: one after the other, all on the terminal).
+# Each suite keeps its failure artifacts in build/artifacts/KERNEL.
 TEST_PARALLEL ?= 1
+TEST_FUZZ_SECONDS ?= 240
 TEST_LOGS     := $(BUILD)/logs
 
 .PHONY: test
-test: qemu images venv ## Everything CI runs: lint, then the suites on the stock, debug and qgpu kernels
+test: qemu images venv ## Everything CI runs: lint, the suites on the stock, debug and qgpu kernels, sanitizers, fuzzing
 	$(MAKE) --no-print-directory lint
-	@status=0; stock=; mkdir -p $(TEST_LOGS); \
+	@status=0; lane=; mkdir -p $(TEST_LOGS); \
 	stock_suite() { $(PY) -m pytest tests --qgpu-kernel stock \
 	    --qgpu-artifacts $(BUILD)/artifacts/stock $(PYTEST_ARGS); }; \
+	sanitizers() { NINJA_JOBS=$${1:-} $(MAKE) --no-print-directory test-device \
+	        QEMU_SANITIZE=1 || return 1; \
+	    [ "$(TEST_FUZZ_SECONDS)" = 0 ] || NINJA_JOBS=$${1:-} $(MAKE) --no-print-directory \
+	        fuzz FUZZ_SECONDS=$(TEST_FUZZ_SECONDS); }; \
+	run_logged() { local name=$$1; shift; \
+	    if "$$@" > $(TEST_LOGS)/test-$$name.log 2>&1; then rc=0; else rc=$$?; fi; \
+	    echo $$rc > $(TEST_LOGS)/test-$$name.rc; }; \
+	show_logged() { echo "make: ---- $$1 ($(TEST_LOGS)/test-$$1.log) ----"; \
+	    cat $(TEST_LOGS)/test-$$1.log; \
+	    [ "$$(cat $(TEST_LOGS)/test-$$1.rc 2>/dev/null)" = 0 ] || status=1; }; \
 	if [ "$(TEST_PARALLEL)" = 1 ]; then \
-	    echo "make: device + end-to-end suites, stock kernel: running beside the debug" \
-	         "suite, output in $(TEST_LOGS)/test-stock.log (shown when it ends)"; \
-	    rm -f $(TEST_LOGS)/test-stock.rc; \
+	    echo "make: beside the debug suite: the stock suite, then the sanitizer device" \
+	         "suite and the fuzzer; output in $(TEST_LOGS)/test-{stock,sanitizers}.log" \
+	         "(shown when they end)"; \
+	    rm -f $(TEST_LOGS)/test-stock.rc $(TEST_LOGS)/test-sanitizers.rc; \
 	    set -m; \
-	    ( if stock_suite > $(TEST_LOGS)/test-stock.log 2>&1; then rc=0; \
-	      else rc=$$?; fi; echo $$rc > $(TEST_LOGS)/test-stock.rc ) & stock=$$!; \
+	    ( run_logged stock stock_suite; run_logged sanitizers sanitizers 1 ) & lane=$$!; \
 	    set +m; \
-	    trap 'kill -INT -- -$$stock 2>/dev/null; wait $$stock; exit 130' INT TERM; \
+	    trap 'kill -INT -- -$$lane 2>/dev/null; wait $$lane; exit 130' INT TERM; \
 	else \
 	    echo "make: device + end-to-end suites, stock kernel"; \
 	    stock_suite || status=1; \
@@ -169,15 +230,16 @@ test: qemu images venv ## Everything CI runs: lint, then the suites on the stock
 	echo "make: end-to-end suite, debug kernel"; \
 	$(PY) -m pytest tests/e2e --qgpu-kernel debug \
 	    --qgpu-artifacts $(BUILD)/artifacts/debug $(PYTEST_ARGS) || status=1; \
-	if [ -n "$$stock" ]; then \
-	    echo "make: waiting for the stock suite"; wait $$stock || true; \
-	    echo "make: ---- stock suite ($(TEST_LOGS)/test-stock.log) ----"; \
-	    cat $(TEST_LOGS)/test-stock.log; \
-	    [ "$$(cat $(TEST_LOGS)/test-stock.rc 2>/dev/null)" = 0 ] || status=1; \
-	fi; \
 	echo "make: io_mapping tests, qgpu kernel"; \
 	$(PY) -m pytest tests/e2e/test_io_mapping.py --qgpu-kernel qgpu \
 	    --qgpu-artifacts $(BUILD)/artifacts/qgpu $(PYTEST_ARGS) || status=1; \
+	if [ -n "$$lane" ]; then \
+	    echo "make: waiting for the second lane"; wait $$lane || true; \
+	    show_logged stock; show_logged sanitizers; \
+	else \
+	    echo "make: device suite under ASan + UBSan, and the fuzzer"; \
+	    sanitizers || status=1; \
+	fi; \
 	exit $$status
 
 .PHONY: bench

@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: GPL-2.0-or-later
 #
-# Configure (when needed) and build qemu-system-x86_64 with qgpu.
+# Configure (when needed) and build QEMU with qgpu, in one of three flavours:
+#   plain     qemu-system-x86_64 (gcc): what the rig runs
+#   fuzz      qemu-fuzz-x86_64 (clang, libFuzzer, ASan, UBSan): QEMU's generic
+#             fuzzer with the qgpu configurations (tests/qtest/fuzz/)
+#   sanitize  qemu-system-x86_64 (gcc, ASan, UBSan): the device suite under
+#             the sanitizers
+# Each flavour needs its own BUILD_DIR.
 #
-# Usage: build-qemu.sh QEMU_SOURCE_DIR BUILD_DIR TOOLS_PYTHON
+# Usage: build-qemu.sh QEMU_SOURCE_DIR BUILD_DIR TOOLS_PYTHON [FLAVOUR]
 #   TOOLS_PYTHON: a python3 that has meson and pycotap installed (the
 #   Debian +ds source has no bundled wheels for configure to fall back on).
+#   NINJA_JOBS in the environment limits ninja's parallel jobs.
 #
 # Configure runs again only when its arguments or the device set change, so
 # an edit to the device source is an incremental ninja build.
@@ -14,6 +21,7 @@ set -euo pipefail
 src=$1
 build=$2
 python=$3
+flavour=${4:-plain}
 here=$(cd "$(dirname "$0")/.." && pwd)
 
 # Firmware comes from Debian packages (seabios, qemu-system-data, ipxe-qemu);
@@ -28,10 +36,25 @@ CONFIGURE_ARGS=(
     --disable-fdt --disable-install-blobs --disable-download
     --python="$python"
 )
+case $flavour in
+plain)
+    target=qemu-system-x86_64 ;;
+fuzz)
+    # clang-16: the newest clang in Debian 12; libFuzzer is in libclang-rt-16-dev.
+    CONFIGURE_ARGS+=(--cc=clang-16 --cxx=clang++-16 --objcc=clang-16
+                     --enable-fuzzing --enable-asan --enable-ubsan)
+    target=qemu-fuzz-x86_64 ;;
+sanitize)
+    CONFIGURE_ARGS+=(--enable-asan --enable-ubsan)
+    target=qemu-system-x86_64 ;;
+*)
+    echo "build-qemu: unknown flavour '$flavour' (plain, fuzz or sanitize)" >&2
+    exit 2 ;;
+esac
 
 want=$( { printf '%s\n' "${CONFIGURE_ARGS[@]}"; cat "$here/configs/devices/x86_64-softmmu/qgpu.mak"; } | sha256sum | cut -c1-16)
 if [[ ! -f $build/build.ninja ]] || [[ $(cat "$build/.qgpu-configure" 2>/dev/null) != "$want" ]]; then
-    echo "build-qemu: configuring QEMU in $build"
+    echo "build-qemu: configuring QEMU ($flavour) in $build"
     mkdir -p "$build"
     (cd "$build" && "$src/configure" "${CONFIGURE_ARGS[@]}") > "$build/configure.log" 2>&1 || {
         tail -40 "$build/configure.log" >&2
@@ -53,11 +76,14 @@ link_firmware() {
 link_firmware
 
 # ninja prints one status line per step: show progress without flooding logs.
-echo "build-qemu: ninja qemu-system-x86_64 (a cold build takes 3 to 5 minutes on 2 cores)"
+jobs=()
+[[ -n ${NINJA_JOBS:-} ]] && jobs=(-j "$NINJA_JOBS")
+echo "build-qemu: ninja $target ($flavour; a cold build takes 3 to 5 minutes on 2 cores," \
+     "twice that for the sanitizer flavours)"
 if [[ -t 1 ]]; then
-    ninja -C "$build" qemu-system-x86_64
+    ninja -C "$build" "${jobs[@]}" "$target"
 else
-    NINJA_STATUS="[%f/%t %es] " ninja -C "$build" qemu-system-x86_64 |
+    NINJA_STATUS="[%f/%t %es] " ninja -C "$build" "${jobs[@]}" "$target" |
         awk '/^\[[0-9]+\/[0-9]+ / { n++; if (n % 100 == 1) { print; fflush() } next } { print; fflush() }'
     exit "${PIPESTATUS[0]}"
 fi

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from qgpu.device import QgpuDevice, start_qgpu
+from qgpu.process import SANITIZER_REPORTS
 
 StartQgpu = Callable[..., QgpuDevice]
 
@@ -39,3 +40,18 @@ def qgpu(start: StartQgpu) -> QgpuDevice:
 def rng(request: pytest.FixtureRequest) -> random.Random:
     """A random generator seeded from the test name, so failures reproduce."""
     return random.Random(request.node.nodeid)
+
+
+@pytest.fixture(autouse=True)
+def no_sanitizer_reports() -> Iterator[None]:
+    """Fail a test whose QEMU reported a bug through ASan, UBSan or LSan.
+
+    Only a QEMU built with the sanitizers (make test-device QEMU_SANITIZE=1)
+    reports; the reports are read from each QEMU's log when it stops, which
+    the device fixtures (set up after this one) do before this check.
+    """
+    before = len(SANITIZER_REPORTS)
+    yield
+    new = SANITIZER_REPORTS[before:]
+    if new:
+        pytest.fail("QEMU's sanitizers reported:\n" + "\n".join(new), pytrace=False)

@@ -112,7 +112,7 @@ def test_stress_statistics_agree_with_the_device(guest: GuestMachine,
     device keeps its own, so this run has signals, stops and function resets
     but no removal, and compares the two between idle points.
     """
-    seconds = 15 if guest_kernel.detectors.heavy else 5
+    seconds = 8 if guest_kernel.detectors.heavy else 5
     args = (f"--seconds {seconds} --seed {SEED + 1} --procs 2 --threads 2 --signals "
             "--stop-cont --reset-every-ms 700")
     insp = guest.inspector()

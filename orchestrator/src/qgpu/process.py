@@ -32,6 +32,23 @@ CRASH_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.
                            signal.SIGABRT})
 
 
+#: Lines that start a report of QEMU's sanitizers (a build with --enable-asan/ubsan).
+SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error: ",
+                     "WARNING: ThreadSanitizer")
+#: Reports found in the logs of every QemuProcess stopped so far, oldest first:
+#: a test harness compares the length before and after a test.
+SANITIZER_REPORTS: list[str] = []
+
+
+def sanitizer_report(log: str) -> str | None:
+    """Return the sanitizer report in a QEMU log (from its first line), or None."""
+    starts = [i for i in (log.find(m) for m in SANITIZER_MARKERS) if i >= 0]
+    if not starts:
+        return None
+    begin = log.rfind("\n", 0, min(starts)) + 1
+    return log[begin:begin + 6000]
+
+
 @dataclass(frozen=True)
 class CrashReport:
     """Why QEMU died from a crash signal: readable text, and the frames gdb read."""
@@ -58,6 +75,7 @@ class QemuProcess:
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix=f"qgpu-{name}-", dir="/tmp"))
         self.log_path = self.workdir / f"{name}.log"
         self._proc: subprocess.Popen[bytes] | None = None
+        self._sanitizer_checked = False
 
     @property
     def pid(self) -> int | None:
@@ -199,9 +217,20 @@ class QemuProcess:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self._proc.pid, sig)
                 status = self.wait(grace)
+            self._collect_sanitizer_report()
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
         return status
+
+    def _collect_sanitizer_report(self) -> None:
+        """Keep what QEMU's sanitizers reported (at exit, for leaks) before the log goes."""
+        if self._sanitizer_checked or self.is_alive():
+            return
+        self._sanitizer_checked = True
+        with contextlib.suppress(OSError):
+            report = sanitizer_report(self.log_path.read_text(errors="replace"))
+            if report is not None:
+                SANITIZER_REPORTS.append(f"{self.name} ({self.binary}):\n{report}")
 
     def keep_log(self, dest: Path) -> None:
         """Copy QEMU's log to ``dest`` (for artifact bundles)."""
