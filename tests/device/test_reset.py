@@ -7,6 +7,7 @@ when the test steps it (qtest): a transfer stays in flight deterministically.
 from __future__ import annotations
 
 import random
+import time
 
 import pytest
 
@@ -15,6 +16,8 @@ from qgpu.device import QOM_PATH, QgpuDevice, enumerate_qgpu, qgpu_args
 from qgpu.errors import QmpError
 from qgpu.pci import CAP_ID_PM
 from qgpu.qtest import QtestMachine
+
+from .test_reentrancy import wait_for
 
 MiB = 1 << 20
 SLICE_NS = 1_000_000
@@ -249,3 +252,20 @@ def test_every_descriptor_submitted_is_retired_aborted_or_dropped(
     qgpu.qt.qmp.wait_event("RESET", after=events)
     assert {n: qgpu.stat(n) for n in ("descriptors", "aborted", "dropped")} == \
         {"descriptors": 0, "aborted": 2, "dropped": 6}
+
+
+def test_the_engine_does_no_dma_while_the_vm_is_stopped(qgpu: QgpuDevice,
+                                                       rng: random.Random) -> None:
+    """Issue 11 (S3): the bottom-half engine kept copying while the VM was
+    paused, and a doorbell written while paused started work. A stopped VM
+    (``stop``, or a migration's switchover) must see no DMA; ``cont`` resumes."""
+    assert qgpu.qt.qmp is not None
+    qgpu.qt.qmp.command("stop")
+    index, fence, data = _start_copy(qgpu, rng, 32 * MiB)   # doorbell while stopped
+    time.sleep(0.5)
+    qgpu.qt.poll()
+    assert qgpu.stat("bytes-to-vram") == 0, "the engine ran while the VM was stopped"
+    assert qgpu.status(index) == 0 and qgpu.mem.read(fence, 8) == bytes(8)
+    qgpu.qt.qmp.command("cont")
+    wait_for("the copy to finish after cont", lambda: qgpu.status(index) == ABI.DESC_STATUS_DONE)
+    assert qgpu.vram_host(0, len(data)) == data

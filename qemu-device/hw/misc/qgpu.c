@@ -32,6 +32,7 @@
 #include "migration/vmstate.h"
 #include "system/hostmem.h"
 #include "system/dma.h"
+#include "system/runstate.h"
 #include "qom/object.h"
 #include "hw/misc/qgpu_hw.h"
 #include "trace.h"
@@ -190,6 +191,7 @@ struct QGPUState {
 
     QEMUBH *bh;
     QEMUTimer *delay_timer;
+    VMChangeStateEntry *vm_state;   /* the engine runs only with the VM */
     /*
      * Moved by every device reset and by unrealize. Guest-programmed DMA
      * (and MSI/MSI-X messages, whose address the guest picks) can reach
@@ -1052,6 +1054,15 @@ static void qgpu_engine_work(QGPUState *s)
     if (s->fault_hang) {
         return;     /* until x-fault-hang is cleared or the engine reset */
     }
+    if (!runstate_is_running()) {
+        /*
+         * Paused, migrating in, or past a migration's switchover: no DMA
+         * (guest memory must not change under a stopped VM or behind the
+         * migration's back). qgpu_vm_state_change() resumes on cont.
+         */
+        trace_qgpu_engine_vm_stopped(s->ring_head, s->ring_tail);
+        return;
+    }
     if (qgpu_power_state(PCI_DEVICE(s)) != 0) {
         /* Powered down: no DMA, and the way back to D0 resets the engine. */
         trace_qgpu_engine_powered_down(s->ring_head, s->ring_tail);
@@ -1159,6 +1170,17 @@ static void qgpu_engine_kick(QGPUState *s)
         }
     } else {
         qemu_bh_schedule(s->bh);
+    }
+}
+
+/* The VM runs again (cont, the end of an incoming migration): so does the engine. */
+static void qgpu_vm_state_change(void *opaque, bool running, RunState state)
+{
+    QGPUState *s = opaque;
+
+    trace_qgpu_vm_state(running, qgpu_engine_has_work(s));
+    if (running && qgpu_engine_has_work(s)) {
+        qgpu_engine_kick(s);
     }
 }
 
@@ -1979,6 +2001,7 @@ static void qgpu_realize(PCIDevice *pdev, Error **errp)
     s->bh = qemu_bh_new_guarded(qgpu_engine_run, s,
                                 &DEVICE(s)->mem_reentrancy_guard);
     s->delay_timer = timer_new_ns(QEMU_CLOCK_VIRTUAL, qgpu_delay_expired, s);
+    s->vm_state = qemu_add_vm_change_state_handler(qgpu_vm_state_change, s);
     trace_qgpu_realize(s->vram_size, !!s->hostmem, s->msi, s->msix,
                        s->vram_prefetchable);
     return;
@@ -2000,6 +2023,8 @@ static void qgpu_exit(PCIDevice *pdev)
     QGPUState *s = QGPU(pdev);
 
     s->epoch++;
+    qemu_del_vm_change_state_handler(s->vm_state);
+    s->vm_state = NULL;
     qgpu_engine_stop(s);
     qemu_bh_delete(s->bh);
     s->bh = NULL;
