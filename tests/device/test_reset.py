@@ -12,11 +12,12 @@ import time
 import pytest
 
 from qgpu.abi import ABI
-from qgpu.device import QOM_PATH, QgpuDevice, enumerate_qgpu, qgpu_args
+from qgpu.device import QOM_PATH, ROOT_PORT_SLOT, QgpuDevice, enumerate_qgpu, qgpu_args
 from qgpu.errors import QmpError
-from qgpu.pci import CAP_ID_PM
+from qgpu.pci import CAP_ID_EXP, CAP_ID_PM, PciFunction
 from qgpu.qtest import QtestMachine
 
+from .conftest import StartQgpu
 from .test_reentrancy import wait_for
 
 MiB = 1 << 20
@@ -269,3 +270,46 @@ def test_the_engine_does_no_dma_while_the_vm_is_stopped(qgpu: QgpuDevice,
     qgpu.qt.qmp.command("cont")
     wait_for("the copy to finish after cont", lambda: qgpu.status(index) == ABI.DESC_STATUS_DONE)
     assert qgpu.vram_host(0, len(data)) == data
+
+
+PCI_EXP_SLTCTL = 0x18
+PCI_EXP_SLTCTL_PCC = 0x400          # Power Controller Control: 1 = power off
+PCI_EXP_SLTCTL_PWR_IND_OFF = 0x300
+
+
+def test_device_add_right_after_the_guest_powered_the_slot_off(start: StartQgpu) -> None:
+    """Issue 11: the guest powers the slot off (native PCIe hotplug), QMP
+    ``device_add`` at once: QEMU aborted with "RAMBlock .../qgpu.vram already
+    registered" -- the device's own VRAM (no memdev) kept its migration name
+    until the old object was finalized, an RCU grace period later."""
+    dev = start(shared_vram=False,
+                extra_args=["-global", "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off"])
+    port = PciFunction(dev.qt, 0, ROOT_PORT_SLOT)
+    sltctl = port.capabilities()[CAP_ID_EXP] + PCI_EXP_SLTCTL
+    assert dev.qt.qmp is not None
+    for _ in range(3):
+        port.write16(sltctl, port.read16(sltctl) | PCI_EXP_SLTCTL_PCC | PCI_EXP_SLTCTL_PWR_IND_OFF)
+        wait_for("the slot to be empty",
+                 lambda: not any(d.get("qdev_id") == "qgpu0" for d in pci_devices(dev)))
+        dev.qt.qmp.command("device_add", {"driver": "qgpu", "id": "qgpu0",
+                                          "bus": "qgpu-rp0", "vram-size": 64 << 20})
+        port.write16(sltctl, port.read16(sltctl) & ~PCI_EXP_SLTCTL_PCC)
+        assert dev.qt.proc is not None and dev.qt.proc.is_alive()
+    assert any(d.get("qdev_id") == "qgpu0" for d in pci_devices(dev))
+
+
+def pci_devices(dev: QgpuDevice) -> list[dict[str, object]]:
+    """Every PCI function QEMU knows, from QMP query-pci, all buses flattened."""
+    assert dev.qt.qmp is not None
+    found: list[dict[str, object]] = []
+
+    def walk(devices: list[dict[str, object]]) -> None:
+        for d in devices:
+            found.append(d)
+            bridge = d.get("pci_bridge")
+            if isinstance(bridge, dict):
+                walk(bridge.get("devices", []))
+
+    for bus in dev.qt.qmp.command("query-pci"):
+        walk(bus["devices"])
+    return found

@@ -1884,10 +1884,17 @@ static bool qgpu_init_vram(QGPUState *s, Error **errp)
     return true;
 }
 
+/*
+ * Give up VRAM's migration name now, for our own RAM too: the old object is
+ * finalized an RCU grace period after unplug, and a device_add into the same
+ * slot before then would find the name taken (QEMU aborts on that).
+ */
 static void qgpu_fini_vram(QGPUState *s)
 {
-    if (s->hostmem && s->vram) {
+    if (s->vram) {
         vmstate_unregister_ram(s->vram, DEVICE(s));
+    }
+    if (s->hostmem && s->vram) {
         host_memory_backend_set_mapped(s->hostmem, false);
     }
     s->vram = NULL;
