@@ -9,6 +9,8 @@ import pytest
 from qgpu.abi import ABI
 from qgpu.device import MSIX_ADDR, REGS_ADDR, VRAM_ADDR, QgpuDevice
 
+from .conftest import StartQgpu
+
 UNASSIGNED = 0x20_0000_0000          # 128 GiB: nothing decodes there
 TOP = 1 << 64
 
@@ -216,3 +218,26 @@ def test_random_garbage_never_breaks_qemu(qgpu: QgpuDevice) -> None:
     qgpu.mem.write(src, b"z" * 64)
     assert qgpu.run(qgpu.desc(opcode=ABI.OP_COPY_TO_VRAM, src=src, dst=0, length=64)) == [0]
     assert qgpu.vram_host(0, 64) == b"z" * 64
+
+
+VTD_REGS = 0xFED9_0000                   # intel-iommu's register window on q35
+DMAR_FECTL_REG = 0x38                   # 32-bit: fault event control
+DMAR_FEDATA_REG = 0x3C
+
+
+def test_dma_into_the_vt_d_registers_does_not_abort_qemu(start: StartQgpu) -> None:
+    """Issue 11: an 8-byte COPY_FROM_VRAM aimed at a 32-bit VT-d register
+    aborted QEMU (``vtd_mem_write: Assertion `size == 4' failed``): the memory
+    core writes DMA in the largest size the region accepts. A guest must not
+    be able to abort QEMU through the device; qgpu carries a fix of
+    intel_iommu.c (qemu-device/patches/0002): the write is split in two."""
+    dev = start(extra_args=["-device", "intel-iommu"])
+    dev.setup_ring(8)
+    assert dev.vram_shm is not None
+    dev.vram_shm.write(0, (0x4321 << 32 | 0x8000_0000).to_bytes(8, "little"))
+    codes = dev.run(dev.desc(opcode=ABI.OP_COPY_FROM_VRAM, src=0, dst=VTD_REGS + DMAR_FECTL_REG,
+                             length=8))
+    assert codes == [0]
+    # Both halves landed, in their own registers (FECTL keeps only its mask bit).
+    assert dev.qt.readl(VTD_REGS + DMAR_FECTL_REG) == 0x8000_0000
+    assert dev.qt.readl(VTD_REGS + DMAR_FEDATA_REG) == 0x4321

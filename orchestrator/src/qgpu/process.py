@@ -162,8 +162,14 @@ class QemuProcess:
         return CrashReport(f"{head}; backtrace of the crashing thread:\n" + "\n".join(frames),
                            frames)
 
-    def check_alive(self, doing: str) -> None:
-        """Raise :class:`QemuDiedError` (quoting QEMU's log) if QEMU has exited."""
+    def check_alive(self, doing: str, *, grace: float = 0.0) -> None:
+        """Raise :class:`QemuDiedError` (quoting QEMU's log) if QEMU has exited.
+
+        ``grace``: how long to wait for an exit that is under way -- after a
+        lost connection, QEMU may still be aborting (writing its core).
+        """
+        if grace and self._proc is not None:
+            self.wait(grace)
         if self._proc is not None and self._proc.poll() is not None:
             raise QemuDiedError(
                 f"{self.name}: QEMU exited with status {self._proc.returncode} while {doing}. "

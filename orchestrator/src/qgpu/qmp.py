@@ -15,11 +15,18 @@ import threading
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
 from qemu.qmp import ExecuteError, QMPClient, QMPError
 
 from qgpu.errors import QemuDiedError, QemuTimeoutError, QmpError
+
+
+class CheckAlive(Protocol):
+    """Raise if QEMU has exited (waiting up to ``grace`` s for an exit under way)."""
+
+    def __call__(self, doing: str, *, grace: float = ...) -> None:
+        """Raise :class:`QemuDiedError` if QEMU exited while ``doing``."""
 
 T = TypeVar("T")
 
@@ -48,14 +55,18 @@ class QmpClient:
     """
 
     def __init__(self, name: str = "qgpu", *, timeout: float = DEFAULT_TIMEOUT,
-                 is_alive: Callable[[], bool] | None = None) -> None:
+                 is_alive: Callable[[], bool] | None = None,
+                 check_alive: CheckAlive | None = None) -> None:
         """Create an unconnected client.
 
-        ``is_alive`` lets a timed-out call say whether QEMU died meanwhile.
+        ``is_alive`` lets a timed-out call say whether QEMU died meanwhile;
+        ``check_alive`` (:meth:`QemuProcess.check_alive`), called when the
+        connection is lost, raises :class:`QemuDiedError` quoting QEMU's log.
         """
         self.name = name
         self.timeout = timeout
         self._is_alive = is_alive
+        self._check_alive = check_alive
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever,
                                         name=f"qmp-{name}", daemon=True)
@@ -147,6 +158,9 @@ class QmpClient:
         except ExecuteError as exc:
             raise QmpError(f"QMP {cmd} {dict(args or {})} failed: {exc}") from exc
         except (QMPError, EOFError, OSError) as exc:
+            if self._check_alive is not None:
+                # QEMU may still be aborting: wait for it, then quote its last words.
+                self._check_alive(f"running QMP {cmd}", grace=5.0)
             if self._is_alive is not None and not self._is_alive():
                 raise QemuDiedError(f"QEMU died during QMP {cmd}") from exc
             raise QmpError(f"QMP {cmd}: connection failed: {exc!r}") from exc

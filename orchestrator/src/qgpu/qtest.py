@@ -80,7 +80,8 @@ class QtestMachine:
             qmp_sock = self.proc.accept(qmp_l, "the QMP connection", self.timeout)
             self._sock.settimeout(self.timeout)
             self._rfile = self._sock.makefile("rb")
-            self.qmp = QmpClient(self.name, timeout=self.timeout, is_alive=self.proc.is_alive)
+            self.qmp = QmpClient(self.name, timeout=self.timeout, is_alive=self.proc.is_alive,
+                                 check_alive=self.proc.check_alive)
             self.qmp.connect(qmp_sock)
         except BaseException:
             self.stop()
@@ -133,7 +134,7 @@ class QtestMachine:
             while True:
                 reply = self._rfile.readline()
                 if not reply:
-                    self.proc.check_alive(f"running qtest command {line!r}")
+                    self.proc.check_alive(f"running qtest command {line!r}", grace=5.0)
                     raise QemuDiedError(f"qtest connection closed during {line!r}")
                 text = reply.decode().strip()
                 if text.startswith("IRQ "):
@@ -147,7 +148,7 @@ class QtestMachine:
             raise QemuTimeoutError(f"qtest command {line!r} got no reply in "
                                    f"{self.timeout:.0f} s: QEMU is hung") from None
         except OSError as exc:
-            self.proc.check_alive(f"running qtest command {line!r}")
+            self.proc.check_alive(f"running qtest command {line!r}", grace=5.0)
             raise QtestError(f"qtest command {line!r}: {exc}") from exc
         if text == "OK" or text.startswith("OK "):
             return text[3:]
