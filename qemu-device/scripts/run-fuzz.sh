@@ -40,6 +40,9 @@ ASAN_BASE=${ASAN_BASE:-abort_on_error=1:symbolize=1:allocator_may_return_null=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:abort_on_error=1:print_stacktrace=1}
 # libFuzzer options: a descriptor program must finish in 10 s and 2 GiB.
 LIBFUZZER_OPTS=(-timeout=10 -rss_limit_mb=2048 -print_final_stats=1 -max_len=4096)
+# Addresses and values worth trying (the VT-d window, MSI, ECAM, ...).
+dict=$(dirname "$seeds")/qgpu.dict
+[[ -f $dict ]] && LIBFUZZER_OPTS+=(-dict="$dict")
 
 mkdir -p "$out/logs"
 summary=$out/summary.txt
