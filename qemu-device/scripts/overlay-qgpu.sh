@@ -64,19 +64,27 @@ splice_c_after "$here/tests/qtest/fuzz/generic_fuzz_configs.qgpu" \
     "$qemu/tests/qtest/fuzz/generic_fuzz_configs.h" \
     "const generic_fuzz_config predefined_configs[] = {"
 
-# Fixes to QEMU that qgpu carries (qemu-device/patches/*.patch, -p1): each is
-# applied once; one that neither applies nor is already applied stops us.
+# Fixes to QEMU that qgpu carries (qemu-device/patches/*.patch, -p1), each
+# applied once: a stamp in the source tree (gone with the tree when the
+# source is unpacked again) records it. A patch that does not apply stops us.
+# (Reverse-applying to test for "already applied" is not enough: with its
+# context shifted, a one-line patch can match elsewhere in the file.)
+mkdir -p "$qemu/.qgpu-patches"
 for p in "$here"/patches/*.patch; do
     [[ -e $p ]] || continue
-    if patch -d "$qemu" -p1 -R -s -f --dry-run < "$p" >/dev/null 2>&1; then
-        continue                # already applied
-    fi
-    if ! patch -d "$qemu" -p1 -s -f --dry-run < "$p" >/dev/null 2>&1; then
+    stamp=$qemu/.qgpu-patches/$(basename "$p").$(sha256sum "$p" | cut -c1-16)
+    [[ -e $stamp ]] && continue
+    if patch -d "$qemu" -p1 -s -f -F0 --dry-run < "$p" >/dev/null 2>&1; then
+        echo "overlay-qgpu: applying $(basename "$p")"
+        patch -d "$qemu" -p1 -s -f -F0 --no-backup-if-mismatch < "$p"
+    elif patch -d "$qemu" -p1 -R -s -f -F0 --dry-run < "$p" >/dev/null 2>&1 &&
+         [[ -z $(ls "$qemu/.qgpu-patches/$(basename "$p")".* 2>/dev/null) ]]; then
+        :   # applied by an overlay from before the stamps
+    else
         echo "overlay-qgpu: $(basename "$p") does not apply to $qemu" >&2
         exit 1
     fi
-    echo "overlay-qgpu: applying $(basename "$p")"
-    patch -d "$qemu" -p1 -s -f --no-backup-if-mismatch < "$p"
+    touch "$stamp"
 done
 
 # The Debian +ds tarball has no firmware blobs, so never try to unpack the

@@ -9,7 +9,7 @@ import pytest
 from qgpu.abi import ABI
 from qgpu.device import QOM_PATH, QgpuDevice
 from qgpu.errors import QmpError
-from qgpu.pci import EXT_CAP_ID_ERR
+from qgpu.pci import CAP_ID_EXP, EXT_CAP_ID_ERR
 
 KiB = 1 << 10
 PCI_ERR_UNCOR_STATUS = 0x04
@@ -164,6 +164,25 @@ def test_device_raises_aer_errors(qgpu: QgpuDevice, kind: str, reg: int, bit: in
     assert qgpu.fn.read32(aer + reg) & bit
     assert qgpu.qom("x-fault-aer") == kind
     assert qgpu.stat("faults-injected") == 1
+
+
+PCI_EXP_DEVSTA = 0x0A
+PCI_EXP_LNKCAP = 0x0C
+
+
+@pytest.mark.parametrize("kind", ["correctable", "nonfatal", "fatal"])
+def test_an_aer_error_changes_device_status_and_nothing_else(qgpu: QgpuDevice,
+                                                             kind: str) -> None:
+    """Issue 11: after x-fault-aer=nonfatal|fatal every later migration failed
+    ("Bad config data: i=0x8c"): QEMU's pcie_aer.c wrote the 16-bit Device
+    Status with a 32-bit store and zeroed half of the read-only Link
+    Capabilities. qgpu carries a fix (qemu-device/patches/0003)."""
+    exp = qgpu.fn.capabilities()[CAP_ID_EXP]
+    lnkcap = qgpu.fn.read32(exp + PCI_EXP_LNKCAP)
+    assert lnkcap != 0
+    fault(qgpu, "aer", kind)
+    assert qgpu.fn.read16(exp + PCI_EXP_DEVSTA) & 0xF, "no error bit in Device Status"
+    assert qgpu.fn.read32(exp + PCI_EXP_LNKCAP) == lnkcap, "Link Capabilities changed"
 
 
 def test_hmp_pcie_aer_inject_error_reaches_the_device(qgpu: QgpuDevice) -> None:
