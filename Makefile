@@ -90,6 +90,7 @@ qemu: $(STAMPS)/qemu-src $(TOOLS_PY) ## Build qemu-system-x86_64 with qgpu -> bu
 # QEMU's generic fuzzer (libFuzzer over qtest, ASan + UBSan, clang) with the
 # qgpu configurations: its own build directory in $(QGPU_CACHE).
 FUZZ_SECONDS ?= 300
+FUZZ_JOBS    ?= $(shell nproc)
 FUZZ_CONFIGS ?=
 FUZZ_OUT     := $(BUILD)/fuzz
 FUZZ_SEEDS   := qemu-device/tests/fuzz/seeds
@@ -113,8 +114,8 @@ qemu-sanitize: $(STAMPS)/qemu-src $(TOOLS_PY) ## Build qemu-system-x86_64 with q
 	@echo "make: $(QEMU_SAN_BIN) is ready"
 
 .PHONY: fuzz
-fuzz: qemu-fuzz ## Fuzz qgpu for FUZZ_SECONDS (default 300) over its configurations; fails on any crash
-	@qemu-device/scripts/run-fuzz.sh $(QEMU_FUZZ_BIN) $(FUZZ_SECONDS) $(FUZZ_OUT) \
+fuzz: qemu-fuzz ## Fuzz qgpu for FUZZ_SECONDS (default 300), FUZZ_JOBS at once (default: all cores); fails on any crash
+	@FUZZ_JOBS=$(FUZZ_JOBS) qemu-device/scripts/run-fuzz.sh $(QEMU_FUZZ_BIN) $(FUZZ_SECONDS) $(FUZZ_OUT) \
 	    $(FUZZ_SEEDS) $(QEMU_SRC) $(FUZZ_CONFIGS)
 
 .PHONY: demo
@@ -207,7 +208,7 @@ test: qemu images venv ## Everything CI runs: lint, the suites on the stock, deb
 	sanitizers() { NINJA_JOBS=$${1:-} $(MAKE) --no-print-directory test-device \
 	        QEMU_SANITIZE=1 || return 1; \
 	    [ "$(TEST_FUZZ_SECONDS)" = 0 ] || NINJA_JOBS=$${1:-} $(MAKE) --no-print-directory \
-	        fuzz FUZZ_SECONDS=$(TEST_FUZZ_SECONDS); }; \
+	        fuzz FUZZ_SECONDS=$(TEST_FUZZ_SECONDS) FUZZ_JOBS=$${1:-$(FUZZ_JOBS)}; }; \
 	run_logged() { local name=$$1; shift; \
 	    if "$$@" > $(TEST_LOGS)/test-$$name.log 2>&1; then rc=0; else rc=$$?; fi; \
 	    echo $$rc > $(TEST_LOGS)/test-$$name.rc; }; \

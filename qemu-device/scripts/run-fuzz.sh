@@ -7,7 +7,8 @@
 #
 # Usage: run-fuzz.sh FUZZER SECONDS OUTDIR SEEDDIR QEMU_SRC [CONFIG...]
 #   FUZZER    qemu-fuzz-x86_64 (build-qemu.sh ... fuzz)
-#   SECONDS   fuzzing time shared equally by the configurations
+#   SECONDS   wall-clock fuzzing time, shared by the configurations; FUZZ_JOBS
+#             (environment; default 1) fuzzers run at once, each on one core
 #   OUTDIR    corpus/CONFIG (kept and grown from run to run), crashes/CONFIG,
 #             logs/CONFIG.log, summary.txt
 #   SEEDDIR   the checked-in seed corpus, read by every configuration
@@ -29,7 +30,11 @@ configs=("$@")
 [[ $seconds =~ ^[0-9]+$ ]] && (( seconds >= ${#configs[@]} )) || {
     echo "run-fuzz: FUZZ_SECONDS must be a whole number of at least ${#configs[@]}" \
          "(one second per configuration), not '$seconds'" >&2; exit 2; }
-per=$(( seconds / ${#configs[@]} ))
+jobs=${FUZZ_JOBS:-1}
+[[ $jobs =~ ^[1-9][0-9]*$ ]] || { echo "run-fuzz: FUZZ_JOBS must be a positive number, not '$jobs'" >&2; exit 2; }
+(( jobs <= ${#configs[@]} )) || jobs=${#configs[@]}
+# Each configuration gets the same time; with JOBS at once, SECONDS of wall clock.
+per=$(( seconds * jobs / ${#configs[@]} ))
 
 # Reports name functions and lines (llvm-16: make qemu-fuzz installs it).
 export ASAN_SYMBOLIZER_PATH=${ASAN_SYMBOLIZER_PATH:-/usr/lib/llvm-16/bin/llvm-symbolizer}
@@ -63,12 +68,9 @@ reproduce() {   # CONFIG CRASH: a qtest trace beside CRASH, and how to replay it
     rm -f "$trace.raw"
 }
 
-for cfg in "${configs[@]}"; do
-    corpus=$out/corpus/$cfg crashes=$out/crashes/$cfg log=$out/logs/$cfg.log
-    mkdir -p "$corpus" "$crashes"
-    touch "$crashes/.start"     # what this run found is newer (earlier finds are kept)
-    echo "run-fuzz: generic-fuzz-$cfg for ${per} s (corpus $corpus, log $log)"
-    rc=0
+fuzz_one() {     # CONFIG: fuzz, then the leak check; exit status in logs/CONFIG.rc
+    local cfg=$1 rc=0
+    local corpus=$out/corpus/$cfg crashes=$out/crashes/$cfg log=$out/logs/$cfg.log
     ASAN_OPTIONS=$ASAN_BASE:detect_leaks=0 \
         "$fuzzer" --fuzz-target="generic-fuzz-$cfg" "${LIBFUZZER_OPTS[@]}" \
         -max_total_time="$per" -artifact_prefix="$crashes/" \
@@ -78,13 +80,34 @@ for cfg in "${configs[@]}"; do
             "$fuzzer" --fuzz-target="generic-fuzz-$cfg" "${LIBFUZZER_OPTS[@]}" -runs=0 \
             -artifact_prefix="$crashes/" "$corpus" "$seeds" >> "$log" 2>&1 || rc=$?
     fi
+    echo "$rc" > "$out/logs/$cfg.rc"
+}
+
+running=0
+for cfg in "${configs[@]}"; do
+    mkdir -p "$out/corpus/$cfg" "$out/crashes/$cfg"
+    rm -f "$out/logs/$cfg.rc"
+    touch "$out/crashes/$cfg/.start"    # what this run finds is newer (earlier finds stay)
+    if (( running == jobs )); then
+        wait -n || true
+        running=$(( running - 1 ))
+    fi
+    echo "run-fuzz: generic-fuzz-$cfg for ${per} s (log $out/logs/$cfg.log)"
+    fuzz_one "$cfg" &
+    running=$(( running + 1 ))
+done
+wait
+
+for cfg in "${configs[@]}"; do
+    corpus=$out/corpus/$cfg crashes=$out/crashes/$cfg log=$out/logs/$cfg.log
+    rc=$(cat "$out/logs/$cfg.rc" 2>/dev/null || echo "?")
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | head -1)
     rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | head -1)
     size=$(find "$corpus" -type f | wc -l)
     line=$(printf '%-22s %9s execs %7s exec/s %5s inputs in corpus' \
                   "$cfg" "${execs:-?}" "${rate:-?}" "$size")
     total_execs=$(( total_execs + ${execs:-0} ))
-    if (( rc != 0 )) || [[ -z $execs ]]; then
+    if [[ $rc != 0 ]] || [[ -z $execs ]]; then
         status=1
         line+="  FAILED (libFuzzer exit $rc)"
         echo "run-fuzz: generic-fuzz-$cfg failed (exit $rc); the report:" >&2
@@ -98,5 +121,6 @@ for cfg in "${configs[@]}"; do
     fi
     echo "$line" | tee -a "$summary"
 done
-echo "run-fuzz: $total_execs executions in all; summary in $summary" | tee -a "$summary"
+echo "run-fuzz: $total_execs executions in all ($jobs at once); summary in $summary" |
+    tee -a "$summary"
 exit $status
