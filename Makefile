@@ -205,10 +205,11 @@ test: qemu images venv ## Everything CI runs: lint, the suites on the stock, deb
 	@status=0; lane=; mkdir -p $(TEST_LOGS); \
 	stock_suite() { $(PY) -m pytest tests --qgpu-kernel stock \
 	    --qgpu-artifacts $(BUILD)/artifacts/stock $(PYTEST_ARGS); }; \
-	sanitizers() { NINJA_JOBS=$${1:-} $(MAKE) --no-print-directory test-device \
-	        QEMU_SANITIZE=1 || return 1; \
+	sanitizers() { local rc=0; NINJA_JOBS=$${1:-} $(MAKE) --no-print-directory \
+	        test-device QEMU_SANITIZE=1 || rc=1; \
 	    [ "$(TEST_FUZZ_SECONDS)" = 0 ] || NINJA_JOBS=$${1:-} $(MAKE) --no-print-directory \
-	        fuzz FUZZ_SECONDS=$(TEST_FUZZ_SECONDS) FUZZ_JOBS=$${1:-$(FUZZ_JOBS)}; }; \
+	        fuzz FUZZ_SECONDS=$(TEST_FUZZ_SECONDS) FUZZ_JOBS=$${1:-$(FUZZ_JOBS)} || rc=1; \
+	    return $$rc; }; \
 	run_logged() { local name=$$1; shift; \
 	    if "$$@" > $(TEST_LOGS)/test-$$name.log 2>&1; then rc=0; else rc=$$?; fi; \
 	    echo $$rc > $(TEST_LOGS)/test-$$name.rc; }; \

@@ -64,28 +64,58 @@ splice_c_after "$here/tests/qtest/fuzz/generic_fuzz_configs.qgpu" \
     "$qemu/tests/qtest/fuzz/generic_fuzz_configs.h" \
     "const generic_fuzz_config predefined_configs[] = {"
 
-# Fixes to QEMU that qgpu carries (qemu-device/patches/*.patch, -p1), each
-# applied once: a stamp in the source tree (gone with the tree when the
-# source is unpacked again) records it. A patch that does not apply stops us.
-# (Reverse-applying to test for "already applied" is not enough: with its
-# context shifted, a one-line patch can match elsewhere in the file.)
-mkdir -p "$qemu/.qgpu-patches"
+# Fixes to QEMU that qgpu carries (qemu-device/patches/*.patch, -p1). The
+# source tree keeps a copy of each patch it has applied (.qgpu-patches/, gone
+# with the tree when the source is unpacked again): a patch that changed is
+# reversed in its applied form and applied anew, one that was removed is
+# reversed. (Reverse-applying a patch to test for "already applied" is not
+# enough: with its context shifted, a one-line patch can match elsewhere.)
+# A patch that does not apply stops us.
+applied=$qemu/.qgpu-patches
+mkdir -p "$applied"
+exec 9> "$applied/.lock"
+flock 9                          # one overlay at a time on this tree
+
+unapply() {     # STORED_COPY
+    if ! patch -d "$qemu" -p1 -R -s -f -F0 --dry-run < "$1" >/dev/null 2>&1; then
+        echo "overlay-qgpu: cannot take $(basename "$1") back out of $qemu;" \
+             "remove that folder to unpack the source again" >&2
+        exit 1
+    fi
+    echo "overlay-qgpu: reversing the old $(basename "$1")"
+    patch -d "$qemu" -p1 -R -s -f -F0 --no-backup-if-mismatch < "$1"
+    rm -f "$1"
+}
+for stored in "$applied"/*.patch; do
+    [[ -e $stored ]] || continue
+    [[ -e $here/patches/$(basename "$stored") ]] || unapply "$stored"
+done
 for p in "$here"/patches/*.patch; do
     [[ -e $p ]] || continue
-    stamp=$qemu/.qgpu-patches/$(basename "$p").$(sha256sum "$p" | cut -c1-16)
-    [[ -e $stamp ]] && continue
-    if patch -d "$qemu" -p1 -s -f -F0 --dry-run < "$p" >/dev/null 2>&1; then
-        echo "overlay-qgpu: applying $(basename "$p")"
-        patch -d "$qemu" -p1 -s -f -F0 --no-backup-if-mismatch < "$p"
-    elif patch -d "$qemu" -p1 -R -s -f -F0 --dry-run < "$p" >/dev/null 2>&1 &&
-         [[ -z $(ls "$qemu/.qgpu-patches/$(basename "$p")".* 2>/dev/null) ]]; then
-        :   # applied by an overlay from before the stamps
-    else
+    stored=$applied/$(basename "$p")
+    if [[ -e $stored ]]; then
+        cmp -s "$p" "$stored" && continue
+        unapply "$stored"
+    elif ls "$stored".* >/dev/null 2>&1; then
+        # A stamp from an earlier overlay (NAME.HASH) for this very content.
+        if [[ -e $stored.$(sha256sum "$p" | cut -c1-16) ]]; then
+            rm -f "$stored".*
+            cp "$p" "$stored"
+            continue
+        fi
+        echo "overlay-qgpu: an older $(basename "$p") is applied to $qemu and cannot be" \
+             "taken out; remove that folder to unpack the source again" >&2
+        exit 1
+    fi
+    if ! patch -d "$qemu" -p1 -s -f -F0 --dry-run < "$p" >/dev/null 2>&1; then
         echo "overlay-qgpu: $(basename "$p") does not apply to $qemu" >&2
         exit 1
     fi
-    touch "$stamp"
+    echo "overlay-qgpu: applying $(basename "$p")"
+    patch -d "$qemu" -p1 -s -f -F0 --no-backup-if-mismatch < "$p"
+    cp "$p" "$stored"
 done
+exec 9>&-
 
 # The Debian +ds tarball has no firmware blobs, so never try to unpack the
 # edk2 ones (meson would fail looking for edk2-*.fd.bz2).

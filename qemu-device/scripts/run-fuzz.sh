@@ -33,8 +33,10 @@ configs=("$@")
 jobs=${FUZZ_JOBS:-1}
 [[ $jobs =~ ^[1-9][0-9]*$ ]] || { echo "run-fuzz: FUZZ_JOBS must be a positive number, not '$jobs'" >&2; exit 2; }
 (( jobs <= ${#configs[@]} )) || jobs=${#configs[@]}
-# Each configuration gets the same time; with JOBS at once, SECONDS of wall clock.
-per=$(( seconds * jobs / ${#configs[@]} ))
+# Each configuration gets the same time, JOBS at once: SECONDS of wall clock
+# in rounds of JOBS (the leak checks come on top).
+rounds=$(( (${#configs[@]} + jobs - 1) / jobs ))
+per=$(( seconds / rounds ))
 
 # Reports name functions and lines (llvm-16: make qemu-fuzz installs it).
 export ASAN_SYMBOLIZER_PATH=${ASAN_SYMBOLIZER_PATH:-/usr/lib/llvm-16/bin/llvm-symbolizer}
@@ -45,7 +47,7 @@ ASAN_BASE=${ASAN_BASE:-abort_on_error=1:symbolize=1:allocator_may_return_null=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:abort_on_error=1:print_stacktrace=1}
 # libFuzzer options: a descriptor program must finish in 10 s and 2 GiB.
 LIBFUZZER_OPTS=(-timeout=10 -rss_limit_mb=2048 -print_final_stats=1 -max_len=4096)
-# Addresses and values worth trying (the VT-d window, MSI, ECAM, ...).
+# Addresses and values worth trying (the VT-d window, MSI, the IOAPIC, ...).
 dict=$(dirname "$seeds")/qgpu.dict
 [[ -f $dict ]] && LIBFUZZER_OPTS+=(-dict="$dict")
 
@@ -59,9 +61,14 @@ reproduce() {   # CONFIG CRASH: a qtest trace beside CRASH, and how to replay it
     local cfg=$1 crash=$2 trace=$2.qtest args
     QTEST_LOG=1 FUZZ_SERIALIZE_QTEST=1 ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
         "$fuzzer" --fuzz-target="generic-fuzz-$cfg" "$crash" 2> "$trace.raw" >/dev/null || true
+    # The machine's arguments, from a run without input (printed on stdout,
+    # which a crashing run loses); the replay talks qtest on stdin instead.
+    args=$(QTEST_LOG=1 ASAN_OPTIONS=detect_leaks=0 "$fuzzer" --fuzz-target="generic-fuzz-$cfg" \
+               -runs=0 </dev/null 2>/dev/null |
+           sed -n 's/^Starting [^ ]* with Arguments: //p' | head -1 |
+           sed 's| -qtest /dev/null||')
     if python3 "$qemu_src/scripts/oss-fuzz/reorder_fuzzer_qtest_trace.py" "$trace.raw" \
-            > "$trace" 2>/dev/null && [[ -s $trace ]]; then
-        args=$(sed -n 's/^Starting [^ ]* with Arguments: //p' "$trace.raw" | head -1)
+            > "$trace" 2>/dev/null && [[ -s $trace ]] && [[ -n $args ]]; then
         echo "    replay without the fuzzer: build/bin/qemu-system-x86_64 $args" \
              "-qtest stdio < $trace"
     fi
@@ -83,18 +90,17 @@ fuzz_one() {     # CONFIG: fuzz, then the leak check; exit status in logs/CONFIG
     echo "$rc" > "$out/logs/$cfg.rc"
 }
 
-running=0
 for cfg in "${configs[@]}"; do
     mkdir -p "$out/corpus/$cfg" "$out/crashes/$cfg"
     rm -f "$out/logs/$cfg.rc"
     touch "$out/crashes/$cfg/.start"    # what this run finds is newer (earlier finds stay)
-    if (( running == jobs )); then
+    # (Counting running jobs, not trusting `wait -n` alone: it misses a job
+    # that ended while a foreground command ran.)
+    while (( $(jobs -rp | wc -l) >= jobs )); do
         wait -n || true
-        running=$(( running - 1 ))
-    fi
+    done
     echo "run-fuzz: generic-fuzz-$cfg for ${per} s (log $out/logs/$cfg.log)"
     fuzz_one "$cfg" &
-    running=$(( running + 1 ))
 done
 wait
 

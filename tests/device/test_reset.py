@@ -241,7 +241,12 @@ def test_every_descriptor_submitted_is_retired_aborted_or_dropped(
     qgpu.submit(*(qgpu.desc(opcode=ABI.OP_FILL, dst=4096 * i, length=64) for i in range(2)))
     qgpu.set_reg(ABI.REG_ENGINE_RESET, ABI.ENGINE_RESET_MAGIC)
     assert (qgpu.stat("aborted"), qgpu.stat("dropped")) == (1, 5)
-    # So does a device reset, with one in flight and one behind it.
+    # So does a RING_SIZE write, which empties the ring (the engine is disabled).
+    qgpu.ring.tail = 0
+    qgpu.submit(qgpu.desc(opcode=ABI.OP_NOP))
+    qgpu.set_reg(ABI.REG_RING_SIZE, 64)
+    assert (qgpu.stat("aborted"), qgpu.stat("dropped")) == (1, 6)
+    # And a device reset, with one in flight and one behind it.
     qgpu.ring.tail = 0
     qgpu.set_reg(ABI.REG_ENGINE_CTRL, ABI.ENGINE_CTRL_ENABLE)
     _start_copy(qgpu, rng, 4 * MiB)
@@ -252,7 +257,7 @@ def test_every_descriptor_submitted_is_retired_aborted_or_dropped(
     qgpu.qt.qmp.command("system_reset")
     qgpu.qt.qmp.wait_event("RESET", after=events)
     assert {n: qgpu.stat(n) for n in ("descriptors", "aborted", "dropped")} == \
-        {"descriptors": 0, "aborted": 2, "dropped": 6}
+        {"descriptors": 0, "aborted": 2, "dropped": 7}
 
 
 def test_the_engine_does_no_dma_while_the_vm_is_stopped(qgpu: QgpuDevice,

@@ -101,10 +101,12 @@ def test_a_hang_fails_only_the_job_the_engine_ran(guest: GuestMachine, faults: F
     assert vram[page:] == pattern(0x77, (NJOBS - 1) * page), "a replayed fill missed VRAM"
     assert tool(guest, f"fill 0 {MiB} 0x12345678")["ok"]
     # x-fault-hang stalls the engine before it starts a descriptor: the
-    # reset dropped all 100, and the replay wrote 99 of them again. The
-    # driver's count must include those to match the device's.
+    # reset dropped what was queued (all 100, unless the watchdog fired while
+    # the loop was still submitting: a slow kernel), and the replay wrote all
+    # but the first again. The driver's count must include those to match
+    # the device's.
     deltas = check_descriptors_accounted(before, idle_stats(guest, qgpu_inspector))
-    assert (deltas["aborted"], deltas["dropped"]) == (0, NJOBS), deltas
+    assert deltas["aborted"] == 0 and 1 <= deltas["dropped"] <= NJOBS, deltas
 
 
 @DIRECT

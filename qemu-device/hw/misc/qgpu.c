@@ -1422,6 +1422,7 @@ static void qgpu_reg_write(QGPUState *s, hwaddr addr, uint32_t val)
                               "[2, RING_MAX_ENTRIES]");
             break;
         }
+        qgpu_count_dropped(s);  /* RING_SIZE empties the ring */
         s->ring_size = val;
         s->ring_head = s->ring_tail = 0;
         break;

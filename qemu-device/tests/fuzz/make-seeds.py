@@ -12,7 +12,9 @@ that the device fetches through the fuzzer's DMA patterns (the engine's
 descriptor, SG-list and data reads are filled from them, in turn).
 
 Every configuration (generic_fuzz_configs.qgpu) starts from the same seeds:
-BAR0 is region 0 in each, and qgpu is PCI device 0.
+qgpu is PCI device 0 in each (the hotplug configuration adds the root port as
+device 1), and its BARs are mapped first, at the lowest addresses, so BAR0 is
+region 0 and the MSI-X table region 1.
 
 Usage: make-seeds.py OUTDIR   (the checked-in corpus is qemu-device/tests/fuzz/seeds)
 """
@@ -31,7 +33,9 @@ OP_ADD_DMA_PATTERN, OP_CLEAR_DMA_PATTERNS, OP_CLOCK_STEP = 7, 8, 9
 SIZE_WORD, SIZE_LONG, SIZE_QUAD = 1, 2, 3
 
 REGS, MSIX_TABLE = 0, 1                 # fuzzable regions, in address order
-QGPU = 0                                # fuzzable PCI devices
+QGPU, ROOT_PORT = 0, 1                  # fuzzable PCI devices (the root port: hotplug only)
+ROOT_PORT_SLTCTL = 0x54 + 0x18          # pcie-root-port: PCIe capability + Slot Control
+SLTCTL_POWER_OFF = 0x7C0                # Power Controller Control off, indicators off
 MSIX_CAP, MSI_CAP = 0x40, 0x50          # qgpu.c: QGPU_CAP_OFF_*
 RING = 0x0010_0000                      # guest RAM (512 MiB in every config)
 FENCE = 0x0020_0000
@@ -128,6 +132,14 @@ def seeds() -> dict[str, list[bytes]]:
             write(ABI.REG_ENGINE_RESET, ABI.ENGINE_RESET_MAGIC),
             OP_CLEAR_DMA_PATTERNS.to_bytes(1), dma_pattern(fill),
             write(ABI.REG_ENGINE_CTRL, ABI.ENGINE_CTRL_ENABLE), doorbell],
+        # qgpu-native-hotplug: the guest powers the slot off under a running
+        # engine (the root port is PCI device 1 there; elsewhere this is a
+        # write to qgpu's own config space). The harness plugs qgpu in again
+        # for the next input.
+        "slot-power-off": ring_setup() + [
+            dma_pattern(vram_copy), doorbell,
+            pci_write(ROOT_PORT_SLTCTL, SLTCTL_POWER_OFF, SIZE_WORD, dev=ROOT_PORT),
+            write(ABI.REG_DOORBELL, 2), read(ABI.REG_ID)],
         "quad-access": [write(ABI.REG_RING_BASE_LO, RING, SIZE_QUAD),
                         write(ABI.REG_RING_SIZE, 4), read(ABI.REG_FENCE_LO, SIZE_QUAD)],
     }
