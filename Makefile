@@ -190,10 +190,11 @@ test-e2e: qemu image venv ## End-to-end tests on KERNEL: booted guests in every 
 # an ASan + UBSan QEMU; and TEST_FUZZ_SECONDS (0: none) of the qgpu fuzzer.
 # Every run happens even if one fails.
 # The debug suite keeps about one core busy (one TCG guest at a time), so by
-# default the rest runs beside it in a second lane -- stock suite, then the
-# sanitizer builds and runs (one ninja job) -- in a process group of its own
-# (an interrupt is passed on to it), its output kept in logs that are shown
-# when it ends (TEST_PARALLEL=0: one after the other, all on the terminal).
+# default the rest runs beside it in a second lane -- stock suite, qgpu
+# suite, then the sanitizer builds and runs (one ninja job) -- in a process
+# group of its own (an interrupt is passed on to it), its output kept in logs
+# that are shown when it ends (TEST_PARALLEL=0: one after the other, all on
+# the terminal).
 # Each suite keeps its failure artifacts in build/artifacts/KERNEL.
 TEST_PARALLEL ?= 1
 TEST_FUZZ_SECONDS ?= 240
@@ -205,6 +206,8 @@ test: qemu images venv ## Everything CI runs: lint, the suites on the stock, deb
 	@status=0; lane=; mkdir -p $(TEST_LOGS); \
 	stock_suite() { $(PY) -m pytest tests --qgpu-kernel stock \
 	    --qgpu-artifacts $(BUILD)/artifacts/stock $(PYTEST_ARGS); }; \
+	qgpu_suite() { $(PY) -m pytest tests/e2e/test_io_mapping.py --qgpu-kernel qgpu \
+	    --qgpu-artifacts $(BUILD)/artifacts/qgpu $(PYTEST_ARGS); }; \
 	sanitizers() { local rc=0; NINJA_JOBS=$${1:-} $(MAKE) --no-print-directory \
 	        test-device QEMU_SANITIZE=1 || rc=1; \
 	    [ "$(TEST_FUZZ_SECONDS)" = 0 ] || NINJA_JOBS=$${1:-} $(MAKE) --no-print-directory \
@@ -217,12 +220,13 @@ test: qemu images venv ## Everything CI runs: lint, the suites on the stock, deb
 	    cat $(TEST_LOGS)/test-$$1.log; \
 	    [ "$$(cat $(TEST_LOGS)/test-$$1.rc 2>/dev/null)" = 0 ] || status=1; }; \
 	if [ "$(TEST_PARALLEL)" = 1 ]; then \
-	    echo "make: beside the debug suite: the stock suite, then the sanitizer device" \
-	         "suite and the fuzzer; output in $(TEST_LOGS)/test-{stock,sanitizers}.log" \
-	         "(shown when they end)"; \
-	    rm -f $(TEST_LOGS)/test-stock.rc $(TEST_LOGS)/test-sanitizers.rc; \
+	    echo "make: beside the debug suite: the stock suite, the io_mapping tests on the" \
+	         "qgpu kernel, then the sanitizer device suite and the fuzzer; output in" \
+	         "$(TEST_LOGS)/test-{stock,qgpu,sanitizers}.log (shown when they end)"; \
+	    rm -f $(TEST_LOGS)/test-{stock,qgpu,sanitizers}.rc; \
 	    set -m; \
-	    ( run_logged stock stock_suite; run_logged sanitizers sanitizers 1 ) & lane=$$!; \
+	    ( run_logged stock stock_suite; run_logged qgpu qgpu_suite; \
+	      run_logged sanitizers sanitizers 1 ) & lane=$$!; \
 	    set +m; \
 	    trap 'kill -INT -- -$$lane 2>/dev/null; wait $$lane; exit 130' INT TERM; \
 	else \
@@ -232,13 +236,12 @@ test: qemu images venv ## Everything CI runs: lint, the suites on the stock, deb
 	echo "make: end-to-end suite, debug kernel"; \
 	$(PY) -m pytest tests/e2e --qgpu-kernel debug \
 	    --qgpu-artifacts $(BUILD)/artifacts/debug $(PYTEST_ARGS) || status=1; \
-	echo "make: io_mapping tests, qgpu kernel"; \
-	$(PY) -m pytest tests/e2e/test_io_mapping.py --qgpu-kernel qgpu \
-	    --qgpu-artifacts $(BUILD)/artifacts/qgpu $(PYTEST_ARGS) || status=1; \
 	if [ -n "$$lane" ]; then \
 	    echo "make: waiting for the second lane"; wait $$lane || true; \
-	    show_logged stock; show_logged sanitizers; \
+	    show_logged stock; show_logged qgpu; show_logged sanitizers; \
 	else \
+	    echo "make: io_mapping tests, qgpu kernel"; \
+	    qgpu_suite || status=1; \
 	    echo "make: device suite under ASan + UBSan, and the fuzzer"; \
 	    sanitizers || status=1; \
 	fi; \
