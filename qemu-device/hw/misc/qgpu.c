@@ -1191,11 +1191,6 @@ static void qgpu_engine_stop(QGPUState *s)
 }
 
 /*
- * ENGINE_RESET: abort the descriptor in flight (its status says ABORTED, no
- * fence is written), empty the ring, clear the halt and disable the engine.
- * Ring base and size, and DMA_ERROR (for diagnosis), are kept.
- */
-/*
  * Count the descriptors a reset discards without starting them: HEAD..TAIL-1,
  * less the one in flight (at HEAD). With aborted and retired descriptors,
  * this lets a driver account for every descriptor it wrote.
@@ -1214,6 +1209,11 @@ static void qgpu_count_dropped(QGPUState *s)
     s->stats.dropped += pending;
 }
 
+/*
+ * ENGINE_RESET: abort the descriptor in flight (its status says ABORTED, no
+ * fence is written), empty the ring, clear the halt and disable the engine.
+ * Ring base and size, and DMA_ERROR (for diagnosis), are kept.
+ */
 static void qgpu_engine_reset(QGPUState *s)
 {
     trace_qgpu_engine_reset(s->active, s->ring_head, s->ring_tail);
