@@ -21,7 +21,13 @@ from qgpu.inspector import DeviceInspector
 from qgpu.kernels import GuestKernel
 from qgpu.machine import GuestMachine
 
-from .guestio import MMAP_REGS, check_descriptors_accounted, idle_stats, parse_json_line
+from .guestio import (
+    MMAP_REGS,
+    QGPU_BDF,
+    check_descriptors_accounted,
+    idle_stats,
+    parse_json_line,
+)
 from .test_faults import (  # noqa: F401  (faults: a fixture)
     ALL_MODES,
     DIRECT,
@@ -42,7 +48,6 @@ from .test_faults import (  # noqa: F401  (faults: a fixture)
 
 E2BIG = 7
 PCI_COMMAND_MASTER = 0x4
-BDF = "0000:01:00.0"
 BO_CAP = 4 * MiB                 # PAGE_SIZE << MAX_PAGE_ORDER on x86-64
 NJOBS = 100                      # more than the old 64-entry error log
 
@@ -150,7 +155,7 @@ def test_a_halt_is_logged_with_its_error_and_ring_index(
     the error and its index. Here the engine cannot fetch its ring (bus mastering
     off, so the interrupt is lost too and the watchdog's resync finds the halt):
     the message names DESC_FETCH."""
-    config = f"/sys/bus/pci/devices/{BDF}/config"
+    config = f"/sys/bus/pci/devices/{QGPU_BDF}/config"
     guest.run("dmesg -c >/dev/null; echo 1000 > /sys/module/qgpu/parameters/job_timeout_ms",
               check=True)
     command = int(guest.run(f"od -An -tu1 -j4 -N1 {config}", check=True).output.split()[0])

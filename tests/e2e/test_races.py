@@ -18,7 +18,7 @@ from qgpu.faults import FaultInjector
 from qgpu.inspector import DeviceInspector
 from qgpu.machine import GuestMachine
 
-from .guestio import parse_json_line
+from .guestio import QGPU_BDF, parse_json_line
 from .test_faults import (  # noqa: F401  (faults: a fixture)
     ALL_MODES,
     DIRECT,
@@ -31,7 +31,6 @@ from .test_faults import (  # noqa: F401  (faults: a fixture)
 )
 
 RACE = "/opt/qgpu/bin/qgpu-race"
-BDF = "0000:01:00.0"
 PARAMS = "/sys/module/qgpu/parameters"
 
 
@@ -112,7 +111,7 @@ def test_registers_lost_during_a_reset_mark_the_device_lost(
     is a function reset through sysfs while the registers read all ones."""
     guest.run(f"echo 2000 > {PARAMS}/job_timeout_ms", check=True)
     faults.regs_all_ones()
-    guest.run(f"echo 1 > /sys/bus/pci/devices/{BDF}/reset", check=True)
+    guest.run(f"echo 1 > /sys/bus/pci/devices/{QGPU_BDF}/reset", check=True)
     faults.regs_all_ones(False)
     state = guest.run("cat /sys/class/misc/qgpu0/state").output.strip()
     res = tool(guest, "fill 0 4096 1", timeout=60)
@@ -120,7 +119,7 @@ def test_registers_lost_during_a_reset_mark_the_device_lost(
     assert state == "failed" and st["device_lost"] == 1, (state, st)
     assert not res["ok"] and res["errno"] == ENODEV, res
     # Re-probing brings it back.
-    guest.run(f"echo 1 > /sys/bus/pci/devices/{BDF}/remove; echo 1 > /sys/bus/pci/rescan",
+    guest.run(f"echo 1 > /sys/bus/pci/devices/{QGPU_BDF}/remove; echo 1 > /sys/bus/pci/rescan",
               check=True, timeout=60)
     verify_dma(guest, qgpu_inspector)
 
@@ -227,7 +226,7 @@ def test_work_during_a_reset_fails_with_eagain(guest: GuestMachine,
     state = "/sys/class/misc/qgpu0/state"
     guest.run(f"echo 3000 > {PARAMS}/reset_hold_ms; rm -f /tmp/reset.done", check=True)
     try:
-        guest.run(f"sh -c \"( echo 1 > /sys/bus/pci/devices/{BDF}/reset; "
+        guest.run(f"sh -c \"( echo 1 > /sys/bus/pci/devices/{QGPU_BDF}/reset; "
                   "touch /tmp/reset.done ) </dev/null >/dev/null 2>&1 &\"", check=True)
         guest.run(f"for i in $(seq 100); do grep -q recovering {state} && break; sleep 0.05; done",
                   check=True)
@@ -254,7 +253,7 @@ def test_rescanned_device_keeps_its_name(guest: GuestMachine) -> None:
     and tests looking for /dev/qgpu0 lost it. The number is free at remove."""
     pid = guest.run("sleep 600 </dev/qgpu0 >/dev/null 2>&1 & echo $!", check=True).output
     try:
-        guest.run(f"echo 1 > /sys/bus/pci/devices/{BDF}/remove; "
+        guest.run(f"echo 1 > /sys/bus/pci/devices/{QGPU_BDF}/remove; "
                   "echo 1 > /sys/bus/pci/rescan", check=True, timeout=60)
         names = guest.run("ls /sys/class/misc | grep qgpu").output.split()
         assert names == ["qgpu0"], f"the rescanned device is {names}"
