@@ -108,8 +108,11 @@ def test_qemu_crash_is_explained(make_guest: MakeGuest, tmp_path: Path) -> None:
     machine.collect_artifacts(tmp_path)
     assert (tmp_path / BACKTRACE_FILE).read_text().strip() == err.crash_report.strip()
     if backtraces_readable():
-        # The main loop thread got the signal: its frames are QEMU's, with names.
-        assert re.search(r"^#0 .* in ", err.crash_report, re.M), err.crash_report
+        # The main loop thread got the signal: its frames have names. Frame 0
+        # is "#0  0x... in fn (...)", or "#0  fn (...)" when fn was inlined.
+        assert re.search(r"^#0 +(0x[0-9a-f]+ in )?[A-Za-z_]\w* \(", err.crash_report, re.M), \
+            err.crash_report
+        assert len(re.findall(r"^#0 ", err.crash_report, re.M)) == 1, err.crash_report
         assert err.backtrace and crash_outside_qgpu(err.backtrace), err.backtrace
     elif core_lands_in_workdir():
         assert "install gdb" in err.crash_report, err.crash_report

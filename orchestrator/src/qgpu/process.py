@@ -40,6 +40,17 @@ SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime
 SANITIZER_REPORTS: list[str] = []
 
 
+def backtrace_frames(gdb_output: str) -> tuple[str, ...]:
+    """Return the frames ("#N ...") of the last stack in ``gdb_output``.
+
+    gdb prints the frame a core stopped in when it loads the core, then the
+    whole stack again for ``bt``: the stack starts at the last ``#0``.
+    """
+    lines = [ln for ln in gdb_output.splitlines() if ln.startswith("#")]
+    starts = [i for i, ln in enumerate(lines) if ln.split(maxsplit=1)[0] == "#0"]
+    return tuple(lines[starts[-1]:]) if starts else tuple(lines)
+
+
 def sanitizer_report(log: str) -> str | None:
     """Return the sanitizer report in a QEMU log (from its first line), or None."""
     starts = [i for i in (log.find(m) for m in SANITIZER_MARKERS) if i >= 0]
@@ -155,7 +166,7 @@ class QemuProcess:
                 check=False).stdout
         except (OSError, subprocess.TimeoutExpired) as exc:
             return CrashReport(f"{head}; gdb could not read its core {cores[-1]}: {exc}")
-        frames = tuple(ln for ln in out.splitlines() if ln.startswith("#"))
+        frames = backtrace_frames(out)
         if not frames:
             return CrashReport(f"{head}; gdb found no backtrace in its core:\n"
                                + "\n".join(out.splitlines()[-20:]))
