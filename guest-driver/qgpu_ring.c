@@ -14,6 +14,7 @@
  */
 
 #include <linux/delay.h>
+#include <linux/iopoll.h>
 #include <linux/jiffies.h>
 #include <linux/ktime.h>
 #include <linux/mm.h>
@@ -99,11 +100,31 @@ int qgpu_ring_init(struct qgpu_device *qdev)
 	return 0;
 }
 
+/*
+ * ENGINE_RESET, and wait for it to complete: the device posts the status
+ * write of the descriptor it aborted (spec 3.5) and keeps ENGINE_STATUS
+ * BUSY until it is done. Waiting keeps that write from landing in a ring
+ * entry written again, or in a ring already freed. Registers that read all
+ * ones end the wait; the caller checks for a lost device. Sleeps.
+ */
+void qgpu_engine_reset(struct qgpu_device *qdev)
+{
+	u32 st;
+
+	qgpu_wr(qdev, QGPU_REG_ENGINE_RESET, QGPU_ENGINE_RESET_MAGIC);
+	if (readl_poll_timeout(qdev->regs + QGPU_REG_ENGINE_STATUS, st,
+			       !(st & QGPU_ENGINE_STATUS_BUSY) || st == ~0U,
+			       10, USEC_PER_SEC))
+		dev_warn_ratelimited(qdev->dev,
+				     "engine reset still busy after 1 s (ENGINE_STATUS %#x)\n",
+				     st);
+}
+
 /* Program and enable the engine on an empty ring. */
 void qgpu_ring_start(struct qgpu_device *qdev)
 {
 	qgpu_wr(qdev, QGPU_REG_ENGINE_CTRL, 0);
-	qgpu_wr(qdev, QGPU_REG_ENGINE_RESET, QGPU_ENGINE_RESET_MAGIC);
+	qgpu_engine_reset(qdev);
 	qgpu_wr(qdev, QGPU_REG_RING_BASE_LO, lower_32_bits(qdev->ring_dma));
 	qgpu_wr(qdev, QGPU_REG_RING_BASE_HI, upper_32_bits(qdev->ring_dma));
 	qgpu_wr(qdev, QGPU_REG_RING_SIZE, qdev->ring_entries);
@@ -266,7 +287,7 @@ static void qgpu_engine_abort_locked(struct qgpu_device *qdev, bool restart,
 
 	lockdep_assert_held(&qdev->ring_lock);
 	qgpu_wr(qdev, QGPU_REG_ENGINE_CTRL, 0);
-	qgpu_wr(qdev, QGPU_REG_ENGINE_RESET, QGPU_ENGINE_RESET_MAGIC);
+	qgpu_engine_reset(qdev);
 	if (qgpu_hw_lost(qdev)) {
 		pci_clear_master(qdev->pdev);
 		restart = false;
@@ -314,7 +335,7 @@ static void qgpu_engine_reset_hung_locked(struct qgpu_device *qdev)
 	 */
 	qgpu_wr(qdev, QGPU_REG_ENGINE_CTRL, 0);
 	head = qgpu_rd(qdev, QGPU_REG_RING_HEAD);
-	qgpu_wr(qdev, QGPU_REG_ENGINE_RESET, QGPU_ENGINE_RESET_MAGIC);
+	qgpu_engine_reset(qdev);
 	if (qgpu_hw_lost(qdev))
 		goto fail_all;
 	/* What finished before the reset keeps its result. */

@@ -9,7 +9,8 @@ import pytest
 from qgpu.abi import ABI
 from qgpu.device import QOM_PATH, QgpuDevice
 from qgpu.errors import QmpError
-from qgpu.pci import CAP_ID_EXP, EXT_CAP_ID_ERR
+from qgpu.pci import CAP_ID_EXP, EXT_CAP_ID_ERR, PciFunction, enable_ecam
+from qgpu.qtest import QtestMachine
 
 KiB = 1 << 10
 PCI_ERR_UNCOR_STATUS = 0x04
@@ -17,6 +18,7 @@ PCI_ERR_COR_STATUS = 0x10
 PCI_ERR_COR_BAD_TLP = 0x40
 PCI_ERR_UNC_POISON_TLP = 0x1000
 PCI_ERR_UNC_MALF_TLP = 0x40000
+PCI_EXP_TYPE_RC_END = 0x9      # PCIe capability's device/port type
 
 
 def fault(dev: QgpuDevice, name: str, value: object) -> None:
@@ -183,6 +185,26 @@ def test_an_aer_error_changes_device_status_and_nothing_else(qgpu: QgpuDevice,
     fault(qgpu, "aer", kind)
     assert qgpu.fn.read16(exp + PCI_EXP_DEVSTA) & 0xF, "no error bit in Device Status"
     assert qgpu.fn.read32(exp + PCI_EXP_LNKCAP) == lnkcap, "Link Capabilities changed"
+
+
+def test_an_aer_error_on_the_root_bus_is_only_recorded() -> None:
+    """On ``pcie.0`` qgpu is a Root Complex Integrated Endpoint: q35 has no
+    root port or event collector above it, so x-fault-aer records the error
+    in the function's own AER capability and Device Status, and no message
+    goes anywhere (spec 9.5)."""
+    qt = QtestMachine(["-device", "qgpu,id=qgpu0,bus=pcie.0,addr=3"], name="rciep")
+    with qt:
+        enable_ecam(qt)
+        fn = PciFunction(qt, 0, 3)
+        assert fn.vendor_id == ABI.PCI_VENDOR_ID
+        exp = fn.capabilities()[CAP_ID_EXP]
+        assert fn.read16(exp + 2) >> 4 & 0xF == PCI_EXP_TYPE_RC_END
+        aer = fn.ext_capabilities()[EXT_CAP_ID_ERR]
+        assert qt.qmp is not None
+        qt.qmp.qom_set(QOM_PATH, "x-fault-aer", "fatal")
+        assert fn.read32(aer + PCI_ERR_UNCOR_STATUS) & PCI_ERR_UNC_MALF_TLP
+        assert fn.read16(exp + PCI_EXP_DEVSTA) & 0x4        # Fatal Error Detected
+        assert qt.qmp.qom_get(QOM_PATH, "x-fault-aer") == "fatal"
 
 
 def test_hmp_pcie_aer_inject_error_reaches_the_device(qgpu: QgpuDevice) -> None:

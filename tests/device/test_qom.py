@@ -1,9 +1,12 @@
-"""Statistics and the DMA trace, read back over QMP (qom-get)."""
+"""Statistics, the DMA trace and the properties, read back over QMP."""
 
 from __future__ import annotations
 
+import re
+
 from qgpu.abi import ABI
-from qgpu.device import QgpuDevice
+from qgpu.device import QOM_PATH, QgpuDevice
+from qgpu.paths import repo_root
 
 from .conftest import StartQgpu
 
@@ -64,3 +67,33 @@ def test_trace_status_names_match_the_abi(qgpu: QgpuDevice) -> None:
     qgpu.run(qgpu.desc(opcode=ABI.OP_COPY_TO_VRAM, src=UNASSIGNED, dst=0, length=64))
     [record] = qgpu.dma_trace()
     assert record["status"] == ABI.names("ERR_")[record["error"]].lower().replace("_", "-")
+
+
+# Properties qgpu inherits from QOM, qdev and the PCI core, documented by QEMU.
+INHERITED = {"type", "parent_bus", "realized", "hotplugged", "hotpluggable", "addr", "romfile",
+             "romsize", "rombar", "multifunction", "x-pcie-lnksta-dllla",
+             "x-pcie-extcap-init", "failover_pair_id", "acpi-index", "busnr",
+             "x-pcie-err-unc-mask", "x-pcie-ari-nextfn-1", "x-max-bounce-buffer-size",
+             "sriov-pf", "x-pcie-ext-tag", "x-pci-class-code", "x-pci-vendor-id",
+             "x-pci-device-id", "x-pci-sub-vendor-id", "x-pci-sub-device-id",
+             "x-pcie-lnkcap-cap-rw", "x-pcie-flr-init", "x-romfile",
+             "legacy-addr", "legacy-memdev"}   # qdev's string views of addr, memdev
+
+
+def test_every_property_is_described_and_in_the_spec(qgpu: QgpuDevice) -> None:
+    """``-device qgpu,help`` and ``qom-list`` describe each of qgpu's own
+    properties, and the spec (docs/qgpu-spec.md) has each in a table."""
+    assert qgpu.qt.qmp is not None
+    spec = (repo_root() / "docs" / "qgpu-spec.md").read_text()
+    props = {p["name"]: p for p in qgpu.qt.qmp.command("qom-list", {"path": QOM_PATH})}
+    props.update({p["name"]: p for p in qgpu.qt.qmp.command(
+        "device-list-properties", {"typename": "qgpu"})})
+    own = sorted(n for n, p in props.items()
+                 if n not in INHERITED and not str(p.get("type", "")).startswith("child<"))
+    assert "vram-prefetchable" in own and "stat-dropped" in own
+    # qdev's generic text for a bool ("on/off") describes nothing.
+    undescribed = [n for n in own if props[n].get("description", "on/off") == "on/off"]
+    assert not undescribed, f"no description: {undescribed}"
+    undocumented = [n for n in own  # a table's first column, or a heading
+                    if not re.search(rf"^(\| `{n}` \||#+ .*`{n}`)", spec, re.M)]
+    assert not undocumented, f"not in the spec's tables: {undocumented}"

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 
 from qgpu.abi import ABI
-from qgpu.device import MSIX_ADDR, ROOT_PORT_SLOT, QgpuDevice, enumerate_qgpu
+from qgpu.device import MSIX_ADDR, REGS_ADDR, ROOT_PORT_SLOT, QgpuDevice, enumerate_qgpu
 from qgpu.errors import QmpError
 from qgpu.pci import CAP_ID_EXP, CAP_ID_MSIX, ECAM_BASE, PciFunction
 
@@ -96,6 +96,30 @@ def test_interrupt_message_that_resets_its_own_device(qgpu: QgpuDevice) -> None:
     port = PciFunction(qgpu.qt, 0, ROOT_PORT_SLOT)
     assert port.read16(PCI_BRIDGE_CONTROL) & PCI_BRIDGE_CTL_BUS_RESET
     end_bus_reset_and_reenumerate(qgpu)
+    assert_reset_and_usable(qgpu)
+
+
+def test_a_register_pair_write_stops_at_a_reset_its_first_half_caused(
+        qgpu: QgpuDevice) -> None:
+    """Issue 11 (S4): an 8-byte write is two register writes; if the first
+    (INT_RAISE, whose MSI-X message resets the device) disturbs the device,
+    the second must not land in the device that came back from the reset."""
+    qgpu.msix_enable()
+    table = qgpu.fn.read32(qgpu.fn.capabilities()[CAP_ID_MSIX] + 4) & ~7
+    entry = MSIX_ADDR + table + 16 * ABI.MSIX_VEC_DMA
+    qgpu.qt.writel(entry, root_port_config(PCI_BRIDGE_CONTROL & ~3))
+    qgpu.qt.writel(entry + 4, 0)
+    qgpu.qt.writel(entry + 8, PCI_BRIDGE_CTL_BUS_RESET << 16)
+    qgpu.set_reg(ABI.REG_INT_MASK, ABI.INT_ALL)
+    assert qgpu.reg(ABI.REG_ACCESS_ERROR) == 0
+    # Low half: INT_RAISE(DMA_DONE). High half: 0x054, no register there (an
+    # OFFSET access error if it reaches the device).
+    qgpu.qt.writeq(REGS_ADDR + ABI.REG_INT_RAISE, 0x1234_5678 << 32 | ABI.INT_DMA_DONE)
+    port = PciFunction(qgpu.qt, 0, ROOT_PORT_SLOT)
+    assert port.read16(PCI_BRIDGE_CONTROL) & PCI_BRIDGE_CTL_BUS_RESET
+    end_bus_reset_and_reenumerate(qgpu)
+    assert (qgpu.reg(ABI.REG_ACCESS_ERROR), qgpu.reg(ABI.REG_ACCESS_ERROR_ADDR)) == (0, 0), \
+        "the second half of the write reached the device after its reset"
     assert_reset_and_usable(qgpu)
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +19,7 @@ from qgpu.errors import DeviceError, QmpError
 from qgpu.inspector import DeviceInspector
 from qgpu.pci import CAP_ID_EXP, CAP_ID_PM, PciFunction
 from qgpu.qtest import QtestMachine
+from qgpu.shm import SharedMemory
 
 from .conftest import StartQgpu
 from .test_reentrancy import wait_for
@@ -64,7 +67,7 @@ def test_engine_reset_aborts_transfer_in_flight(qgpu: QgpuDevice, rng: random.Ra
     _slow(qgpu)
     index, fence, _ = _start_copy(qgpu, rng)
     qgpu.qt.clock_step(SLICE_NS * 2 + 1)
-    qgpu.set_reg(ABI.REG_ENGINE_RESET, ABI.ENGINE_RESET_MAGIC)
+    qgpu.engine_reset()
     assert qgpu.status(index) == ABI.DESC_STATUS_DONE | ABI.ERR_ABORTED
     assert qgpu.mem.read(fence, 8) == bytes(8), "an aborted descriptor writes no fence"
     assert (qgpu.reg(ABI.REG_RING_HEAD), qgpu.reg(ABI.REG_RING_TAIL)) == (0, 0)
@@ -142,38 +145,53 @@ def test_dma_delay_knob_is_validated(qgpu: QgpuDevice) -> None:
         qgpu.qt.qmp.qom_set(QOM_PATH, "stat-errors", 5)     # statistics are read-only
 
 
+def _migration_status(qt: QtestMachine, timeout: float = 60.0) -> str:
+    """Wait until the migration in ``qt`` completes or fails; return its status."""
+    assert qt.qmp is not None
+    deadline = time.monotonic() + timeout
+    while True:
+        status = str(qt.qmp.command("query-migrate").get("status"))
+        if status in ("completed", "failed") or time.monotonic() > deadline:
+            return status
+        qt.poll()
+        time.sleep(0.01)
+
+
+def _save_state(dev: QgpuDevice, state: Path) -> None:
+    """Migrate ``dev``'s machine into the file ``state`` (the source stops)."""
+    assert dev.qt.qmp is not None
+    dev.qt.qmp.command("migrate", {"uri": f"file:{state}"})
+    assert _migration_status(dev.qt) == "completed"
+
+
+def _load_state(dest: QtestMachine, state: Path) -> str:
+    """Load ``state`` into the started ``dest`` (``-incoming defer``); return the
+    migration's final status. A failed load leaves QEMU running."""
+    assert dest.qmp is not None
+    dest.qmp.command("migrate-incoming", {"uri": f"file:{state}", "exit-on-error": False})
+    return _migration_status(dest)
+
+
+def _incoming_machine(dev: QgpuDevice, props: str = "") -> tuple[QtestMachine, SharedMemory]:
+    """A machine like ``dev``'s, waiting for an incoming migration."""
+    dest = QtestMachine(name="dest")
+    vram = dest.shared_memory(dev.vram_size, "vram")
+    dest.extra_args = [*qgpu_args(props, vram_path=str(vram.path), vram_size=dev.vram_size),
+                       "-incoming", "defer"]
+    return dest, vram
+
+
 def test_migration_with_transfer_in_flight(qgpu: QgpuDevice, rng: random.Random,
-                                           tmp_path: object) -> None:
+                                           tmp_path: Path) -> None:
     """Save the machine mid-transfer, load it in a new QEMU, and finish there."""
-    import pathlib
-    assert isinstance(tmp_path, pathlib.Path)
-    src_qmp = qgpu.qt.qmp
-    assert src_qmp is not None
     _slow(qgpu)
     index, fence, data = _start_copy(qgpu, rng, size=6 * MiB)
     qgpu.qt.clock_step(SLICE_NS * 2 + 1)
     state = tmp_path / "state"
-    src_qmp.command("migrate", {"uri": f"file:{state}"})
-    src_qmp.wait_event("STOP", timeout=60)
-    for _ in range(600):
-        if src_qmp.command("query-migrate").get("status") == "completed":
-            break
-        qgpu.qt.poll()
-    assert src_qmp.command("query-migrate")["status"] == "completed"
-
-    dest = QtestMachine(name="dest")
-    vram = dest.shared_memory(qgpu.vram_size, "vram")
-    dest.extra_args = [*qgpu_args(f"x-dma-delay-ns={SLICE_NS}", vram_path=str(vram.path),
-                                  vram_size=qgpu.vram_size),
-                       "-incoming", "defer"]
+    _save_state(qgpu, state)
+    dest, vram = _incoming_machine(qgpu, f"x-dma-delay-ns={SLICE_NS}")
     with dest:
-        assert dest.qmp is not None
-        dest.qmp.command("migrate-incoming", {"uri": f"file:{state}"})
-        for _ in range(600):
-            if dest.qmp.command("query-migrate").get("status") == "completed":
-                break
-            dest.poll()
-        assert dest.qmp.command("query-migrate")["status"] == "completed"
+        assert _load_state(dest, state) == "completed"
         after = QgpuDevice(dest, qgpu.fn.__class__(dest, 1, 0), vram=vram)
         after.ring = qgpu.ring
         assert after.stat("bytes-to-vram") == 2 * MiB
@@ -182,6 +200,99 @@ def test_migration_with_transfer_in_flight(qgpu: QgpuDevice, rng: random.Random,
         assert after.vram_host(0, len(data)) == data
         assert after.mem.read(fence, 8) == (7).to_bytes(8, "little")
         assert after.stat("bytes-to-vram") == 6 * MiB
+
+
+def test_a_pending_abort_status_migrates(qgpu: QgpuDevice, rng: random.Random,
+                                        tmp_path: Path) -> None:
+    """ENGINE_RESET on a stopped VM posts the aborted status; a migration
+    carries it (subsection qgpu/abort-status) and the destination writes it
+    once its VM runs."""
+    _slow(qgpu)
+    index, fence, _ = _start_copy(qgpu, rng, size=4 * MiB)
+    qgpu.qt.clock_step(SLICE_NS + 1)
+    assert qgpu.qt.qmp is not None
+    qgpu.qt.qmp.command("stop")
+    qgpu.set_reg(ABI.REG_ENGINE_RESET, ABI.ENGINE_RESET_MAGIC)
+    state = tmp_path / "state"
+    _save_state(qgpu, state)
+    assert qgpu.status(index) == 0
+    dest, vram = _incoming_machine(qgpu)
+    with dest:
+        assert _load_state(dest, state) == "completed"
+        after = QgpuDevice(dest, qgpu.fn.__class__(dest, 1, 0), vram=vram)
+        after.ring = qgpu.ring
+        assert dest.qmp is not None
+        assert dest.qmp.command("query-status")["status"] == "paused"
+        assert after.reg(ABI.REG_ENGINE_STATUS) == ABI.ENGINE_STATUS_BUSY
+        assert after.status(index) == 0
+        dest.qmp.command("cont")
+        after.wait_idle()
+        assert after.status(index) == ABI.DESC_STATUS_DONE | ABI.ERR_ABORTED
+        assert after.mem.read(fence, 8) == bytes(8)
+
+
+# SCRATCH and USER_SCRATCH, set before saving, find qgpu's registers in the
+# stream; the others follow in vmstate_qgpu's order, big-endian.
+STREAM_MARK = (0x5CA1AB1E).to_bytes(4, "big") + (0x0DDBA11).to_bytes(4, "big")
+OFF_RING_BASE, OFF_RING_HEAD, OFF_RING_TAIL, OFF_HALTED, OFF_INT_MASK = 8, 20, 24, 32, 37
+OFF_CUR_FLAGS, OFF_CUR_SG_COUNT = 74, 122
+
+
+def _put(stream: bytearray, at: int, value: int, size: int) -> None:
+    stream[at:at + size] = value.to_bytes(size, "big")
+
+
+def _get(stream: bytearray, at: int, size: int) -> int:
+    return int.from_bytes(stream[at:at + size], "big")
+
+
+def _sg_over_the_maximum(stream: bytearray, at: int) -> None:
+    _put(stream, at + OFF_CUR_FLAGS, ABI.DESC_F_SG, 4)
+    _put(stream, at + OFF_CUR_SG_COUNT, ABI.SG_MAX_ENTRIES + 1, 4)
+
+
+# name: (how to corrupt the state at the mark's offset, what QEMU must say)
+CORRUPTIONS: dict[str, tuple[Callable[[bytearray, int], None], str]] = {
+    "reserved INT_MASK bits": (
+        lambda b, o: _put(b, o + OFF_INT_MASK, 0x10 | ABI.INT_ALL, 4), "reserved register bits"),
+    "TAIL at HEAD with a descriptor in flight": (
+        lambda b, o: _put(b, o + OFF_RING_TAIL, _get(b, o + OFF_RING_HEAD, 4), 4),
+        "descriptor in flight outside HEAD..TAIL"),
+    "halted with a descriptor in flight": (
+        lambda b, o: _put(b, o + OFF_HALTED, 1, 1), "descriptor in flight outside HEAD..TAIL"),
+    "misaligned ring while busy": (
+        lambda b, o: _put(b, o + OFF_RING_BASE, _get(b, o + OFF_RING_BASE, 8) + 8, 8),
+        "engine enabled or busy on a ring it cannot have accepted"),
+    "too many SG entries in flight": (
+        _sg_over_the_maximum,
+        "descriptor in flight the engine would have refused"),
+}
+
+
+@pytest.mark.parametrize("corruption", sorted(CORRUPTIONS))
+def test_a_migration_stream_with_a_state_the_device_cannot_produce_is_refused(
+        qgpu: QgpuDevice, rng: random.Random, tmp_path: Path, corruption: str) -> None:
+    """Issue 11 (S5): post_load accepted states that the registers cannot
+    produce. The stream is input: the destination refuses it, says why, and
+    lives on."""
+    qgpu.set_reg(ABI.REG_SCRATCH, 0x5CA1AB1E)
+    qgpu.set_reg(ABI.REG_USER_SCRATCH, 0x0DDBA11)
+    _slow(qgpu)
+    _start_copy(qgpu, rng, size=4 * MiB)
+    qgpu.qt.clock_step(SLICE_NS + 1)
+    state = tmp_path / "state"
+    _save_state(qgpu, state)
+    stream = bytearray(state.read_bytes())
+    assert stream.count(STREAM_MARK) == 1
+    corrupt, reason = CORRUPTIONS[corruption]
+    corrupt(stream, stream.index(STREAM_MARK))
+    state.write_bytes(stream)
+    dest, _ = _incoming_machine(qgpu, f"x-dma-delay-ns={SLICE_NS}")
+    with dest:
+        assert _load_state(dest, state) == "failed"
+        assert dest.proc is not None and dest.proc.is_alive()
+        log = dest.proc.log_tail(50)
+        assert f"qgpu: migration stream refused: {reason}" in log, log
 
 
 def test_d3hot_stops_the_engine_and_d0_resets_the_function(qgpu: QgpuDevice,
@@ -276,6 +387,31 @@ def test_the_engine_does_no_dma_while_the_vm_is_stopped(qgpu: QgpuDevice,
     qgpu.qt.qmp.command("cont")
     wait_for("the copy to finish after cont", lambda: qgpu.status(index) == ABI.DESC_STATUS_DONE)
     assert qgpu.vram_host(0, len(data)) == data
+
+
+def test_engine_reset_writes_no_memory_while_the_vm_is_stopped(qgpu: QgpuDevice,
+                                                               rng: random.Random) -> None:
+    """Issue 11 (S3, S8): ENGINE_RESET wrote the aborted descriptor's status
+    by DMA inside the register write, even with the VM stopped. The write is
+    the engine's, after the register access, and waits for the VM to run;
+    ENGINE_STATUS says BUSY until it is done."""
+    _slow(qgpu)
+    index, fence, _ = _start_copy(qgpu, rng)
+    qgpu.qt.clock_step(SLICE_NS * 2 + 1)
+    assert qgpu.qt.qmp is not None
+    qgpu.qt.qmp.command("stop")
+    qgpu.set_reg(ABI.REG_ENGINE_RESET, ABI.ENGINE_RESET_MAGIC)
+    time.sleep(0.2)
+    qgpu.qt.poll()
+    assert qgpu.status(index) == 0, "ENGINE_RESET wrote guest memory while the VM was stopped"
+    assert qgpu.reg(ABI.REG_ENGINE_STATUS) == ABI.ENGINE_STATUS_BUSY
+    assert qgpu.stat("aborted") == 1
+    qgpu.qt.qmp.command("cont")
+    wait_for("the aborted status", lambda: qgpu.status(index) != 0)
+    assert qgpu.status(index) == ABI.DESC_STATUS_DONE | ABI.ERR_ABORTED
+    assert qgpu.reg(ABI.REG_ENGINE_STATUS) == 0
+    assert qgpu.mem.read(fence, 8) == bytes(8)
+    assert qgpu.stat("aborted") == 1
 
 
 PCI_EXP_SLTCTL = 0x18

@@ -175,6 +175,15 @@ class QgpuDevice:
                 raise DeviceError(f"DMA engine still busy after {timeout:.0f} s "
                                   f"(ENGINE_STATUS=0x{st:x}, HEAD={self.reg(ABI.REG_RING_HEAD)})")
 
+    def engine_reset(self, timeout: float = 30.0) -> None:
+        """Write ENGINE_RESET and wait until ENGINE_STATUS drops BUSY.
+
+        A driver must wait too: the aborted descriptor's status write is
+        posted, and done only when BUSY clears.
+        """
+        self.set_reg(ABI.REG_ENGINE_RESET, ABI.ENGINE_RESET_MAGIC)
+        self.wait_idle(timeout)
+
     def run(self, *descs: bytes, timeout: float = 30.0) -> list[int]:
         """Submit, wait for the engine to go idle, return each descriptor's error code.
 

@@ -189,7 +189,17 @@ struct QGPUState {
     uint32_t nsegs;
     bool segs_stale;            /* set by post_load: rebuild before use */
 
+    /*
+     * The status write of a descriptor ENGINE_RESET aborted: posted by the
+     * register write, done by @abort_bh (or the engine's next run) outside
+     * any register access, once the VM runs. ENGINE_STATUS is BUSY until then.
+     */
+    bool abort_pending;
+    uint32_t abort_index;
+    uint64_t abort_status_addr;
+
     QEMUBH *bh;
+    QEMUBH *abort_bh;
     QEMUTimer *delay_timer;
     VMChangeStateEntry *vm_state;   /* the engine runs only with the VM */
     /*
@@ -285,7 +295,8 @@ static uint32_t qgpu_engine_status(QGPUState *s)
 {
     uint32_t st = 0;
 
-    if (s->active || (s->ring_head != s->ring_tail && !s->halted)) {
+    if (s->active || (s->ring_head != s->ring_tail && !s->halted) ||
+        s->abort_pending) {
         st |= QGPU_ENGINE_STATUS_BUSY;
     }
     if (s->halted) {
@@ -537,7 +548,12 @@ static uint32_t qgpu_load_segments(QGPUState *s)
     return QGPU_ERR_NONE;
 }
 
-/* Check a fetched descriptor; QGPU_ERR_NONE if it may run. */
+/*
+ * Check the descriptor in flight (s->cur_*); QGPU_ERR_NONE if it may run.
+ * @d: the descriptor as fetched, whose guest ranges are then checked and
+ * whose SG list is loaded; or NULL to check only what the fields say, for
+ * one a migration stream says is in flight (the engine reloads its SG list).
+ */
 static uint32_t qgpu_validate_desc(QGPUState *s, const struct qgpu_desc *d)
 {
     uint32_t op = s->cur_opcode, flags = s->cur_flags;
@@ -551,12 +567,17 @@ static uint32_t qgpu_validate_desc(QGPUState *s, const struct qgpu_desc *d)
     if ((flags & ~QGPU_DESC_F_ALL) || ((flags & QGPU_DESC_F_SG) && !guest_side)) {
         return QGPU_ERR_BAD_FLAGS;
     }
-    if (d->reserved || (!(flags & QGPU_DESC_F_SG) && s->cur_sg_count) ||
+    if ((d && d->reserved) || (!(flags & QGPU_DESC_F_SG) && s->cur_sg_count) ||
         (op != QGPU_OP_FILL && s->cur_pattern)) {
         return QGPU_ERR_RESERVED;
     }
+    if ((flags & QGPU_DESC_F_SG) &&
+        (!s->cur_sg_count || s->cur_sg_count > QGPU_SG_MAX_ENTRIES) && !d) {
+        return QGPU_ERR_SG_COUNT;   /* at fetch: qgpu_load_segments() says so */
+    }
     if (flags & QGPU_DESC_F_FENCE) {
-        err = qgpu_check_guest_range(s, s->cur_fence_addr, sizeof(uint64_t));
+        err = d ? qgpu_check_guest_range(s, s->cur_fence_addr,
+                                         sizeof(uint64_t)) : QGPU_ERR_NONE;
         if (err) {
             return err;
         }
@@ -577,7 +598,7 @@ static uint32_t qgpu_validate_desc(QGPUState *s, const struct qgpu_desc *d)
         if (!qgpu_vram_range_ok(s, s->cur_dst, s->cur_length)) {
             return QGPU_ERR_VRAM_RANGE;
         }
-        return qgpu_load_segments(s);
+        return d ? qgpu_load_segments(s) : QGPU_ERR_NONE;
     case QGPU_OP_COPY_FROM_VRAM:
         if (!s->cur_length) {
             return QGPU_ERR_LENGTH;
@@ -585,7 +606,7 @@ static uint32_t qgpu_validate_desc(QGPUState *s, const struct qgpu_desc *d)
         if (!qgpu_vram_range_ok(s, s->cur_src, s->cur_length)) {
             return QGPU_ERR_VRAM_RANGE;
         }
-        return qgpu_load_segments(s);
+        return d ? qgpu_load_segments(s) : QGPU_ERR_NONE;
     case QGPU_OP_COPY_VRAM:
         if (!s->cur_length) {
             return QGPU_ERR_LENGTH;
@@ -615,19 +636,34 @@ static dma_addr_t qgpu_desc_addr(QGPUState *s, uint32_t index)
     return s->ring_base + (uint64_t)index * QGPU_DESC_SIZE;
 }
 
-/* Write the status word of the descriptor in flight back to the ring. */
-static bool qgpu_write_status(QGPUState *s, uint32_t status)
+/*
+ * Write a descriptor's status word to @addr in the ring, checked again
+ * against the device's own BARs: they may have moved since the fetch.
+ */
+static bool qgpu_write_status_at(QGPUState *s, uint32_t index, dma_addr_t addr,
+                                 uint32_t status)
 {
-    dma_addr_t addr = qgpu_desc_addr(s, s->cur_index) + QGPU_DESC_OFF_STATUS;
+    uint32_t err = qgpu_check_guest_range(s, addr, sizeof(uint32_t));
 
-    if (stl_le_pci_dma(PCI_DEVICE(s), addr, status,
-                       MEMTXATTRS_UNSPECIFIED) != MEMTX_OK) {
+    if (!err && stl_le_pci_dma(PCI_DEVICE(s), addr, status,
+                               MEMTXATTRS_UNSPECIFIED) != MEMTX_OK) {
+        err = QGPU_ERR_DMA_WRITE;
+    }
+    if (err) {
         qemu_log_mask(LOG_GUEST_ERROR,
                       "qgpu: desc %u: status write-back to 0x%" PRIx64
-                      " failed\n", s->cur_index, addr);
+                      " failed (%s)\n", index, addr, qgpu_err_name(err));
         return false;
     }
     return true;
+}
+
+/* Write the status word of the descriptor in flight back to the ring. */
+static bool qgpu_write_status(QGPUState *s, uint32_t status)
+{
+    return qgpu_write_status_at(s, s->cur_index,
+                                qgpu_desc_addr(s, s->cur_index) +
+                                QGPU_DESC_OFF_STATUS, status);
 }
 
 static void qgpu_drop_inflight(QGPUState *s)
@@ -890,11 +926,16 @@ static uint64_t qgpu_run_slice(QGPUState *s, uint64_t budget, uint32_t *err)
             } else {
                 r = pci_dma_write(pdev, ga, vp, n);
             }
-            if (qgpu_disturbed(s)) {
-                return moved;   /* s->segs and s->vram may be gone */
-            }
-            if (to_vram) {
+            if (to_vram && s->vram) {
+                /*
+                 * Before the check below: a read that reset us still wrote
+                 * @vp, and VRAM survives a reset, so a migration must resend
+                 * it. After an unplug (s->vram gone) nothing migrates it.
+                 */
                 memory_region_set_dirty(s->vram, voff, n);
+            }
+            if (qgpu_disturbed(s)) {
+                return moved;   /* s->segs may be gone */
             }
             if (r != MEMTX_OK) {
                 *err = to_vram ? QGPU_ERR_DMA_READ : QGPU_ERR_DMA_WRITE;
@@ -1025,6 +1066,23 @@ static uint8_t qgpu_power_state(PCIDevice *pdev)
 }
 
 /*
+ * The status write ENGINE_RESET posted (3.5): DONE | ABORTED into the entry
+ * it aborted. Only while the VM runs and the function is in D0; a device
+ * reset drops it, as it drops the descriptor in flight.
+ */
+static void qgpu_write_abort_status(QGPUState *s)
+{
+    if (!s->abort_pending || !runstate_is_running() ||
+        qgpu_power_state(PCI_DEVICE(s)) != 0) {
+        return;
+    }
+    s->abort_pending = false;
+    trace_qgpu_engine_reset_status(s->abort_index, s->abort_status_addr);
+    qgpu_write_status_at(s, s->abort_index, s->abort_status_addr,
+                         QGPU_DESC_STATUS_DONE | QGPU_ERR_ABORTED);
+}
+
+/*
  * The delay timer runs the engine under the device's re-entrancy guard, as
  * the bottom half does (see aio_bh_call()): DMA that reaches our own MMIO
  * is then refused by the memory core instead of recursing into the device.
@@ -1067,6 +1125,13 @@ static void qgpu_engine_work(QGPUState *s)
         /* Powered down: no DMA, and the way back to D0 resets the engine. */
         trace_qgpu_engine_powered_down(s->ring_head, s->ring_tail);
         return;
+    }
+    if (s->abort_pending) {
+        /* An ENGINE_RESET's status write comes before any new work. */
+        qgpu_write_abort_status(s);
+        if (qgpu_disturbed(s)) {
+            return;
+        }
     }
     while ((s->engine_ctrl & QGPU_ENGINE_CTRL_ENABLE) && !s->halted) {
         uint64_t moved, limit;
@@ -1142,23 +1207,32 @@ static void qgpu_engine_unref(void *opaque)
     object_unref(opaque);
 }
 
-static void qgpu_engine_run(void *opaque)
+/*
+ * Run @work, which reaches guest-chosen addresses. Our own DMA may unplug
+ * us (see @epoch): hold a reference for the run, and after an unplug drop
+ * it only once our caller (aio_bh_call() or qgpu_delay_expired()) has
+ * restored the re-entrancy guard inside us.
+ */
+static void qgpu_run_disturbable(QGPUState *s, void (*work)(QGPUState *s))
 {
-    QGPUState *s = opaque;
-
-    /*
-     * Our own DMA may unplug us (see @epoch): hold a reference for the run,
-     * and after an unplug drop it only once our caller (aio_bh_call() or
-     * qgpu_delay_expired()) has restored the re-entrancy guard inside us.
-     */
     object_ref(OBJECT(s));
     s->run_epoch = s->epoch;
-    qgpu_engine_work(s);
+    work(s);
     if (qgpu_disturbed(s)) {
         aio_bh_schedule_oneshot(qemu_get_aio_context(), qgpu_engine_unref, s);
     } else {
         object_unref(OBJECT(s));
     }
+}
+
+static void qgpu_engine_run(void *opaque)
+{
+    qgpu_run_disturbable(opaque, qgpu_engine_work);
+}
+
+static void qgpu_abort_status_run(void *opaque)
+{
+    qgpu_run_disturbable(opaque, qgpu_write_abort_status);
 }
 
 static void qgpu_engine_kick(QGPUState *s)
@@ -1179,6 +1253,9 @@ static void qgpu_vm_state_change(void *opaque, bool running, RunState state)
     QGPUState *s = opaque;
 
     trace_qgpu_vm_state(running, qgpu_engine_has_work(s));
+    if (running && s->abort_pending) {
+        qemu_bh_schedule(s->abort_bh);
+    }
     if (running && qgpu_engine_has_work(s)) {
         qgpu_engine_kick(s);
     }
@@ -1210,9 +1287,11 @@ static void qgpu_count_dropped(QGPUState *s)
 }
 
 /*
- * ENGINE_RESET: abort the descriptor in flight (its status says ABORTED, no
- * fence is written), empty the ring, clear the halt and disable the engine.
- * Ring base and size, and DMA_ERROR (for diagnosis), are kept.
+ * ENGINE_RESET: abort the descriptor in flight (its status will say ABORTED,
+ * no fence is written), empty the ring, clear the halt and disable the
+ * engine. Ring base and size, and DMA_ERROR (for diagnosis), are kept.
+ * No DMA here, inside the register write: the aborted status is posted
+ * (@abort_pending) and written by abort_bh or the engine's next run.
  */
 static void qgpu_engine_reset(QGPUState *s)
 {
@@ -1224,7 +1303,12 @@ static void qgpu_engine_reset(QGPUState *s)
         /* Record where it stopped and how much was left undone. */
         qgpu_trace_record(s, qgpu_abort_point(s), qgpu_vram_point(s),
                           s->cur_length - s->cur_done, QGPU_ERR_ABORTED);
-        qgpu_write_status(s, QGPU_DESC_STATUS_DONE | QGPU_ERR_ABORTED);
+        /* Not pending already: the engine writes that before any fetch. */
+        s->abort_pending = true;
+        s->abort_index = s->cur_index;
+        s->abort_status_addr = qgpu_desc_addr(s, s->cur_index) +
+                               QGPU_DESC_OFF_STATUS;
+        qemu_bh_schedule(s->abort_bh);
         s->stats.aborted++;
         qgpu_drop_inflight(s);
     }
@@ -1541,13 +1625,20 @@ static void qgpu_mmio_write(void *opaque, hwaddr addr, uint64_t val,
                             unsigned size)
 {
     QGPUState *s = opaque;
+    uint32_t epoch;
 
     trace_qgpu_mmio_write(addr, size, val);
     if (s->fault_regs_all_ones || !qgpu_access_ok(s, addr, size)) {
         return;
     }
+    epoch = s->epoch;
     qgpu_reg_write(s, addr, extract64(val, 0, 32));
-    if (size == 8) {
+    /*
+     * The first half may have reset or unplugged the device (an interrupt
+     * message the guest aimed at a root port): the second half was written
+     * to the device as it was before, and is dropped with the rest.
+     */
+    if (size == 8 && s->epoch == epoch) {
         qgpu_reg_write(s, addr + 4, extract64(val, 32, 32));
     }
 }
@@ -1725,27 +1816,35 @@ static void qgpu_instance_init(Object *obj)
         const char *desc;
     } stats[] = {
 #define QGPU_STAT(n, f, d) { "stat-" n, offsetof(QGPUStats, f), d }
-        QGPU_STAT("descriptors", descriptors, "descriptors retired"),
+        QGPU_STAT("descriptors", descriptors,
+                  "descriptors retired, with or without error (not aborts, "
+                  "not halts)"),
         QGPU_STAT("transfers", transfers,
-                  "data descriptors retired without error"),
+                  "non-NOP descriptors retired without error"),
         QGPU_STAT("bytes-to-vram", bytes_to_vram,
                   "bytes DMA-read from guest memory into VRAM"),
         QGPU_STAT("bytes-from-vram", bytes_from_vram,
                   "bytes DMA-written from VRAM to guest memory"),
         QGPU_STAT("bytes-vram-copy", bytes_vram_copy,
-                  "bytes copied VRAM to VRAM"),
-        QGPU_STAT("bytes-fill", bytes_fill, "bytes of VRAM filled"),
-        QGPU_STAT("errors", errors, "descriptors failed, and ring faults"),
+                  "bytes copied by COPY_VRAM"),
+        QGPU_STAT("bytes-fill", bytes_fill, "bytes written by FILL"),
+        QGPU_STAT("errors", errors,
+                  "descriptors retired with an error, plus halts"),
         QGPU_STAT("aborted", aborted,
-                  "descriptors in flight at an engine or device reset"),
+                  "descriptors in flight at ENGINE_RESET or device reset"),
         QGPU_STAT("dropped", dropped,
-                  "pending descriptors a reset discarded unstarted"),
-        QGPU_STAT("last-fence", last_fence, "fence value last written"),
+                  "pending descriptors that ENGINE_RESET, a device reset or "
+                  "a RING_SIZE write discarded unstarted"),
+        QGPU_STAT("last-fence", last_fence,
+                  "last fence value written (survives device reset, unlike "
+                  "FENCE)"),
         QGPU_STAT("interrupts", interrupts,
-                  "MSI-X/MSI messages sent and INTx assertions"),
-        QGPU_STAT("doorbells", doorbells, "DOORBELL writes"),
+                  "MSI-X/MSI messages signalled, and INTx rising edges"),
+        QGPU_STAT("doorbells", doorbells,
+                  "DOORBELL writes, refused ones included"),
         QGPU_STAT("access-errors", access_errors, "register misuses"),
-        QGPU_STAT("engine-resets", engine_resets, "engine resets"),
+        QGPU_STAT("engine-resets", engine_resets,
+                  "accepted ENGINE_RESET writes"),
         QGPU_STAT("faults-injected", faults_injected,
                   "faults injected through x-fault-* properties"),
 #undef QGPU_STAT
@@ -2008,6 +2107,8 @@ static void qgpu_realize(PCIDevice *pdev, Error **errp)
     s->trace = g_new0(QGPUTraceEntry, s->trace_depth);
     s->bh = qemu_bh_new_guarded(qgpu_engine_run, s,
                                 &DEVICE(s)->mem_reentrancy_guard);
+    s->abort_bh = qemu_bh_new_guarded(qgpu_abort_status_run, s,
+                                      &DEVICE(s)->mem_reentrancy_guard);
     s->delay_timer = timer_new_ns(QEMU_CLOCK_VIRTUAL, qgpu_delay_expired, s);
     s->vm_state = qemu_add_vm_change_state_handler(qgpu_vm_state_change, s);
     trace_qgpu_realize(s->vram_size, !!s->hostmem, s->msi, s->msix,
@@ -2036,6 +2137,9 @@ static void qgpu_exit(PCIDevice *pdev)
     qgpu_engine_stop(s);
     qemu_bh_delete(s->bh);
     s->bh = NULL;
+    qemu_bh_delete(s->abort_bh);
+    s->abort_bh = NULL;
+    s->abort_pending = false;
     timer_free(s->delay_timer);
     s->delay_timer = NULL;
     qgpu_drop_inflight(s);
@@ -2067,7 +2171,9 @@ static void qgpu_reset_hold(Object *obj, ResetType type)
     s->epoch++;
     if (s->bh) {                /* not realized: nothing runs */
         qgpu_engine_stop(s);
+        qemu_bh_cancel(s->abort_bh);
     }
+    s->abort_pending = false;   /* no write-back while the device resets */
     qgpu_count_dropped(s);
     if (s->active) {
         s->stats.aborted++;
@@ -2091,44 +2197,81 @@ static void qgpu_reset_hold(Object *obj, ResetType type)
     s->access_error_addr = 0;
 }
 
+/*
+ * Accept only a state the device could have produced (the registers' and
+ * the engine's own rules): the stream is input like any other, and
+ * everything in it that indexes memory or the ring must be checked.
+ */
 static int qgpu_post_load(void *opaque, int version_id)
 {
     QGPUState *s = opaque;
     bool enabled = s->engine_ctrl & QGPU_ENGINE_CTRL_ENABLE;
+    uint64_t ring_bytes = (uint64_t)s->ring_size * QGPU_DESC_SIZE;
+    const char *why = NULL;
 
-    /* Never trust the stream with anything that indexes memory. */
     if (s->ring_size && (!is_power_of_2(s->ring_size) ||
                          s->ring_size < QGPU_RING_MIN_ENTRIES ||
                          s->ring_size > QGPU_RING_MAX_ENTRIES)) {
-        return -EINVAL;
+        why = "RING_SIZE";
+    } else if (s->ring_head >= MAX(s->ring_size, 1) ||
+               s->ring_tail >= MAX(s->ring_size, 1)) {
+        why = "RING_HEAD or RING_TAIL outside the ring";
+    } else if ((s->engine_ctrl & ~QGPU_ENGINE_CTRL_ENABLE) ||
+               (s->int_status & ~QGPU_INT_ALL) ||
+               (s->int_mask & ~QGPU_INT_ALL) ||
+               (s->access_error & ~QGPU_ACCESS_ERR_ALL) ||
+               s->dma_error > QGPU_ERR_MAX) {
+        why = "reserved register bits";
+    } else if ((enabled || s->active) &&
+               (!s->ring_size || s->ring_base % QGPU_DESC_SIZE ||
+                s->ring_base + ring_bytes - 1 < s->ring_base)) {
+        /* Enabling checks all three; the ring cannot change until idle. */
+        why = "engine enabled or busy on a ring it cannot have accepted";
+    } else if (s->active && (s->halted || s->abort_pending ||
+                             s->cur_index != s->ring_head ||
+                             s->ring_head == s->ring_tail ||
+                             s->cur_done > s->cur_length)) {
+        why = "descriptor in flight outside HEAD..TAIL";
+    } else if (s->active && qgpu_validate_desc(s, NULL)) {
+        why = "descriptor in flight the engine would have refused";
     }
-    if (s->ring_head >= MAX(s->ring_size, 1) ||
-        s->ring_tail >= MAX(s->ring_size, 1) ||
-        (s->engine_ctrl & ~QGPU_ENGINE_CTRL_ENABLE) ||
-        (enabled && !s->ring_size)) {
+    if (why) {
+        error_report("qgpu: migration stream refused: %s", why);
         return -EINVAL;
     }
     if (s->active) {
-        bool vram_src = s->cur_opcode == QGPU_OP_COPY_FROM_VRAM ||
-                        s->cur_opcode == QGPU_OP_COPY_VRAM;
-        bool vram_dst = s->cur_opcode != QGPU_OP_COPY_FROM_VRAM;
-
-        if (!s->ring_size || s->cur_index != s->ring_head ||
-            s->cur_opcode > QGPU_OP_MAX || s->cur_done > s->cur_length ||
-            (s->cur_flags & ~QGPU_DESC_F_ALL) ||
-            (vram_src && !qgpu_vram_range_ok(s, s->cur_src, s->cur_length)) ||
-            (vram_dst && s->cur_opcode != QGPU_OP_NOP &&
-             !qgpu_vram_range_ok(s, s->cur_dst, s->cur_length))) {
-            return -EINVAL;
-        }
         /* The engine rebuilds the guest segment list from guest memory. */
         s->segs_stale = true;
+    }
+    if (s->abort_pending) {
+        qemu_bh_schedule(s->abort_bh);  /* once the VM runs */
     }
     if (qgpu_engine_has_work(s)) {
         qgpu_engine_kick(s);
     }
     return 0;
 }
+
+/* Sent only while pending: streams without it load as before. */
+static bool qgpu_abort_needed(void *opaque)
+{
+    QGPUState *s = opaque;
+
+    return s->abort_pending;
+}
+
+static const VMStateDescription vmstate_qgpu_abort = {
+    .name = "qgpu/abort-status",
+    .version_id = 1,
+    .minimum_version_id = 1,
+    .needed = qgpu_abort_needed,
+    .fields = (const VMStateField[]) {
+        VMSTATE_BOOL(abort_pending, QGPUState),
+        VMSTATE_UINT32(abort_index, QGPUState),
+        VMSTATE_UINT64(abort_status_addr, QGPUState),
+        VMSTATE_END_OF_LIST()
+    },
+};
 
 /* Sent only when set, so that a stream from a build without it still loads. */
 static bool qgpu_dropped_needed(void *opaque)
@@ -2204,6 +2347,7 @@ static const VMStateDescription vmstate_qgpu = {
     },
     .subsections = (const VMStateDescription * const []) {
         &vmstate_qgpu_dropped,
+        &vmstate_qgpu_abort,
         NULL
     },
 };
@@ -2245,6 +2389,9 @@ static void qgpu_class_init(ObjectClass *klass, void *data)
         "offer an MSI capability");
     object_class_property_set_description(klass, "msix",
         "offer an MSI-X capability (BAR4)");
+    object_class_property_set_description(klass, "vram-prefetchable",
+        "mark BAR2 (VRAM) prefetchable; off: a driver must map it "
+        "uncached, never write-combining");
     object_class_property_set_description(klass, "trace-depth",
         "entries kept in the dma-trace property (1-4096)");
     set_bit(DEVICE_CATEGORY_MISC, dc->categories);

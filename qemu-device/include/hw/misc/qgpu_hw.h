@@ -158,6 +158,7 @@ typedef uint64_t qgpu_le64;
 #define QGPU_ACCESS_ERR_VALUE       (1 << 3)  /* value refused (see spec) */
 #define QGPU_ACCESS_ERR_BUSY        (1 << 4)  /* ring config written while enabled
                                                * or a descriptor is in flight */
+#define QGPU_ACCESS_ERR_ALL         0x1f
 
 /* ---- Descriptor ring ---------------------------------------------------- */
 
