@@ -24,6 +24,8 @@ QEMU_BIN  := $(BUILD)/bin/qemu-system-x86_64
 QEMU_FUZZ_OBJ := $(QGPU_CACHE)/qemu-build-fuzz
 QEMU_SAN_OBJ  := $(QGPU_CACHE)/qemu-build-sanitize
 QEMU_SAN_BIN  := $(BUILD)/bin/qemu-system-x86_64-sanitize
+QEMU_COV_OBJ  := $(QGPU_CACHE)/qemu-build-coverage
+QEMU_COV_BIN  := $(BUILD)/bin/qemu-system-x86_64-coverage
 QEMU_FUZZ_BIN := $(BUILD)/bin/qemu-fuzz-x86_64
 STAMPS    := $(QGPU_CACHE)/stamps
 
@@ -112,6 +114,24 @@ qemu-sanitize: $(STAMPS)/qemu-src $(TOOLS_PY) ## Build qemu-system-x86_64 with q
 	@mkdir -p $(BUILD)/bin
 	@ln -sfn $(QEMU_SAN_OBJ)/qemu-system-x86_64 $(QEMU_SAN_BIN)
 	@echo "make: $(QEMU_SAN_BIN) is ready"
+
+# Coverage of the device's sources by the device suite: a gcov build of its
+# own in $(QGPU_CACHE); make coverage fails below COVERAGE_GOAL % of lines.
+COVERAGE_GOAL ?= 90
+
+.PHONY: qemu-coverage
+qemu-coverage: $(STAMPS)/qemu-src $(TOOLS_PY) ## Build qemu-system-x86_64 with qgpu for gcov (gcc --coverage)
+	@scripts/install-host-deps.sh
+	@qemu-device/scripts/overlay-qgpu.sh $(QEMU_SRC)
+	@qemu-device/scripts/build-qemu.sh $(QEMU_SRC) $(QEMU_COV_OBJ) $(TOOLS_PY) coverage
+	@mkdir -p $(BUILD)/bin
+	@ln -sfn $(QEMU_COV_OBJ)/qemu-system-x86_64 $(QEMU_COV_BIN)
+	@echo "make: $(QEMU_COV_BIN) is ready"
+
+.PHONY: coverage
+coverage: qemu-coverage venv ## Line and branch coverage of the device's sources by the device suite (gcov), annotated in build/coverage
+	@qemu-device/scripts/coverage.sh $(QEMU_COV_OBJ) $(BUILD)/coverage $(COVERAGE_GOAL) -- \
+	    $(PY) -m pytest tests/device -q --qgpu-qemu $(QEMU_COV_BIN) $(PYTEST_ARGS)
 
 .PHONY: fuzz
 fuzz: qemu-fuzz ## Fuzz qgpu for FUZZ_SECONDS (default 300), FUZZ_JOBS at once (default: all cores); fails on any crash

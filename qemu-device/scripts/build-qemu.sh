@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: GPL-2.0-or-later
 #
-# Configure (when needed) and build QEMU with qgpu, in one of three flavours:
+# Configure (when needed) and build QEMU with qgpu, in one of four flavours:
 #   plain     qemu-system-x86_64 (gcc): what the rig runs
 #   fuzz      qemu-fuzz-x86_64 (clang, libFuzzer, ASan, UBSan): QEMU's generic
 #             fuzzer with the qgpu configurations (tests/qtest/fuzz/)
 #   sanitize  qemu-system-x86_64 (gcc, ASan, UBSan): the device suite under
 #             the sanitizers
+#   coverage  qemu-system-x86_64 (gcc --coverage): line and branch coverage
+#             of the device's sources (make coverage)
 # Each flavour needs its own BUILD_DIR.
 #
 # Usage: build-qemu.sh QEMU_SOURCE_DIR BUILD_DIR TOOLS_PYTHON [FLAVOUR]
@@ -47,8 +49,11 @@ fuzz)
 sanitize)
     CONFIGURE_ARGS+=(--enable-asan --enable-ubsan)
     target=qemu-system-x86_64 ;;
+coverage)
+    CONFIGURE_ARGS+=(--enable-gcov)
+    target=qemu-system-x86_64 ;;
 *)
-    echo "build-qemu: unknown flavour '$flavour' (plain, fuzz or sanitize)" >&2
+    echo "build-qemu: unknown flavour '$flavour' (plain, fuzz, sanitize or coverage)" >&2
     exit 2 ;;
 esac
 

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0-or-later
+#
+# Line and branch coverage of the device's own sources by a test command run
+# against the coverage build of QEMU (build-qemu.sh ... coverage).
+#
+# Usage: coverage.sh BUILD_DIR OUT_DIR GOAL -- COMMAND...
+#   BUILD_DIR  the coverage build (its .gcno/.gcda files)
+#   OUT_DIR    gets one annotated source per device file (*.gcov: each line
+#              with its execution count, ##### for lines never run) and
+#              summary.txt
+#   GOAL       fail when the device's sources have fewer than GOAL % of
+#              their lines run
+#
+# Every QEMU process adds its counts to the .gcda files when it exits
+# normally (not after SIGKILL), so the counters are cleared first and the
+# command's result does not end the run: a failing test still counts.
+set -euo pipefail
+
+build=$1
+out=$2
+goal=$3
+shift 3
+[[ ${1:-} == -- ]] && shift
+
+# The device's sources: what the overlay puts into QEMU's tree.
+mapfile -t notes < <(find "$build" -name '*qgpu*.gcno' | sort)
+if (( ${#notes[@]} == 0 )); then
+    echo "coverage: no qgpu .gcno files in $build: is it a coverage build?" >&2
+    exit 1
+fi
+
+find "$build" -name '*.gcda' -delete
+echo "coverage: running $*"
+rc=0
+"$@" || rc=$?
+if (( rc != 0 )); then
+    echo "coverage: the tests failed (exit $rc); coverage of what ran follows" >&2
+fi
+
+rm -rf "$out"
+mkdir -p "$out"
+for gcno in "${notes[@]}"; do
+    obj=${gcno%.gcno}
+    if [[ ! -f $obj.gcda ]]; then
+        echo "coverage: $obj.gcda missing: no QEMU process exited normally" >&2
+        exit 1
+    fi
+    # gcov finds the sources relative to the build directory, writes the
+    # annotated sources into the current directory, and prints, per source
+    # file, "Lines executed:P% of N" and the branches.
+    (cd "$build" && gcov --branch-probabilities --object-directory "$(dirname "$obj")" \
+        "$obj.o") >> "$out/gcov.log"
+done
+# Keep the device's annotated sources (gcov also annotates the headers).
+find "$build" -maxdepth 1 -name '*qgpu*.gcov' -exec mv -t "$out" {} +
+find "$build" -maxdepth 1 -name '*.gcov' -delete
+# A file block starts with "File '<path>'" and ends at a blank line; the
+# device's files are those whose name (not folder) has qgpu in it.
+device_blocks='/^File / { file = $2; gsub(/\x27/, "", file); keep = file ~ /qgpu[^\/]*$/ }
+               /^$/ { keep = 0 }'
+awk "$device_blocks"'
+     keep && /^(Lines executed|Branches executed|Taken at least once):/ { print file ": " $0 }' \
+    "$out/gcov.log" > "$out/summary.txt"
+read -r run total < <(awk "$device_blocks"'
+    keep && /^Lines executed:/ { split($2, a, "[:%]"); n = $4; t += n; r += a[2] * n / 100 }
+    END { printf "%d %d\n", r + 0.5, t }' "$out/gcov.log")
+
+echo "coverage: device sources, by the command above:"
+sed 's/^/  /' "$out/summary.txt"
+pct=$(awk -v r="$run" -v t="$total" 'BEGIN { printf "%.1f", t ? 100 * r / t : 0 }')
+echo "coverage: $run of $total lines run ($pct %), goal $goal %; annotated sources in $out"
+awk -v p="$pct" -v g="$goal" 'BEGIN { exit !(p + 0 >= g + 0) }' || {
+    echo "coverage: below the goal of $goal % of lines" >&2
+    exit 1
+}
+exit "$rc"
