@@ -334,7 +334,7 @@ extern const struct file_operations qgpu_fops;
 
 /* qgpu_ring.c */
 int qgpu_ring_init(struct qgpu_device *qdev);
-void qgpu_engine_reset(struct qgpu_device *qdev);
+bool qgpu_engine_reset(struct qgpu_device *qdev);
 void qgpu_ring_start(struct qgpu_device *qdev);
 void qgpu_ring_shutdown(struct qgpu_device *qdev);
 void qgpu_retire_work(struct work_struct *work);

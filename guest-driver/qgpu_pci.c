@@ -137,7 +137,10 @@ static int qgpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	 * engine running: stop it before bus mastering lets it reach memory.
 	 */
 	qgpu_wr(qdev, QGPU_REG_ENGINE_CTRL, 0);
-	qgpu_engine_reset(qdev);
+	if (!qgpu_engine_reset(qdev)) {
+		ret = -EIO;
+		goto err_put;
+	}
 	qgpu_wr(qdev, QGPU_REG_INT_MASK, 0);
 	pci_set_master(pdev);
 

@@ -105,26 +105,30 @@ int qgpu_ring_init(struct qgpu_device *qdev)
  * write of the descriptor it aborted (spec 3.5) and keeps ENGINE_STATUS
  * BUSY until it is done. Waiting keeps that write from landing in a ring
  * entry written again, or in a ring already freed. Registers that read all
- * ones end the wait; the caller checks for a lost device. Sleeps.
+ * ones end the wait (the caller checks for a lost device). Returns false
+ * if the reset did not complete: bus mastering is then switched off, so
+ * that the late write cannot reach memory. Sleeps.
  */
-void qgpu_engine_reset(struct qgpu_device *qdev)
+bool qgpu_engine_reset(struct qgpu_device *qdev)
 {
 	u32 st;
 
 	qgpu_wr(qdev, QGPU_REG_ENGINE_RESET, QGPU_ENGINE_RESET_MAGIC);
-	if (readl_poll_timeout(qdev->regs + QGPU_REG_ENGINE_STATUS, st,
-			       !(st & QGPU_ENGINE_STATUS_BUSY) || st == ~0U,
-			       10, USEC_PER_SEC))
-		dev_warn_ratelimited(qdev->dev,
-				     "engine reset still busy after 1 s (ENGINE_STATUS %#x)\n",
-				     st);
+	if (!readl_poll_timeout(qdev->regs + QGPU_REG_ENGINE_STATUS, st,
+				!(st & QGPU_ENGINE_STATUS_BUSY) || st == ~0U,
+				10, USEC_PER_SEC))
+		return true;
+	dev_err(qdev->dev, "engine reset still busy after 1 s (ENGINE_STATUS %#x)\n", st);
+	pci_clear_master(qdev->pdev);
+	return false;
 }
 
 /* Program and enable the engine on an empty ring. */
 void qgpu_ring_start(struct qgpu_device *qdev)
 {
 	qgpu_wr(qdev, QGPU_REG_ENGINE_CTRL, 0);
-	qgpu_engine_reset(qdev);
+	if (!qgpu_engine_reset(qdev))
+		return;
 	qgpu_wr(qdev, QGPU_REG_RING_BASE_LO, lower_32_bits(qdev->ring_dma));
 	qgpu_wr(qdev, QGPU_REG_RING_BASE_HI, upper_32_bits(qdev->ring_dma));
 	qgpu_wr(qdev, QGPU_REG_RING_SIZE, qdev->ring_entries);
@@ -287,8 +291,10 @@ static void qgpu_engine_abort_locked(struct qgpu_device *qdev, bool restart,
 
 	lockdep_assert_held(&qdev->ring_lock);
 	qgpu_wr(qdev, QGPU_REG_ENGINE_CTRL, 0);
-	qgpu_engine_reset(qdev);
-	if (qgpu_hw_lost(qdev)) {
+	if (!qgpu_engine_reset(qdev)) {
+		restart = false;	/* bus mastering is off: the device is lost */
+		qgpu_mark_lost(qdev, "an engine reset did not complete");
+	} else if (qgpu_hw_lost(qdev)) {
 		pci_clear_master(qdev->pdev);
 		restart = false;
 		if (!READ_ONCE(qdev->frozen))
@@ -335,8 +341,7 @@ static void qgpu_engine_reset_hung_locked(struct qgpu_device *qdev)
 	 */
 	qgpu_wr(qdev, QGPU_REG_ENGINE_CTRL, 0);
 	head = qgpu_rd(qdev, QGPU_REG_RING_HEAD);
-	qgpu_engine_reset(qdev);
-	if (qgpu_hw_lost(qdev))
+	if (!qgpu_engine_reset(qdev) || qgpu_hw_lost(qdev))
 		goto fail_all;
 	/* What finished before the reset keeps its result. */
 	qgpu_retire_locked(qdev);

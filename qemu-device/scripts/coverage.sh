@@ -17,11 +17,18 @@
 # command's result does not end the run: a failing test still counts.
 set -euo pipefail
 
-build=$1
-out=$2
+build=$(cd "$1" && pwd)     # gcov runs from there: absolute paths
+out=$(realpath -m "$2")
 goal=$3
 shift 3
 [[ ${1:-} == -- ]] && shift
+
+# The counters live in the shared build directory: one run at a time.
+exec 9> "$build/.coverage.lock"
+if ! flock -n 9; then
+    echo "coverage: another make coverage uses $build; waiting for it" >&2
+    flock 9
+fi
 
 # The device's sources: what the overlay puts into QEMU's tree.
 mapfile -t notes < <(find "$build" -name '*qgpu*.gcno' | sort)

@@ -221,3 +221,12 @@ def test_doorbell_cannot_move_the_tail_backwards(dev: QgpuDevice) -> None:
     assert dev.reg(ABI.REG_ACCESS_ERROR) == 0
     dev.set_reg(ABI.REG_RING_SIZE, 8)                 # a RING_SIZE write empties the ring
     assert (dev.reg(ABI.REG_RING_HEAD), dev.reg(ABI.REG_RING_TAIL)) == (0, 0)
+
+
+def test_an_8_byte_engine_reset_keeps_its_second_half(dev: QgpuDevice) -> None:
+    """ENGINE_RESET is no device reset: the high half of an 8-byte write to it
+    (0x044, no register) still lands and is refused on its own (spec 2.1)."""
+    dev.setup_ring(8)
+    dev.qt.writeq(REGS_ADDR + ABI.REG_ENGINE_RESET, ABI.ENGINE_RESET_MAGIC)
+    assert dev.stat("engine-resets") == 1
+    assert access_error(dev) == (ABI.ACCESS_ERR_OFFSET, ABI.REG_ENGINE_RESET + 4)

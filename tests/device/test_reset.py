@@ -202,6 +202,28 @@ def test_migration_with_transfer_in_flight(qgpu: QgpuDevice, rng: random.Random,
         assert after.stat("bytes-to-vram") == 6 * MiB
 
 
+def test_a_device_reset_drops_a_posted_abort_status(qgpu: QgpuDevice,
+                                                   rng: random.Random) -> None:
+    """Spec 8: the status write ENGINE_RESET posted is dropped by a device
+    reset, like the descriptor in flight it stood for."""
+    _slow(qgpu)
+    index, _, _ = _start_copy(qgpu, rng)
+    qgpu.qt.clock_step(SLICE_NS + 1)
+    assert qgpu.qt.qmp is not None
+    qgpu.qt.qmp.command("stop")
+    qgpu.set_reg(ABI.REG_ENGINE_RESET, ABI.ENGINE_RESET_MAGIC)
+    assert qgpu.reg(ABI.REG_ENGINE_STATUS) == ABI.ENGINE_STATUS_BUSY
+    events = len(qgpu.qt.qmp.events())
+    qgpu.qt.qmp.command("system_reset")
+    qgpu.qt.qmp.wait_event("RESET", after=events)
+    qgpu.qt.qmp.command("cont")
+    enumerate_qgpu(qgpu.qt, qgpu.vram_size)
+    assert qgpu.reg(ABI.REG_ENGINE_STATUS) == 0
+    time.sleep(0.2)
+    qgpu.qt.poll()
+    assert qgpu.status(index) == 0, "a device reset must drop the posted status write"
+
+
 def test_a_pending_abort_status_migrates(qgpu: QgpuDevice, rng: random.Random,
                                         tmp_path: Path) -> None:
     """ENGINE_RESET on a stopped VM posts the aborted status; a migration
@@ -246,9 +268,13 @@ def _get(stream: bytearray, at: int, size: int) -> int:
     return int.from_bytes(stream[at:at + size], "big")
 
 
-def _sg_over_the_maximum(stream: bytearray, at: int) -> None:
-    _put(stream, at + OFF_CUR_FLAGS, ABI.DESC_F_SG, 4)
-    _put(stream, at + OFF_CUR_SG_COUNT, ABI.SG_MAX_ENTRIES + 1, 4)
+def _sg_count(count: int) -> Callable[[bytearray, int], None]:
+    """Make the copy in flight an SG copy (its other flags kept) of ``count`` entries."""
+    def corrupt(stream: bytearray, at: int) -> None:
+        flags = _get(stream, at + OFF_CUR_FLAGS, 4)
+        _put(stream, at + OFF_CUR_FLAGS, flags | ABI.DESC_F_SG, 4)
+        _put(stream, at + OFF_CUR_SG_COUNT, count, 4)
+    return corrupt
 
 
 # name: (how to corrupt the state at the mark's offset, what QEMU must say)
@@ -259,14 +285,49 @@ CORRUPTIONS: dict[str, tuple[Callable[[bytearray, int], None], str]] = {
         lambda b, o: _put(b, o + OFF_RING_TAIL, _get(b, o + OFF_RING_HEAD, 4), 4),
         "descriptor in flight outside HEAD..TAIL"),
     "halted with a descriptor in flight": (
-        lambda b, o: _put(b, o + OFF_HALTED, 1, 1), "descriptor in flight outside HEAD..TAIL"),
+        lambda b, o: _put(b, o + OFF_HALTED, 1, 1),
+        "descriptor in flight on a halted or resetting engine"),
     "misaligned ring while busy": (
         lambda b, o: _put(b, o + OFF_RING_BASE, _get(b, o + OFF_RING_BASE, 8) + 8, 8),
         "engine enabled or busy on a ring it cannot have accepted"),
     "too many SG entries in flight": (
-        _sg_over_the_maximum,
-        "descriptor in flight the engine would have refused"),
+        _sg_count(ABI.SG_MAX_ENTRIES + 1), "descriptor in flight the engine would have refused"),
 }
+
+
+# The same edits within the rules load: the checks refuse no state the
+# device can produce.
+ACCEPTED: dict[str, Callable[[bytearray, int], None]] = {
+    "as saved": lambda b, o: None,
+    "the most SG entries in flight": _sg_count(ABI.SG_MAX_ENTRIES),
+    "every INT_MASK bit": lambda b, o: _put(b, o + OFF_INT_MASK, ABI.INT_ALL, 4),
+}
+
+
+def _saved_in_flight(qgpu: QgpuDevice, rng: random.Random, state: Path) -> tuple[bytearray, int]:
+    """Save a machine with a copy in flight; return the stream and where qgpu's registers are."""
+    qgpu.set_reg(ABI.REG_SCRATCH, 0x5CA1AB1E)
+    qgpu.set_reg(ABI.REG_USER_SCRATCH, 0x0DDBA11)
+    _slow(qgpu)
+    _start_copy(qgpu, rng, size=4 * MiB)
+    qgpu.qt.clock_step(SLICE_NS + 1)
+    _save_state(qgpu, state)
+    stream = bytearray(state.read_bytes())
+    assert stream.count(STREAM_MARK) == 1
+    return stream, stream.index(STREAM_MARK)
+
+
+@pytest.mark.parametrize("edit", sorted(ACCEPTED))
+def test_a_migration_stream_with_a_state_the_device_can_produce_loads(
+        qgpu: QgpuDevice, rng: random.Random, tmp_path: Path, edit: str) -> None:
+    state = tmp_path / "state"
+    stream, at = _saved_in_flight(qgpu, rng, state)
+    ACCEPTED[edit](stream, at)
+    state.write_bytes(stream)
+    dest, _ = _incoming_machine(qgpu, f"x-dma-delay-ns={SLICE_NS}")
+    with dest:
+        assert dest.proc is not None
+        assert _load_state(dest, state) == "completed", dest.proc.log_tail(20)
 
 
 @pytest.mark.parametrize("corruption", sorted(CORRUPTIONS))
@@ -275,17 +336,10 @@ def test_a_migration_stream_with_a_state_the_device_cannot_produce_is_refused(
     """Issue 11 (S5): post_load accepted states that the registers cannot
     produce. The stream is input: the destination refuses it, says why, and
     lives on."""
-    qgpu.set_reg(ABI.REG_SCRATCH, 0x5CA1AB1E)
-    qgpu.set_reg(ABI.REG_USER_SCRATCH, 0x0DDBA11)
-    _slow(qgpu)
-    _start_copy(qgpu, rng, size=4 * MiB)
-    qgpu.qt.clock_step(SLICE_NS + 1)
     state = tmp_path / "state"
-    _save_state(qgpu, state)
-    stream = bytearray(state.read_bytes())
-    assert stream.count(STREAM_MARK) == 1
+    stream, at = _saved_in_flight(qgpu, rng, state)
     corrupt, reason = CORRUPTIONS[corruption]
-    corrupt(stream, stream.index(STREAM_MARK))
+    corrupt(stream, at)
     state.write_bytes(stream)
     dest, _ = _incoming_machine(qgpu, f"x-dma-delay-ns={SLICE_NS}")
     with dest:

@@ -213,6 +213,13 @@ struct QGPUState {
      */
     uint32_t epoch;
     uint32_t run_epoch;
+    bool in_run;                /* qgpu_run_disturbable() is running */
+    /*
+     * Moved only by device reset and unrealize (not by ENGINE_RESET, which
+     * also moves @epoch): an 8-byte register write drops its second half
+     * when the first half changed it.
+     */
+    uint32_t incarnation;
 
     QGPUStats stats;
     QGPUTraceEntry *trace;
@@ -1077,6 +1084,7 @@ static void qgpu_write_abort_status(QGPUState *s)
         return;
     }
     s->abort_pending = false;
+    qemu_bh_cancel(s->abort_bh);    /* when the engine's run wrote it */
     trace_qgpu_engine_reset_status(s->abort_index, s->abort_status_addr);
     qgpu_write_status_at(s, s->abort_index, s->abort_status_addr,
                          QGPU_DESC_STATUS_DONE | QGPU_ERR_ABORTED);
@@ -1212,12 +1220,24 @@ static void qgpu_engine_unref(void *opaque)
  * us (see @epoch): hold a reference for the run, and after an unplug drop
  * it only once our caller (aio_bh_call() or qgpu_delay_expired()) has
  * restored the re-entrancy guard inside us.
+ *
+ * One run at a time: a DMA access can reach a device whose handler polls
+ * the main loop (aio_poll()), which runs our other bottom half. Nested,
+ * it would reset @run_epoch and hide a reset or unplug from the outer run;
+ * instead it is left to @retry, after the outer run.
  */
-static void qgpu_run_disturbable(QGPUState *s, void (*work)(QGPUState *s))
+static void qgpu_run_disturbable(QGPUState *s, void (*work)(QGPUState *s),
+                                 void (*retry)(QGPUState *s))
 {
+    if (s->in_run) {
+        retry(s);
+        return;
+    }
     object_ref(OBJECT(s));
+    s->in_run = true;
     s->run_epoch = s->epoch;
     work(s);
+    s->in_run = false;
     if (qgpu_disturbed(s)) {
         aio_bh_schedule_oneshot(qemu_get_aio_context(), qgpu_engine_unref, s);
     } else {
@@ -1225,14 +1245,29 @@ static void qgpu_run_disturbable(QGPUState *s, void (*work)(QGPUState *s))
     }
 }
 
+static void qgpu_abort_status_retry(QGPUState *s)
+{
+    if (s->abort_bh) {      /* not unplugged meanwhile */
+        qemu_bh_schedule(s->abort_bh);
+    }
+}
+
+static void qgpu_engine_retry(QGPUState *s)
+{
+    if (s->bh) {
+        qgpu_engine_kick(s);
+    }
+}
+
 static void qgpu_engine_run(void *opaque)
 {
-    qgpu_run_disturbable(opaque, qgpu_engine_work);
+    qgpu_run_disturbable(opaque, qgpu_engine_work, qgpu_engine_retry);
 }
 
 static void qgpu_abort_status_run(void *opaque)
 {
-    qgpu_run_disturbable(opaque, qgpu_write_abort_status);
+    qgpu_run_disturbable(opaque, qgpu_write_abort_status,
+                         qgpu_abort_status_retry);
 }
 
 static void qgpu_engine_kick(QGPUState *s)
@@ -1625,20 +1660,20 @@ static void qgpu_mmio_write(void *opaque, hwaddr addr, uint64_t val,
                             unsigned size)
 {
     QGPUState *s = opaque;
-    uint32_t epoch;
+    uint32_t incarnation;
 
     trace_qgpu_mmio_write(addr, size, val);
     if (s->fault_regs_all_ones || !qgpu_access_ok(s, addr, size)) {
         return;
     }
-    epoch = s->epoch;
+    incarnation = s->incarnation;
     qgpu_reg_write(s, addr, extract64(val, 0, 32));
     /*
      * The first half may have reset or unplugged the device (an interrupt
      * message the guest aimed at a root port): the second half was written
      * to the device as it was before, and is dropped with the rest.
      */
-    if (size == 8 && s->epoch == epoch) {
+    if (size == 8 && s->incarnation == incarnation) {
         qgpu_reg_write(s, addr + 4, extract64(val, 32, 32));
     }
 }
@@ -2132,6 +2167,7 @@ static void qgpu_exit(PCIDevice *pdev)
     QGPUState *s = QGPU(pdev);
 
     s->epoch++;
+    s->incarnation++;
     qemu_del_vm_change_state_handler(s->vm_state);
     s->vm_state = NULL;
     qgpu_engine_stop(s);
@@ -2169,6 +2205,7 @@ static void qgpu_reset_hold(Object *obj, ResetType type)
 
     trace_qgpu_reset(s->active);
     s->epoch++;
+    s->incarnation++;
     if (s->bh) {                /* not realized: nothing runs */
         qgpu_engine_stop(s);
         qemu_bh_cancel(s->abort_bh);
@@ -2195,6 +2232,16 @@ static void qgpu_reset_hold(Object *obj, ResetType type)
     s->dma_error_index = 0;
     s->access_error = 0;
     s->access_error_addr = 0;
+}
+
+/* What a stream without the optional subsections leaves as it is. */
+static int qgpu_pre_load(void *opaque)
+{
+    QGPUState *s = opaque;
+
+    s->abort_pending = false;
+    s->stats.dropped = 0;
+    return 0;
 }
 
 /*
@@ -2227,13 +2274,19 @@ static int qgpu_post_load(void *opaque, int version_id)
                 s->ring_base + ring_bytes - 1 < s->ring_base)) {
         /* Enabling checks all three; the ring cannot change until idle. */
         why = "engine enabled or busy on a ring it cannot have accepted";
-    } else if (s->active && (s->halted || s->abort_pending ||
-                             s->cur_index != s->ring_head ||
+    } else if (s->active && (s->halted || s->abort_pending)) {
+        /* A halt comes only from a fetch; a posted abort goes before one. */
+        why = "descriptor in flight on a halted or resetting engine";
+    } else if (s->active && (s->cur_index != s->ring_head ||
                              s->ring_head == s->ring_tail ||
                              s->cur_done > s->cur_length)) {
         why = "descriptor in flight outside HEAD..TAIL";
     } else if (s->active && qgpu_validate_desc(s, NULL)) {
         why = "descriptor in flight the engine would have refused";
+    } else if (s->abort_pending &&
+               (s->abort_index >= QGPU_RING_MAX_ENTRIES ||
+                s->abort_status_addr % QGPU_DESC_SIZE != QGPU_DESC_OFF_STATUS)) {
+        why = "posted ENGINE_RESET status write outside a ring entry";
     }
     if (why) {
         error_report("qgpu: migration stream refused: %s", why);
@@ -2296,6 +2349,7 @@ static const VMStateDescription vmstate_qgpu = {
     .name = "qgpu",
     .version_id = 1,
     .minimum_version_id = 1,
+    .pre_load = qgpu_pre_load,
     .post_load = qgpu_post_load,
     .fields = (const VMStateField[]) {
         VMSTATE_PCI_DEVICE(parent_obj, QGPUState),
