@@ -27,11 +27,18 @@ install_if_changed() {
 }
 
 # Plain files, mirrored at the same relative path.
-for rel in hw/misc/qgpu.c include/hw/misc/qgpu_hw.h configs/devices/x86_64-softmmu/qgpu.mak; do
+mkdir -p "$qemu/hw/misc/qgpu"
+for rel in hw/misc/qgpu/{qgpu.h,trace.h,qgpu.c,qgpu-debug.c,qgpu-engine.c,qgpu-regs.c} \
+           include/hw/misc/qgpu_hw.h configs/devices/x86_64-softmmu/qgpu.mak; do
     tmp=$(mktemp)
     cp "$here/$rel" "$tmp"
     install_if_changed "$tmp" "$qemu/$rel"
 done
+# Before the device had a folder of its own, it was hw/misc/qgpu.c.
+if [[ -e $qemu/hw/misc/qgpu.c ]]; then
+    echo "overlay-qgpu: removing the old hw/misc/qgpu.c"
+    rm -f "$qemu/hw/misc/qgpu.c"
+fi
 
 # splice_fragment FRAGMENT DEST: replace (or append) our marked block in DEST.
 splice_fragment() {

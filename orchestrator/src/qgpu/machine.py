@@ -31,8 +31,8 @@ from qgpu.qmp import QmpClient
 from qgpu.shm import SharedMemory
 from qgpu.ssh import GuestSsh
 
-#: A backtrace frame in the qgpu device model (functions qgpu_*, file qgpu.c).
-QGPU_FRAME = re.compile(r"\bqgpu_\w+ \(|\bqgpu\.c:")
+#: A backtrace frame in the qgpu device model (functions qgpu_*, files hw/misc/qgpu/*.c).
+QGPU_FRAME = re.compile(r"\bqgpu_\w+ \(|/qgpu/[\w-]+\.c:|\bqgpu\.c:")
 #: A gdb frame that names its function ("#3  0x55d0 in main_loop_wait (..." or,
 #: inlined, "#4  qemu_poll_ns (..."), as opposed to "#0  0x7f10 in ?? ()".
 NAMED_FRAME = re.compile(r"^#\d+\s+(?:0x[0-9a-f]+ in )?[A-Za-z_][\w:.~<>]* \(")

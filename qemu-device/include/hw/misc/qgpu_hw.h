@@ -4,7 +4,7 @@
  * descriptor and scatter-gather formats, interrupt causes, error codes.
  *
  * This header is the single source of truth for the device ABI. It is
- * included by the QEMU device model (hw/misc/qgpu.c), by the Linux driver
+ * included by the QEMU device model (hw/misc/qgpu/), by the Linux driver
  * and guest tools (guest-driver/), and read by the Python tests
  * (orchestrator/src/qgpu/abi.py), which parse its "#define QGPU_*" integer
  * constants and its structs. Keep it to that: integer #defines built from
