@@ -80,14 +80,21 @@ $(STAMPS)/qemu-src: qemu-device/scripts/fetch-qemu-source.sh
 	@qemu-device/scripts/fetch-qemu-source.sh $(QGPU_CACHE)/downloads $(QEMU_SRC)
 	@mkdir -p $(STAMPS) && touch $@
 
+# $(call build-qemu,FLAVOUR,BUILD_DIR,BINARY,LINK): overlay qgpu onto the
+# source, build one flavour (qemu-device/scripts/build-qemu.sh) in its own
+# directory, and link its BINARY as LINK in build/bin.
+define build-qemu
+@qemu-device/scripts/overlay-qgpu.sh $(QEMU_SRC)
+@qemu-device/scripts/build-qemu.sh $(QEMU_SRC) $(2) $(TOOLS_PY) $(1)
+@mkdir -p $(BUILD)/bin
+@ln -sfn $(2)/$(3) $(4)
+@echo "make: $(4) is ready"
+endef
+
 .PHONY: qemu
 qemu: $(STAMPS)/qemu-src $(TOOLS_PY) ## Build qemu-system-x86_64 with qgpu -> build/bin/
 	@scripts/install-host-deps.sh
-	@qemu-device/scripts/overlay-qgpu.sh $(QEMU_SRC)
-	@qemu-device/scripts/build-qemu.sh $(QEMU_SRC) $(QEMU_OBJ) $(TOOLS_PY)
-	@mkdir -p $(BUILD)/bin
-	@ln -sfn $(QEMU_OBJ)/qemu-system-x86_64 $(QEMU_BIN)
-	@echo "make: $(QEMU_BIN) is ready"
+	$(call build-qemu,plain,$(QEMU_OBJ),qemu-system-x86_64,$(QEMU_BIN))
 
 # QEMU's generic fuzzer (libFuzzer over qtest, ASan + UBSan, clang) with the
 # qgpu configurations: its own build directory in $(QGPU_CACHE).
@@ -100,20 +107,12 @@ FUZZ_SEEDS   := qemu-device/tests/fuzz/seeds
 .PHONY: qemu-fuzz
 qemu-fuzz: $(STAMPS)/qemu-src $(TOOLS_PY) ## Build QEMU's fuzz target with qgpu (clang, libFuzzer, ASan, UBSan)
 	@scripts/install-host-deps.sh clang-16 libclang-rt-16-dev llvm-16
-	@qemu-device/scripts/overlay-qgpu.sh $(QEMU_SRC)
-	@qemu-device/scripts/build-qemu.sh $(QEMU_SRC) $(QEMU_FUZZ_OBJ) $(TOOLS_PY) fuzz
-	@mkdir -p $(BUILD)/bin
-	@ln -sfn $(QEMU_FUZZ_OBJ)/qemu-fuzz-x86_64 $(QEMU_FUZZ_BIN)
-	@echo "make: $(QEMU_FUZZ_BIN) is ready"
+	$(call build-qemu,fuzz,$(QEMU_FUZZ_OBJ),qemu-fuzz-x86_64,$(QEMU_FUZZ_BIN))
 
 .PHONY: qemu-sanitize
 qemu-sanitize: $(STAMPS)/qemu-src $(TOOLS_PY) ## Build qemu-system-x86_64 with qgpu under ASan + UBSan (gcc)
 	@scripts/install-host-deps.sh
-	@qemu-device/scripts/overlay-qgpu.sh $(QEMU_SRC)
-	@qemu-device/scripts/build-qemu.sh $(QEMU_SRC) $(QEMU_SAN_OBJ) $(TOOLS_PY) sanitize
-	@mkdir -p $(BUILD)/bin
-	@ln -sfn $(QEMU_SAN_OBJ)/qemu-system-x86_64 $(QEMU_SAN_BIN)
-	@echo "make: $(QEMU_SAN_BIN) is ready"
+	$(call build-qemu,sanitize,$(QEMU_SAN_OBJ),qemu-system-x86_64,$(QEMU_SAN_BIN))
 
 # Coverage of the device's sources by the device suite: a gcov build of its
 # own in $(QGPU_CACHE); make coverage fails below COVERAGE_GOAL % of lines.
@@ -122,11 +121,7 @@ COVERAGE_GOAL ?= 90
 .PHONY: qemu-coverage
 qemu-coverage: $(STAMPS)/qemu-src $(TOOLS_PY) ## Build qemu-system-x86_64 with qgpu for gcov (gcc --coverage)
 	@scripts/install-host-deps.sh
-	@qemu-device/scripts/overlay-qgpu.sh $(QEMU_SRC)
-	@qemu-device/scripts/build-qemu.sh $(QEMU_SRC) $(QEMU_COV_OBJ) $(TOOLS_PY) coverage
-	@mkdir -p $(BUILD)/bin
-	@ln -sfn $(QEMU_COV_OBJ)/qemu-system-x86_64 $(QEMU_COV_BIN)
-	@echo "make: $(QEMU_COV_BIN) is ready"
+	$(call build-qemu,coverage,$(QEMU_COV_OBJ),qemu-system-x86_64,$(QEMU_COV_BIN))
 
 .PHONY: coverage
 coverage: qemu-coverage venv ## Line and branch coverage of the device's sources by the device suite (gcov), annotated in build/coverage
