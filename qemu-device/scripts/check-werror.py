@@ -5,8 +5,10 @@
 QEMU is configured with --disable-werror (its own sources are not ours to
 fix, and new compilers warn about them), so a warning in the device would
 scroll past in a build log. This compiles each hw/misc/qgpu/ file the way
-the build did (its command from compile_commands.json, syntax only) with
-warnings as errors, and fails if any has one.
+the build did (its command from compile_commands.json) with warnings as
+errors, into a scratch object (not -fsyntax-only: warnings such as "defined
+but not used" or "may be used uninitialized" come from later passes), and
+fails if any has one.
 
 Usage: check-werror.py BUILD_DIR
 """
@@ -18,22 +20,23 @@ import json
 import shlex
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 DEVICE_DIR = "/hw/misc/qgpu/"
 STAMP = ".qgpu-werror"
 
 
-def check_command(command: str) -> list[str]:
-    """The build's command for one file, as a syntax-only check with -Werror."""
+def check_command(command: str, scratch: Path) -> list[str]:
+    """The build's command for one file, with -Werror, writing ``scratch``."""
     out: list[str] = []
     args = iter(shlex.split(command))
     for arg in args:
         if arg in ("-MQ", "-MF", "-o"):
-            next(args, None)        # and its operand: no dependency or object files
-        elif arg not in ("-MD", "-c"):
+            next(args, None)        # and its operand: the build's own files stay
+        elif arg != "-MD":
             out.append(arg)
-    return [*out, "-Werror", "-fsyntax-only"]
+    return [*out, "-Werror", "-o", str(scratch)]
 
 
 def main() -> int:
@@ -44,8 +47,9 @@ def main() -> int:
         print(f"check-werror: no {DEVICE_DIR} sources in {build}/compile_commands.json",
               file=sys.stderr)
         return 1
-    # Run again only when a source, a header of ours or a command changed.
-    digest = hashlib.sha256()
+    # Run again only when a source, a header of ours, a command or this
+    # check changed.
+    digest = hashlib.sha256(Path(__file__).read_bytes())
     for e in sorted(entries, key=lambda e: e["file"]):
         digest.update(e["command"].encode())
         src = (Path(e["directory"]) / e["file"]).resolve()
@@ -55,12 +59,14 @@ def main() -> int:
     if stamp.exists() and stamp.read_text() == digest.hexdigest():
         return 0
     failed = []
-    for e in entries:
-        run = subprocess.run(check_command(e["command"]), cwd=e["directory"],
-                             capture_output=True, text=True, check=False)
-        if run.returncode:
-            failed.append(e["file"])
-            sys.stderr.write(run.stderr)
+    with tempfile.TemporaryDirectory() as scratch:
+        for e in entries:
+            run = subprocess.run(check_command(e["command"], Path(scratch) / "check.o"),
+                                 cwd=e["directory"], capture_output=True, text=True,
+                                 check=False)
+            if run.returncode:
+                failed.append(e["file"])
+                sys.stderr.write(run.stderr)
     if failed:
         print(f"check-werror: warnings in {', '.join(failed)} (the device's own files "
               "build with -Werror)", file=sys.stderr)
