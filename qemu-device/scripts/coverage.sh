@@ -30,10 +30,18 @@ if ! flock -n 9; then
     flock 9
 fi
 
-# The device's sources: what the overlay puts into QEMU's tree.
-mapfile -t notes < <(find "$build" -name '*qgpu*.gcno' | sort)
+# The device's objects, as the build has them now (an object of a source
+# that is gone, e.g. the old hw/misc/qgpu.c, may still lie in the folder).
+mapfile -t notes < <(python3 -c '
+import json, sys
+for e in json.load(open(sys.argv[1] + "/compile_commands.json")):
+    if "/hw/misc/qgpu/" in e["file"]:
+        print(sys.argv[1] + "/" + e["output"].removesuffix(".o") + ".gcno")' "$build" | sort)
+for gcno in "${notes[@]}"; do
+    [[ -f $gcno ]] || { echo "coverage: no $gcno: is $build a coverage build?" >&2; exit 1; }
+done
 if (( ${#notes[@]} == 0 )); then
-    echo "coverage: no qgpu .gcno files in $build: is it a coverage build?" >&2
+    echo "coverage: no device sources in $build/compile_commands.json" >&2
     exit 1
 fi
 
@@ -63,8 +71,9 @@ done
 find "$build" -maxdepth 1 -name '*qgpu*.gcov' -exec mv -t "$out" {} +
 find "$build" -maxdepth 1 -name '*.gcov' -delete
 # A file block starts with "File '<path>'" and ends at a blank line; the
-# device's files are those whose name (not folder) has qgpu in it.
-device_blocks='/^File / { file = $2; gsub(/\x27/, "", file); keep = file ~ /qgpu[^\/]*$/ }
+# device's files are its .c files (a header's few inline lines would be
+# counted once per object that includes it).
+device_blocks='/^File / { file = $2; gsub(/\x27/, "", file); keep = file ~ /\/hw\/misc\/qgpu\/[^\/]*\.c$/ }
                /^$/ { keep = 0 }'
 awk "$device_blocks"'
      keep && /^(Lines executed|Branches executed|Taken at least once):/ { print file ": " $0 }' \
