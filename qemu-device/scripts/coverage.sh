@@ -67,8 +67,9 @@ for gcno in "${notes[@]}"; do
     (cd "$build" && gcov --branch-probabilities --object-directory "$(dirname "$obj")" \
         "$obj.o") >> "$out/gcov.log"
 done
-# Keep the device's annotated sources (gcov also annotates the headers).
-find "$build" -maxdepth 1 -name '*qgpu*.gcov' -exec mv -t "$out" {} +
+# Keep the device's annotated sources. gcov also annotates the headers, once
+# per object that includes them, each time overwriting the last: not those.
+find "$build" -maxdepth 1 -name 'qgpu*.c.gcov' -exec mv -t "$out" {} +
 find "$build" -maxdepth 1 -name '*.gcov' -delete
 # A file block starts with "File '<path>'" and ends at a blank line; the
 # device's files are its .c files (a header's few inline lines would be

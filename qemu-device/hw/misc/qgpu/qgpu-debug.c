@@ -2,7 +2,8 @@
  * qgpu: statistics, the DMA trace and fault injection
  *
  * The QOM properties tests read and set at run time: stat-*, dma-trace,
- * x-dma-delay-ns and the x-fault-* knobs (docs/qgpu-spec.md, section 9). *
+ * x-dma-delay-ns and the x-fault-* knobs (docs/qgpu-spec.md, section 9).
+ *
  * Copyright (c) 2026 The qgpu developers
  *
  * SPDX-License-Identifier: GPL-2.0-or-later

@@ -5,7 +5,8 @@
  * guest memory and VRAM in slices from a bottom half (never inside a
  * register access), and retires each descriptor with a status, a fence and
  * an interrupt. Everything that reaches a guest-chosen address may reset or
- * unplug the device: see QGPUState.epoch. *
+ * unplug the device: see QGPUState.epoch.
+ *
  * Copyright (c) 2026 The qgpu developers
  *
  * SPDX-License-Identifier: GPL-2.0-or-later

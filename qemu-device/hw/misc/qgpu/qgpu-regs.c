@@ -2,7 +2,8 @@
  * qgpu: the register file (BAR0) and interrupt delivery
  *
  * Every register access is checked (size, offset, value) and misuse is
- * reported to the guest in ACCESS_ERROR and logged (LOG_GUEST_ERROR). *
+ * reported to the guest in ACCESS_ERROR and logged (LOG_GUEST_ERROR).
+ *
  * Copyright (c) 2026 The qgpu developers
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
@@ -51,8 +52,9 @@ REG32(USER_RING_HEAD, QGPU_REG_USER_RING_HEAD)
 REG32(USER_SCRATCH, QGPU_REG_USER_SCRATCH)
 
 /*
- * Bit fields, for FIELD_EX32()/FIELD_DP32(). The ABI header defines the
- * same bits as masks for drivers and tests; the build checks they agree.
+ * Bit fields. ENGINE_CTRL and ENGINE_STATUS are read and built with
+ * FIELD_EX32()/FIELD_DP32(); all of them are checked here against the ABI
+ * header, which defines the same bits as masks for drivers and tests.
  */
 FIELD(ENGINE_CTRL, ENABLE, 0, 1)
 FIELD(ENGINE_STATUS, BUSY, 0, 1)
@@ -84,6 +86,9 @@ QEMU_BUILD_BUG_ON(R_ACCESS_ERROR_OFFSET_MASK != QGPU_ACCESS_ERR_OFFSET);
 QEMU_BUILD_BUG_ON(R_ACCESS_ERROR_READ_ONLY_MASK != QGPU_ACCESS_ERR_READ_ONLY);
 QEMU_BUILD_BUG_ON(R_ACCESS_ERROR_VALUE_MASK != QGPU_ACCESS_ERR_VALUE);
 QEMU_BUILD_BUG_ON(R_ACCESS_ERROR_BUSY_MASK != QGPU_ACCESS_ERR_BUSY);
+QEMU_BUILD_BUG_ON((R_ACCESS_ERROR_SIZE_MASK | R_ACCESS_ERROR_OFFSET_MASK |
+                   R_ACCESS_ERROR_READ_ONLY_MASK | R_ACCESS_ERROR_VALUE_MASK |
+                   R_ACCESS_ERROR_BUSY_MASK) != QGPU_ACCESS_ERR_ALL);
 
 static uint32_t qgpu_caps(QGPUState *s)
 {

@@ -8,7 +8,8 @@
  * a status word and optionally a fence and raises an interrupt.
  *
  * This file: the PCI device and its QOM type, realize and unrealize, reset,
- * power states and migration. See qgpu.h for the other files. *
+ * power states and migration. See qgpu.h for the other files.
+ *
  * Copyright (c) 2026 The qgpu developers
  *
  * SPDX-License-Identifier: GPL-2.0-or-later
