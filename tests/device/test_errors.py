@@ -241,3 +241,41 @@ def test_dma_into_the_vt_d_registers_does_not_abort_qemu(start: StartQgpu) -> No
     # Both halves landed, in their own registers (FECTL keeps only its mask bit).
     assert dev.qt.readl(VTD_REGS + DMAR_FECTL_REG) == 0x8000_0000
     assert dev.qt.readl(VTD_REGS + DMAR_FEDATA_REG) == 0x4321
+
+
+AMDVI_MMIO = 0xFED8_0000                  # amd-iommu's register window on q35
+AMDVI_MMIO_DEVICE_TABLE = 0x00            # base | (size in 4 KiB pages - 1)
+AMDVI_MMIO_CONTROL = 0x18
+AMDVI_CONTROL_ENABLE = 1
+AMDVI_DEV_VALID = 1 << 0
+AMDVI_DEV_TRANSLATION_VALID = 1 << 1
+AMDVI_DEV_MODE_1_LEVEL = 1 << 9           # a one-level page table...
+DTE_SIZE = 32
+
+
+def test_a_dma_fault_behind_amd_vi_is_reported_cleanly(start: StartQgpu) -> None:
+    """Issue 11: any DMA that faults in AMD-Vi's page walk ran QEMU into
+    undefined behaviour (UBSan, amd_iommu.c: "shift exponent 64 is too large")
+    while it built the fault event. qgpu carries a fix
+    (qemu-device/patches/0004); the sanitizer suite fails without it. Here
+    the device's descriptor fetch faults, the engine halts with DESC_FETCH,
+    and QEMU lives on."""
+    dev = start(extra_args=["-device", "amd-iommu"])
+    dev.setup_ring(8)
+    # ...with no read or write permission: every access of the device faults.
+    # QEMU's AMD-Vi names a device by the bus number it had when its address
+    # space was made (0, before enumeration): fill the entries for both.
+    table = dev.mem.alloc(3 * 4096, align=4096)
+    dev.mem.write(table, bytes(3 * 4096))
+    dte = (AMDVI_DEV_VALID | AMDVI_DEV_TRANSLATION_VALID | AMDVI_DEV_MODE_1_LEVEL)
+    for devid in (0x000, 0x100):
+        dev.mem.write(table + devid * DTE_SIZE, dte.to_bytes(8, "little"))
+    dev.qt.writeq(AMDVI_MMIO + AMDVI_MMIO_DEVICE_TABLE, table | 2)
+    dev.qt.writeq(AMDVI_MMIO + AMDVI_MMIO_CONTROL, AMDVI_CONTROL_ENABLE)
+    # The descriptor fetch goes through AMD-Vi too: it is the access that
+    # faults, and the engine halts.
+    dev.submit(dev.desc(opcode=ABI.OP_NOP))
+    st = dev.wait_idle()
+    assert st & ABI.ENGINE_STATUS_HALTED, f"ENGINE_STATUS 0x{st:x}"
+    assert dev.reg(ABI.REG_DMA_ERROR) == ABI.ERR_DESC_FETCH
+    assert dev.qt.proc is not None and dev.qt.proc.is_alive()

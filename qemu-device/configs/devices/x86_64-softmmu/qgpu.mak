@@ -5,6 +5,8 @@
 CONFIG_Q35=y
 CONFIG_PCIE_PORT=y          # pcie-root-port, qgpu sits behind one
 CONFIG_VTD=y                # intel-iommu, for DMA through a vIOMMU
+CONFIG_AMD_IOMMU=y          # amd-iommu: DMA through AMD-Vi (device tests)
+CONFIG_VIRTIO_IOMMU=y       # virtio-iommu-pci: the paravirtual vIOMMU
 CONFIG_QGPU=y
 CONFIG_EDU=y                # baseline for the DMA benchmark
 CONFIG_VIRTIO_PCI=y
