@@ -260,7 +260,9 @@ def test_a_dma_fault_behind_amd_vi_is_reported_cleanly(start: StartQgpu) -> None
     (qemu-device/patches/0004); the sanitizer suite fails without it. Here
     the device's descriptor fetch faults, the engine halts with DESC_FETCH,
     and QEMU lives on."""
-    dev = start(extra_args=["-device", "amd-iommu"])
+    # pt=off: with QEMU's default pt=on, AMD-Vi leaves every device in
+    # passthrough (its translating region stays disabled for good).
+    dev = start(extra_args=["-device", "amd-iommu,pt=off"])
     dev.setup_ring(8)
     # ...with no read or write permission: every access of the device faults.
     # QEMU's AMD-Vi names a device by the bus number it had when its address
