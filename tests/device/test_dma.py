@@ -14,6 +14,14 @@ from qgpu.abi import ABI
 from qgpu.device import QgpuDevice
 
 from .conftest import StartQgpu
+from .test_errors import (
+    AMDVI_DEV_MODE_1_LEVEL,
+    AMDVI_DEV_TRANSLATION_VALID,
+    AMDVI_DEV_VALID,
+    AMDVI_PERM_READ,
+    AMDVI_PERM_WRITE,
+    enable_amd_vi,
+)
 
 MiB = 1 << 20
 SIZES = [1, 3, 4, 63, 64, 65, 4095, 4096, 4097, 65536 + 7, MiB - 1, MiB, MiB + 1,
@@ -198,3 +206,31 @@ def test_dma_needs_bus_mastering(qgpu: QgpuDevice) -> None:
     assert qgpu.reg(ABI.REG_ENGINE_STATUS) & ABI.ENGINE_STATUS_HALTED
     assert qgpu.reg(ABI.REG_DMA_ERROR) == ABI.ERR_DESC_FETCH
     assert qgpu.status(index) == 0
+
+
+def test_dma_through_amd_vi_uses_iovas(start: StartQgpu) -> None:
+    """Behind amd-iommu (pt=off), every address the device puts on the bus is
+    an IOVA: the ring and the data are read through AMD-Vi's page table, and
+    an IOVA it does not map fails the copy (DMA_READ)."""
+    dev = start(extra_args=["-device", "amd-iommu,pt=off"])
+    ring = dev.setup_ring(4, enable=False)
+    data = bytes(range(256)) * 16
+    src = dev.mem.alloc(4096, align=4096)
+    dev.mem.write(src, data)
+    # One-level page table: IOVA page i -> the page its entry names.
+    iova_ring, iova_src, iova_unmapped = 0x1000, 0x2000, 0x3000
+    table = dev.mem.alloc(4096, align=4096)
+    pages = bytearray(4096)
+    for iova, gpa in ((iova_ring, ring.base & ~0xFFF), (iova_src, src)):
+        pte = gpa | AMDVI_PERM_READ | AMDVI_PERM_WRITE    # next level 0: a page
+        pages[(iova >> 12) * 8:(iova >> 12) * 8 + 8] = pte.to_bytes(8, "little")
+    dev.mem.write(table, bytes(pages))
+    enable_amd_vi(dev, AMDVI_DEV_VALID | AMDVI_DEV_TRANSLATION_VALID | AMDVI_DEV_MODE_1_LEVEL
+                  | table | AMDVI_PERM_READ | AMDVI_PERM_WRITE)
+    dev.set_reg(ABI.REG_RING_BASE_LO, iova_ring | (ring.base & 0xFFF))
+    dev.set_reg(ABI.REG_RING_BASE_HI, 0)
+    dev.set_reg(ABI.REG_ENGINE_CTRL, ABI.ENGINE_CTRL_ENABLE)
+    assert dev.run(dev.desc(opcode=ABI.OP_COPY_TO_VRAM, src=iova_src, dst=0, length=4096),
+                   dev.desc(opcode=ABI.OP_COPY_TO_VRAM, src=iova_unmapped, dst=8192,
+                            length=64)) == [ABI.ERR_NONE, ABI.ERR_DMA_READ]
+    assert dev.vram_host(0, 4096) == data

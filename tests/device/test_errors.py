@@ -249,8 +249,25 @@ AMDVI_MMIO_CONTROL = 0x18
 AMDVI_CONTROL_ENABLE = 1
 AMDVI_DEV_VALID = 1 << 0
 AMDVI_DEV_TRANSLATION_VALID = 1 << 1
-AMDVI_DEV_MODE_1_LEVEL = 1 << 9           # a one-level page table...
+AMDVI_DEV_MODE_1_LEVEL = 1 << 9           # a one-level page table (2 MiB of IOVA)
+AMDVI_PERM_READ = 1 << 61
+AMDVI_PERM_WRITE = 1 << 62
 DTE_SIZE = 32
+
+
+def enable_amd_vi(dev: QgpuDevice, dte: int) -> None:
+    """Give qgpu the device table entry ``dte`` and turn AMD-Vi on.
+
+    QEMU's AMD-Vi names a device by the bus number it had when its address
+    space was made (0, before enumeration), so the entry is written for
+    both 00:00.0 and qgpu's 01:00.0.
+    """
+    table = dev.mem.alloc(3 * 4096, align=4096)
+    dev.mem.write(table, bytes(3 * 4096))
+    for devid in (0x000, 0x100):
+        dev.mem.write(table + devid * DTE_SIZE, dte.to_bytes(8, "little"))
+    dev.qt.writeq(AMDVI_MMIO + AMDVI_MMIO_DEVICE_TABLE, table | 2)   # 3 pages
+    dev.qt.writeq(AMDVI_MMIO + AMDVI_MMIO_CONTROL, AMDVI_CONTROL_ENABLE)
 
 
 def test_a_dma_fault_behind_amd_vi_is_reported_cleanly(start: StartQgpu) -> None:
@@ -264,16 +281,9 @@ def test_a_dma_fault_behind_amd_vi_is_reported_cleanly(start: StartQgpu) -> None
     # passthrough (its translating region stays disabled for good).
     dev = start(extra_args=["-device", "amd-iommu,pt=off"])
     dev.setup_ring(8)
-    # ...with no read or write permission: every access of the device faults.
-    # QEMU's AMD-Vi names a device by the bus number it had when its address
-    # space was made (0, before enumeration): fill the entries for both.
-    table = dev.mem.alloc(3 * 4096, align=4096)
-    dev.mem.write(table, bytes(3 * 4096))
-    dte = (AMDVI_DEV_VALID | AMDVI_DEV_TRANSLATION_VALID | AMDVI_DEV_MODE_1_LEVEL)
-    for devid in (0x000, 0x100):
-        dev.mem.write(table + devid * DTE_SIZE, dte.to_bytes(8, "little"))
-    dev.qt.writeq(AMDVI_MMIO + AMDVI_MMIO_DEVICE_TABLE, table | 2)
-    dev.qt.writeq(AMDVI_MMIO + AMDVI_MMIO_CONTROL, AMDVI_CONTROL_ENABLE)
+    # A device table entry with no read or write permission: every access
+    # of the device faults.
+    enable_amd_vi(dev, AMDVI_DEV_VALID | AMDVI_DEV_TRANSLATION_VALID | AMDVI_DEV_MODE_1_LEVEL)
     # The descriptor fetch goes through AMD-Vi too: it is the access that
     # faults, and the engine halts.
     dev.submit(dev.desc(opcode=ABI.OP_NOP))
