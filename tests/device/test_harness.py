@@ -1,8 +1,12 @@
 """The rig's own harness: what makes a sanitizer report fail a test, how a
-crash's backtrace is read from gdb."""
+crash's backtrace is read from gdb, which kernel reports are the kernel's own
+known bugs."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from qgpu.health import DMESG_BAD, KNOWN_KERNEL_BUGS, split_known_kernel_bugs
 from qgpu.process import backtrace_frames, sanitizer_report
 
 ASAN_LOG = """\
@@ -61,3 +65,27 @@ def test_a_backtrace_is_the_stack_gdb_printed_once() -> None:
 
 def test_gdb_output_without_a_stack_has_no_frames() -> None:
     assert backtrace_frames("warning: core file may not match specified executable\n") == ()
+
+
+# A real report (debug kernel, test_ioctl_fault_points[direct-bo-create]): an
+# injected page-allocation failure inside remap_pfn_range(), and the WARN of
+# the kernel's own PAT code on its error path.
+UNTRACK_PFN_LOG = (Path(__file__).parent / "data" / "dmesg-untrack-pfn-warn.txt").read_text()
+
+
+def test_a_known_kernel_bug_is_taken_out_of_the_log_and_named() -> None:
+    rest, known = split_known_kernel_bugs(UNTRACK_PFN_LOG)
+    assert [bug.name for bug, _ in known] == [KNOWN_KERNEL_BUGS[0].name]
+    assert "untrack_pfn" in known[0][1] and "end trace" in known[0][1]
+    assert not [ln for ln in rest.splitlines() if DMESG_BAD.search(ln)], rest
+    assert "qgpu0 removed" in rest                   # the rest of the log stays
+
+
+def test_the_same_warning_elsewhere_is_not_excused() -> None:
+    """Only the whole signature excuses a report: the same WARN reached
+    another way, or without an injected failure before it, fails the test."""
+    other_path = UNTRACK_PFN_LOG.replace("zap_page_range_single", "unmap_vmas")
+    assert split_known_kernel_bugs(other_path)[1] == []
+    no_injection = UNTRACK_PFN_LOG.replace("FAULT_INJECTION: forcing a failure", "qgpu: hello")
+    rest, known = split_known_kernel_bugs(no_injection)
+    assert known == [] and any(DMESG_BAD.search(ln) for ln in rest.splitlines())
