@@ -348,6 +348,9 @@ def guest(request: pytest.FixtureRequest, _qgpu_pool: _Pool, dma_mode: DmaMode
                 if not failed:
                     machine.collect_artifacts(dest)
             problems.append(f"guest unhealthy after the test: {found.summary()}")
+        elif found.reports:     # a known kernel bug's report: kept, not failed
+            with contextlib.suppress(QgpuError, OSError):
+                _save_health(found, dest)
     if problems or failed or not machine.is_alive():
         # Never hand a suspect guest to the next test; a live one is checked for the
         # leaks of the tests before this one first.
