@@ -31,6 +31,15 @@ def root_port_config(offset: int) -> int:
     return ECAM_BASE | ROOT_PORT_SLOT << 15 | offset
 
 
+def aim_dma_vector(qgpu: QgpuDevice, address: int, data: int) -> None:
+    """Point MSI-X vector QGPU_MSIX_VEC_DMA's message at ``address`` with ``data``."""
+    table = qgpu.fn.read32(qgpu.fn.capabilities()[CAP_ID_MSIX] + 4) & ~7
+    entry = MSIX_ADDR + table + 16 * ABI.MSIX_VEC_DMA
+    qgpu.qt.writel(entry, address)
+    qgpu.qt.writel(entry + 4, 0)
+    qgpu.qt.writel(entry + 8, data)
+
+
 def wait_for(what: str, cond: Callable[[], bool], timeout: float = 10.0) -> None:
     """Poll ``cond`` until it holds."""
     deadline = time.monotonic() + timeout
@@ -80,12 +89,8 @@ def test_dma_that_resets_its_own_device(qgpu: QgpuDevice) -> None:
 def test_interrupt_message_that_resets_its_own_device(qgpu: QgpuDevice) -> None:
     """An MSI-X vector aimed at Bridge Control: the completion interrupt resets qgpu."""
     qgpu.msix_enable()
-    table = qgpu.fn.read32(qgpu.fn.capabilities()[CAP_ID_MSIX] + 4) & ~7
-    entry = MSIX_ADDR + table + 16 * ABI.MSIX_VEC_DMA
-    target = root_port_config(PCI_BRIDGE_CONTROL & ~3)     # dword at 0x3c
-    qgpu.qt.writel(entry, target)
-    qgpu.qt.writel(entry + 4, 0)
-    qgpu.qt.writel(entry + 8, PCI_BRIDGE_CTL_BUS_RESET << 16)  # lands in 0x3e
+    # The dword at 0x3c; the data's high half lands in Bridge Control (0x3e).
+    aim_dma_vector(qgpu, root_port_config(PCI_BRIDGE_CONTROL & ~3), PCI_BRIDGE_CTL_BUS_RESET << 16)
     qgpu.set_reg(ABI.REG_INT_MASK, ABI.INT_ALL)
     sent = qgpu.stat("interrupts")
     [index] = qgpu.submit(qgpu.desc(opcode=ABI.OP_FILL, flags=ABI.DESC_F_IRQ, dst=0,
@@ -105,11 +110,7 @@ def test_a_register_pair_write_stops_at_a_reset_its_first_half_caused(
     (INT_RAISE, whose MSI-X message resets the device) disturbs the device,
     the second must not land in the device that came back from the reset."""
     qgpu.msix_enable()
-    table = qgpu.fn.read32(qgpu.fn.capabilities()[CAP_ID_MSIX] + 4) & ~7
-    entry = MSIX_ADDR + table + 16 * ABI.MSIX_VEC_DMA
-    qgpu.qt.writel(entry, root_port_config(PCI_BRIDGE_CONTROL & ~3))
-    qgpu.qt.writel(entry + 4, 0)
-    qgpu.qt.writel(entry + 8, PCI_BRIDGE_CTL_BUS_RESET << 16)
+    aim_dma_vector(qgpu, root_port_config(PCI_BRIDGE_CONTROL & ~3), PCI_BRIDGE_CTL_BUS_RESET << 16)
     qgpu.set_reg(ABI.REG_INT_MASK, ABI.INT_ALL)
     assert qgpu.reg(ABI.REG_ACCESS_ERROR) == 0
     # Low half: INT_RAISE(DMA_DONE). High half: 0x054, no register there (an
@@ -159,11 +160,8 @@ def test_interrupt_message_that_unplugs_its_own_device(start: StartQgpu) -> None
     port = PciFunction(qgpu.qt, 0, ROOT_PORT_SLOT)
     slot_control = port.capabilities()[CAP_ID_EXP] + PCI_EXP_SLTCTL   # dword aligned
     qgpu.msix_enable()
-    table = qgpu.fn.read32(qgpu.fn.capabilities()[CAP_ID_MSIX] + 4) & ~7
-    entry = MSIX_ADDR + table + 16 * ABI.MSIX_VEC_DMA
-    qgpu.qt.writel(entry, root_port_config(slot_control))
-    qgpu.qt.writel(entry + 4, 0)
-    qgpu.qt.writel(entry + 8, PCI_EXP_SLTCTL_POWER_OFF)    # Slot Status (high half): 0
+    aim_dma_vector(qgpu, root_port_config(slot_control),
+                   PCI_EXP_SLTCTL_POWER_OFF)            # Slot Status (high half): 0
     qgpu.set_reg(ABI.REG_INT_MASK, ABI.INT_ALL)
     events = len(qgpu.qt.qmp.events())
     # Refused (zero length) with F_IRQ: DMA_ERROR and DMA_DONE, two vectors.
