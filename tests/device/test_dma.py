@@ -13,8 +13,7 @@ import pytest
 from qgpu.abi import ABI
 from qgpu.device import QgpuDevice
 
-from .conftest import StartQgpu
-from .test_errors import (
+from .amd_vi import (
     AMDVI_DEV_MODE_1_LEVEL,
     AMDVI_DEV_TRANSLATION_VALID,
     AMDVI_DEV_VALID,
@@ -22,6 +21,7 @@ from .test_errors import (
     AMDVI_PERM_WRITE,
     enable_amd_vi,
 )
+from .conftest import StartQgpu
 
 MiB = 1 << 20
 SIZES = [1, 3, 4, 63, 64, 65, 4095, 4096, 4097, 65536 + 7, MiB - 1, MiB, MiB + 1,

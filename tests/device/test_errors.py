@@ -9,6 +9,17 @@ import pytest
 from qgpu.abi import ABI
 from qgpu.device import MSIX_ADDR, REGS_ADDR, VRAM_ADDR, QgpuDevice
 
+from .amd_vi import (
+    AMDVI_DEV_MODE_1_LEVEL,
+    AMDVI_DEV_MODE_3_LEVEL,
+    AMDVI_DEV_TRANSLATION_VALID,
+    AMDVI_DEV_VALID,
+    AMDVI_EVENT_IO_PAGE_FAULT,
+    AMDVI_RW,
+    EVENT_SIZE,
+    enable_amd_vi,
+    identity_page_table,
+)
 from .conftest import StartQgpu
 
 UNASSIGNED = 0x20_0000_0000          # 128 GiB: nothing decodes there
@@ -243,33 +254,6 @@ def test_dma_into_the_vt_d_registers_does_not_abort_qemu(start: StartQgpu) -> No
     assert dev.qt.readl(VTD_REGS + DMAR_FEDATA_REG) == 0x4321
 
 
-AMDVI_MMIO = 0xFED8_0000                  # amd-iommu's register window on q35
-AMDVI_MMIO_DEVICE_TABLE = 0x00            # base | (size in 4 KiB pages - 1)
-AMDVI_MMIO_CONTROL = 0x18
-AMDVI_CONTROL_ENABLE = 1
-AMDVI_DEV_VALID = 1 << 0
-AMDVI_DEV_TRANSLATION_VALID = 1 << 1
-AMDVI_DEV_MODE_1_LEVEL = 1 << 9           # a one-level page table (2 MiB of IOVA)
-AMDVI_PERM_READ = 1 << 61
-AMDVI_PERM_WRITE = 1 << 62
-DTE_SIZE = 32
-
-
-def enable_amd_vi(dev: QgpuDevice, dte: int) -> None:
-    """Give qgpu the device table entry ``dte`` and turn AMD-Vi on.
-
-    QEMU's AMD-Vi names a device by the bus number it had when its address
-    space was made (0, before enumeration), so the entry is written for
-    both 00:00.0 and qgpu's 01:00.0.
-    """
-    table = dev.mem.alloc(3 * 4096, align=4096)
-    dev.mem.write(table, bytes(3 * 4096))
-    for devid in (0x000, 0x100):
-        dev.mem.write(table + devid * DTE_SIZE, dte.to_bytes(8, "little"))
-    dev.qt.writeq(AMDVI_MMIO + AMDVI_MMIO_DEVICE_TABLE, table | 2)   # 3 pages
-    dev.qt.writeq(AMDVI_MMIO + AMDVI_MMIO_CONTROL, AMDVI_CONTROL_ENABLE)
-
-
 def test_a_dma_fault_behind_amd_vi_is_reported_cleanly(start: StartQgpu) -> None:
     """Issue 11: any DMA that faults in AMD-Vi's page walk ran QEMU into
     undefined behaviour (UBSan, amd_iommu.c: "shift exponent 64 is too large")
@@ -291,3 +275,24 @@ def test_a_dma_fault_behind_amd_vi_is_reported_cleanly(start: StartQgpu) -> None
     assert st & ABI.ENGINE_STATUS_HALTED, f"ENGINE_STATUS 0x{st:x}"
     assert dev.reg(ABI.REG_DMA_ERROR) == ABI.ERR_DESC_FETCH
     assert dev.qt.proc is not None and dev.qt.proc.is_alive()
+
+
+def test_amd_vi_logs_a_page_fault_in_its_event_log(start: StartQgpu) -> None:
+    """QEMU 10.0.2's AMD-Vi never wrote its event log: it tested the
+    overflow bit with OR (always set), so every event was dropped. qgpu
+    carries the fix (qemu-device/patches/0005), which the device's own
+    tests need: an IOMMU that reports faults is one whose reports can land
+    anywhere the guest aims them (test_reentrancy.py)."""
+    dev = start(extra_args=["-device", "amd-iommu,pt=off"])
+    dev.setup_ring(8)
+    fault = 5 << 30 | 0x1230
+    root = identity_page_table(dev, mapped=4 << 20, faulting_iova=fault)
+    log = dev.mem.alloc(4096, align=4096)
+    dev.mem.write(log, bytes(4096))
+    enable_amd_vi(dev, AMDVI_DEV_VALID | AMDVI_DEV_TRANSLATION_VALID | AMDVI_DEV_MODE_3_LEVEL
+                  | AMDVI_RW | root, event_log=log)
+    assert dev.run(dev.desc(opcode=ABI.OP_COPY_TO_VRAM, src=fault, dst=0, length=64)) \
+        == [ABI.ERR_DMA_READ]
+    event = dev.mem.read(log, EVENT_SIZE)
+    assert event[8:16] == fault.to_bytes(8, "little"), event.hex()
+    assert event[7] >> 4 == AMDVI_EVENT_IO_PAGE_FAULT, event.hex()
