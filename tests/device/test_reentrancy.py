@@ -16,6 +16,16 @@ from qgpu.device import MSIX_ADDR, REGS_ADDR, ROOT_PORT_SLOT, QgpuDevice, enumer
 from qgpu.errors import QmpError
 from qgpu.pci import CAP_ID_EXP, CAP_ID_MSIX, ECAM_BASE, PciFunction
 
+from .amd_vi import (
+    AMDVI_DEV_MODE_3_LEVEL,
+    AMDVI_DEV_TRANSLATION_VALID,
+    AMDVI_DEV_VALID,
+    AMDVI_RW,
+    EVENT_ADDRESS_OFFSET,
+    EVENT_SIZE,
+    enable_amd_vi,
+    identity_page_table,
+)
 from .conftest import StartQgpu
 
 PCI_BRIDGE_CONTROL = 0x3E
@@ -169,3 +179,74 @@ def test_interrupt_message_that_unplugs_its_own_device(start: StartQgpu) -> None
     qgpu.qt.qmp.wait_event("DEVICE_DELETED", 10, after=events)
     assert qgpu.qt.qmp.command("query-status")["status"] == "running"
     assert PciFunction(qgpu.qt, 1, 0).vendor_id == 0xFFFF
+
+
+def start_behind_amd_vi_logging_into(start: StartQgpu, register: Callable[[PciFunction], int],
+                                     value: int, *, spare: int = 0) -> tuple[QgpuDevice, int]:
+    """qgpu behind AMD-Vi, guest RAM identity-mapped, and the IOMMU's event
+    log aimed so that its next fault record writes ``value`` (16 bits) into
+    the root port's config register ``register(port)``.
+
+    A record's bytes 8..15 are the faulting IOVA, so that is where ``value``
+    goes; ``spare`` sets IOVA bits that land on read-only registers, to make
+    the IOVA one that faults. Returns the device and that IOVA.
+    """
+    qgpu = start(extra_args=["-global", "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off",
+                             "-device", "amd-iommu,pt=off"])
+    qgpu.setup_ring(16)
+    assert qgpu.ring is not None and qgpu.ring.base < 4 << 20
+    offset = register(PciFunction(qgpu.qt, 0, ROOT_PORT_SLOT))
+    in_record = offset % EVENT_SIZE
+    assert in_record >= EVENT_ADDRESS_OFFSET and in_record % 2 == 0
+    iova = value << 8 * (in_record - EVENT_ADDRESS_OFFSET) | spare
+    root = identity_page_table(qgpu, mapped=4 << 20, faulting_iova=iova)
+    enable_amd_vi(qgpu, AMDVI_DEV_VALID | AMDVI_DEV_TRANSLATION_VALID | AMDVI_DEV_MODE_3_LEVEL
+                  | AMDVI_RW | root, event_log=root_port_config(offset - in_record))
+    return qgpu, iova
+
+
+def fill_fenced_at(qgpu: QgpuDevice, fence_iova: int) -> bytes:
+    """A small FILL whose fence goes to ``fence_iova``."""
+    return qgpu.desc(opcode=ABI.OP_FILL, flags=ABI.DESC_F_FENCE, dst=0, length=64,
+                     fill_pattern=0x11111111, fence_addr=fence_iova, fence_value=1)
+
+
+def test_an_iommu_fault_record_that_unplugs_the_device(start: StartQgpu) -> None:
+    """Issue 11, S1: the device checks its fence address with dma_memory_valid();
+    behind an IOMMU the check is a translation, and a failed one makes the
+    IOMMU write a fault record to a bus address the guest chose. Aimed at the
+    root port's Slot Control, the record powers the slot off: qgpu is
+    unplugged inside its own check, and must not touch its freed state after
+    it (QEMU died with SIGSEGV writing the DMA trace through NULL)."""
+    qgpu, fence = start_behind_amd_vi_logging_into(
+        start, lambda port: port.capabilities()[CAP_ID_EXP] + PCI_EXP_SLTCTL,
+        PCI_EXP_SLTCTL_POWER_OFF)
+    assert qgpu.qt.qmp is not None
+    events = len(qgpu.qt.qmp.events())
+    qgpu.submit(fill_fenced_at(qgpu, fence))
+    qgpu.qt.qmp.wait_event("DEVICE_DELETED", 10, after=events)
+    assert qgpu.qt.qmp.command("query-status")["status"] == "running"
+    assert PciFunction(qgpu.qt, 1, 0).vendor_id == 0xFFFF
+
+
+def test_an_iommu_fault_record_that_resets_the_device(start: StartQgpu) -> None:
+    """The same fault record, aimed at the root port's Bridge Control: a
+    secondary bus reset inside the fence check. The reset drops the
+    descriptor (spec 8): nothing about it may be written or traced after it,
+    and it is counted once, as aborted."""
+    qgpu, fence = start_behind_amd_vi_logging_into(
+        start, lambda port: PCI_BRIDGE_CONTROL, PCI_BRIDGE_CTL_BUS_RESET,
+        spare=1 << 31)      # byte 11: the expansion ROM base, read-only here
+    port = PciFunction(qgpu.qt, 0, ROOT_PORT_SLOT)
+    before = {name: qgpu.stat(name) for name in ("descriptors", "aborted", "dropped")}
+    [index] = qgpu.submit(fill_fenced_at(qgpu, fence))
+    wait_for("the bus reset", lambda: bool(port.read16(PCI_BRIDGE_CONTROL)
+                                           & PCI_BRIDGE_CTL_BUS_RESET))
+    after = {name: qgpu.stat(name) - before[name] for name in before}
+    assert after == {"descriptors": 0, "aborted": 1, "dropped": 0}
+    assert qgpu.status(index) == 0
+    traced = [(e["ring-index"], e["status"]) for e in qgpu.dma_trace()]
+    assert traced == [(index, "ok")], "traced after the reset dropped the descriptor"
+    end_bus_reset_and_reenumerate(qgpu)
+    assert qgpu.reg(ABI.REG_DMA_ERROR) == 0
+    assert_reset_and_usable(qgpu)

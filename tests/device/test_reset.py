@@ -502,3 +502,27 @@ def qgpu0_plugged(dev: QgpuDevice) -> bool:
     except DeviceError:
         return False
     return True
+
+
+def test_a_bar_moved_onto_a_transfer_in_flight_stops_it(qgpu: QgpuDevice,
+                                                         rng: random.Random) -> None:
+    """The device never DMAs into its own BARs (SELF_DMA). A transfer's guest
+    ranges were checked only at fetch: a guest that moved BAR2 onto the source
+    half-way through made the engine go on as if nothing had changed. Each
+    slice is checked again; the descriptor fails with SELF_DMA where the BAR
+    now is."""
+    _slow(qgpu)
+    qgpu.mem.alloc(64 * MiB)        # the source above 64 MiB, below 128
+    index, fence, _ = _start_copy(qgpu, rng)
+    qgpu.qt.clock_step(SLICE_NS * 2 + SLICE_NS // 2)
+    assert qgpu.stat("bytes-to-vram") == 2 * MiB
+    # BAR2 (VRAM, 64 MiB, 64-bit) moves to bus address 64 MiB, over the
+    # source (guest RAM still answers there: it has priority over PCI).
+    bar2 = 0x10 + 4 * ABI.BAR_VRAM
+    qgpu.fn.write32(bar2 + 4, 0)
+    qgpu.fn.write32(bar2, 64 * MiB)
+    assert qgpu.fn.bar_address(ABI.BAR_VRAM) == 64 * MiB
+    qgpu.qt.clock_step(SLICE_NS * 10)
+    assert qgpu.status(index) == ABI.DESC_STATUS_DONE | ABI.ERR_SELF_DMA
+    assert qgpu.stat("bytes-to-vram") == 2 * MiB
+    assert qgpu.mem.read(fence, 8) == bytes(8)

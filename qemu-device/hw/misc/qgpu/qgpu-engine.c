@@ -103,6 +103,69 @@ uint32_t qgpu_check_guest_range(QGPUState *s, uint64_t addr,
     return QGPU_ERR_NONE;
 }
 
+/*
+ * What became of an access to a guest-chosen address. Every such access goes
+ * through qgpu_guest_rw() or qgpu_guest_probe(): it may reach a device that
+ * resets or unplugs us (DMA into config space, an IOMMU whose fault record
+ * the guest aimed there), and the caller must then return at once, touching
+ * nothing. The result must be used, so no call site can forget to look.
+ */
+typedef enum QGPUAccess {
+    QGPU_ACCESS_OK,
+    QGPU_ACCESS_FAILED,     /* *err says why; the device is as it was */
+    QGPU_ACCESS_DISTURBED,  /* the access reset or unplugged us */
+} QGPUAccess;
+
+/*
+ * Move @len bytes between @buf and guest address @addr (@dir as for DMA), or
+ * with @buf NULL only ask whether the access would succeed. The range is
+ * checked again each time: a BAR may have moved onto it since the fetch.
+ */
+static QGPUAccess G_GNUC_WARN_UNUSED_RESULT
+qgpu_guest_access(QGPUState *s, dma_addr_t addr, void *buf, dma_addr_t len,
+                  DMADirection dir, uint32_t *err)
+{
+    PCIDevice *pdev = PCI_DEVICE(s);
+    uint32_t range_err = qgpu_check_guest_range(s, addr, len);
+    bool ok;
+
+    if (range_err) {
+        *err = range_err;
+        return QGPU_ACCESS_FAILED;
+    }
+    if (buf) {
+        ok = pci_dma_rw(pdev, addr, buf, len, dir,
+                        MEMTXATTRS_UNSPECIFIED) == MEMTX_OK;
+    } else {
+        /* A translation: behind an IOMMU it may record a fault. */
+        ok = dma_memory_valid(pci_get_address_space(pdev), addr, len, dir,
+                              MEMTXATTRS_UNSPECIFIED);
+    }
+    if (qgpu_disturbed(s)) {
+        return QGPU_ACCESS_DISTURBED;
+    }
+    if (!ok) {
+        *err = dir == DMA_DIRECTION_TO_DEVICE ? QGPU_ERR_DMA_READ
+                                              : QGPU_ERR_DMA_WRITE;
+        return QGPU_ACCESS_FAILED;
+    }
+    return QGPU_ACCESS_OK;
+}
+
+static QGPUAccess G_GNUC_WARN_UNUSED_RESULT
+qgpu_guest_rw(QGPUState *s, dma_addr_t addr, void *buf, dma_addr_t len,
+              DMADirection dir, uint32_t *err)
+{
+    return qgpu_guest_access(s, addr, buf, len, dir, err);
+}
+
+static QGPUAccess G_GNUC_WARN_UNUSED_RESULT
+qgpu_guest_probe(QGPUState *s, dma_addr_t addr, dma_addr_t len,
+                 DMADirection dir, uint32_t *err)
+{
+    return qgpu_guest_access(s, addr, NULL, len, dir, err);
+}
+
 static void qgpu_trace_record(QGPUState *s, uint64_t bus_addr,
                               uint64_t vram_offset, uint64_t length,
                               uint32_t error)
@@ -132,7 +195,6 @@ static uint64_t qgpu_guest_side(QGPUState *s)
  */
 static uint32_t qgpu_load_segments(QGPUState *s)
 {
-    PCIDevice *pdev = PCI_DEVICE(s);
     uint64_t base = qgpu_guest_side(s);
     g_autofree struct qgpu_sg_entry *ents = NULL;
     uint64_t list_len, total = 0;
@@ -157,20 +219,18 @@ static uint32_t qgpu_load_segments(QGPUState *s)
         return QGPU_ERR_SG_COUNT;
     }
     list_len = (uint64_t)s->cur_sg_count * QGPU_SG_ENTRY_SIZE;
-    err = qgpu_check_guest_range(s, base, list_len);
-    if (err) {
-        return err;
-    }
     ents = g_new(struct qgpu_sg_entry, s->cur_sg_count);
-    if (pci_dma_read(pdev, base, ents, list_len) != MEMTX_OK &&
-        !qgpu_disturbed(s)) {
+    switch (qgpu_guest_rw(s, base, ents, list_len, DMA_DIRECTION_TO_DEVICE,
+                          &err)) {
+    case QGPU_ACCESS_DISTURBED:
+        return QGPU_ERR_NONE;   /* the caller checks qgpu_disturbed() */
+    case QGPU_ACCESS_FAILED:
         qemu_log_mask(LOG_GUEST_ERROR,
-                      "qgpu: desc %u: SG list at 0x%" PRIx64 " unreadable\n",
-                      s->cur_index, base);
-        return QGPU_ERR_DMA_READ;
-    }
-    if (qgpu_disturbed(s)) {
-        return QGPU_ERR_NONE;   /* the caller checks too */
+                      "qgpu: desc %u: SG list at 0x%" PRIx64 " unreadable"
+                      " (%s)\n", s->cur_index, base, qgpu_err_name(err));
+        return err;
+    case QGPU_ACCESS_OK:
+        break;
     }
     s->segs = g_new(QGPUSegment, s->cur_sg_count);
     for (uint32_t i = 0; i < s->cur_sg_count; i++) {
@@ -294,26 +354,27 @@ static dma_addr_t qgpu_desc_addr(QGPUState *s, uint32_t index)
  * Write a descriptor's status word to @addr in the ring, checked again
  * against the device's own BARs: they may have moved since the fetch.
  */
-static bool qgpu_write_status_at(QGPUState *s, uint32_t index, dma_addr_t addr,
-                                 uint32_t status)
+static QGPUAccess qgpu_write_status_at(QGPUState *s, uint32_t index,
+                                       dma_addr_t addr, uint32_t status)
 {
-    uint32_t err = qgpu_check_guest_range(s, addr, sizeof(uint32_t));
+    uint8_t le[sizeof(uint32_t)];
+    uint32_t err;
+    QGPUAccess done;
 
-    if (!err && stl_le_pci_dma(PCI_DEVICE(s), addr, status,
-                               MEMTXATTRS_UNSPECIFIED) != MEMTX_OK) {
-        err = QGPU_ERR_DMA_WRITE;
-    }
-    if (err) {
+    stl_le_p(le, status);
+    done = qgpu_guest_rw(s, addr, le, sizeof(le), DMA_DIRECTION_FROM_DEVICE,
+                         &err);
+    if (done == QGPU_ACCESS_FAILED) {
         qemu_log_mask(LOG_GUEST_ERROR,
                       "qgpu: desc %u: status write-back to 0x%" PRIx64
                       " failed (%s)\n", index, addr, qgpu_err_name(err));
-        return false;
     }
-    return true;
+    return done;
 }
 
 /* Write the status word of the descriptor in flight back to the ring. */
-static bool qgpu_write_status(QGPUState *s, uint32_t status)
+static QGPUAccess G_GNUC_WARN_UNUSED_RESULT
+qgpu_write_status(QGPUState *s, uint32_t status)
 {
     return qgpu_write_status_at(s, s->cur_index,
                                 qgpu_desc_addr(s, s->cur_index) +
@@ -334,22 +395,19 @@ void qgpu_drop_inflight(QGPUState *s)
 /* Retire the descriptor in flight with @err and advance HEAD. */
 static void qgpu_retire(QGPUState *s, uint32_t err)
 {
-    PCIDevice *pdev = PCI_DEVICE(s);
     bool fence = s->cur_flags & QGPU_DESC_F_FENCE;
-    uint32_t causes = 0;
+    uint32_t causes = 0, ferr;
+    QGPUAccess done;
 
     if (fence) {
         /* Checked again: the BARs or an IOMMU mapping may have changed. */
-        uint32_t ferr = qgpu_check_guest_range(s, s->cur_fence_addr,
-                                               sizeof(uint64_t));
-
-        if (!ferr && !dma_memory_valid(pci_get_address_space(pdev),
-                                       s->cur_fence_addr, sizeof(uint64_t),
-                                       DMA_DIRECTION_FROM_DEVICE,
-                                       MEMTXATTRS_UNSPECIFIED)) {
-            ferr = QGPU_ERR_FENCE_WRITE;
+        done = qgpu_guest_probe(s, s->cur_fence_addr, sizeof(uint64_t),
+                                DMA_DIRECTION_FROM_DEVICE, &ferr);
+        if (done == QGPU_ACCESS_DISTURBED) {
+            return;
         }
-        if (ferr) {
+        if (done == QGPU_ACCESS_FAILED) {
+            ferr = ferr == QGPU_ERR_DMA_WRITE ? QGPU_ERR_FENCE_WRITE : ferr;
             qemu_log_mask(LOG_GUEST_ERROR, "qgpu: desc %u: fence address 0x%"
                           PRIx64 " not writable (%s)\n", s->cur_index,
                           s->cur_fence_addr, qgpu_err_name(ferr));
@@ -360,33 +418,36 @@ static void qgpu_retire(QGPUState *s, uint32_t err)
     }
 
     /* Status first, then the fence: a driver that sees the fence sees both. */
-    if (!qgpu_write_status(s, QGPU_DESC_STATUS_DONE | err) && !err) {
-        err = QGPU_ERR_DMA_WRITE;
-    }
-    if (qgpu_disturbed(s)) {
+    done = qgpu_write_status(s, QGPU_DESC_STATUS_DONE | err);
+    if (done == QGPU_ACCESS_DISTURBED) {
         return;
     }
+    if (done == QGPU_ACCESS_FAILED && !err) {
+        err = QGPU_ERR_DMA_WRITE;
+    }
     if (fence) {
-        MemTxResult r;
+        uint8_t le[sizeof(uint64_t)];
 
         trace_qgpu_fence(s->cur_index, s->cur_fence_addr, s->cur_fence_value);
-        r = stq_le_pci_dma(pdev, s->cur_fence_addr, s->cur_fence_value,
-                           MEMTXATTRS_UNSPECIFIED);
-        if (qgpu_disturbed(s)) {
+        stq_le_p(le, s->cur_fence_value);
+        done = qgpu_guest_rw(s, s->cur_fence_addr, le, sizeof(le),
+                             DMA_DIRECTION_FROM_DEVICE, &ferr);
+        if (done == QGPU_ACCESS_DISTURBED) {
             return;
         }
-        if (r == MEMTX_OK) {
+        if (done == QGPU_ACCESS_OK) {
             s->fence = s->cur_fence_value;
             s->stats.last_fence = s->fence;
         } else {
             /* Lost a race with an IOMMU unmap: correct the status. */
             qemu_log_mask(LOG_GUEST_ERROR,
                           "qgpu: desc %u: fence write to 0x%" PRIx64
-                          " failed\n", s->cur_index, s->cur_fence_addr);
+                          " failed (%s)\n", s->cur_index, s->cur_fence_addr,
+                          qgpu_err_name(ferr));
             if (!err) {
                 err = QGPU_ERR_FENCE_WRITE;
-                qgpu_write_status(s, QGPU_DESC_STATUS_DONE | err);
-                if (qgpu_disturbed(s)) {
+                if (qgpu_write_status(s, QGPU_DESC_STATUS_DONE | err) ==
+                    QGPU_ACCESS_DISTURBED) {
                     return;
                 }
             }
@@ -440,22 +501,21 @@ static bool qgpu_countdown(uint64_t *nth)
  */
 static bool qgpu_fetch(QGPUState *s)
 {
-    PCIDevice *pdev = PCI_DEVICE(s);
     uint32_t index = s->ring_head;
     dma_addr_t addr = qgpu_desc_addr(s, index);
     struct qgpu_desc d;
     uint32_t err;
 
-    err = qgpu_check_guest_range(s, addr, QGPU_DESC_SIZE);
-    if (!err && pci_dma_read(pdev, addr, &d, sizeof(d)) != MEMTX_OK) {
-        err = QGPU_ERR_DESC_FETCH;
-    }
-    if (qgpu_disturbed(s)) {
+    switch (qgpu_guest_rw(s, addr, &d, sizeof(d), DMA_DIRECTION_TO_DEVICE,
+                          &err)) {
+    case QGPU_ACCESS_DISTURBED:
         return false;
-    }
-    if (err) {
-        qgpu_halt(s, index, err);
+    case QGPU_ACCESS_FAILED:
+        qgpu_halt(s, index, err == QGPU_ERR_DMA_READ ? QGPU_ERR_DESC_FETCH
+                                                     : err);
         return false;
+    case QGPU_ACCESS_OK:
+        break;
     }
 
     s->active = true;
@@ -525,7 +585,6 @@ static void qgpu_fill_bytes(uint8_t *p, uint64_t len, uint32_t pattern,
  */
 static uint64_t qgpu_run_slice(QGPUState *s, uint64_t budget, uint32_t *err)
 {
-    PCIDevice *pdev = PCI_DEVICE(s);
     uint64_t todo = MIN(budget, s->cur_length - s->cur_done);
     uint64_t moved = 0;
 
@@ -573,13 +632,11 @@ static uint64_t qgpu_run_slice(QGPUState *s, uint64_t budget, uint32_t *err)
             uint64_t voff = vram_base + s->cur_done + moved;
             uint8_t *vp = s->vram_ptr + voff;
             dma_addr_t ga = s->segs[i].addr + seg_off;
-            MemTxResult r;
+            QGPUAccess done;
 
-            if (to_vram) {
-                r = pci_dma_read(pdev, ga, vp, n);
-            } else {
-                r = pci_dma_write(pdev, ga, vp, n);
-            }
+            done = qgpu_guest_rw(s, ga, vp, n,
+                                 to_vram ? DMA_DIRECTION_TO_DEVICE
+                                         : DMA_DIRECTION_FROM_DEVICE, err);
             if (to_vram && s->vram) {
                 /*
                  * Before the check below: a read that reset us still wrote
@@ -588,15 +645,15 @@ static uint64_t qgpu_run_slice(QGPUState *s, uint64_t budget, uint32_t *err)
                  */
                 memory_region_set_dirty(s->vram, voff, n);
             }
-            if (qgpu_disturbed(s)) {
+            if (done == QGPU_ACCESS_DISTURBED) {
                 return moved;   /* s->segs may be gone */
             }
-            if (r != MEMTX_OK) {
-                *err = to_vram ? QGPU_ERR_DMA_READ : QGPU_ERR_DMA_WRITE;
+            if (done == QGPU_ACCESS_FAILED) {
                 qemu_log_mask(LOG_GUEST_ERROR,
                               "qgpu: desc %u: DMA %s guest 0x%" PRIx64
-                              "+0x%" PRIx64 " failed\n", s->cur_index,
-                              to_vram ? "read from" : "write to", ga, n);
+                              "+0x%" PRIx64 " failed (%s)\n", s->cur_index,
+                              to_vram ? "read from" : "write to", ga, n,
+                              qgpu_err_name(*err));
                 qgpu_trace_record(s, ga, voff, n, *err);
                 return moved;
             }
@@ -647,30 +704,34 @@ static uint64_t qgpu_vram_point(QGPUState *s)
 }
 
 /* Flip the byte at @off of the destination of the descriptor in flight. */
-static void qgpu_corrupt_byte(QGPUState *s, uint64_t off)
+static QGPUAccess G_GNUC_WARN_UNUSED_RESULT
+qgpu_corrupt_byte(QGPUState *s, uint64_t off)
 {
-    PCIDevice *pdev = PCI_DEVICE(s);
     uint64_t start = 0;
+    uint32_t err;
     uint8_t byte;
 
     if (s->cur_opcode == QGPU_OP_COPY_TO_VRAM) {
         s->vram_ptr[s->cur_dst + off] ^= 0xff;
         memory_region_set_dirty(s->vram, s->cur_dst + off, 1);
-        return;
+        return QGPU_ACCESS_OK;
     }
     for (uint32_t i = 0; i < s->nsegs; i++) {
         if (off < start + s->segs[i].len) {
             dma_addr_t ga = s->segs[i].addr + (off - start);
+            QGPUAccess done = qgpu_guest_rw(s, ga, &byte, 1,
+                                            DMA_DIRECTION_TO_DEVICE, &err);
 
-            if (pci_dma_read(pdev, ga, &byte, 1) == MEMTX_OK &&
-                !qgpu_disturbed(s)) {
-                byte ^= 0xff;
-                pci_dma_write(pdev, ga, &byte, 1);
+            if (done != QGPU_ACCESS_OK) {
+                return done;    /* a failed fault injection is no error */
             }
-            return;
+            byte ^= 0xff;
+            return qgpu_guest_rw(s, ga, &byte, 1, DMA_DIRECTION_FROM_DEVICE,
+                                 &err);
         }
         start += s->segs[i].len;
     }
+    return QGPU_ACCESS_OK;
 }
 
 /* All the data the descriptor in flight will move has moved: retire it. */
@@ -694,8 +755,8 @@ static void qgpu_finish(QGPUState *s)
     case QGPU_FAULT_CORRUPT:
         s->stats.faults_injected++;
         trace_qgpu_fault("corrupt", s->cur_index);
-        qgpu_corrupt_byte(s, s->cur_length / 2);
-        if (qgpu_disturbed(s)) {
+        if (qgpu_corrupt_byte(s, s->cur_length / 2) ==
+            QGPU_ACCESS_DISTURBED) {
             return;
         }
         break;
@@ -722,6 +783,7 @@ static void qgpu_write_abort_status(QGPUState *s)
     s->abort_pending = false;
     qemu_bh_cancel(s->abort_bh);    /* when the engine's run wrote it */
     trace_qgpu_engine_reset_status(s->abort_index, s->abort_status_addr);
+    /* The last step: the callers look for a disturbance themselves. */
     qgpu_write_status_at(s, s->abort_index, s->abort_status_addr,
                          QGPU_DESC_STATUS_DONE | QGPU_ERR_ABORTED);
 }
