@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """Drive the qgpu test guest over its serial console (stdlib only).
 
-  guestctl.py smoke [--modes direct swiotlb iommu]   boot checks, PASS/FAIL per mode
+  guestctl.py smoke [--modes direct swiotlb iommu virtio-iommu]   boot checks, PASS/FAIL per mode
   guestctl.py bench [-n 5] [--mode direct]           boot-to-ready-shell times
 
 Both start images/run-guest.sh (interactive mode, console on a pipe) and use
@@ -178,6 +178,10 @@ def smoke(args: argparse.Namespace) -> int:
                 rc, out = g.run("ls /sys/class/iommu/ | grep -q dmar && test -e /sys/bus/pci/devices/0000:01:00.0/iommu_group")
                 if rc:
                     fails.append("intel-iommu not active for the qgpu device")
+            if mode == "virtio-iommu":
+                rc, out = g.run("ls /sys/bus/virtio/drivers/virtio_iommu | grep -q '^virtio' && test -e /sys/bus/pci/devices/0000:01:00.0/iommu_group")
+                if rc:
+                    fails.append("virtio-iommu not active for the qgpu device")
             rc, _ = g.run("false")
             if rc != 1:
                 fails.append(f"console status protocol broken (false gave {rc})")
@@ -255,7 +259,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="what", required=True)
     s = sub.add_parser("smoke")
-    s.add_argument("--modes", nargs="+", default=["direct", "swiotlb", "iommu"])
+    s.add_argument("--modes", nargs="+", default=["direct", "swiotlb", "iommu", "virtio-iommu"])
     s.add_argument("--timeout", type=float, default=180)
     b = sub.add_parser("bench")
     b.add_argument("-n", type=int, default=5)

@@ -140,8 +140,12 @@ visit() {
     for d in $(dep_of "$m"); do visit "$d"; done
     order+=("$m")
 }
-# What the kernel config lacks as built-in, for virtio-net-pci.
+# What the kernel config lacks as built-in: virtio-iommu first (the
+# virtio-iommu DMA mode: every PCI device then sits behind it, so it must be
+# up before any driver maps DMA; without the device it just stays idle),
+# then virtio-net-pci.
 want_mods=()
+grep -q '^CONFIG_VIRTIO_IOMMU=y' "$KCONFIG" || want_mods+=(virtio_iommu)
 grep -q '^CONFIG_VIRTIO_NET=y' "$KCONFIG" || want_mods+=(virtio_net)
 grep -q '^CONFIG_VIRTIO_PCI=y' "$KCONFIG" || want_mods+=(virtio_pci)
 

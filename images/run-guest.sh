@@ -12,10 +12,12 @@
 #                                          off, exit with the command's status
 #
 # Options:
-#   --mode direct|swiotlb|iommu  DMA setup (default direct)
+#   --mode direct|swiotlb|iommu|virtio-iommu  DMA setup (default direct)
 #                         swiotlb: guest swiotlb=force
 #                         iommu:   intel-iommu (intremap, caching-mode) + guest
 #                                  intel_iommu=on iommu=nopt
+#                         virtio-iommu: virtio-iommu-pci (ACPI VIOT) + guest
+#                                  iommu.passthrough=0
 #   --cmd CMD             run CMD (sh -c) in the guest instead of the shell;
 #                         exit status = CMD's status
 #   --timeout SEC         kill QEMU after SEC seconds (exit 124); default 600
@@ -120,7 +122,11 @@ case $mode in
         dev_iommu=(-device intel-iommu,intremap=on,caching-mode=on)
         append+=(intel_iommu=on iommu=nopt)
         ;;
-    *) die "--mode must be direct, swiotlb or iommu" ;;
+    virtio-iommu)
+        dev_iommu=(-device virtio-iommu-pci)
+        append+=(iommu.passthrough=0)
+        ;;
+    *) die "--mode must be direct, swiotlb, iommu or virtio-iommu" ;;
 esac
 if [[ -n $have_cmd ]]; then
     append+=("qgpu_cmd=$(printf '%s' "$cmd" | base64 -w0)")

@@ -1,9 +1,11 @@
 """The rig's own harness: what makes a sanitizer report fail a test, how a
 crash's backtrace is read from gdb, which kernel reports are the kernel's own
-known bugs."""
+known bugs, which DMA modes a run selects."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 from qgpu.health import DMESG_BAD, KNOWN_KERNEL_BUGS, split_known_kernel_bugs
@@ -89,3 +91,29 @@ def test_the_same_warning_elsewhere_is_not_excused() -> None:
     no_injection = UNTRACK_PFN_LOG.replace("FAULT_INJECTION: forcing a failure", "qgpu: hello")
     rest, known = split_known_kernel_bugs(no_injection)
     assert known == [] and any(DMESG_BAD.search(ln) for ln in rest.splitlines())
+
+
+def _collect(*args: str) -> subprocess.CompletedProcess[str]:
+    """Collect the boot tests (no guest boots) with the qgpu plugin's options."""
+    return subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q",
+                           "-p", "no:cacheprovider", "tests/e2e/test_boot.py", *args],
+                          capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[2])
+
+
+def test_qgpu_modes_selects_the_dma_modes_a_run_tests() -> None:
+    """--qgpu-modes keeps the guest tests of the modes named, deselects the others'."""
+    every = _collect()
+    assert every.returncode == 0, every.stdout + every.stderr
+    assert "[virtio-iommu]" in every.stdout and "[swiotlb]" in every.stdout
+    some = _collect("--qgpu-modes", "direct,virtio-iommu")
+    assert some.returncode == 0, some.stdout + some.stderr
+    ids = [line for line in some.stdout.splitlines() if "::" in line]
+    assert ids and all("[direct]" in i or "[virtio-iommu]" in i or "[" not in i for i in ids)
+    assert any("[virtio-iommu]" in i for i in ids) and "deselected" in some.stdout
+
+
+def test_qgpu_modes_refuses_an_unknown_mode_by_name() -> None:
+    bad = _collect("--qgpu-modes", "direct,viommu")
+    assert bad.returncode == 4, bad.stdout + bad.stderr        # pytest's usage error
+    assert "'viommu'" in bad.stderr and "virtio-iommu" in bad.stderr, bad.stderr

@@ -420,8 +420,8 @@ def check_dma_path(mode: str, insp: DeviceInspector, records: list[Record],
       segment's pages are physically contiguous, and QEMU finds the data there;
     - swiotlb: the bus address lies in System RAM but in none of the user's pages, all
       segments fit in one bounce pool, and the bounce slot holds a copy of the data;
-    - iommu: the bus address is no guest-physical address of the user bytes and lies
-      outside System RAM altogether (an IOVA the IOMMU translates).
+    - iommu, virtio-iommu: the bus address is no guest-physical address of the user
+      bytes and lies outside System RAM altogether (an IOVA the IOMMU translates).
     """
     ram = list(platform.ram)
     frames = buf.frames()
@@ -452,10 +452,10 @@ def check_dma_path(mode: str, insp: DeviceInspector, records: list[Record],
             bounce = insp.physical(bus, n)
             assert bounce == want, f"swiotlb: the bounce slot of {where} does not hold a " \
                 f"copy of the data ({first_diff(bounce, want)})"
-        elif mode == "iommu":
-            assert bus != buf.phys(off), f"iommu: {where} is the untranslated address"
+        elif mode in ("iommu", "virtio-iommu"):
+            assert bus != buf.phys(off), f"{mode}: {where} is the untranslated address"
             assert not any(lo <= bus < hi for lo, hi in ram), \
-                f"iommu: {where} lies in System RAM {ram}: not an IOVA"
+                f"{mode}: {where} lies in System RAM {ram}: not an IOVA"
         else:
             raise AssertionError(f"unknown DMA mode {mode}")
     if mode == "swiotlb" and records:

@@ -36,10 +36,20 @@ def test_driver_bound_and_dmesg_clean(guest: GuestMachine) -> None:
 def test_dma_mode_is_what_was_asked(guest: GuestMachine, dma_mode: DmaMode) -> None:
     cmdline = guest.run("cat /proc/cmdline", check=True).output
     groups = guest.run("ls /sys/kernel/iommu_groups | wc -l", check=True).output.strip()
+    iommus = guest.run("ls /sys/class/iommu", check=True).output.split()
+    qgpu_group = guest.run("ls -d /sys/bus/pci/drivers/qgpu/*/iommu_group 2>/dev/null | wc -l",
+                           check=True).output.strip()
     if dma_mode is DmaMode.IOMMU:
         assert "intel_iommu=on" in cmdline and int(groups) > 0
+        assert [i for i in iommus if i.startswith("dmar")], iommus
+    elif dma_mode is DmaMode.VIRTIO_IOMMU:
+        bound = guest.run("ls /sys/bus/virtio/drivers/virtio_iommu | grep -c '^virtio'",
+                          check=True).output.strip()
+        assert int(groups) > 0 and iommus and int(bound) == 1, iommus
     else:
-        assert int(groups) == 0
+        assert int(groups) == 0 and not iommus
+    assert int(qgpu_group) == (1 if dma_mode.translated else 0), \
+        "qgpu is behind an IOMMU exactly in the IOMMU modes"
     assert ("swiotlb=force" in cmdline) == (dma_mode is DmaMode.SWIOTLB)
 
 

@@ -378,7 +378,8 @@ def test_aer(guest: GuestMachine, faults: FaultInjector, qgpu_inspector: DeviceI
     _aer_case(guest, faults, qgpu_inspector, kind, mid_dma)
 
 
-@pytest.mark.parametrize("dma_mode", [DmaMode.SWIOTLB, DmaMode.IOMMU], indirect=True)
+@pytest.mark.parametrize("dma_mode", [DmaMode.SWIOTLB, DmaMode.IOMMU, DmaMode.VIRTIO_IOMMU],
+                         indirect=True)
 def test_aer_fatal_mid_dma_other_modes(guest: GuestMachine, faults: FaultInjector,
                                        qgpu_inspector: DeviceInspector) -> None:
     _aer_case(guest, faults, qgpu_inspector, AerKind.FATAL, True)

@@ -187,9 +187,9 @@ def _xorshift_bytes(n: int, state: int = 0x9E3779B97F4A7C15) -> bytes:
 
 def _check_bo_bus(mode: DmaMode, bus: int, length: int, platform: DmaPlatform) -> None:
     in_ram = any(lo <= bus and bus + length <= hi for lo, hi in platform.ram)
-    if mode is DmaMode.IOMMU:
+    if mode.translated:
         assert not any(lo <= bus < hi for lo, hi in platform.ram), \
-            f"iommu: the buffer object's bus address {bus:#x} is in System RAM, not an IOVA"
+            f"{mode}: the buffer object's bus address {bus:#x} is in System RAM, not an IOVA"
     else:
         # Coherent memory is never bounced, even with swiotlb=force.
         assert in_ram, f"{mode}: the buffer object's bus address {bus:#x} is not in RAM"

@@ -41,6 +41,12 @@ SUSPEND = ("(echo 0 > /sys/module/suspend/parameters/pm_test_delay && "
 def suspend_with_queued_work(guest: GuestMachine, insp: DeviceInspector,
                              faults: FaultInjector) -> None:  # noqa: F811
     """Queue fills on a slowed engine, suspend to RAM (test mode), resume; check it all."""
+    if guest.config.dma_mode is DmaMode.VIRTIO_IOMMU:
+        # Linux's limitation, not qgpu's: virtio-iommu (drivers/iommu/virtio-iommu.c,
+        # 6.12) has no freeze/restore, so the virtio core resets the IOMMU on resume
+        # and every domain and mapping is gone: all DMA behind it faults and the
+        # guest stalls (seen: an RCU stall at the first DMA after resume).
+        pytest.skip("Linux's virtio-iommu driver has no suspend/resume support")
     if guest.run("test -w /sys/power/pm_test && grep -qw mem /sys/power/state").status:
         pytest.skip("this kernel has no suspend test mode (CONFIG_SUSPEND, CONFIG_PM_DEBUG)")
     s0 = stats(guest)

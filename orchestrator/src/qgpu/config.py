@@ -27,6 +27,12 @@ class DmaMode(enum.StrEnum):
     DIRECT = "direct"       #: bus address = guest-physical address
     SWIOTLB = "swiotlb"     #: every mapping bounces through swiotlb (swiotlb=force)
     IOMMU = "iommu"         #: intel-iommu translates bus addresses (IOVAs)
+    VIRTIO_IOMMU = "virtio-iommu"   #: virtio-iommu-pci translates them (a paravirtual IOMMU)
+
+    @property
+    def translated(self) -> bool:
+        """Whether an IOMMU translates the device's bus addresses (IOVAs)."""
+        return self in (DmaMode.IOMMU, DmaMode.VIRTIO_IOMMU)
 
 
 @dataclass(frozen=True)
@@ -112,6 +118,9 @@ class MachineConfig:
             words.append("swiotlb=force")
         elif self.dma_mode is DmaMode.IOMMU:
             words += ["intel_iommu=on", "iommu=nopt"]
+        elif self.dma_mode is DmaMode.VIRTIO_IOMMU:
+            # Found through ACPI's VIOT table; translated DMA domains, not identity.
+            words += ["iommu.passthrough=0"]
         if not self.ssh:
             words.append("qgpu_nossh=1")
         words += self.append
@@ -140,6 +149,9 @@ class MachineConfig:
         if self.dma_mode is DmaMode.IOMMU:
             # Before any device that does DMA, so they all sit behind it.
             args += ["-device", "intel-iommu,intremap=on,caching-mode=on"]
+        elif self.dma_mode is DmaMode.VIRTIO_IOMMU:
+            # On pcie.0; QEMU's VIOT table puts every other PCI device behind it.
+            args += ["-device", "virtio-iommu-pci"]
         for slot, spec in enumerate(self.qgpus):
             # A 5 GT/s port: after a secondary bus reset (AER recovery) Linux then
             # polls the device instead of waiting for the port's Data Link Layer

@@ -13,12 +13,14 @@ Options (``pytest --help`` lists them under "qgpu test rig"):
                            the test that allocated each leaked object; ``test`` after
                            every test (exact, about 12 s more per test)
 ``--qgpu-accel MODE``      auto (KVM only if a bounded probe boots a guest), tcg, kvm
+``--qgpu-modes M,M``       run guest tests only in these DMA modes (default: all of
+                           direct, swiotlb, iommu, virtio-iommu); the others are deselected
 ``--qgpu-artifacts DIR``   where failed tests leave their bundle (default build/artifacts)
 ``--qgpu-keep-artifacts``  write the bundle for passing tests too
 
 Fixtures:
 
-``dma_mode``      parametrizes a test over direct / swiotlb / iommu (session-scoped,
+``dma_mode``      parametrizes a test over direct / swiotlb / iommu / virtio-iommu (session-scoped,
                   so tests are grouped by mode and one VM per mode is booted)
 ``guest``         a booted :class:`~qgpu.machine.GuestMachine` for ``dma_mode`` with a
                   freshly loaded driver and an empty dmesg; shared between tests of
@@ -73,6 +75,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "after every test (test: exact, about 12 s more per test)")
     group.addoption("--qgpu-accel", default="auto", choices=("auto", "tcg", "kvm"),
                     help="accelerator; auto uses KVM only if a bounded probe boots a guest")
+    group.addoption("--qgpu-modes", metavar="M,M", default=None,
+                    help="run guest tests only in these DMA modes, comma-separated "
+                         f"(default: all of {', '.join(DmaMode)})")
     group.addoption("--qgpu-artifacts", metavar="DIR", default=None,
                     help="artifact bundles of failed tests (default: build/artifacts)")
     group.addoption("--qgpu-keep-artifacts", action="store_true",
@@ -89,6 +94,34 @@ def pytest_configure(config: pytest.Config) -> None:
     if kernel:
         os.environ["QGPU_KERNEL"] = str(kernel)
     config.addinivalue_line("markers", "slow: long-running test")
+
+
+def _selected_modes(config: pytest.Config) -> set[DmaMode]:
+    raw = config.getoption("--qgpu-modes", default=None)
+    if not raw:
+        return set(DmaMode)
+    names = [n.strip() for n in raw.split(",") if n.strip()]
+    unknown = [n for n in names if n not in set(DmaMode)]
+    if unknown or not names:
+        raise pytest.UsageError(f"--qgpu-modes {raw!r}: unknown DMA mode "
+                                f"{', '.join(map(repr, unknown)) or '(none given)'}; "
+                                f"choose from {', '.join(DmaMode)}")
+    return {DmaMode(n) for n in names}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect the guest tests of the DMA modes ``--qgpu-modes`` leaves out."""
+    modes = _selected_modes(config)
+    if modes == set(DmaMode):
+        return
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
+    for item in items:
+        mode = _mode_of(item)
+        (drop if mode is not None and mode not in modes else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
