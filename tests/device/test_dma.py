@@ -12,6 +12,7 @@ import pytest
 
 from qgpu.abi import ABI
 from qgpu.device import QgpuDevice
+from qgpu.pci import PciFunction
 
 from .amd_vi import (
     AMDVI_DEV_MODE_1_LEVEL,
@@ -22,8 +23,10 @@ from .amd_vi import (
     enable_amd_vi,
 )
 from .conftest import StartQgpu
+from .virtio_iommu import MAP_F_READ, MAP_F_WRITE, VirtioIommu
 
 MiB = 1 << 20
+VIRTIO_IOMMU_BAR = 0xC080_0000               # beside the root port's MMIO window
 SIZES = [1, 3, 4, 63, 64, 65, 4095, 4096, 4097, 65536 + 7, MiB - 1, MiB, MiB + 1,
          3 * MiB + 5, 16 * MiB]
 
@@ -234,3 +237,29 @@ def test_dma_through_amd_vi_uses_iovas(start: StartQgpu) -> None:
                    dev.desc(opcode=ABI.OP_COPY_TO_VRAM, src=iova_unmapped, dst=8192,
                             length=64)) == [ABI.ERR_NONE, ABI.ERR_DMA_READ]
     assert dev.vram_host(0, 4096) == data
+
+
+def test_dma_through_virtio_iommu_uses_iovas(start: StartQgpu) -> None:
+    """Behind virtio-iommu-pci (boot-bypass off), qgpu's bus addresses are IOVAs
+    of the domain its endpoint is attached to: the ring and the data are
+    reached through the domain's mappings, an IOVA it does not map fails the
+    copy (DMA_READ), and the device's trace shows the IOVA it used."""
+    dev = start(extra_args=["-device", "virtio-iommu-pci,addr=0x3,boot-bypass=off"])
+    ring = dev.setup_ring(4, enable=False)
+    viommu = VirtioIommu(dev, PciFunction(dev.qt, 0, 3), VIRTIO_IOMMU_BAR)
+    data = bytes(range(256)) * 16
+    src = dev.mem.alloc(4096, align=4096)
+    dev.mem.write(src, data)
+    iova_ring, iova_src, iova_unmapped = 0x10_0000_0000, 0x10_0001_0000, 0x10_0002_0000
+    viommu.attach(domain=1, endpoint=0x100)                 # qgpu: 01:00.0
+    viommu.map(1, iova_ring, ring.base & ~0xFFF, 4096, MAP_F_READ | MAP_F_WRITE)
+    viommu.map(1, iova_src, src, 4096, MAP_F_READ)
+    dev.set_reg(ABI.REG_RING_BASE_LO, (iova_ring | (ring.base & 0xFFF)) & 0xFFFF_FFFF)
+    dev.set_reg(ABI.REG_RING_BASE_HI, iova_ring >> 32)
+    dev.set_reg(ABI.REG_ENGINE_CTRL, ABI.ENGINE_CTRL_ENABLE)
+    assert dev.run(dev.desc(opcode=ABI.OP_COPY_TO_VRAM, src=iova_src, dst=0, length=4096),
+                   dev.desc(opcode=ABI.OP_COPY_TO_VRAM, src=iova_unmapped, dst=8192,
+                            length=64)) == [ABI.ERR_NONE, ABI.ERR_DMA_READ]
+    assert dev.vram_host(0, 4096) == data
+    assert [(t["bus-addr"], t["status"]) for t in dev.dma_trace()] == \
+        [(iova_src, "ok"), (iova_unmapped, "dma-read")]

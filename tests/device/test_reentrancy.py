@@ -27,6 +27,7 @@ from .amd_vi import (
     identity_page_table,
 )
 from .conftest import StartQgpu
+from .virtio_iommu import FAULT_ADDRESS_OFFSET, VirtioIommu
 
 PCI_BRIDGE_CONTROL = 0x3E
 PCI_BRIDGE_CTL_BUS_RESET = 0x40
@@ -250,3 +251,32 @@ def test_an_iommu_fault_record_that_resets_the_device(start: StartQgpu) -> None:
     end_bus_reset_and_reenumerate(qgpu)
     assert qgpu.reg(ABI.REG_DMA_ERROR) == 0
     assert_reset_and_usable(qgpu)
+
+
+def test_a_virtio_iommu_fault_record_that_unplugs_the_device(start: StartQgpu) -> None:
+    """Issue 11, S1 as found: virtio-iommu-pci and native PCIe hotplug. The
+    fence address is an IOVA the domain does not map; the device's check of
+    it is a translation, the IOMMU reports the fault in the event buffer the
+    guest posted -- on the root port's config space, so that the IOVA lands
+    on Slot Control and powers the slot off inside qgpu's check."""
+    qgpu = start(extra_args=["-global", "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off",
+                             "-device", "virtio-iommu-pci,addr=0x3"])
+    ring = qgpu.setup_ring(16, enable=False)
+    viommu = VirtioIommu(qgpu, PciFunction(qgpu.qt, 0, 3), 0xC080_0000)
+    iova_ring = 0x10_0000_0000
+    viommu.attach(domain=1, endpoint=0x100)                 # qgpu: 01:00.0
+    viommu.map(1, iova_ring, ring.base & ~0xFFF, 4096, 3)
+    qgpu.set_reg(ABI.REG_RING_BASE_LO, ring.base & 0xFFF)
+    qgpu.set_reg(ABI.REG_RING_BASE_HI, iova_ring >> 32)
+    qgpu.set_reg(ABI.REG_ENGINE_CTRL, ABI.ENGINE_CTRL_ENABLE)
+    port = PciFunction(qgpu.qt, 0, ROOT_PORT_SLOT)
+    slot_control = port.capabilities()[CAP_ID_EXP] + PCI_EXP_SLTCTL
+    viommu.post_event_buffer(root_port_config(slot_control - FAULT_ADDRESS_OFFSET))
+    # Bits 0..15 on Slot Control, 16..31 (zero) on Slot Status, 32.. on Root Control.
+    fence = 0x20_0000_0000 | PCI_EXP_SLTCTL_POWER_OFF
+    assert qgpu.qt.qmp is not None
+    events = len(qgpu.qt.qmp.events())
+    qgpu.submit(fill_fenced_at(qgpu, fence))
+    qgpu.qt.qmp.wait_event("DEVICE_DELETED", 10, after=events)
+    assert qgpu.qt.qmp.command("query-status")["status"] == "running"
+    assert PciFunction(qgpu.qt, 1, 0).vendor_id == 0xFFFF
