@@ -11,12 +11,20 @@ latency, which dominates the small sizes). For edu: its DMA moves at most
 4 KiB per command into a device-internal buffer and completes on a 100 ms
 virtual-clock timer, which qtest steps instantly; what remains is edu's real
 per-command cost plus the same qtest round trips.
+
+A second table shows how long one engine run holds QEMU's main loop (issue
+11, S2): the longest latency of three register reads sent right after a
+DOORBELL, beside the same with the engine idle, measured in this run. The
+doorbell queues 64 descriptors of 4 KiB each, as 4,096 one-byte SG segments
+or as one plain range: the engine runs them in one bottom half (they stay
+under its 1 MiB and 64-descriptor budgets), so the read waits for all of it.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -85,6 +93,62 @@ def edu_copy(dev: QgpuDevice, size: int, guest: int) -> float:
     return time.perf_counter() - start
 
 
+HOLD_DESCS = 64
+HOLD_SEGMENTS = 4096
+
+
+def _read_latency(dev: QgpuDevice) -> float:
+    start = time.perf_counter()
+    dev.reg(ABI.REG_ID)
+    return time.perf_counter() - start
+
+
+def main_loop_hold(dev: QgpuDevice, segments: int, guest: int, repeat: int) -> list[float]:
+    """Time the longest of three register reads right after a doorbell.
+
+    The doorbell queues HOLD_DESCS 4 KiB descriptors of ``segments`` SG
+    segments each (1: a plain range). QEMU may answer the first read before
+    its main loop runs the engine's bottom half; a later read waits for it.
+    """
+    length = HOLD_SEGMENTS
+    if segments > 1:
+        src, count = dev.sg_list((guest + i, length // segments) for i in range(segments))
+        flags = ABI.DESC_F_SG
+    else:
+        src, count, flags = guest, 0, 0
+    descs = [dev.desc(opcode=ABI.OP_COPY_TO_VRAM, flags=flags, src=src, sg_count=count,
+                      dst=i * length, length=length) for i in range(HOLD_DESCS)]
+    samples = []
+    for _ in range(repeat):
+        dev.submit(*descs, doorbell=False)
+        assert dev.ring is not None
+        dev.set_reg(ABI.REG_DOORBELL, dev.ring.tail)
+        samples.append(max(_read_latency(dev) for _ in range(3)))
+        dev.wait_idle(60)
+        last = dev.status((dev.ring.tail - 1) % dev.ring.entries)
+        if last != ABI.DESC_STATUS_DONE:
+            raise RuntimeError(f"main-loop hold: the last descriptor ended with status "
+                               f"{last:#x}, not DONE: the figure would be meaningless")
+    return samples
+
+
+def print_main_loop_hold(dev: QgpuDevice, guest: int, repeat: int) -> None:
+    """Print the S2 table: main-loop hold of one engine run, beside an idle read."""
+    dev.set_reg(ABI.REG_ENGINE_CTRL, 0)     # the ring is programmed while disabled
+    dev.setup_ring(2 * HOLD_DESCS)
+    idle = [max(_read_latency(dev) for _ in range(3)) for _ in range(repeat)]
+    print(f"\nmain-loop hold of one engine run: a register read right after a doorbell of "
+          f"{HOLD_DESCS} x 4 KiB descriptors, median of {repeat} (idle read: "
+          f"{statistics.median(idle) * 1e3:.3f} ms in this run)")
+    print(f"{'descriptors':>28} | {'read latency':>12} | {'p90':>9} | {'x idle':>7}")
+    for segments in (1, HOLD_SEGMENTS):
+        lat = sorted(main_loop_hold(dev, segments, guest, repeat))
+        med, p90 = statistics.median(lat), lat[int(0.9 * (len(lat) - 1))]
+        what = "one range each" if segments == 1 else f"{segments} one-byte SG segments"
+        print(f"{what:>28} | {med * 1e3:9.2f} ms | {p90 * 1e3:6.2f} ms | "
+              f"{med / statistics.median(idle):7.1f}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and print the table."""
     parser = argparse.ArgumentParser(prog="qgpu-bench", description=__doc__.splitlines()[0])
@@ -137,6 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 cells.append(f"{'(skipped)':>13} {'':>6}")
             print(" | ".join(cells), flush=True)
+        print_main_loop_hold(dev, guest, max(args.repeat, 9))
         errors = dev.stat("errors")
         if errors:
             print(f"warning: the device reported {errors} DMA errors during the run",
