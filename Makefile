@@ -252,7 +252,8 @@ test: qemu images venv ## Everything CI runs: lint, the suites on the stock, deb
 	    stock_suite || status=1; \
 	fi; \
 	echo "make: end-to-end suite, debug kernel"; \
-	$(PY) -m pytest tests/e2e --qgpu-kernel debug --qgpu-modes $(TEST_DEBUG_MODES) \
+	$(PY) -m pytest tests/e2e --qgpu-kernel debug \
+	    $(if $(TEST_DEBUG_MODES),--qgpu-modes $(TEST_DEBUG_MODES)) \
 	    --qgpu-artifacts $(BUILD)/artifacts/debug $(PYTEST_ARGS) || status=1; \
 	if [ -n "$$lane" ]; then \
 	    echo "make: waiting for the second lane"; wait $$lane || true; \

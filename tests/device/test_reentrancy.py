@@ -27,7 +27,7 @@ from .amd_vi import (
     identity_page_table,
 )
 from .conftest import StartQgpu
-from .virtio_iommu import FAULT_ADDRESS_OFFSET, VirtioIommu
+from .virtio_iommu import FAULT_ADDRESS_OFFSET, MAP_F_READ, MAP_F_WRITE, VirtioIommu
 
 PCI_BRIDGE_CONTROL = 0x3E
 PCI_BRIDGE_CTL_BUS_RESET = 0x40
@@ -265,7 +265,7 @@ def test_a_virtio_iommu_fault_record_that_unplugs_the_device(start: StartQgpu) -
     viommu = VirtioIommu(qgpu, PciFunction(qgpu.qt, 0, 3), 0xC080_0000)
     iova_ring = 0x10_0000_0000
     viommu.attach(domain=1, endpoint=0x100)                 # qgpu: 01:00.0
-    viommu.map(1, iova_ring, ring.base & ~0xFFF, 4096, 3)
+    viommu.map(1, iova_ring, ring.base & ~0xFFF, 4096, MAP_F_READ | MAP_F_WRITE)
     qgpu.set_reg(ABI.REG_RING_BASE_LO, ring.base & 0xFFF)
     qgpu.set_reg(ABI.REG_RING_BASE_HI, iova_ring >> 32)
     qgpu.set_reg(ABI.REG_ENGINE_CTRL, ABI.ENGINE_CTRL_ENABLE)

@@ -84,7 +84,8 @@ class VirtioIommu:
         """Give the device a buffer at bus address ``address`` for its next fault record.
 
         A driver posts guest RAM; nothing but the driver stops it from posting
-        any address, and the device writes its record there.
+        any address, and the device writes its record there. One buffer at a
+        time: a second call before the device used the first replaces it.
         """
         q = self.events
         self.dev.mem.write(q.desc, struct.pack("<QIHH", address, length, VRING_DESC_F_WRITE, 0))

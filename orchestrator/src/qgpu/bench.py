@@ -94,7 +94,8 @@ def edu_copy(dev: QgpuDevice, size: int, guest: int) -> float:
 
 
 HOLD_DESCS = 64
-HOLD_SEGMENTS = 4096
+HOLD_LENGTH = 4 * KiB                   # per descriptor
+HOLD_SEGMENTS = 4096                    # one-byte segments
 
 
 def _read_latency(dev: QgpuDevice) -> float:
@@ -110,7 +111,7 @@ def main_loop_hold(dev: QgpuDevice, segments: int, guest: int, repeat: int) -> l
     segments each (1: a plain range). QEMU may answer the first read before
     its main loop runs the engine's bottom half; a later read waits for it.
     """
-    length = HOLD_SEGMENTS
+    length = HOLD_LENGTH
     if segments > 1:
         src, count = dev.sg_list((guest + i, length // segments) for i in range(segments))
         flags = ABI.DESC_F_SG
@@ -132,8 +133,10 @@ def main_loop_hold(dev: QgpuDevice, segments: int, guest: int, repeat: int) -> l
     return samples
 
 
-def print_main_loop_hold(dev: QgpuDevice, guest: int, repeat: int) -> None:
+def print_main_loop_hold(dev: QgpuDevice, repeat: int) -> None:
     """Print the S2 table: main-loop hold of one engine run, beside an idle read."""
+    guest = dev.mem.alloc(HOLD_LENGTH, align=4096)
+    dev.mem.write(guest, bytes(range(256)) * (HOLD_LENGTH // 256))
     dev.set_reg(ABI.REG_ENGINE_CTRL, 0)     # the ring is programmed while disabled
     dev.setup_ring(2 * HOLD_DESCS)
     idle = [max(_read_latency(dev) for _ in range(3)) for _ in range(repeat)]
@@ -201,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 cells.append(f"{'(skipped)':>13} {'':>6}")
             print(" | ".join(cells), flush=True)
-        print_main_loop_hold(dev, guest, max(args.repeat, 9))
+        print_main_loop_hold(dev, max(args.repeat, 9))
         errors = dev.stat("errors")
         if errors:
             print(f"warning: the device reported {errors} DMA errors during the run",

@@ -13,8 +13,10 @@ Options (``pytest --help`` lists them under "qgpu test rig"):
                            the test that allocated each leaked object; ``test`` after
                            every test (exact, about 12 s more per test)
 ``--qgpu-accel MODE``      auto (KVM only if a bounded probe boots a guest), tcg, kvm
-``--qgpu-modes M,M``       run guest tests only in these DMA modes (default: all of
-                           direct, swiotlb, iommu, virtio-iommu); the others are deselected
+``--qgpu-modes M,M``       run the tests parametrized by ``dma_mode`` only in these DMA
+                           modes (default: all of direct, swiotlb, iommu, virtio-iommu);
+                           the others are deselected. Tests that boot a guest of their
+                           own (``make_guest``) run whatever the option says
 ``--qgpu-artifacts DIR``   where failed tests leave their bundle (default build/artifacts)
 ``--qgpu-keep-artifacts``  write the bundle for passing tests too
 
@@ -76,8 +78,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--qgpu-accel", default="auto", choices=("auto", "tcg", "kvm"),
                     help="accelerator; auto uses KVM only if a bounded probe boots a guest")
     group.addoption("--qgpu-modes", metavar="M,M", default=None,
-                    help="run guest tests only in these DMA modes, comma-separated "
-                         f"(default: all of {', '.join(DmaMode)})")
+                    help="run the tests parametrized by dma_mode only in these DMA modes, "
+                         f"comma-separated (default: all of {', '.join(DmaMode)}); tests "
+                         "that boot a guest of their own (make_guest) run regardless")
     group.addoption("--qgpu-artifacts", metavar="DIR", default=None,
                     help="artifact bundles of failed tests (default: build/artifacts)")
     group.addoption("--qgpu-keep-artifacts", action="store_true",

@@ -396,7 +396,7 @@ void qgpu_drop_inflight(QGPUState *s)
 static void qgpu_retire(QGPUState *s, uint32_t err)
 {
     bool fence = s->cur_flags & QGPU_DESC_F_FENCE;
-    uint32_t causes = 0, ferr;
+    uint32_t causes = 0, ferr = QGPU_ERR_NONE;
     QGPUAccess done;
 
     if (fence) {
