@@ -213,9 +213,12 @@ test-e2e: qemu image venv ## End-to-end tests on KERNEL: booted guests in every 
 # Each suite keeps its failure artifacts in build/artifacts/KERNEL.
 TEST_PARALLEL ?= 1
 TEST_FUZZ_SECONDS ?= 240
-# The debug suite is CI's long pole (about 25 minutes): it runs the DMA modes
-# of the native DMA paths; virtio-iommu, a fourth IOVA mode, runs on stock.
+# The debug suite is CI's long pole: it runs the DMA modes of the native DMA
+# paths (virtio-iommu, a fourth IOVA mode, runs on stock), and its detector
+# and kernel fault-injection tests (about 7 minutes) run in the second lane,
+# on a debug guest of their own, after the stock suite.
 TEST_DEBUG_MODES ?= direct,swiotlb,iommu
+TEST_DEBUG_SIDE  := tests/e2e/test_detectors.py tests/e2e/test_kernel_faults.py
 TEST_LOGS     := $(BUILD)/logs
 
 .PHONY: test
@@ -226,6 +229,10 @@ test: qemu images venv ## Everything CI runs: lint, the suites on the stock, deb
 	    --qgpu-artifacts $(BUILD)/artifacts/stock $(PYTEST_ARGS); }; \
 	qgpu_suite() { $(PY) -m pytest tests/e2e/test_io_mapping.py --qgpu-kernel qgpu \
 	    --qgpu-artifacts $(BUILD)/artifacts/qgpu $(PYTEST_ARGS); }; \
+	debug_suite() { $(PY) -m pytest "$$@" --qgpu-kernel debug \
+	    $(if $(TEST_DEBUG_MODES),--qgpu-modes $(TEST_DEBUG_MODES)) $(PYTEST_ARGS); }; \
+	debug_side_suite() { debug_suite $(TEST_DEBUG_SIDE) \
+	    --qgpu-artifacts $(BUILD)/artifacts/debug-side; }; \
 	sanitizers() { local rc=0; NINJA_JOBS=$${1:-} $(MAKE) --no-print-directory \
 	        test-device QEMU_SANITIZE=1 || rc=1; \
 	    [ "$(TEST_FUZZ_SECONDS)" = 0 ] || NINJA_JOBS=$${1:-} $(MAKE) --no-print-directory \
@@ -239,11 +246,13 @@ test: qemu images venv ## Everything CI runs: lint, the suites on the stock, deb
 	    [ "$$(cat $(TEST_LOGS)/test-$$1.rc 2>/dev/null)" = 0 ] || status=1; }; \
 	if [ "$(TEST_PARALLEL)" = 1 ]; then \
 	    echo "make: beside the debug suite: the stock suite, the io_mapping tests on the" \
-	         "qgpu kernel, then the sanitizer device suite and the fuzzer; output in" \
-	         "$(TEST_LOGS)/test-{stock,qgpu,sanitizers}.log (shown when they end)"; \
-	    rm -f $(TEST_LOGS)/test-{stock,qgpu,sanitizers}.rc; \
+	         "qgpu kernel, the debug kernel's detector and fault-injection tests, then" \
+	         "the sanitizer device suite and the fuzzer; output in" \
+	         "$(TEST_LOGS)/test-{stock,qgpu,debug-side,sanitizers}.log (shown when they end)"; \
+	    rm -f $(TEST_LOGS)/test-{stock,qgpu,debug-side,sanitizers}.rc; \
 	    set -m; \
 	    ( run_logged stock stock_suite; run_logged qgpu qgpu_suite; \
+	      run_logged debug-side debug_side_suite; \
 	      run_logged sanitizers sanitizers 1 ) & lane=$$!; \
 	    set +m; \
 	    trap 'kill -INT -- -$$lane 2>/dev/null; wait $$lane; exit 130' INT TERM; \
@@ -252,15 +261,16 @@ test: qemu images venv ## Everything CI runs: lint, the suites on the stock, deb
 	    stock_suite || status=1; \
 	fi; \
 	echo "make: end-to-end suite, debug kernel"; \
-	$(PY) -m pytest tests/e2e --qgpu-kernel debug \
-	    $(if $(TEST_DEBUG_MODES),--qgpu-modes $(TEST_DEBUG_MODES)) \
-	    --qgpu-artifacts $(BUILD)/artifacts/debug $(PYTEST_ARGS) || status=1; \
+	debug_suite tests/e2e $(addprefix --ignore=,$(TEST_DEBUG_SIDE)) \
+	    --qgpu-artifacts $(BUILD)/artifacts/debug || status=1; \
 	if [ -n "$$lane" ]; then \
 	    echo "make: waiting for the second lane"; wait $$lane || true; \
-	    show_logged stock; show_logged qgpu; show_logged sanitizers; \
+	    show_logged stock; show_logged qgpu; show_logged debug-side; show_logged sanitizers; \
 	else \
 	    echo "make: io_mapping tests, qgpu kernel"; \
 	    qgpu_suite || status=1; \
+	    echo "make: detector and kernel fault-injection tests, debug kernel"; \
+	    debug_side_suite || status=1; \
 	    echo "make: device suite under ASan + UBSan, and the fuzzer"; \
 	    sanitizers || status=1; \
 	fi; \
