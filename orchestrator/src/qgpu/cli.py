@@ -169,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.set_defaults(func=cmd_inspect)
     p = sub.add_parser("demo", help="the DMA + mmap demonstration")
     p.add_argument("--mode", type=DmaMode, choices=list(DmaMode), default=None,
-                   help="only this DMA mode (default: all three)")
+                   help="only this DMA mode (default: every mode)")
     p.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto")
     _kernel_arg(p)
     p.set_defaults(func=cmd_demo)
