@@ -60,6 +60,16 @@ def wait_for(what: str, cond: Callable[[], bool], timeout: float = 10.0) -> None
         time.sleep(0.01)
 
 
+def submit_and_expect_unplug(qgpu: QgpuDevice, desc: bytes) -> None:
+    """Submit ``desc``, whose work unplugs qgpu; QEMU must live on without it."""
+    assert qgpu.qt.qmp is not None
+    events = len(qgpu.qt.qmp.events())
+    qgpu.submit(desc)
+    qgpu.qt.qmp.wait_event("DEVICE_DELETED", 10, after=events)
+    assert qgpu.qt.qmp.command("query-status")["status"] == "running"
+    assert PciFunction(qgpu.qt, 1, 0).vendor_id == 0xFFFF
+
+
 def end_bus_reset_and_reenumerate(dev: QgpuDevice) -> None:
     """Clear the root port's bus reset bit, then assign BARs as firmware would."""
     port = PciFunction(dev.qt, 0, ROOT_PORT_SLOT)
@@ -143,23 +153,17 @@ def test_dma_that_unplugs_its_own_device(start: StartQgpu) -> None:
     """
     qgpu = start(extra_args=["-global", "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off"])
     qgpu.setup_ring(16)
-    assert qgpu.qt.qmp is not None
     port = PciFunction(qgpu.qt, 0, ROOT_PORT_SLOT)
     slot_control = port.capabilities()[CAP_ID_EXP] + PCI_EXP_SLTCTL
     qgpu.vram_write(0, PCI_EXP_SLTCTL_POWER_OFF.to_bytes(2, "little"))
-    events = len(qgpu.qt.qmp.events())
-    qgpu.submit(qgpu.desc(opcode=ABI.OP_COPY_FROM_VRAM, src=0,
-                          dst=root_port_config(slot_control), length=2))
-    qgpu.qt.qmp.wait_event("DEVICE_DELETED", 10, after=events)
-    # QEMU lives on without the device.
-    assert qgpu.qt.qmp.command("query-status")["status"] == "running"
+    submit_and_expect_unplug(qgpu, qgpu.desc(opcode=ABI.OP_COPY_FROM_VRAM, src=0,
+                                             dst=root_port_config(slot_control), length=2))
     try:
         qgpu.stat("descriptors")
     except QmpError as exc:
         assert "qgpu0" in str(exc) or "not found" in str(exc).lower()
     else:
         raise AssertionError("qgpu0 still answers qom-get after its unplug")
-    assert PciFunction(qgpu.qt, 1, 0).vendor_id == 0xFFFF
 
 
 def test_interrupt_message_that_unplugs_its_own_device(start: StartQgpu) -> None:
@@ -167,19 +171,15 @@ def test_interrupt_message_that_unplugs_its_own_device(start: StartQgpu) -> None
     off: the device must not send the second from freed state."""
     qgpu = start(extra_args=["-global", "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off"])
     qgpu.setup_ring(16)
-    assert qgpu.qt.qmp is not None
     port = PciFunction(qgpu.qt, 0, ROOT_PORT_SLOT)
     slot_control = port.capabilities()[CAP_ID_EXP] + PCI_EXP_SLTCTL   # dword aligned
     qgpu.msix_enable()
     aim_dma_vector(qgpu, root_port_config(slot_control),
                    PCI_EXP_SLTCTL_POWER_OFF)            # Slot Status (high half): 0
     qgpu.set_reg(ABI.REG_INT_MASK, ABI.INT_ALL)
-    events = len(qgpu.qt.qmp.events())
     # Refused (zero length) with F_IRQ: DMA_ERROR and DMA_DONE, two vectors.
-    qgpu.submit(qgpu.desc(opcode=ABI.OP_FILL, flags=ABI.DESC_F_IRQ, dst=0, length=0))
-    qgpu.qt.qmp.wait_event("DEVICE_DELETED", 10, after=events)
-    assert qgpu.qt.qmp.command("query-status")["status"] == "running"
-    assert PciFunction(qgpu.qt, 1, 0).vendor_id == 0xFFFF
+    submit_and_expect_unplug(qgpu, qgpu.desc(opcode=ABI.OP_FILL, flags=ABI.DESC_F_IRQ,
+                                             dst=0, length=0))
 
 
 def start_behind_amd_vi_logging_into(start: StartQgpu, register: Callable[[PciFunction], int],
@@ -222,12 +222,7 @@ def test_an_iommu_fault_record_that_unplugs_the_device(start: StartQgpu) -> None
     qgpu, fence = start_behind_amd_vi_logging_into(
         start, lambda port: port.capabilities()[CAP_ID_EXP] + PCI_EXP_SLTCTL,
         PCI_EXP_SLTCTL_POWER_OFF)
-    assert qgpu.qt.qmp is not None
-    events = len(qgpu.qt.qmp.events())
-    qgpu.submit(fill_fenced_at(qgpu, fence))
-    qgpu.qt.qmp.wait_event("DEVICE_DELETED", 10, after=events)
-    assert qgpu.qt.qmp.command("query-status")["status"] == "running"
-    assert PciFunction(qgpu.qt, 1, 0).vendor_id == 0xFFFF
+    submit_and_expect_unplug(qgpu, fill_fenced_at(qgpu, fence))
 
 
 def test_an_iommu_fault_record_that_resets_the_device(start: StartQgpu) -> None:
@@ -274,9 +269,4 @@ def test_a_virtio_iommu_fault_record_that_unplugs_the_device(start: StartQgpu) -
     viommu.post_event_buffer(root_port_config(slot_control - FAULT_ADDRESS_OFFSET))
     # Bits 0..15 on Slot Control, 16..31 (zero) on Slot Status, 32.. on Root Control.
     fence = 0x20_0000_0000 | PCI_EXP_SLTCTL_POWER_OFF
-    assert qgpu.qt.qmp is not None
-    events = len(qgpu.qt.qmp.events())
-    qgpu.submit(fill_fenced_at(qgpu, fence))
-    qgpu.qt.qmp.wait_event("DEVICE_DELETED", 10, after=events)
-    assert qgpu.qt.qmp.command("query-status")["status"] == "running"
-    assert PciFunction(qgpu.qt, 1, 0).vendor_id == 0xFFFF
+    submit_and_expect_unplug(qgpu, fill_fenced_at(qgpu, fence))
