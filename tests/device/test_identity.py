@@ -104,7 +104,7 @@ def test_device_help_lists_properties() -> None:
                          capture_output=True, text=True, timeout=30, check=True).stdout
     for prop in ("vram-size", "memdev", "msi", "msix", "trace-depth", "dma-trace",
                  "stat-transfers", "stat-bytes-to-vram", "stat-errors", "stat-interrupts",
-                 "stat-last-fence", "x-dma-delay-ns", "vram-prefetchable"):
+                 "stat-last-fence", "x-dma-delay-ns", "vram-prefetchable", "x-dma-slice"):
         assert f"{prop}=" in out, f"{prop} missing from -device qgpu,help"
 
 
@@ -123,6 +123,8 @@ def _realize_error(args: list[str]) -> str:
     ("vram-size=32G", "is not a power of two between 1 MiB and 16 GiB"),
     ("trace-depth=0", "trace-depth must be between 1 and 4096"),
     ("trace-depth=5000", "trace-depth must be between 1 and 4096"),
+    ("x-dma-slice=4095", "x-dma-slice must be between 4096 and 67108864 bytes, not 4095"),
+    ("x-dma-slice=65M", "x-dma-slice must be between 4096 and 67108864 bytes"),
     ("memdev=nosuch", "nosuch"),
 ])
 def test_bad_configuration_is_refused(props: str, message: str) -> None:

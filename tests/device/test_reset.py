@@ -63,6 +63,22 @@ def test_transfer_progresses_with_the_virtual_clock(qgpu: QgpuDevice,
     assert qgpu.mem.read(fence, 8) == (7).to_bytes(8, "little")
 
 
+def test_a_smaller_slice_moves_less_per_engine_run(start: StartQgpu,
+                                                   rng: random.Random) -> None:
+    slice_bytes = 64 << 10
+    dev = start(f"x-dma-slice={slice_bytes}")
+    dev.setup_ring(64)
+    assert dev.qt.qmp is not None
+    assert dev.qt.qmp.qom_get(QOM_PATH, "x-dma-slice") == slice_bytes
+    _slow(dev)
+    index, _, data = _start_copy(dev, rng, size=MiB)
+    dev.qt.clock_step(SLICE_NS * 3 + SLICE_NS // 2)
+    assert dev.stat("bytes-to-vram") == 3 * slice_bytes
+    dev.qt.clock_step(SLICE_NS * (MiB // slice_bytes))
+    assert dev.status(index) == ABI.DESC_STATUS_DONE
+    assert dev.vram_host(0, len(data)) == data
+
+
 def test_engine_reset_aborts_transfer_in_flight(qgpu: QgpuDevice, rng: random.Random) -> None:
     _slow(qgpu)
     index, fence, _ = _start_copy(qgpu, rng)

@@ -806,13 +806,13 @@ void qgpu_delay_expired(void *opaque)
 
 /*
  * The engine: runs from a bottom half (or the delay timer), never inside an
- * MMIO access. Each run moves at most one slice of bytes and retires at most
+ * MMIO access. Each run moves at most x-dma-slice bytes and retires at most
  * QGPU_DMA_SLICE_DESCS descriptors, then yields to the main loop. After
  * anything that reaches guest-chosen addresses it checks qgpu_disturbed().
  */
 static void qgpu_engine_work(QGPUState *s)
 {
-    uint64_t budget = QGPU_DMA_SLICE_BYTES;
+    uint64_t budget = s->dma_slice;
     unsigned descs = 0;
 
     if (s->fault_hang) {

@@ -167,6 +167,13 @@ static void qgpu_realize(PCIDevice *pdev, Error **errp)
                    QGPU_TRACE_DEPTH_MAX, s->trace_depth);
         return;
     }
+    if (s->dma_slice < QGPU_DMA_SLICE_MIN ||
+        s->dma_slice > QGPU_DMA_SLICE_MAX) {
+        error_setg(errp, "x-dma-slice must be between %" PRIu64 " and %"
+                   PRIu64 " bytes, not %" PRIu64, (uint64_t)QGPU_DMA_SLICE_MIN,
+                   (uint64_t)QGPU_DMA_SLICE_MAX, s->dma_slice);
+        return;
+    }
     if (!qgpu_init_vram(s, errp)) {
         return;
     }
@@ -502,6 +509,7 @@ static const Property qgpu_properties[] = {
     DEFINE_PROP_BOOL("msix", QGPUState, msix, true),
     DEFINE_PROP_BOOL("vram-prefetchable", QGPUState, vram_prefetchable, true),
     DEFINE_PROP_UINT32("trace-depth", QGPUState, trace_depth, 64),
+    DEFINE_PROP_SIZE("x-dma-slice", QGPUState, dma_slice, QGPU_DMA_SLICE_BYTES),
 };
 
 static void qgpu_instance_init(Object *obj)
@@ -541,6 +549,10 @@ static void qgpu_class_init(ObjectClass *klass, void *data)
         "uncached, never write-combining");
     object_class_property_set_description(klass, "trace-depth",
         "entries kept in the dma-trace property (1-4096)");
+    object_class_property_set_description(klass, "x-dma-slice",
+        "bytes the DMA engine moves per run before it yields to the main "
+        "loop (4 KiB-64 MiB, default 1 MiB); the fuzzer's configurations "
+        "use less, as guest memory there is MMIO");
     set_bit(DEVICE_CATEGORY_MISC, dc->categories);
 }
 

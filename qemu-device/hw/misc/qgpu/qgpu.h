@@ -29,8 +29,13 @@
 #define TYPE_QGPU "qgpu"
 OBJECT_DECLARE_SIMPLE_TYPE(QGPUState, QGPU)
 
-/* Bytes the engine moves before yielding to the main loop. */
+/*
+ * Bytes the engine moves before yielding to the main loop: the default of
+ * x-dma-slice, and its bounds.
+ */
 #define QGPU_DMA_SLICE_BYTES    (1 * MiB)
+#define QGPU_DMA_SLICE_MIN      (4 * KiB)
+#define QGPU_DMA_SLICE_MAX      (64 * MiB)
 /* Descriptors retired per engine run before yielding, whatever their size. */
 #define QGPU_DMA_SLICE_DESCS    64
 #define QGPU_TRACE_DEPTH_MAX    4096
@@ -98,6 +103,7 @@ struct QGPUState {
     bool msix;
     bool vram_prefetchable;     /* BAR2's prefetchable bit (drivers pick WC by it) */
     uint32_t trace_depth;
+    uint64_t dma_slice;         /* x-dma-slice: bytes per engine run */
     uint64_t dma_delay_ns;
 
     MemoryRegion mmio;
