@@ -23,7 +23,7 @@ from .amd_vi import (
     enable_amd_vi,
 )
 from .conftest import StartQgpu
-from .virtio_iommu import MAP_F_READ, MAP_F_WRITE, VirtioIommu
+from .virtio_iommu import MAP_F_READ, VirtioIommu
 
 MiB = 1 << 20
 VIRTIO_IOMMU_BAR = 0xC080_0000               # beside the root port's MMIO window
@@ -245,18 +245,15 @@ def test_dma_through_virtio_iommu_uses_iovas(start: StartQgpu) -> None:
     reached through the domain's mappings, an IOVA it does not map fails the
     copy (DMA_READ), and the device's trace shows the IOVA it used."""
     dev = start(extra_args=["-device", "virtio-iommu-pci,addr=0x3,boot-bypass=off"])
-    ring = dev.setup_ring(4, enable=False)
+    dev.setup_ring(4, enable=False)
     viommu = VirtioIommu(dev, PciFunction(dev.qt, 0, 3), VIRTIO_IOMMU_BAR)
     data = bytes(range(256)) * 16
     src = dev.mem.alloc(4096, align=4096)
     dev.mem.write(src, data)
     iova_ring, iova_src, iova_unmapped = 0x10_0000_0000, 0x10_0001_0000, 0x10_0002_0000
     viommu.attach(domain=1, endpoint=0x100)                 # qgpu: 01:00.0
-    viommu.map(1, iova_ring, ring.base & ~0xFFF, 4096, MAP_F_READ | MAP_F_WRITE)
     viommu.map(1, iova_src, src, 4096, MAP_F_READ)
-    dev.set_reg(ABI.REG_RING_BASE_LO, (iova_ring | (ring.base & 0xFFF)) & 0xFFFF_FFFF)
-    dev.set_reg(ABI.REG_RING_BASE_HI, iova_ring >> 32)
-    dev.set_reg(ABI.REG_ENGINE_CTRL, ABI.ENGINE_CTRL_ENABLE)
+    viommu.put_ring_at(1, iova_ring)
     assert dev.run(dev.desc(opcode=ABI.OP_COPY_TO_VRAM, src=iova_src, dst=0, length=4096),
                    dev.desc(opcode=ABI.OP_COPY_TO_VRAM, src=iova_unmapped, dst=8192,
                             length=64)) == [ABI.ERR_NONE, ABI.ERR_DMA_READ]

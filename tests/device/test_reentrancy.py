@@ -27,7 +27,7 @@ from .amd_vi import (
     identity_page_table,
 )
 from .conftest import StartQgpu
-from .virtio_iommu import FAULT_ADDRESS_OFFSET, MAP_F_READ, MAP_F_WRITE, VirtioIommu
+from .virtio_iommu import FAULT_ADDRESS_OFFSET, VirtioIommu
 
 PCI_BRIDGE_CONTROL = 0x3E
 PCI_BRIDGE_CTL_BUS_RESET = 0x40
@@ -256,14 +256,10 @@ def test_a_virtio_iommu_fault_record_that_unplugs_the_device(start: StartQgpu) -
     on Slot Control and powers the slot off inside qgpu's check."""
     qgpu = start(extra_args=["-global", "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=off",
                              "-device", "virtio-iommu-pci,addr=0x3"])
-    ring = qgpu.setup_ring(16, enable=False)
+    qgpu.setup_ring(16, enable=False)
     viommu = VirtioIommu(qgpu, PciFunction(qgpu.qt, 0, 3), 0xC080_0000)
-    iova_ring = 0x10_0000_0000
     viommu.attach(domain=1, endpoint=0x100)                 # qgpu: 01:00.0
-    viommu.map(1, iova_ring, ring.base & ~0xFFF, 4096, MAP_F_READ | MAP_F_WRITE)
-    qgpu.set_reg(ABI.REG_RING_BASE_LO, ring.base & 0xFFF)
-    qgpu.set_reg(ABI.REG_RING_BASE_HI, iova_ring >> 32)
-    qgpu.set_reg(ABI.REG_ENGINE_CTRL, ABI.ENGINE_CTRL_ENABLE)
+    viommu.put_ring_at(1, 0x10_0000_0000)
     port = PciFunction(qgpu.qt, 0, ROOT_PORT_SLOT)
     slot_control = port.capabilities()[CAP_ID_EXP] + PCI_EXP_SLTCTL
     viommu.post_event_buffer(root_port_config(slot_control - FAULT_ADDRESS_OFFSET))

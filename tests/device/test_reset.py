@@ -161,7 +161,7 @@ def test_dma_delay_knob_is_validated(qgpu: QgpuDevice) -> None:
         qgpu.qt.qmp.qom_set(QOM_PATH, "stat-errors", 5)     # statistics are read-only
 
 
-def _migration_status(qt: QtestMachine, timeout: float = 60.0) -> str:
+def migration_status(qt: QtestMachine, timeout: float = 60.0) -> str:
     """Wait until the migration in ``qt`` completes or fails; return its status."""
     assert qt.qmp is not None
     deadline = time.monotonic() + timeout
@@ -177,7 +177,7 @@ def _save_state(dev: QgpuDevice, state: Path) -> None:
     """Migrate ``dev``'s machine into the file ``state`` (the source stops)."""
     assert dev.qt.qmp is not None
     dev.qt.qmp.command("migrate", {"uri": f"file:{state}"})
-    assert _migration_status(dev.qt) == "completed"
+    assert migration_status(dev.qt) == "completed"
 
 
 def _load_state(dest: QtestMachine, state: Path) -> str:
@@ -185,7 +185,7 @@ def _load_state(dest: QtestMachine, state: Path) -> str:
     migration's final status. A failed load leaves QEMU running."""
     assert dest.qmp is not None
     dest.qmp.command("migrate-incoming", {"uri": f"file:{state}", "exit-on-error": False})
-    return _migration_status(dest)
+    return migration_status(dest)
 
 
 def _incoming_machine(dev: QgpuDevice, props: str = "") -> tuple[QtestMachine, SharedMemory]:

@@ -11,6 +11,7 @@ import struct
 import time
 from dataclasses import dataclass
 
+from qgpu.abi import ABI
 from qgpu.device import QgpuDevice
 from qgpu.pci import PCI_CAPABILITY_LIST, PciFunction
 
@@ -79,6 +80,18 @@ class VirtioIommu:
         """Map ``[iova, iova + length)`` of ``domain`` onto ``phys``."""
         self._request(struct.pack("<B3xIQQQI", REQ_MAP, domain, iova, iova + length - 1,
                                   phys, flags))
+
+    def put_ring_at(self, domain: int, iova: int) -> None:
+        """Map qgpu's ring (set up with ``enable=False``) at ``iova`` (page
+        aligned) of ``domain``, point the device at it there, and enable the engine."""
+        ring = self.dev.ring
+        assert ring is not None and iova % 4096 == 0
+        offset = ring.base & 0xFFF
+        assert offset + ring.entries * ABI.DESC_SIZE <= 4096, "the ring crosses a page"
+        self.map(domain, iova, ring.base - offset, 4096, MAP_F_READ | MAP_F_WRITE)
+        self.dev.set_reg(ABI.REG_RING_BASE_LO, (iova | offset) & 0xFFFF_FFFF)
+        self.dev.set_reg(ABI.REG_RING_BASE_HI, iova >> 32)
+        self.dev.set_reg(ABI.REG_ENGINE_CTRL, ABI.ENGINE_CTRL_ENABLE)
 
     def post_event_buffer(self, address: int, length: int = FAULT_SIZE) -> None:
         """Give the device a buffer at bus address ``address`` for its next fault record.
