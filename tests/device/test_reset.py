@@ -14,7 +14,14 @@ from pathlib import Path
 import pytest
 
 from qgpu.abi import ABI
-from qgpu.device import QOM_PATH, ROOT_PORT_SLOT, QgpuDevice, enumerate_qgpu, qgpu_args
+from qgpu.device import (
+    QOM_PATH,
+    ROOT_PORT_SLOT,
+    VRAM_ADDR,
+    QgpuDevice,
+    enumerate_qgpu,
+    qgpu_args,
+)
 from qgpu.errors import DeviceError, QmpError
 from qgpu.inspector import DeviceInspector
 from qgpu.pci import CAP_ID_EXP, CAP_ID_PM, PciFunction
@@ -216,6 +223,33 @@ def test_migration_with_transfer_in_flight(qgpu: QgpuDevice, rng: random.Random,
         assert after.vram_host(0, len(data)) == data
         assert after.mem.read(fence, 8) == (7).to_bytes(8, "little")
         assert after.stat("bytes-to-vram") == 6 * MiB
+
+
+def test_a_migration_that_leaves_shared_vram_out_loads(qgpu: QgpuDevice, rng: random.Random,
+                                                       tmp_path: Path) -> None:
+    """VM templating (issue 12): with x-ignore-shared, RAM on shared files stays
+    out of the stream and the destination maps the same files. QEMU checks that
+    each such RAM block sits at the source's address; VRAM is a BAR, unmapped
+    while the destination waits, so its address must not be the BAR's."""
+    data = rng.randbytes(4096)
+    assert qgpu.vram_shm is not None and qgpu.qt.qmp is not None
+    qgpu.vram_shm.write(0, data)
+    ignore_shared = {"capabilities": [{"capability": "x-ignore-shared", "state": True}]}
+    qgpu.qt.qmp.command("stop")
+    qgpu.qt.qmp.command("migrate-set-capabilities", ignore_shared)
+    state = tmp_path / "state"
+    _save_state(qgpu, state)
+    assert state.stat().st_size < 1 << 20, "VRAM or guest RAM went into the stream"
+    dest = QtestMachine(name="dest")      # RAM on a file of its own: ignored too
+    dest.extra_args = [*qgpu_args(vram_path=str(qgpu.vram_shm.path), vram_size=qgpu.vram_size),
+                       "-incoming", "defer"]
+    with dest:
+        assert dest.qmp is not None
+        dest.qmp.command("migrate-set-capabilities", ignore_shared)
+        status = _load_state(dest, state)
+        assert dest.proc is not None
+        assert status == "completed", dest.proc.log_tail()
+        assert dest.read(VRAM_ADDR, len(data)) == data
 
 
 def test_a_device_reset_drops_a_posted_abort_status(qgpu: QgpuDevice,

@@ -116,6 +116,10 @@ static void qgpu_fini_vram(QGPUState *s)
 {
     if (s->vram) {
         vmstate_unregister_ram(s->vram, DEVICE(s));
+        /* A memdev's region outlives us: out of our container it goes. */
+        if (s->vram->container == &s->vram_bar) {
+            memory_region_del_subregion(&s->vram_bar, s->vram);
+        }
     }
     if (s->hostmem && s->vram) {
         host_memory_backend_set_mapped(s->hostmem, false);
@@ -187,10 +191,20 @@ static void qgpu_realize(PCIDevice *pdev, Error **errp)
      * VRAM is plain memory, so it is prefetchable; vram-prefetchable=off
      * shows drivers a BAR they must not map write-combining.
      */
+    /*
+     * VRAM sits in a container, and the container is the BAR: the RAM
+     * block's address (its offset in its parent) is then 0 wherever the
+     * guest puts the BAR. A migration with x-ignore-shared (VM templating)
+     * checks that a shared RAM block has the source's address before the
+     * destination has loaded the BAR; with VRAM itself as the BAR, that was
+     * the BAR's address on one side and 0 on the other.
+     */
+    memory_region_init(&s->vram_bar, OBJECT(s), "qgpu.vram-bar", s->vram_size);
+    memory_region_add_subregion(&s->vram_bar, 0, s->vram);
     pci_register_bar(pdev, QGPU_BAR_VRAM, PCI_BASE_ADDRESS_SPACE_MEMORY |
                      PCI_BASE_ADDRESS_MEM_TYPE_64 |
                      (s->vram_prefetchable ? PCI_BASE_ADDRESS_MEM_PREFETCH : 0),
-                     s->vram);
+                     &s->vram_bar);
 
     if (pcie_endpoint_cap_init(pdev, QGPU_CAP_OFF_PCIE) < 0) {
         error_setg(errp, "cannot add the PCI Express capability");

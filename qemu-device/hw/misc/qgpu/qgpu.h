@@ -110,6 +110,7 @@ struct QGPUState {
     MemoryRegion msix_bar;
     MemoryRegion vram_ram;      /* used when there is no memdev */
     MemoryRegion *vram;
+    MemoryRegion vram_bar;      /* BAR2: a container holding *vram at 0 */
     uint8_t *vram_ptr;
 
     /* registers */
