@@ -277,9 +277,10 @@ test: qemu images venv ## Everything CI runs: lint, the suites on the stock, deb
 	exit $$status
 
 .PHONY: bench
-bench: qemu images venv ## Benchmarks: DMA engine vs memcpy and edu; boot time per kernel; WC VRAM vs RAM writes
+bench: qemu images venv ## Benchmarks: DMA engine vs memcpy and edu; boot time per kernel; WC VRAM vs RAM writes; restore vs boot
 	$(PY) -m qgpu.bench
 	$(PY) -m qgpu.bench_guest
+	$(PY) -m qgpu.bench_restore
 
 # ---- housekeeping ---------------------------------------------------------------
 

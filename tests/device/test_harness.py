@@ -4,10 +4,15 @@ known bugs, which DMA modes a run selects."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
+
+from qgpu import template
 from qgpu.health import DMESG_BAD, KNOWN_KERNEL_BUGS, split_known_kernel_bugs
 from qgpu.process import backtrace_frames, sanitizer_report
 
@@ -117,3 +122,23 @@ def test_qgpu_modes_refuses_an_unknown_mode_by_name() -> None:
     bad = _collect("--qgpu-modes", "direct,viommu")
     assert bad.returncode == 4, bad.stdout + bad.stderr        # pytest's usage error
     assert "'viommu'" in bad.stderr and "virtio-iommu" in bad.stderr, bad.stderr
+
+
+def test_template_prune_removes_old_and_surplus_templates(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """qgpu.template.prune: templates unused for the age limit go, and all but the
+    most recently used; a half-made one another process may be writing stays."""
+    monkeypatch.setenv("QGPU_CACHE", str(tmp_path))
+    root = template.cache_dir()
+    now = time.time()
+    ages = {"new1": 0, "new2": 60, "new3": 120, "old": 9 * 86400,
+            "k.making-123": 3600}
+    for name, age in ages.items():
+        (root / name).mkdir(parents=True)
+        (root / name / "ram").write_bytes(b"x")
+        os.utime(root / name, (now - age, now - age))
+    (root / "old.lock").touch()
+    removed = {p.name for p in template.prune(max_age_days=7, keep=2)}
+    assert removed == {"new3", "old"}
+    assert sorted(p.name for p in root.iterdir()) == ["k.making-123", "new1", "new2"]

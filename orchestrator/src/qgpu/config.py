@@ -76,6 +76,25 @@ class QgpuSpec:
 
 
 @dataclass(frozen=True)
+class RamFile:
+    """Guest RAM on a file instead of anonymous memory.
+
+    Shared, QEMU writes the guest's memory into the file (a template being
+    made, :mod:`qgpu.template`); private, QEMU maps the file copy-on-write
+    and never changes it (a guest restored from that template: many can
+    share one file).
+    """
+
+    path: Path
+    private: bool = False
+
+    def backend_arg(self, size: int) -> str:
+        """Return the ``-object`` argument of the backend (id ``qgpu-ram``)."""
+        sharing = "share=off,readonly=on,rom=off" if self.private else "share=on"
+        return f"memory-backend-file,id=qgpu-ram,size={size},mem-path={self.path},{sharing}"
+
+
+@dataclass(frozen=True)
 class MachineConfig:
     """Everything needed to boot a guest with qgpu devices."""
 
@@ -128,13 +147,16 @@ class MachineConfig:
 
     def qemu_args(self, *, accel: str, serial_socket: Path, qmp_socket: Path,
                   console_log: Path, ssh_port: int | None,
-                  vram_files: dict[str, Path], qmp_server: Path | None = None) -> list[str]:
-        """Return QEMU's arguments (without the binary)."""
+                  vram_files: dict[str, Path], qmp_server: Path | None = None,
+                  ram: RamFile | None = None) -> list[str]:
+        """Return QEMU's arguments (without the binary); guest RAM on ``ram`` if given."""
         # Guest RAM stays out of core dumps: a crashed QEMU's core is then small
         # enough to keep and read a backtrace from (see QemuProcess.crash_report).
         machine = "q35,dump-guest-core=off"
         if self.dma_mode is DmaMode.IOMMU:
             machine += ",kernel-irqchip=split"
+        if ram is not None:
+            machine += ",memory-backend=qgpu-ram"
         args = ["-accel", accel, "-machine", machine, "-cpu", "qemu64,+rdrand" if
                 accel == "tcg" else "host", "-smp", str(self.cpus),
                 "-m", f"{self.memory // MiB}M", "-nodefaults", "-display", "none",
@@ -144,6 +166,8 @@ class MachineConfig:
                 "-serial", "chardev:ser0",
                 "-chardev", f"socket,id=qmp0,path={qmp_socket}",
                 "-mon", "chardev=qmp0,mode=control"]
+        if ram is not None:
+            args += ["-object", ram.backend_arg(self.memory)]
         if qmp_server is not None:      # a second monitor for other tools (qgpu inspect)
             args += ["-qmp", f"unix:{qmp_server},server=on,wait=off"]
         if self.dma_mode is DmaMode.IOMMU:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from qgpu import accel, paths
-from qgpu.config import MachineConfig
+from qgpu.config import MachineConfig, RamFile
 from qgpu.console import CommandResult, SerialConsole
 from qgpu.errors import QemuCrashWarning, QemuDiedError, QemuError, QgpuError
 from qgpu.inspector import DeviceInspector
@@ -59,23 +59,31 @@ def free_port() -> int:
 class GuestMachine:
     """One QEMU running the guest image."""
 
-    def __init__(self, config: MachineConfig, *, ssh_key: Path | None = None) -> None:
-        """Describe the machine; nothing runs until :meth:`start`."""
+    def __init__(self, config: MachineConfig, *, ssh_key: Path | None = None,
+                 ram: RamFile | None = None) -> None:
+        """Describe the machine; nothing runs until :meth:`start` or :meth:`restore`.
+
+        ``ram``: guest RAM on that file (a template being made) instead of
+        anonymous memory.
+        """
         self.config = config
         self.ssh_key = ssh_key
+        self.ram = ram
         self.proc: QemuProcess | None = None
         self.qmp: QmpClient | None = None
         self.console: SerialConsole | None = None
         self.ssh: GuestSsh | None = None
         self.accel = ""
         self.boot_seconds = 0.0
+        self.restore_seconds = 0.0          #: QEMU start to a console answer, restored
         self.vram: dict[str, SharedMemory] = {}
         self.console_log: Path | None = None
         self.crash_report = ""              #: why QEMU crashed, once it has
 
     # -- lifecycle --------------------------------------------------------------
 
-    def start(self, *, attempts: int = 3, crash_retries: int = 1) -> GuestMachine:
+    def start(self, *, attempts: int = 3, crash_retries: int = 1,
+              connect_ssh: bool = True) -> GuestMachine:
         """Boot and wait for the guest's ready marker.
 
         Up to ``attempts`` boots when QEMU cannot bind its SSH port forward
@@ -89,7 +97,7 @@ class GuestMachine:
         port_tries = crashes = 0
         while True:
             try:
-                return self._start_once()
+                return self._start_once(connect_ssh=connect_ssh)
             except QemuDiedError as exc:
                 if "host forwarding" in str(exc) and port_tries < attempts - 1:
                     port_tries += 1
@@ -101,9 +109,9 @@ class GuestMachine:
                     continue
                 raise
 
-    def _start_once(self) -> GuestMachine:
+    def _launch(self, *, ram: RamFile | None, incoming: bool) -> int | None:
+        """Start QEMU and connect QMP and the serial console; return the SSH port."""
         cfg = self.config
-        self.accel = accel.choose(cfg.accel, cfg.kernel, cfg.initrd)
         self.proc = QemuProcess(paths.qemu_binary(), [], name=cfg.name)
         listeners: list[socket.socket] = []
         try:
@@ -120,7 +128,9 @@ class GuestMachine:
                 accel=self.accel, serial_socket=ser_path, qmp_socket=qmp_path,
                 console_log=self.console_log, ssh_port=ssh_port,
                 vram_files={k: v.path for k, v in self.vram.items()},
-                qmp_server=self.proc.workdir / "qmp-ext.sock")
+                qmp_server=self.proc.workdir / "qmp-ext.sock", ram=ram)
+            if incoming:
+                self.proc.args += ["-incoming", "defer"]
             self.proc.start()
             ser = self.proc.accept(ser_l, "the serial console", 30)
             qmp_sock = self.proc.accept(qmp_l, "the QMP connection", 30)
@@ -128,20 +138,102 @@ class GuestMachine:
             self.qmp.connect(qmp_sock)
             self.console = SerialConsole(ser, self.proc.workdir / "console.transcript",
                                          name=cfg.name, is_alive=self.proc.is_alive)
+        finally:
+            for lsock in listeners:
+                lsock.close()
+        return ssh_port
+
+    def _connect_ssh(self, port: int | None) -> None:
+        if port is not None and self.ssh_key is not None:
+            self.ssh = GuestSsh(port, self.ssh_key)
+            self.ssh.connect(timeout=60 * self.config.timeout_scale)
+
+    def _start_once(self, *, connect_ssh: bool) -> GuestMachine:
+        cfg = self.config
+        self.accel = accel.choose(cfg.accel, cfg.kernel, cfg.initrd)
+        try:
+            ssh_port = self._launch(ram=self.ram, incoming=False)
+            assert self.console is not None
             try:
                 self.boot_seconds = self.console.wait_ready(cfg.boot_timeout *
                                                             cfg.timeout_scale)
             except QemuDiedError as exc:
                 raise self._died(exc, "booting") from exc
-            if ssh_port is not None and self.ssh_key is not None:
-                self.ssh = GuestSsh(ssh_port, self.ssh_key)
-                self.ssh.connect(timeout=60 * cfg.timeout_scale)
+            if connect_ssh:
+                self._connect_ssh(ssh_port)
         except BaseException:
             self.stop(graceful=False)
             raise
-        finally:
-            for lsock in listeners:
-                lsock.close()
+        return self
+
+    def save(self, state: Path, *, timeout: float = 60.0) -> None:
+        """Stop the guest and write its device state to ``state``, leaving shared RAM out.
+
+        With guest RAM on a shared file (``ram=``), that file and ``state``
+        together are the guest (:mod:`qgpu.template`). The guest stays stopped.
+        """
+        if self.qmp is None:
+            raise QemuError(f"{self.config.name}: not running")
+        if self.ram is None or self.ram.private:
+            raise QemuError(f"{self.config.name}: only a guest whose RAM is on a shared "
+                            "file (ram=RamFile(...)) can be saved without its RAM")
+        self.qmp.command("stop")
+        self.qmp.command("migrate-set-capabilities", {"capabilities": [
+            {"capability": "x-ignore-shared", "state": True}]})
+        self.qmp.command("migrate", {"uri": f"file:{state}"})
+        self._wait_migration("saving the guest", timeout)
+
+    def _wait_migration(self, doing: str, timeout: float) -> None:
+        """Poll query-migrate until it completes; raise with QEMU's reason if it fails."""
+        assert self.qmp is not None and self.proc is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            info = self.qmp.command("query-migrate")
+            status = info.get("status")
+            if status == "completed":
+                return
+            if status == "failed":
+                raise QemuError(f"{self.config.name}: migration failed while {doing}: "
+                                f"{info.get('error-desc', 'no reason given')}; QEMU's "
+                                f"last output:\n{self.proc.log_tail()}")
+            if time.monotonic() > deadline:
+                raise QemuError(f"{self.config.name}: migration still {status!r} after "
+                                f"{timeout:.0f} s while {doing}")
+            time.sleep(0.002)
+
+    def restore(self, ram: Path, state: Path, accel_name: str, *,
+                timeout: float = 60.0) -> GuestMachine:
+        """Start the guest from a saved one instead of booting it.
+
+        ``ram`` and ``state`` are what :meth:`save` left (a template,
+        :mod:`qgpu.template`, which checks they belong to this configuration),
+        ``accel_name`` the accelerator it ran under. QEMU starts with RAM
+        mapped copy-on-write from ``ram`` (the file never changes) and
+        ``-incoming defer``, loads the device state and runs; then the guest's
+        clock is set to the host's (it stood still since the save) and SSH
+        connects. Raises :class:`~qgpu.errors.QemuError` quoting QEMU if the
+        state does not load.
+        """
+        self.accel = accel_name
+        start = time.monotonic()
+        try:
+            ssh_port = self._launch(ram=RamFile(ram, private=True), incoming=True)
+            assert self.qmp is not None and self.console is not None
+            self.qmp.command("migrate-set-capabilities", {"capabilities": [
+                {"capability": "x-ignore-shared", "state": True}]})
+            self.qmp.command("migrate-incoming", {"uri": f"file:{state}"})
+            self._wait_migration("restoring the guest", timeout)
+            self.qmp.command("cont")
+            try:
+                self.console.run(f"date -s @{time.time():.0f} >/dev/null",
+                                 timeout=30 * self.config.timeout_scale, check=True)
+            except QemuDiedError as exc:
+                raise self._died(exc, "restoring") from exc
+            self.restore_seconds = time.monotonic() - start
+            self._connect_ssh(ssh_port)
+        except BaseException:
+            self.stop(graceful=False)
+            raise
         return self
 
     def _died(self, exc: QemuDiedError, doing: str) -> QemuDiedError:

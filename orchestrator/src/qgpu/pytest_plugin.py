@@ -35,6 +35,9 @@ Fixtures:
                   detectors are read after a passing test too
                   (``make_guest(..., check_health=False)`` for a guest the test
                   leaves unable to answer)
+``restore_guest`` factory like ``make_guest``, whose guests start from a saved
+                  template (:mod:`qgpu.template`, made on first use) in well under
+                  a second instead of booting; the driver is not loaded
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ from typing import Any
 
 import pytest
 
-from qgpu import health, kernels, paths
+from qgpu import health, kernels, paths, template
 from qgpu.config import DmaMode, MachineConfig, QgpuSpec
 from qgpu.errors import GuestCrashError, QgpuError, SetupError
 from qgpu.inspector import DeviceInspector
@@ -441,6 +444,31 @@ def make_guest(request: pytest.FixtureRequest) -> Iterator[Callable[..., GuestMa
         machine.stop()
     if unhealthy:
         pytest.fail("guest unhealthy after the test: " + "\n".join(unhealthy))
+
+
+@pytest.fixture
+def restore_guest(request: pytest.FixtureRequest) -> Iterator[Callable[..., GuestMachine]]:
+    """Start guests from saved templates (:mod:`qgpu.template`) instead of booting them.
+
+    ``restore_guest(mode, **MachineConfig fields)``; a template is made (one
+    boot) the first time a configuration asks for it. The driver is not loaded.
+    """
+    machines: list[GuestMachine] = []
+
+    def _restore(mode: DmaMode = DmaMode.DIRECT, **kw: Any) -> GuestMachine:
+        cfg = _base_config(request.config, mode, **kw)
+        assert cfg.guest_kernel is not None
+        machine = template.restore(cfg, ssh_key=cfg.guest_kernel.ssh_key)
+        machines.append(machine)
+        return machine
+
+    yield _restore
+    for machine in machines:
+        if _failed(request.node) or request.config.getoption("--qgpu-keep-artifacts"):
+            with contextlib.suppress(QgpuError, OSError):
+                machine.collect_artifacts(_artifact_dir(request.config, request.node)
+                                          / machine.config.name)
+        machine.stop(graceful=False)
 
 
 __all__ = ["GuestKernel", "QgpuSpec", "check_guest_health"]

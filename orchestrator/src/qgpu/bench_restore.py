@@ -1,0 +1,98 @@
+"""Benchmark: a guest restored from its template beside a cold boot, same run.
+
+Run with ``make bench`` or ``python -m qgpu.bench_restore``. Cold boots and
+restores are interleaved (a busy spell of the machine hits both alike); each
+is timed from QEMU's start to the guest's first answer on the console (the
+ready prompt for a boot, a ``date -s`` for a restore), SSH off for both.
+Also printed: the template's size (device state, RAM the guest used) and
+the memory each restored guest adds (its QEMU's private pages). Prints,
+asserts nothing. Goal (issue 12): restore ≤ 0.15 s median, ≥ 14x faster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from qgpu import template
+from qgpu.config import DmaMode, MachineConfig
+from qgpu.kernels import resolve
+from qgpu.machine import GuestMachine
+
+GOAL_S = 0.15
+GOAL_RATIO = 14.0
+MiB = 1 << 20
+
+
+def _p90(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(0.9 * (len(ordered) - 1)))]
+
+
+def _private_bytes(pid: int) -> int:
+    """Return the private (not shared with any other process) bytes of ``pid``."""
+    total = 0
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith(("Private_Clean:", "Private_Dirty:")):
+            total += int(line.split()[1]) * 1024
+    return total
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Time ``--runs`` cold boots and as many restores, interleaved; print the table."""
+    parser = argparse.ArgumentParser(prog="qgpu-bench-restore",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=20, help="boots and restores (default 20)")
+    parser.add_argument("--kernel", default="stock", help="guest kernel (default stock)")
+    parser.add_argument("--mode", type=DmaMode, choices=list(DmaMode), default=DmaMode.DIRECT)
+    parser.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto")
+    args = parser.parse_args(argv)
+    kernel = resolve(args.kernel).check()
+    config = template.template_config(MachineConfig.for_kernel(
+        kernel, accel=args.accel, dma_mode=args.mode, ssh=False, name="bench-restore"))
+    made = template.get(config)
+    boots: list[float] = []
+    restores: list[float] = []
+    private: list[int] = []
+    for n in range(args.runs):
+        start = time.monotonic()
+        booted = GuestMachine(config)
+        try:
+            booted.start(connect_ssh=False)
+            boots.append(time.monotonic() - start)
+        finally:
+            booted.stop(graceful=False)
+        start = time.monotonic()
+        restored = template.restore(config, template=made)
+        try:
+            restores.append(time.monotonic() - start)
+            assert restored.proc is not None and restored.proc.pid is not None
+            private.append(_private_bytes(restored.proc.pid))
+        finally:
+            restored.stop(graceful=False)
+        print(f"run {n + 1}/{args.runs}: boot {boots[-1]:.2f} s, restore "
+              f"{restores[-1]:.3f} s", file=sys.stderr, flush=True)
+    info = made.info
+    boot_med, rest_med = statistics.median(boots), statistics.median(restores)
+    print(f"\nguest start, QEMU start to the first console answer ({args.kernel}, {args.mode}, "
+          f"{made.accel}, {args.runs} of each, interleaved; the boot loads no driver):")
+    print(f"  {'':18} {'median':>8} {'p90':>8} {'min':>8} {'max':>8}")
+    for what, values in (("cold boot", boots), ("restore", restores)):
+        print(f"  {what:18} {statistics.median(values):7.3f}s {_p90(values):7.3f}s "
+              f"{min(values):7.3f}s {max(values):7.3f}s")
+    print(f"  restore is {boot_med / rest_med:.1f}x faster than a cold boot (goal "
+          f"≥ {GOAL_RATIO:.0f}x; restore goal ≤ {GOAL_S} s: "
+          f"{'met' if rest_med <= GOAL_S else 'not met'})")
+    print(f"  template {made.folder.name}: device state {int(str(info['state_bytes'])) / 1024:.0f}"
+          f" KiB, guest RAM used {int(str(info['ram_bytes_used'])) / MiB:.0f} MiB of "
+          f"{config.memory // MiB} MiB; each restored guest's QEMU: "
+          f"{statistics.median(private) / MiB:.0f} MiB private (median)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

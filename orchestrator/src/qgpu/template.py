@@ -1,0 +1,252 @@
+"""Saved guests: boot once, then start every later guest from the saved state.
+
+A *template* is a guest booted to its ready prompt with the driver not yet
+loaded, stopped, and saved the way QEMU's VM templating does it
+(``docs/system/vm-templating.rst``): guest RAM lives in a file of its own
+(``memory-backend-file``, shared), and the migration stream in a second file
+holds the devices' state only (the ``x-ignore-shared`` capability leaves the
+shared RAM out). A guest restored from it (:func:`restore`) maps that RAM file privately,
+copy-on-write, so any number of guests can start from one template and
+none of them changes it. VRAM is not part of a template: a restored guest
+gets a fresh, zeroed VRAM file of its own, as a booted one does.
+
+A template is valid for one exact machine: its key hashes the QEMU binary,
+kernel and initramfs, and the whole QEMU command line the configuration
+gives (DMA mode, vIOMMU, devices and their properties, kernel arguments).
+Templates live in ``$QGPU_CACHE/templates/KEY/``; a changed input is a new
+key, and :func:`prune` removes templates unused for a week and all but the
+24 most recently used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import functools
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from qgpu import accel, paths
+from qgpu.config import MachineConfig, RamFile
+from qgpu.errors import QemuError, SetupError
+from qgpu.machine import GuestMachine
+
+#: Bumped when what a template holds, or how it is made, changes.
+FORMAT = 1
+#: Kernel argument of every guest made from or for a template: the driver is
+#: loaded by whoever uses the guest, after the restore.
+NO_DRIVER = "qgpu_noload=1"
+#: When a template is made, those unused for this many days are removed, and
+#: all but this many of the most recently used (about 110 MiB each; 4 DMA
+#: modes x 3 kernels, twice over).
+PRUNE_DAYS = 7.0
+PRUNE_KEEP = 24
+
+
+def cache_dir() -> Path:
+    """Return the folder of the templates (``$QGPU_CACHE/templates``)."""
+    base = Path(os.environ.get("QGPU_CACHE", Path.home() / ".cache" / "qgpu"))
+    return base / "templates"
+
+
+@functools.lru_cache(maxsize=64)
+def _file_digest(path: Path, size: int, mtime_ns: int) -> str:
+    del size, mtime_ns                  # the cache key: a changed file is hashed again
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    """Return the SHA-256 of ``path``'s contents (cached while the file is unchanged)."""
+    st = path.stat()
+    return _file_digest(path.resolve(), st.st_size, st.st_mtime_ns)
+
+
+def template_config(config: MachineConfig) -> MachineConfig:
+    """Return ``config`` as a template guest boots it: without loading the driver."""
+    if NO_DRIVER in config.append:
+        return config
+    return dataclasses.replace(config, append=(*config.append, NO_DRIVER))
+
+
+def machine_argv(config: MachineConfig, accel_name: str) -> list[str]:
+    """Return the QEMU arguments of ``config`` with every per-instance path made constant."""
+    return config.qemu_args(
+        accel=accel_name, serial_socket=Path("SERIAL"), qmp_socket=Path("QMP"),
+        console_log=Path("CONSOLE"), ssh_port=0 if config.ssh else None,
+        vram_files={spec.id: Path(f"VRAM-{spec.id}") for spec in config.qgpus},
+        qmp_server=Path("QMP-EXT"), ram=RamFile(Path("RAM")))
+
+
+def template_key(config: MachineConfig, accel_name: str) -> str:
+    """Return the key of the template of ``config``: it changes with any input."""
+    h = hashlib.sha256()
+    h.update(json.dumps([FORMAT, machine_argv(template_config(config), accel_name)]).encode())
+    for path in (paths.qemu_binary(), config.kernel, config.initrd):
+        h.update(file_digest(path).encode())
+    return h.hexdigest()[:24]
+
+
+@dataclass(frozen=True)
+class Template:
+    """A saved guest in ``folder``: its RAM, its device state, and what it was made from."""
+
+    folder: Path
+
+    @property
+    def ram(self) -> Path:
+        """The guest RAM file."""
+        return self.folder / "ram"
+
+    @property
+    def state(self) -> Path:
+        """The migration stream: device state, no RAM."""
+        return self.folder / "state"
+
+    @property
+    def info(self) -> dict[str, object]:
+        """What ``info.json`` records: key, accelerator, argv, sizes, seconds to make."""
+        data: dict[str, object] = json.loads((self.folder / "info.json").read_text())
+        return data
+
+    @property
+    def accel(self) -> str:
+        """The accelerator the template ran under (a restore must use the same)."""
+        return str(self.info["accel"])
+
+    def complete(self) -> bool:
+        """Whether the template was made to the end (``info.json`` is written last)."""
+        return (self.folder / "info.json").is_file() and self.ram.is_file() \
+            and self.state.is_file()
+
+
+@contextlib.contextmanager
+def _lock(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder``'s lock file (one maker per template)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.with_suffix(".lock"), "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def get(config: MachineConfig, *, ssh_key: Path | None = None,
+        progress: bool = True) -> Template:
+    """Return the template of ``config``, making it first if there is none.
+
+    Making one boots the guest once (a few seconds under TCG); concurrent
+    callers wait for one maker. A half-made template is never used: it is
+    made in a temporary folder and renamed when complete.
+    """
+    accel_name = accel.choose(config.accel, config.kernel, config.initrd)
+    key = template_key(config, accel_name)
+    folder = cache_dir() / key
+    template = Template(folder)
+    if template.complete():
+        os.utime(folder)                # in use: not pruned
+        return template
+    with _lock(folder):
+        if template.complete():         # another process made it meanwhile
+            return template
+        if progress:
+            print(f"qgpu: making the guest template {key} ({config.name}, "
+                  f"{config.dma_mode}): one boot", file=sys.stderr, flush=True)
+        make(config, folder, accel_name=accel_name, ssh_key=ssh_key)
+    prune()
+    return template
+
+
+def make(config: MachineConfig, folder: Path, *, accel_name: str,
+         ssh_key: Path | None = None) -> Template:
+    """Boot ``config`` to its ready prompt, stop it and save it as a template in ``folder``."""
+    work = folder.with_name(folder.name + f".making-{os.getpid()}")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    start = time.monotonic()
+    cfg = dataclasses.replace(template_config(config), accel=accel_name)
+    try:
+        machine = GuestMachine(cfg, ssh_key=ssh_key, ram=RamFile(work / "ram"))
+        try:
+            machine.start(connect_ssh=False)
+            machine.save(work / "state")
+        finally:
+            machine.stop(graceful=False)
+        info = {"format": FORMAT, "key": folder.name, "accel": accel_name,
+                "name": config.name, "dma_mode": str(config.dma_mode),
+                "argv": machine_argv(cfg, accel_name),
+                "state_bytes": (work / "state").stat().st_size,
+                "ram_bytes_used": (work / "ram").stat().st_blocks * 512,
+                "boot_seconds": machine.boot_seconds,
+                "seconds": round(time.monotonic() - start, 3), "made": time.time()}
+        (work / "info.json").write_text(json.dumps(info, indent=1) + "\n")
+        shutil.rmtree(folder, ignore_errors=True)
+        work.rename(folder)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    template = Template(folder)
+    if not template.complete():
+        raise QemuError(f"the template in {folder} is incomplete after it was made")
+    return template
+
+
+def prune(max_age_days: float = PRUNE_DAYS, keep: int = PRUNE_KEEP) -> list[Path]:
+    """Remove old templates; return what was removed.
+
+    Those unused for ``max_age_days`` go, and all but the ``keep`` most
+    recently used (half-made ones only after the age limit). A changed input
+    (a rebuilt QEMU, a new kernel) makes a new key and leaves the old
+    template behind: :func:`get` calls this whenever it makes one, so the
+    cache does not grow without bound. Use marks the folder (its mtime).
+    """
+    removed: list[Path] = []
+    root = cache_dir()
+    if not root.is_dir():
+        return removed
+    folders = []
+    for entry in root.iterdir():
+        with contextlib.suppress(OSError):
+            if entry.is_dir():
+                folders.append((entry.stat().st_mtime, entry))
+    folders.sort(reverse=True)
+    cutoff = time.time() - max_age_days * 86400
+    for n, (mtime, entry) in enumerate(folders):
+        making = ".making-" in entry.name          # another process may be at it
+        if mtime < cutoff or (n >= keep and not making):
+            shutil.rmtree(entry, ignore_errors=True)
+            entry.with_suffix(".lock").unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
+def restore(config: MachineConfig, *, ssh_key: Path | None = None,
+            template: Template | None = None) -> GuestMachine:
+    """Return a running guest of ``config`` restored from its template (made if needed).
+
+    The guest is at its prompt with the driver not loaded, its clock set,
+    SSH connected if ``ssh_key`` is given. ``template`` defaults to
+    :func:`get`'s; one made for another machine raises
+    :class:`~qgpu.errors.SetupError`.
+    """
+    template = template or get(config, ssh_key=ssh_key)
+    cfg = template_config(config)
+    if not template.complete():
+        raise SetupError(f"no complete template in {template.folder}: make it with "
+                         "qgpu.template.get()")
+    key = template_key(cfg, template.accel)
+    if key != template.folder.name:
+        raise SetupError(f"the template {template.folder.name} was made for another "
+                         f"machine (this configuration's key is {key}): use "
+                         "qgpu.template.get() for this configuration")
+    machine = GuestMachine(cfg, ssh_key=ssh_key)
+    return machine.restore(template.ram, template.state, template.accel)

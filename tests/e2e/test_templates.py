@@ -1,0 +1,86 @@
+"""Guests restored from a saved template (qgpu.template, issue 12).
+
+A restored guest must be as good as a booted one: DMA and MSI-X in every DMA
+mode (vIOMMU state included), a device that starts clean, and no memory
+shared with the template or with another guest restored from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from collections.abc import Callable
+
+import pytest
+
+from qgpu import template
+from qgpu.config import DmaMode, MachineConfig
+from qgpu.data import fill_pattern
+from qgpu.errors import SetupError
+from qgpu.machine import GuestMachine
+
+from .guestio import guest_irq_counts, sh, tool
+
+RestoreGuest = Callable[..., GuestMachine]
+MiB = 1 << 20
+
+
+def _load_driver(guest: GuestMachine) -> None:
+    sh(guest, "insmod /opt/qgpu/qgpu.ko && test -c /dev/qgpu0")
+
+
+def test_a_restored_guest_does_dma_with_interrupts(restore_guest: RestoreGuest,
+                                                   dma_mode: DmaMode,
+                                                   rng: random.Random) -> None:
+    """Restore, load the driver, fill VRAM by DMA: the host sees the bytes, the
+    device and the guest count the completion interrupt, the clock is set."""
+    guest = restore_guest(dma_mode)
+    assert guest.restore_seconds > 0
+    guest_now = float(sh(guest, "date +%s"))
+    assert abs(guest_now - time.time()) < 30, "the guest's clock was not set on restore"
+    insp = guest.inspector()
+    stats = insp.stats()
+    assert stats == dict.fromkeys(stats, 0), \
+        "the device of a restored guest must start with clean statistics"
+    assert insp.dma_trace() == []
+    _load_driver(guest)
+    offset, length, pattern = rng.randrange(0, 32 * MiB) & ~0xFFF, 256 << 10, \
+        rng.getrandbits(32)
+    fence = tool(guest, f"fill {offset:#x} {length} {pattern:#x}")["fence"]
+    assert insp.vram_backend(offset, length) == fill_pattern(pattern, length)
+    stats = insp.stats()
+    assert stats["last-fence"] == fence and stats["bytes-fill"] == length
+    assert stats["interrupts"] > 0
+    assert sum(guest_irq_counts(guest).values()) > 0, \
+        "no qgpu interrupt reached the restored guest"
+
+
+def test_guests_restored_from_one_template_share_nothing(restore_guest: RestoreGuest
+                                                         ) -> None:
+    """Two guests from one template at once: what one writes to its RAM and VRAM,
+    the other does not see, and the template's RAM file does not change."""
+    first = restore_guest(DmaMode.DIRECT)
+    second = restore_guest(DmaMode.DIRECT)
+    made = template.get(first.config)
+    ram_before = made.ram.stat()
+    sh(first, "echo first-guest > /tmp/mark && sync")
+    assert sh(second, "cat /tmp/mark 2>/dev/null || echo none").strip() == "none"
+    for guest in (first, second):
+        _load_driver(guest)
+    tool(first, f"fill 0 {64 << 10} 0x11111111")
+    assert second.inspector().vram_backend(0, 64 << 10) == bytes(64 << 10)
+    after = made.ram.stat()
+    assert (after.st_mtime_ns, after.st_blocks) == (ram_before.st_mtime_ns,
+                                                    ram_before.st_blocks), \
+        "a restored guest changed the template's RAM file"
+
+
+def test_a_template_of_another_machine_is_refused(restore_guest: RestoreGuest) -> None:
+    """Restoring a template into a machine it was not made for is a SetupError
+    that names both keys, not a guest that half works."""
+    guest = restore_guest(DmaMode.DIRECT)
+    made = template.get(guest.config)
+    other: MachineConfig = dataclasses.replace(guest.config, memory=guest.config.memory * 2)
+    with pytest.raises(SetupError, match="made for another machine"):
+        template.restore(other, template=made)
