@@ -37,7 +37,8 @@ Fixtures:
                   leaves unable to answer)
 ``restore_guest`` factory like ``make_guest``, whose guests start from a saved
                   template (:mod:`qgpu.template`, made on first use) in well under
-                  a second instead of booting; the driver is not loaded
+                  a second instead of booting; the driver is not loaded. The
+                  kernel's reports are read after the test (kmemleak's are not)
 """
 
 from __future__ import annotations
@@ -463,12 +464,25 @@ def restore_guest(request: pytest.FixtureRequest) -> Iterator[Callable[..., Gues
         return machine
 
     yield _restore
+    unhealthy = []
     for machine in machines:
-        if _failed(request.node) or request.config.getoption("--qgpu-keep-artifacts"):
+        dest = _artifact_dir(request.config, request.node) / machine.config.name
+        failed = _failed(request.node)
+        if not failed and machine.is_alive():
+            # The kernel's reports (KASAN, lockdep, ...); kmemleak's need a settled
+            # scan (12 s), which only make_guest's guests get.
+            found = _health_after(machine, unload=False, scan_leaks=False)
+            if not found.ok:
+                failed = True
+                unhealthy.append(f"{machine.config.name}: {found.summary()}")
+                with contextlib.suppress(QgpuError, OSError):
+                    _save_health(found, dest)
+        if failed or request.config.getoption("--qgpu-keep-artifacts"):
             with contextlib.suppress(QgpuError, OSError):
-                machine.collect_artifacts(_artifact_dir(request.config, request.node)
-                                          / machine.config.name)
+                machine.collect_artifacts(dest)
         machine.stop(graceful=False)
+    if unhealthy:
+        pytest.fail("restored guest unhealthy after the test: " + "\n".join(unhealthy))
 
 
 __all__ = ["GuestKernel", "QgpuSpec", "check_guest_health"]
