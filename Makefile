@@ -124,9 +124,15 @@ qemu-coverage: $(STAMPS)/qemu-src $(TOOLS_PY) ## Build qemu-system-x86_64 with q
 	$(call build-qemu,coverage,$(QEMU_COV_OBJ),qemu-system-x86_64,$(QEMU_COV_BIN))
 
 .PHONY: coverage
-coverage: qemu-coverage venv ## Line and branch coverage of the device's sources by the device suite (gcov), annotated in build/coverage
+coverage: qemu-coverage venv ## Line and branch coverage of the device's sources by the device suite and the fuzz corpus (gcov), annotated in build/coverage
 	@qemu-device/scripts/coverage.sh $(QEMU_COV_OBJ) $(BUILD)/coverage $(COVERAGE_GOAL) -- \
-	    $(PY) -m pytest tests/device -q --qgpu-qemu $(QEMU_COV_BIN) $(PYTEST_ARGS)
+	    sh -c '$(PY) -m pytest tests/device -q --qgpu-qemu $(QEMU_COV_BIN) $(PYTEST_ARGS); rc=$$?; \
+	        if [ -x $(QEMU_FUZZ_BIN) ] && [ -d $(FUZZ_OUT)/corpus ]; then \
+	            QEMU_SRC=$(QEMU_SRC) qemu-device/scripts/replay-corpus.py $(QEMU_FUZZ_BIN) \
+	                $(QEMU_COV_BIN) $(FUZZ_OUT)/corpus || rc=1; \
+	        else \
+	            echo "make coverage: no fuzz corpus to replay ($(FUZZ_OUT)/corpus; make fuzz makes one)"; \
+	        fi; exit $$rc'
 
 .PHONY: fuzz
 fuzz: qemu-fuzz ## Fuzz qgpu for FUZZ_SECONDS (default 300), FUZZ_JOBS at once (default: all cores); fails on any crash
