@@ -138,7 +138,29 @@ def test_template_prune_removes_old_and_surplus_templates(tmp_path: Path,
         (root / name).mkdir(parents=True)
         (root / name / "ram").write_bytes(b"x")
         os.utime(root / name, (now - age, now - age))
-    (root / "old.lock").touch()
     removed = {p.name for p in template.prune(max_age_days=7, keep=2)}
     assert removed == {"new3", "old"}
-    assert sorted(p.name for p in root.iterdir()) == ["k.making-123", "new1", "new2"]
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == \
+        ["k.making-123", "new1", "new2"]
+
+
+def test_template_prune_spares_a_template_in_use(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A template another process holds (making it, or starting a guest from it)
+    is not removed, however old."""
+    monkeypatch.setenv("QGPU_CACHE", str(tmp_path))
+    root = template.cache_dir()
+    (root / "busy").mkdir(parents=True)
+    os.utime(root / "busy", (0, 0))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a'); "
+         "fcntl.flock(f, fcntl.LOCK_SH); print('held', flush=True); time.sleep(30)",
+         str(root / "busy.lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        assert template.prune(max_age_days=7, keep=0) == []
+        assert (root / "busy").is_dir()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert [p.name for p in template.prune(max_age_days=7, keep=0)] == ["busy"]

@@ -177,11 +177,14 @@ class GuestMachine:
         if self.ram is None or self.ram.private:
             raise QemuError(f"{self.config.name}: only a guest whose RAM is on a shared "
                             "file (ram=RamFile(...)) can be saved without its RAM")
-        self.qmp.command("stop")
-        self.qmp.command("migrate-set-capabilities", {"capabilities": [
-            {"capability": "x-ignore-shared", "state": True}]})
-        self.qmp.command("migrate", {"uri": f"file:{state}"})
-        self._wait_migration("saving the guest", timeout)
+        try:
+            self.qmp.command("stop")
+            self.qmp.command("migrate-set-capabilities", {"capabilities": [
+                {"capability": "x-ignore-shared", "state": True}]})
+            self.qmp.command("migrate", {"uri": f"file:{state}"})
+            self._wait_migration("saving the guest", timeout)
+        except QemuDiedError as exc:
+            raise self._died(exc, "saving the guest") from exc
 
     def _wait_migration(self, doing: str, timeout: float) -> None:
         """Poll query-migrate until it completes; raise with QEMU's reason if it fails."""
@@ -202,7 +205,7 @@ class GuestMachine:
             time.sleep(0.002)
 
     def restore(self, ram: Path, state: Path, accel_name: str, *,
-                timeout: float = 60.0) -> GuestMachine:
+                timeout: float = 60.0, attempts: int = 3) -> GuestMachine:
         """Start the guest from a saved one instead of booting it.
 
         ``ram`` and ``state`` are what :meth:`save` left (a template,
@@ -211,24 +214,39 @@ class GuestMachine:
         mapped copy-on-write from ``ram`` (the file never changes) and
         ``-incoming defer``, loads the device state and runs; then the guest's
         clock is set to the host's (it stood still since the save) and SSH
-        connects. Raises :class:`~qgpu.errors.QemuError` quoting QEMU if the
+        connects. Up to ``attempts`` starts when another process took the SSH
+        port. Raises :class:`~qgpu.errors.QemuError` quoting QEMU if the
         state does not load.
         """
+        tries = 0
+        while True:
+            try:
+                return self._restore_once(ram, state, accel_name, timeout)
+            except QemuDiedError as exc:
+                if "host forwarding" in str(exc) and tries < attempts - 1:
+                    tries += 1
+                    continue
+                raise
+
+    def _restore_once(self, ram: Path, state: Path, accel_name: str,
+                      timeout: float) -> GuestMachine:
         self.accel = accel_name
         start = time.monotonic()
         try:
-            ssh_port = self._launch(ram=RamFile(ram, private=True), incoming=True)
-            assert self.qmp is not None and self.console is not None
-            self.qmp.command("migrate-set-capabilities", {"capabilities": [
-                {"capability": "x-ignore-shared", "state": True}]})
-            self.qmp.command("migrate-incoming", {"uri": f"file:{state}"})
-            self._wait_migration("restoring the guest", timeout)
-            self.qmp.command("cont")
             try:
+                ssh_port = self._launch(ram=RamFile(ram, private=True), incoming=True)
+                assert self.qmp is not None and self.console is not None
+                self.qmp.command("migrate-set-capabilities", {"capabilities": [
+                    {"capability": "x-ignore-shared", "state": True}]})
+                # A state that does not load leaves QEMU running to say why.
+                self.qmp.command("migrate-incoming", {"uri": f"file:{state}",
+                                                      "exit-on-error": False})
+                self._wait_migration("restoring the guest", timeout)
+                self.qmp.command("cont")
                 self.console.run(f"date -s @{time.time():.0f} >/dev/null",
                                  timeout=30 * self.config.timeout_scale, check=True)
             except QemuDiedError as exc:
-                raise self._died(exc, "restoring") from exc
+                raise self._died(exc, "restoring the guest") from exc
             self.restore_seconds = time.monotonic() - start
             self._connect_ssh(ssh_port)
         except BaseException:

@@ -7,8 +7,9 @@ loaded, stopped, and saved the way QEMU's VM templating does it
 holds the devices' state only (the ``x-ignore-shared`` capability leaves the
 shared RAM out). A guest restored from it (:func:`restore`) maps that RAM file privately,
 copy-on-write, so any number of guests can start from one template and
-none of them changes it. VRAM is not part of a template: a restored guest
-gets a fresh, zeroed VRAM file of its own, as a booted one does.
+none of them changes it. Shared VRAM (the rig's default) is not part of a
+template: a restored guest gets a fresh, zeroed VRAM file of its own, as a
+booted one does; VRAM without a shared file is in the state, as it was.
 
 A template is valid for one exact machine: its key hashes the QEMU binary,
 kernel and initramfs, and the whole QEMU command line the configuration
@@ -92,7 +93,18 @@ def template_key(config: MachineConfig, accel_name: str) -> str:
     h.update(json.dumps([FORMAT, machine_argv(template_config(config), accel_name)]).encode())
     for path in (paths.qemu_binary(), config.kernel, config.initrd):
         h.update(file_digest(path).encode())
+    if accel_name == "kvm":
+        # -cpu host: the guest saw this host's CPU, and QEMU does not check it on load.
+        h.update(_host_cpu().encode())
     return h.hexdigest()[:24]
+
+
+def _host_cpu() -> str:
+    """Return what identifies the host CPU a KVM guest sees (model, flags, kernel)."""
+    wanted = ("vendor_id", "cpu family", "model", "model name", "stepping", "flags")
+    lines = Path("/proc/cpuinfo").read_text().split("\n\n", 1)[0].splitlines()
+    fields = [line for line in lines if line.split(":", 1)[0].strip() in wanted]
+    return "\n".join([*fields, os.uname().release])
 
 
 @dataclass(frozen=True)
@@ -128,14 +140,31 @@ class Template:
             and self.state.is_file()
 
 
+def _lock_file(folder: Path) -> Path:
+    """Return the lock file of the template in ``folder``.
+
+    Never removed: a removed lock file would split the lock between the
+    processes that opened it before and those that open it after.
+    """
+    return folder.parent / (folder.name.split(".", 1)[0] + ".lock")
+
+
 @contextlib.contextmanager
-def _lock(folder: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``folder``'s lock file (one maker per template)."""
+def _lock(folder: Path, mode: int = fcntl.LOCK_EX) -> Iterator[bool]:
+    """Hold ``folder``'s lock.
+
+    Exclusive to make or remove the template, shared to start a guest from
+    it. With ``LOCK_NB`` in ``mode``, yield False if another process holds it.
+    """
     folder.parent.mkdir(parents=True, exist_ok=True)
-    with open(folder.with_suffix(".lock"), "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+    with open(_lock_file(folder), "a") as f:
         try:
-            yield
+            fcntl.flock(f, mode)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
 
@@ -223,9 +252,11 @@ def prune(max_age_days: float = PRUNE_DAYS, keep: int = PRUNE_KEEP) -> list[Path
     for n, (mtime, entry) in enumerate(folders):
         making = ".making-" in entry.name          # another process may be at it
         if mtime < cutoff or (n >= keep and not making):
-            shutil.rmtree(entry, ignore_errors=True)
-            entry.with_suffix(".lock").unlink(missing_ok=True)
-            removed.append(entry)
+            # Not while another process makes it or starts a guest from it.
+            with _lock(entry, fcntl.LOCK_EX | fcntl.LOCK_NB) as free:
+                if free or making:
+                    shutil.rmtree(entry, ignore_errors=True)
+                    removed.append(entry)
     return removed
 
 
@@ -249,4 +280,9 @@ def restore(config: MachineConfig, *, ssh_key: Path | None = None,
                          f"machine (this configuration's key is {key}): use "
                          "qgpu.template.get() for this configuration")
     machine = GuestMachine(cfg, ssh_key=ssh_key)
-    return machine.restore(template.ram, template.state, template.accel)
+    # Shared: prune() waits until QEMU has the files open (then they may go).
+    with _lock(template.folder, fcntl.LOCK_SH):
+        if not template.complete():
+            raise SetupError(f"the template in {template.folder} was removed meanwhile; "
+                             "qgpu.template.get() makes it again")
+        return machine.restore(template.ram, template.state, template.accel)
