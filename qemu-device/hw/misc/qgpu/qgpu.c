@@ -116,7 +116,11 @@ static void qgpu_fini_vram(QGPUState *s)
 {
     if (s->vram) {
         vmstate_unregister_ram(s->vram, DEVICE(s));
-        /* A memdev's region outlives us: out of our container it goes. */
+        /*
+         * Out of our container: a memdev's region outlives us (and a new
+         * device may take it), and our own region, while in it, holds a
+         * reference to us.
+         */
         if (s->vram->container == &s->vram_bar) {
             memory_region_del_subregion(&s->vram_bar, s->vram);
         }
@@ -188,10 +192,6 @@ static void qgpu_realize(PCIDevice *pdev, Error **errp)
     pci_register_bar(pdev, QGPU_BAR_REGS, PCI_BASE_ADDRESS_SPACE_MEMORY,
                      &s->mmio);
     /*
-     * VRAM is plain memory, so it is prefetchable; vram-prefetchable=off
-     * shows drivers a BAR they must not map write-combining.
-     */
-    /*
      * VRAM sits in a container, and the container is the BAR: the RAM
      * block's address (its offset in its parent) is then 0 wherever the
      * guest puts the BAR. A migration with x-ignore-shared (VM templating)
@@ -201,6 +201,10 @@ static void qgpu_realize(PCIDevice *pdev, Error **errp)
      */
     memory_region_init(&s->vram_bar, OBJECT(s), "qgpu.vram-bar", s->vram_size);
     memory_region_add_subregion(&s->vram_bar, 0, s->vram);
+    /*
+     * VRAM is plain memory, so it is prefetchable; vram-prefetchable=off
+     * shows drivers a BAR they must not map write-combining.
+     */
     pci_register_bar(pdev, QGPU_BAR_VRAM, PCI_BASE_ADDRESS_SPACE_MEMORY |
                      PCI_BASE_ADDRESS_MEM_TYPE_64 |
                      (s->vram_prefetchable ? PCI_BASE_ADDRESS_MEM_PREFETCH : 0),
