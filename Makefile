@@ -117,6 +117,8 @@ qemu-sanitize: $(STAMPS)/qemu-src $(TOOLS_PY) ## Build qemu-system-x86_64 with q
 # Coverage of the device's sources by the device suite: a gcov build of its
 # own in $(QGPU_CACHE); make coverage fails below COVERAGE_GOAL % of lines.
 COVERAGE_GOAL ?= 90
+# 0: the device suite only, without the fuzz corpus.
+COVERAGE_CORPUS ?= 1
 
 .PHONY: qemu-coverage
 qemu-coverage: $(STAMPS)/qemu-src $(TOOLS_PY) ## Build qemu-system-x86_64 with qgpu for gcov (gcc --coverage)
@@ -126,13 +128,15 @@ qemu-coverage: $(STAMPS)/qemu-src $(TOOLS_PY) ## Build qemu-system-x86_64 with q
 .PHONY: coverage
 coverage: qemu-coverage venv ## Line and branch coverage of the device's sources by the device suite and the fuzz corpus (gcov), annotated in build/coverage
 	@qemu-device/scripts/coverage.sh $(QEMU_COV_OBJ) $(BUILD)/coverage $(COVERAGE_GOAL) -- \
-	    sh -c '$(PY) -m pytest tests/device -q --qgpu-qemu $(QEMU_COV_BIN) $(PYTEST_ARGS); rc=$$?; \
-	        if [ -x $(QEMU_FUZZ_BIN) ] && [ -d $(FUZZ_OUT)/corpus ]; then \
+	    sh -c '"$$0" -m pytest tests/device -q --qgpu-qemu $(QEMU_COV_BIN) "$$@"; rc=$$?; \
+	        if [ "$(COVERAGE_CORPUS)" = 0 ]; then \
+	            echo "make coverage: the fuzz corpus is not replayed (COVERAGE_CORPUS=0)"; \
+	        elif [ -x $(QEMU_FUZZ_BIN) ] && [ -d $(FUZZ_OUT)/corpus ]; then \
 	            QEMU_SRC=$(QEMU_SRC) qemu-device/scripts/replay-corpus.py $(QEMU_FUZZ_BIN) \
 	                $(QEMU_COV_BIN) $(FUZZ_OUT)/corpus || rc=1; \
 	        else \
 	            echo "make coverage: no fuzz corpus to replay ($(FUZZ_OUT)/corpus; make fuzz makes one)"; \
-	        fi; exit $$rc'
+	        fi; exit $$rc' $(PY) $(PYTEST_ARGS)
 
 .PHONY: fuzz
 fuzz: qemu-fuzz ## Fuzz qgpu for FUZZ_SECONDS (default 300), FUZZ_JOBS at once (default: all cores); fails on any crash

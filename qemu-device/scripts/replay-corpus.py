@@ -14,18 +14,22 @@ configuration's machine, then exits normally so that its counters are written.
 A replay is close to the fuzzing, not the same: there is no machine reset
 between inputs (the harness resets outside qtest; each input's own PCI setup
 is in the trace), and the fuzzer's sparse memory outside guest RAM is not
-there, so DMA from such addresses reads nothing the fuzzer put there. What
-it covers is a lower bound of what the corpus covers.
+there, so DMA from such addresses reads nothing the fuzzer put there; and
+where an input unplugs qgpu (the hotplug configuration), the harness plugs
+it in again outside the trace, so in the replay it stays unplugged for the
+inputs after. What it covers is a lower bound of what the corpus covers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -50,10 +54,16 @@ def trace_of(fuzzer: Path, config: str, corpus: Path, reorder: Path, env: dict[s
     """Return the qtest commands of every input of ``corpus``, in order."""
     raw = work / f"{config}.raw"
     with open(raw, "wb") as f:
-        subprocess.run([str(fuzzer), f"--fuzz-target=generic-fuzz-{config}", "-runs=0",
-                        str(corpus)], env={**env, "QTEST_LOG": "1", "FUZZ_SERIALIZE_QTEST": "1"},
-                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=f,
-                       timeout=1800, check=False)
+        rc = subprocess.run([str(fuzzer), f"--fuzz-target=generic-fuzz-{config}", "-runs=0",
+                             str(corpus)],
+                            env={**env, "QTEST_LOG": "1", "FUZZ_SERIALIZE_QTEST": "1"},
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=f,
+                            timeout=1800, check=False).returncode
+    if rc != 0:
+        # An input that crashes the fuzz target cuts the trace short: say so.
+        tail = raw.read_bytes().decode(errors="replace").splitlines()[-25:]
+        raise SystemExit(f"replay-corpus: {fuzzer} failed (exit {rc}) running the corpus "
+                         f"of {config}; the end of its log:\n" + "\n".join(tail))
     trace = subprocess.run([sys.executable, str(reorder), str(raw)], capture_output=True,
                            timeout=600, check=True).stdout
     raw.unlink()
@@ -67,16 +77,19 @@ def replay(qemu: Path, args: list[str], commands: list[bytes], work: Path) -> in
         proc = subprocess.Popen([str(qemu), *args, "-qtest", "stdio"], stdin=subprocess.PIPE,
                                 stdout=out, stderr=subprocess.DEVNULL)
         assert proc.stdin is not None
-        try:
-            proc.stdin.write(b"\n".join(commands) + b"\n")
-            proc.stdin.flush()
-        except BrokenPipeError:
-            pass                        # QEMU ended early: counted below
+        stdin = proc.stdin
+
+        def feed() -> None:
+            # In a thread: a QEMU that stalls mid-trace must not block us.
+            with contextlib.suppress(BrokenPipeError, OSError):
+                stdin.write(b"\n".join(commands) + b"\n")
+                stdin.flush()
+
+        writer = threading.Thread(target=feed, daemon=True)
+        writer.start()
         deadline = time.monotonic() + REPLAY_TIMEOUT
-        answered = 0
         while proc.poll() is None and time.monotonic() < deadline:
-            answered = len(ANSWER.findall(answers.read_bytes()))
-            if answered >= len(commands):
+            if len(ANSWER.findall(answers.read_bytes())) >= len(commands):
                 break
             time.sleep(0.2)
         # SIGTERM: QEMU exits normally and writes its coverage counters.
