@@ -11,13 +11,14 @@ import dataclasses
 import random
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from qgpu import template
 from qgpu.config import DmaMode, MachineConfig
 from qgpu.data import fill_pattern
-from qgpu.errors import SetupError
+from qgpu.errors import QemuError, SetupError
 from qgpu.machine import GuestMachine
 
 from .guestio import guest_irq_counts, sh, tool
@@ -94,3 +95,17 @@ def test_a_template_of_another_machine_is_refused(restore_guest: RestoreGuest) -
     other: MachineConfig = dataclasses.replace(guest.config, memory=guest.config.memory * 2)
     with pytest.raises(SetupError, match="made for another machine"):
         template.restore(other, template=made)
+
+
+def test_a_state_that_does_not_load_quotes_qemu(restore_guest: RestoreGuest,
+                                               tmp_path: Path) -> None:
+    """A damaged template fails the restore with QEMU's own reason, and QEMU is gone."""
+    guest = restore_guest(DmaMode.DIRECT)
+    made = template.get(guest.config)
+    bad = tmp_path / "state"
+    bad.write_bytes(made.state.read_bytes()[:4096])
+    machine = GuestMachine(guest.config)
+    with pytest.raises(QemuError, match="migration failed while restoring the guest") as err:
+        machine.restore(made.ram, bad, made.accel)
+    assert "QEMU's last output" in str(err.value)
+    assert not machine.is_alive()
