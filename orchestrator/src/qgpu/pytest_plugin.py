@@ -427,24 +427,7 @@ def make_guest(request: pytest.FixtureRequest) -> Iterator[Callable[..., GuestMa
         return machine
 
     yield _make
-    unhealthy = []
-    for machine in machines:
-        dest = _artifact_dir(request.config, request.node) / machine.config.name
-        failed = _failed(request.node)
-        if not failed and id(machine) in checked and machine.is_alive():
-            # A dedicated guest gets no later scan: let its leaks show now.
-            found = _health_after(machine, unload=False, settle_leaks=True)
-            if not found.ok:
-                failed = True
-                unhealthy.append(f"{machine.config.name}: {found.summary()}")
-                with contextlib.suppress(QgpuError, OSError):
-                    _save_health(found, dest)
-        if failed or request.config.getoption("--qgpu-keep-artifacts"):
-            with contextlib.suppress(QgpuError, OSError):
-                machine.collect_artifacts(dest)
-        machine.stop()
-    if unhealthy:
-        pytest.fail("guest unhealthy after the test: " + "\n".join(unhealthy))
+    _retire_own_guests(request, machines, checked=checked, leaks=True, graceful=True)
 
 
 @pytest.fixture
@@ -464,14 +447,25 @@ def restore_guest(request: pytest.FixtureRequest) -> Iterator[Callable[..., Gues
         return machine
 
     yield _restore
+    # kmemleak's settled scan takes 12 s: only make_guest's guests get it.
+    _retire_own_guests(request, machines, checked=None, leaks=False, graceful=False)
+
+
+def _retire_own_guests(request: pytest.FixtureRequest, machines: list[GuestMachine], *,
+                       checked: set[int] | None, leaks: bool, graceful: bool) -> None:
+    """Read the detectors of a test's own guests, keep their bundles, stop them.
+
+    Guests in ``checked`` (all, if None) that are alive after a passing test are
+    asked for the kernel's reports, and with ``leaks`` for kmemleak's after a
+    settled scan; any report fails the test.
+    """
     unhealthy = []
     for machine in machines:
         dest = _artifact_dir(request.config, request.node) / machine.config.name
         failed = _failed(request.node)
-        if not failed and machine.is_alive():
-            # The kernel's reports (KASAN, lockdep, ...); kmemleak's need a settled
-            # scan (12 s), which only make_guest's guests get.
-            found = _health_after(machine, unload=False, scan_leaks=False)
+        if not failed and (checked is None or id(machine) in checked) and machine.is_alive():
+            # A test's own guest gets no later scan: let its reports show now.
+            found = _health_after(machine, unload=False, scan_leaks=leaks, settle_leaks=leaks)
             if not found.ok:
                 failed = True
                 unhealthy.append(f"{machine.config.name}: {found.summary()}")
@@ -480,9 +474,9 @@ def restore_guest(request: pytest.FixtureRequest) -> Iterator[Callable[..., Gues
         if failed or request.config.getoption("--qgpu-keep-artifacts"):
             with contextlib.suppress(QgpuError, OSError):
                 machine.collect_artifacts(dest)
-        machine.stop(graceful=False)
+        machine.stop(graceful=graceful)
     if unhealthy:
-        pytest.fail("restored guest unhealthy after the test: " + "\n".join(unhealthy))
+        pytest.fail("guest unhealthy after the test: " + "\n".join(unhealthy))
 
 
 __all__ = ["GuestKernel", "QgpuSpec", "check_guest_health"]
