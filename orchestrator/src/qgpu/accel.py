@@ -19,8 +19,7 @@ PROBE_TIMEOUT = 20.0
 
 def _cache_file() -> Path:
     boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    cache = Path(os.environ.get("QGPU_CACHE", Path.home() / ".cache" / "qgpu"))
-    return cache / f"kvm-probe-{boot_id}"
+    return paths.cache_dir() / f"kvm-probe-{boot_id}"
 
 
 def kvm_works(kernel: Path, initrd: Path, *, timeout: float = PROBE_TIMEOUT) -> bool:

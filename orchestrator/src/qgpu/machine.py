@@ -37,6 +37,9 @@ QGPU_FRAME = re.compile(r"\bqgpu_\w+ \(|/qgpu/[\w-]+\.c:|\bqgpu\.c:")
 #: inlined, "#4  qemu_poll_ns (..."), as opposed to "#0  0x7f10 in ?? ()".
 NAMED_FRAME = re.compile(r"^#\d+\s+(?:0x[0-9a-f]+ in )?[A-Za-z_][\w:.~<>]* \(")
 BACKTRACE_FILE = "qemu-backtrace.txt"
+#: Migration capabilities of a saved guest and its restores: RAM on shared
+#: files stays out of the stream (QEMU's VM templating).
+IGNORE_SHARED = {"capabilities": [{"capability": "x-ignore-shared", "state": True}]}
 
 
 def crash_outside_qgpu(backtrace: tuple[str, ...]) -> bool:
@@ -179,8 +182,7 @@ class GuestMachine:
                             "file (ram=RamFile(...)) can be saved without its RAM")
         try:
             self.qmp.command("stop")
-            self.qmp.command("migrate-set-capabilities", {"capabilities": [
-                {"capability": "x-ignore-shared", "state": True}]})
+            self.qmp.command("migrate-set-capabilities", IGNORE_SHARED)
             self.qmp.command("migrate", {"uri": f"file:{state}"})
             self._wait_migration("saving the guest", timeout)
         except QemuDiedError as exc:
@@ -236,8 +238,7 @@ class GuestMachine:
             try:
                 ssh_port = self._launch(ram=RamFile(ram, private=True), incoming=True)
                 assert self.qmp is not None and self.console is not None
-                self.qmp.command("migrate-set-capabilities", {"capabilities": [
-                    {"capability": "x-ignore-shared", "state": True}]})
+                self.qmp.command("migrate-set-capabilities", IGNORE_SHARED)
                 # A state that does not load leaves QEMU running to say why.
                 self.qmp.command("migrate-incoming", {"uri": f"file:{state}",
                                                       "exit-on-error": False})

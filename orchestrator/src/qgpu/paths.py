@@ -32,6 +32,12 @@ def build_dir() -> Path:
     return Path(env) if env else repo_root() / "build"
 
 
+def cache_dir() -> Path:
+    """Return the cache of expensive artifacts (``$QGPU_CACHE``, as the Makefile has it)."""
+    env = os.environ.get("QGPU_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "qgpu"
+
+
 def abi_header() -> Path:
     """Return the shared device ABI header."""
     return repo_root() / "qemu-device" / "include" / "hw" / "misc" / "qgpu_hw.h"

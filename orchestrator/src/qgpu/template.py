@@ -54,8 +54,7 @@ PRUNE_KEEP = 24
 
 def cache_dir() -> Path:
     """Return the folder of the templates (``$QGPU_CACHE/templates``)."""
-    base = Path(os.environ.get("QGPU_CACHE", Path.home() / ".cache" / "qgpu"))
-    return base / "templates"
+    return paths.cache_dir() / "templates"
 
 
 @functools.lru_cache(maxsize=64)
@@ -271,18 +270,15 @@ def restore(config: MachineConfig, *, ssh_key: Path | None = None,
     """
     template = template or get(config, ssh_key=ssh_key)
     cfg = template_config(config)
-    if not template.complete():
-        raise SetupError(f"no complete template in {template.folder}: make it with "
-                         "qgpu.template.get()")
-    key = template_key(cfg, template.accel)
-    if key != template.folder.name:
-        raise SetupError(f"the template {template.folder.name} was made for another "
-                         f"machine (this configuration's key is {key}): use "
-                         "qgpu.template.get() for this configuration")
-    machine = GuestMachine(cfg, ssh_key=ssh_key)
     # Shared: prune() waits until QEMU has the files open (then they may go).
     with _lock(template.folder, fcntl.LOCK_SH):
         if not template.complete():
-            raise SetupError(f"the template in {template.folder} was removed meanwhile; "
-                             "qgpu.template.get() makes it again")
+            raise SetupError(f"no complete template in {template.folder} (never made, or "
+                             "removed meanwhile): qgpu.template.get() makes it")
+        key = template_key(cfg, template.accel)
+        if key != template.folder.name:
+            raise SetupError(f"the template {template.folder.name} was made for another "
+                             f"machine (this configuration's key is {key}): use "
+                             "qgpu.template.get() for this configuration")
+        machine = GuestMachine(cfg, ssh_key=ssh_key)
         return machine.restore(template.ram, template.state, template.accel)
