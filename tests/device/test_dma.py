@@ -230,9 +230,7 @@ def test_dma_through_amd_vi_uses_iovas(start: StartQgpu) -> None:
     dev.mem.write(table, bytes(pages))
     enable_amd_vi(dev, AMDVI_DEV_VALID | AMDVI_DEV_TRANSLATION_VALID | AMDVI_DEV_MODE_1_LEVEL
                   | table | AMDVI_PERM_READ | AMDVI_PERM_WRITE)
-    dev.set_reg(ABI.REG_RING_BASE_LO, iova_ring | (ring.base & 0xFFF))
-    dev.set_reg(ABI.REG_RING_BASE_HI, 0)
-    dev.set_reg(ABI.REG_ENGINE_CTRL, ABI.ENGINE_CTRL_ENABLE)
+    dev.ring_at(iova_ring | (ring.base & 0xFFF))
     assert dev.run(dev.desc(opcode=ABI.OP_COPY_TO_VRAM, src=iova_src, dst=0, length=4096),
                    dev.desc(opcode=ABI.OP_COPY_TO_VRAM, src=iova_unmapped, dst=8192,
                             length=64)) == [ABI.ERR_NONE, ABI.ERR_DMA_READ]

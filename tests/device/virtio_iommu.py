@@ -89,9 +89,7 @@ class VirtioIommu:
         offset = ring.base & 0xFFF
         assert offset + ring.entries * ABI.DESC_SIZE <= 4096, "the ring crosses a page"
         self.map(domain, iova, ring.base - offset, 4096, MAP_F_READ | MAP_F_WRITE)
-        self.dev.set_reg(ABI.REG_RING_BASE_LO, (iova | offset) & 0xFFFF_FFFF)
-        self.dev.set_reg(ABI.REG_RING_BASE_HI, iova >> 32)
-        self.dev.set_reg(ABI.REG_ENGINE_CTRL, ABI.ENGINE_CTRL_ENABLE)
+        self.dev.ring_at(iova | offset)
 
     def post_event_buffer(self, address: int, length: int = FAULT_SIZE) -> None:
         """Give the device a buffer at bus address ``address`` for its next fault record.

@@ -119,13 +119,23 @@ class QgpuDevice:
         """Allocate a ring in guest RAM, program it and enable the engine."""
         base = self.mem.alloc(entries * ABI.DESC_SIZE, align=4096)
         self.mem.write(base, bytes(entries * ABI.DESC_SIZE))
-        self.set_reg(ABI.REG_RING_BASE_LO, base & 0xFFFF_FFFF)
-        self.set_reg(ABI.REG_RING_BASE_HI, base >> 32)
+        self.ring_at(base, enable=False)
         self.set_reg(ABI.REG_RING_SIZE, entries)
         self.ring = Ring(base, entries)
         if enable:
             self.set_reg(ABI.REG_ENGINE_CTRL, ABI.ENGINE_CTRL_ENABLE)
         return self.ring
+
+    def ring_at(self, bus_address: int, *, enable: bool = True) -> None:
+        """Point the engine at the ring through ``bus_address``, and enable the engine.
+
+        The bus address is the ring's guest address, or an IOVA that an IOMMU
+        maps onto it.
+        """
+        self.set_reg(ABI.REG_RING_BASE_LO, bus_address & 0xFFFF_FFFF)
+        self.set_reg(ABI.REG_RING_BASE_HI, bus_address >> 32)
+        if enable:
+            self.set_reg(ABI.REG_ENGINE_CTRL, ABI.ENGINE_CTRL_ENABLE)
 
     @staticmethod
     def desc(**fields: int) -> bytes:
