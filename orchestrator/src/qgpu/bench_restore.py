@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from qgpu import template
+from qgpu.bench import p90
 from qgpu.config import DmaMode, MachineConfig
 from qgpu.kernels import resolve
 from qgpu.machine import GuestMachine
@@ -26,11 +27,6 @@ from qgpu.machine import GuestMachine
 GOAL_S = 0.15
 GOAL_RATIO = 14.0
 MiB = 1 << 20
-
-
-def _p90(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(0.9 * (len(ordered) - 1)))]
 
 
 def _private_bytes(pid: int) -> int:
@@ -82,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{made.accel}, {args.runs} of each, interleaved; the boot loads no driver):")
     print(f"  {'':18} {'median':>8} {'p90':>8} {'min':>8} {'max':>8}")
     for what, values in (("cold boot", boots), ("restore", restores)):
-        print(f"  {what:18} {statistics.median(values):7.3f}s {_p90(values):7.3f}s "
+        print(f"  {what:18} {statistics.median(values):7.3f}s {p90(values):7.3f}s "
               f"{min(values):7.3f}s {max(values):7.3f}s")
     print(f"  restore is {boot_med / rest_med:.1f}x faster than a cold boot (goal "
           f"≥ {GOAL_RATIO:.0f}x; restore goal ≤ {GOAL_S} s: "
