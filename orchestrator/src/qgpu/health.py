@@ -52,9 +52,9 @@ class KnownKernelBug:
     name: str
     #: Every one of these must be in the report (its WARNING line and stack).
     signature: tuple[str, ...]
-    #: This must be in the log before the report.
-    after: str
     why: str
+    #: This must be in the log before the report (anything, if empty).
+    after: str = ""
 
 
 KNOWN_KERNEL_BUGS = (
@@ -69,6 +69,18 @@ KNOWN_KERNEL_BUGS = (
             "start of the VMA and warns. remap_pfn_range() untracks the real range "
             "right after, so nothing leaks: the warning is the kernel's own mistake, "
             "seen only when that one allocation fails"),
+    KnownKernelBug(
+        name="x86 PAT: untrack_pfn() warns when a zap meets fork() copying the mapping "
+             "(Linux 6.12; fixed in 6.16)",
+        signature=("WARNING:", "arch/x86/mm/pat/memtype.c", "untrack_pfn",
+                   "zap_page_range_single", "unmap_mapping_range"),
+        why="fork() sets VM_PAT on its copy of a mapping that one remap_pfn_range() made "
+            "whole (e.g. dma_mmap_coherent() without an IOMMU) before it copies the PTEs; "
+            "a driver's unmap_mapping_range() meeting the copy in between untracks it, "
+            "and get_pat_info() finds no PTE at the VMA's start and warns. Linux 6.16 "
+            "keeps the tracking in the VMA instead (\"mm: convert VM_PFNMAP tracking to "
+            "pfnmap_track() + pfnmap_untrack()\"). A driver can avoid it only for its "
+            "own mappings: fault-only, or io_mapping_map_user(), which does not track"),
 )
 
 #: One WARN report: from its "cut here" line to its "end trace" line.
@@ -98,6 +110,7 @@ def split_known_kernel_bugs(dmesg: str) -> tuple[str, list[tuple[KnownKernelBug,
 
 
 KMEMLEAK = "/sys/kernel/debug/kmemleak"
+CLEAR_WARN_ONCE = "/sys/kernel/debug/clear_warn_once"
 #: The guest's jiffies right now (the first line of /proc/timer_list that names them).
 JIFFIES_NOW = "grep -m1 '^jiffies' /proc/timer_list"
 _LEAK = re.compile(r"^unreferenced object 0x[0-9a-f]+ \(size \d+\):\n\s+comm \"[^\"]*\", "
@@ -144,7 +157,9 @@ def prepare_command(det: Detectors) -> str:
     check (which emptied it too, see ``clear_log``). DMA-API debugging prints every
     error, not only the first of the boot.
     """
-    parts = [f"echo '{_SECTION}dmesg'; dmesg -c; echo '{_SECTION}end'"]
+    parts = [f"echo '{_SECTION}dmesg'; dmesg -c; echo '{_SECTION}end'",
+             # A WARN_ON_ONCE an earlier test fired would stay silent in this one.
+             f"if [ -w {CLEAR_WARN_ONCE} ]; then echo 1 > {CLEAR_WARN_ONCE}; fi"]
     if det.dma_api_debug:
         parts.append(f"echo 1 > {DMA_API}/all_errors")
     if det.kmemleak:
