@@ -442,7 +442,8 @@ out:
  * ptrace (gdb) and /proc/PID/mem reach device mappings here, as
  * get_user_pages() cannot (VM_PFNMAP). VRAM and the register page: through
  * a temporary mapping of the page the PTE points at (generic_access_phys(),
- * so only pages faulted in, with the mapping's own permissions). Buffer
+ * so only pages faulted in -- the register page and lazy VRAM are mapped on
+ * first access --, with the mapping's own permissions). Buffer
  * objects: through the kernel's address of their memory, while it lives.
  */
 static int qgpu_vm_access(struct vm_area_struct *vma, unsigned long addr,
@@ -528,13 +529,21 @@ static int qgpu_mmap_vram(struct qgpu_device *qdev, struct vm_area_struct *vma,
 	 * io_mapping_map_user() skips PAT tracking: the io_mapping's
 	 * ioremap_wc() (or, uncached, the driver's ioremap()) already reserved
 	 * the memtype of the BAR. A remap of the whole VMA would take a
-	 * second, VMA-wide reservation that partial munmap() cannot split
-	 * cleanly ("freeing invalid memtype"). Remapping in two pieces makes
-	 * PAT only check the range against the existing reservation.
+	 * second, VMA-wide reservation (VM_PAT) that partial munmap() cannot
+	 * split cleanly ("freeing invalid memtype"), and that Linux 6.12
+	 * releases by reading the PTE at the VMA's start: a reset's zap that
+	 * meets fork() copying the VMA, after it set VM_PAT on the copy and
+	 * before it copied the PTEs, finds none and warns (untrack_pfn; fixed
+	 * in 6.16 by "mm: convert VM_PFNMAP tracking to pfnmap_track() +
+	 * pfnmap_untrack()"). Remapping in two pieces makes PAT only check
+	 * the range against the existing reservation; a single page is left
+	 * to its first access, which inserts it without tracking.
 	 */
+	if (first == size)
+		return 0;
 	ret = io_remap_pfn_range(vma, vma->vm_start, pfn, first,
 				 vma->vm_page_prot);
-	if (ret || first == size)
+	if (ret)
 		return ret;
 	return io_remap_pfn_range(vma, vma->vm_start + first,
 				  pfn + (first >> PAGE_SHIFT), size - first,
@@ -630,8 +639,8 @@ int qgpu_mmap(struct file *filp, struct vm_area_struct *vma)
 	vma->vm_private_data = p;
 
 	/*
-	 * VRAM and the register page are mapped here (eagerly) unless a reset
-	 * is in progress: their faults then map them once it is over.
+	 * VRAM is mapped here (eagerly) unless a reset is in progress: its
+	 * faults then map it once it is over.
 	 */
 	frozen = READ_ONCE(qdev->frozen);
 	if (end <= QGPU_MMAP_VRAM + qdev->vram_size) {
@@ -649,14 +658,15 @@ int qgpu_mmap(struct file *filp, struct vm_area_struct *vma)
 		ret = 0;
 	} else if (off == QGPU_MMAP_REGS && size == PAGE_SIZE &&
 		   PAGE_SIZE == QGPU_PAGE_SIZE) {
-		/* Only the user page; the kernel page is never mapped. */
+		/*
+		 * Only the user page; the kernel page is never mapped. Its
+		 * first access maps it (qgpu_vm_fault()), as vfio-pci maps
+		 * BARs: see qgpu_mmap_vram() on VM_PAT.
+		 */
 		p->kind = QGPU_MAP_REGS;
 		p->base = QGPU_MMAP_REGS >> PAGE_SHIFT;
 		vma->vm_page_prot = pgprot_decrypted(pgprot_noncached(vma->vm_page_prot));
-		ret = frozen ? 0 :
-		      io_remap_pfn_range(vma, vma->vm_start,
-				(qdev->regs_phys + QGPU_REGS_USER_PAGE) >> PAGE_SHIFT,
-				PAGE_SIZE, vma->vm_page_prot);
+		ret = 0;
 	} else if (off >= QGPU_MMAP_BO_BASE) {
 		p->kind = QGPU_MAP_BO;
 		ret = qgpu_mmap_bo(qf, vma, off, p);

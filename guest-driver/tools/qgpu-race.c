@@ -58,6 +58,18 @@
  *	are checked at the end. The driver must never map one cache line for
  *	two device writes at once (DMA-API debugging: "cacheline tracking
  *	EEXIST"), nor let a copy touch a byte outside its piece.
+ *
+ *   fork-vs-zap reset|remove TRIES
+ *	A process holding many mappings of the register page, of VRAM and
+ *	of a buffer object forks again and again (each child exits at once)
+ *	while the main thread resets the function, or removes the device and
+ *	rescans the bus, TRIES times: the driver zaps those mappings
+ *	(unmap_mapping_range()) while fork() copies them. On x86, a mapping
+ *	one remap_pfn_range() made whole carries PAT's VM_PAT, which Linux
+ *	6.12 untracks by reading the PTE at the VMA's start; a zap that meets
+ *	a child's copy after fork() set VM_PAT on it and before its PTEs were
+ *	copied finds none and warns (untrack_pfn). Reports how many forks
+ *	and zaps ran; the tests read the kernel log.
  */
 #include <dirent.h>
 #include <limits.h>
@@ -70,6 +82,7 @@
 #include <signal.h>
 #include <stdatomic.h>
 #include <sys/time.h>
+#include <sys/wait.h>
 #include <time.h>
 
 #include "qgpu-lib.h"
@@ -93,7 +106,9 @@ static void usage(void)
 "                                     a reset or a remove while an ioctl waits\n"
 "                                     on user memory (its argument or buffer)\n"
 "  shared-lines ITERATIONS            concurrent copies from VRAM into\n"
-"                                     pieces of memory sharing cache lines\n");
+"                                     pieces of memory sharing cache lines\n"
+"  fork-vs-zap reset|remove TRIES     fork() in a loop with live mappings\n"
+"                                     while the device is reset or removed\n");
 	exit(2);
 }
 
@@ -543,7 +558,9 @@ static void cmd_access_bounds(void)
 	bom = map_before_hole(fd, bo.mmap_offset);
 	if (regs == MAP_FAILED || vram == MAP_FAILED || bom == MAP_FAILED)
 		fail("mmap", errno);
-	(void)*(volatile uint8_t *)vram;	/* fault it in */
+	/* Fault them in: a debugger reads only pages a PTE maps. */
+	(void)*(volatile uint8_t *)regs;
+	(void)*(volatile uint8_t *)vram;
 	printf("{\"ok\":true,\"bytes_read\":{\"regs\":%ld,\"vram\":%ld,\"bo\":%ld}}\n",
 	       mem_read_across(mem, regs), mem_read_across(mem, vram),
 	       mem_read_across(mem, bom));
@@ -759,6 +776,128 @@ static void cmd_shared_lines(uint64_t iterations)
 	       (unsigned long long)canary_bad, first_errno);
 }
 
+/* ---- fork-vs-zap ----------------------------------------------------------- */
+
+#define FORK_MAPS	64	/* mappings of each kind: fork() spends its time on them */
+
+struct forker {
+	atomic_int stop;
+	unsigned long forks, failed;
+	int last_errno;
+};
+
+static void *forker_thread(void *arg)
+{
+	struct forker *f = arg;
+	pid_t pid;
+	int st;
+
+	pin_to(0);
+	while (!atomic_load(&f->stop)) {
+		pid = fork();
+		if (pid == 0)
+			_exit(0);
+		if (pid < 0) {
+			/* fork() fails when it cannot copy a mapping's PAT state. */
+			f->failed++;
+			f->last_errno = errno;
+			continue;
+		}
+		while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+			;
+		f->forks++;
+	}
+	return NULL;
+}
+
+/* Map FORK_MAPS pages of the register page, eager VRAM and a BO on @fd. */
+static int map_many(int fd, uint64_t bo_offset, void **maps)
+{
+	static const int prot[3] = { PROT_READ, PROT_READ | PROT_WRITE,
+				     PROT_READ | PROT_WRITE };
+	uint64_t off[3] = { QGPU_MMAP_REGS, QGPU_MMAP_VRAM, bo_offset };
+	int k, i;
+
+	for (k = 0; k < 3; k++)
+		for (i = 0; i < FORK_MAPS; i++) {
+			void *p = mmap(NULL, QGPU_PAGE_SIZE, prot[k], MAP_SHARED,
+				       fd, off[k]);
+
+			if (p == MAP_FAILED)
+				return -errno;
+			/* Fault in what the mapping did not fill. */
+			(void)*(volatile uint8_t *)p;
+			maps[k * FORK_MAPS + i] = p;
+		}
+	return 0;
+}
+
+static void cmd_fork_vs_zap(const char *action, uint64_t tries)
+{
+	int remove = !strcmp(action, "remove");
+	const char *node = qgpu_dev_path();
+	unsigned int seed = (unsigned int)time(NULL);
+	char sysdir[PATH_MAX], path[PATH_MAX + 16];
+	unsigned long forks = 0, fork_failures = 0;
+	void *maps[3 * FORK_MAPS];
+	double t0 = qgpu_now_ms();
+	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+	uint64_t t;
+	int fd, ret, i;
+
+	if (!remove && strcmp(action, "reset"))
+		usage();
+	for (t = 0; t < tries; t++) {
+		struct qgpu_bo_create bo = { .size = QGPU_PAGE_SIZE };
+		struct forker f = { 0 };
+		pthread_t ft;
+
+		ret = wait_node(node, 10000);
+		if (ret)
+			fail("waiting for the device node after rescan", -ret);
+		ret = device_sysfs(node, sysdir, sizeof(sysdir));
+		if (ret)
+			fail("finding the device in sysfs", -ret);
+		fd = qgpu_open(node);
+		if (fd < 0)
+			fail("open", errno);
+		ret = qgpu_ioctl(fd, QGPU_IOCTL_BO_CREATE, &bo);
+		if (ret)
+			fail("BO_CREATE", -ret);
+		/* New mappings every try: a zap ends a mapping's PAT tracking. */
+		ret = map_many(fd, bo.mmap_offset, maps);
+		if (ret)
+			fail("mmap", -ret);
+		pthread_create(&ft, NULL, forker_thread, &f);
+		pin_to(ncpu > 1 ? 1 : 0);
+		qgpu_sleep_us(rand_r(&seed) % 3000);
+		snprintf(path, sizeof(path), "%s/%s", sysdir, action);
+		ret = qgpu_write_file(path, "1");
+		if (ret)
+			fail(remove ? "writing the device's sysfs remove" :
+				      "writing the device's sysfs reset", -ret);
+		atomic_store(&f.stop, 1);
+		pthread_join(ft, NULL);
+		forks += f.forks;
+		fork_failures += f.failed;
+		for (i = 0; i < 3 * FORK_MAPS; i++)
+			munmap(maps[i], QGPU_PAGE_SIZE);
+		close(fd);
+		if (remove) {
+			ret = qgpu_write_file("/sys/bus/pci/rescan", "1");
+			if (ret)
+				fail("rescanning the PCI bus", -ret);
+		}
+	}
+	ret = wait_node(node, 10000);
+	if (ret)
+		fail("waiting for the device node at the end", -ret);
+	printf("{\"ok\":true,\"action\":\"%s\",\"tries\":%llu,\"forks\":%lu,"
+	       "\"fork_failures\":%lu,\"seconds\":%.1f}\n", action,
+	       (unsigned long long)tries, forks, fork_failures,
+	       (qgpu_now_ms() - t0) / 1e3);
+}
+
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -789,6 +928,8 @@ int main(int argc, char **argv)
 		cmd_signal_fill(arg_u64(argv[2]), arg_u64(argv[3]));
 	else if (argc >= 3 && !strcmp(argv[1], "shared-lines"))
 		cmd_shared_lines(arg_u64(argv[2]));
+	else if (argc >= 4 && !strcmp(argv[1], "fork-vs-zap"))
+		cmd_fork_vs_zap(argv[2], arg_u64(argv[3]));
 	else
 		usage();
 	return 0;

@@ -164,3 +164,21 @@ def test_template_prune_spares_a_template_in_use(tmp_path: Path,
         holder.kill()
         holder.wait()
     assert [p.name for p in template.prune(max_age_days=7, keep=0)] == ["busy"]
+
+
+# A real report (stock kernel, test_fork_during_a_zap[remove-direct] before the
+# known-bug entry): remove's zap met fork() copying a buffer object's mapping
+# (R12 is its mmap offset, QGPU_MMAP_BO_BASE + handle 1).
+FORK_ZAP_LOG = (Path(__file__).parent / "data" / "dmesg-untrack-pfn-fork-zap.txt").read_text()
+
+
+def test_a_zap_meeting_fork_is_the_other_known_pat_bug() -> None:
+    rest, known = split_known_kernel_bugs(FORK_ZAP_LOG)
+    assert [bug.name for bug, _ in known] == [KNOWN_KERNEL_BUGS[1].name]
+    assert not [ln for ln in rest.splitlines() if DMESG_BAD.search(ln)], rest
+    assert "qgpu0 removed" in rest
+    # Each PAT entry excuses only its own path to the warning.
+    assert [bug.name for bug, _ in split_known_kernel_bugs(UNTRACK_PFN_LOG)[1]] == \
+        [KNOWN_KERNEL_BUGS[0].name]
+    elsewhere = FORK_ZAP_LOG.replace("unmap_mapping_range", "unmap_vmas")
+    assert split_known_kernel_bugs(elsewhere)[1] == []

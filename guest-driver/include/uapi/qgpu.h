@@ -71,7 +71,10 @@
  * [QGPU_MMAP_VRAM_LAZY, +vram_size): VRAM, as above, mapped page by page on
  *	first touch (fault handler).
  * [QGPU_MMAP_REGS, +QGPU_PAGE_SIZE): the BAR0 user register page, uncached
- *	(QGPU_REG_USER_* at QGPU_REG_USER_* - QGPU_REGS_USER_PAGE).
+ *	(QGPU_REG_USER_* at QGPU_REG_USER_* - QGPU_REGS_USER_PAGE), mapped on
+ *	first access (counted in bar_refaults; so is a one-page VRAM mapping
+ *	made without an io_mapping: a kernel without CONFIG_IO_MAPPING, or an
+ *	uncached BAR).
  * QGPU_MMAP_BO_BASE + (handle << QGPU_MMAP_BO_SHIFT): a buffer object; its
  *	offset is returned by QGPU_IOCTL_BO_CREATE.
  *
