@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,7 @@ from qgpu import template
 from qgpu.config import DmaMode, MachineConfig
 from qgpu.data import fill_pattern
 from qgpu.errors import QemuError, SetupError
+from qgpu.kernels import GuestKernel
 from qgpu.machine import GuestMachine
 
 from .guestio import guest_irq_counts, sh, tool
@@ -109,3 +111,33 @@ def test_a_state_that_does_not_load_quotes_qemu(restore_guest: RestoreGuest,
         machine.restore(made.ram, bad, made.accel)
     assert "QEMU's last output" in str(err.value)
     assert not machine.is_alive()
+
+
+def test_a_restore_that_fails_boots_and_says_why(guest_kernel: GuestKernel, tmp_path: Path
+                                                 ) -> None:
+    """A template whose state QEMU refuses (here: garbage) does not fail the test
+    that wanted a guest: it gets a booted one, without the driver as a restored
+    one would be, and the reason quotes QEMU's own error (the plugin warns with
+    it and counts it in the run's summary)."""
+    cfg = MachineConfig.for_kernel(guest_kernel, dma_mode=DmaMode.DIRECT, name="fallback")
+    real = template.get(cfg, ssh_key=guest_kernel.ssh_key)
+    broken = tmp_path / real.folder.name           # the key names the folder
+    broken.mkdir()
+    (broken / "ram").symlink_to(real.ram)          # mapped privately: never written
+    shutil.copy(real.folder / "info.json", broken / "info.json")
+    (broken / "state").write_bytes(b"QEVM" + bytes(4096))
+    started = template.restore_or_boot(cfg, ssh_key=guest_kernel.ssh_key,
+                                       template=template.Template(broken))
+    try:
+        assert started.cold_boot_reason is not None, "a broken template was restored"
+        assert str(broken) in started.cold_boot_reason and \
+            "migration failed" in started.cold_boot_reason, started.cold_boot_reason
+        guest = started.machine
+        assert guest.console_log is not None
+        assert "QGPU-GUEST-READY" in guest.console_log.read_text(), "it did not boot"
+        assert sh(guest, "grep -c '^qgpu ' /proc/modules || true").strip() == "0", \
+            "a guest standing in for a restored one must not have the driver loaded"
+        _load_driver(guest)
+        assert sh(guest, "cat /sys/class/misc/qgpu0/dev").strip(), "no qgpu0 after insmod"
+    finally:
+        started.machine.stop(graceful=False)

@@ -47,6 +47,13 @@ class QemuCrashWarning(UserWarning):
     """
 
 
+class RestoreFallbackWarning(UserWarning):
+    """A guest could not be restored from its template and was booted instead.
+
+    The message quotes the restore's error; the run's summary counts them.
+    """
+
+
 class QemuTimeoutError(QemuError):
     """QEMU did not answer or reach a state within the allotted time."""
 

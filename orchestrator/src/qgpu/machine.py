@@ -146,10 +146,12 @@ class GuestMachine:
                 lsock.close()
         return ssh_port
 
-    def _connect_ssh(self, port: int | None) -> None:
+    def _connect_ssh(self, port: int | None, *, now: bool = True) -> None:
+        """Set up SSH to the guest; connect at once, or (``now`` false) at first use."""
         if port is not None and self.ssh_key is not None:
             self.ssh = GuestSsh(port, self.ssh_key)
-            self.ssh.connect(timeout=60 * self.config.timeout_scale)
+            if now:
+                self.ssh.connect(timeout=60 * self.config.timeout_scale)
 
     def _start_once(self, *, connect_ssh: bool) -> GuestMachine:
         cfg = self.config
@@ -215,10 +217,10 @@ class GuestMachine:
         ``accel_name`` the accelerator it ran under. QEMU starts with RAM
         mapped copy-on-write from ``ram`` (the file never changes) and
         ``-incoming defer``, loads the device state and runs; then the guest's
-        clock is set to the host's (it stood still since the save) and SSH
-        connects. Up to ``attempts`` starts when another process took the SSH
-        port. Raises :class:`~qgpu.errors.QemuError` quoting QEMU if the
-        state does not load.
+        clock is set to the host's (it stood still since the save); SSH
+        connects at the first :meth:`ssh_run`. Up to ``attempts`` starts when
+        another process took the SSH port. Raises
+        :class:`~qgpu.errors.QemuError` quoting QEMU if the state does not load.
         """
         tries = 0
         while True:
@@ -249,7 +251,8 @@ class GuestMachine:
             except QemuDiedError as exc:
                 raise self._died(exc, "restoring the guest") from exc
             self.restore_seconds = time.monotonic() - start
-            self._connect_ssh(ssh_port)
+            # Many tests never use SSH: its handshake (0.3 s under TCG) waits for one.
+            self._connect_ssh(ssh_port, now=False)
         except BaseException:
             self.stop(graceful=False)
             raise
@@ -339,6 +342,8 @@ class GuestMachine:
         """Run a command over SSH (``timeout`` scaled like :meth:`run`'s)."""
         if self.ssh is None:
             raise QemuError(f"{self.config.name}: no SSH session (ssh disabled or no key)")
+        if not self.ssh.connected:
+            self.ssh.connect(timeout=60 * self.config.timeout_scale)
         return self.ssh.run(command, timeout=timeout * self.config.timeout_scale, check=check,
                             stdin=stdin)
 

@@ -12,6 +12,13 @@ Options (``pytest --help`` lists them under "qgpu test rig"):
                            ``retire`` (default) once, when the guest is shut down, naming
                            the test that allocated each leaked object; ``test`` after
                            every test (exact, about 12 s more per test)
+``--qgpu-guest-scope S``   which tests share a ``guest``: ``session`` (default) one booted
+                           guest per DMA mode; ``module`` one per test module and mode,
+                           ``test`` a fresh one for every test, both restored from a
+                           saved template (:mod:`qgpu.template`) in about 0.1 s. A
+                           restore that fails boots instead, with a warning, counted in
+                           the summary. kmemleak's check runs as each guest retires:
+                           with ``test``, after every test (about 12 s each)
 ``--qgpu-accel MODE``      auto (KVM only if a bounded probe boots a guest), tcg, kvm
 ``--qgpu-modes M,M``       run the tests parametrized by ``dma_mode`` only in these DMA
                            modes (default: all of direct, swiotlb, iommu, virtio-iommu);
@@ -24,9 +31,10 @@ Fixtures:
 
 ``dma_mode``      parametrizes a test over direct / swiotlb / iommu / virtio-iommu (session-scoped,
                   so tests are grouped by mode and one VM per mode is booted)
-``guest``         a booted :class:`~qgpu.machine.GuestMachine` for ``dma_mode`` with a
+``guest``         a running :class:`~qgpu.machine.GuestMachine` for ``dma_mode`` with a
                   freshly loaded driver and an empty dmesg; shared between tests of
-                  the same mode, replaced when a test leaves it dead or crashed.
+                  the same mode (``--qgpu-guest-scope``), replaced when a test leaves
+                  it dead or crashed.
                   After the test the driver is unloaded and the kernel's detectors
                   are read (:mod:`qgpu.health`): any report fails the test
 ``guest_kernel``  the :class:`~qgpu.kernels.GuestKernel` under test
@@ -46,6 +54,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import warnings
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,10 +64,13 @@ import pytest
 
 from qgpu import health, kernels, paths, template
 from qgpu.config import DmaMode, MachineConfig, QgpuSpec
-from qgpu.errors import GuestCrashError, QgpuError, SetupError
+from qgpu.errors import GuestCrashError, QgpuError, RestoreFallbackWarning, SetupError
 from qgpu.inspector import DeviceInspector
 from qgpu.kernels import GuestKernel
 from qgpu.machine import GuestMachine
+
+#: ``--qgpu-guest-scope`` values, widest first.
+GUEST_SCOPES = ("session", "module", "test")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -79,6 +91,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="when kmemleak checks a shared guest: once when it is shut down, "
                          "naming the test that allocated each leak (retire, default), or "
                          "after every test (test: exact, about 12 s more per test)")
+    group.addoption("--qgpu-guest-scope", default="session", choices=GUEST_SCOPES,
+                    help="which tests share a guest: session (default: one booted guest "
+                         "per DMA mode), module (one per test module and mode) or test (a "
+                         "fresh guest per test); module and test restore guests from a "
+                         "saved template in about 0.1 s")
     group.addoption("--qgpu-accel", default="auto", choices=("auto", "tcg", "kvm"),
                     help="accelerator; auto uses KVM only if a bounded probe boots a guest")
     group.addoption("--qgpu-modes", metavar="M,M", default=None,
@@ -204,14 +221,22 @@ def _attribute(found: health.Health, windows: list[_Window]) -> list[str]:
 
 
 class _Pool:
-    """The session's booted guests, one per DMA mode, and the tests each one ran."""
+    """The guests tests share, one per DMA mode at a time, and the tests each one ran.
+
+    How widely a guest is shared is ``--qgpu-guest-scope``: the session's tests
+    of a mode share one booted guest; a module's, or a single test, get a guest
+    restored from the mode's template.
+    """
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
+        self.scope: str = config.getoption("--qgpu-guest-scope", default="session")
         self.machines: dict[DmaMode, GuestMachine] = {}
         self.windows: dict[DmaMode, list[_Window]] = {}
+        #: (test, why) of every guest booted because its restore failed.
+        self.cold_boots: list[tuple[str, str]] = []
 
-    def get(self, mode: DmaMode) -> GuestMachine:
+    def get(self, mode: DmaMode, nodeid: str) -> GuestMachine:
         # Tests are grouped by mode, and each group's guest retires after its last
         # test (pytest_runtest_teardown); this only catches an unusual order.
         for other in [m for m in self.machines if m is not mode]:
@@ -222,17 +247,37 @@ class _Pool:
         if machine is None or not machine.is_alive():
             if machine is not None:
                 self.drop(mode)
-            cfg = _base_config(self.config, mode)
-            assert cfg.guest_kernel is not None
-            machine = GuestMachine(cfg, ssh_key=cfg.guest_kernel.ssh_key).start()
-            try:
-                health.check_boot(machine)
-            except BaseException:
-                machine.stop()
-                raise
+            machine = self._start(mode, nodeid)
             self.machines[mode] = machine
             self.windows[mode] = []
         return machine
+
+    def _start(self, mode: DmaMode, nodeid: str) -> GuestMachine:
+        cfg = _base_config(self.config, mode)
+        assert cfg.guest_kernel is not None
+        if self.scope == "session":
+            machine = GuestMachine(cfg, ssh_key=cfg.guest_kernel.ssh_key).start()
+        else:
+            started = template.restore_or_boot(cfg, ssh_key=cfg.guest_kernel.ssh_key)
+            machine = started.machine
+            if started.cold_boot_reason is not None:
+                self.cold_boots.append((nodeid, started.cold_boot_reason))
+                warnings.warn(RestoreFallbackWarning(
+                    f"the {mode} guest was booted, not restored: {started.cold_boot_reason}"),
+                    stacklevel=2)
+        try:
+            health.check_boot(machine)  # a restored guest's log holds its template's boot
+        except BaseException:
+            machine.stop()
+            raise
+        return machine
+
+    def shares(self, item: pytest.Item, other: pytest.Item | None) -> bool:
+        """Whether ``other`` runs on the guest ``item`` used, under this scope."""
+        if other is None or _mode_of(other) is not _mode_of(item) or self.scope == "test":
+            return False
+        return self.scope == "session" or \
+            getattr(other, "module", None) is getattr(item, "module", None)
 
     def drop(self, mode: DmaMode) -> None:
         """Stop the guest of ``mode`` without looking at it."""
@@ -290,8 +335,8 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None
         return                          # at the end, the session fixture retires them
     items = item.session.items
     later = items[items.index(nextitem):]
-    if _mode_of(next((i for i in later if "guest" in getattr(i, "fixturenames", ())),
-                     None)) is mode:
+    if pool.shares(item, next((i for i in later if "guest" in getattr(i, "fixturenames", ())),
+                              None)):
         return                          # the next test on a shared guest uses this one
     problem = pool.retire(mode)
     if problem:
@@ -304,6 +349,18 @@ def _qgpu_pool(pytestconfig: pytest.Config) -> Iterator[_Pool]:
     pytestconfig.stash[_POOL] = pool
     yield pool
     pool.close()
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int,
+                            config: pytest.Config) -> None:
+    """Count the guests booted because their restore failed (``--qgpu-guest-scope``)."""
+    pool = config.stash.get(_POOL, None)
+    if pool is None or not pool.cold_boots:
+        return
+    terminalreporter.section("qgpu: guests booted because their restore failed")
+    for nodeid, why in pool.cold_boots:
+        terminalreporter.line(f"{nodeid}: {why}")
+    terminalreporter.line(f"{len(pool.cold_boots)} cold boot(s) instead of a restore")
 
 
 @pytest.fixture(scope="session", params=list(DmaMode), ids=[str(m) for m in DmaMode])
@@ -349,7 +406,7 @@ def _save_health(found: health.Health, dest: Path) -> None:
 def guest(request: pytest.FixtureRequest, _qgpu_pool: _Pool, dma_mode: DmaMode
           ) -> Iterator[GuestMachine]:
     """Yield a booted guest in ``dma_mode`` with the qgpu driver freshly loaded."""
-    machine = _qgpu_pool.get(dma_mode)
+    machine = _qgpu_pool.get(dma_mode, request.node.nodeid)
     windows = _qgpu_pool.windows.setdefault(dma_mode, [])
     # A fresh driver instance and an empty kernel log for every test.
     out = machine.run(health.prepare_command(health.detectors(machine)) +
@@ -391,7 +448,7 @@ def guest(request: pytest.FixtureRequest, _qgpu_pool: _Pool, dma_mode: DmaMode
         elif found.reports:     # a known kernel bug's report: kept, not failed
             with contextlib.suppress(QgpuError, OSError):
                 _save_health(found, dest)
-    if problems or failed or not machine.is_alive():
+    if problems or failed or not machine.is_alive() or _qgpu_pool.scope == "test":
         # Never hand a suspect guest to the next test; a live one is checked for the
         # leaks of the tests before this one first.
         retired = _qgpu_pool.retire(dma_mode)

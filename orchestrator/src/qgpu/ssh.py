@@ -28,6 +28,7 @@ class GuestSsh:
         deadline = time.monotonic() + timeout
         pkey = paramiko.Ed25519Key.from_private_key_file(str(self.key))
         last: Exception | None = None
+        pause = 0.05                    # a restored guest answers within a few tries
         while time.monotonic() < deadline:
             client = paramiko.SSHClient()
             # A throw-away test guest with fresh host keys every boot.
@@ -41,9 +42,15 @@ class GuestSsh:
             except (paramiko.SSHException, OSError, EOFError) as exc:
                 last = exc
                 client.close()
-                time.sleep(0.5)
+                time.sleep(pause)
+                pause = min(pause * 2, 0.5)
         raise GuestTimeoutError(f"cannot SSH to {self.user}@{self.host}:{self.port} within "
                                 f"{timeout:.0f} s: {last!r}")
+
+    @property
+    def connected(self) -> bool:
+        """Whether :meth:`connect` succeeded (and :meth:`close` has not run since)."""
+        return self._client is not None
 
     def run(self, command: str, *, timeout: float = 60.0, check: bool = False,
             stdin: bytes | None = None) -> CommandResult:

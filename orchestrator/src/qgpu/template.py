@@ -37,7 +37,7 @@ from pathlib import Path
 
 from qgpu import accel, paths
 from qgpu.config import MachineConfig, RamFile
-from qgpu.errors import QemuError, SetupError
+from qgpu.errors import GuestError, QemuError, SetupError
 from qgpu.machine import GuestMachine
 
 #: Bumped when what a template holds, or how it is made, changes.
@@ -264,8 +264,8 @@ def restore(config: MachineConfig, *, ssh_key: Path | None = None,
     """Return a running guest of ``config`` restored from its template (made if needed).
 
     The guest is at its prompt with the driver not loaded, its clock set,
-    SSH connected if ``ssh_key`` is given. ``template`` defaults to
-    :func:`get`'s; one made for another machine raises
+    SSH set up if ``ssh_key`` is given (it connects at first use).
+    ``template`` defaults to :func:`get`'s; one made for another machine raises
     :class:`~qgpu.errors.SetupError`.
     """
     template = template or get(config, ssh_key=ssh_key)
@@ -282,3 +282,32 @@ def restore(config: MachineConfig, *, ssh_key: Path | None = None,
                              "qgpu.template.get() for this configuration")
         machine = GuestMachine(cfg, ssh_key=ssh_key)
         return machine.restore(template.ram, template.state, template.accel)
+
+
+@dataclass(frozen=True)
+class Started:
+    """A guest :func:`restore_or_boot` started, and why it was booted if it was."""
+
+    machine: GuestMachine
+    #: None if restored; else the restore's error, which the guest was booted after.
+    cold_boot_reason: str | None = None
+
+
+def restore_or_boot(config: MachineConfig, *, ssh_key: Path | None = None,
+                    template: Template | None = None) -> Started:
+    """Return a guest of ``config`` restored from its template, or booted if that fails.
+
+    A template that cannot be made (the guest does not boot) raises, as a boot
+    would. A restore that fails (QEMU refuses the state, the guest does not
+    answer) is not the end: the guest is booted instead, without the driver
+    as a restored one is, and :attr:`Started.cold_boot_reason` quotes the
+    error, for the caller to report -- never silently. ``template`` defaults
+    to :func:`get`'s.
+    """
+    tmpl = template or get(config, ssh_key=ssh_key)
+    try:
+        return Started(restore(config, ssh_key=ssh_key, template=tmpl))
+    except (QemuError, GuestError) as exc:
+        reason = f"restoring {tmpl.folder} failed: {exc}"
+    machine = GuestMachine(template_config(config), ssh_key=ssh_key)
+    return Started(machine.start(), reason)

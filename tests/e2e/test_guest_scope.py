@@ -1,0 +1,59 @@
+"""``--qgpu-guest-scope`` (issue 12): which tests share a guest.
+
+A pytest run of its own, on two tests of one module, where the first leaves a
+file in the guest and a pattern in VRAM and the second looks for them: with a
+fresh guest per test (``test``) the second finds neither; with one guest per
+module it finds both, which shows the check can fail.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from qgpu.kernels import GuestKernel
+
+INNER = '''
+import pytest
+from qgpu.config import DmaMode
+
+DIRECT = pytest.mark.parametrize("dma_mode", [DmaMode.DIRECT], indirect=True)
+MARK = "/tmp/qgpu-scope-mark"
+
+
+@DIRECT
+def test_1_leaves_a_mark(guest):
+    guest.run(f"touch {MARK} && /opt/qgpu/bin/qgpu-tool fill 0 4096 0x5a5a5a5a", check=True)
+
+
+@DIRECT
+def test_2_finds_no_mark(guest, qgpu_inspector):
+    assert guest.run(f"test -e {MARK}").status != 0, "guest RAM of the test before"
+    assert qgpu_inspector.vram_backend(0, 4096) == bytes(4096), "VRAM of the test before"
+'''
+
+
+def _inner_run(tmp_path: Path, kernel: GuestKernel, scope: str, accel: str) -> str:
+    folder = tmp_path / scope
+    folder.mkdir()
+    (folder / "test_inner.py").write_text(INNER)
+    res = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rA",
+         "--qgpu-kernel", str(kernel.image_dir), "--qgpu-accel", accel,
+         "--qgpu-guest-scope", scope, "--qgpu-artifacts", str(folder / "artifacts"),
+         "--rootdir", str(folder), str(folder / "test_inner.py")],
+        cwd=folder, capture_output=True, text=True, timeout=600, check=False)
+    return res.stdout + res.stderr
+
+
+def test_a_fresh_guest_per_test_sees_nothing_of_the_test_before(
+        guest_kernel: GuestKernel, tmp_path: Path, pytestconfig: pytest.Config) -> None:
+    accel = pytestconfig.getoption("--qgpu-accel")
+    isolated = _inner_run(tmp_path, guest_kernel, "test", accel)
+    assert "2 passed" in isolated, isolated
+    shared = _inner_run(tmp_path, guest_kernel, "module", accel)
+    assert "FAILED test_inner.py::test_2_finds_no_mark[direct]" in shared and \
+        "1 passed" in shared, shared
