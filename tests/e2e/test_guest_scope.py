@@ -51,6 +51,10 @@ def _inner_run(tmp_path: Path, kernel: GuestKernel, scope: str, accel: str) -> s
 
 def test_a_fresh_guest_per_test_sees_nothing_of_the_test_before(
         guest_kernel: GuestKernel, tmp_path: Path, pytestconfig: pytest.Config) -> None:
+    if guest_kernel.detectors.heavy:
+        # The same plugin code on every kernel; here each retiring guest would add
+        # kmemleak's 12 s settled scan to the longest CI lane.
+        pytest.skip("the scopes are checked on the kernels without kmemleak")
     accel = pytestconfig.getoption("--qgpu-accel")
     isolated = _inner_run(tmp_path, guest_kernel, "test", accel)
     assert "2 passed" in isolated, isolated

@@ -16,6 +16,7 @@ import pytest
 from qgpu.config import DmaMode, MiB
 from qgpu.faults import FaultInjector
 from qgpu.inspector import DeviceInspector
+from qgpu.kernels import GuestKernel
 from qgpu.machine import GuestMachine
 
 from .guestio import QGPU_BDF, parse_json_line
@@ -289,7 +290,9 @@ def test_neighbouring_copies_from_vram_never_share_a_cache_line(
 
 
 
+#: Tries per action; on the debug kernel (KASAN, lockdep: about 4 times slower) fewer.
 FORK_VS_ZAP_TRIES = {"reset": 60, "remove": 20}
+FORK_VS_ZAP_TRIES_HEAVY = {"reset": 15, "remove": 6}
 #: DMA modes whose buffer objects dma_mmap_coherent() maps with a VMA-wide
 #: remap_pfn_range() (VM_PAT); behind an IOMMU it maps pages (VM_MIXEDMAP).
 REMAPPED_BO_MODES = (DmaMode.DIRECT, DmaMode.SWIOTLB)
@@ -297,7 +300,8 @@ REMAPPED_BO_MODES = (DmaMode.DIRECT, DmaMode.SWIOTLB)
 
 @ALL_MODES
 @pytest.mark.parametrize("action", ["reset", "remove"])
-def test_fork_during_a_zap(guest: GuestMachine, dma_mode: DmaMode, action: str) -> None:
+def test_fork_during_a_zap(guest: GuestMachine, guest_kernel: GuestKernel, dma_mode: DmaMode,
+                          action: str) -> None:
     """Stress CI (stock kernel, direct): "WARNING: ... untrack_pfn" in a sysfs
     removal. On x86 a mapping that one remap_pfn_range() made whole carries
     PAT's VM_PAT, which Linux 6.12 releases by reading the PTE at the VMA's
@@ -305,7 +309,7 @@ def test_fork_during_a_zap(guest: GuestMachine, dma_mode: DmaMode, action: str) 
     copies one -- after fork() set VM_PAT on the copy, before it copied the
     PTEs -- finds no PTE and warns. A process with 64 mappings each of the
     register page, of VRAM and of a buffer object forks in a loop while the
-    device is reset or removed, 60 or 20 times.
+    device is reset or removed, 60 or 20 times (15 or 6 on the debug kernel).
 
     The driver maps the register page on first access now, as vfio-pci maps
     BARs, and VRAM through io_mapping_map_user(), which does not track: a
@@ -313,7 +317,8 @@ def test_fork_during_a_zap(guest: GuestMachine, dma_mode: DmaMode, action: str) 
     dma_mmap_coherent() maps with VM_PAT without an IOMMU: there the warning
     is a known bug of Linux 6.12 (health.KNOWN_KERNEL_BUGS), shown as a
     warning in the report; behind an IOMMU it must not appear."""
-    tries = FORK_VS_ZAP_TRIES[action]
+    tries = (FORK_VS_ZAP_TRIES_HEAVY if guest_kernel.detectors.heavy
+             else FORK_VS_ZAP_TRIES)[action]
     res = race(guest, f"fork-vs-zap {action} {tries}", timeout=300.0)
     assert res["tries"] == tries and res["forks"] >= tries, res
     assert res["fork_failures"] == 0, res
