@@ -46,7 +46,8 @@ Fixtures:
 ``restore_guest`` factory like ``make_guest``, whose guests start from a saved
                   template (:mod:`qgpu.template`, made on first use) in well under
                   a second instead of booting; the driver is not loaded. The
-                  kernel's reports are read after the test (kmemleak's are not)
+                  kernel's reports are read after the test (kmemleak's with
+                  ``check_leaks=True``)
 """
 
 from __future__ import annotations
@@ -233,8 +234,6 @@ class _Pool:
         self.scope: str = config.getoption("--qgpu-guest-scope", default="session")
         self.machines: dict[DmaMode, GuestMachine] = {}
         self.windows: dict[DmaMode, list[_Window]] = {}
-        #: (test, why) of every guest booted because its restore failed.
-        self.cold_boots: list[tuple[str, str]] = []
 
     def get(self, mode: DmaMode, nodeid: str) -> GuestMachine:
         # Tests are grouped by mode, and each group's guest retires after its last
@@ -258,13 +257,7 @@ class _Pool:
         if self.scope == "session":
             machine = GuestMachine(cfg, ssh_key=cfg.guest_kernel.ssh_key).start()
         else:
-            started = template.restore_or_boot(cfg, ssh_key=cfg.guest_kernel.ssh_key)
-            machine = started.machine
-            if started.cold_boot_reason is not None:
-                self.cold_boots.append((nodeid, started.cold_boot_reason))
-                warnings.warn(RestoreFallbackWarning(
-                    f"the {mode} guest was booted, not restored: {started.cold_boot_reason}"),
-                    stacklevel=2)
+            machine = _restore_or_boot(self.config, cfg, nodeid)
         try:
             health.check_boot(machine)  # a restored guest's log holds its template's boot
         except BaseException:
@@ -316,6 +309,20 @@ class _Pool:
 
 
 _POOL = pytest.StashKey[_Pool]()
+#: (test, why) of every guest booted because its restore failed.
+_COLD_BOOTS = pytest.StashKey[list[tuple[str, str]]]()
+
+
+def _restore_or_boot(config: pytest.Config, cfg: MachineConfig, nodeid: str) -> GuestMachine:
+    """Restore a guest of ``cfg`` from its template; boot it, warn and count, if that fails."""
+    assert cfg.guest_kernel is not None
+    started = template.restore_or_boot(cfg, ssh_key=cfg.guest_kernel.ssh_key)
+    if started.cold_boot_reason is not None:
+        config.stash.setdefault(_COLD_BOOTS, []).append((nodeid, started.cold_boot_reason))
+        warnings.warn(RestoreFallbackWarning(
+            f"the {cfg.name} guest was booted, not restored: {started.cold_boot_reason}"),
+            stacklevel=3)
+    return started.machine
 
 
 def _mode_of(item: pytest.Item | None) -> DmaMode | None:
@@ -354,13 +361,13 @@ def _qgpu_pool(pytestconfig: pytest.Config) -> Iterator[_Pool]:
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int,
                             config: pytest.Config) -> None:
     """Count the guests booted because their restore failed (``--qgpu-guest-scope``)."""
-    pool = config.stash.get(_POOL, None)
-    if pool is None or not pool.cold_boots:
+    cold_boots = config.stash.get(_COLD_BOOTS, [])
+    if not cold_boots:
         return
     terminalreporter.section("qgpu: guests booted because their restore failed")
-    for nodeid, why in pool.cold_boots:
+    for nodeid, why in cold_boots:
         terminalreporter.line(f"{nodeid}: {why}")
-    terminalreporter.line(f"{len(pool.cold_boots)} cold boot(s) instead of a restore")
+    terminalreporter.line(f"{len(cold_boots)} cold boot(s) instead of a restore")
 
 
 @pytest.fixture(scope="session", params=list(DmaMode), ids=[str(m) for m in DmaMode])
@@ -491,30 +498,36 @@ def make_guest(request: pytest.FixtureRequest) -> Iterator[Callable[..., GuestMa
 def restore_guest(request: pytest.FixtureRequest) -> Iterator[Callable[..., GuestMachine]]:
     """Start guests from saved templates (:mod:`qgpu.template`) instead of booting them.
 
-    ``restore_guest(mode, **MachineConfig fields)``; a template is made (one
-    boot) the first time a configuration asks for it. The driver is not loaded.
+    ``restore_guest(mode, check_leaks=False, **MachineConfig fields)``; a
+    template is made (one boot) the first time a configuration asks for it. The
+    driver is not loaded. A restore that fails boots the guest instead, with a
+    warning. kmemleak's settled scan (12 s) runs after the test only for guests
+    restored with ``check_leaks``.
     """
     machines: list[GuestMachine] = []
+    leak_checked: set[int] = set()
 
-    def _restore(mode: DmaMode = DmaMode.DIRECT, **kw: Any) -> GuestMachine:
+    def _restore(mode: DmaMode = DmaMode.DIRECT, *, check_leaks: bool = False,
+                 **kw: Any) -> GuestMachine:
         cfg = _base_config(request.config, mode, **kw)
-        assert cfg.guest_kernel is not None
-        machine = template.restore(cfg, ssh_key=cfg.guest_kernel.ssh_key)
+        machine = _restore_or_boot(request.config, cfg, request.node.nodeid)
         machines.append(machine)
+        if check_leaks:
+            leak_checked.add(id(machine))
         return machine
 
     yield _restore
-    # kmemleak's settled scan takes 12 s: only make_guest's guests get it.
-    _retire_own_guests(request, machines, checked=None, leaks=False, graceful=False)
+    _retire_own_guests(request, machines, checked=None, leaks=leak_checked, graceful=False)
 
 
 def _retire_own_guests(request: pytest.FixtureRequest, machines: list[GuestMachine], *,
-                       checked: set[int] | None, leaks: bool, graceful: bool) -> None:
+                       checked: set[int] | None, leaks: bool | set[int],
+                       graceful: bool) -> None:
     """Read the detectors of a test's own guests, keep their bundles, stop them.
 
     Guests in ``checked`` (all, if None) that are alive after a passing test are
-    asked for the kernel's reports, and with ``leaks`` for kmemleak's after a
-    settled scan; any report fails the test.
+    asked for the kernel's reports, and those in ``leaks`` (all, if True) for
+    kmemleak's after a settled scan; any report fails the test.
     """
     unhealthy = []
     for machine in machines:
@@ -522,7 +535,8 @@ def _retire_own_guests(request: pytest.FixtureRequest, machines: list[GuestMachi
         failed = _failed(request.node)
         if not failed and (checked is None or id(machine) in checked) and machine.is_alive():
             # A test's own guest gets no later scan: let its reports show now.
-            found = _health_after(machine, unload=False, scan_leaks=leaks, settle_leaks=leaks)
+            scan = leaks if isinstance(leaks, bool) else id(machine) in leaks
+            found = _health_after(machine, unload=False, scan_leaks=scan, settle_leaks=scan)
             if not found.ok:
                 failed = True
                 unhealthy.append(f"{machine.config.name}: {found.summary()}")
