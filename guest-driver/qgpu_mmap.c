@@ -12,6 +12,7 @@
  * statistics exact across fork() and partial munmap().
  */
 
+#include <linux/cc_platform.h>
 #include <linux/delay.h>
 #include <linux/fs.h>
 #include <linux/mm.h>
@@ -381,8 +382,9 @@ static bool qgpu_fault_wait_reset(struct vm_fault *vmf, struct qgpu_device *qdev
 /*
  * Insert the faulting page. VRAM and the register page fault when lazily
  * mapped, or after a reset zapped them (qgpu_zap_bar_mappings()); during
- * the reset the fault waits for it to end. A buffer object behind an
- * IOMMU: dma_mmap_coherent() mapped its remapped pages VM_MIXEDMAP, which
+ * the reset the fault waits for it to end. A buffer object without an
+ * IOMMU faults at first access (qgpu_mmap_bo()). Behind one,
+ * dma_mmap_coherent() mapped its remapped pages VM_MIXEDMAP, which
  * MADV_DONTNEED may zap; insert the page again (VM_PFNMAP mappings refuse
  * MADV_DONTNEED). After remove or a lost device zapped everything: SIGBUS.
  */
@@ -396,7 +398,8 @@ static vm_fault_t qgpu_vm_fault(struct vm_fault *vmf)
 	void *vaddr;
 	int idx;
 
-	if (p->kind == QGPU_MAP_BO && !(vma->vm_flags & VM_MIXEDMAP))
+	if (p->kind == QGPU_MAP_BO &&
+	    !(vma->vm_flags & (VM_MIXEDMAP | VM_PFNMAP)))
 		return VM_FAULT_SIGBUS;
 	/* The page of the region: vm_pgoff is the mmap offset of vm_start. */
 	pgoff = vma->vm_pgoff - p->base +
@@ -408,11 +411,17 @@ static vm_fault_t qgpu_vm_fault(struct vm_fault *vmf)
 	if (p->kind == QGPU_MAP_BO) {
 		/* Remove frees BO memory only after synchronize_srcu(). */
 		vaddr = READ_ONCE(p->bo->vaddr);
-		if (vaddr && is_vmalloc_addr(vaddr) &&
-		    pgoff < p->bo->size >> PAGE_SHIFT)
-			ret = vmf_insert_page(vma, vmf->address,
-					      vmalloc_to_page(vaddr +
-							      (pgoff << PAGE_SHIFT)));
+		if (!vaddr || pgoff >= p->bo->size >> PAGE_SHIFT)
+			goto out;
+		vaddr += pgoff << PAGE_SHIFT;
+		if (vma->vm_flags & VM_MIXEDMAP)
+			ret = is_vmalloc_addr(vaddr) ?
+			      vmf_insert_page(vma, vmf->address,
+					      vmalloc_to_page(vaddr)) :
+			      VM_FAULT_SIGBUS;
+		else if (!is_vmalloc_addr(vaddr))
+			ret = vmf_insert_pfn(vma, vmf->address,
+					     page_to_pfn(virt_to_page(vaddr)));
 		goto out;
 	}
 	if (READ_ONCE(qdev->frozen)) {
@@ -574,11 +583,26 @@ static int qgpu_mmap_bo(struct qgpu_file *qf, struct vm_area_struct *vma,
 		qgpu_bo_put(bo);
 		return -EINVAL;
 	}
+	p->base = (off - bo_off) >> PAGE_SHIFT;
+	/*
+	 * A buffer in the kernel's linear map (no IOMMU: direct, swiotlb) is
+	 * mapped page by page on first access (qgpu_vm_fault()), as udmabuf
+	 * maps its pages. dma_mmap_coherent() would remap it whole, which
+	 * gives the VMA x86 PAT's VM_PAT; Linux 6.12 warns when remove's zap
+	 * meets fork() copying such a VMA (see qgpu_mmap_vram()), and fork()
+	 * can fail. Behind an IOMMU the buffer is vmalloc'ed pages, which
+	 * dma_mmap_coherent() maps VM_MIXEDMAP, untracked. Under memory
+	 * encryption the DMA API knows the right protection: left to it.
+	 */
+	if (!is_vmalloc_addr(bo->vaddr) && !cc_platform_has(CC_ATTR_MEM_ENCRYPT)) {
+		vm_flags_set(vma, VM_IO | VM_PFNMAP);
+		p->bo = bo;
+		return 0;
+	}
 	/*
 	 * dma_mmap_coherent() takes vm_pgoff as the offset into the buffer;
 	 * the VMA keeps its mmap offset (see qgpu_zap_bar_mappings()).
 	 */
-	p->base = (off - bo_off) >> PAGE_SHIFT;
 	vma->vm_pgoff = bo_off >> PAGE_SHIFT;
 	ret = dma_mmap_coherent(qf->qdev->dev, vma, bo->vaddr, bo->dma,
 				bo->size);
@@ -628,10 +652,10 @@ int qgpu_mmap(struct file *filp, struct vm_area_struct *vma)
 	vm_flags_clear(vma, VM_MAYEXEC);
 	vm_flags_set(vma, VM_DONTEXPAND | VM_DONTDUMP);
 	/*
-	 * Device memory is VM_IO | VM_PFNMAP. Buffer objects get their flags
-	 * from dma_mmap_coherent(): remap_pfn_range() (VM_PFNMAP) for direct
-	 * mappings, vm_map_pages() (VM_MIXEDMAP; it BUG()s on VM_PFNMAP)
-	 * behind an IOMMU.
+	 * Device memory is VM_IO | VM_PFNMAP. Buffer objects: VM_IO |
+	 * VM_PFNMAP too without an IOMMU (qgpu_mmap_bo()); behind one, the
+	 * flags of dma_mmap_coherent()'s vm_map_pages() (VM_MIXEDMAP; it
+	 * BUG()s on VM_PFNMAP).
 	 */
 	if (off < QGPU_MMAP_BO_BASE)
 		vm_flags_set(vma, VM_IO | VM_PFNMAP);

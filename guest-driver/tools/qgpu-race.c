@@ -69,7 +69,7 @@
  *	6.12 untracks by reading the PTE at the VMA's start; a zap that meets
  *	a child's copy after fork() set VM_PAT on it and before its PTEs were
  *	copied finds none and warns (untrack_pfn). Reports how many forks
- *	and zaps ran; the tests read the kernel log.
+ *	ran and how many failed; the tests read the kernel log.
  */
 #include <dirent.h>
 #include <limits.h>
@@ -559,7 +559,7 @@ static void cmd_access_bounds(void)
 	if (regs == MAP_FAILED || vram == MAP_FAILED || bom == MAP_FAILED)
 		fail("mmap", errno);
 	/* Fault them in: a debugger reads only pages a PTE maps. */
-	(void)*(volatile uint8_t *)regs;
+	(void)*(volatile uint32_t *)regs;
 	(void)*(volatile uint8_t *)vram;
 	printf("{\"ok\":true,\"bytes_read\":{\"regs\":%ld,\"vram\":%ld,\"bo\":%ld}}\n",
 	       mem_read_across(mem, regs), mem_read_across(mem, vram),
@@ -825,8 +825,8 @@ static int map_many(int fd, uint64_t bo_offset, void **maps)
 
 			if (p == MAP_FAILED)
 				return -errno;
-			/* Fault in what the mapping did not fill. */
-			(void)*(volatile uint8_t *)p;
+			/* Fault in what the mapping did not fill (registers: 32 bits). */
+			(void)*(volatile uint32_t *)p;
 			maps[k * FORK_MAPS + i] = p;
 		}
 	return 0;

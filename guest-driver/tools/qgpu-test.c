@@ -1092,8 +1092,10 @@ static int t_remove_while_open(void)
 	CHECK(!bo_create(fd, 8192, &bc), "bo");
 	bo = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_SHARED, fd, bc.mmap_offset);
 	CHECK(v && lz && regs != MAP_FAILED && bo != MAP_FAILED, "mmaps");
+	/* Every mapping has a PTE now (the register page's is made at first access). */
 	v[0] = 1;
 	(void)lz[0];
+	(void)regs[(QGPU_REG_USER_ID - QGPU_REGS_USER_PAGE) / 4];
 	bo[0] = 1;
 	/* Leave work queued while the device goes. */
 	for (int i = 0; i < 20; i++)

@@ -67,7 +67,8 @@
 
 /*
  * [QGPU_MMAP_VRAM, +vram_size): VRAM, write-combined (uncached if the BAR
- *	is not prefetchable: sysfs vram_caching), mapped at mmap time.
+ *	is not prefetchable: sysfs vram_caching), mapped at mmap time (but
+ *	see QGPU_MMAP_REGS on one-page mappings).
  * [QGPU_MMAP_VRAM_LAZY, +vram_size): VRAM, as above, mapped page by page on
  *	first touch (fault handler).
  * [QGPU_MMAP_REGS, +QGPU_PAGE_SIZE): the BAR0 user register page, uncached
@@ -76,7 +77,11 @@
  *	made without an io_mapping: a kernel without CONFIG_IO_MAPPING, or an
  *	uncached BAR).
  * QGPU_MMAP_BO_BASE + (handle << QGPU_MMAP_BO_SHIFT): a buffer object; its
- *	offset is returned by QGPU_IOCTL_BO_CREATE.
+ *	offset is returned by QGPU_IOCTL_BO_CREATE. Mapped at mmap time behind
+ *	an IOMMU, else page by page on first access.
+ *
+ * A debugger (ptrace, /proc/PID/mem) reads and writes VRAM and register
+ * pages that are mapped; one not yet touched gives -EIO.
  *
  * Every offset lies below 2^44, so that 32-bit processes reach each region
  * too: mmap2(2) takes the offset in 4 KiB pages, 32 bits of them.

@@ -69,18 +69,6 @@ KNOWN_KERNEL_BUGS = (
             "start of the VMA and warns. remap_pfn_range() untracks the real range "
             "right after, so nothing leaks: the warning is the kernel's own mistake, "
             "seen only when that one allocation fails"),
-    KnownKernelBug(
-        name="x86 PAT: untrack_pfn() warns when a zap meets fork() copying the mapping "
-             "(Linux 6.12; fixed in 6.16)",
-        signature=("WARNING:", "arch/x86/mm/pat/memtype.c", "untrack_pfn",
-                   "zap_page_range_single", "unmap_mapping_range"),
-        why="fork() sets VM_PAT on its copy of a mapping that one remap_pfn_range() made "
-            "whole (e.g. dma_mmap_coherent() without an IOMMU) before it copies the PTEs; "
-            "a driver's unmap_mapping_range() meeting the copy in between untracks it, "
-            "and get_pat_info() finds no PTE at the VMA's start and warns. Linux 6.16 "
-            "keeps the tracking in the VMA instead (\"mm: convert VM_PFNMAP tracking to "
-            "pfnmap_track() + pfnmap_untrack()\"). A driver can avoid it only for its "
-            "own mappings: fault-only, or io_mapping_map_user(), which does not track"),
 )
 
 #: One WARN report: from its "cut here" line to its "end trace" line.
