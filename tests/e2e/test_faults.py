@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from qgpu import health
 from qgpu.config import DmaMode, MiB, QgpuSpec
 from qgpu.data import fill_pattern
 from qgpu.data import fnv1a64 as fnv1a64  # re-exported for test_driver_fixes
@@ -150,8 +151,8 @@ def dedicated(restore_guest: MakeGuest, mode: DmaMode = DmaMode.DIRECT
     """A guest of the test's own, restored from its template (issue 12: not booted),
     with the driver loaded; kmemleak (where the kernel has it) reads it afterwards."""
     g = restore_guest(mode, ssh=False, check_leaks=True)
-    g.run("insmod /opt/qgpu/qgpu.ko && test -c /dev/qgpu0 && dmesg -c >/dev/null",
-          check=True)
+    health.check_boot(g)            # its template's boot; the probe's log is read at the end
+    g.run("insmod /opt/qgpu/qgpu.ko && test -c /dev/qgpu0", check=True)
     return g, FaultInjector.for_machine(g), g.inspector()
 
 

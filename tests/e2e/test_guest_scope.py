@@ -1,9 +1,11 @@
 """``--qgpu-guest-scope`` (issue 12): which tests share a guest.
 
-A pytest run of its own, on two tests of one module, where the first leaves a
-file in the guest and a pattern in VRAM and the second looks for them: with a
-fresh guest per test (``test``) the second finds neither; with one guest per
-module it finds both, which shows the check can fail.
+A pytest run of its own on two modules. In the first, one test leaves a file
+in the guest and a pattern in VRAM, and the next looks for both; the second
+module's test looks too. With a fresh guest per test (``test``) nothing is
+found; with one guest per module (``module``) the first module's second test
+finds both (the check can fail) and the other module's test, on a guest of its
+own, finds neither.
 """
 
 from __future__ import annotations
@@ -24,6 +26,15 @@ DIRECT = pytest.mark.parametrize("dma_mode", [DmaMode.DIRECT], indirect=True)
 MARK = "/tmp/qgpu-scope-mark"
 
 
+def look(guest, inspector):
+    seen = []
+    if guest.run(f"test -e {MARK}").status == 0:
+        seen.append("guest RAM")
+    if inspector.vram_backend(0, 4096) != bytes(4096):
+        seen.append("VRAM")
+    assert not seen, "left by an earlier test: " + " and ".join(seen)
+
+
 @DIRECT
 def test_1_leaves_a_mark(guest):
     guest.run(f"touch {MARK} && /opt/qgpu/bin/qgpu-tool fill 0 4096 0x5a5a5a5a", check=True)
@@ -31,8 +42,15 @@ def test_1_leaves_a_mark(guest):
 
 @DIRECT
 def test_2_finds_no_mark(guest, qgpu_inspector):
-    assert guest.run(f"test -e {MARK}").status != 0, "guest RAM of the test before"
-    assert qgpu_inspector.vram_backend(0, 4096) == bytes(4096), "VRAM of the test before"
+    look(guest, qgpu_inspector)
+'''
+OTHER_MODULE = '''
+from test_inner import DIRECT, look
+
+
+@DIRECT
+def test_3_finds_no_mark(guest, qgpu_inspector):
+    look(guest, qgpu_inspector)
 '''
 
 
@@ -40,12 +58,14 @@ def _inner_run(tmp_path: Path, kernel: GuestKernel, scope: str, accel: str) -> s
     folder = tmp_path / scope
     folder.mkdir()
     (folder / "test_inner.py").write_text(INNER)
+    (folder / "test_inner_other.py").write_text(OTHER_MODULE)
     res = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rA",
          "--qgpu-kernel", str(kernel.image_dir), "--qgpu-accel", accel,
          "--qgpu-guest-scope", scope, "--qgpu-artifacts", str(folder / "artifacts"),
-         "--rootdir", str(folder), str(folder / "test_inner.py")],
-        cwd=folder, capture_output=True, text=True, timeout=600, check=False)
+         "--rootdir", str(folder), str(folder / "test_inner.py"),
+         str(folder / "test_inner_other.py")],
+        cwd=folder, capture_output=True, text=True, timeout=250, check=False)
     return res.stdout + res.stderr
 
 
@@ -57,7 +77,8 @@ def test_a_fresh_guest_per_test_sees_nothing_of_the_test_before(
         pytest.skip("the scopes are checked on the kernels without kmemleak")
     accel = pytestconfig.getoption("--qgpu-accel")
     isolated = _inner_run(tmp_path, guest_kernel, "test", accel)
-    assert "2 passed" in isolated, isolated
+    assert "3 passed" in isolated, isolated
     shared = _inner_run(tmp_path, guest_kernel, "module", accel)
     assert "FAILED test_inner.py::test_2_finds_no_mark[direct]" in shared and \
-        "1 passed" in shared, shared
+        "left by an earlier test: guest RAM and VRAM" in shared and \
+        "2 passed" in shared, shared

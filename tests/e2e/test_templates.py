@@ -113,16 +113,19 @@ def test_a_state_that_does_not_load_quotes_qemu(restore_guest: RestoreGuest,
     assert not machine.is_alive()
 
 
-def test_a_restore_that_fails_boots_and_says_why(guest_kernel: GuestKernel, tmp_path: Path
-                                                 ) -> None:
+def test_a_restore_that_fails_boots_and_says_why(guest_kernel: GuestKernel, tmp_path: Path,
+                                                 pytestconfig: pytest.Config) -> None:
     """A template whose state QEMU refuses (here: garbage) does not fail the test
     that wanted a guest: it gets a booted one, without the driver as a restored
     one would be, and the reason quotes QEMU's own error (the plugin warns with
     it and counts it in the run's summary)."""
     if guest_kernel.detectors.heavy:
         pytest.skip("the fallback does not depend on the kernel; a debug boot costs a minute")
+    # As the plugin's guests are configured: the same template.
     cfg = MachineConfig.for_kernel(guest_kernel, dma_mode=DmaMode.DIRECT,
-                                   name=str(DmaMode.DIRECT))
+                                   name=str(DmaMode.DIRECT),
+                                   accel=pytestconfig.getoption("--qgpu-accel"),
+                                   timeout_scale=pytestconfig.getoption("--qgpu-timeout-scale"))
     real = template.get(cfg, ssh_key=guest_kernel.ssh_key)
     broken = tmp_path / real.folder.name           # the key names the folder
     broken.mkdir()

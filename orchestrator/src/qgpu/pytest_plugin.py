@@ -234,14 +234,21 @@ class _Pool:
         self.scope: str = config.getoption("--qgpu-guest-scope", default="session")
         self.machines: dict[DmaMode, GuestMachine] = {}
         self.windows: dict[DmaMode, list[_Window]] = {}
+        #: The module whose tests a module-scoped guest serves.
+        self.owners: dict[DmaMode, str] = {}
 
     def get(self, mode: DmaMode, nodeid: str) -> GuestMachine:
-        # Tests are grouped by mode, and each group's guest retires after its last
-        # test (pytest_runtest_teardown); this only catches an unusual order.
-        for other in [m for m in self.machines if m is not mode]:
+        # Tests are grouped by mode (and module), and each group's guest retires
+        # after its last test (pytest_runtest_teardown); this only catches an
+        # unusual order (e.g. a pytest-xdist worker's share of the tests).
+        module = nodeid.split("::")[0]
+        stale = [m for m in self.machines if m is not mode or
+                 (self.scope == "module" and self.owners.get(m) != module)]
+        for other in stale:
             problem = self.retire(other)
             if problem:
                 raise GuestCrashError(problem)
+        self.owners[mode] = module
         machine = self.machines.get(mode)
         if machine is None or not machine.is_alive():
             if machine is not None:

@@ -298,8 +298,9 @@ def restore_or_boot(config: MachineConfig, *, ssh_key: Path | None = None,
     """Return a guest of ``config`` restored from its template, or booted if that fails.
 
     A template that cannot be made (the guest does not boot) raises, as a boot
-    would. A restore that fails (QEMU refuses the state, the guest does not
-    answer) is not the end: the guest is booted instead, without the driver
+    would. A restore that fails (QEMU refuses the state, the guest's console
+    does not answer) is not the end -- SSH, which connects at first use, is
+    not tried here: the guest is booted instead, without the driver
     as a restored one is, and :attr:`Started.cold_boot_reason` quotes the
     error, for the caller to report -- never silently. ``template`` defaults
     to :func:`get`'s.
