@@ -237,6 +237,38 @@ static int wait_node(const char *node, double ms)
 	return 0;
 }
 
+/*
+ * Wait for @node (after a rescan), find its sysfs folder, open it and
+ * create a buffer object of @bo->size; return the file. Fails the run.
+ */
+static int open_with_bo(const char *node, char *sysdir, size_t len,
+			struct qgpu_bo_create *bo)
+{
+	int fd, ret;
+
+	ret = wait_node(node, 10000);
+	if (ret)
+		fail("waiting for the device node after rescan", -ret);
+	ret = device_sysfs(node, sysdir, len);
+	if (ret)
+		fail("finding the device in sysfs", -ret);
+	fd = qgpu_open(node);
+	if (fd < 0)
+		fail("open", errno);
+	ret = qgpu_ioctl(fd, QGPU_IOCTL_BO_CREATE, bo);
+	if (ret)
+		fail("BO_CREATE", -ret);
+	return fd;
+}
+
+static void rescan_bus(void)
+{
+	int ret = qgpu_write_file("/sys/bus/pci/rescan", "1");
+
+	if (ret)
+		fail("rescanning the PCI bus", -ret);
+}
+
 static void cmd_remove_vs_mmap(uint64_t tries, long remove_after_us,
 			       int preempt)
 {
@@ -257,18 +289,7 @@ static void cmd_remove_vs_mmap(uint64_t tries, long remove_after_us,
 		pthread_t mt, pt;
 		int i, hit = 0;
 
-		ret = wait_node(node, 10000);
-		if (ret)
-			fail("waiting for the device node after rescan", -ret);
-		ret = device_sysfs(node, sysdir, sizeof(sysdir));
-		if (ret)
-			fail("finding the device in sysfs", -ret);
-		m.fd = qgpu_open(node);
-		if (m.fd < 0)
-			fail("open", errno);
-		ret = qgpu_ioctl(m.fd, QGPU_IOCTL_BO_CREATE, &bo);
-		if (ret)
-			fail("BO_CREATE", -ret);
+		m.fd = open_with_bo(node, sysdir, sizeof(sysdir), &bo);
 		m.offset = bo.mmap_offset;
 
 		pthread_create(&mt, NULL, mapper_thread, &m);
@@ -298,9 +319,7 @@ static void cmd_remove_vs_mmap(uint64_t tries, long remove_after_us,
 		tries_stale += hit;
 		mmaps += m.count;
 		close(m.fd);
-		ret = qgpu_write_file("/sys/bus/pci/rescan", "1");
-		if (ret)
-			fail("rescanning the PCI bus", -ret);
+		rescan_bus();
 	}
 	ret = wait_node(node, 10000);
 	if (ret)
@@ -852,18 +871,7 @@ static void cmd_fork_vs_zap(const char *action, uint64_t tries)
 		struct forker f = { 0 };
 		pthread_t ft;
 
-		ret = wait_node(node, 10000);
-		if (ret)
-			fail("waiting for the device node after rescan", -ret);
-		ret = device_sysfs(node, sysdir, sizeof(sysdir));
-		if (ret)
-			fail("finding the device in sysfs", -ret);
-		fd = qgpu_open(node);
-		if (fd < 0)
-			fail("open", errno);
-		ret = qgpu_ioctl(fd, QGPU_IOCTL_BO_CREATE, &bo);
-		if (ret)
-			fail("BO_CREATE", -ret);
+		fd = open_with_bo(node, sysdir, sizeof(sysdir), &bo);
 		/* New mappings every try: a zap ends a mapping's PAT tracking. */
 		ret = map_many(fd, bo.mmap_offset, maps);
 		if (ret)
@@ -884,9 +892,7 @@ static void cmd_fork_vs_zap(const char *action, uint64_t tries)
 			munmap(maps[i], QGPU_PAGE_SIZE);
 		close(fd);
 		if (remove) {
-			ret = qgpu_write_file("/sys/bus/pci/rescan", "1");
-			if (ret)
-				fail("rescanning the PCI bus", -ret);
+			rescan_bus();
 		}
 	}
 	ret = wait_node(node, 10000);
