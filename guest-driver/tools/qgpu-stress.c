@@ -86,6 +86,20 @@ static uint64_t rnd(uint64_t *s)
 	return *s * 0x2545f4914f6cdd1dULL;
 }
 
+/*
+ * A length in [1, max], log-uniform: as many short ones as long ones. The
+ * operations checked by a CPU checksum of VRAM need it: the kernel stops a
+ * checksum at a signal, and on a slow guest (a debug kernel under TCG) a long
+ * one always meets one of the 300 us alarms, so with uniform lengths up to a
+ * MiB no fill completed in a 30 s run.
+ */
+static size_t rnd_len(uint64_t *s, size_t max)
+{
+	size_t cap = (size_t)1 << (1 + rnd(s) % (64 - __builtin_clzll(max)));
+
+	return 1 + rnd(s) % (cap < max ? cap : max);
+}
+
 /* ---- per-thread state ------------------------------------------------------ */
 
 struct worker {
@@ -272,7 +286,7 @@ out:
 /* An async fill, waited for, checked by the kernel's CPU checksum. */
 static void op_fill(struct worker *w, uint64_t *s)
 {
-	size_t len = 4 * (1 + rnd(s) % (SLOT / 4 - 1));
+	size_t len = 4 * rnd_len(s, SLOT / 4 - 1);
 	uint64_t voff = w->slot + 4 * (rnd(s) % ((SLOT - len) / 4 + 1));
 	uint32_t pat = (uint32_t)rnd(s);
 	uint64_t fence, got;
@@ -295,7 +309,7 @@ static void op_fill(struct worker *w, uint64_t *s)
 /* VRAM to VRAM inside the slot, overlapping either way (memmove). */
 static void op_copy_vram(struct worker *w, uint64_t *s)
 {
-	size_t len = 1 + rnd(s) % (SLOT / 2);
+	size_t len = rnd_len(s, SLOT / 2);
 	uint64_t src = w->slot + rnd(s) % (SLOT - len);
 	uint64_t dst = w->slot + rnd(s) % (SLOT - len);
 	struct qgpu_vram_op a = {
