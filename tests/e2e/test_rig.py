@@ -8,6 +8,7 @@ run on the other kernels only.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -19,10 +20,18 @@ from pathlib import Path
 
 import pytest
 
-from qgpu.config import DmaMode, MachineConfig
-from qgpu.errors import GuestCrashError, GuestTimeoutError, QemuCrashWarning, QemuDiedError
+from qgpu import cli
+from qgpu.config import DmaMode, MachineConfig, QgpuSpec
+from qgpu.errors import (
+    GuestCrashError,
+    GuestError,
+    GuestTimeoutError,
+    QemuCrashWarning,
+    QemuDiedError,
+    QemuError,
+)
 from qgpu.kernels import GuestKernel, resolve
-from qgpu.machine import BACKTRACE_FILE, GuestMachine, crash_outside_qgpu
+from qgpu.machine import BACKTRACE_FILE, GuestMachine, crash_outside_qgpu, forwarded_ssh_port
 
 MakeGuest = Callable[..., GuestMachine]
 
@@ -167,3 +176,117 @@ def test_crash_outside_qgpu_needs_named_frames_none_of_them_qgpu() -> None:
     assert not crash_outside_qgpu((jit,)), "no named frame: unknown, not cleared"
     assert not crash_outside_qgpu(())
     assert not crash_outside_qgpu((jit, tcg, ours))
+
+
+# ---- start-up errors and the console's command protocol (issue 13, item 4) ----------
+
+def _kernel_arg(kernel: GuestKernel) -> str:
+    """The ``--kernel`` value that boots ``kernel`` (an image folder works for any)."""
+    return str(kernel.image_dir)
+
+
+def _forget_kept_files(err: BaseException) -> Path:
+    """Return the folder a failed start kept (named in the error's note), removed."""
+    notes = "\n".join(getattr(err, "__notes__", ()))
+    m = re.search(r"kept in (\S+)/ ", notes)
+    assert m, f"the error does not say where QEMU's log was kept: {err}\n{notes}"
+    kept = Path(m.group(1))
+    assert kept.is_dir(), kept
+    shutil.rmtree(kept, ignore_errors=True)
+    return kept
+
+
+@pytest.mark.parametrize(("props", "qemu_says"), [
+    ((("nosuch", "1"),), "Property 'qgpu.nosuch' not found"),
+    ((("msix", "maybe"),), "'msix'"),
+])
+def test_a_bad_device_property_fails_at_once_with_qemus_message(
+        request: pytest.FixtureRequest, guest_kernel: GuestKernel,
+        props: tuple[tuple[str, str], ...], qemu_says: str) -> None:
+    """QEMU opens its sockets before it parses -device: the rig reads EOF on QMP,
+    and must say what QEMU said (not "cannot open the QMP session"), and keep the log."""
+    machine = GuestMachine(MachineConfig.for_kernel(
+        guest_kernel, name="bad-prop", accel=request.config.getoption("--qgpu-accel"),
+        ssh=False, qgpus=(QgpuSpec(props=props),)))
+    start = time.monotonic()
+    with pytest.raises(QemuDiedError) as info:
+        machine.start()
+    assert time.monotonic() - start < 10
+    assert qemu_says in str(info.value) and "while starting" in str(info.value), info.value
+    assert "QMP" not in str(info.value).split("QEMU's last output")[0], info.value
+    kept = _forget_kept_files(info.value)
+    assert kept.name.startswith("qgpu-bad-prop-")
+
+
+def test_a_vram_size_qemu_refuses_is_explained_by_the_cli(
+        guest_kernel: GuestKernel, capsys: pytest.CaptureFixture[str]) -> None:
+    status = cli.main(["run", "--kernel", _kernel_arg(guest_kernel), "--vram-size", "3M",
+                       "--", "true"])
+    err = capsys.readouterr().err
+    assert status == 1, err
+    assert "is not a power of two between 1 MiB and 16 GiB" in err, err
+    m = re.search(r"kept in (\S+)/ ", err)
+    assert m and (Path(m.group(1)) / "guest.log").is_file(), err
+    shutil.rmtree(m.group(1), ignore_errors=True)
+
+
+def test_a_missing_kernel_file_is_named(request: pytest.FixtureRequest,
+                                        guest_kernel: GuestKernel, tmp_path: Path) -> None:
+    cfg = MachineConfig.for_kernel(guest_kernel, name="no-kernel", ssh=False,
+                                   accel=request.config.getoption("--qgpu-accel"))
+    missing = tmp_path / "bzImage"
+    machine = GuestMachine(dataclasses.replace(cfg, kernel=missing))
+    with pytest.raises(QemuDiedError, match=re.escape(str(missing))) as info:
+        machine.start()
+    _forget_kept_files(info.value)
+
+
+def test_the_console_takes_any_shell_text(make_guest: MakeGuest) -> None:
+    """A trailing comment, a trailing "&", a here-document and several lines each
+    run as a shell script would, and the status is the last command's."""
+    machine = make_guest(DmaMode.DIRECT, ssh=False)
+    res = machine.run('echo "a  b"; echo $((1+2)) # a comment')
+    assert (res.status, res.output) == (0, "a  b\n3")
+    res = machine.run("(sleep 0.2; echo bg > /tmp/bg-done) &")
+    assert res.status == 0 and res.output == ""
+    deadline = time.monotonic() + 20 * machine.config.timeout_scale
+    while machine.run("cat /tmp/bg-done 2>/dev/null").output != "bg":
+        assert time.monotonic() < deadline, "the background job never ran"
+        time.sleep(0.2)
+    res = machine.run("cat <<'EOF'\nline one $HOME\n  line two\nEOF")
+    assert (res.status, res.output) == (0, "line one $HOME\n  line two")
+    res = machine.run("x=4\nif [ $x = 4 ]; then\n  echo four\nfi\nfalse")
+    assert (res.status, res.output) == (1, "four")
+    # The shell is still in step: the next command's output is its own.
+    assert machine.run("echo next", check=True).output == "next"
+
+
+def test_a_console_line_too_long_for_the_terminal_is_refused(make_guest: MakeGuest) -> None:
+    machine = make_guest(DmaMode.DIRECT, ssh=False)
+    with pytest.raises(GuestError, match="at most 4000 bytes a line"):
+        machine.run("echo " + "x" * 5000)
+    assert machine.run("echo " + "y" * 3000, check=True).output == "y" * 3000
+
+
+def test_qgpu_run_keeps_the_quoting_and_exits_with_the_commands_status(
+        make_guest: MakeGuest, guest_kernel: GuestKernel,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    del make_guest                          # for the autouse skip on heavy kernels
+    status = cli.main(["run", "--kernel", _kernel_arg(guest_kernel), "--",
+                       "sh", "-c", 'printf "[%s]" "$1"; exit 3', "-", "a  b # c"])
+    out = capsys.readouterr().out
+    assert (status, out.strip()) == (3, "[a  b # c]")
+
+
+def test_the_words_of_qgpu_run() -> None:
+    assert cli.guest_command(["echo a | tr a b # c"]) == "echo a | tr a b # c"
+    assert cli.guest_command(["ls", "a b", "$HOME"]) == "ls 'a b' '$HOME'"
+
+
+def test_the_ssh_port_is_read_back_from_qemu() -> None:
+    usernet = ("Hub -1 (n0):\r\n  Protocol[State]    FD  Source Address  Port   Dest. Address"
+               "  Port RecvQ SendQ\r\n  TCP[HOST_FORWARD]   9       127.0.0.1 33767       "
+               "10.0.2.15    22     0     0\r\n")
+    assert forwarded_ssh_port(usernet) == 33767
+    with pytest.raises(QemuError, match="no host forward"):
+        forwarded_ssh_port("Hub -1 (n0):\r\n")

@@ -2,7 +2,9 @@
 
     qgpu boot [--mode iommu]            boot and hand over the serial console
     qgpu run [--mode swiotlb] -- CMD    boot, run CMD, print its output, exit with its status
-                                        (1 if the kernel's detectors reported anything)
+                                        (1 if the kernel's detectors reported anything);
+                                        one word is a shell script ('a | b # c'), several
+                                        a command and its arguments, quoting kept
     qgpu inspect --qmp SOCKET           statistics, BARs, DMA trace, VRAM of a running guest
     qgpu demo                           the DMA + mmap demonstration (make demo)
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import shlex
 import sys
 import tempfile
 import time
@@ -100,13 +103,23 @@ def cmd_boot(args: argparse.Namespace) -> int:
     return 0
 
 
+def guest_command(words: list[str]) -> str:
+    """Return the shell text that ``qgpu run -- WORDS`` runs in the guest.
+
+    One word is a shell script, as ``sh -c`` takes it (``qgpu run -- 'a | b # c'``);
+    several are a command and its arguments, quoted so that each reaches the
+    command as it was given (``qgpu run -- ls "a b"``).
+    """
+    return words[0] if len(words) == 1 else shlex.join(words)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Boot, run one command on the console, print its output."""
     if not args.command:
         raise QgpuError("qgpu run needs a command after --")
     machine = _boot(args)
     try:
-        result = machine.run(" ".join(args.command), timeout=args.timeout)
+        result = machine.run(guest_command(args.command), timeout=args.timeout)
         print(result.output)
         if health.detectors(machine).names():
             progress("reading the guest kernel's bug detectors"
@@ -159,7 +172,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=300.0,
                    help="seconds the command may take (x4 on kernels with KASAN, lockdep "
                         "or kmemleak)")
-    p.add_argument("command", nargs=argparse.REMAINDER, help="-- the command")
+    p.add_argument("command", nargs=argparse.REMAINDER,
+                   help="-- the command: one word is a shell script, several a command "
+                        "and its arguments")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("inspect", help="statistics, DMA trace, VRAM of a running guest's qgpu")
     p.add_argument("--qmp", required=True, help="QMP socket printed by 'qgpu boot'")
@@ -180,7 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         status: int = args.func(args)
         return status
     except QgpuError as exc:
-        print(f"qgpu: error: {exc}", file=sys.stderr)
+        print(f"qgpu: error: {exc}", *getattr(exc, "__notes__", ()), sep="\n",
+              file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -2,9 +2,13 @@
 
 The guest image prints ``QGPU-GUEST-READY`` when it is up, then a shell
 prompt ``qgpu# `` with echo off (``qgpu_console=plain``), so a command's
-output comes back clean. :meth:`SerialConsole.run` appends a unique exit-code
-tag to each command and waits for it, watching for kernel panics, oopses,
-BUGs and WARNs all the while.
+output comes back clean. The shell reads and runs one line at a time, so
+:meth:`SerialConsole.run` sends each command as one line, ``command eval
+$'TEXT'`` followed by a unique exit-code tag, and waits for the tag, watching
+for kernel panics, oopses, BUGs and WARNs all the while. Quoted that way, any
+shell text gets through unchanged: a trailing comment or ``&``, several lines,
+a here-document; and a syntax error is an exit status (2), not the end of the
+shell (``command`` keeps ``eval``'s error from ending it).
 """
 
 from __future__ import annotations
@@ -20,10 +24,19 @@ from pathlib import Path
 import pexpect
 import pexpect.fdpexpect
 
-from qgpu.errors import GuestCommandError, GuestCrashError, GuestTimeoutError, QemuDiedError
+from qgpu.errors import (
+    GuestCommandError,
+    GuestCrashError,
+    GuestError,
+    GuestTimeoutError,
+    QemuDiedError,
+)
 
 READY_MARKER = "QGPU-GUEST-READY"
 PROMPT = "qgpu# "
+#: The longest line the rig sends: a terminal in canonical mode takes 4095
+#: bytes a line and drops the rest.
+MAX_LINE = 4000
 # What a kernel prints when something went badly wrong.
 CRASH_PATTERNS = (
     r"Kernel panic - not syncing",
@@ -37,6 +50,18 @@ CRASH_PATTERNS = (
 )
 CRASH_RE = re.compile("|".join(CRASH_PATTERNS))
 _NEVER = re.compile(r"(?!)")
+
+
+def shell_quote_line(text: str) -> str:
+    """Return ``text`` as one line of shell: ``$'...'``, which ash, bash and zsh read back.
+
+    Newlines and other control characters become escapes, so that a script of
+    several lines fits the line the guest's read-eval loop reads.
+    """
+    escapes = {"\\": "\\\\", "'": "\\'", "\n": "\\n", "\t": "\\t"}
+    out = [escapes.get(ch) or (f"\\x{ord(ch):02x}" if ord(ch) < 0x20 or ord(ch) == 0x7f
+                               else ch) for ch in text]
+    return "$'" + "".join(out) + "'"
 
 
 @dataclass(frozen=True)
@@ -122,8 +147,13 @@ class SerialConsole:
         """
         self._seq += 1
         tag = f"QGPU-RC-{self._seq}="
+        line = f"command eval {shell_quote_line(command)}; echo \"{tag}$?\"\n"
+        if len(line.encode()) > MAX_LINE:
+            raise GuestError(f"{self.name}: {command[:60]!r}... is {len(line.encode())} bytes "
+                             f"quoted, and the guest's terminal reads at most {MAX_LINE} "
+                             "bytes a line: run it over SSH (ssh_run), or from a file")
         try:
-            self._child.send(f"{command}; echo \"{tag}$?\"\n")
+            self._child.send(line)
         except OSError as exc:
             raise QemuDiedError(f"{self.name}: console lost (QEMU exited?) before "
                                 f"{command!r}: {exc}") from exc

@@ -51,12 +51,16 @@ def crash_outside_qgpu(backtrace: tuple[str, ...]) -> bool:
             and not any(QGPU_FRAME.search(f) for f in backtrace))
 
 
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+#: A host forward in HMP's ``info usernet``: source address and port, then the guest's.
+_HOSTFWD = re.compile(r"TCP\[HOST_FORWARD\]\s+\d+\s+\S+\s+(\d+)\s+\S+\s+22\b")
+
+
+def forwarded_ssh_port(usernet: str) -> int:
+    """Return the host port QEMU chose for the guest's SSH, read from ``info usernet``."""
+    m = _HOSTFWD.search(usernet)
+    if m is None:
+        raise QemuError(f"QEMU lists no host forward to the guest's port 22: {usernet!r}")
+    return int(m.group(1))
 
 
 class GuestMachine:
@@ -82,31 +86,34 @@ class GuestMachine:
         self.vram: dict[str, SharedMemory] = {}
         self.console_log: Path | None = None
         self.crash_report = ""              #: why QEMU crashed, once it has
+        #: QEMU's work folder, kept after the guest failed to come up.
+        self.kept_files: Path | None = None
 
     # -- lifecycle --------------------------------------------------------------
 
-    def start(self, *, attempts: int = 3, crash_retries: int = 1,
-              connect_ssh: bool = True) -> GuestMachine:
+    def start(self, *, crash_retries: int = 1, connect_ssh: bool = True) -> GuestMachine:
         """Boot and wait for the guest's ready marker.
 
-        Up to ``attempts`` boots when QEMU cannot bind its SSH port forward
-        (another process took the port). Up to ``crash_retries`` more when QEMU
-        crashes while booting and gdb read a backtrace that does not pass
-        through qgpu's code (TCG crashes intermittently on some hosts): each
-        such crash is reported as a :class:`~qgpu.errors.QemuCrashWarning` with
-        its backtrace, never hidden. A crash in qgpu's code, one without a
-        backtrace, or one more than allowed, raises.
+        Up to ``crash_retries`` more boots when QEMU crashes while booting and
+        gdb read a backtrace that does not pass through qgpu's code (TCG crashes
+        intermittently on some hosts): each such crash is reported as a
+        :class:`~qgpu.errors.QemuCrashWarning` with its backtrace, never hidden.
+        A crash in qgpu's code, one without a backtrace, or one more than
+        allowed, raises. When QEMU cannot start, the error quotes QEMU's own
+        message and names the folder where its log was kept.
         """
-        port_tries = crashes = 0
+        crashes = 0
         while True:
             try:
                 return self._start_once(connect_ssh=connect_ssh)
             except QemuDiedError as exc:
-                if "host forwarding" in str(exc) and port_tries < attempts - 1:
-                    port_tries += 1
-                    continue
                 if crash_outside_qgpu(exc.backtrace) and crashes < crash_retries:
                     crashes += 1
+                    # The warning quotes the backtrace: the folder kept for this
+                    # crash (with a core of up to 4 GiB) is not needed.
+                    if self.kept_files is not None:
+                        shutil.rmtree(self.kept_files, ignore_errors=True)
+                        self.kept_files = None
                     warnings.warn(QemuCrashWarning(f"{exc}\n-> booting {self.config.name} "
                                                    "again"), stacklevel=2)
                     continue
@@ -126,21 +133,33 @@ class GuestMachine:
             qmp_l, qmp_path = self.proc.listen("qmp.sock")
             listeners.append(qmp_l)
             self.console_log = self.proc.workdir / "console.log"
-            ssh_port = free_port() if cfg.ssh else None
+            # Port 0: QEMU binds a free port itself (read back below), so no other
+            # process can take it between a check and QEMU's bind.
             self.proc.args = cfg.qemu_args(
                 accel=self.accel, serial_socket=ser_path, qmp_socket=qmp_path,
-                console_log=self.console_log, ssh_port=ssh_port,
+                console_log=self.console_log, ssh_port=0 if cfg.ssh else None,
                 vram_files={k: v.path for k, v in self.vram.items()},
                 qmp_server=self.proc.workdir / "qmp-ext.sock", ram=ram)
             if incoming:
                 self.proc.args += ["-incoming", "defer"]
             self.proc.start()
-            ser = self.proc.accept(ser_l, "the serial console", 30)
-            qmp_sock = self.proc.accept(qmp_l, "the QMP connection", 30)
-            self.qmp = QmpClient(cfg.name, is_alive=self.proc.is_alive)
-            self.qmp.connect(qmp_sock)
+            try:
+                ser = self.proc.accept(ser_l, "the serial console", 30)
+                qmp_sock = self.proc.accept(qmp_l, "the QMP connection", 30)
+                self.qmp = QmpClient(cfg.name, is_alive=self.proc.is_alive)
+                self.qmp.connect(qmp_sock)
+            except QgpuError as exc:
+                # QEMU connects its sockets before it parses -device and friends:
+                # a bad argument shows here as a lost connection. Its exit and
+                # its own message are the real news.
+                if self.proc.wait(2.0) is None:
+                    raise
+                raise self._died(QemuDiedError(str(exc)), "starting") from exc
             self.console = SerialConsole(ser, self.proc.workdir / "console.transcript",
                                          name=cfg.name, is_alive=self.proc.is_alive)
+            ssh_port = forwarded_ssh_port(self.qmp.command(
+                "human-monitor-command", {"command-line": "info usernet"})) \
+                if cfg.ssh else None
         finally:
             for lsock in listeners:
                 lsock.close()
@@ -166,10 +185,22 @@ class GuestMachine:
                 raise self._died(exc, "booting") from exc
             if connect_ssh:
                 self._connect_ssh(ssh_port)
+        except QgpuError as exc:
+            self._stop_keeping_files(exc)
+            raise
         except BaseException:
             self.stop(graceful=False)
             raise
         return self
+
+    def _stop_keeping_files(self, exc: QgpuError) -> None:
+        """Stop a guest that did not come up; keep its files and add where to ``exc``."""
+        workdir = self.proc.workdir if self.proc is not None else None
+        self.stop(graceful=False, keep_files=True)
+        if workdir is not None and workdir.exists():
+            self.kept_files = workdir
+            exc.add_note(f"QEMU's log, the guest console's and QEMU's core (if any) are "
+                         f"kept in {workdir}/ (remove it when done).")
 
     def save(self, state: Path, *, timeout: float = 60.0) -> None:
         """Stop the guest and write its device state to ``state``, leaving shared RAM out.
@@ -209,7 +240,7 @@ class GuestMachine:
             time.sleep(0.002)
 
     def restore(self, ram: Path, state: Path, accel_name: str, *,
-                timeout: float = 60.0, attempts: int = 3) -> GuestMachine:
+                timeout: float = 60.0) -> GuestMachine:
         """Start the guest from a saved one instead of booting it.
 
         ``ram`` and ``state`` are what :meth:`save` left (a template,
@@ -218,22 +249,9 @@ class GuestMachine:
         mapped copy-on-write from ``ram`` (the file never changes) and
         ``-incoming defer``, loads the device state and runs; then the guest's
         clock is set to the host's (it stood still since the save); SSH
-        connects at the first :meth:`ssh_run`. Up to ``attempts`` starts when
-        another process took the SSH port. Raises
+        connects at the first :meth:`ssh_run`. Raises
         :class:`~qgpu.errors.QemuError` quoting QEMU if the state does not load.
         """
-        tries = 0
-        while True:
-            try:
-                return self._restore_once(ram, state, accel_name, timeout)
-            except QemuDiedError as exc:
-                if "host forwarding" in str(exc) and tries < attempts - 1:
-                    tries += 1
-                    continue
-                raise
-
-    def _restore_once(self, ram: Path, state: Path, accel_name: str,
-                      timeout: float) -> GuestMachine:
         self.accel = accel_name
         start = time.monotonic()
         try:
@@ -253,6 +271,9 @@ class GuestMachine:
             self.restore_seconds = time.monotonic() - start
             # Many tests never use SSH: its handshake (0.3 s under TCG) waits for one.
             self._connect_ssh(ssh_port, now=False)
+        except QgpuError as exc:
+            self._stop_keeping_files(exc)
+            raise
         except BaseException:
             self.stop(graceful=False)
             raise
@@ -277,7 +298,8 @@ class GuestMachine:
         if self.console_log is not None:
             with contextlib.suppress(OSError):
                 tail = self.console_log.read_text(errors="replace").splitlines()[-15:]
-                parts.append("The guest console's last lines:\n" + "\n".join(tail))
+                if any(line.strip() for line in tail):
+                    parts.append("The guest console's last lines:\n" + "\n".join(tail))
         return QemuDiedError("\n".join(parts), signal=self.proc.exit_signal(),
                              crash_report=report.text if report else "",
                              backtrace=report.backtrace if report else ())
@@ -286,8 +308,12 @@ class GuestMachine:
         """Return whether QEMU is still running."""
         return self.proc is not None and self.proc.is_alive()
 
-    def stop(self, *, graceful: bool = True, timeout: float = 15.0) -> int | None:
-        """Power off (if ``graceful``), then quit, then kill; clean up. Idempotent."""
+    def stop(self, *, graceful: bool = True, timeout: float = 15.0,
+             keep_files: bool = False) -> int | None:
+        """Power off (if ``graceful``), then quit, then kill; clean up. Idempotent.
+
+        ``keep_files`` leaves QEMU's work folder (logs, a core) in place.
+        """
         status = None
         if self.ssh is not None:
             self.ssh.close()
@@ -307,7 +333,7 @@ class GuestMachine:
             self.console.close()
             self.console = None
         if self.proc is not None:
-            status = self.proc.stop()
+            status = self.proc.stop(keep_files=keep_files)
         for shm in self.vram.values():
             shm.close()
         self.vram.clear()

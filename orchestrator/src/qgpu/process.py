@@ -121,12 +121,17 @@ class QemuProcess:
         return self._proc is not None and self._proc.poll() is None
 
     def log_tail(self, lines: int = 20) -> str:
-        """Return the last ``lines`` lines of QEMU's output."""
+        """Return the last ``lines`` lines of QEMU's output (not the command line).
+
+        The log's first line is the command line the rig wrote: long, and
+        never QEMU's own words.
+        """
         try:
             text = self.log_path.read_text(errors="replace")
         except OSError:
             return "(no QEMU log)"
-        return "\n".join(text.splitlines()[-lines:])
+        output = text.splitlines()[1:]
+        return "\n".join(output[-lines:]) if output else "(QEMU printed nothing)"
 
     def exit_signal(self) -> int | None:
         """Return the signal that ended QEMU, or None (running, or a plain exit)."""
@@ -219,10 +224,11 @@ class QemuProcess:
         except subprocess.TimeoutExpired:
             return None
 
-    def stop(self, grace: float = 5.0) -> int | None:
+    def stop(self, grace: float = 5.0, *, keep_files: bool = False) -> int | None:
         """Terminate QEMU if still running (SIGTERM, then SIGKILL); clean up.
 
         Callers that can ask QEMU to quit (QMP ``quit``) should do so first.
+        ``keep_files`` leaves the work folder (its log, a core) for a post-mortem.
         Returns QEMU's exit status. Idempotent.
         """
         status: int | None = None
@@ -235,7 +241,7 @@ class QemuProcess:
                     os.killpg(self._proc.pid, sig)
                 status = self.wait(grace)
             self._collect_sanitizer_report()
-        if self._own_workdir:
+        if self._own_workdir and not keep_files:
             shutil.rmtree(self.workdir, ignore_errors=True)
         return status
 

@@ -309,6 +309,7 @@ def restore_or_boot(config: MachineConfig, *, ssh_key: Path | None = None,
     try:
         return Started(restore(config, ssh_key=ssh_key, template=tmpl))
     except (QemuError, GuestError) as exc:
-        reason = f"restoring {tmpl.folder} failed: {exc}"
+        reason = "\n".join((f"restoring {tmpl.folder} failed: {exc}",
+                            *getattr(exc, "__notes__", ())))
     machine = GuestMachine(template_config(config), ssh_key=ssh_key)
     return Started(machine.start(), reason)
