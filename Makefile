@@ -230,21 +230,26 @@ TEST_FUZZ_SECONDS ?= 240
 TEST_DEBUG_MODES ?= direct,swiotlb,iommu
 TEST_DEBUG_SIDE  := tests/e2e/test_detectors.py tests/e2e/test_kernel_faults.py
 TEST_LOGS     := $(BUILD)/logs
+TEST_REPORTS  := $(BUILD)/reports
 
 .PHONY: test
 test: qemu images venv ## Everything CI runs: lint, the suites on the stock, debug and qgpu kernels, sanitizers, fuzzing
 	$(MAKE) --no-print-directory lint
 	@status=0; lane=; mkdir -p $(TEST_LOGS); \
 	stock_suite() { $(PY) -m pytest tests --qgpu-kernel stock \
-	    --qgpu-artifacts $(BUILD)/artifacts/stock $(PYTEST_ARGS); }; \
+	    --qgpu-artifacts $(BUILD)/artifacts/stock --junitxml=$(TEST_REPORTS)/stock.xml \
+	    $(PYTEST_ARGS); }; \
 	qgpu_suite() { $(PY) -m pytest tests/e2e/test_io_mapping.py --qgpu-kernel qgpu \
-	    --qgpu-artifacts $(BUILD)/artifacts/qgpu $(PYTEST_ARGS); }; \
+	    --qgpu-artifacts $(BUILD)/artifacts/qgpu --junitxml=$(TEST_REPORTS)/qgpu.xml \
+	    $(PYTEST_ARGS); }; \
 	debug_suite() { $(PY) -m pytest "$$@" --qgpu-kernel debug \
 	    $(if $(TEST_DEBUG_MODES),--qgpu-modes $(TEST_DEBUG_MODES)) $(PYTEST_ARGS); }; \
 	debug_side_suite() { debug_suite $(TEST_DEBUG_SIDE) \
-	    --qgpu-artifacts $(BUILD)/artifacts/debug-side; }; \
+	    --qgpu-artifacts $(BUILD)/artifacts/debug-side \
+	    --junitxml=$(TEST_REPORTS)/debug-side.xml; }; \
 	sanitizers() { local rc=0; NINJA_JOBS=$${1:-} $(MAKE) --no-print-directory \
-	        test-device QEMU_SANITIZE=1 || rc=1; \
+	        test-device QEMU_SANITIZE=1 \
+	        PYTEST_ARGS="$(PYTEST_ARGS) --junitxml=$(TEST_REPORTS)/sanitizers.xml" || rc=1; \
 	    [ "$(TEST_FUZZ_SECONDS)" = 0 ] || NINJA_JOBS=$${1:-} $(MAKE) --no-print-directory \
 	        fuzz FUZZ_SECONDS=$(TEST_FUZZ_SECONDS) FUZZ_JOBS=$${1:-$(FUZZ_JOBS)} || rc=1; \
 	    return $$rc; }; \
@@ -272,7 +277,8 @@ test: qemu images venv ## Everything CI runs: lint, the suites on the stock, deb
 	fi; \
 	echo "make: end-to-end suite, debug kernel"; \
 	debug_suite tests/e2e $(addprefix --ignore=,$(TEST_DEBUG_SIDE)) \
-	    --qgpu-artifacts $(BUILD)/artifacts/debug || status=1; \
+	    --qgpu-artifacts $(BUILD)/artifacts/debug \
+	    --junitxml=$(TEST_REPORTS)/debug.xml || status=1; \
 	if [ -n "$$lane" ]; then \
 	    echo "make: waiting for the second lane"; wait $$lane || true; \
 	    show_logged stock; show_logged qgpu; show_logged debug-side; show_logged sanitizers; \
@@ -284,6 +290,8 @@ test: qemu images venv ## Everything CI runs: lint, the suites on the stock, deb
 	    echo "make: device suite under ASan + UBSan, and the fuzzer"; \
 	    sanitizers || status=1; \
 	fi; \
+	echo "make: JUnit XML reports in $(TEST_REPORTS)/; artifact bundles of failed tests" \
+	     "in $(BUILD)/artifacts/{stock,debug,debug-side,qgpu}/"; \
 	exit $$status
 
 .PHONY: bench

@@ -5,15 +5,19 @@ known bugs, which DMA modes a run selects."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 
 from qgpu import template
+from qgpu.errors import SetupError
 from qgpu.health import DMESG_BAD, KNOWN_KERNEL_BUGS, split_known_kernel_bugs
+from qgpu.kernels import resolve
 from qgpu.process import backtrace_frames, sanitizer_report
 
 ASAN_LOG = """\
@@ -122,6 +126,29 @@ def test_qgpu_modes_refuses_an_unknown_mode_by_name() -> None:
     bad = _collect("--qgpu-modes", "direct,viommu")
     assert bad.returncode == 4, bad.stdout + bad.stderr        # pytest's usage error
     assert "'viommu'" in bad.stderr and "virtio-iommu" in bad.stderr, bad.stderr
+
+
+def test_a_junit_report_names_qemu_kernel_and_image(tmp_path: Path) -> None:
+    """CI systems read what a run tested from its JUnit XML: QEMU, kernel, image, by hash."""
+    (tmp_path / "test_one.py").write_text("def test_one():\n    pass\n")
+    report = tmp_path / "junit.xml"
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          f"--junitxml={report}", "test_one.py"],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    props = {p.get("name"): p.get("value")
+             for p in ElementTree.parse(report).getroot().iter("property")}
+    assert {"qgpu.qemu", "qgpu.kernel", "qgpu.image", "qgpu.accel", "qgpu.modes"} <= set(props)
+    assert re.search(r"sha256:[0-9a-f]{16}$", props["qgpu.qemu"] or ""), props
+    # make test-device does not build guest images: then the report says why there is none.
+    try:
+        built = resolve().initrd.exists()
+    except SetupError:
+        built = False
+    if built:
+        assert re.search(r"sha256:[0-9a-f]{16}$", props["qgpu.image"] or ""), props
+    else:
+        assert re.search(r"unreadable \(|image folder", props["qgpu.image"] or ""), props
 
 
 def test_template_prune_removes_old_and_surplus_templates(tmp_path: Path,

@@ -53,8 +53,10 @@ Fixtures:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
+import time
 import warnings
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
@@ -62,6 +64,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _pytest import junitxml
 
 from qgpu import health, kernels, paths, template
 from qgpu.config import DmaMode, MachineConfig, QgpuSpec
@@ -316,6 +319,8 @@ class _Pool:
 
 
 _POOL = pytest.StashKey[_Pool]()
+#: When the session started (time.time()): bundles newer than this are this run's.
+_STARTED = pytest.StashKey[float]()
 #: (test, why) of every guest booted because its restore failed.
 _COLD_BOOTS = pytest.StashKey[list[tuple[str, str]]]()
 
@@ -365,9 +370,60 @@ def _qgpu_pool(pytestconfig: pytest.Config) -> Iterator[_Pool]:
     pool.close()
 
 
+def _file_digest(path: Path) -> str:
+    """Return the first 16 hex digits of ``path``'s SHA-256, or why there is none."""
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()[:16]
+    except OSError as exc:
+        return f"unreadable ({exc.strerror})"
+
+
+def run_properties(config: pytest.Config) -> dict[str, str]:
+    """Return what a run's results depend on: QEMU, guest kernel and image, accelerator."""
+    props = {"qgpu.accel": str(config.getoption("--qgpu-accel")),
+             "qgpu.guest_scope": str(config.getoption("--qgpu-guest-scope")),
+             "qgpu.modes": ",".join(sorted(_selected_modes(config)))}
+    try:
+        qemu = paths.qemu_binary()
+        props["qgpu.qemu"] = f"{qemu} sha256:{_file_digest(qemu)}"
+    except SetupError as exc:
+        props["qgpu.qemu"] = str(exc)
+    try:
+        k = kernels.resolve()
+        props["qgpu.kernel"] = f"{k.name} {k.release} sha256:{_file_digest(k.kernel)}"
+        props["qgpu.image"] = f"{k.initrd} sha256:{_file_digest(k.initrd)}"
+        props["qgpu.detectors"] = ",".join(k.detectors.names()) or "none"
+    except SetupError as exc:
+        props["qgpu.kernel"] = props["qgpu.image"] = str(exc)
+    return props
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Put :func:`run_properties` into the JUnit XML report (``--junitxml``), if one is written."""
+    session.config.stash[_STARTED] = time.time()
+    xml = session.config.stash.get(junitxml.xml_key, None)
+    if xml is not None:
+        for name, value in run_properties(session.config).items():
+            xml.add_global_property(name, value)
+
+
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int,
                             config: pytest.Config) -> None:
-    """Count the guests booted because their restore failed (``--qgpu-guest-scope``)."""
+    """Say where this run's artifact bundles are, and count restores that booted instead.
+
+    A restore fails over to a boot with ``--qgpu-guest-scope`` module or test.
+    """
+    base = Path(config.getoption("--qgpu-artifacts") or paths.build_dir() / "artifacts")
+    started = config.stash.get(_STARTED, time.time())
+    with contextlib.suppress(OSError):
+        bundles = [d for d in base.glob("*/*") if d.is_dir() and d.stat().st_mtime >= started]
+        if bundles:
+            terminalreporter.section("qgpu: artifact bundles")
+            terminalreporter.line(f"{len(bundles)} bundle(s) from this run in {base}/ (QEMU "
+                                  "and console logs, dmesg, QMP events, device state):")
+            for d in sorted(bundles)[:20]:
+                terminalreporter.line(f"  {d}")
     cold_boots = config.stash.get(_COLD_BOOTS, [])
     if not cold_boots:
         return
