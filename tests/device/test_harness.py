@@ -204,3 +204,28 @@ def test_a_pat_warning_from_a_drivers_zap_is_not_excused() -> None:
     rest, known = split_known_kernel_bugs(FORK_ZAP_LOG)
     assert known == [], [bug.name for bug, _ in known]
     assert any(DMESG_BAD.search(ln) for ln in rest.splitlines())
+
+
+def test_qemu_dies_with_a_rig_killed_outright(tmp_path: Path) -> None:
+    """A rig killed by SIGKILL (a CI timeout) cannot clean up: QEMU must go by itself."""
+    child = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time\n"
+         "from qgpu.paths import qemu_binary\n"
+         "from qgpu.process import QemuProcess\n"
+         "p = QemuProcess(qemu_binary(), ['-M', 'none', '-display', 'none', '-nodefaults',"
+         " '-S'], workdir=__import__('pathlib').Path(sys.argv[1]))\n"
+         "p.start()\n"
+         "print(p.pid, flush=True)\n"
+         "time.sleep(600)\n", str(tmp_path)],
+        stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    qemu = int(child.stdout.readline())
+    assert Path(f"/proc/{qemu}/exe").resolve().name.startswith("qemu-system"), qemu
+    child.kill()
+    child.wait(10)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{qemu}").exists() and \
+            Path(f"/proc/{qemu}/stat").read_text().split()[2] != "Z":
+        assert time.monotonic() < deadline, f"QEMU {qemu} outlived the rig that started it"
+        time.sleep(0.05)

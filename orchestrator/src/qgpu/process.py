@@ -68,6 +68,18 @@ class CrashReport:
     backtrace: tuple[str, ...] = ()
 
 
+def _dies_with_its_parent(command: list[str]) -> list[str]:
+    """Return ``command`` run so that the kernel kills it when the rig's process ends.
+
+    A rig killed outright (a CI job's timeout, SIGKILL) must not leave QEMUs
+    running: util-linux's ``setpriv --pdeathsig`` sets the death signal and
+    then executes the command, keeping its process id. (Without setpriv, the
+    command as it is.)
+    """
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", "--", *command] if setpriv else command
+
+
 class QemuProcess:
     """Run one QEMU; own its temporary folder and log."""
 
@@ -106,7 +118,8 @@ class QemuProcess:
         with open(self.log_path, "wb") as log:
             log.write((" ".join(self.command_line) + "\n").encode())
             log.flush()
-            self._proc = subprocess.Popen(self.command_line, stdin=subprocess.DEVNULL,
+            self._proc = subprocess.Popen(_dies_with_its_parent(self.command_line),
+                                          stdin=subprocess.DEVNULL,
                                           stdout=log, stderr=subprocess.STDOUT,
                                           cwd=self.workdir, start_new_session=True)
         # Allow a core, so that a crash can be explained (set from outside: no
