@@ -5,7 +5,8 @@ in the guest and a pattern in VRAM, and the next looks for both; the second
 module's test looks too. With a fresh guest per test (``test``) nothing is
 found; with one guest per module (``module``) the first module's second test
 finds both (the check can fail) and the other module's test, on a guest of its
-own, finds neither.
+own, finds neither. And a guest whose driver the fixture cannot reload is not
+shared any further.
 """
 
 from __future__ import annotations
@@ -82,3 +83,46 @@ def test_a_fresh_guest_per_test_sees_nothing_of_the_test_before(
     assert "FAILED test_inner.py::test_2_finds_no_mark[direct]" in shared and \
         "left by an earlier test: guest RAM and VRAM" in shared and \
         "2 passed" in shared, shared
+
+
+BROKEN_RELOAD = '''
+import pytest
+from qgpu.config import DmaMode
+
+DIRECT = pytest.mark.parametrize("dma_mode", [DmaMode.DIRECT], indirect=True)
+
+
+@DIRECT
+def test_1_takes_the_driver_away(guest):
+    guest.run("mv /opt/qgpu/qgpu.ko /opt/qgpu/qgpu.ko.away", check=True)
+
+
+@DIRECT
+def test_2_cannot_have_the_driver(guest):
+    pass
+
+
+@DIRECT
+def test_3_has_the_driver_again(guest):
+    guest.run("test -c /dev/qgpu0 && test -e /opt/qgpu/qgpu.ko", check=True)
+'''
+
+
+def test_a_guest_whose_driver_does_not_load_is_not_handed_on(
+        guest_kernel: GuestKernel, tmp_path: Path, pytestconfig: pytest.Config) -> None:
+    """The guest fixture reloads the driver before each test; when that fails, the
+    next test gets a new guest, not the same broken one."""
+    if guest_kernel.detectors.heavy:
+        pytest.skip("the fixture's code is the same on every kernel; a debug boot costs "
+                    "a minute")
+    (tmp_path / "test_reload.py").write_text(BROKEN_RELOAD)
+    res = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rA",
+         "--qgpu-kernel", str(guest_kernel.image_dir),
+         "--qgpu-accel", pytestconfig.getoption("--qgpu-accel"),
+         "--qgpu-artifacts", str(tmp_path / "artifacts"), "--rootdir", str(tmp_path),
+         str(tmp_path / "test_reload.py")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=250, check=False)
+    out = res.stdout + res.stderr
+    assert "ERROR at setup of test_2_cannot_have_the_driver" in out, out
+    assert "PASSED test_reload.py::test_3_has_the_driver_again" in out, out

@@ -479,10 +479,15 @@ def guest(request: pytest.FixtureRequest, _qgpu_pool: _Pool, dma_mode: DmaMode
     machine = _qgpu_pool.get(dma_mode, request.node.nodeid)
     windows = _qgpu_pool.windows.setdefault(dma_mode, [])
     # A fresh driver instance and an empty kernel log for every test.
-    out = machine.run(health.prepare_command(health.detectors(machine)) +
-                      "; if grep -q '^qgpu ' /proc/modules; then rmmod qgpu; fi"
-                      " && insmod /opt/qgpu/qgpu.ko && test -c /dev/qgpu0",
-                      timeout=60, check=True, watch_crashes=False).output
+    try:
+        out = machine.run(health.prepare_command(health.detectors(machine)) +
+                          "; if grep -q '^qgpu ' /proc/modules; then rmmod qgpu; fi"
+                          " && insmod /opt/qgpu/qgpu.ko && test -c /dev/qgpu0",
+                          timeout=60, check=True, watch_crashes=False).output
+    except QgpuError:
+        # Whatever broke the reload would break it for every later test too.
+        _qgpu_pool.drop(dma_mode)
+        raise
     late = health.late_reports(out)
     if late:
         after = windows[-1].nodeid if windows else "the boot"
