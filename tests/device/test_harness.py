@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -229,3 +231,34 @@ def test_qemu_dies_with_a_rig_killed_outright(tmp_path: Path) -> None:
             Path(f"/proc/{qemu}/stat").read_text().split()[2] != "Z":
         assert time.monotonic() < deadline, f"QEMU {qemu} outlived the rig that started it"
         time.sleep(0.05)
+
+
+def test_a_wheel_carries_the_abi_header_and_works_outside_the_checkout(tmp_path: Path) -> None:
+    """pip install of the built wheel: the ABI comes from the package, not the checkout."""
+    orchestrator = Path(__file__).resolve().parents[2] / "orchestrator"
+    # setuptools builds in the source's build/: a copy, so the checkout stays clean
+    # (links followed: the header link's target is outside the package).
+    source = shutil.copytree(orchestrator, tmp_path / "source",
+                             ignore=shutil.ignore_patterns("build", "*.egg-info"))
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                            "--no-build-isolation", str(source), "-w", str(tmp_path)],
+                           capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stdout + build.stderr
+    (wheel,) = tmp_path.glob("qgpu-*.whl")
+    unpacked = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as zf:
+        zf.extractall(unpacked)
+    header = orchestrator.parent / "qemu-device" / "include" / "hw" / "misc" / "qgpu_hw.h"
+    assert (unpacked / "qgpu" / "qgpu_hw.h").read_bytes() == header.read_bytes()
+    probe = subprocess.run(
+        [sys.executable, "-c",
+         "from qgpu import abi, paths\n"
+         "print(paths.abi_header())\n"
+         "print(hex(abi.load().constants['QGPU_PCI_VENDOR_ID']))\n"
+         "try:\n    paths.build_dir()\nexcept Exception as e:\n    print(type(e).__name__, e)\n"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(unpacked), "QGPU_BUILD_DIR": ""})
+    assert probe.returncode == 0, probe.stdout + probe.stderr
+    where, vendor, no_checkout = probe.stdout.splitlines()
+    assert where == str(unpacked / "qgpu" / "qgpu_hw.h") and vendor == "0x1234"
+    assert no_checkout.startswith("SetupError") and "QGPU_BUILD_DIR" in no_checkout

@@ -21,8 +21,9 @@ def repo_root() -> Path:
         if (parent / "qemu-device").is_dir() and (parent / "Makefile").is_file():
             return parent
     raise SetupError(
-        f"cannot find the qgpu checkout above {_PACKAGE_DIR}; install the package "
-        "from a checkout with 'make venv' (pip install -e orchestrator)"
+        f"cannot find the qgpu checkout above {_PACKAGE_DIR} (an installed wheel): set "
+        "QGPU_BUILD_DIR to a checkout's build/ folder, or name QEMU and the guest image "
+        "yourself (QGPU_QEMU / --qgpu-qemu, --qgpu-kernel DIR)"
     )
 
 
@@ -39,7 +40,14 @@ def cache_dir() -> Path:
 
 
 def abi_header() -> Path:
-    """Return the shared device ABI header."""
+    """Return the shared device ABI header.
+
+    The package's ``qgpu_hw.h``: in a checkout, a link to the header the device
+    and driver build with; in an installed wheel, its copy.
+    """
+    packaged = _PACKAGE_DIR / "qgpu_hw.h"
+    if packaged.is_file():
+        return packaged
     return repo_root() / "qemu-device" / "include" / "hw" / "misc" / "qgpu_hw.h"
 
 

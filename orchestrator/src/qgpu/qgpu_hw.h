@@ -1,0 +1,1 @@
+../../../qemu-device/include/hw/misc/qgpu_hw.h
