@@ -481,7 +481,7 @@ def guest(request: pytest.FixtureRequest, _qgpu_pool: _Pool, dma_mode: DmaMode
     # A fresh driver instance and an empty kernel log for every test.
     try:
         out = machine.run(health.prepare_command(health.detectors(machine)) +
-                          "; if grep -q '^qgpu ' /proc/modules; then rmmod qgpu; fi"
+                          f"; if {health.QGPU_LOADED}; then rmmod qgpu; fi"
                           " && insmod /opt/qgpu/qgpu.ko && test -c /dev/qgpu0",
                           timeout=60, check=True, watch_crashes=False).output
     except QgpuError:
