@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -19,7 +20,16 @@ import pytest
 from qgpu import template
 from qgpu.errors import SetupError
 from qgpu.health import DMESG_BAD, KNOWN_KERNEL_BUGS, split_known_kernel_bugs
+from qgpu.inspector import DeviceInspector
 from qgpu.kernels import resolve
+from qgpu.pci import (
+    CAP_ID_EXP,
+    CAP_ID_MSIX,
+    CAP_ID_PM,
+    EXT_CAP_ID_ERR,
+    extended_capabilities,
+    standard_capabilities,
+)
 from qgpu.process import backtrace_frames, sanitizer_report
 
 ASAN_LOG = """\
@@ -265,3 +275,38 @@ def test_a_wheel_carries_the_abi_header_and_works_outside_the_checkout(tmp_path:
     where, vendor, no_checkout = probe.stdout.splitlines()
     assert where == str(unpacked / "qgpu" / "qgpu_hw.h") and vendor == "0x1234"
     assert no_checkout.startswith("SetupError") and "QGPU_BUILD_DIR" in no_checkout
+
+
+def _config_space(std: list[tuple[int, int, int]], ext: list[tuple[int, int, int]]) -> bytes:
+    """A 4 KiB config space with capabilities (offset, id, next) and extended ones."""
+    cfg = bytearray(4096)
+    cfg[0x06] = 0x10 if std else 0                          # status: capability list
+    cfg[0x34] = std[0][0] if std else 0
+    for off, cap, nxt in std:
+        cfg[off], cfg[off + 1] = cap, nxt
+    for off, cap, nxt in ext:
+        cfg[off:off + 4] = (cap | 1 << 16 | nxt << 20).to_bytes(4, "little")
+    return bytes(cfg)
+
+
+def test_one_capability_walker_serves_qtest_and_the_inspector(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """pci.standard/extended_capabilities walk both a qtest function's and a whole
+    config space: the first of a repeated ID wins, and a looping list ends."""
+    cfg = _config_space([(0x40, CAP_ID_PM, 0x50), (0x50, CAP_ID_MSIX, 0x70),
+                         (0x70, CAP_ID_EXP, 0x50)],                  # loops back to MSI-X
+                        [(0x100, EXT_CAP_ID_ERR, 0x148), (0x148, 0x19, 0x100)])  # loops
+
+    def read(size: int) -> Callable[[int], int]:
+        return lambda off: int.from_bytes(cfg[off:off + size], "little")
+
+    assert standard_capabilities(read(1), read(2)) == \
+        {CAP_ID_PM: 0x40, CAP_ID_MSIX: 0x50, CAP_ID_EXP: 0x70}
+    assert extended_capabilities(read(4)) == {EXT_CAP_ID_ERR: 0x100, 0x19: 0x148}
+    inspector = object.__new__(DeviceInspector)
+    monkeypatch.setattr(inspector, "config_space", lambda: cfg)
+    assert inspector.capabilities() == {"pm": 0x40, "msix": 0x50, "pcie": 0x70,
+                                        "aer": 0x100, "ext-0x19": 0x148}
+    no_list = _config_space([], [])
+    assert standard_capabilities(lambda off: no_list[off],
+                                 lambda off: int.from_bytes(no_list[off:off + 2], "little")) == {}

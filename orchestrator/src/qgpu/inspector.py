@@ -12,10 +12,12 @@ Three independent views of device memory:
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from qgpu import pci
 from qgpu.abi import ABI
 from qgpu.errors import DeviceError
 from qgpu.qmp import QmpClient
@@ -133,24 +135,16 @@ class DeviceInspector:
     def capabilities(self) -> dict[str, int]:
         """Return the device's capabilities (name -> config offset), from its config space."""
         cfg = self.config_space()
-        names = {0x05: "msi", 0x10: "pcie", 0x11: "msix", 0x01: "pm"}
-        caps: dict[str, int] = {}
-        pos = cfg[0x34] & ~3 if cfg[0x06] & 0x10 else 0
-        for _ in range(48):
-            if not pos:
-                break
-            caps.setdefault(names.get(cfg[pos], f"cap-{cfg[pos]:#x}"), pos)
-            pos = cfg[pos + 1] & ~3
-        pos = 0x100
-        for _ in range(480):
-            header = int.from_bytes(cfg[pos:pos + 4], "little")
-            if header in (0, 0xFFFF_FFFF):
-                break
-            ext = {0x0001: "aer"}.get(header & 0xFFFF, f"ext-{header & 0xFFFF:#x}")
-            caps.setdefault(ext, pos)
-            pos = header >> 20
-            if pos < 0x100:
-                break
+
+        def read(size: int) -> Callable[[int], int]:
+            return lambda off: int.from_bytes(cfg[off:off + size], "little")
+
+        names = {pci.CAP_ID_MSI: "msi", pci.CAP_ID_EXP: "pcie", pci.CAP_ID_MSIX: "msix",
+                 pci.CAP_ID_PM: "pm"}
+        caps = {names.get(cap, f"cap-{cap:#x}"): pos
+                for cap, pos in pci.standard_capabilities(read(1), read(2)).items()}
+        caps.update({"aer" if cap == pci.EXT_CAP_ID_ERR else f"ext-{cap:#x}": pos
+                     for cap, pos in pci.extended_capabilities(read(4)).items()})
         return caps
 
     def msix_enabled(self) -> bool:

@@ -7,6 +7,7 @@ ports and device BARs the way firmware would.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from qgpu.errors import QgpuError
@@ -31,6 +32,41 @@ CAP_ID_MSI = 0x05
 CAP_ID_EXP = 0x10
 CAP_ID_MSIX = 0x11
 EXT_CAP_ID_ERR = 0x0001
+
+
+def standard_capabilities(read8: Callable[[int], int],
+                          read16: Callable[[int], int]) -> dict[int, int]:
+    """Map capability ID -> config offset, walking the list through ``read8``/``read16``.
+
+    The one walker for a function read over qtest (:class:`PciFunction`) and for
+    a config space read whole (:class:`~qgpu.inspector.DeviceInspector`). The
+    first of a repeated ID wins; a malformed list (a loop) ends after 48 entries.
+    """
+    caps: dict[int, int] = {}
+    if not read16(PCI_STATUS) & PCI_STATUS_CAP_LIST:
+        return caps
+    pos = read8(PCI_CAPABILITY_LIST) & ~3
+    for _ in range(48):
+        if not pos:
+            break
+        caps.setdefault(read8(pos), pos)
+        pos = read8(pos + 1) & ~3
+    return caps
+
+
+def extended_capabilities(read32: Callable[[int], int]) -> dict[int, int]:
+    """Map extended capability ID -> config offset (from 0x100), bounded as above."""
+    caps: dict[int, int] = {}
+    pos = 0x100
+    for _ in range(480):
+        header = read32(pos)
+        if header in (0, 0xFFFF_FFFF):
+            break
+        caps.setdefault(header & 0xFFFF, pos)
+        pos = header >> 20
+        if pos < 0x100:
+            break
+    return caps
 
 
 @dataclass(frozen=True)
@@ -92,30 +128,11 @@ class PciFunction:
 
     def capabilities(self) -> dict[int, int]:
         """Map capability ID -> config offset for the standard capability list."""
-        caps: dict[int, int] = {}
-        if not self.read16(PCI_STATUS) & PCI_STATUS_CAP_LIST:
-            return caps
-        pos = self.read8(PCI_CAPABILITY_LIST) & ~3
-        for _ in range(48):             # a malformed list must not loop forever
-            if not pos:
-                break
-            caps.setdefault(self.read8(pos), pos)
-            pos = self.read8(pos + 1) & ~3
-        return caps
+        return standard_capabilities(self.read8, self.read16)
 
     def ext_capabilities(self) -> dict[int, int]:
         """Map extended capability ID -> config offset (from 0x100)."""
-        caps: dict[int, int] = {}
-        pos = 0x100
-        for _ in range(480):
-            header = self.read32(pos)
-            if header in (0, 0xFFFFFFFF):
-                break
-            caps.setdefault(header & 0xFFFF, pos)
-            pos = header >> 20
-            if pos < 0x100:
-                break
-        return caps
+        return extended_capabilities(self.read32)
 
     def bar(self, index: int) -> Bar | None:
         """Size BAR ``index`` (the all-ones probe); None if unimplemented."""
