@@ -7,8 +7,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from qgpu.crash import SANITIZER_REPORTS
 from qgpu.device import QgpuDevice, start_qgpu
-from qgpu.process import SANITIZER_REPORTS
 
 StartQgpu = Callable[..., QgpuDevice]
 

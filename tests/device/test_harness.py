@@ -18,6 +18,7 @@ from xml.etree import ElementTree
 import pytest
 
 from qgpu import template
+from qgpu.crash import backtrace_frames, sanitizer_report
 from qgpu.errors import SetupError
 from qgpu.health import DMESG_BAD, KNOWN_KERNEL_BUGS, split_known_kernel_bugs
 from qgpu.inspector import DeviceInspector
@@ -30,7 +31,6 @@ from qgpu.pci import (
     extended_capabilities,
     standard_capabilities,
 )
-from qgpu.process import backtrace_frames, sanitizer_report
 
 ASAN_LOG = """\
 qemu-system-x86_64 -machine q35 -accel qtest ...

@@ -22,6 +22,7 @@ import pytest
 
 from qgpu import cli
 from qgpu.config import DmaMode, MachineConfig, QgpuSpec
+from qgpu.crash import BACKTRACE_FILE, crash_outside_qgpu
 from qgpu.errors import (
     GuestCrashError,
     GuestError,
@@ -31,7 +32,7 @@ from qgpu.errors import (
     QemuError,
 )
 from qgpu.kernels import GuestKernel, resolve
-from qgpu.machine import BACKTRACE_FILE, GuestMachine, crash_outside_qgpu, forwarded_ssh_port
+from qgpu.machine import GuestMachine, forwarded_ssh_port
 
 MakeGuest = Callable[..., GuestMachine]
 

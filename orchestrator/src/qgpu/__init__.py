@@ -6,6 +6,7 @@ Modules, one concern each:
 - :mod:`qgpu.abi`        -- device ABI constants and structs, read from the shared C header
 - :mod:`qgpu.paths`      -- where the build outputs (QEMU, guest image) live
 - :mod:`qgpu.process`    -- one QEMU process: start, early death, quit/kill, clean up
+- :mod:`qgpu.crash`      -- why QEMU died: crash signals, backtraces from cores, sanitizer reports
 - :mod:`qgpu.qmp`        -- synchronous QMP facade over qemu.qmp: timeouts, event history
 - :mod:`qgpu.shm`        -- /dev/shm memory backends the host maps (guest RAM, VRAM)
 - :mod:`qgpu.qtest`      -- QEMU under the qtest accelerator: memory, I/O ports, clock, IRQs

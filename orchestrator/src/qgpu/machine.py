@@ -24,6 +24,7 @@ from typing import Any
 from qgpu import accel, paths
 from qgpu.config import MachineConfig, RamFile
 from qgpu.console import CommandResult, SerialConsole
+from qgpu.crash import BACKTRACE_FILE, crash_outside_qgpu
 from qgpu.errors import QemuCrashWarning, QemuDiedError, QemuError, QgpuError
 from qgpu.inspector import DeviceInspector
 from qgpu.process import QemuProcess
@@ -31,24 +32,9 @@ from qgpu.qmp import QmpClient
 from qgpu.shm import SharedMemory
 from qgpu.ssh import GuestSsh
 
-#: A backtrace frame in the qgpu device model (functions qgpu_*, files hw/misc/qgpu/*.c).
-QGPU_FRAME = re.compile(r"\bqgpu_\w+ \(|/qgpu/[\w-]+\.c:|\bqgpu\.c:")
-#: A gdb frame that names its function ("#3  0x55d0 in main_loop_wait (..." or,
-#: inlined, "#4  qemu_poll_ns (..."), as opposed to "#0  0x7f10 in ?? ()".
-NAMED_FRAME = re.compile(r"^#\d+\s+(?:0x[0-9a-f]+ in )?[A-Za-z_][\w:.~<>]* \(")
-BACKTRACE_FILE = "qemu-backtrace.txt"
 #: Migration capabilities of a saved guest and its restores: RAM on shared
 #: files stays out of the stream (QEMU's VM templating).
 IGNORE_SHARED = {"capabilities": [{"capability": "x-ignore-shared", "state": True}]}
-
-
-def crash_outside_qgpu(backtrace: tuple[str, ...]) -> bool:
-    """Whether a crash is known not to be qgpu's: gdb named frames, none of them qgpu's.
-
-    Without a readable backtrace nothing is known, and the answer is False.
-    """
-    return (any(NAMED_FRAME.search(f) for f in backtrace)
-            and not any(QGPU_FRAME.search(f) for f in backtrace))
 
 
 #: A host forward in HMP's ``info usernet``: source address and port, then the guest's.

@@ -4,8 +4,8 @@ start -> (running; :meth:`QemuProcess.check_alive` detects early death) ->
 stop: ask politely (the caller's quit), wait, then SIGTERM, then SIGKILL, and
 always remove the temporary folder. QEMU's stderr goes to a log file whose
 tail is quoted in every error. A QEMU that crashes leaves a core in its work
-folder (where the kernel's core_pattern allows), and :meth:`crash_report`
-reads the crashing thread's backtrace from it with gdb.
+folder (where the kernel's core_pattern allows), which :meth:`crash_report`
+has :mod:`qgpu.crash` explain.
 """
 
 from __future__ import annotations
@@ -20,54 +20,14 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
+from qgpu import crash
+from qgpu.crash import CrashReport
 from qgpu.errors import QemuDiedError, QemuError, QemuTimeoutError
 
 #: Largest core a crashed QEMU may leave (guest RAM is excluded by the config).
 CORE_LIMIT = 4 << 30
-#: Signals that mean QEMU crashed (as opposed to being killed or told to quit).
-CRASH_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE,
-                           signal.SIGABRT})
-
-
-#: Lines that start a report of QEMU's sanitizers (a build with --enable-asan/ubsan).
-SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error: ",
-                     "WARNING: ThreadSanitizer")
-#: Reports found in the logs of every QemuProcess stopped so far, oldest first:
-#: a test harness compares the length before and after a test.
-SANITIZER_REPORTS: list[str] = []
-
-
-def backtrace_frames(gdb_output: str) -> tuple[str, ...]:
-    """Return the frames ("#N ...") of the last stack in ``gdb_output``.
-
-    gdb prints the frame a core stopped in when it loads the core, then the
-    whole stack again for ``bt``: the stack starts at the last ``#0``.
-    """
-    lines = [ln for ln in gdb_output.splitlines() if ln.startswith("#")]
-    starts = [i for i, ln in enumerate(lines) if ln.split(maxsplit=1)[0] == "#0"]
-    return tuple(lines[starts[-1]:]) if starts else tuple(lines)
-
-
-def sanitizer_report(log: str) -> str | None:
-    """Return the sanitizer report in a QEMU log (from its first line), or None."""
-    starts = [i for i in (log.find(m) for m in SANITIZER_MARKERS) if i >= 0]
-    if not starts:
-        return None
-    begin = log.rfind("\n", 0, min(starts)) + 1
-    return log[begin:begin + 6000]
-
-
-@dataclass(frozen=True)
-class CrashReport:
-    """Why QEMU died from a crash signal: readable text, and the frames gdb read."""
-
-    text: str
-    backtrace: tuple[str, ...] = ()
-
-
 def _dies_with_its_parent(command: list[str]) -> list[str]:
     """Return ``command`` run so that the kernel kills it when the rig's process ends.
 
@@ -155,41 +115,12 @@ class QemuProcess:
     def crash_report(self, gdb_timeout: float = 120.0) -> CrashReport | None:
         """Explain a crash: the crashing thread's backtrace, read from QEMU's core.
 
-        Returns None unless QEMU died from a crash signal (SIGSEGV, SIGBUS,
-        SIGILL, SIGFPE, SIGABRT). Without a core (``kernel.core_pattern``
-        sends it elsewhere) or without gdb, the text says so and
-        ``backtrace`` is empty.
+        None unless QEMU died from a crash signal; see :func:`qgpu.crash.explain`.
         """
         sig = self.exit_signal()
-        if sig is None or sig not in CRASH_SIGNALS:
+        if sig is None:
             return None
-        head = f"QEMU was killed by {signal.Signals(sig).name}"
-        cores = sorted(self.workdir.glob("core*"), key=lambda p: p.stat().st_mtime)
-        if not cores:
-            try:
-                pattern = Path("/proc/sys/kernel/core_pattern").read_text().strip()
-            except OSError:
-                pattern = "?"
-            return CrashReport(f"{head}; it left no core in {self.workdir} "
-                               f"(kernel.core_pattern is {pattern!r}), so there is no "
-                               "backtrace.")
-        gdb = shutil.which("gdb")
-        if gdb is None:
-            return CrashReport(f"{head}; install gdb for a backtrace from its core "
-                               f"{cores[-1]}.")
-        try:
-            out = subprocess.run(
-                [gdb, "-batch", "-nx", "-q", "-ex", "bt 40", str(self.binary), str(cores[-1])],
-                capture_output=True, text=True, timeout=gdb_timeout, errors="replace",
-                check=False).stdout
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return CrashReport(f"{head}; gdb could not read its core {cores[-1]}: {exc}")
-        frames = backtrace_frames(out)
-        if not frames:
-            return CrashReport(f"{head}; gdb found no backtrace in its core:\n"
-                               + "\n".join(out.splitlines()[-20:]))
-        return CrashReport(f"{head}; backtrace of the crashing thread:\n" + "\n".join(frames),
-                           frames)
+        return crash.explain(sig, self.binary, self.workdir, gdb_timeout=gdb_timeout)
 
     def check_alive(self, doing: str, *, grace: float = 0.0) -> None:
         """Raise :class:`QemuDiedError` (quoting QEMU's log) if QEMU has exited.
@@ -264,9 +195,9 @@ class QemuProcess:
             return
         self._sanitizer_checked = True
         with contextlib.suppress(OSError):
-            report = sanitizer_report(self.log_path.read_text(errors="replace"))
+            report = crash.sanitizer_report(self.log_path.read_text(errors="replace"))
             if report is not None:
-                SANITIZER_REPORTS.append(f"{self.name} ({self.binary}):\n{report}")
+                crash.SANITIZER_REPORTS.append(f"{self.name} ({self.binary}):\n{report}")
 
     def keep_log(self, dest: Path) -> None:
         """Copy QEMU's log to ``dest`` (for artifact bundles)."""
