@@ -232,13 +232,15 @@ def test_qemu_dies_with_a_rig_killed_outright(tmp_path: Path) -> None:
          "time.sleep(600)\n", str(tmp_path)],
         stdout=subprocess.PIPE, text=True)
     assert child.stdout is not None
-    qemu = int(child.stdout.readline())
-    deadline = time.monotonic() + 10        # setpriv executes QEMU in the same process
-    while not Path(f"/proc/{qemu}/exe").resolve().name.startswith("qemu-system"):
-        assert time.monotonic() < deadline, f"process {qemu} never became QEMU"
-        time.sleep(0.01)
-    child.kill()
-    child.wait(10)
+    try:
+        qemu = int(child.stdout.readline())
+        deadline = time.monotonic() + 10    # setpriv executes QEMU in the same process
+        while not Path(f"/proc/{qemu}/exe").resolve().name.startswith("qemu-system"):
+            assert time.monotonic() < deadline, f"process {qemu} never became QEMU"
+            time.sleep(0.01)
+    finally:
+        child.kill()
+        child.wait(10)
     deadline = time.monotonic() + 10
     while Path(f"/proc/{qemu}").exists() and \
             Path(f"/proc/{qemu}/stat").read_text().split()[2] != "Z":
