@@ -17,7 +17,7 @@ from xml.etree import ElementTree
 
 import pytest
 
-from qgpu import template
+from qgpu import initramfs, template
 from qgpu.crash import backtrace_frames, sanitizer_report
 from qgpu.errors import SetupError
 from qgpu.health import DMESG_BAD, KNOWN_KERNEL_BUGS, split_known_kernel_bugs
@@ -312,3 +312,50 @@ def test_one_capability_walker_serves_qtest_and_the_inspector(
     no_list = _config_space([], [])
     assert standard_capabilities(lambda off: no_list[off],
                                  lambda off: int.from_bytes(no_list[off:off + 2], "little")) == {}
+
+
+def test_an_overlay_archive_is_what_cpio_reads(tmp_path: Path) -> None:
+    """qgpu.initramfs writes newc archives: GNU cpio lists and unpacks the same tree."""
+    tree = tmp_path / "overlay"
+    (tree / "opt" / "mine").mkdir(parents=True)
+    (tree / "opt" / "mine" / "run.sh").write_text("#!/bin/sh\necho hi\n")
+    (tree / "opt" / "mine" / "run.sh").chmod(0o755)
+    (tree / "opt" / "mine" / "blob").write_bytes(bytes(range(256)) * 3 + b"odd")
+    (tree / "etc").mkdir()
+    (tree / "etc" / "link").symlink_to("../opt/mine/run.sh")
+    archive = tmp_path / "a.cpio"
+    archive.write_bytes(initramfs.newc(list(initramfs.entries_of(tree))))
+    out = tmp_path / "out"
+    out.mkdir()
+    run = subprocess.run(["cpio", "-idm", "--quiet", "-F", str(archive)], cwd=out,
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    for rel in ("opt/mine/run.sh", "opt/mine/blob"):
+        assert (out / rel).read_bytes() == (tree / rel).read_bytes(), rel
+    assert os.access(out / "opt/mine/run.sh", os.X_OK)
+    assert os.readlink(out / "etc/link") == "../opt/mine/run.sh"
+    names = subprocess.run(["cpio", "-it", "--quiet", "-F", str(archive)],
+                           capture_output=True, text=True, timeout=60).stdout.split()
+    assert names == ["etc", "opt", "etc/link", "opt/mine", "opt/mine/blob", "opt/mine/run.sh"]
+
+
+def test_an_overlay_image_is_cached_by_content(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QGPU_CACHE", str(tmp_path / "cache"))
+    base = tmp_path / "initramfs.img"
+    base.write_bytes(b"base archive, 21 bytes")
+    tree = tmp_path / "overlay"
+    tree.mkdir()
+    (tree / "f").write_text("one")
+    first = initramfs.with_overlays(base, [tree])
+    assert first.read_bytes().startswith(base.read_bytes() + b"\0\0")   # 4-byte aligned
+    assert initramfs.with_overlays(base, [tree]) == first
+    (tree / "f").write_text("two")
+    assert initramfs.with_overlays(base, [tree]) != first
+    assert initramfs.with_overlays(base, []) == base
+    (tree / "fifo").unlink(missing_ok=True)
+    os.mkfifo(tree / "fifo")
+    with pytest.raises(SetupError, match="neither a file, a folder nor a symbolic link"):
+        initramfs.with_overlays(base, [tree])
+    with pytest.raises(SetupError, match="not a folder"):
+        initramfs.with_overlays(base, [tree / "f"])

@@ -13,6 +13,8 @@ import os
 import re
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -291,3 +293,63 @@ def test_the_ssh_port_is_read_back_from_qemu() -> None:
     assert forwarded_ssh_port(usernet) == 33767
     with pytest.raises(QemuError, match="no host forward"):
         forwarded_ssh_port("Hub -1 (n0):\r\n")
+
+
+# ---- bring your own: overlays, kernel words, QEMU arguments (issue 13, item 1) ------
+
+def _overlay(tmp_path: Path) -> Path:
+    """A folder for the guest's /: a script of the user's, a link to it, a replaced file."""
+    tree = tmp_path / "overlay"
+    (tree / "opt" / "mine").mkdir(parents=True)
+    script = tree / "opt" / "mine" / "hello.sh"
+    script.write_text("#!/bin/sh\necho \"hello from the overlay: $1\"\n")
+    script.chmod(0o755)
+    (tree / "usr" / "local" / "bin").mkdir(parents=True)
+    (tree / "usr" / "local" / "bin" / "hello").symlink_to("/opt/mine/hello.sh")
+    (tree / "etc").mkdir()
+    (tree / "etc" / "hosts").write_text("127.0.0.1 localhost overlaid\n")
+    return tree
+
+
+def test_an_overlay_adds_the_users_files_to_the_guest(make_guest: MakeGuest,
+                                                      tmp_path: Path) -> None:
+    machine = make_guest(DmaMode.DIRECT, ssh=False, overlays=[_overlay(tmp_path)])
+    assert machine.run("hello world", check=True).output == "hello from the overlay: world"
+    assert machine.run("cat /etc/hosts", check=True).output == "127.0.0.1 localhost overlaid"
+    # The image's own files are still there, and the driver loaded as always.
+    assert machine.run("test -x /opt/qgpu/bin/qgpu-tool && test -c /dev/qgpu0").status == 0
+
+
+def test_the_plugin_options_bring_overlays_kernel_words_and_qemu_arguments(
+        make_guest: MakeGuest, guest_kernel: GuestKernel, tmp_path: Path,
+        pytestconfig: pytest.Config) -> None:
+    """--qgpu-overlay, --qgpu-append and --qgpu-qemu-arg reach every guest of a run."""
+    del make_guest                          # for the autouse skip on heavy kernels
+    overlay = _overlay(tmp_path)
+    (tmp_path / "test_byo.py").write_text(
+        "import pytest\n"
+        "from qgpu.config import DmaMode\n\n"
+        "@pytest.mark.parametrize('dma_mode', [DmaMode.DIRECT], indirect=True)\n"
+        "def test_byo(guest):\n"
+        "    assert guest.run('hello x', check=True).output.endswith(': x')\n"
+        "    assert 'qgpu_byo=1' in guest.run('cat /proc/cmdline', check=True).output\n"
+        "    serial = guest.run('cat /sys/class/dmi/id/product_serial', check=True).output\n"
+        "    assert serial == 'qgpu-byo-serial'\n")
+    res = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rA",
+         "--qgpu-kernel", str(guest_kernel.image_dir),
+         "--qgpu-accel", pytestconfig.getoption("--qgpu-accel"),
+         "--qgpu-overlay", str(overlay), "--qgpu-append", "qgpu_byo=1",
+         "--qgpu-qemu-arg=-smbios", "--qgpu-qemu-arg=type=1,serial=qgpu-byo-serial",
+         "--qgpu-artifacts", str(tmp_path / "artifacts"), "--rootdir", str(tmp_path),
+         str(tmp_path / "test_byo.py")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=250, check=False)
+    assert "1 passed" in res.stdout, res.stdout + res.stderr
+
+
+def test_qgpu_run_takes_an_overlay(make_guest: MakeGuest, guest_kernel: GuestKernel,
+                                   tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    del make_guest                          # for the autouse skip on heavy kernels
+    status = cli.main(["run", "--kernel", _kernel_arg(guest_kernel),
+                       "--overlay", str(_overlay(tmp_path)), "--", "hello", "a  b"])
+    assert (status, capsys.readouterr().out.strip()) == (0, "hello from the overlay: a  b")

@@ -69,6 +69,12 @@ def _machine_args(parser: argparse.ArgumentParser) -> None:
                         help="extra qgpu device property (repeatable)")
     parser.add_argument("--append", action="append", default=[], metavar="WORD",
                         help="extra kernel command-line word (repeatable)")
+    parser.add_argument("--overlay", action="append", default=[], metavar="DIR", type=Path,
+                        help="add DIR's contents to the guest's / (repeatable): your module, "
+                             "tools, scripts")
+    parser.add_argument("--qemu-arg", action="append", default=[], metavar="ARG",
+                        help="extra QEMU argument (repeatable; --qemu-arg=-device "
+                             "--qemu-arg=edu)")
 
 
 def _boot(args: argparse.Namespace) -> GuestMachine:
@@ -78,7 +84,8 @@ def _boot(args: argparse.Namespace) -> GuestMachine:
     props = tuple((p.split("=", 1)[0], p.split("=", 1)[1]) for p in args.qgpu_prop)
     spec = QgpuSpec(vram_size=args.vram_size, props=props)
     config = MachineConfig.for_kernel(kernel, accel=args.accel, dma_mode=args.mode,
-                                      qgpus=(spec,), append=tuple(args.append))
+                                      qgpus=(spec,), append=tuple(args.append),
+                                      overlays=args.overlay, extra_args=tuple(args.qemu_arg))
     progress(f"booting the guest ({args.mode} DMA, kernel {kernel.name} {kernel.release}, "
              f"accelerator {args.accel}) ...")
     start = time.monotonic()

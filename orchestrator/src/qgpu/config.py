@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qgpu import initramfs
 from qgpu.kernels import GuestKernel
 
 MiB = 1 << 20
@@ -119,10 +121,16 @@ class MachineConfig:
 
     @classmethod
     def for_kernel(cls, kernel: GuestKernel, *, append: tuple[str, ...] = (),
-                   timeout_scale: float | None = None, **kw: Any) -> MachineConfig:
-        """Describe a machine booting ``kernel``, with the boot words and time it needs."""
+                   timeout_scale: float | None = None, overlays: Sequence[Path] = (),
+                   **kw: Any) -> MachineConfig:
+        """Describe a machine booting ``kernel``, with the boot words and time it needs.
+
+        ``overlays``: folders whose contents are added to the guest's ``/`` (the
+        user's module, tools, scripts; :mod:`qgpu.initramfs`), later ones on top.
+        """
         kernel.check()
-        return cls(kernel=kernel.kernel, initrd=kernel.initrd, guest_kernel=kernel,
+        initrd = initramfs.with_overlays(kernel.initrd, overlays)
+        return cls(kernel=kernel.kernel, initrd=initrd, guest_kernel=kernel,
                    append=kernel.boot_args() + tuple(append),
                    timeout_scale=kernel.timeout_scale if timeout_scale is None
                    else timeout_scale, **kw)

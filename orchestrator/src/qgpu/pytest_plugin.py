@@ -106,6 +106,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="run the tests parametrized by dma_mode only in these DMA modes, "
                          f"comma-separated (default: all of {', '.join(DmaMode)}); tests "
                          "that boot a guest of their own (make_guest) run regardless")
+    group.addoption("--qgpu-overlay", metavar="DIR", action="append", default=[],
+                    help="add DIR's contents to every guest's / (its initramfs; repeatable, "
+                         "later ones on top): your module, tools, scripts")
+    group.addoption("--qgpu-append", metavar="WORD", action="append", default=[],
+                    help="extra kernel command-line word for every guest (repeatable)")
+    group.addoption("--qgpu-qemu-arg", metavar="ARG", action="append", default=[],
+                    help="extra QEMU argument for every guest (repeatable; e.g. "
+                         "--qgpu-qemu-arg=-device --qgpu-qemu-arg=edu)")
+    parser.addini("qgpu_overlays", "folders added to every guest's / (--qgpu-overlay)",
+                  type="paths", default=[])
+    parser.addini("qgpu_append", "extra kernel command-line words (--qgpu-append)",
+                  type="args", default=[])
+    parser.addini("qgpu_qemu_args", "extra QEMU arguments (--qgpu-qemu-arg)",
+                  type="args", default=[])
     group.addoption("--qgpu-artifacts", metavar="DIR", default=None,
                     help="artifact bundles of failed tests (default: build/artifacts)")
     group.addoption("--qgpu-keep-artifacts", action="store_true",
@@ -194,10 +208,21 @@ def _artifact_dir_for(config: pytest.Config, nodeid: str) -> Path:
 
 
 def _base_config(config: pytest.Config, mode: DmaMode, **kw: Any) -> MachineConfig:
+    """Return the configuration of a guest in ``mode``, as the options ask.
+
+    Kernel, accelerator, timeouts, overlays and extra arguments: the ini file's
+    first, then the command line's, then ``kw``'s.
+    """
+    overlays = [*config.getini("qgpu_overlays"),
+                *map(Path, config.getoption("--qgpu-overlay")), *kw.pop("overlays", ())]
+    append = (*config.getini("qgpu_append"), *config.getoption("--qgpu-append"),
+              *kw.pop("append", ()))
+    extra = (*config.getini("qgpu_qemu_args"), *config.getoption("--qgpu-qemu-arg"),
+             *kw.pop("extra_args", ()))
     return MachineConfig.for_kernel(kernels.resolve(), accel=config.getoption("--qgpu-accel"),
                                     dma_mode=mode, name=f"{mode}",
                                     timeout_scale=config.getoption("--qgpu-timeout-scale"),
-                                    **kw)
+                                    overlays=overlays, append=append, extra_args=extra, **kw)
 
 
 @dataclass
@@ -383,7 +408,13 @@ def run_properties(config: pytest.Config) -> dict[str, str]:
     """Return what a run's results depend on: QEMU, guest kernel and image, accelerator."""
     props = {"qgpu.accel": str(config.getoption("--qgpu-accel")),
              "qgpu.guest_scope": str(config.getoption("--qgpu-guest-scope")),
-             "qgpu.modes": ",".join(sorted(_selected_modes(config)))}
+             "qgpu.modes": ",".join(sorted(_selected_modes(config))),
+             "qgpu.overlays": " ".join(map(str, [*config.getini("qgpu_overlays"),
+                                                 *config.getoption("--qgpu-overlay")])),
+             "qgpu.extra": " ".join([*config.getini("qgpu_append"),
+                                     *config.getoption("--qgpu-append"),
+                                     *config.getini("qgpu_qemu_args"),
+                                     *config.getoption("--qgpu-qemu-arg")])}
     try:
         qemu = paths.qemu_binary()
         props["qgpu.qemu"] = f"{qemu} sha256:{_file_digest(qemu)}"
