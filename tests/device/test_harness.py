@@ -17,7 +17,7 @@ from xml.etree import ElementTree
 
 import pytest
 
-from qgpu import initramfs, template
+from qgpu import initramfs, shm, template
 from qgpu.crash import backtrace_frames, sanitizer_report
 from qgpu.errors import SetupError
 from qgpu.health import DMESG_BAD, KNOWN_KERNEL_BUGS, split_known_kernel_bugs
@@ -359,3 +359,31 @@ def test_an_overlay_image_is_cached_by_content(tmp_path: Path,
         initramfs.with_overlays(base, [tree])
     with pytest.raises(SetupError, match="not a folder"):
         initramfs.with_overlays(base, [tree / "f"])
+
+
+def test_shm_files_of_a_dead_rig_are_swept(tmp_path: Path) -> None:
+    """A rig killed outright leaves its VRAM files in /dev/shm: the next one removes them."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    stale = tmp_path / f"qgpu-direct-qgpu0-{dead}-0123abcd"
+    live = tmp_path / f"qgpu-direct-qgpu0-{os.getpid()}-0123abcd"
+    other = tmp_path / "qgpu-not-ours"
+    for p in (stale, live, other):
+        p.write_bytes(b"x")
+    assert shm.sweep_stale(tmp_path) == [stale]
+    assert not stale.exists() and live.exists() and other.exists()
+
+
+def test_a_small_dev_shm_is_explained(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Containers give /dev/shm 64 MiB: say so before QEMU fails on a full tmpfs."""
+    real = os.statvfs("/dev/shm")
+
+    class Small:
+        f_bavail, f_frsize = 64 << 20 >> 12, 4096
+
+    monkeypatch.setattr(os, "statvfs", lambda _: Small())
+    with pytest.raises(SetupError, match=r"64 MiB free .* needs 128 MiB.*--shm-size"):
+        shm.check_space(128 << 20)
+    shm.check_space(32 << 20)
+    monkeypatch.setattr(os, "statvfs", lambda _: real)
+    shm.check_space(1 << 20)

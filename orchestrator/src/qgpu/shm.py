@@ -9,17 +9,63 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import re
 import uuid
 from pathlib import Path
 
+from qgpu.errors import SetupError
+
 SHM_DIR = Path("/dev/shm")
+#: The rig's files: qgpu-TAG-PID-RANDOM.
+_OURS = re.compile(r"^qgpu-.+-(\d+)-[0-9a-f]{8}$")
+_swept = False
+
+
+def sweep_stale(folder: Path = SHM_DIR) -> list[Path]:
+    """Remove the rig's files whose process is gone (a rig killed outright); return them."""
+    removed = []
+    for path in folder.glob("qgpu-*"):
+        m = _OURS.match(path.name)
+        if m is None:
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+        except ProcessLookupError:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path)
+        except PermissionError:
+            pass                        # another user's live process
+    return removed
+
+
+def check_space(size: int, folder: Path = SHM_DIR) -> None:
+    """Raise :class:`SetupError` unless ``folder`` can hold ``size`` more bytes."""
+    st = os.statvfs(folder)
+    free = st.f_bavail * st.f_frsize
+    if free < size:
+        raise SetupError(
+            f"{folder} has {free >> 20} MiB free and a memory backend needs {size >> 20} MiB "
+            f"(a guest's VRAM): give it more room (a container: 'docker run --shm-size=2g' "
+            f"or 'podman run --shm-size=2g'; a host: 'mount -o remount,size=4G {folder}'), "
+            "or ask for less VRAM")
 
 
 class SharedMemory:
-    """A file under /dev/shm that QEMU uses as a memory backend, mapped here."""
+    """A file under /dev/shm that QEMU uses as a memory backend, mapped here.
+
+    The file keeps its name while the rig runs: a re-plugged device, a live
+    migration's destination and a restored guest open it by path. Files left
+    by a rig that was killed are swept when the next one starts.
+    """
 
     def __init__(self, size: int, tag: str) -> None:
-        """Create (sparse) and map a ``size``-byte file."""
+        """Create (sparse) and map a ``size``-byte file; say so if /dev/shm is too small."""
+        global _swept
+        if not _swept:
+            sweep_stale()
+            _swept = True
+        check_space(size)
         self.size = size
         self.path = SHM_DIR / f"qgpu-{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
