@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 from collections.abc import Callable
@@ -19,7 +20,7 @@ import pytest
 
 from qgpu import initramfs, shm, template
 from qgpu.crash import backtrace_frames, sanitizer_report
-from qgpu.errors import SetupError
+from qgpu.errors import QemuDiedError, QemuTimeoutError, SetupError
 from qgpu.health import DMESG_BAD, KNOWN_KERNEL_BUGS, split_known_kernel_bugs
 from qgpu.inspector import DeviceInspector
 from qgpu.kernels import resolve
@@ -31,6 +32,7 @@ from qgpu.pci import (
     extended_capabilities,
     standard_capabilities,
 )
+from qgpu.qmp import QmpClient, QmpEvent
 
 ASAN_LOG = """\
 qemu-system-x86_64 -machine q35 -accel qtest ...
@@ -387,3 +389,27 @@ def test_a_small_dev_shm_is_explained(monkeypatch: pytest.MonkeyPatch) -> None:
     shm.check_space(32 << 20)
     monkeypatch.setattr(os, "statvfs", lambda _: real)
     shm.check_space(1 << 20)
+
+
+def test_wait_event_finds_the_last_words_of_a_dead_qemu_and_no_older_event() -> None:
+    alive = [True]
+    qmp = QmpClient("t", is_alive=lambda: alive[0])
+    try:
+        qmp._events.append(QmpEvent("RESET", {}, 1.0))           # before the action
+        mark = len(qmp.events())
+        with pytest.raises(QemuTimeoutError):
+            qmp.wait_event("RESET", 0.2, after=mark)              # the old one is not it
+
+
+        def last_words() -> None:                             # while wait_event waits
+            with qmp._cond:
+                qmp._events.append(QmpEvent("SHUTDOWN", {}, 2.0))
+                alive[0] = False                                  # ... and QEMU exits
+                qmp._cond.notify_all()
+
+        threading.Timer(0.2, last_words).start()
+        assert qmp.wait_event("SHUTDOWN", 5, after=mark).timestamp == 2.0
+        with pytest.raises(QemuDiedError):
+            qmp.wait_event("RESET", 5, after=mark)
+    finally:
+        qmp.close()

@@ -132,6 +132,25 @@ def test_qemu_crash_is_explained(make_guest: MakeGuest, tmp_path: Path) -> None:
         assert "left no core" in err.crash_report, err.crash_report
 
 
+def test_qemu_crash_during_an_ssh_command_is_explained(make_guest: MakeGuest) -> None:
+    """QEMU dying under an SSH command is a QemuDiedError with the crash's report, not
+    an exit status of -1 or a lost connection."""
+    machine = make_guest(DmaMode.DIRECT)
+    assert machine.ssh_run("true").status == 0
+    assert machine.proc is not None and machine.proc.pid is not None
+    pid = machine.proc.pid
+    killer = threading.Timer(1.0, os.kill, (pid, signal.SIGSEGV))
+    killer.start()
+    start = time.monotonic()
+    try:
+        with pytest.raises(QemuDiedError, match="killed by SIGSEGV") as info:
+            machine.ssh_run("sleep 30", timeout=60)
+    finally:
+        killer.cancel()
+    assert "over SSH" in str(info.value)
+    assert time.monotonic() - start < 25, "the death was not noticed before the command's end"
+
+
 def test_qemu_crash_while_booting_is_warned_and_booted_again(
         request: pytest.FixtureRequest) -> None:
     """A crash at boot outside qgpu (as TCG does now and then on some hosts) is

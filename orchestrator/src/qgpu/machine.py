@@ -21,6 +21,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import paramiko
+
 from qgpu import accel, paths
 from qgpu.config import MachineConfig, RamFile
 from qgpu.console import CommandResult, SerialConsole
@@ -354,10 +356,24 @@ class GuestMachine:
         """Run a command over SSH (``timeout`` scaled like :meth:`run`'s)."""
         if self.ssh is None:
             raise QemuError(f"{self.config.name}: no SSH session (ssh disabled or no key)")
-        if not self.ssh.connected:
-            self.ssh.connect(timeout=60 * self.config.timeout_scale)
-        return self.ssh.run(command, timeout=timeout * self.config.timeout_scale, check=check,
-                            stdin=stdin)
+        try:
+            if not self.ssh.connected:
+                self.ssh.connect(timeout=60 * self.config.timeout_scale)
+            result = self.ssh.run(command, timeout=timeout * self.config.timeout_scale,
+                                  stdin=stdin)
+        except (QgpuError, paramiko.SSHException, OSError, EOFError) as exc:
+            self._raise_if_qemu_died(exc, f"running {command!r} over SSH")
+            raise
+        if result.status == -1:
+            # The session ended without an exit status: the guest, or QEMU, went away.
+            self._raise_if_qemu_died(None, f"running {command!r} over SSH")
+        return result.check() if check else result
+
+    def _raise_if_qemu_died(self, exc: BaseException | None, doing: str) -> None:
+        """Raise :meth:`_died`'s explanation if QEMU has exited (or does within 2 s)."""
+        if self.proc is not None and self.proc.wait(2.0) is not None:
+            raise self._died(QemuDiedError(f"{self.config.name}: QEMU died while {doing}"
+                                           + (f" ({exc})" if exc else "")), doing) from exc
 
     def inspector(self, qdev_id: str = "qgpu0") -> DeviceInspector:
         """Return the host-side inspector of device ``qdev_id``."""

@@ -186,19 +186,25 @@ class QmpClient:
         with self._cond:
             return list(self._events)
 
-    def wait_event(self, name: str, timeout: float | None = None, *,
-                   after: int = 0) -> QmpEvent:
-        """Wait for event ``name`` among events number ``after`` onwards."""
+    def wait_event(self, name: str, timeout: float | None = None, *, after: int) -> QmpEvent:
+        """Wait for event ``name`` among events number ``after`` onwards.
+
+        ``after`` is required: take ``len(events())`` before the action that
+        causes the event, so that an older event of the same name never matches
+        and one that comes before this call does. An event QEMU sent just before
+        it exited (SHUTDOWN, say) is still found.
+        """
         limit = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
         with self._cond:
             while True:
+                dead = self._is_alive is not None and not self._is_alive()
                 for event in self._events[after:]:
                     if event.name == name:
                         return event
+                if dead:
+                    raise QemuDiedError(f"QEMU died while waiting for QMP event {name}")
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise QemuTimeoutError(f"no QMP event {name} within {limit:.0f} s")
                 self._cond.wait(min(remaining, 0.5))
-                if self._is_alive is not None and not self._is_alive():
-                    raise QemuDiedError(f"QEMU died while waiting for QMP event {name}")
