@@ -4,6 +4,7 @@ known bugs, which DMA modes a run selects."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -33,6 +34,7 @@ from qgpu.pci import (
     standard_capabilities,
 )
 from qgpu.qmp import QmpClient, QmpEvent
+from qgpu.ssh import GuestSsh
 
 ASAN_LOG = """\
 qemu-system-x86_64 -machine q35 -accel qtest ...
@@ -413,3 +415,16 @@ def test_wait_event_finds_the_last_words_of_a_dead_qemu_and_no_older_event() -> 
             qmp.wait_event("RESET", 5, after=mark)
     finally:
         qmp.close()
+
+
+def test_ssh_leaves_the_programs_logging_as_it_was(tmp_path: Path) -> None:
+    """GuestSsh quiets paramiko's errors while it connects, not for the whole program."""
+    logger = logging.getLogger("paramiko")
+    before = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        with pytest.raises(OSError):
+            GuestSsh(1, tmp_path / "no-such-key").connect(timeout=1)
+        assert logger.level == logging.WARNING
+    finally:
+        logger.setLevel(before)

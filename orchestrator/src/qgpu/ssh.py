@@ -24,7 +24,17 @@ class GuestSsh:
     def connect(self, timeout: float = 60.0) -> None:
         """Connect, retrying until ``timeout`` while the guest's sshd comes up."""
         # paramiko logs every refused early attempt at ERROR level: not news here.
-        logging.getLogger("paramiko").setLevel(logging.CRITICAL)
+        # Quiet only while connecting, and back as it was (the program's logging
+        # is the program's).
+        logger = logging.getLogger("paramiko")
+        level = logger.level
+        logger.setLevel(logging.CRITICAL)
+        try:
+            self._connect(timeout)
+        finally:
+            logger.setLevel(level)
+
+    def _connect(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         pkey = paramiko.Ed25519Key.from_private_key_file(str(self.key))
         last: Exception | None = None
