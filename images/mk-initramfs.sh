@@ -216,12 +216,25 @@ else
 fi
 
 # /dev/console must exist in the initramfs for the kernel to give /init a console.
-if [[ $(id -u) -eq 0 ]]; then
-    mknod -m 600 dev/console c 5 1
-    mknod -m 666 dev/null c 1 3
-else
-    log "not root: no /dev/console node (init reopens it after mounting devtmpfs)"
-fi
+# The nodes are written into the archive (dev_nodes_archive, below), not made
+# with mknod: containers may not create device nodes, even as root.
+
+# newc_entry NAME MODE RDEVMAJOR RDEVMINOR INO: the header and name of one
+# member of a newc cpio archive without data (as the kernel's gen_init_cpio
+# writes it), padded to 4 bytes.
+newc_entry() {
+    local name=$1 mode=$2 rmaj=$3 rmin=$4 ino=$5 namesize=$(( ${#1} + 1 ))
+    printf '070701%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%s\0' \
+        "$ino" "$mode" 0 0 1 "$SOURCE_DATE_EPOCH" 0 0 0 "$rmaj" "$rmin" "$namesize" 0 "$name"
+    head -c $(( (4 - (110 + namesize) % 4) % 4 )) /dev/zero
+}
+
+# A second archive, after the tree's: the kernel unpacks one after the other.
+dev_nodes_archive() {
+    newc_entry dev/console $(( 0020000 | 0600 )) 5 1 900001
+    newc_entry dev/null    $(( 0020000 | 0666 )) 1 3 900002
+    newc_entry 'TRAILER!!!' 0 0 0 0
+}
 
 # ---- archive -------------------------------------------------------------------------
 find . -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
@@ -233,8 +246,9 @@ case $COMPRESS in
 esac
 img=$OUT/initramfs.cpio$ext
 rm -f "$OUT/initramfs.inputs" "$OUT/initramfs.cpio" "$OUT/initramfs.cpio.gz" "$OUT/initramfs.cpio.zst"
-find . -mindepth 1 -printf '%P\n' | LC_ALL=C sort |
-    cpio --quiet --reproducible -o -H newc -R 0:0 | "${comp[@]}" >"$img.tmp"
+{ find . -mindepth 1 -printf '%P\n' | LC_ALL=C sort |
+      cpio --quiet --reproducible -o -H newc -R 0:0
+  dev_nodes_archive; } | "${comp[@]}" >"$img.tmp"
 mv "$img.tmp" "$img"
 ln -sfn "$(basename "$img")" "$OUT/initramfs.img"
 find . -mindepth 1 -printf '%P\n' | LC_ALL=C sort | while read -r f; do
