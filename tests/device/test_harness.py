@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import threading
@@ -325,7 +326,7 @@ def test_an_overlay_archive_is_what_cpio_reads(tmp_path: Path) -> None:
     (tree / "opt" / "mine" / "run.sh").write_text("#!/bin/sh\necho hi\n")
     (tree / "opt" / "mine" / "run.sh").chmod(0o755)
     (tree / "opt" / "mine" / "blob").write_bytes(bytes(range(256)) * 3 + b"odd")
-    (tree / "etc").mkdir()
+    (tree / "etc").mkdir(mode=0o700)                # made under umask 077, say
     (tree / "etc" / "link").symlink_to("../opt/mine/run.sh")
     archive = tmp_path / "a.cpio"
     archive.write_bytes(initramfs.newc(list(initramfs.entries_of(tree))))
@@ -341,6 +342,7 @@ def test_an_overlay_archive_is_what_cpio_reads(tmp_path: Path) -> None:
     names = subprocess.run(["cpio", "-it", "--quiet", "-F", str(archive)],
                            capture_output=True, text=True, timeout=60).stdout.split()
     assert names == ["etc", "opt", "etc/link", "opt/mine", "opt/mine/blob", "opt/mine/run.sh"]
+    assert stat.S_IMODE((out / "etc").stat().st_mode) == 0o755     # not the guest's /etc 0700
 
 
 def test_an_overlay_image_is_cached_by_content(tmp_path: Path,
@@ -403,13 +405,16 @@ def test_wait_event_finds_the_last_words_of_a_dead_qemu_and_no_older_event() -> 
             qmp.wait_event("RESET", 0.2, after=mark)              # the old one is not it
 
 
-        def last_words() -> None:                             # while wait_event waits
+        def exits() -> None:                                  # while wait_event waits
+            alive[0] = False
+
+        def last_words() -> None:        # stored by the reader after the exit is seen
             with qmp._cond:
                 qmp._events.append(QmpEvent("SHUTDOWN", {}, 2.0))
-                alive[0] = False                                  # ... and QEMU exits
                 qmp._cond.notify_all()
 
-        threading.Timer(0.2, last_words).start()
+        threading.Timer(0.1, exits).start()
+        threading.Timer(0.7, last_words).start()
         assert qmp.wait_event("SHUTDOWN", 5, after=mark).timestamp == 2.0
         with pytest.raises(QemuDiedError):
             qmp.wait_event("RESET", 5, after=mark)

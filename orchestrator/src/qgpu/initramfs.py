@@ -44,7 +44,7 @@ def newc(entries: Sequence[Entry]) -> bytes:
     """Return ``entries`` as a newc cpio archive (owner root, time 0), with its trailer."""
     out = bytearray()
     for ino, e in enumerate([*entries, Entry(TRAILER, 0)], start=1):
-        name = e.name.encode() + b"\0"
+        name = os.fsencode(e.name) + b"\0"
         fields = (ino if e.name != TRAILER else 0, e.mode, 0, 0,
                   2 if stat.S_ISDIR(e.mode) else 1, 0, len(e.data), 0, 0, 0, 0, len(name), 0)
         header = b"070701" + b"".join(f"{v:08X}".encode() for v in fields)
@@ -57,7 +57,10 @@ def entries_of(folder: Path) -> Iterator[Entry]:
 
     The folder's own path is the guest's ``/``: ``DIR/opt/mine/mine.ko`` becomes
     ``/opt/mine/mine.ko``. Regular files keep their permissions; symbolic links
-    are archived as links. Anything else (a device node, a socket) is refused.
+    are archived as links. Folders are 0755 (1777 with the sticky bit): the
+    kernel applies an archive's mode to a folder the image already has, and an
+    overlay's ``etc/`` made under umask 077 must not close the guest's.
+    Anything else (a device node, a socket) is refused.
     """
     if not folder.is_dir():
         raise SetupError(f"initramfs overlay {folder}: not a folder (give a folder whose "
@@ -72,7 +75,8 @@ def entries_of(folder: Path) -> Iterator[Entry]:
             if stat.S_ISLNK(st.st_mode):
                 yield Entry(str(rel), stat.S_IFLNK | 0o777, os.readlink(path).encode())
             elif stat.S_ISDIR(st.st_mode):
-                yield Entry(str(rel), stat.S_IFDIR | stat.S_IMODE(st.st_mode))
+                yield Entry(str(rel), stat.S_IFDIR |
+                            (0o1777 if st.st_mode & stat.S_ISVTX else 0o755))
             elif stat.S_ISREG(st.st_mode):
                 yield Entry(str(rel), stat.S_IFREG | stat.S_IMODE(st.st_mode),
                             path.read_bytes())

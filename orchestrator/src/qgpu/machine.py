@@ -131,23 +131,27 @@ class GuestMachine:
             if incoming:
                 self.proc.args += ["-incoming", "defer"]
             self.proc.start()
+            ser: socket.socket | None = None
             try:
                 ser = self.proc.accept(ser_l, "the serial console", 30)
                 qmp_sock = self.proc.accept(qmp_l, "the QMP connection", 30)
                 self.qmp = QmpClient(cfg.name, is_alive=self.proc.is_alive)
                 self.qmp.connect(qmp_sock)
+                self.console = SerialConsole(ser, self.proc.workdir / "console.transcript",
+                                             name=cfg.name, is_alive=self.proc.is_alive)
+                ser = None                      # the console owns it now
+                ssh_port = forwarded_ssh_port(self.qmp.command(
+                    "human-monitor-command", {"command-line": "info usernet"})) \
+                    if cfg.ssh else None
             except QgpuError as exc:
+                if ser is not None:
+                    ser.close()
                 # QEMU connects its sockets before it parses -device and friends:
                 # a bad argument shows here as a lost connection. Its exit and
                 # its own message are the real news.
                 if self.proc.wait(2.0) is None:
                     raise
                 raise self._died(QemuDiedError(str(exc)), "starting") from exc
-            self.console = SerialConsole(ser, self.proc.workdir / "console.transcript",
-                                         name=cfg.name, is_alive=self.proc.is_alive)
-            ssh_port = forwarded_ssh_port(self.qmp.command(
-                "human-monitor-command", {"command-line": "info usernet"})) \
-                if cfg.ssh else None
         finally:
             for lsock in listeners:
                 lsock.close()

@@ -11,6 +11,7 @@ has :mod:`qgpu.crash` explain.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import resource
 import shutil
@@ -18,6 +19,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,16 +30,33 @@ from qgpu.errors import QemuDiedError, QemuError, QemuTimeoutError
 
 #: Largest core a crashed QEMU may leave (guest RAM is excluded by the config).
 CORE_LIMIT = 4 << 30
+@functools.cache
+def _setpriv_pdeathsig() -> str | None:
+    """Return util-linux's setpriv if it has ``--pdeathsig`` (2.33 and later), else None."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        return None
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run([setpriv, "--help"], capture_output=True, text=True,
+                             timeout=10).stdout
+        if "--pdeathsig" in out:
+            return setpriv
+    return None
+
+
 def _dies_with_its_parent(command: list[str]) -> list[str]:
-    """Return ``command`` run so that the kernel kills it when the rig's process ends.
+    """Return ``command`` run so that the kernel kills it when its parent thread ends.
 
     A rig killed outright (a CI job's timeout, SIGKILL) must not leave QEMUs
-    running: util-linux's ``setpriv --pdeathsig`` sets the death signal and
-    then executes the command, keeping its process id. (Without setpriv, the
-    command as it is.)
+    running: ``setpriv --pdeathsig`` sets the death signal and then executes
+    the command, keeping its process id. The signal comes when the thread that
+    started it ends, so only a start from the main thread (which lives as long
+    as the rig) gets it; elsewhere, and without setpriv, the command as it is.
     """
-    setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "KILL", "--", *command] if setpriv else command
+    setpriv = _setpriv_pdeathsig()
+    if setpriv is None or threading.current_thread() is not threading.main_thread():
+        return command
+    return [setpriv, "--pdeathsig", "KILL", "--", *command]
 
 
 class QemuProcess:

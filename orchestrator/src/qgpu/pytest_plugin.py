@@ -24,8 +24,15 @@ Options (``pytest --help`` lists them under "qgpu test rig"):
                            modes (default: all of direct, swiotlb, iommu, virtio-iommu);
                            the others are deselected. Tests that boot a guest of their
                            own (``make_guest``) run whatever the option says
+``--qgpu-overlay DIR``     add DIR's contents to every guest's / (repeatable; ini key
+                           ``qgpu_overlays``): the user's module, tools, scripts
+``--qgpu-append WORD``     an extra kernel command-line word (repeatable; ``qgpu_append``)
+``--qgpu-qemu-arg ARG``    an extra QEMU argument (repeatable; ``qgpu_qemu_args``)
 ``--qgpu-artifacts DIR``   where failed tests leave their bundle (default build/artifacts)
 ``--qgpu-keep-artifacts``  write the bundle for passing tests too
+
+With ``--junitxml``, the report's properties name QEMU, the kernel and the
+initramfs (with its overlays) by SHA-256, and the options above.
 
 Fixtures:
 
@@ -66,7 +73,7 @@ from typing import Any
 import pytest
 from _pytest import junitxml
 
-from qgpu import health, kernels, paths, template
+from qgpu import health, initramfs, kernels, paths, template
 from qgpu.config import DmaMode, MachineConfig, QgpuSpec
 from qgpu.errors import GuestCrashError, QgpuError, RestoreFallbackWarning, SetupError
 from qgpu.inspector import DeviceInspector
@@ -423,7 +430,9 @@ def run_properties(config: pytest.Config) -> dict[str, str]:
     try:
         k = kernels.resolve()
         props["qgpu.kernel"] = f"{k.name} {k.release} sha256:{_file_digest(k.kernel)}"
-        props["qgpu.image"] = f"{k.initrd} sha256:{_file_digest(k.initrd)}"
+        initrd = initramfs.with_overlays(k.initrd, [
+            *config.getini("qgpu_overlays"), *map(Path, config.getoption("--qgpu-overlay"))])
+        props["qgpu.image"] = f"{initrd} sha256:{_file_digest(initrd)}"
         props["qgpu.detectors"] = ",".join(k.detectors.names()) or "none"
     except SetupError as exc:
         props["qgpu.kernel"] = props["qgpu.image"] = str(exc)
@@ -516,7 +525,10 @@ def guest(request: pytest.FixtureRequest, _qgpu_pool: _Pool, dma_mode: DmaMode
                           " && insmod /opt/qgpu/qgpu.ko && test -c /dev/qgpu0",
                           timeout=60, check=True, watch_crashes=False).output
     except QgpuError:
-        # Whatever broke the reload would break it for every later test too.
+        # Whatever broke the reload would break it for every later test too. Its
+        # state goes into the test's bundle first.
+        with contextlib.suppress(QgpuError, OSError):
+            machine.collect_artifacts(_artifact_dir(request.config, request.node))
         _qgpu_pool.drop(dma_mode)
         raise
     late = health.late_reports(out)

@@ -197,13 +197,19 @@ class QmpClient:
         limit = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
         with self._cond:
+            dead_seen = False
             while True:
                 dead = self._is_alive is not None and not self._is_alive()
                 for event in self._events[after:]:
                     if event.name == name:
                         return event
-                if dead:
+                if dead and dead_seen:
                     raise QemuDiedError(f"QEMU died while waiting for QMP event {name}")
+                if dead:
+                    # The reader thread may not have stored QEMU's last words yet.
+                    dead_seen = True
+                    self._cond.wait(1.0)
+                    continue
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise QemuTimeoutError(f"no QMP event {name} within {limit:.0f} s")

@@ -22,25 +22,35 @@ _swept = False
 
 
 def sweep_stale(folder: Path = SHM_DIR) -> list[Path]:
-    """Remove the rig's files whose process is gone (a rig killed outright); return them."""
+    """Remove this user's rig files whose process is gone (a rig killed outright).
+
+    Return what was removed. Other users' files are left alone, and so is a file
+    that cannot be removed. (A rig in another PID namespace sharing this
+    /dev/shm would look dead from here: give such rigs a /dev/shm each.)
+    """
     removed = []
+    uid = os.getuid()
     for path in folder.glob("qgpu-*"):
         m = _OURS.match(path.name)
-        if m is None:
-            continue
         try:
+            if m is None or path.lstat().st_uid != uid:
+                continue
             os.kill(int(m.group(1)), 0)
         except ProcessLookupError:
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):
                 path.unlink()
                 removed.append(path)
-        except PermissionError:
-            pass                        # another user's live process
+        except OSError:
+            pass                        # gone meanwhile, or another user's live process
     return removed
 
 
 def check_space(size: int, folder: Path = SHM_DIR) -> None:
-    """Raise :class:`SetupError` unless ``folder`` can hold ``size`` more bytes."""
+    """Raise :class:`SetupError` unless ``folder`` can hold ``size`` more bytes.
+
+    One backend at a time: the files are sparse, so several guests may each
+    pass and together still outgrow a small /dev/shm.
+    """
     st = os.statvfs(folder)
     free = st.f_bavail * st.f_frsize
     if free < size:
@@ -63,8 +73,10 @@ class SharedMemory:
         """Create (sparse) and map a ``size``-byte file; say so if /dev/shm is too small."""
         global _swept
         if not _swept:
-            sweep_stale()
-            _swept = True
+            try:
+                sweep_stale()
+            finally:
+                _swept = True
         check_space(size)
         self.size = size
         self.path = SHM_DIR / f"qgpu-{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
