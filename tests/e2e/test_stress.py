@@ -72,7 +72,13 @@ class HostHotplug:
 
 
 @ALL_MODES
-def test_stress(guest: GuestMachine, guest_kernel: GuestKernel) -> None:
+def test_stress(guest: GuestMachine, guest_kernel: GuestKernel, dma_mode: DmaMode,
+                request: pytest.FixtureRequest) -> None:
+    if dma_mode is DmaMode.VIRTIO_IOMMU:
+        # The same round trip went wrong here too, once (stock, CI of 2026-12-01:
+        # "copy_user round trip differs (vram 0x38a11e1 len 183773)", 3 removals,
+        # 6 resets): issue 11's open bug, not a flake of this test.
+        request.applymarker(VIRTIO_IOMMU_RESET_ROUND_TRIP)
     # On the debug kernel: 2 or 3 host hotplug cycles in the first 12 s, 3 sysfs
     # removals from 22.5 s (10 s apart from the last eject, as with 60 s before).
     seconds = 30 if guest_kernel.detectors.heavy else 10
