@@ -79,21 +79,14 @@ def wait_dmesg(g: GuestMachine, regex: str, timeout: float = BOUND) -> str:
         time.sleep(0.3)
 
 
-def _descriptors_in(insp: DeviceInspector, seconds: float) -> int:
-    """Return how many descriptors the device finished in the next ``seconds``."""
-    start = insp.stats()["descriptors"]
-    time.sleep(seconds)
-    return insp.stats()["descriptors"] - start
-
-
-def _bytes_moved_in(insp: DeviceInspector, seconds: float) -> int:
-    """Return how many bytes the device's DMA moved in the next ``seconds``."""
-    def moved() -> int:
+def _growth_in(insp: DeviceInspector, seconds: float, *stats: str) -> int:
+    """Return how much the sum of the device's ``stats`` grows in the next ``seconds``."""
+    def total() -> int:
         st = insp.stats()
-        return st["bytes-to-vram"] + st["bytes-from-vram"]
-    start = moved()
+        return sum(st[name] for name in stats)
+    start = total()
     time.sleep(seconds)
-    return moved() - start
+    return total() - start
 
 
 def fill_guards(g: GuestMachine) -> None:
@@ -444,12 +437,12 @@ def test_stop_cont(guest: GuestMachine, faults: FaultInjector,
     if mid_dma:
         hold_dma(guest, seconds=4)
         # The control: in the window the check below uses, running DMA does move on.
-        assert _descriptors_in(insp, 1.0) > 0, "no DMA was in flight"
+        assert _growth_in(insp, 1.0, "descriptors") > 0, "no DMA was in flight"
     faults.stop()
     try:
         time.sleep(0.3)                          # what was under way when it stopped
         if mid_dma:
-            assert _descriptors_in(insp, 1.0) == 0, "DMA went on while the VM was stopped"
+            assert _growth_in(insp, 1.0, "descriptors") == 0, "DMA went on while the VM was stopped"
         assert guest.qmp is not None
         assert guest.qmp.command("query-status")["status"] == "paused"
     finally:
@@ -530,7 +523,7 @@ def test_surprise_removal(restore_guest: MakeGuest, mid_dma: bool) -> None:
     if mid_dma:
         hold_dma(g, seconds=30)
         # The control for the check below: held DMA moves bytes in that window.
-        assert _bytes_moved_in(insp, 0.5) > 0, "no DMA was in flight"
+        assert _growth_in(insp, 0.5, "bytes-to-vram", "bytes-from-vram") > 0, "no DMA was in flight"
     else:
         start_hold(g, "h", "30")
     faults.regs_all_ones()
@@ -546,7 +539,7 @@ def test_surprise_removal(restore_guest: MakeGuest, mid_dma: bool) -> None:
     assert st["device_lost"] == 1 and st["pinned_pages"] == 0, st
     assert "device not responding" in dmesg(g)
     # DMA has stopped for good (bus mastering off): the device moves no more bytes.
-    assert _bytes_moved_in(insp, 0.5) == 0
+    assert _growth_in(insp, 0.5, "bytes-to-vram", "bytes-from-vram") == 0
     check_guards(insp)
     # A re-probe brings it back without rebooting the guest.
     faults.regs_all_ones(False)

@@ -214,18 +214,33 @@ def _artifact_dir_for(config: pytest.Config, nodeid: str) -> Path:
     return Path(base) / worker / name
 
 
+@dataclass(frozen=True)
+class _Brought:
+    """What the user brought for every guest: the ini file's, then the command line's."""
+
+    overlays: tuple[Path, ...]
+    append: tuple[str, ...]
+    qemu_args: tuple[str, ...]
+
+
+def _brought(config: pytest.Config) -> _Brought:
+    return _Brought(
+        overlays=(*config.getini("qgpu_overlays"),
+                  *map(Path, config.getoption("--qgpu-overlay"))),
+        append=(*config.getini("qgpu_append"), *config.getoption("--qgpu-append")),
+        qemu_args=(*config.getini("qgpu_qemu_args"), *config.getoption("--qgpu-qemu-arg")))
+
+
 def _base_config(config: pytest.Config, mode: DmaMode, **kw: Any) -> MachineConfig:
     """Return the configuration of a guest in ``mode``, as the options ask.
 
     Kernel, accelerator, timeouts, overlays and extra arguments: the ini file's
     first, then the command line's, then ``kw``'s.
     """
-    overlays = [*config.getini("qgpu_overlays"),
-                *map(Path, config.getoption("--qgpu-overlay")), *kw.pop("overlays", ())]
-    append = (*config.getini("qgpu_append"), *config.getoption("--qgpu-append"),
-              *kw.pop("append", ()))
-    extra = (*config.getini("qgpu_qemu_args"), *config.getoption("--qgpu-qemu-arg"),
-             *kw.pop("extra_args", ()))
+    user = _brought(config)
+    overlays = [*user.overlays, *kw.pop("overlays", ())]
+    append = (*user.append, *kw.pop("append", ()))
+    extra = (*user.qemu_args, *kw.pop("extra_args", ()))
     return MachineConfig.for_kernel(kernels.resolve(), accel=config.getoption("--qgpu-accel"),
                                     dma_mode=mode, name=f"{mode}",
                                     timeout_scale=config.getoption("--qgpu-timeout-scale"),
@@ -413,15 +428,12 @@ def _file_digest(path: Path) -> str:
 
 def run_properties(config: pytest.Config) -> dict[str, str]:
     """Return what a run's results depend on: QEMU, guest kernel and image, accelerator."""
+    user = _brought(config)
     props = {"qgpu.accel": str(config.getoption("--qgpu-accel")),
              "qgpu.guest_scope": str(config.getoption("--qgpu-guest-scope")),
              "qgpu.modes": ",".join(sorted(_selected_modes(config))),
-             "qgpu.overlays": " ".join(map(str, [*config.getini("qgpu_overlays"),
-                                                 *config.getoption("--qgpu-overlay")])),
-             "qgpu.extra": " ".join([*config.getini("qgpu_append"),
-                                     *config.getoption("--qgpu-append"),
-                                     *config.getini("qgpu_qemu_args"),
-                                     *config.getoption("--qgpu-qemu-arg")])}
+             "qgpu.overlays": " ".join(map(str, user.overlays)),
+             "qgpu.extra": " ".join([*user.append, *user.qemu_args])}
     try:
         qemu = paths.qemu_binary()
         props["qgpu.qemu"] = f"{qemu} sha256:{_file_digest(qemu)}"
@@ -430,8 +442,7 @@ def run_properties(config: pytest.Config) -> dict[str, str]:
     try:
         k = kernels.resolve()
         props["qgpu.kernel"] = f"{k.name} {k.release} sha256:{_file_digest(k.kernel)}"
-        initrd = initramfs.with_overlays(k.initrd, [
-            *config.getini("qgpu_overlays"), *map(Path, config.getoption("--qgpu-overlay"))])
+        initrd = initramfs.with_overlays(k.initrd, user.overlays)
         props["qgpu.image"] = f"{initrd} sha256:{_file_digest(initrd)}"
         props["qgpu.detectors"] = ",".join(k.detectors.names()) or "none"
     except SetupError as exc:
