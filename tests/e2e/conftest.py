@@ -1,4 +1,4 @@
-"""Fixtures of the end-to-end tests (the rig's own come from qgpu.pytest_plugin)."""
+"""Fixtures of the end-to-end tests (the rig's own, qgpu_*, come from qgpu.pytest_rig)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 A detector that never fires proves nothing. The canary module (``tests/canary``)
 commits one bug on request -- a use-after-free, a leak, a lock-order inversion, a
-DMA-API misuse -- inside a test that pytest itself runs (pytester) with this rig's
+DMA-API misuse -- inside a test that a pytest of its own runs (``inner_pytest``) with this rig's
 plugin, on the kernel under test. Each such test must fail with the detector's
 report, and its bundle must hold the report; the same test without a bug must pass.
 On a kernel without a detector, its case is skipped (the stock kernel has none of
@@ -18,7 +18,7 @@ import pytest
 
 from qgpu.kernels import GuestKernel
 
-pytest_plugins = ["pytester"]
+from .inner_pytest import InnerRun, run_pytest
 
 INNER_TEST = '''
 import pytest
@@ -26,9 +26,9 @@ import pytest
 from qgpu.config import DmaMode
 
 
-@pytest.mark.parametrize("dma_mode", [DmaMode.DIRECT], indirect=True)
-def test_canary(guest):
-    guest.run("insmod /opt/qgpu/test/qgpu_canary.ko bug={bug}", timeout=60, check=True)
+@pytest.mark.parametrize("qgpu_dma_mode", [DmaMode.DIRECT], indirect=True)
+def test_canary(qgpu_guest):
+    qgpu_guest.run("insmod /opt/qgpu/test/qgpu_canary.ko bug={bug}", timeout=60, check=True)
 '''
 
 # bug -> (detector, what the report says, the bundle file that must hold it). KFENCE
@@ -44,27 +44,24 @@ CASES = {
 }
 
 
-def _run_inner(pytester: pytest.Pytester, kernel: GuestKernel, bug: str,
-               request: pytest.FixtureRequest) -> tuple[pytest.RunResult, Path]:
-    pytester.makepyfile(test_canary=INNER_TEST.format(bug=bug))
-    artifacts = pytester.path / "artifacts"
-    result = pytester.runpytest_subprocess(
-        "-p", "no:cacheprovider", f"--qgpu-kernel={kernel.image_dir}",
-        f"--qgpu-artifacts={artifacts}", f"--qgpu-accel={request.config.getoption('--qgpu-accel')}",
-        timeout=600 * kernel.timeout_scale)
-    return result, artifacts
+def _run_inner(tmp_path: Path, kernel: GuestKernel, bug: str,
+               config: pytest.Config) -> tuple[InnerRun, Path]:
+    (tmp_path / "test_canary.py").write_text(INNER_TEST.format(bug=bug))
+    result = run_pytest(tmp_path, config, kernel, str(tmp_path / "test_canary.py"),
+                        timeout=600)
+    return result, tmp_path / "artifacts"
 
 
 @pytest.mark.parametrize("bug", list(CASES))
-def test_detector_fails_the_test(pytester: pytest.Pytester, guest_kernel: GuestKernel,
-                                 request: pytest.FixtureRequest, bug: str) -> None:
+def test_detector_fails_the_test(tmp_path: Path, qgpu_kernel: GuestKernel,
+                                 pytestconfig: pytest.Config, bug: str) -> None:
     detector, report, bundle_file = CASES[bug]
-    if not getattr(guest_kernel.detectors, detector):
-        pytest.skip(f"the {guest_kernel.name} kernel has no {detector}")
-    result, artifacts = _run_inner(pytester, guest_kernel, bug, request)
-    output = result.stdout.str()
-    assert result.ret == pytest.ExitCode.TESTS_FAILED, \
-        f"the canary's {bug} did not fail its test (exit {result.ret}):\n{output[-4000:]}"
+    if not getattr(qgpu_kernel.detectors, detector):
+        pytest.skip(f"the {qgpu_kernel.name} kernel has no {detector}")
+    result, artifacts = _run_inner(tmp_path, qgpu_kernel, bug, pytestconfig)
+    output = result.output
+    assert result.exit_code == pytest.ExitCode.TESTS_FAILED, \
+        f"the canary's {bug} did not fail its test (exit {result.exit_code}):\n{output[-4000:]}"
     assert re.search(report, output), output[-4000:]
     if bug == "leak":       # found when the guest retires, and blamed on the test
         assert "during test_canary.py::test_canary[direct]" in output, output[-4000:]
@@ -74,8 +71,8 @@ def test_detector_fails_the_test(pytester: pytest.Pytester, guest_kernel: GuestK
     assert (bundles[0].parent / "health.txt").exists()
 
 
-def test_no_bug_passes(pytester: pytest.Pytester, guest_kernel: GuestKernel,
-                       request: pytest.FixtureRequest) -> None:
+def test_no_bug_passes(tmp_path: Path, qgpu_kernel: GuestKernel,
+                       pytestconfig: pytest.Config) -> None:
     """The control case: the canary loaded without a bug leaves nothing to report."""
-    result, _ = _run_inner(pytester, guest_kernel, "none", request)
-    assert result.ret == pytest.ExitCode.OK, result.stdout.str()[-4000:]
+    result, _ = _run_inner(tmp_path, qgpu_kernel, "none", pytestconfig)
+    assert result.exit_code == pytest.ExitCode.OK, result.output[-4000:]

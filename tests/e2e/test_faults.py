@@ -29,7 +29,7 @@ from qgpu.faults import AerKind, FaultInjector
 from qgpu.inspector import DeviceInspector
 from qgpu.kernels import GuestKernel
 from qgpu.machine import GuestMachine
-from qgpu.pytest_plugin import check_guest_health
+from qgpu.pytest_rig import check_guest_health
 
 from .guestio import parse_json_line
 
@@ -43,8 +43,8 @@ GUARD_LEN = 1 * MiB
 DMA_OFF, DMA_LEN = 16 * MiB, 256 * 1024      # the loop's transfers
 VERIFY_OFF, VERIFY_LEN = 20 * MiB, 128 * 1024
 BOUND = 10.0                                 # every process ends or errs within this
-ALL_MODES = pytest.mark.parametrize("dma_mode", list(DmaMode), indirect=True)
-DIRECT = pytest.mark.parametrize("dma_mode", [DmaMode.DIRECT], indirect=True)
+ALL_MODES = pytest.mark.parametrize("qgpu_dma_mode", list(DmaMode), indirect=True)
+DIRECT = pytest.mark.parametrize("qgpu_dma_mode", [DmaMode.DIRECT], indirect=True)
 IDLE_MID = pytest.mark.parametrize("mid_dma", [False, True], ids=["idle", "mid-dma"])
 
 
@@ -148,11 +148,11 @@ def hold_dma(g: GuestMachine, name: str = "h", seconds: int = 5) -> None:
 
 
 @pytest.fixture
-def faults(guest: GuestMachine) -> Iterator[FaultInjector]:
+def faults(qgpu_guest: GuestMachine) -> Iterator[FaultInjector]:
     """The shared guest's injector; every knob disarmed afterwards."""
-    inj = FaultInjector.for_machine(guest)
+    inj = FaultInjector.for_machine(qgpu_guest)
     yield inj
-    if guest.is_alive():
+    if qgpu_guest.is_alive():
         inj.clear()
 
 
@@ -169,17 +169,17 @@ def dedicated(restore_guest: MakeGuest, mode: DmaMode = DmaMode.DIRECT
 # ---- descriptor faults -------------------------------------------------------------
 
 @ALL_MODES
-def test_dma_error_idle(guest: GuestMachine, faults: FaultInjector,
+def test_dma_error_idle(qgpu_guest: GuestMachine, faults: FaultInjector,
                         qgpu_inspector: DeviceInspector) -> None:
     insp = qgpu_inspector
-    fill_guards(guest)
-    before, dev_before = stats(guest), insp.stats()
+    fill_guards(qgpu_guest)
+    before, dev_before = stats(qgpu_guest), insp.stats()
     seq0 = max((r["seq"] for r in insp.dma_trace()), default=-1)
-    guest.run(f"head -c {DMA_LEN} /dev/urandom > /tmp/f.bin", check=True)
+    qgpu_guest.run(f"head -c {DMA_LEN} /dev/urandom > /tmp/f.bin", check=True)
     faults.dma_error(1)
-    res = tool(guest, f"to-vram {DMA_OFF} /tmp/f.bin")
+    res = tool(qgpu_guest, f"to-vram {DMA_OFF} /tmp/f.bin")
     assert not res["ok"] and res["errno"] == EIO, res
-    after, dev_after = stats(guest), insp.stats()
+    after, dev_after = stats(qgpu_guest), insp.stats()
     assert after["hw_errors"] == before["hw_errors"] + 1 and after["last_error"] == 8
     assert after["pinned_pages"] == 0
     assert faults.armed()["dma-error"] == 0
@@ -187,37 +187,37 @@ def test_dma_error_idle(guest: GuestMachine, faults: FaultInjector,
     assert dev_after["errors"] == dev_before["errors"] + 1
     failed = [r for r in insp.dma_trace() if r["seq"] > seq0 and r["status"] == "dma-read"]
     assert len(failed) == 1 and failed[0]["length"] > 0, failed
-    check_recovered(guest, insp)
+    check_recovered(qgpu_guest, insp)
 
 
 @DIRECT
-def test_dma_error_mid_dma(guest: GuestMachine, faults: FaultInjector,
+def test_dma_error_mid_dma(qgpu_guest: GuestMachine, faults: FaultInjector,
                            qgpu_inspector: DeviceInspector) -> None:
-    fill_guards(guest)
-    hold_dma(guest)
+    fill_guards(qgpu_guest)
+    hold_dma(qgpu_guest)
     faults.dma_error(3)
-    rep = wait_hold(guest, "h")
+    rep = wait_hold(qgpu_guest, "h")
     assert rep["event"] == "timeout" and rep["dma_errors"] == 1, rep
     assert rep["first_errno"] == EIO and rep["dma_ok"] > 1, rep
-    assert stats(guest)["hw_errors"] == 1
-    check_recovered(guest, qgpu_inspector)
+    assert stats(qgpu_guest)["hw_errors"] == 1
+    check_recovered(qgpu_guest, qgpu_inspector)
 
 
 @DIRECT
 @pytest.mark.parametrize("kind", ["truncate", "corrupt"])
-def test_silent_fault_idle(guest: GuestMachine, faults: FaultInjector,
+def test_silent_fault_idle(qgpu_guest: GuestMachine, faults: FaultInjector,
                            qgpu_inspector: DeviceInspector, kind: str) -> None:
     """Silent faults: the device says OK; the host sees exactly the damage."""
     insp = qgpu_inspector
-    fill_guards(guest)
+    fill_guards(qgpu_guest)
     old = 0x0BADF00D
-    assert tool(guest, f"fill {DMA_OFF} 4096 {old:#x}")["ok"]
-    guest.run("head -c 4096 /dev/urandom > /tmp/p.bin", check=True)
+    assert tool(qgpu_guest, f"fill {DMA_OFF} 4096 {old:#x}")["ok"]
+    qgpu_guest.run("head -c 4096 /dev/urandom > /tmp/p.bin", check=True)
     injected = insp.stats()["faults-injected"]       # the device's count never resets
     faults.truncate(1) if kind == "truncate" else faults.corrupt(1)
-    res = tool(guest, f"to-vram {DMA_OFF} /tmp/p.bin")
+    res = tool(qgpu_guest, f"to-vram {DMA_OFF} /tmp/p.bin")
     assert res["ok"], res                        # the device reports success
-    sent = guest.run("od -An -v -tx1 /tmp/p.bin", check=True).output
+    sent = qgpu_guest.run("od -An -v -tx1 /tmp/p.bin", check=True).output
     data = bytes.fromhex(sent.replace(" ", "").replace("\n", ""))
     vram = insp.vram_backend(DMA_OFF, 4096)
     if kind == "truncate":
@@ -227,37 +227,37 @@ def test_silent_fault_idle(guest: GuestMachine, faults: FaultInjector,
         expect[2048] ^= 0xFF
         assert vram == bytes(expect)
     assert insp.stats()["faults-injected"] == injected + 1
-    check_recovered(guest, insp)
+    check_recovered(qgpu_guest, insp)
 
 
 @DIRECT
 @pytest.mark.parametrize("kind", ["truncate", "corrupt"])
-def test_silent_fault_mid_dma(guest: GuestMachine, faults: FaultInjector,
+def test_silent_fault_mid_dma(qgpu_guest: GuestMachine, faults: FaultInjector,
                               qgpu_inspector: DeviceInspector, kind: str) -> None:
     """User space that verifies its data catches the silent fault."""
-    fill_guards(guest)
-    hold_dma(guest)
+    fill_guards(qgpu_guest)
+    hold_dma(qgpu_guest)
     faults.truncate(2) if kind == "truncate" else faults.corrupt(2)
-    rep = wait_hold(guest, "h")
+    rep = wait_hold(qgpu_guest, "h")
     assert rep["event"] == "mismatch" and rep["dma_errors"] == 0, rep
-    check_recovered(guest, qgpu_inspector)
+    check_recovered(qgpu_guest, qgpu_inspector)
 
 
 # ---- engine hang: DMA timeout detection and engine reset -----------------------------
 
 @ALL_MODES
-def test_hang_idle_watchdog_resets(guest: GuestMachine, faults: FaultInjector,
+def test_hang_idle_watchdog_resets(qgpu_guest: GuestMachine, faults: FaultInjector,
                                    qgpu_inspector: DeviceInspector) -> None:
     insp = qgpu_inspector
-    fill_guards(guest)
-    guest.run("echo 1500 > /sys/module/qgpu/parameters/job_timeout_ms", check=True)
+    fill_guards(qgpu_guest)
+    qgpu_guest.run("echo 1500 > /sys/module/qgpu/parameters/job_timeout_ms", check=True)
     dev_before = insp.stats()
     faults.hang()
     # A process waiting for a fence with no timeout of its own.
-    res = tool(guest, f"fill {DMA_OFF} 1M 0x77 --async --wait 0", timeout=30)
+    res = tool(qgpu_guest, f"fill {DMA_OFF} 1M 0x77 --async --wait 0", timeout=30)
     assert not res["ok"] and res["errno"] == EIO and res["hw_status"] == ERR_ABORTED, res
     assert res["elapsed_ms"] < BOUND * 1000
-    st = stats(guest)
+    st = stats(qgpu_guest)
     assert st["watchdog_resets"] == 1 and st["timeouts"] == 1, st
     assert not faults.is_hung()
     dev = insp.stats()
@@ -265,87 +265,87 @@ def test_hang_idle_watchdog_resets(guest: GuestMachine, faults: FaultInjector,
     # The hung engine never ran the fill: nothing retired, no bytes written.
     assert dev["descriptors"] == dev_before["descriptors"]
     assert dev["bytes-fill"] == dev_before["bytes-fill"]
-    assert "made no progress" in dmesg(guest)
-    check_recovered(guest, insp)
+    assert "made no progress" in dmesg(qgpu_guest)
+    check_recovered(qgpu_guest, insp)
 
 
 @DIRECT
-def test_hang_mid_dma(guest: GuestMachine, faults: FaultInjector,
+def test_hang_mid_dma(qgpu_guest: GuestMachine, faults: FaultInjector,
                       qgpu_inspector: DeviceInspector) -> None:
-    fill_guards(guest)
-    guest.run("echo 1500 > /sys/module/qgpu/parameters/job_timeout_ms", check=True)
-    hold_dma(guest, seconds=6)
+    fill_guards(qgpu_guest)
+    qgpu_guest.run("echo 1500 > /sys/module/qgpu/parameters/job_timeout_ms", check=True)
+    hold_dma(qgpu_guest, seconds=6)
     faults.hang()
-    rep = wait_hold(guest, "h", timeout=BOUND + 6)
+    rep = wait_hold(qgpu_guest, "h", timeout=BOUND + 6)
     assert rep["event"] == "timeout" and rep["dma_errors"] == 1, rep
     assert rep["first_errno"] in (ETIMEDOUT, EIO), rep
-    st = stats(guest)
+    st = stats(qgpu_guest)
     assert st["timeouts"] >= 1 and st["pinned_pages"] == 0
-    check_recovered(guest, qgpu_inspector)
+    check_recovered(qgpu_guest, qgpu_inspector)
 
 
 @DIRECT
-def test_slow_engine_mid_dma(guest: GuestMachine, faults: FaultInjector,
+def test_slow_engine_mid_dma(qgpu_guest: GuestMachine, faults: FaultInjector,
                              qgpu_inspector: DeviceInspector) -> None:
-    fill_guards(guest)
-    hold_dma(guest, seconds=4)
+    fill_guards(qgpu_guest)
+    hold_dma(qgpu_guest, seconds=4)
     faults.dma_delay(20_000_000)
-    rep = wait_hold(guest, "h", timeout=BOUND + 4)
+    rep = wait_hold(qgpu_guest, "h", timeout=BOUND + 4)
     assert rep["event"] == "timeout" and rep["dma_errors"] == 0 and rep["dma_ok"] > 0, rep
-    assert stats(guest)["timeouts"] == 0
+    assert stats(qgpu_guest)["timeouts"] == 0
     faults.dma_delay(0)
-    check_recovered(guest, qgpu_inspector)
+    check_recovered(qgpu_guest, qgpu_inspector)
 
 
 # ---- interrupts -----------------------------------------------------------------------
 
 @DIRECT
 @IDLE_MID
-def test_irq_drop(guest: GuestMachine, faults: FaultInjector,
+def test_irq_drop(qgpu_guest: GuestMachine, faults: FaultInjector,
                   qgpu_inspector: DeviceInspector, mid_dma: bool) -> None:
     insp = qgpu_inspector
-    fill_guards(guest)
+    fill_guards(qgpu_guest)
     inj0 = insp.stats()["faults-injected"]
     if mid_dma:
-        hold_dma(guest, seconds=3)
+        hold_dma(qgpu_guest, seconds=3)
         faults.irq_drop(5)
-        rep = wait_hold(guest, "h", timeout=BOUND + 3)
+        rep = wait_hold(qgpu_guest, "h", timeout=BOUND + 3)
         assert rep["event"] == "timeout" and rep["dma_errors"] == 0, rep
     else:
         faults.irq_drop(1)
-        assert tool(guest, f"fill {DMA_OFF} 4096 1")["ok"]
-    st = stats(guest)
+        assert tool(qgpu_guest, f"fill {DMA_OFF} 4096 1")["ok"]
+    st = stats(qgpu_guest)
     assert st["poll_completions"] >= 1 and st["irq_resync"] >= 1, st
     dropped = insp.stats()["faults-injected"] - inj0
     assert 1 <= dropped <= 5 if mid_dma else dropped == 1, dropped
     # Interrupts work again: every later job is signalled.
     irq0 = st["irq_dma"]
     for i in range(3):
-        assert tool(guest, f"fill {DMA_OFF} 4096 {i}")["ok"]
-    assert stats(guest)["irq_dma"] >= irq0 + 3
-    check_recovered(guest, insp)
+        assert tool(qgpu_guest, f"fill {DMA_OFF} 4096 {i}")["ok"]
+    assert stats(qgpu_guest)["irq_dma"] >= irq0 + 3
+    check_recovered(qgpu_guest, insp)
 
 
 @DIRECT
 @IDLE_MID
-def test_irq_dup(guest: GuestMachine, faults: FaultInjector,
+def test_irq_dup(qgpu_guest: GuestMachine, faults: FaultInjector,
                  qgpu_inspector: DeviceInspector, mid_dma: bool) -> None:
     """Each completion interrupt sent twice: the driver completes every job once,
     with its data, and counts what a second call found to do (nothing: spurious)."""
     insp = qgpu_inspector
-    fill_guards(guest)
-    dev0, drv0 = insp.stats(), stats(guest)
+    fill_guards(qgpu_guest)
+    dev0, drv0 = insp.stats(), stats(qgpu_guest)
     if mid_dma:
-        hold_dma(guest, seconds=2)
+        hold_dma(qgpu_guest, seconds=2)
         faults.irq_dup(10)
-        rep = wait_hold(guest, "h", timeout=BOUND + 2)
+        rep = wait_hold(qgpu_guest, "h", timeout=BOUND + 2)
         assert rep["event"] == "timeout" and rep["dma_errors"] == 0, rep
     else:
         faults.irq_dup(2)
-        assert tool(guest, f"fill {DMA_OFF} 4096 1")["ok"]
-        assert tool(guest, f"fill {DMA_OFF} 4096 2")["ok"]
+        assert tool(qgpu_guest, f"fill {DMA_OFF} 4096 1")["ok"]
+        assert tool(qgpu_guest, f"fill {DMA_OFF} 4096 2")["ok"]
         assert insp.vram_backend(DMA_OFF, 4096) == pattern(2, 4096)
-    dev, drv = insp.stats(), stats(guest)
+    dev, drv = insp.stats(), stats(qgpu_guest)
     dups = dev["faults-injected"] - dev0["faults-injected"]
     sent = dev["interrupts"] - dev0["interrupts"]
     handled = (drv["irq_dma"] + drv["irq_spurious"]) - (drv0["irq_dma"] + drv0["irq_spurious"])
@@ -358,7 +358,7 @@ def test_irq_dup(guest: GuestMachine, faults: FaultInjector,
         # than messages (the LAPIC may merge a duplicate with its original).
         assert drv["irq_resync"] == drv0["irq_resync"], (drv0, drv)
         assert sent - dups <= handled <= sent, (handled, sent, dups)
-    check_recovered(guest, insp)
+    check_recovered(qgpu_guest, insp)
 
 
 # ---- PCIe AER ---------------------------------------------------------------------------
@@ -404,38 +404,38 @@ def _aer_case(guest: GuestMachine, faults: FaultInjector, insp: DeviceInspector,
 @DIRECT
 @IDLE_MID
 @pytest.mark.parametrize("kind", list(AerKind))
-def test_aer(guest: GuestMachine, faults: FaultInjector, qgpu_inspector: DeviceInspector,
+def test_aer(qgpu_guest: GuestMachine, faults: FaultInjector, qgpu_inspector: DeviceInspector,
              kind: AerKind, mid_dma: bool) -> None:
-    _aer_case(guest, faults, qgpu_inspector, kind, mid_dma)
+    _aer_case(qgpu_guest, faults, qgpu_inspector, kind, mid_dma)
 
 
-@pytest.mark.parametrize("dma_mode", [DmaMode.SWIOTLB, DmaMode.IOMMU, DmaMode.VIRTIO_IOMMU],
+@pytest.mark.parametrize("qgpu_dma_mode", [DmaMode.SWIOTLB, DmaMode.IOMMU, DmaMode.VIRTIO_IOMMU],
                          indirect=True)
-def test_aer_fatal_mid_dma_other_modes(guest: GuestMachine, faults: FaultInjector,
+def test_aer_fatal_mid_dma_other_modes(qgpu_guest: GuestMachine, faults: FaultInjector,
                                        qgpu_inspector: DeviceInspector) -> None:
-    _aer_case(guest, faults, qgpu_inspector, AerKind.FATAL, True)
+    _aer_case(qgpu_guest, faults, qgpu_inspector, AerKind.FATAL, True)
 
 
 @DIRECT
 @IDLE_MID
 @pytest.mark.parametrize("kind", list(AerKind))
-def test_device_aer_reaches_the_driver(guest: GuestMachine, faults: FaultInjector,
+def test_device_aer_reaches_the_driver(qgpu_guest: GuestMachine, faults: FaultInjector,
                                        qgpu_inspector: DeviceInspector, kind: AerKind,
                                        mid_dma: bool) -> None:
     """x-fault-aer: the qgpu's own error message reaches the driver's error handlers."""
-    _aer_case(guest, faults, qgpu_inspector, kind, mid_dma, from_device=True)
+    _aer_case(qgpu_guest, faults, qgpu_inspector, kind, mid_dma, from_device=True)
 
 
 # ---- VM stop/cont ---------------------------------------------------------------------------
 
 @DIRECT
 @IDLE_MID
-def test_stop_cont(guest: GuestMachine, faults: FaultInjector,
+def test_stop_cont(qgpu_guest: GuestMachine, faults: FaultInjector,
                    qgpu_inspector: DeviceInspector, mid_dma: bool) -> None:
     insp = qgpu_inspector
-    fill_guards(guest)
+    fill_guards(qgpu_guest)
     if mid_dma:
-        hold_dma(guest, seconds=4)
+        hold_dma(qgpu_guest, seconds=4)
         # The control: in the window the check below uses, running DMA does move on.
         assert _growth_in(insp, 1.0, "descriptors") > 0, "no DMA was in flight"
     faults.stop()
@@ -443,22 +443,22 @@ def test_stop_cont(guest: GuestMachine, faults: FaultInjector,
         time.sleep(0.3)                          # what was under way when it stopped
         if mid_dma:
             assert _growth_in(insp, 1.0, "descriptors") == 0, "DMA went on while the VM was stopped"
-        assert guest.qmp is not None
-        assert guest.qmp.command("query-status")["status"] == "paused"
+        assert qgpu_guest.qmp is not None
+        assert qgpu_guest.qmp.command("query-status")["status"] == "paused"
     finally:
         faults.cont()
     if mid_dma:
-        rep = wait_hold(guest, "h", timeout=BOUND + 4)
+        rep = wait_hold(qgpu_guest, "h", timeout=BOUND + 4)
         assert rep["event"] == "timeout" and rep["dma_errors"] == 0 and rep["dma_ok"] > 0, rep
-    assert stats(guest)["timeouts"] == 0
-    check_recovered(guest, insp)
+    assert stats(qgpu_guest)["timeouts"] == 0
+    check_recovered(qgpu_guest, insp)
 
 
 # ---- destructive: dedicated guests --------------------------------------------------------
 
 @IDLE_MID
-def test_device_del_with_mappings(restore_guest: MakeGuest, mid_dma: bool) -> None:
-    g, faults, insp = dedicated(restore_guest)
+def test_device_del_with_mappings(qgpu_restore_guest: MakeGuest, mid_dma: bool) -> None:
+    g, faults, insp = dedicated(qgpu_restore_guest)
     fill_guards(g)
     if mid_dma:
         hold_dma(g, seconds=30)
@@ -480,8 +480,8 @@ def test_device_del_with_mappings(restore_guest: MakeGuest, mid_dma: bool) -> No
     assert g.is_alive()
 
 
-def test_slot_reset_after_another_driver_voted_for_one(make_guest: MakeGuest,
-                                                       guest_kernel: GuestKernel) -> None:
+def test_slot_reset_after_another_driver_voted_for_one(qgpu_make_guest: MakeGuest,
+                                                       qgpu_kernel: GuestKernel) -> None:
     """Review item 5: a non-fatal error, for which qgpu votes CAN_RECOVER and keeps
     running, still ends in its slot_reset() when another driver below the port votes
     NEED_RESET (mmio_enabled is then skipped). slot_reset() restored config space
@@ -490,11 +490,11 @@ def test_slot_reset_after_another_driver_voted_for_one(make_guest: MakeGuest,
     tests/canary/qgpu_reset_voter.c, on an edu device as function 1 of qgpu's slot.
     (Not on kernels with heavy detectors: the quiesce and zap are a fatal error's,
     which test_aer[fatal-*] runs there.)"""
-    if guest_kernel.detectors.heavy:
-        pytest.skip(f"the fatal-error path it shares is tested on {guest_kernel.name}")
-    g = make_guest(DmaMode.DIRECT, ssh=False,
-                   qgpus=(QgpuSpec(props=(("addr", "0.0"), ("multifunction", "on"))),),
-                   extra_args=("-device", "edu,bus=qgpu0-rp,addr=0.1"))
+    if qgpu_kernel.detectors.heavy:
+        pytest.skip(f"the fatal-error path it shares is tested on {qgpu_kernel.name}")
+    g = qgpu_make_guest(DmaMode.DIRECT, ssh=False,
+                        qgpus=(QgpuSpec(props=(("addr", "0.0"), ("multifunction", "on"))),),
+                        extra_args=("-device", "edu,bus=qgpu0-rp,addr=0.1"))
     faults, insp = FaultInjector.for_machine(g), g.inspector()
     g.run("insmod /opt/qgpu/test/qgpu_reset_voter.ko && "
           "test -e /sys/bus/pci/drivers/qgpu_reset_voter/0000:01:00.1", check=True)
@@ -516,9 +516,9 @@ def test_slot_reset_after_another_driver_voted_for_one(make_guest: MakeGuest,
 
 
 @IDLE_MID
-def test_surprise_removal(restore_guest: MakeGuest, mid_dma: bool) -> None:
+def test_surprise_removal(qgpu_restore_guest: MakeGuest, mid_dma: bool) -> None:
     """Registers read all ones (device gone), then the device is deleted."""
-    g, faults, insp = dedicated(restore_guest)
+    g, faults, insp = dedicated(qgpu_restore_guest)
     fill_guards(g)
     if mid_dma:
         hold_dma(g, seconds=30)
@@ -556,14 +556,14 @@ def test_surprise_removal(restore_guest: MakeGuest, mid_dma: bool) -> None:
 
 
 @IDLE_MID
-def test_system_reset(make_guest: MakeGuest, guest_kernel: GuestKernel,
+def test_system_reset(qgpu_make_guest: MakeGuest, qgpu_kernel: GuestKernel,
                       mid_dma: bool) -> None:
-    if guest_kernel.detectors.heavy and not mid_dma:
+    if qgpu_kernel.detectors.heavy and not mid_dma:
         # Two boots each (about 95 s there): the reset in the middle of DMA runs
         # every shutdown path the idle one does, and more.
         pytest.skip("on kernels with heavy detectors, the mid-DMA reset only")
     # Booted, not restored: the reset reboots it, and the driver must load at boot.
-    g = make_guest(DmaMode.DIRECT, ssh=False)
+    g = qgpu_make_guest(DmaMode.DIRECT, ssh=False)
     g.run("dmesg -c >/dev/null", check=True)
     faults, insp = FaultInjector.for_machine(g), g.inspector()
     fill_guards(g)

@@ -14,11 +14,11 @@ from .guestio import driver_stats, guest_irq_counts, put_file, tool
 MiB = 1 << 20
 
 
-def test_fences_agree_on_both_sides(guest: GuestMachine, qgpu_inspector: DeviceInspector,
+def test_fences_agree_on_both_sides(qgpu_guest: GuestMachine, qgpu_inspector: DeviceInspector,
                                     rng: random.Random) -> None:
     """Each job's fence: returned by the ioctl, in the user page, the register, stat-last-fence."""
     insp = qgpu_inspector
-    put_file(guest, "/tmp/f.bin", rng.randbytes(70_000))
+    put_file(qgpu_guest, "/tmp/f.bin", rng.randbytes(70_000))
     ops = [f"fill {rng.randrange(0, 60 * MiB):#x} 8192 {rng.getrandbits(32):#x}",
            f"to-vram {rng.randrange(0, 60 * MiB):#x} /tmp/f.bin",
            f"from-vram {rng.randrange(0, 60 * MiB):#x} 70000 /tmp/g.bin",
@@ -29,8 +29,8 @@ def test_fences_agree_on_both_sides(guest: GuestMachine, qgpu_inspector: DeviceI
     # previous instance's last value until the first new fence lands).
     previous = 0
     for op in ops:
-        fence = tool(guest, op)["fence"]
-        user_page = tool(guest, "regs")["fence"]
+        fence = tool(qgpu_guest, op)["fence"]
+        user_page = tool(qgpu_guest, "regs")["fence"]
         register = insp.register(ABI.REG_FENCE_LO) | insp.register(ABI.REG_FENCE_HI) << 32
         last = insp.stats()["last-fence"]
         assert fence > previous, f"{op}: fence {fence} does not advance past {previous}"
@@ -40,23 +40,24 @@ def test_fences_agree_on_both_sides(guest: GuestMachine, qgpu_inspector: DeviceI
         previous = fence
 
 
-def test_interrupts_counted_on_both_sides(guest: GuestMachine,
+def test_interrupts_counted_on_both_sides(qgpu_guest: GuestMachine,
                                           qgpu_inspector: DeviceInspector,
                                           rng: random.Random) -> None:
     """Messages the device signalled == interrupts the guest took, per vector."""
     insp = qgpu_inspector
-    irq0, host0, drv0 = guest_irq_counts(guest), insp.stats()["interrupts"], driver_stats(guest)
+    irq0, host0, drv0 = (guest_irq_counts(qgpu_guest), insp.stats()["interrupts"],
+                         driver_stats(qgpu_guest))
     assert set(irq0) == {"qgpu0-dma", "qgpu0-error", "qgpu0-misc"}, irq0
     jobs = 6
     for _ in range(jobs):
-        tool(guest, f"fill {rng.randrange(0, 60 * MiB):#x} 65536 {rng.getrandbits(32):#x}")
-    soft = [tool(guest, "raise-irq")["irq_count"] for _ in range(3)]
+        tool(qgpu_guest, f"fill {rng.randrange(0, 60 * MiB):#x} 65536 {rng.getrandbits(32):#x}")
+    soft = [tool(qgpu_guest, "raise-irq")["irq_count"] for _ in range(3)]
     assert soft == [soft[0], soft[0] + 1, soft[0] + 2], f"soft interrupt counts {soft}"
     # Every interrupt the device sent must arrive; give a late one a moment.
-    deadline = time.monotonic() + 10 * guest.config.timeout_scale
+    deadline = time.monotonic() + 10 * qgpu_guest.config.timeout_scale
     while True:
-        irq1, host1, drv1 = guest_irq_counts(guest), insp.stats()["interrupts"], \
-            driver_stats(guest)
+        irq1, host1, drv1 = guest_irq_counts(qgpu_guest), insp.stats()["interrupts"], \
+            driver_stats(qgpu_guest)
         guest_total = sum(irq1.values()) - sum(irq0.values())
         if guest_total == host1 - host0 or time.monotonic() > deadline:
             break

@@ -15,14 +15,14 @@ MiB = 1 << 20
 VRAM = 64 * MiB
 
 
-def test_in_guest_suite(guest: GuestMachine, qgpu_inspector: DeviceInspector) -> None:
+def test_in_guest_suite(qgpu_guest: GuestMachine, qgpu_inspector: DeviceInspector) -> None:
     """qgpu-test passes every (non-destructive) test; the device saw the work, no errors."""
     insp = qgpu_inspector
-    names = [line.strip() for line in sh(guest, f"{SUITE} --list").splitlines()
+    names = [line.strip() for line in sh(qgpu_guest, f"{SUITE} --list").splitlines()
              if line.strip() and "(destructive)" not in line]
     assert len(names) >= 20, f"qgpu-test lists only {names}"
     host0 = insp.stats()
-    res = guest.ssh_run(SUITE, timeout=300)
+    res = qgpu_guest.ssh_run(SUITE, timeout=300)
     results: dict[str, dict[str, object]] = {}
     summary: dict[str, object] = {}
     for line in res.output.splitlines():
@@ -65,15 +65,15 @@ BAD_INPUT = [
 ]
 
 
-def test_bad_input_gets_clear_errno_and_quiet_dmesg(guest: GuestMachine,
+def test_bad_input_gets_clear_errno_and_quiet_dmesg(qgpu_guest: GuestMachine,
                                                     qgpu_inspector: DeviceInspector) -> None:
     insp = qgpu_inspector
-    put_file(guest, "/tmp/bad.bin", bytes(range(16)))
-    sh(guest, "dmesg -c >/dev/null")
+    put_file(qgpu_guest, "/tmp/bad.bin", bytes(range(16)))
+    sh(qgpu_guest, "dmesg -c >/dev/null")
     host0, mark = insp.stats(), trace_mark(insp)
     wrong = []
     for args, want in BAD_INPUT:
-        res = tool(guest, args, ok=want == 0)
+        res = tool(qgpu_guest, args, ok=want == 0)
         if want and (res.get("ok") is not False or res.get("errno") != want):
             wrong.append(f"qgpu-tool {args}: {res} (want errno {want} "
                          f"{errno.errorcode[want]})")
@@ -84,9 +84,9 @@ def test_bad_input_gets_clear_errno_and_quiet_dmesg(guest: GuestMachine,
             f"{host0[stat]} -> {host1[stat]}"
     assert trace_mark(insp) == mark, "bad input produced DMA trace records"
     # A marker at info level shows the level parsing below works.
-    sh(guest, "echo '<6>qgpu-e2e: bad input done' > /dev/kmsg")
+    sh(qgpu_guest, "echo '<6>qgpu-e2e: bad input done' > /dev/kmsg")
     # "<level>[ timestamp] text" (no timestamp on kernels without PRINTK_TIME).
-    levels = [(int(m[1]) & 7, m[2]) for line in sh(guest, "dmesg -r").splitlines()
+    levels = [(int(m[1]) & 7, m[2]) for line in sh(qgpu_guest, "dmesg -r").splitlines()
               if (m := re.match(r"<(\d+)>(?:\[[^\]]*\] )?(.*)", line))]
     assert (6, "qgpu-e2e: bad input done") in levels, levels
     loud = [line for level, line in levels if level < 6]

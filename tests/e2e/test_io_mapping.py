@@ -56,14 +56,14 @@ def kernel_calls(guest: GuestMachine, functions: list[str]) -> Iterator[dict[str
                   f"echo 1 > {TRACING}/tracing_on")
 
 
-def test_wc_vram_mapping_path(guest: GuestMachine, guest_kernel: GuestKernel,
+def test_wc_vram_mapping_path(qgpu_guest: GuestMachine, qgpu_kernel: GuestKernel,
                               qgpu_inspector: DeviceInspector, rng: random.Random) -> None:
     """io_mapping_map_user() once per mapping where the kernel has it; else two remaps."""
     insp = qgpu_inspector
-    kallsyms = sh(guest, f"grep -wE '{IOMAP}|{REMAP}' /proc/kallsyms")
+    kallsyms = sh(qgpu_guest, f"grep -wE '{IOMAP}|{REMAP}' /proc/kallsyms")
     has_iomap = bool(re.search(rf" [Tt] {IOMAP}$", kallsyms, re.M))
-    assert has_iomap == guest_kernel.io_mapping, \
-        f"kernel config says IO_MAPPING={guest_kernel.io_mapping}, kallsyms: {kallsyms!r}"
+    assert has_iomap == qgpu_kernel.io_mapping, \
+        f"kernel config says IO_MAPPING={qgpu_kernel.io_mapping}, kallsyms: {kallsyms!r}"
     assert re.search(rf" [Tt] {REMAP}$", kallsyms, re.M), kallsyms
 
     vram_bar = insp.bars()[2]
@@ -72,10 +72,10 @@ def test_wc_vram_mapping_path(guest: GuestMachine, guest_kernel: GuestKernel,
     write_off = rng.randrange(1, 16 * MiB // PAGE) * PAGE + PAGE // 2
     read_off = rng.randrange(16 * MiB // PAGE, 32 * MiB // PAGE) * PAGE + PAGE // 2
     pattern = rng.getrandbits(32)
-    with kernel_calls(guest, [IOMAP, REMAP] if has_iomap else [REMAP]) as calls:
-        tool(guest, f"mmap-write {write_off:#x} {2 * PAGE} {pattern:#x}")
+    with kernel_calls(qgpu_guest, [IOMAP, REMAP] if has_iomap else [REMAP]) as calls:
+        tool(qgpu_guest, f"mmap-write {write_off:#x} {2 * PAGE} {pattern:#x}")
         # A page of hex overflows stdio's buffer: the tool blocks while still mapped.
-        with hold_tool(guest, f"mmap-read {read_off:#x} {PAGE}") as held:
+        with hold_tool(qgpu_guest, f"mmap-read {read_off:#x} {PAGE}") as held:
             maps = list(held.smaps_flags().values())
             assert len(maps) == 1, f"want one device mapping, got {maps}"
             mapping, flags = maps[0]
@@ -83,7 +83,7 @@ def test_wc_vram_mapping_path(guest: GuestMachine, guest_kernel: GuestKernel,
             assert flags >= VM_DEVICE_FLAGS, \
                 f"VmFlags {sorted(flags)} lack {sorted(VM_DEVICE_FLAGS - flags)}"
             first = vram_bar.address + read_off // PAGE * PAGE
-            pat = pat_entries(guest)
+            pat = pat_entries(qgpu_guest)
             for page in (first, first + PAGE):
                 assert any(lo <= page and page + PAGE <= hi and kind == "write-combining"
                            for lo, hi, kind in pat), \

@@ -55,12 +55,12 @@ OPS = {
 
 
 @pytest.fixture
-def kfaults(guest: GuestMachine, guest_kernel: GuestKernel) -> KernelFaultInjector:
-    if not guest_kernel.detectors.fault_injection:
-        pytest.skip(f"the {guest_kernel.name} kernel has no fault injection (use debug)")
-    put_file(guest, "/tmp/kf-page", bytes(range(256)) * 12)          # 3 KiB: one page
-    put_file(guest, "/tmp/kf-big", bytes(range(256)) * 800)          # 200 KiB: SG list
-    return KernelFaultInjector(guest)
+def kfaults(qgpu_guest: GuestMachine, qgpu_kernel: GuestKernel) -> KernelFaultInjector:
+    if not qgpu_kernel.detectors.fault_injection:
+        pytest.skip(f"the {qgpu_kernel.name} kernel has no fault injection (use debug)")
+    put_file(qgpu_guest, "/tmp/kf-page", bytes(range(256)) * 12)          # 3 KiB: one page
+    put_file(qgpu_guest, "/tmp/kf-big", bytes(range(256)) * 800)          # 200 KiB: SG list
+    return KernelFaultInjector(qgpu_guest)
 
 
 def _check_runs(runs: list[FaultRun], allowed: set[int] | None, what: str) -> None:
@@ -81,7 +81,8 @@ def _check_runs(runs: list[FaultRun], allowed: set[int] | None, what: str) -> No
 
 
 @pytest.mark.parametrize("op", list(OPS))
-def test_ioctl_fault_points(guest: GuestMachine, kfaults: KernelFaultInjector, op: str) -> None:
+def test_ioctl_fault_points(qgpu_guest: GuestMachine, kfaults: KernelFaultInjector,
+                            op: str) -> None:
     with kfaults.armed():
         assert set(DRIVER_POINTS) == set(kfaults.injectable()), kfaults.injectable()
         runs = kfaults.sweep(OPS[op])
@@ -89,40 +90,40 @@ def test_ioctl_fault_points(guest: GuestMachine, kfaults: KernelFaultInjector, o
                     f"qgpu-tool {OPS[op]}")
         einval = [r for r in runs if r.injected and r.errno == errno.EINVAL]
         if einval:
-            found = check_health(guest, scan_leaks=False)   # before the stacks fill the log
+            found = check_health(qgpu_guest, scan_leaks=False)   # before the stacks fill the log
             assert found.ok, found.summary()
             for r in einval:
                 stack = kfaults.stack_of(OPS[op], r.nth)
                 assert any(f in stack for f in PAT_FRAMES), \
                     f"qgpu-tool {OPS[op]}: point {r.nth} gave EINVAL, but its stack shows " \
                     f"no PAT reservation:\n{stack[-3000:]}"
-            sh(guest, "dmesg -c >/dev/null")   # the stacks, read and explained
+            sh(qgpu_guest, "dmesg -c >/dev/null")   # the stacks, read and explained
     # The faults are gone: the device works, for this operation and for DMA.
-    assert tool(guest, OPS[op])["ok"]
-    assert tool(guest, "fill 0 4096 0x11")["ok"]
+    assert tool(qgpu_guest, OPS[op])["ok"]
+    assert tool(qgpu_guest, "fill 0 4096 0x11")["ok"]
 
 
-@pytest.mark.parametrize("dma_mode", [DmaMode.DIRECT, DmaMode.IOMMU], indirect=True)
-def test_probe_fault_points(guest: GuestMachine, kfaults: KernelFaultInjector) -> None:
+@pytest.mark.parametrize("qgpu_dma_mode", [DmaMode.DIRECT, DmaMode.IOMMU], indirect=True)
+def test_probe_fault_points(qgpu_guest: GuestMachine, kfaults: KernelFaultInjector) -> None:
     """Bind the driver with each fault point of its probe failed in turn.
 
     A probe may fail with whatever errno the kernel API that failed gave it
     (devm_memremap() says ENXIO, a region request EBUSY); what must hold is
     that it fails cleanly and the next bind works.
     """
-    bdf = sh(guest, "basename $(readlink /sys/class/misc/qgpu0/device)").strip()
+    bdf = sh(qgpu_guest, "basename $(readlink /sys/class/misc/qgpu0/device)").strip()
     drv = "/sys/bus/pci/drivers/qgpu"
     with kfaults.armed():
         runs = kfaults.sweep(f"write-file {drv}/bind {bdf}",
                              before=f"if [ -e {drv}/{bdf} ]; then echo {bdf} > {drv}/unbind; fi")
     _check_runs(runs, None, f"probe of {bdf}")
-    sh(guest, f"test -e {drv}/{bdf} && test -c /dev/qgpu0")
-    assert tool(guest, "fill 0 4096 0x22")["ok"]
+    sh(qgpu_guest, f"test -e {drv}/{bdf} && test -c /dev/qgpu0")
+    assert tool(qgpu_guest, "fill 0 4096 0x22")["ok"]
 
 
-@pytest.mark.parametrize("dma_mode", [DmaMode.DIRECT], indirect=True)
+@pytest.mark.parametrize("qgpu_dma_mode", [DmaMode.DIRECT], indirect=True)
 @pytest.mark.parametrize("err", [errno.ENOMEM, errno.EPERM], ids=["ENOMEM", "EPERM"])
-def test_a_failed_pin_passes_its_errno_on(guest: GuestMachine, kfaults: KernelFaultInjector,
+def test_a_failed_pin_passes_its_errno_on(qgpu_guest: GuestMachine, kfaults: KernelFaultInjector,
                                           err: int) -> None:
     """Review item 7: COPY_USER turned every failure to pin the user buffer into
     -EFAULT, also when the kernel said why (out of memory, not allowed). The
@@ -133,4 +134,4 @@ def test_a_failed_pin_passes_its_errno_on(guest: GuestMachine, kfaults: KernelFa
         run = kfaults.fail_once("qgpu_pin_user_pages", err, OPS[op])
         assert run.injected, f"{op}: the pin was not failed: {run.output}"
         assert run.status == 1 and run.errno == err, (op, run.result)
-    assert tool(guest, OPS["to-vram-sg"])["ok"]
+    assert tool(qgpu_guest, OPS["to-vram-sg"])["ok"]

@@ -76,26 +76,26 @@ def suspend_with_queued_work(guest: GuestMachine, insp: DeviceInspector,
 
 @ALL_MODES
 def test_suspend_drains_work_and_resume_restores_the_powered_down_device(
-        guest: GuestMachine, qgpu_inspector: DeviceInspector,
+        qgpu_guest: GuestMachine, qgpu_inspector: DeviceInspector,
         faults: FaultInjector) -> None:  # noqa: F811
     """Issue 10 (suspend/resume): with no dev_pm_ops the PCI core left the
     device powered and running through system suspend (its FENCE register kept
     the last fence). Now suspend lets queued jobs finish, the function goes to
     D3hot and comes back reset (FENCE 0), and resume programs the ring again:
     every queued job succeeded, and new work runs at once."""
-    suspend_with_queued_work(guest, qgpu_inspector, faults)
+    suspend_with_queued_work(qgpu_guest, qgpu_inspector, faults)
 
 
-def test_suspend_with_legacy_interrupts(make_guest: MakeGuest,
-                                        guest_kernel: GuestKernel) -> None:
+def test_suspend_with_legacy_interrupts(qgpu_make_guest: MakeGuest,
+                                        qgpu_kernel: GuestKernel) -> None:
     """The same with INTx (msi=off, msix=off). Review finding: suspend marked
     the device frozen before the drain, and the interrupt handler ignores a
     frozen device, so the level interrupt of every completion stayed asserted
     with nobody acknowledging it ("nobody cared", the line disabled)."""
-    if not (guest_kernel.has("SUSPEND") and guest_kernel.has("PM_DEBUG")):
-        pytest.skip(f"the {guest_kernel.name} kernel has no suspend test mode "
+    if not (qgpu_kernel.has("SUSPEND") and qgpu_kernel.has("PM_DEBUG")):
+        pytest.skip(f"the {qgpu_kernel.name} kernel has no suspend test mode "
                     "(CONFIG_SUSPEND, CONFIG_PM_DEBUG)")
-    g = make_guest(DmaMode.DIRECT, qgpus=(
+    g = qgpu_make_guest(DmaMode.DIRECT, qgpus=(
         QgpuSpec(props=(("msi", "off"), ("msix", "off"))),))
     assert tool(g, "info")["irq_mode"] == IRQ_MODE_INTX
     suspend_with_queued_work(g, g.inspector(), FaultInjector.for_machine(g))

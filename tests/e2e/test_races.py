@@ -45,7 +45,7 @@ def race(guest: GuestMachine, args: str, *, timeout: float = 120.0) -> dict[str,
 
 
 @ALL_MODES
-def test_remove_zaps_a_mapping_made_while_it_ran(guest: GuestMachine) -> None:
+def test_remove_zaps_a_mapping_made_while_it_ran(qgpu_guest: GuestMachine) -> None:
     """Review item 1: an mmap(2) whose driver part ran before remove, but whose
     VMA the core linked only after remove zapped the device's mappings, kept
     PTEs to buffer-object pages remove then freed (a use-after-free from user
@@ -53,11 +53,11 @@ def test_remove_zaps_a_mapping_made_while_it_ran(guest: GuestMachine) -> None:
     (``mmap_race_delay_us``) and the device is removed 100 ms into it: remove
     must wait for that mapping and zap it, so that reading it faults."""
     tries = 3
-    guest.run(f"echo 300000 > {PARAMS}/mmap_race_delay_us", check=True)
+    qgpu_guest.run(f"echo 300000 > {PARAMS}/mmap_race_delay_us", check=True)
     try:
-        res = race(guest, f"remove-vs-mmap {tries} --remove-after-us 100000")
+        res = race(qgpu_guest, f"remove-vs-mmap {tries} --remove-after-us 100000")
     finally:
-        guest.run(f"echo 0 > {PARAMS}/mmap_race_delay_us")
+        qgpu_guest.run(f"echo 0 > {PARAMS}/mmap_race_delay_us")
     # Every try's mapping was made during remove (the window was hit) ...
     assert res["mmaps"] == tries, res
     # ... and none of them can still be read after remove returned.
@@ -69,7 +69,7 @@ DELAY_PER_MIB_NS = 40_000_000           # the engine moves 1 MiB per 40 ms (virt
 
 
 @ALL_MODES
-def test_signal_does_not_cut_a_copy_short(guest: GuestMachine,
+def test_signal_does_not_cut_a_copy_short(qgpu_guest: GuestMachine,
                                           faults: FaultInjector) -> None:  # noqa: F811
     """Review item 2: SIGALRM 60 ms into a synchronous 16 MiB COPY_USER from
     VRAM made the ioctl return -EINTR without a fence while the device went
@@ -78,7 +78,7 @@ def test_signal_does_not_cut_a_copy_short(guest: GuestMachine,
     buffer: 0, the fence, every byte copied, nothing written afterwards."""
     faults.dma_delay(DELAY_PER_MIB_NS)
     try:
-        res = race(guest, f"signal-copy {16 * MiB} 60 300")
+        res = race(qgpu_guest, f"signal-copy {16 * MiB} 60 300")
     finally:
         faults.dma_delay(0)
     assert res["alarms"] == 1 and res["call_ms"] > 60, \
@@ -89,12 +89,12 @@ def test_signal_does_not_cut_a_copy_short(guest: GuestMachine,
 
 
 @ALL_MODES
-def test_signal_does_not_lose_a_fill_fence(guest: GuestMachine,
+def test_signal_does_not_lose_a_fill_fence(qgpu_guest: GuestMachine,
                                            faults: FaultInjector) -> None:  # noqa: F811
     """The same for a synchronous VRAM_OP: it completes and returns its fence."""
     faults.dma_delay(DELAY_PER_MIB_NS)
     try:
-        res = race(guest, f"signal-fill {32 * MiB} 60")
+        res = race(qgpu_guest, f"signal-fill {32 * MiB} 60")
     finally:
         faults.dma_delay(0)
     assert res["alarms"] == 1 and res["call_ms"] > 60, res
@@ -103,26 +103,26 @@ def test_signal_does_not_lose_a_fill_fence(guest: GuestMachine,
 
 @DIRECT
 def test_registers_lost_during_a_reset_mark_the_device_lost(
-        guest: GuestMachine, faults: FaultInjector,  # noqa: F811
+        qgpu_guest: GuestMachine, faults: FaultInjector,  # noqa: F811
         qgpu_inspector: DeviceInspector) -> None:
     """Review item 4: an engine reset that finds BAR0 reading all ones switches
     bus mastering off (the reset may not have reached the engine). It did so
     without marking the device lost: once the registers answered again, the
     device looked alive ("running") and every job timed out. Here the reset
     is a function reset through sysfs while the registers read all ones."""
-    guest.run(f"echo 2000 > {PARAMS}/job_timeout_ms", check=True)
+    qgpu_guest.run(f"echo 2000 > {PARAMS}/job_timeout_ms", check=True)
     faults.regs_all_ones()
-    guest.run(f"echo 1 > /sys/bus/pci/devices/{QGPU_BDF}/reset", check=True)
+    qgpu_guest.run(f"echo 1 > /sys/bus/pci/devices/{QGPU_BDF}/reset", check=True)
     faults.regs_all_ones(False)
-    state = guest.run("cat /sys/class/misc/qgpu0/state").output.strip()
-    res = tool(guest, "fill 0 4096 1", timeout=60)
-    st = stats(guest)
+    state = qgpu_guest.run("cat /sys/class/misc/qgpu0/state").output.strip()
+    res = tool(qgpu_guest, "fill 0 4096 1", timeout=60)
+    st = stats(qgpu_guest)
     assert state == "failed" and st["device_lost"] == 1, (state, st)
     assert not res["ok"] and res["errno"] == ENODEV, res
     # Re-probing brings it back.
-    guest.run(f"echo 1 > /sys/bus/pci/devices/{QGPU_BDF}/remove; echo 1 > /sys/bus/pci/rescan",
-              check=True, timeout=60)
-    verify_dma(guest, qgpu_inspector)
+    qgpu_guest.run(f"echo 1 > /sys/bus/pci/devices/{QGPU_BDF}/remove; echo 1 > /sys/bus/pci/rescan",
+                   check=True, timeout=60)
+    verify_dma(qgpu_guest, qgpu_inspector)
 
 
 EBADF = 9
@@ -130,31 +130,31 @@ EBADF = 9
 
 @DIRECT
 def test_read_only_file_cannot_change_the_device(
-        guest: GuestMachine, qgpu_inspector: DeviceInspector) -> None:
+        qgpu_guest: GuestMachine, qgpu_inspector: DeviceInspector) -> None:
     """Review finding: a file opened O_RDONLY ran COPY_USER to VRAM, VRAM_OP
     fills, CPU_ACCESS fills, BO_CREATE and COPY_BO, changing VRAM. Now it may
     look but not change: those fail with -EBADF and VRAM stays as it was."""
     off, length = 2 * MiB, 64 * 1024
-    assert tool(guest, f"fill {off} {length} 0x5a5a5a5a")["ok"]
+    assert tool(qgpu_guest, f"fill {off} {length} 0x5a5a5a5a")["ok"]
     before = qgpu_inspector.vram_backend(off, length)
-    guest.run("head -c 65536 /dev/urandom > /tmp/ro.bin", check=True)
+    qgpu_guest.run("head -c 65536 /dev/urandom > /tmp/ro.bin", check=True)
     ro = "--read-only"
     for args in (f"to-vram {off} /tmp/ro.bin", f"fill {off} {length} 1",
                  f"fill {off} {length} 1 --cpu", f"copy-vram 0 {off} {length}",
                  f"bo-create 4096 --to-vram {off}"):
-        res = tool(guest, f"{ro} {args}")
+        res = tool(qgpu_guest, f"{ro} {args}")
         assert not res["ok"] and res["errno"] == EBADF, (args, res)
     assert qgpu_inspector.vram_backend(off, length) == before, "a read-only file changed VRAM"
     # What only looks still works.
     for args in ("info", f"checksum {off} {length} --via dma",
                  f"checksum {off} {length} --via cpu", f"checksum {off} {length} --via mmap",
                  "raise-irq"):
-        res = tool(guest, f"{ro} {args}")
+        res = tool(qgpu_guest, f"{ro} {args}")
         assert res["ok"], (args, res)
 
 
 @ALL_MODES
-def test_reset_zaps_device_mappings_and_faults_wait(guest: GuestMachine) -> None:
+def test_reset_zaps_device_mappings_and_faults_wait(qgpu_guest: GuestMachine) -> None:
     """Review item 3: a function reset (or a PCIe link reset) made the device's
     memory unreachable for a while, but user mappings of the BARs kept their
     PTEs through it (vfio zaps them and blocks faults until the device is
@@ -162,20 +162,20 @@ def test_reset_zaps_device_mappings_and_faults_wait(guest: GuestMachine) -> None
     are system memory: theirs stay), so that each of their 16 + 16 + 1 pages
     faults again when read after it; every mapping reads right; and accesses
     during five more resets wait instead of raising SIGBUS."""
-    res = race(guest, "reset-vs-mappings 5")
+    res = race(qgpu_guest, "reset-vs-mappings 5")
     assert res["faults_after_reset"] == {"lazy": 16, "bar_refaults": 16 + 1}, res
     assert res["reads_right_after_reset"] == {"vram": 1, "lazy": 1, "regs": 1, "bo": 1}, res
     assert res["reads_during_resets"] > 0 and res["sigbus_during_resets"] == 0, res
 
 
 @ALL_MODES
-def test_debugger_access_stops_at_the_mapping_end(guest: GuestMachine) -> None:
+def test_debugger_access_stops_at_the_mapping_end(qgpu_guest: GuestMachine) -> None:
     """Review of vm_ops->access: /proc/PID/mem hands ->access the whole rest of
     a read, and generic_access_phys() maps that much physical memory from the
     first page's PTE on -- past the end of the register page that is past the
     end of BAR0, past VRAM's last page beyond the BAR. An 8-byte read 4 bytes
     before the end of a one-page mapping followed by a hole must return 4."""
-    res = race(guest, "access-bounds")
+    res = race(qgpu_guest, "access-bounds")
     assert res["bytes_read"] == {"regs": 4, "vram": 4, "bo": 4}, res
 
 
@@ -189,12 +189,12 @@ def stuck_ioctl(guest: GuestMachine, action: str, where: str) -> dict[str, Any]:
 
 @DIRECT
 def test_reset_does_not_wait_for_an_ioctl_blocked_on_user_memory(
-        guest: GuestMachine) -> None:
+        qgpu_guest: GuestMachine) -> None:
     """Review of the reset zap: it waited (synchronize_srcu) for every ioctl in
     progress, and an ioctl can block on user memory for as long as user space
     likes (userfaultfd, FUSE). Mappings have their own SRCU domain now: a
     reset finishes while an ioctl waits on its argument."""
-    res = stuck_ioctl(guest, "reset", "arg")
+    res = stuck_ioctl(qgpu_guest, "reset", "arg")
     assert res["done_while_blocked"], f"the reset waited for the ioctl: {res}"
     assert res["ioctl_result"] == 0, res
 
@@ -202,65 +202,65 @@ def test_reset_does_not_wait_for_an_ioctl_blocked_on_user_memory(
 @DIRECT
 @pytest.mark.parametrize("where", ["arg", "buffer"])
 def test_remove_does_not_wait_for_an_ioctl_blocked_on_user_memory(
-        guest: GuestMachine, qgpu_inspector: DeviceInspector, where: str) -> None:
+        qgpu_guest: GuestMachine, qgpu_inspector: DeviceInspector, where: str) -> None:
     """Review item 7: the ioctls' SRCU read sections spanned copy_from_user()
     of the argument and the pinning of user buffers, so remove, which waits
     for those sections, waited for as long as user space kept a userfaultfd
     (or FUSE) page unserved. Now user memory is touched outside them: remove
     finishes while the ioctl is blocked, and the ioctl then fails -ENODEV."""
     try:
-        res = stuck_ioctl(guest, "remove", where)
+        res = stuck_ioctl(qgpu_guest, "remove", where)
     finally:
-        guest.run("echo 1 > /sys/bus/pci/rescan", timeout=60)
+        qgpu_guest.run("echo 1 > /sys/bus/pci/rescan", timeout=60)
     assert res["done_while_blocked"], f"remove waited for the ioctl: {res}"
     assert res["ioctl_result"] == -ENODEV, res
-    verify_dma(guest, qgpu_inspector)
+    verify_dma(qgpu_guest, qgpu_inspector)
 
 
 @DIRECT
-def test_work_during_a_reset_fails_with_eagain(guest: GuestMachine,
+def test_work_during_a_reset_fails_with_eagain(qgpu_guest: GuestMachine,
                                                qgpu_inspector: DeviceInspector) -> None:
     """Review item 7: -EIO meant both "the device failed this job" and "the device
     is being reset or recovering, try again". A call made while the device
     recovers now fails -EAGAIN (nothing was done); -EIO is left to device
     errors. The reset is held open for 3 s by a driver test knob."""
     state = "/sys/class/misc/qgpu0/state"
-    guest.run(f"echo 3000 > {PARAMS}/reset_hold_ms; rm -f /tmp/reset.done", check=True)
+    qgpu_guest.run(f"echo 3000 > {PARAMS}/reset_hold_ms; rm -f /tmp/reset.done", check=True)
     try:
-        guest.run(f"sh -c \"( echo 1 > /sys/bus/pci/devices/{QGPU_BDF}/reset; "
-                  "touch /tmp/reset.done ) </dev/null >/dev/null 2>&1 &\"", check=True)
-        guest.run(f"for i in $(seq 100); do grep -q recovering {state} && break; sleep 0.05; done",
-                  check=True)
-        assert guest.run(f"cat {state}").output.strip() == "recovering"
-        results = {args: tool(guest, args) for args in (
+        qgpu_guest.run(f"sh -c \"( echo 1 > /sys/bus/pci/devices/{QGPU_BDF}/reset; "
+                       "touch /tmp/reset.done ) </dev/null >/dev/null 2>&1 &\"", check=True)
+        qgpu_guest.run(f"for i in $(seq 100); do grep -q recovering {state} && break; "
+                       "sleep 0.05; done", check=True)
+        assert qgpu_guest.run(f"cat {state}").output.strip() == "recovering"
+        results = {args: tool(qgpu_guest, args) for args in (
             "fill 0 4096 0x1", "fill 0 4096 0x1 --cpu", "checksum 0 4096 --via dma")}
-        recovering = guest.run(f"cat {state}").output.strip()
+        recovering = qgpu_guest.run(f"cat {state}").output.strip()
     finally:
-        guest.run(f"echo 0 > {PARAMS}/reset_hold_ms; "
-                  "for i in $(seq 200); do [ -e /tmp/reset.done ] && break; sleep 0.05; done",
-                  timeout=60)
+        qgpu_guest.run(f"echo 0 > {PARAMS}/reset_hold_ms; "
+                       "for i in $(seq 200); do [ -e /tmp/reset.done ] && break; sleep 0.05; done",
+                       timeout=60)
     assert recovering == "recovering", "the reset ended before the calls were made"
     bad = {args: res for args, res in results.items()
            if res["ok"] or res["errno"] != EAGAIN}
     assert not bad, f"calls during a reset did not fail -EAGAIN: {bad}"
-    assert guest.run(f"cat {state}").output.strip() == "running"
-    verify_dma(guest, qgpu_inspector)
+    assert qgpu_guest.run(f"cat {state}").output.strip() == "running"
+    verify_dma(qgpu_guest, qgpu_inspector)
 
 
 @DIRECT
-def test_rescanned_device_keeps_its_name(guest: GuestMachine) -> None:
+def test_rescanned_device_keeps_its_name(qgpu_guest: GuestMachine) -> None:
     """A device removed while a process still holds it open kept its number
     until that process let go, so the rescanned device became qgpu1 and tools
     and tests looking for /dev/qgpu0 lost it. The number is free at remove."""
-    pid = guest.run("sleep 600 </dev/qgpu0 >/dev/null 2>&1 & echo $!", check=True).output
+    pid = qgpu_guest.run("sleep 600 </dev/qgpu0 >/dev/null 2>&1 & echo $!", check=True).output
     try:
-        guest.run(f"echo 1 > /sys/bus/pci/devices/{QGPU_BDF}/remove; "
-                  "echo 1 > /sys/bus/pci/rescan", check=True, timeout=60)
-        names = guest.run("ls /sys/class/misc | grep qgpu").output.split()
+        qgpu_guest.run(f"echo 1 > /sys/bus/pci/devices/{QGPU_BDF}/remove; "
+                       "echo 1 > /sys/bus/pci/rescan", check=True, timeout=60)
+        names = qgpu_guest.run("ls /sys/class/misc | grep qgpu").output.split()
         assert names == ["qgpu0"], f"the rescanned device is {names}"
     finally:
-        guest.run(f"kill {pid.strip()}; while [ -e /proc/{pid.strip()} ]; do usleep 20000; done",
-                  timeout=60)
+        qgpu_guest.run(f"kill {pid.strip()}; "
+                       f"while [ -e /proc/{pid.strip()} ]; do usleep 20000; done", timeout=60)
 
 
 DMA_API_ERRORS = "/sys/kernel/debug/dma-api/error_count"
@@ -268,25 +268,25 @@ DMA_API_ERRORS = "/sys/kernel/debug/dma-api/error_count"
 
 @ALL_MODES
 def test_neighbouring_copies_from_vram_never_share_a_cache_line(
-        guest: GuestMachine) -> None:
+        qgpu_guest: GuestMachine) -> None:
     """Review item 8: two COPY_USER FROM_VRAM into neighbouring bytes of one
     cache line mapped that line for two device writes at once; DMA-API
     debugging reported "cacheline tracking EEXIST", and on a platform without
     coherent DMA each copy's cache invalidation could wipe the other's bytes.
     Partial lines at either end of a copy from VRAM now go through a bounce
     buffer; every byte still lands where it should, and none beside it."""
-    has_debug = guest.run(f"test -r {DMA_API_ERRORS}").status == 0
-    before = int(guest.run(f"cat {DMA_API_ERRORS}", check=True).output) if has_debug else 0
-    s0 = stats(guest)
-    res = race(guest, "shared-lines 200", timeout=300)
+    has_debug = qgpu_guest.run(f"test -r {DMA_API_ERRORS}").status == 0
+    before = int(qgpu_guest.run(f"cat {DMA_API_ERRORS}", check=True).output) if has_debug else 0
+    s0 = stats(qgpu_guest)
+    res = race(qgpu_guest, "shared-lines 200", timeout=300)
     assert res["first_errno"] == 0 and res["copies"] == res["expected"], res
     assert res["mismatches"] == 0 and res["canary_bytes_changed"] == 0, res
     if has_debug:
-        after = int(guest.run(f"cat {DMA_API_ERRORS}", check=True).output)
-        report = guest.run("dmesg | grep -m3 'DMA-API'").output
+        after = int(qgpu_guest.run(f"cat {DMA_API_ERRORS}", check=True).output)
+        report = qgpu_guest.run("dmesg | grep -m3 'DMA-API'").output
         assert after == before, f"DMA-API debugging counted {after - before} errors: {report}"
     # Every piece starts or ends inside a line: every copy bounces at least once.
-    assert stats(guest)["line_bounces"] - s0.get("line_bounces", 0) >= res["copies"], res
+    assert stats(qgpu_guest)["line_bounces"] - s0.get("line_bounces", 0) >= res["copies"], res
 
 
 
@@ -300,14 +300,14 @@ FORK_VS_ZAP_TRIES_HEAVY = {"reset": 8, "remove": 3}
 #: VM_PAT did not depend on the mode). Under intel-iommu one CI run of the removal
 #: ended with no output from qgpu-race and no removal in the guest's log, not
 #: reproduced in 3 runs (issue note): left out until explained.
-REMAPPED_BO_MODES = pytest.mark.parametrize("dma_mode", [DmaMode.DIRECT, DmaMode.SWIOTLB],
+REMAPPED_BO_MODES = pytest.mark.parametrize("qgpu_dma_mode", [DmaMode.DIRECT, DmaMode.SWIOTLB],
                                             indirect=True)
 
 
 @REMAPPED_BO_MODES
 @pytest.mark.parametrize("action", ["reset", "remove"])
-def test_fork_during_a_zap(guest: GuestMachine, guest_kernel: GuestKernel, dma_mode: DmaMode,
-                          action: str) -> None:
+def test_fork_during_a_zap(qgpu_guest: GuestMachine, qgpu_kernel: GuestKernel,
+                          qgpu_dma_mode: DmaMode, action: str) -> None:
     """Stress CI (stock kernel, direct): "WARNING: ... untrack_pfn" in a sysfs
     removal. On x86 a mapping that one remap_pfn_range() made whole carries
     PAT's VM_PAT, which Linux 6.12 releases by reading the PTE at the VMA's
@@ -323,13 +323,13 @@ def test_fork_during_a_zap(guest: GuestMachine, guest_kernel: GuestKernel, dma_m
     pieces, or on first access; and a buffer object without an IOMMU on first
     access, as udmabuf maps pages (dma_mmap_coherent() remapped it whole:
     removals warned 2 runs in 2 with buffer objects alone). No zap may warn."""
-    heavy = guest_kernel.detectors.heavy
-    if heavy and dma_mode is not DmaMode.DIRECT:
+    heavy = qgpu_kernel.detectors.heavy
+    if heavy and qgpu_dma_mode is not DmaMode.DIRECT:
         pytest.skip("on the debug kernel in direct mode only (each try costs seconds)")
     tries = (FORK_VS_ZAP_TRIES_HEAVY if heavy else FORK_VS_ZAP_TRIES)[action]
-    res = race(guest, f"fork-vs-zap {action} {tries}", timeout=300.0)
+    res = race(qgpu_guest, f"fork-vs-zap {action} {tries}", timeout=300.0)
     assert res["tries"] == tries and res["forks"] >= tries, res
     assert res["fork_failures"] == 0, res
-    log = guest.run("dmesg", check=True).output
+    log = qgpu_guest.run("dmesg", check=True).output
     assert "untrack_pfn" not in log, \
         f"a {action} zapped a device mapping that carries VM_PAT:\n{log}"

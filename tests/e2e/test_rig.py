@@ -36,20 +36,22 @@ from qgpu.errors import (
 from qgpu.kernels import GuestKernel
 from qgpu.machine import GuestMachine, forwarded_ssh_port
 
+from .inner_pytest import run_pytest
+
 MakeGuest = Callable[..., GuestMachine]
 
 
 @pytest.fixture(autouse=True)
 def _not_on_a_debug_kernel(request: pytest.FixtureRequest) -> None:
-    if "make_guest" not in request.fixturenames:
+    if "qgpu_make_guest" not in request.fixturenames:
         return                              # no guest: nothing to slow down
-    kernel: GuestKernel = request.getfixturevalue("guest_kernel")
+    kernel: GuestKernel = request.getfixturevalue("qgpu_kernel")
     if kernel.detectors.heavy:
         pytest.skip(f"tests the rig, not the driver: not on the {kernel.name} kernel")
 
 
-def test_killed_qemu_is_reported_at_once(make_guest: MakeGuest) -> None:
-    machine = make_guest(DmaMode.DIRECT, ssh=False)
+def test_killed_qemu_is_reported_at_once(qgpu_make_guest: MakeGuest) -> None:
+    machine = qgpu_make_guest(DmaMode.DIRECT, ssh=False)
     assert machine.proc is not None and machine.proc.pid is not None
     os.kill(machine.proc.pid, signal.SIGKILL)
     start = time.monotonic()
@@ -58,25 +60,25 @@ def test_killed_qemu_is_reported_at_once(make_guest: MakeGuest) -> None:
     assert time.monotonic() - start < 10
 
 
-def test_guest_panic_is_reported_with_its_console(make_guest: MakeGuest) -> None:
-    machine = make_guest(DmaMode.DIRECT, ssh=False, check_health=False)  # panics on purpose
+def test_guest_panic_is_reported_with_its_console(qgpu_make_guest: MakeGuest) -> None:
+    machine = qgpu_make_guest(DmaMode.DIRECT, ssh=False, check_health=False)  # panics on purpose
     with pytest.raises(GuestCrashError) as info:
         machine.run("echo 1 > /proc/sys/kernel/sysrq; echo c > /proc/sysrq-trigger", timeout=60)
     assert "sysrq" in info.value.console_tail.lower() or "panic" in str(info.value).lower()
 
 
-def test_hung_command_times_out(make_guest: MakeGuest) -> None:
-    machine = make_guest(DmaMode.DIRECT, ssh=False, check_health=False)   # console stays busy
+def test_hung_command_times_out(qgpu_make_guest: MakeGuest) -> None:
+    machine = qgpu_make_guest(DmaMode.DIRECT, ssh=False, check_health=False)   # console stays busy
     start = time.monotonic()
     with pytest.raises(GuestTimeoutError, match="hung or too slow"):
         machine.run("sleep 600", timeout=3)
     assert time.monotonic() - start < 3 * machine.config.timeout_scale + 7
 
 
-def test_artifact_bundle(make_guest: MakeGuest, tmp_path: object) -> None:
+def test_artifact_bundle(qgpu_make_guest: MakeGuest, tmp_path: object) -> None:
     import pathlib
     assert isinstance(tmp_path, pathlib.Path)
-    machine = make_guest(DmaMode.DIRECT, ssh=False)
+    machine = qgpu_make_guest(DmaMode.DIRECT, ssh=False)
     machine.run("echo marker-for-the-console-log", check=True)
     written = {p.name for p in machine.collect_artifacts(tmp_path)}
     assert {"console.log", "dmesg.txt", "qmp-events.json", "devices.json", "qemu.log",
@@ -85,9 +87,9 @@ def test_artifact_bundle(make_guest: MakeGuest, tmp_path: object) -> None:
     assert '"stats"' in (tmp_path / "devices.json").read_text()
 
 
-def test_background_jobs_do_not_end_the_console(make_guest: MakeGuest) -> None:
+def test_background_jobs_do_not_end_the_console(qgpu_make_guest: MakeGuest) -> None:
     """A finished background job must not end the console shell (and the guest)."""
-    machine = make_guest(DmaMode.DIRECT, ssh=False)
+    machine = qgpu_make_guest(DmaMode.DIRECT, ssh=False)
     machine.run("(sleep 1; echo done >/tmp/bg) & sleep 0.1", check=True)
     deadline = time.monotonic() + 20 * machine.config.timeout_scale
     while machine.run("cat /tmp/bg 2>/dev/null").output.strip() != "done":
@@ -107,9 +109,9 @@ def backtraces_readable() -> bool:
     return core_lands_in_workdir() and shutil.which("gdb") is not None
 
 
-def test_qemu_crash_is_explained(make_guest: MakeGuest, tmp_path: Path) -> None:
+def test_qemu_crash_is_explained(qgpu_make_guest: MakeGuest, tmp_path: Path) -> None:
     """A crashed QEMU's error names the signal, shows a backtrace and the console."""
-    machine = make_guest(DmaMode.DIRECT, ssh=False)
+    machine = qgpu_make_guest(DmaMode.DIRECT, ssh=False)
     assert machine.proc is not None and machine.proc.pid is not None
     os.kill(machine.proc.pid, signal.SIGSEGV)
     with pytest.raises(QemuDiedError) as info:
@@ -132,10 +134,10 @@ def test_qemu_crash_is_explained(make_guest: MakeGuest, tmp_path: Path) -> None:
         assert "left no core" in err.crash_report, err.crash_report
 
 
-def test_qemu_crash_during_an_ssh_command_is_explained(make_guest: MakeGuest) -> None:
+def test_qemu_crash_during_an_ssh_command_is_explained(qgpu_make_guest: MakeGuest) -> None:
     """QEMU dying under an SSH command is a QemuDiedError with the crash's report, not
     an exit status of -1 or a lost connection."""
-    machine = make_guest(DmaMode.DIRECT)
+    machine = qgpu_make_guest(DmaMode.DIRECT)
     assert machine.ssh_run("true").status == 0
     assert machine.proc is not None and machine.proc.pid is not None
     pid = machine.proc.pid
@@ -152,14 +154,14 @@ def test_qemu_crash_during_an_ssh_command_is_explained(make_guest: MakeGuest) ->
 
 
 def test_qemu_crash_while_booting_is_warned_and_booted_again(
-        request: pytest.FixtureRequest, guest_kernel: GuestKernel) -> None:
+        request: pytest.FixtureRequest, qgpu_kernel: GuestKernel) -> None:
     """A crash at boot outside qgpu (as TCG does now and then on some hosts) is
     reported as a warning with its backtrace, and the guest boots again; without
     a backtrace nobody knows whose crash it was, and it fails."""
-    if guest_kernel.detectors.heavy:
-        pytest.skip(f"tests the rig, not the driver: not on the {guest_kernel.name} kernel")
+    if qgpu_kernel.detectors.heavy:
+        pytest.skip(f"tests the rig, not the driver: not on the {qgpu_kernel.name} kernel")
     machine = GuestMachine(MachineConfig.for_kernel(
-        guest_kernel, name="crash-boot", accel=request.config.getoption("--qgpu-accel"),
+        qgpu_kernel, name="crash-boot", accel=request.config.getoption("--qgpu-accel"),
         ssh=False))
     crashed: list[int] = []
 
@@ -226,12 +228,12 @@ def _forget_kept_files(err: BaseException) -> Path:
     ((("msix", "maybe"),), "'msix'"),
 ])
 def test_a_bad_device_property_fails_at_once_with_qemus_message(
-        request: pytest.FixtureRequest, guest_kernel: GuestKernel,
+        request: pytest.FixtureRequest, qgpu_kernel: GuestKernel,
         props: tuple[tuple[str, str], ...], qemu_says: str) -> None:
     """QEMU opens its sockets before it parses -device: the rig reads EOF on QMP,
     and must say what QEMU said (not "cannot open the QMP session"), and keep the log."""
     machine = GuestMachine(MachineConfig.for_kernel(
-        guest_kernel, name="bad-prop", accel=request.config.getoption("--qgpu-accel"),
+        qgpu_kernel, name="bad-prop", accel=request.config.getoption("--qgpu-accel"),
         ssh=False, qgpus=(QgpuSpec(props=props),)))
     start = time.monotonic()
     with pytest.raises(QemuDiedError) as info:
@@ -244,8 +246,8 @@ def test_a_bad_device_property_fails_at_once_with_qemus_message(
 
 
 def test_a_vram_size_qemu_refuses_is_explained_by_the_cli(
-        guest_kernel: GuestKernel, capsys: pytest.CaptureFixture[str]) -> None:
-    status = cli.main(["run", "--kernel", _kernel_arg(guest_kernel), "--vram-size", "3M",
+        qgpu_kernel: GuestKernel, capsys: pytest.CaptureFixture[str]) -> None:
+    status = cli.main(["run", "--kernel", _kernel_arg(qgpu_kernel), "--vram-size", "3M",
                        "--", "true"])
     err = capsys.readouterr().err
     assert status == 1, err
@@ -256,8 +258,8 @@ def test_a_vram_size_qemu_refuses_is_explained_by_the_cli(
 
 
 def test_a_missing_kernel_file_is_named(request: pytest.FixtureRequest,
-                                        guest_kernel: GuestKernel, tmp_path: Path) -> None:
-    cfg = MachineConfig.for_kernel(guest_kernel, name="no-kernel", ssh=False,
+                                        qgpu_kernel: GuestKernel, tmp_path: Path) -> None:
+    cfg = MachineConfig.for_kernel(qgpu_kernel, name="no-kernel", ssh=False,
                                    accel=request.config.getoption("--qgpu-accel"))
     missing = tmp_path / "bzImage"
     machine = GuestMachine(dataclasses.replace(cfg, kernel=missing))
@@ -266,10 +268,10 @@ def test_a_missing_kernel_file_is_named(request: pytest.FixtureRequest,
     _forget_kept_files(info.value)
 
 
-def test_the_console_takes_any_shell_text(make_guest: MakeGuest) -> None:
+def test_the_console_takes_any_shell_text(qgpu_make_guest: MakeGuest) -> None:
     """A trailing comment, a trailing "&", a here-document and several lines each
     run as a shell script would, and the status is the last command's."""
-    machine = make_guest(DmaMode.DIRECT, ssh=False)
+    machine = qgpu_make_guest(DmaMode.DIRECT, ssh=False)
     res = machine.run('echo "a  b"; echo $((1+2)) # a comment')
     assert (res.status, res.output) == (0, "a  b\n3")
     res = machine.run("(sleep 0.2; echo bg > /tmp/bg-done) &")
@@ -286,18 +288,18 @@ def test_the_console_takes_any_shell_text(make_guest: MakeGuest) -> None:
     assert machine.run("echo next", check=True).output == "next"
 
 
-def test_a_console_line_too_long_for_the_terminal_is_refused(make_guest: MakeGuest) -> None:
-    machine = make_guest(DmaMode.DIRECT, ssh=False)
+def test_a_console_line_too_long_for_the_terminal_is_refused(qgpu_make_guest: MakeGuest) -> None:
+    machine = qgpu_make_guest(DmaMode.DIRECT, ssh=False)
     with pytest.raises(GuestError, match="at most 4000 bytes a line"):
         machine.run("echo " + "x" * 5000)
     assert machine.run("echo " + "y" * 3000, check=True).output == "y" * 3000
 
 
 def test_qgpu_run_keeps_the_quoting_and_exits_with_the_commands_status(
-        make_guest: MakeGuest, guest_kernel: GuestKernel,
+        qgpu_make_guest: MakeGuest, qgpu_kernel: GuestKernel,
         capsys: pytest.CaptureFixture[str]) -> None:
-    del make_guest                          # for the autouse skip on heavy kernels
-    status = cli.main(["run", "--kernel", _kernel_arg(guest_kernel), "--",
+    del qgpu_make_guest                          # for the autouse skip on heavy kernels
+    status = cli.main(["run", "--kernel", _kernel_arg(qgpu_kernel), "--",
                        "sh", "-c", 'printf "[%s]" "$1"; exit 3', "-", "a  b # c"])
     out = capsys.readouterr().out
     assert (status, out.strip()) == (3, "[a  b # c]")
@@ -333,9 +335,9 @@ def _overlay(tmp_path: Path) -> Path:
     return tree
 
 
-def test_an_overlay_adds_the_users_files_to_the_guest(make_guest: MakeGuest,
+def test_an_overlay_adds_the_users_files_to_the_guest(qgpu_make_guest: MakeGuest,
                                                       tmp_path: Path) -> None:
-    machine = make_guest(DmaMode.DIRECT, ssh=False, overlays=[_overlay(tmp_path)])
+    machine = qgpu_make_guest(DmaMode.DIRECT, ssh=False, overlays=[_overlay(tmp_path)])
     assert machine.run("hello world", check=True).output == "hello from the overlay: world"
     assert machine.run("cat /etc/hosts", check=True).output == "127.0.0.1 localhost overlaid"
     # The image's own files are still there, and the driver loaded as always.
@@ -343,35 +345,59 @@ def test_an_overlay_adds_the_users_files_to_the_guest(make_guest: MakeGuest,
 
 
 def test_the_plugin_options_bring_overlays_kernel_words_and_qemu_arguments(
-        make_guest: MakeGuest, guest_kernel: GuestKernel, tmp_path: Path,
+        qgpu_make_guest: MakeGuest, qgpu_kernel: GuestKernel, tmp_path: Path,
         pytestconfig: pytest.Config) -> None:
     """--qgpu-overlay, --qgpu-append and --qgpu-qemu-arg reach every guest of a run."""
-    del make_guest                          # for the autouse skip on heavy kernels
+    del qgpu_make_guest                          # for the autouse skip on heavy kernels
     overlay = _overlay(tmp_path)
     (tmp_path / "test_byo.py").write_text(
         "import pytest\n"
         "from qgpu.config import DmaMode\n\n"
-        "@pytest.mark.parametrize('dma_mode', [DmaMode.DIRECT], indirect=True)\n"
-        "def test_byo(guest):\n"
-        "    assert guest.run('hello x', check=True).output.endswith(': x')\n"
-        "    assert 'qgpu_byo=1' in guest.run('cat /proc/cmdline', check=True).output\n"
-        "    serial = guest.run('cat /sys/class/dmi/id/product_serial', check=True).output\n"
+        "@pytest.mark.parametrize('qgpu_dma_mode', [DmaMode.DIRECT], indirect=True)\n"
+        "def test_byo(qgpu_guest):\n"
+        "    assert qgpu_guest.run('hello x', check=True).output.endswith(': x')\n"
+        "    assert 'qgpu_byo=1' in qgpu_guest.run('cat /proc/cmdline', check=True).output\n"
+        "    serial = qgpu_guest.run('cat /sys/class/dmi/id/product_serial',\n"
+        "                            check=True).output\n"
         "    assert serial == 'qgpu-byo-serial'\n")
-    res = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rA",
-         "--qgpu-kernel", str(guest_kernel.image_dir),
-         "--qgpu-accel", pytestconfig.getoption("--qgpu-accel"),
-         "--qgpu-overlay", str(overlay), "--qgpu-append", "qgpu_byo=1",
-         "--qgpu-qemu-arg=-smbios", "--qgpu-qemu-arg=type=1,serial=qgpu-byo-serial",
-         "--qgpu-artifacts", str(tmp_path / "artifacts"), "--rootdir", str(tmp_path),
-         str(tmp_path / "test_byo.py")],
-        cwd=tmp_path, capture_output=True, text=True, timeout=250, check=False)
-    assert "1 passed" in res.stdout, res.stdout + res.stderr
+    out = run_pytest(tmp_path, pytestconfig, qgpu_kernel,
+                     "--qgpu-overlay", str(overlay), "--qgpu-append", "qgpu_byo=1",
+                     "--qgpu-qemu-arg=-smbios", "--qgpu-qemu-arg=type=1,serial=qgpu-byo-serial",
+                     str(tmp_path / "test_byo.py")).output
+    assert "1 passed" in out, out
 
 
-def test_qgpu_run_takes_an_overlay(make_guest: MakeGuest, guest_kernel: GuestKernel,
+def test_qgpu_run_takes_an_overlay(qgpu_make_guest: MakeGuest, qgpu_kernel: GuestKernel,
                                    tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    del make_guest                          # for the autouse skip on heavy kernels
-    status = cli.main(["run", "--kernel", _kernel_arg(guest_kernel),
+    del qgpu_make_guest                          # for the autouse skip on heavy kernels
+    status = cli.main(["run", "--kernel", _kernel_arg(qgpu_kernel),
                        "--overlay", str(_overlay(tmp_path)), "--", "hello", "a  b"])
     assert (status, capsys.readouterr().out.strip()) == (0, "hello from the overlay: a  b")
+
+
+def _pytest_in(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
+                           "--rootdir", str(folder), *args],
+                          cwd=folder, capture_output=True, text=True, timeout=120, check=False)
+
+
+@pytest.mark.parametrize("switch", ["none", "-p qgpu", "--qgpu", "ini"])
+def test_the_plugin_is_on_only_when_asked(tmp_path: Path, switch: str) -> None:
+    """Installed, the plugin adds only options; its fixtures need -p qgpu, --qgpu or the ini key."""
+    (tmp_path / "test_user.py").write_text("def test_user(qgpu_dma_mode):\n    pass\n")
+    args = {"none": [], "-p qgpu": ["-p", "qgpu"], "--qgpu": ["--qgpu"], "ini": []}[switch]
+    if switch == "ini":
+        (tmp_path / "pytest.ini").write_text("[pytest]\nqgpu = true\n")
+    res = _pytest_in(tmp_path, *(["--collect-only"] if args or switch == "ini" else []), *args)
+    if switch == "none":
+        assert "fixture 'qgpu_dma_mode' not found" in res.stdout, res.stdout + res.stderr
+    else:       # the rig's parametrization: one test per DMA mode
+        assert f"{len(DmaMode)} tests collected" in res.stdout, res.stdout + res.stderr
+
+
+def test_a_rig_option_without_the_rig_says_how_to_switch_it_on(tmp_path: Path) -> None:
+    (tmp_path / "test_user.py").write_text("def test_user():\n    pass\n")
+    res = _pytest_in(tmp_path, "--qgpu-kernel", "stock", "--qgpu-modes=direct")
+    assert res.returncode == pytest.ExitCode.USAGE_ERROR, res.stdout + res.stderr
+    assert "--qgpu-kernel, --qgpu-modes: the qgpu rig is not switched on in this run; add " \
+        "-p qgpu" in res.stderr, res.stderr

@@ -72,28 +72,28 @@ class HostHotplug:
 
 
 @ALL_MODES
-def test_stress(guest: GuestMachine, guest_kernel: GuestKernel, dma_mode: DmaMode,
+def test_stress(qgpu_guest: GuestMachine, qgpu_kernel: GuestKernel, qgpu_dma_mode: DmaMode,
                 request: pytest.FixtureRequest) -> None:
-    if dma_mode is DmaMode.VIRTIO_IOMMU:
+    if qgpu_dma_mode is DmaMode.VIRTIO_IOMMU:
         # The same round trip went wrong here too, once (stock, CI of 2026-12-01:
         # "copy_user round trip differs (vram 0x38a11e1 len 183773)", 3 removals,
         # 6 resets): issue 11's open bug, not a flake of this test.
         request.applymarker(VIRTIO_IOMMU_RESET_ROUND_TRIP)
     # On the debug kernel: 2 or 3 host hotplug cycles in the first 12 s, 3 sysfs
     # removals from 22.5 s (10 s apart from the last eject, as with 60 s before).
-    seconds = 30 if guest_kernel.detectors.heavy else 10
+    seconds = 30 if qgpu_kernel.detectors.heavy else 10
     args = (f"--seconds {seconds} --seed {SEED} --procs 2 --threads 2 --signals "
             f"--stop-cont --reset-every-ms 1500 --remove-every-ms {seconds * 1000 // 10} "
             f"--remove-from-ms {seconds * 750}")
-    with HostHotplug(FaultInjector.for_machine(guest), period=seconds / 8,
+    with HostHotplug(FaultInjector.for_machine(qgpu_guest), period=seconds / 8,
                      until=seconds * 0.4) as hotplug:
-        res = guest.ssh_run(f"/opt/qgpu/bin/qgpu-stress {args}",
-                            timeout=(seconds + 120) * guest.config.timeout_scale)
+        res = qgpu_guest.ssh_run(f"/opt/qgpu/bin/qgpu-stress {args}",
+                                 timeout=(seconds + 120) * qgpu_guest.config.timeout_scale)
     if hotplug.error is not None:
         raise hotplug.error
     # Plugged in at the end: wait for the guest to have probed it again.
-    deadline = time.monotonic() + BOUND * guest.config.timeout_scale
-    while guest.run("test -c /dev/qgpu0").status != 0:
+    deadline = time.monotonic() + BOUND * qgpu_guest.config.timeout_scale
+    while qgpu_guest.run("test -c /dev/qgpu0").status != 0:
         assert time.monotonic() < deadline, "qgpu0 did not come back after device_add"
         time.sleep(0.2)
     rep = parse_json_line(res.output, f"qgpu-stress {args}")
@@ -108,7 +108,7 @@ def test_stress(guest: GuestMachine, guest_kernel: GuestKernel, dma_mode: DmaMod
     assert hotplug.cycles > 0, "the host never unplugged the device"
     assert rep["alarms_in_workers"] > 0, f"no SIGALRM reached a worker thread: {rep}"
     # Nothing is left behind once the workers are gone.
-    st = driver_stats(guest)
+    st = driver_stats(qgpu_guest)
     left = {k: st[k] for k in ("pinned_pages", "bos", "bo_bytes", "vma_vram",
                                "vma_vram_lazy", "vma_regs", "vma_bo")}
     assert not any(left.values()), f"left behind after the run: {left}"
@@ -124,9 +124,9 @@ VIRTIO_IOMMU_RESET_ROUND_TRIP = pytest.mark.xfail(
 
 
 @ALL_MODES
-def test_stress_statistics_agree_with_the_device(guest: GuestMachine,
-                                                 guest_kernel: GuestKernel,
-                                                 dma_mode: DmaMode,
+def test_stress_statistics_agree_with_the_device(qgpu_guest: GuestMachine,
+                                                 qgpu_kernel: GuestKernel,
+                                                 qgpu_dma_mode: DmaMode,
                                                  request: pytest.FixtureRequest) -> None:
     """The driver counts every descriptor the device retired, aborted or dropped.
 
@@ -134,17 +134,17 @@ def test_stress_statistics_agree_with_the_device(guest: GuestMachine,
     device keeps its own, so this run has signals, stops and function resets
     but no removal, and compares the two between idle points.
     """
-    if dma_mode is DmaMode.VIRTIO_IOMMU:
+    if qgpu_dma_mode is DmaMode.VIRTIO_IOMMU:
         request.applymarker(VIRTIO_IOMMU_RESET_ROUND_TRIP)
-    seconds = 8 if guest_kernel.detectors.heavy else 5
+    seconds = 8 if qgpu_kernel.detectors.heavy else 5
     args = (f"--seconds {seconds} --seed {SEED + 1} --procs 2 --threads 2 --signals "
             "--stop-cont --reset-every-ms 700")
-    insp = guest.inspector()
-    before = idle_stats(guest, insp)
-    res = guest.ssh_run(f"/opt/qgpu/bin/qgpu-stress {args}",
-                        timeout=(seconds + 120) * guest.config.timeout_scale)
+    insp = qgpu_guest.inspector()
+    before = idle_stats(qgpu_guest, insp)
+    res = qgpu_guest.ssh_run(f"/opt/qgpu/bin/qgpu-stress {args}",
+                             timeout=(seconds + 120) * qgpu_guest.config.timeout_scale)
     rep = parse_json_line(res.output, f"qgpu-stress {args}")
     assert rep["ok"] is True and res.status == 0 and rep["resets"] > 0, res.output
-    deltas = check_descriptors_accounted(before, idle_stats(guest, insp))
+    deltas = check_descriptors_accounted(before, idle_stats(qgpu_guest, insp))
     print(f"qgpu-stress: {rep}; descriptors: {deltas}")
     assert deltas["driver_descriptors"] > 0, deltas

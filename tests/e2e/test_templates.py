@@ -34,17 +34,17 @@ def _load_driver(guest: GuestMachine) -> None:
     sh(guest, "insmod /opt/qgpu/qgpu.ko && test -c /dev/qgpu0")
 
 
-def test_a_restored_guest_does_dma_with_interrupts(restore_guest: RestoreGuest,
-                                                   dma_mode: DmaMode,
+def test_a_restored_guest_does_dma_with_interrupts(qgpu_restore_guest: RestoreGuest,
+                                                   qgpu_dma_mode: DmaMode,
                                                    rng: random.Random) -> None:
     """Restore, load the driver, fill VRAM by DMA: the host sees the bytes, the
     device and the guest count the completion interrupt, the clock is set."""
-    first = restore_guest(dma_mode)         # makes the template if there is none
+    first = qgpu_restore_guest(qgpu_dma_mode)         # makes the template if there is none
     made = float(str(template.get(first.config).info["made"]))
     first.stop(graceful=False)
     # Long enough after the save that a clock left as it was would be seen.
     time.sleep(max(0.0, made + CLOCK_LAG - time.time()))
-    guest = restore_guest(dma_mode)
+    guest = qgpu_restore_guest(qgpu_dma_mode)
     assert abs(float(sh(guest, "date +%s")) - time.time()) < CLOCK_LAG / 2, \
         "the guest's clock was not set on restore"
     assert guest.console_log is not None
@@ -67,12 +67,12 @@ def test_a_restored_guest_does_dma_with_interrupts(restore_guest: RestoreGuest,
         "no qgpu interrupt reached the restored guest"
 
 
-def test_guests_restored_from_one_template_share_nothing(restore_guest: RestoreGuest
+def test_guests_restored_from_one_template_share_nothing(qgpu_restore_guest: RestoreGuest
                                                          ) -> None:
     """Two guests from one template at once: what one writes to its RAM and VRAM,
     the other does not see, and the template's RAM file does not change."""
-    first = restore_guest(DmaMode.DIRECT)
-    second = restore_guest(DmaMode.DIRECT)
+    first = qgpu_restore_guest(DmaMode.DIRECT)
+    second = qgpu_restore_guest(DmaMode.DIRECT)
     made = template.get(first.config)
     ram_before = made.ram.stat()
     # Writes all over the first guest's free memory (its page cache), each page
@@ -89,20 +89,20 @@ def test_guests_restored_from_one_template_share_nothing(restore_guest: RestoreG
         "a restored guest changed the template's RAM file"
 
 
-def test_a_template_of_another_machine_is_refused(restore_guest: RestoreGuest) -> None:
+def test_a_template_of_another_machine_is_refused(qgpu_restore_guest: RestoreGuest) -> None:
     """Restoring a template into a machine it was not made for is a SetupError
     that names both keys, not a guest that half works."""
-    guest = restore_guest(DmaMode.DIRECT)
+    guest = qgpu_restore_guest(DmaMode.DIRECT)
     made = template.get(guest.config)
     other: MachineConfig = dataclasses.replace(guest.config, memory=guest.config.memory * 2)
     with pytest.raises(SetupError, match="made for another machine"):
         template.restore(other, template=made)
 
 
-def test_a_state_that_does_not_load_quotes_qemu(restore_guest: RestoreGuest,
+def test_a_state_that_does_not_load_quotes_qemu(qgpu_restore_guest: RestoreGuest,
                                                tmp_path: Path) -> None:
     """A damaged template fails the restore with QEMU's own reason, and QEMU is gone."""
-    guest = restore_guest(DmaMode.DIRECT)
+    guest = qgpu_restore_guest(DmaMode.DIRECT)
     made = template.get(guest.config)
     bad = tmp_path / "state"
     bad.write_bytes(made.state.read_bytes()[:4096])
@@ -113,26 +113,26 @@ def test_a_state_that_does_not_load_quotes_qemu(restore_guest: RestoreGuest,
     assert not machine.is_alive()
 
 
-def test_a_restore_that_fails_boots_and_says_why(guest_kernel: GuestKernel, tmp_path: Path,
+def test_a_restore_that_fails_boots_and_says_why(qgpu_kernel: GuestKernel, tmp_path: Path,
                                                  pytestconfig: pytest.Config) -> None:
     """A template whose state QEMU refuses (here: garbage) does not fail the test
     that wanted a guest: it gets a booted one, without the driver as a restored
     one would be, and the reason quotes QEMU's own error (the plugin warns with
     it and counts it in the run's summary)."""
-    if guest_kernel.detectors.heavy:
+    if qgpu_kernel.detectors.heavy:
         pytest.skip("the fallback does not depend on the kernel; a debug boot costs a minute")
     # As the plugin's guests are configured: the same template.
-    cfg = MachineConfig.for_kernel(guest_kernel, dma_mode=DmaMode.DIRECT,
+    cfg = MachineConfig.for_kernel(qgpu_kernel, dma_mode=DmaMode.DIRECT,
                                    name=str(DmaMode.DIRECT),
                                    accel=pytestconfig.getoption("--qgpu-accel"),
                                    timeout_scale=pytestconfig.getoption("--qgpu-timeout-scale"))
-    real = template.get(cfg, ssh_key=guest_kernel.ssh_key)
+    real = template.get(cfg, ssh_key=qgpu_kernel.ssh_key)
     broken = tmp_path / real.folder.name           # the key names the folder
     broken.mkdir()
     (broken / "ram").symlink_to(real.ram)          # mapped privately: never written
     shutil.copy(real.folder / "info.json", broken / "info.json")
     (broken / "state").write_bytes(b"QEVM" + bytes(4096))
-    started = template.restore_or_boot(cfg, ssh_key=guest_kernel.ssh_key,
+    started = template.restore_or_boot(cfg, ssh_key=qgpu_kernel.ssh_key,
                                        template=template.Template(broken))
     try:
         assert started.cold_boot_reason is not None, "a broken template was restored"

@@ -23,7 +23,8 @@ Modules, one concern each:
 - :mod:`qgpu.faults`     -- fault injection (x-fault-* knobs, AER, removal, reset, stop/cont)
 - :mod:`qgpu.kfault`     -- kernel fault injection into the driver (fail-nth, failslab, ...)
 - :mod:`qgpu.data`       -- the guest tools' checksum and fill pattern, for host-side checks
-- :mod:`qgpu.pytest_plugin` -- fixtures, options, DMA-mode parametrization, artifact bundles
+- :mod:`qgpu.pytest_plugin` -- the pytest plugin's switch (``-p qgpu``) and options
+- :mod:`qgpu.pytest_rig` -- its fixtures (``qgpu_*``), DMA-mode parametrization, artifact bundles
 - :mod:`qgpu.cli`, :mod:`qgpu.demo`, :mod:`qgpu.smoke`, :mod:`qgpu.bench`,
   :mod:`qgpu.bench_guest` -- the ``qgpu`` command, demonstrations and benchmarks
 """

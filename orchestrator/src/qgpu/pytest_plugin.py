@@ -1,4 +1,14 @@
-"""pytest plugin of the qgpu rig (registered through the ``pytest11`` entry point).
+"""The qgpu pytest plugin's switch and options (the ``pytest11`` entry point ``qgpu``).
+
+Installing the package adds only the ``--qgpu*`` options to pytest. The rig --
+its fixtures and hooks, in :mod:`qgpu.pytest_rig` -- is switched on by any of:
+
+- ``-p qgpu`` on the command line (or in ``addopts``, or ``PYTEST_ADDOPTS``);
+- ``--qgpu``;
+- ``qgpu = true`` in the ``[pytest]`` section of the ini file.
+
+A run that passes a rig option such as ``--qgpu-kernel`` without switching the
+rig on stops with a usage error that says how to switch it on.
 
 Options (``pytest --help`` lists them under "qgpu test rig"):
 
@@ -12,664 +22,133 @@ Options (``pytest --help`` lists them under "qgpu test rig"):
                            ``retire`` (default) once, when the guest is shut down, naming
                            the test that allocated each leaked object; ``test`` after
                            every test (exact, about 12 s more per test)
-``--qgpu-guest-scope S``   which tests share a ``guest``: ``session`` (default) one booted
-                           guest per DMA mode; ``module`` one per test module and mode,
-                           ``test`` a fresh one for every test, both restored from a
+``--qgpu-guest-scope S``   which tests share a ``qgpu_guest``: ``session`` (default) one
+                           booted guest per DMA mode; ``module`` one per test module and
+                           mode, ``test`` a fresh one for every test, both restored from a
                            saved template (:mod:`qgpu.template`) in about 0.1 s. A
                            restore that fails boots instead, with a warning, counted in
                            the summary. kmemleak's check runs as each guest retires:
                            with ``test``, after every test (about 12 s each)
 ``--qgpu-accel MODE``      auto (KVM only if a bounded probe boots a guest), tcg, kvm
-``--qgpu-modes M,M``       run the tests parametrized by ``dma_mode`` only in these DMA
-                           modes (default: all of direct, swiotlb, iommu, virtio-iommu);
-                           the others are deselected. Tests that boot a guest of their
-                           own (``make_guest``) run whatever the option says
+``--qgpu-modes M,M``       run the tests parametrized by ``qgpu_dma_mode`` only in these
+                           DMA modes (default: all of direct, swiotlb, iommu,
+                           virtio-iommu); the others are deselected. Tests that boot a
+                           guest of their own (``qgpu_make_guest``) run whatever the
+                           option says
 ``--qgpu-overlay DIR``     add DIR's contents to every guest's / (repeatable; ini key
                            ``qgpu_overlays``): the user's module, tools, scripts
 ``--qgpu-append WORD``     an extra kernel command-line word (repeatable; ``qgpu_append``)
 ``--qgpu-qemu-arg ARG``    an extra QEMU argument (repeatable; ``qgpu_qemu_args``)
-``--qgpu-artifacts DIR``   where failed tests leave their bundle (default build/artifacts)
+``--qgpu-artifacts DIR``   where failed tests leave their bundle (default build/artifacts
+                           in a qgpu checkout, else qgpu-artifacts/ in the rootdir)
 ``--qgpu-keep-artifacts``  write the bundle for passing tests too
 
-With ``--junitxml``, the report's properties name QEMU, the kernel and the
-initramfs (with its overlays) by SHA-256, and the options above.
-
-Fixtures:
-
-``dma_mode``      parametrizes a test over direct / swiotlb / iommu / virtio-iommu (session-scoped,
-                  so tests are grouped by mode and one VM per mode is booted)
-``guest``         a running :class:`~qgpu.machine.GuestMachine` for ``dma_mode`` with a
-                  freshly loaded driver and an empty dmesg; shared between tests of
-                  the same mode (``--qgpu-guest-scope``), replaced when a test leaves
-                  it dead or crashed.
-                  After the test the driver is unloaded and the kernel's detectors
-                  are read (:mod:`qgpu.health`): any report fails the test
-``guest_kernel``  the :class:`~qgpu.kernels.GuestKernel` under test
-``qgpu_inspector`` the host-side :class:`~qgpu.inspector.DeviceInspector` of qgpu0
-``make_guest``    factory for a dedicated VM with a custom configuration; its
-                  detectors are read after a passing test too
-                  (``make_guest(..., check_health=False)`` for a guest the test
-                  leaves unable to answer)
-``restore_guest`` factory like ``make_guest``, whose guests start from a saved
-                  template (:mod:`qgpu.template`, made on first use) in well under
-                  a second instead of booting; the driver is not loaded. The
-                  kernel's reports are read after the test (kmemleak's with
-                  ``check_leaks=True``)
+The fixtures are listed in :mod:`qgpu.pytest_rig`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
+import importlib
 import os
-import re
-import time
-import warnings
-from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
-from _pytest import junitxml
 
-from qgpu import health, initramfs, kernels, paths, template
-from qgpu.config import DmaMode, MachineConfig, QgpuSpec
-from qgpu.errors import GuestCrashError, QgpuError, RestoreFallbackWarning, SetupError
-from qgpu.inspector import DeviceInspector
-from qgpu.kernels import GuestKernel
-from qgpu.machine import GuestMachine
+from qgpu.config import DmaMode
 
 #: ``--qgpu-guest-scope`` values, widest first.
 GUEST_SCOPES = ("session", "module", "test")
 
+#: The rig's options (their ``dest``) and defaults: given without the rig, an error.
+_RIG_OPTIONS: dict[str, Any] = {}
+
+#: The name the rig's fixtures and hooks are registered under.
+RIG_PLUGIN = "qgpu-rig"
+
+
+def _add(group: pytest.OptionGroup, name: str, **kw: Any) -> None:
+    group.addoption(name, **kw)
+    _RIG_OPTIONS[name.lstrip("-").replace("-", "_")] = kw.get("default")
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    """Register the qgpu command-line options."""
+    """Register the switch and the rig's command-line options and ini keys."""
     group = parser.getgroup("qgpu", "qgpu test rig")
-    group.addoption("--qgpu-qemu", metavar="PATH", default=None,
-                    help="qemu-system-x86_64 with the qgpu device (default: build/bin/)")
-    group.addoption("--qgpu-kernel", metavar="NAME|DIR", default=None,
-                    help="guest kernel: stock (default), qgpu (io_mapping_map_user), debug "
-                         "(KASAN, lockdep, kmemleak, DMA-API debug, UBSAN), or an image "
-                         "folder with vmlinux/vmlinuz, initramfs.img, ssh/")
-    group.addoption("--qgpu-image", metavar="DIR", default=None,
-                    help="guest image folder (the same as --qgpu-kernel DIR)")
-    group.addoption("--qgpu-timeout-scale", metavar="F", type=float, default=None,
-                    help="multiply every guest timeout by F (default: 4 on kernels with "
-                         "KASAN, lockdep or kmemleak, else 1)")
-    group.addoption("--qgpu-kmemleak", default="retire", choices=("retire", "test"),
-                    help="when kmemleak checks a shared guest: once when it is shut down, "
-                         "naming the test that allocated each leak (retire, default), or "
-                         "after every test (test: exact, about 12 s more per test)")
-    group.addoption("--qgpu-guest-scope", default="session", choices=GUEST_SCOPES,
-                    help="which tests share a guest: session (default: one booted guest "
-                         "per DMA mode), module (one per test module and mode) or test (a "
-                         "fresh guest per test); module and test restore guests from a "
-                         "saved template in about 0.1 s")
-    group.addoption("--qgpu-accel", default="auto", choices=("auto", "tcg", "kvm"),
-                    help="accelerator; auto uses KVM only if a bounded probe boots a guest")
-    group.addoption("--qgpu-modes", metavar="M,M", default=None,
-                    help="run the tests parametrized by dma_mode only in these DMA modes, "
-                         f"comma-separated (default: all of {', '.join(DmaMode)}); tests "
-                         "that boot a guest of their own (make_guest) run regardless")
-    group.addoption("--qgpu-overlay", metavar="DIR", action="append", default=[],
-                    help="add DIR's contents to every guest's / (its initramfs; repeatable, "
-                         "later ones on top): your module, tools, scripts")
-    group.addoption("--qgpu-append", metavar="WORD", action="append", default=[],
-                    help="extra kernel command-line word for every guest (repeatable)")
-    group.addoption("--qgpu-qemu-arg", metavar="ARG", action="append", default=[],
-                    help="extra QEMU argument for every guest (repeatable; e.g. "
-                         "--qgpu-qemu-arg=-device --qgpu-qemu-arg=edu)")
+    group.addoption("--qgpu", action="store_true", default=False,
+                    help="switch the qgpu rig on (its fixtures and hooks); the same as "
+                         "-p qgpu or 'qgpu = true' in the ini file")
+    parser.addini("qgpu", "switch the qgpu rig on (the same as --qgpu)", type="bool",
+                  default=False)
+    _add(group, "--qgpu-qemu", metavar="PATH", default=None,
+         help="qemu-system-x86_64 with the qgpu device (default: build/bin/)")
+    _add(group, "--qgpu-kernel", metavar="NAME|DIR", default=None,
+         help="guest kernel: stock (default), qgpu (io_mapping_map_user), debug "
+              "(KASAN, lockdep, kmemleak, DMA-API debug, UBSAN), or an image "
+              "folder with vmlinux/vmlinuz, initramfs.img, ssh/")
+    _add(group, "--qgpu-image", metavar="DIR", default=None,
+         help="guest image folder (the same as --qgpu-kernel DIR)")
+    _add(group, "--qgpu-timeout-scale", metavar="F", type=float, default=None,
+         help="multiply every guest timeout by F (default: 4 on kernels with "
+              "KASAN, lockdep or kmemleak, else 1)")
+    _add(group, "--qgpu-kmemleak", default="retire", choices=("retire", "test"),
+         help="when kmemleak checks a shared guest: once when it is shut down, "
+              "naming the test that allocated each leak (retire, default), or "
+              "after every test (test: exact, about 12 s more per test)")
+    _add(group, "--qgpu-guest-scope", default="session", choices=GUEST_SCOPES,
+         help="which tests share a guest: session (default: one booted guest "
+              "per DMA mode), module (one per test module and mode) or test (a "
+              "fresh guest per test); module and test restore guests from a "
+              "saved template in about 0.1 s")
+    _add(group, "--qgpu-accel", default="auto", choices=("auto", "tcg", "kvm"),
+         help="accelerator; auto uses KVM only if a bounded probe boots a guest")
+    _add(group, "--qgpu-modes", metavar="M,M", default=None,
+         help="run the tests parametrized by qgpu_dma_mode only in these DMA modes, "
+              f"comma-separated (default: all of {', '.join(DmaMode)}); tests "
+              "that boot a guest of their own (qgpu_make_guest) run regardless")
+    _add(group, "--qgpu-overlay", metavar="DIR", action="append", default=[],
+         help="add DIR's contents to every guest's / (its initramfs; repeatable, "
+              "later ones on top): your module, tools, scripts")
+    _add(group, "--qgpu-append", metavar="WORD", action="append", default=[],
+         help="extra kernel command-line word for every guest (repeatable)")
+    _add(group, "--qgpu-qemu-arg", metavar="ARG", action="append", default=[],
+         help="extra QEMU argument for every guest (repeatable; e.g. "
+              "--qgpu-qemu-arg=-device --qgpu-qemu-arg=edu)")
+    _add(group, "--qgpu-artifacts", metavar="DIR", default=None,
+         help="artifact bundles of failed tests (default: build/artifacts in a qgpu "
+              "checkout, else qgpu-artifacts/ in the rootdir)")
+    _add(group, "--qgpu-keep-artifacts", action="store_true", default=False,
+         help="write artifact bundles for passing tests too")
     parser.addini("qgpu_overlays", "folders added to every guest's / (--qgpu-overlay)",
                   type="paths", default=[])
     parser.addini("qgpu_append", "extra kernel command-line words (--qgpu-append)",
                   type="args", default=[])
     parser.addini("qgpu_qemu_args", "extra QEMU arguments (--qgpu-qemu-arg)",
                   type="args", default=[])
-    group.addoption("--qgpu-artifacts", metavar="DIR", default=None,
-                    help="artifact bundles of failed tests (default: build/artifacts)")
-    group.addoption("--qgpu-keep-artifacts", action="store_true",
-                    help="write artifact bundles for passing tests too")
+
+
+def switched_on(config: pytest.Config) -> bool:
+    """Whether this run asked for the rig: ``-p qgpu``, ``--qgpu`` or the ini key ``qgpu``."""
+    asked = getattr(config.option, "plugins", None) or []
+    return bool(config.getoption("--qgpu") or config.getini("qgpu") or "qgpu" in asked)
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Apply the options."""
-    qemu = config.getoption("--qgpu-qemu", default=None)
+    """Switch the rig on if asked; refuse its options if not."""
+    if not switched_on(config):
+        given = [f"--{dest.replace('_', '-')}" for dest, default in _RIG_OPTIONS.items()
+                 if config.getoption(dest) != default]
+        if given:
+            raise pytest.UsageError(
+                f"{', '.join(given)}: the qgpu rig is not switched on in this run; add "
+                "-p qgpu (or --qgpu) to the command line, or 'qgpu = true' to the "
+                "[pytest] section of your ini file")
+        return
+    qemu = config.getoption("--qgpu-qemu")
     if qemu:
         os.environ["QGPU_QEMU"] = str(qemu)
-    image = config.getoption("--qgpu-image", default=None)
-    kernel = config.getoption("--qgpu-kernel", default=None) or image
+    kernel = config.getoption("--qgpu-kernel") or config.getoption("--qgpu-image")
     if kernel:
         os.environ["QGPU_KERNEL"] = str(kernel)
     config.addinivalue_line("markers", "slow: long-running test")
-
-
-def _selected_modes(config: pytest.Config) -> set[DmaMode]:
-    raw = config.getoption("--qgpu-modes", default=None)
-    if not raw:
-        return set(DmaMode)
-    names = [n.strip() for n in raw.split(",") if n.strip()]
-    unknown = [n for n in names if n not in set(DmaMode)]
-    if unknown or not names:
-        raise pytest.UsageError(f"--qgpu-modes {raw!r}: unknown DMA mode "
-                                f"{', '.join(map(repr, unknown)) or '(none given)'}; "
-                                f"choose from {', '.join(DmaMode)}")
-    return {DmaMode(n) for n in names}
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Deselect the guest tests of the DMA modes ``--qgpu-modes`` leaves out."""
-    modes = _selected_modes(config)
-    if modes == set(DmaMode):
-        return
-    keep: list[pytest.Item] = []
-    drop: list[pytest.Item] = []
-    for item in items:
-        mode = _mode_of(item)
-        (drop if mode is not None and mode not in modes else keep).append(item)
-    if drop:
-        config.hook.pytest_deselected(items=drop)
-        items[:] = keep
-
-
-def pytest_report_header(config: pytest.Config) -> list[str]:
-    """Name the QEMU and the guest kernel under test in pytest's header."""
-    lines = []
-    try:
-        lines.append(f"qgpu: QEMU {paths.qemu_binary()}")
-    except SetupError as exc:
-        lines.append(f"qgpu: {exc}")
-    try:
-        k = kernels.resolve()
-        lines.append(f"qgpu: guest kernel {k.name} ({k.release}, {k.image_dir}); detectors: "
-                     f"{', '.join(k.detectors.names()) or 'none'}")
-    except SetupError as exc:
-        lines.append(f"qgpu: {exc}")
-    return lines
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
-                              ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    """Remember each phase's report on the item, for artifact decisions."""
-    report = yield
-    setattr(item, f"qgpu_rep_{report.when}", report)
-    return report
-
-
-def _failed(node: pytest.Item) -> bool:
-    return any(getattr(getattr(node, f"qgpu_rep_{when}", None), "failed", False)
-               for when in ("setup", "call"))
-
-
-def _artifact_dir(config: pytest.Config, node: pytest.Item) -> Path:
-    return _artifact_dir_for(config, node.nodeid)
-
-
-def _artifact_dir_for(config: pytest.Config, nodeid: str) -> Path:
-    base = config.getoption("--qgpu-artifacts") or paths.build_dir() / "artifacts"
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-    name = re.sub(r"[^A-Za-z0-9_.=-]+", "_", nodeid)[-150:]
-    return Path(base) / worker / name
-
-
-@dataclass(frozen=True)
-class _Brought:
-    """What the user brought for every guest: the ini file's, then the command line's."""
-
-    overlays: tuple[Path, ...]
-    append: tuple[str, ...]
-    qemu_args: tuple[str, ...]
-
-
-def _brought(config: pytest.Config) -> _Brought:
-    return _Brought(
-        overlays=(*config.getini("qgpu_overlays"),
-                  *map(Path, config.getoption("--qgpu-overlay"))),
-        append=(*config.getini("qgpu_append"), *config.getoption("--qgpu-append")),
-        qemu_args=(*config.getini("qgpu_qemu_args"), *config.getoption("--qgpu-qemu-arg")))
-
-
-def _base_config(config: pytest.Config, mode: DmaMode, **kw: Any) -> MachineConfig:
-    """Return the configuration of a guest in ``mode``, as the options ask.
-
-    Kernel, accelerator, timeouts, overlays and extra arguments: the ini file's
-    first, then the command line's, then ``kw``'s.
-    """
-    user = _brought(config)
-    overlays = [*user.overlays, *kw.pop("overlays", ())]
-    append = (*user.append, *kw.pop("append", ()))
-    extra = (*user.qemu_args, *kw.pop("extra_args", ()))
-    return MachineConfig.for_kernel(kernels.resolve(), accel=config.getoption("--qgpu-accel"),
-                                    dma_mode=mode, name=f"{mode}",
-                                    timeout_scale=config.getoption("--qgpu-timeout-scale"),
-                                    overlays=overlays, append=append, extra_args=extra, **kw)
-
-
-@dataclass
-class _Window:
-    """A test's span on a shared guest, in the guest's jiffies (for kmemleak's reports)."""
-
-    nodeid: str
-    start: int | None
-    end: int | None = None
-
-    def holds(self, jiffies: int) -> bool:
-        return (self.start is not None and self.start <= jiffies and
-                (self.end is None or jiffies <= self.end))
-
-
-def _attribute(found: health.Health, windows: list[_Window]) -> list[str]:
-    """Name the test during which each leaked object was allocated."""
-    lines = []
-    for leak in found.leaks:
-        owner = next((w.nodeid for w in windows if w.holds(leak.jiffies)), None)
-        lines.append(f"  object allocated at jiffies {leak.jiffies}: " +
-                     (f"during {owner}" if owner else "outside any test (at boot, or "
-                      "between tests)"))
-    return lines
-
-
-class _Pool:
-    """The guests tests share, one per DMA mode at a time, and the tests each one ran.
-
-    How widely a guest is shared is ``--qgpu-guest-scope``: the session's tests
-    of a mode share one booted guest; a module's, or a single test, get a guest
-    restored from the mode's template.
-    """
-
-    def __init__(self, config: pytest.Config) -> None:
-        self.config = config
-        self.scope: str = config.getoption("--qgpu-guest-scope", default="session")
-        self.machines: dict[DmaMode, GuestMachine] = {}
-        self.windows: dict[DmaMode, list[_Window]] = {}
-        #: The module whose tests a module-scoped guest serves.
-        self.owners: dict[DmaMode, str] = {}
-
-    def get(self, mode: DmaMode, nodeid: str) -> GuestMachine:
-        # Tests are grouped by mode (and module), and each group's guest retires
-        # after its last test (pytest_runtest_teardown); this only catches an
-        # unusual order (e.g. a pytest-xdist worker's share of the tests).
-        module = nodeid.split("::")[0]
-        stale = [m for m in self.machines if m is not mode or
-                 (self.scope == "module" and self.owners.get(m) != module)]
-        for other in stale:
-            problem = self.retire(other)
-            if problem:
-                raise GuestCrashError(problem)
-        self.owners[mode] = module
-        machine = self.machines.get(mode)
-        if machine is None or not machine.is_alive():
-            if machine is not None:
-                self.drop(mode)
-            machine = self._start(mode, nodeid)
-            self.machines[mode] = machine
-            self.windows[mode] = []
-        return machine
-
-    def _start(self, mode: DmaMode, nodeid: str) -> GuestMachine:
-        cfg = _base_config(self.config, mode)
-        assert cfg.guest_kernel is not None
-        if self.scope == "session":
-            machine = GuestMachine(cfg, ssh_key=cfg.guest_kernel.ssh_key).start()
-        else:
-            machine = _restore_or_boot(self.config, cfg, nodeid)
-        try:
-            health.check_boot(machine)  # a restored guest's log holds its template's boot
-        except BaseException:
-            machine.stop()
-            raise
-        return machine
-
-    def shares(self, item: pytest.Item, other: pytest.Item | None) -> bool:
-        """Whether ``other`` runs on the guest ``item`` used, under this scope."""
-        if other is None or _mode_of(other) is not _mode_of(item) or self.scope == "test":
-            return False
-        return self.scope == "session" or \
-            getattr(other, "module", None) is getattr(item, "module", None)
-
-    def drop(self, mode: DmaMode) -> None:
-        """Stop the guest of ``mode`` without looking at it."""
-        machine = self.machines.pop(mode, None)
-        self.windows.pop(mode, None)
-        if machine is not None:
-            machine.stop()
-
-    def retire(self, mode: DmaMode) -> str | None:
-        """Stop the guest of ``mode`` after a last, thorough leak check; return its findings.
-
-        kmemleak reports an object only after two scans 5 s apart: the leaks of the
-        guest's last tests show up only here. Each report is saved in the bundle of
-        the test that allocated the object, and the returned text names that test.
-        """
-        machine = self.machines.get(mode)
-        windows = self.windows.get(mode, [])
-        found = None
-        if machine is not None and machine.is_alive() and health.detectors(machine).kmemleak:
-            found = _health_after(machine, unload=True, settle_leaks=True)
-        self.drop(mode)
-        if found is None or found.ok:
-            return None
-        found.problems += _attribute(found, windows)
-        owners = [w for w in windows if any(w.holds(lk.jiffies) for lk in found.leaks)]
-        for w in owners or windows[-1:]:
-            with contextlib.suppress(OSError):
-                _save_health(found, _artifact_dir_for(self.config, w.nodeid))
-        return (f"the {mode} guest, checked once more before it was shut down:\n"
-                + "\n".join(found.problems) + "\n" + found.summary())
-
-    def close(self) -> None:
-        problems = [p for p in (self.retire(mode) for mode in list(self.machines)) if p]
-        if problems:
-            raise GuestCrashError("\n".join(problems))
-
-
-_POOL = pytest.StashKey[_Pool]()
-#: When the session started (time.time()): bundles newer than this are this run's.
-_STARTED = pytest.StashKey[float]()
-#: (test, why) of every guest booted because its restore failed.
-_COLD_BOOTS = pytest.StashKey[list[tuple[str, str]]]()
-
-
-def _restore_or_boot(config: pytest.Config, cfg: MachineConfig, nodeid: str) -> GuestMachine:
-    """Restore a guest of ``cfg`` from its template; boot it, warn and count, if that fails."""
-    assert cfg.guest_kernel is not None
-    started = template.restore_or_boot(cfg, ssh_key=cfg.guest_kernel.ssh_key)
-    if started.cold_boot_reason is not None:
-        config.stash.setdefault(_COLD_BOOTS, []).append((nodeid, started.cold_boot_reason))
-        warnings.warn(RestoreFallbackWarning(
-            f"the {cfg.name} guest was booted, not restored: {started.cold_boot_reason}"),
-            stacklevel=3)
-    return started.machine
-
-
-def _mode_of(item: pytest.Item | None) -> DmaMode | None:
-    callspec = getattr(item, "callspec", None)
-    mode = callspec.params.get("dma_mode") if callspec is not None else None
-    return DmaMode(mode) if mode is not None else None
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None
-                            ) -> Generator[None, None, None]:
-    """Retire a mode's guest after the last test that uses it, and report its leaks there."""
-    yield
-    pool = item.config.stash.get(_POOL, None)
-    mode = _mode_of(item)
-    if pool is None or mode is None or mode not in pool.machines or nextitem is None:
-        return                          # at the end, the session fixture retires them
-    items = item.session.items
-    later = items[items.index(nextitem):]
-    if pool.shares(item, next((i for i in later if "guest" in getattr(i, "fixturenames", ())),
-                              None)):
-        return                          # the next test on a shared guest uses this one
-    problem = pool.retire(mode)
-    if problem:
-        raise GuestCrashError(problem)
-
-
-@pytest.fixture(scope="session")
-def _qgpu_pool(pytestconfig: pytest.Config) -> Iterator[_Pool]:
-    pool = _Pool(pytestconfig)
-    pytestconfig.stash[_POOL] = pool
-    yield pool
-    pool.close()
-
-
-def _file_digest(path: Path) -> str:
-    """Return the first 16 hex digits of ``path``'s SHA-256, or why there is none."""
-    try:
-        with open(path, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()[:16]
-    except OSError as exc:
-        return f"unreadable ({exc.strerror})"
-
-
-def run_properties(config: pytest.Config) -> dict[str, str]:
-    """Return what a run's results depend on: QEMU, guest kernel and image, accelerator."""
-    user = _brought(config)
-    props = {"qgpu.accel": str(config.getoption("--qgpu-accel")),
-             "qgpu.guest_scope": str(config.getoption("--qgpu-guest-scope")),
-             "qgpu.modes": ",".join(sorted(_selected_modes(config))),
-             "qgpu.overlays": " ".join(map(str, user.overlays)),
-             "qgpu.extra": " ".join([*user.append, *user.qemu_args])}
-    try:
-        qemu = paths.qemu_binary()
-        props["qgpu.qemu"] = f"{qemu} sha256:{_file_digest(qemu)}"
-    except SetupError as exc:
-        props["qgpu.qemu"] = str(exc)
-    try:
-        k = kernels.resolve()
-        props["qgpu.kernel"] = f"{k.name} {k.release} sha256:{_file_digest(k.kernel)}"
-        initrd = initramfs.with_overlays(k.initrd, user.overlays)
-        props["qgpu.image"] = f"{initrd} sha256:{_file_digest(initrd)}"
-        props["qgpu.detectors"] = ",".join(k.detectors.names()) or "none"
-    except SetupError as exc:
-        props["qgpu.kernel"] = props["qgpu.image"] = str(exc)
-    return props
-
-
-def pytest_sessionstart(session: pytest.Session) -> None:
-    """Put :func:`run_properties` into the JUnit XML report (``--junitxml``), if one is written."""
-    session.config.stash[_STARTED] = time.time()
-    xml = session.config.stash.get(junitxml.xml_key, None)
-    if xml is not None:
-        for name, value in run_properties(session.config).items():
-            xml.add_global_property(name, value)
-
-
-def pytest_terminal_summary(terminalreporter: Any, exitstatus: int,
-                            config: pytest.Config) -> None:
-    """Say where this run's artifact bundles are, and count restores that booted instead.
-
-    A restore fails over to a boot with ``--qgpu-guest-scope`` module or test.
-    """
-    base = Path(config.getoption("--qgpu-artifacts") or paths.build_dir() / "artifacts")
-    started = config.stash.get(_STARTED, time.time())
-    with contextlib.suppress(OSError):
-        bundles = [d for d in base.glob("*/*") if d.is_dir() and d.stat().st_mtime >= started]
-        if bundles:
-            terminalreporter.section("qgpu: artifact bundles")
-            terminalreporter.line(f"{len(bundles)} bundle(s) from this run in {base}/ (QEMU "
-                                  "and console logs, dmesg, QMP events, device state):")
-            for d in sorted(bundles)[:20]:
-                terminalreporter.line(f"  {d}")
-    cold_boots = config.stash.get(_COLD_BOOTS, [])
-    if not cold_boots:
-        return
-    terminalreporter.section("qgpu: guests booted because their restore failed")
-    for nodeid, why in cold_boots:
-        terminalreporter.line(f"{nodeid}: {why}")
-    terminalreporter.line(f"{len(cold_boots)} cold boot(s) instead of a restore")
-
-
-@pytest.fixture(scope="session", params=list(DmaMode), ids=[str(m) for m in DmaMode])
-def dma_mode(request: pytest.FixtureRequest) -> DmaMode:
-    """Return the DMA mode a guest test runs in (each mode, by default)."""
-    mode: DmaMode = request.param if isinstance(request.param, DmaMode) \
-        else DmaMode(request.param)
-    return mode
-
-
-@pytest.fixture(scope="session")
-def guest_kernel() -> GuestKernel:
-    """Return the guest kernel under test (``--qgpu-kernel``)."""
-    return kernels.resolve().check()
-
-
-def check_guest_health(machine: GuestMachine) -> None:
-    """Raise :class:`GuestCrashError` if the guest's kernel reported anything (qgpu.health)."""
-    found = health.check(machine)
-    if not found.ok:
-        raise GuestCrashError("the guest kernel reported trouble:\n" + found.summary(),
-                              found.reports.get("dmesg-report.txt", ""))
-
-
-def _health_after(machine: GuestMachine, *, unload: bool, scan_leaks: bool = True,
-                  settle_leaks: bool = False, clear_log: bool = False) -> health.Health:
-    """Read the detectors after a test; a guest that cannot answer is a finding too."""
-    try:
-        return health.check(machine, unload=unload, scan_leaks=scan_leaks,
-                            settle_leaks=settle_leaks, clear_log=clear_log)
-    except (GuestCrashError, QgpuError, OSError) as exc:
-        return health.Health(problems=[f"the health check failed: {exc}"])
-
-
-def _save_health(found: health.Health, dest: Path) -> None:
-    dest.mkdir(parents=True, exist_ok=True)
-    (dest / "health.txt").write_text("\n".join(found.problems) + "\n")
-    for name, text in found.reports.items():
-        (dest / name).write_text(text + "\n")
-
-
-@pytest.fixture
-def guest(request: pytest.FixtureRequest, _qgpu_pool: _Pool, dma_mode: DmaMode
-          ) -> Iterator[GuestMachine]:
-    """Yield a booted guest in ``dma_mode`` with the qgpu driver freshly loaded."""
-    machine = _qgpu_pool.get(dma_mode, request.node.nodeid)
-    windows = _qgpu_pool.windows.setdefault(dma_mode, [])
-    # A fresh driver instance and an empty kernel log for every test.
-    try:
-        out = machine.run(health.prepare_command(health.detectors(machine)) +
-                          f"; if {health.QGPU_LOADED}; then rmmod qgpu; fi"
-                          " && insmod /opt/qgpu/qgpu.ko && test -c /dev/qgpu0",
-                          timeout=60, check=True, watch_crashes=False).output
-    except QgpuError:
-        # Whatever broke the reload would break it for every later test too. Its
-        # state goes into the test's bundle first.
-        with contextlib.suppress(QgpuError, OSError):
-            machine.collect_artifacts(_artifact_dir(request.config, request.node))
-        _qgpu_pool.drop(dma_mode)
-        raise
-    late = health.late_reports(out)
-    if late:
-        after = windows[-1].nodeid if windows else "the boot"
-        _qgpu_pool.drop(dma_mode)
-        pytest.fail(f"the guest kernel reported trouble after the check of {after} (it "
-                    "arrived later, e.g. from a timer after the driver was unloaded):\n"
-                    + "\n".join(late[:20]))
-    window = _Window(request.node.nodeid, health.parse_jiffies(out))
-    windows.append(window)
-    yield machine
-    failed = _failed(request.node)
-    dest = _artifact_dir(request.config, request.node)
-    if failed or request.config.getoption("--qgpu-keep-artifacts"):
-        # Before the check below unloads the driver: the state the test left.
-        with contextlib.suppress(QgpuError, OSError):
-            machine.collect_artifacts(dest)
-    problems: list[str] = []
-    if machine.is_alive():
-        # Unload: remove and exit paths run, DMA-API debugging counts what was left.
-        # kmemleak needs two scans 5 s apart to report an object: after every test
-        # only if asked, else once when the guest retires.
-        per_test = request.config.getoption("--qgpu-kmemleak") == "test"
-        found = _health_after(machine, unload=True, scan_leaks=per_test,
-                              settle_leaks=per_test, clear_log=True)
-        window.end = found.jiffies
-        found.problems += _attribute(found, windows)
-        if not found.ok:
-            with contextlib.suppress(QgpuError, OSError):
-                _save_health(found, dest)
-                if not failed:
-                    machine.collect_artifacts(dest)
-            problems.append(f"guest unhealthy after the test: {found.summary()}")
-        elif found.reports:     # a known kernel bug's report: kept, not failed
-            with contextlib.suppress(QgpuError, OSError):
-                _save_health(found, dest)
-    if problems or failed or not machine.is_alive() or _qgpu_pool.scope == "test":
-        # Never hand a suspect guest to the next test; a live one is checked for the
-        # leaks of the tests before this one first.
-        retired = _qgpu_pool.retire(dma_mode)
-        if retired:
-            problems.append(retired)
-    if problems:
-        pytest.fail("\n".join(problems))
-
-
-@pytest.fixture
-def qgpu_inspector(guest: GuestMachine) -> DeviceInspector:
-    """Return the host-side inspector of the guest's qgpu0."""
-    return guest.inspector("qgpu0")
-
-
-@pytest.fixture
-def make_guest(request: pytest.FixtureRequest) -> Iterator[Callable[..., GuestMachine]]:
-    """Boot dedicated guests: ``make_guest(dma_mode=..., qgpus=(QgpuSpec(...),), ...)``."""
-    machines: list[GuestMachine] = []
-
-    checked: set[int] = set()
-
-    def _make(mode: DmaMode = DmaMode.DIRECT, *, check_health: bool = True,
-              **kw: Any) -> GuestMachine:
-        cfg = _base_config(request.config, mode, **kw)
-        assert cfg.guest_kernel is not None
-        machine = GuestMachine(cfg, ssh_key=cfg.guest_kernel.ssh_key)
-        machines.append(machine)
-        machine.start()
-        if check_health:
-            checked.add(id(machine))
-            health.check_boot(machine)
-        return machine
-
-    yield _make
-    _retire_own_guests(request, machines, checked=checked, leaks=True, graceful=True)
-
-
-@pytest.fixture
-def restore_guest(request: pytest.FixtureRequest) -> Iterator[Callable[..., GuestMachine]]:
-    """Start guests from saved templates (:mod:`qgpu.template`) instead of booting them.
-
-    ``restore_guest(mode, check_leaks=False, **MachineConfig fields)``; a
-    template is made (one boot) the first time a configuration asks for it. The
-    driver is not loaded. A restore that fails boots the guest instead, with a
-    warning. kmemleak's settled scan (12 s) runs after the test only for guests
-    restored with ``check_leaks``.
-    """
-    machines: list[GuestMachine] = []
-    leak_checked: set[int] = set()
-
-    def _restore(mode: DmaMode = DmaMode.DIRECT, *, check_leaks: bool = False,
-                 **kw: Any) -> GuestMachine:
-        cfg = _base_config(request.config, mode, **kw)
-        machine = _restore_or_boot(request.config, cfg, request.node.nodeid)
-        machines.append(machine)
-        if check_leaks:
-            leak_checked.add(id(machine))
-        return machine
-
-    yield _restore
-    _retire_own_guests(request, machines, checked=None, leaks=leak_checked, graceful=False)
-
-
-def _retire_own_guests(request: pytest.FixtureRequest, machines: list[GuestMachine], *,
-                       checked: set[int] | None, leaks: bool | set[int],
-                       graceful: bool) -> None:
-    """Read the detectors of a test's own guests, keep their bundles, stop them.
-
-    Guests in ``checked`` (all, if None) that are alive after a passing test are
-    asked for the kernel's reports, and those in ``leaks`` (all, if True) for
-    kmemleak's after a settled scan; any report fails the test.
-    """
-    unhealthy = []
-    for machine in machines:
-        dest = _artifact_dir(request.config, request.node) / machine.config.name
-        failed = _failed(request.node)
-        if not failed and (checked is None or id(machine) in checked) and machine.is_alive():
-            # A test's own guest gets no later scan: let its reports show now.
-            scan = leaks if isinstance(leaks, bool) else id(machine) in leaks
-            found = _health_after(machine, unload=False, scan_leaks=scan, settle_leaks=scan)
-            if not found.ok:
-                failed = True
-                unhealthy.append(f"{machine.config.name}: {found.summary()}")
-                with contextlib.suppress(QgpuError, OSError):
-                    _save_health(found, dest)
-        if failed or request.config.getoption("--qgpu-keep-artifacts"):
-            with contextlib.suppress(QgpuError, OSError):
-                machine.collect_artifacts(dest)
-        machine.stop(graceful=graceful)
-    if unhealthy:
-        pytest.fail("guest unhealthy after the test: " + "\n".join(unhealthy))
-
-
-__all__ = ["GuestKernel", "QgpuSpec", "check_guest_health"]
+    if not config.pluginmanager.has_plugin(RIG_PLUGIN):
+        config.pluginmanager.register(importlib.import_module("qgpu.pytest_rig"), RIG_PLUGIN)

@@ -1,0 +1,44 @@
+"""Run a pytest of its own on tests written by a test, as a user's project runs the rig.
+
+Some tests check what the plugin does to a whole run -- which tests share a guest,
+what a failed driver reload does to the next test, what the options bring. They
+write a small test module and run pytest on it in a subprocess, in a folder of
+their own without an ini file: the rig is switched on with ``-p qgpu``, as a
+project that has installed the package would.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from qgpu.kernels import GuestKernel
+
+
+@dataclass(frozen=True)
+class InnerRun:
+    """How the inner pytest ended and what it printed (stdout, then stderr)."""
+
+    exit_code: int
+    output: str
+
+
+def run_pytest(folder: Path, config: pytest.Config, kernel: GuestKernel, *args: str,
+               timeout: float = 250.0) -> InnerRun:
+    """Run pytest in ``folder`` with ``args`` on this run's kernel and accelerator.
+
+    Artifact bundles go to ``folder/artifacts``; ``timeout`` is scaled by the
+    kernel's timeout scale.
+    """
+    res = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "qgpu", "-p", "no:cacheprovider", "-q", "-rA",
+         "--qgpu-kernel", str(kernel.image_dir),
+         "--qgpu-accel", str(config.getoption("--qgpu-accel")),
+         "--qgpu-artifacts", str(folder / "artifacts"), "--rootdir", str(folder), *args],
+        cwd=folder, capture_output=True, text=True, timeout=timeout * kernel.timeout_scale,
+        check=False)
+    return InnerRun(res.returncode, res.stdout + res.stderr)
