@@ -202,8 +202,8 @@ test-device: $(TEST_DEVICE_QEMU) venv ## Device-level tests over qtest (no guest
 
 .PHONY: lint
 lint: venv ## ruff and mypy --strict on the orchestrator and tests
-	$(VENV)/bin/ruff check orchestrator tests
-	$(VENV)/bin/mypy orchestrator/src tests
+	$(VENV)/bin/ruff check orchestrator tests examples
+	$(VENV)/bin/mypy orchestrator/src tests examples/hello-qgpu/tests
 
 .PHONY: test-e2e
 test-e2e: qemu image venv ## End-to-end tests on KERNEL: booted guests in every DMA mode
@@ -211,7 +211,8 @@ test-e2e: qemu image venv ## End-to-end tests on KERNEL: booted guests in every 
 
 # What `make test` runs: lint; everything on the stock kernel; the whole
 # end-to-end suite again on debug, where any sanitizer report fails a test; on
-# qgpu, the tests of the io_mapping_map_user() path; the device suite against
+# qgpu, the tests of the io_mapping_map_user() path; the example project from
+# the wheel (after the debug suite); the device suite against
 # an ASan + UBSan QEMU; and TEST_FUZZ_SECONDS (0: none) of the qgpu fuzzer.
 # Every run happens even if one fails.
 # The debug suite keeps about one core busy (one TCG guest at a time), so by
@@ -237,8 +238,27 @@ TEST_DEBUG_SIDE  := tests/e2e/test_detectors.py tests/e2e/test_kernel_faults.py
 TEST_LOGS     := $(BUILD)/logs
 TEST_REPORTS  := $(BUILD)/reports
 
+# The example project (examples/hello-qgpu) as its users run it: the package
+# built into a wheel and installed into a fresh venv outside the checkout, the
+# project copied out too, on each of EXAMPLE_KERNELS (a different kernel is
+# just --qgpu-kernel=DIR) in EXAMPLE_MODES.
+EXAMPLE_KERNELS ?= stock qgpu
+EXAMPLE_MODES   ?= direct,iommu
+example_suite = scripts/test-example.sh $(PY) $(QEMU_BIN) $(IMAGES) $(BUILD)/artifacts/example \
+    $(TEST_REPORTS) $(EXAMPLE_KERNELS) -- --qgpu-modes=$(EXAMPLE_MODES) $(PYTEST_ARGS)
+
+.PHONY: wheel
+wheel: venv ## The qgpu package (rig, pytest plugin, ABI header) as a wheel in build/wheel/
+	rm -rf $(BUILD)/wheel
+	$(PY) -m pip wheel --quiet --no-deps --no-build-isolation -w $(BUILD)/wheel ./orchestrator
+	@ls $(BUILD)/wheel/*.whl
+
+.PHONY: test-example
+test-example: qemu images venv ## The example out-of-tree driver project's tests, from the built wheel in a fresh venv
+	$(example_suite)
+
 .PHONY: test
-test: qemu images venv ## Everything CI runs: lint, the suites on the stock, debug and qgpu kernels, sanitizers, fuzzing
+test: qemu images venv ## Everything CI runs: lint, the suites on the stock, debug and qgpu kernels, the example project, sanitizers, fuzzing
 	$(MAKE) --no-print-directory lint
 	@status=0; lane=; mkdir -p $(TEST_LOGS); \
 	stock_suite() { $(PY) -m pytest tests --qgpu-kernel stock \
@@ -284,6 +304,8 @@ test: qemu images venv ## Everything CI runs: lint, the suites on the stock, deb
 	debug_suite tests/e2e $(addprefix --ignore=,$(TEST_DEBUG_SIDE)) \
 	    --qgpu-artifacts $(BUILD)/artifacts/debug \
 	    --junitxml=$(TEST_REPORTS)/debug.xml || status=1; \
+	echo "make: the example project, from the wheel in a fresh venv"; \
+	$(example_suite) || status=1; \
 	if [ -n "$$lane" ]; then \
 	    echo "make: waiting for the second lane"; wait $$lane || true; \
 	    show_logged stock; show_logged qgpu; show_logged debug-side; show_logged sanitizers; \
@@ -296,7 +318,7 @@ test: qemu images venv ## Everything CI runs: lint, the suites on the stock, deb
 	    sanitizers || status=1; \
 	fi; \
 	echo "make: JUnit XML reports in $(TEST_REPORTS)/; artifact bundles of failed tests" \
-	     "in $(BUILD)/artifacts/{stock,debug,debug-side,qgpu}/"; \
+	     "in $(BUILD)/artifacts/{stock,debug,debug-side,qgpu,example}/"; \
 	exit $$status
 
 .PHONY: bench

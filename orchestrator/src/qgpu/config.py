@@ -109,6 +109,9 @@ class MachineConfig:
     dma_mode: DmaMode = DmaMode.DIRECT
     qgpus: tuple[QgpuSpec, ...] = (QgpuSpec(),)
     append: tuple[str, ...] = ()        #: extra kernel command-line words
+    #: Load the image's qgpu.ko at boot. False leaves the devices unbound, for a
+    #: driver of one's own (the kernel argument ``qgpu_noload=1``).
+    load_driver: bool = True
     boot_tuning: bool = True
     ssh: bool = True
     boot_timeout: float = 180.0
@@ -155,6 +158,8 @@ class MachineConfig:
             words += ["iommu.passthrough=0"]
         if not self.ssh:
             words.append("qgpu_nossh=1")
+        if not self.load_driver:
+            words.append("qgpu_noload=1")
         words += self.append
         return " ".join(words)
 

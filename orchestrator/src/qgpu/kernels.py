@@ -85,6 +85,17 @@ class GuestKernel:
         """Return the private half of the image's test SSH key."""
         return self.image_dir / "ssh" / "id_ed25519"
 
+    @property
+    def module_build_dir(self) -> Path | None:
+        """Return the kernel build tree out-of-tree modules are built against, if known.
+
+        ``make -C <it> M=<your module> modules`` builds a module this guest loads.
+        The image's ``kernel-kdir`` link names it (headers for Debian's kernel, the
+        build folder for the project's own).
+        """
+        kdir = self.image_dir / "kernel-kdir"
+        return kdir.resolve() if (kdir / "Makefile").exists() else None
+
     def has(self, option: str) -> bool:
         """Whether ``CONFIG_<option>`` is built in (=y)."""
         return self.config.get(f"CONFIG_{option}") == "y"

@@ -42,9 +42,6 @@ from qgpu.machine import GuestMachine
 
 #: Bumped when what a template holds, or how it is made, changes.
 FORMAT = 1
-#: Kernel argument of every guest made from or for a template: the driver is
-#: loaded by whoever uses the guest, after the restore.
-NO_DRIVER = "qgpu_noload=1"
 #: When a template is made, those unused for this many days are removed, and
 #: all but this many of the most recently used (about 110 MiB each; 4 DMA
 #: modes x 3 kernels, twice over).
@@ -71,10 +68,11 @@ def file_digest(path: Path) -> str:
 
 
 def template_config(config: MachineConfig) -> MachineConfig:
-    """Return ``config`` as a template guest boots it: without loading the driver."""
-    if NO_DRIVER in config.append:
-        return config
-    return dataclasses.replace(config, append=(*config.append, NO_DRIVER))
+    """Return ``config`` as a template guest boots it: without loading the driver.
+
+    Whoever uses a restored guest loads the driver (or a driver of their own).
+    """
+    return dataclasses.replace(config, load_driver=False)
 
 
 def machine_argv(config: MachineConfig, accel_name: str) -> list[str]:
