@@ -2,9 +2,10 @@
 
 A detector that never fires proves nothing. The canary module (``tests/canary``)
 commits one bug on request -- a use-after-free, a leak, a lock-order inversion, a
-DMA-API misuse -- inside a test that a pytest of its own runs (``inner_pytest``) with this rig's
-plugin, on the kernel under test. Each such test must fail with the detector's
-report, and its bundle must hold the report; the same test without a bug must pass.
+DMA-API misuse -- inside tests that a pytest of its own runs (``inner_pytest``) with
+this rig's plugin, on the kernel under test, each case on a fresh guest. Each such
+test must fail with the detector's report, and its bundle must hold the report; the
+same test without a bug must pass.
 On a kernel without a detector, its case is skipped (the stock kernel has none of
 these four).
 """
@@ -12,13 +13,15 @@ these four).
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 
 from qgpu.kernels import GuestKernel
 
-from .inner_pytest import InnerRun, run_pytest
+from .inner_pytest import run_pytest
 
 INNER_TEST = '''
 import pytest
@@ -27,8 +30,9 @@ from qgpu.config import DmaMode
 
 
 @pytest.mark.parametrize("qgpu_dma_mode", [DmaMode.DIRECT], indirect=True)
-def test_canary(qgpu_guest):
-    qgpu_guest.run("insmod /opt/qgpu/test/qgpu_canary.ko bug={bug}", timeout=60, check=True)
+@pytest.mark.parametrize("bug", {bugs!r})
+def test_canary(qgpu_guest, bug):
+    qgpu_guest.run(f"insmod /opt/qgpu/test/qgpu_canary.ko bug={{bug}}", timeout=60, check=True)
 '''
 
 # bug -> (detector, what the report says, the bundle file that must hold it). KFENCE
@@ -44,35 +48,75 @@ CASES = {
 }
 
 
-def _run_inner(tmp_path: Path, kernel: GuestKernel, bug: str,
-               config: pytest.Config) -> tuple[InnerRun, Path]:
-    (tmp_path / "test_canary.py").write_text(INNER_TEST.format(bug=bug))
-    result = run_pytest(tmp_path, config, kernel, str(tmp_path / "test_canary.py"),
-                        timeout=600)
-    return result, tmp_path / "artifacts"
+@dataclass(frozen=True)
+class CanaryRun:
+    """The inner run of every canary case the kernel can detect, plus the control case."""
+
+    exit_code: int
+    output: str
+    #: Each case's outcome (passed, failed, skipped) and what its test reported
+    #: (failures and errors), from the JUnit XML; None if the case did not run.
+    reports: dict[str, tuple[str, str] | None]
+    artifacts: Path
+
+    def bundles(self, bug: str, name: str) -> list[Path]:
+        return sorted(self.artifacts.glob(f"*/*test_canary_{bug}-direct_/{name}"))
+
+
+@pytest.fixture(scope="module")
+def canaries(qgpu_kernel: GuestKernel, tmp_path_factory: pytest.TempPathFactory,
+             pytestconfig: pytest.Config) -> CanaryRun:
+    """Run every case in one inner session, each on a fresh guest restored from a template.
+
+    One boot (the template) instead of one per case; the cases cannot see each
+    other (``--qgpu-guest-scope=test``; kmemleak's settled scan still runs as
+    each guest retires, after its test).
+    """
+    bugs = [bug for bug, (detector, _, _) in CASES.items()
+            if getattr(qgpu_kernel.detectors, detector)] + ["none"]
+    folder = tmp_path_factory.mktemp("canaries")
+    (folder / "test_canary.py").write_text(INNER_TEST.format(bugs=bugs))
+    junit = folder / "inner.xml"
+    result = run_pytest(folder, pytestconfig, qgpu_kernel, "--qgpu-guest-scope=test",
+                        f"--junitxml={junit}", str(folder / "test_canary.py"),
+                        timeout=300 + 120 * len(bugs))
+    reports: dict[str, tuple[str, str] | None] = dict.fromkeys(bugs)
+    if junit.exists():
+        for case in ElementTree.parse(junit).getroot().iter("testcase"):
+            m = re.fullmatch(r"test_canary\[(.+)-direct\]", case.get("name", ""))
+            if m and m.group(1) in reports:
+                tags = {el.tag for el in case}
+                outcome = "failed" if tags & {"failure", "error"} else \
+                    "skipped" if "skipped" in tags else "passed"
+                reports[m.group(1)] = (outcome, "\n".join(
+                    f"{el.get('message', '')}\n{el.text or ''}"
+                    for el in case if el.tag in ("failure", "error")))
+    return CanaryRun(result.exit_code, result.output, reports, folder / "artifacts")
 
 
 @pytest.mark.parametrize("bug", list(CASES))
-def test_detector_fails_the_test(tmp_path: Path, qgpu_kernel: GuestKernel,
-                                 pytestconfig: pytest.Config, bug: str) -> None:
+def test_detector_fails_the_test(canaries: CanaryRun, qgpu_kernel: GuestKernel,
+                                 bug: str) -> None:
     detector, report, bundle_file = CASES[bug]
     if not getattr(qgpu_kernel.detectors, detector):
         pytest.skip(f"the {qgpu_kernel.name} kernel has no {detector}")
-    result, artifacts = _run_inner(tmp_path, qgpu_kernel, bug, pytestconfig)
-    output = result.output
-    assert result.exit_code == pytest.ExitCode.TESTS_FAILED, \
-        f"the canary's {bug} did not fail its test (exit {result.exit_code}):\n{output[-4000:]}"
-    assert re.search(report, output), output[-4000:]
+    case = canaries.reports[bug]
+    assert case is not None, f"the {bug} case did not run:\n{canaries.output[-4000:]}"
+    outcome, found = case
+    assert outcome == "failed", \
+        f"the canary's {bug} did not fail its test ({outcome}):\n{canaries.output[-4000:]}"
+    assert re.search(report, found), found[-4000:]
     if bug == "leak":       # found when the guest retires, and blamed on the test
-        assert "during test_canary.py::test_canary[direct]" in output, output[-4000:]
-    bundles = list(artifacts.glob(f"*/*test_canary*/{bundle_file}"))
-    assert bundles, f"no {bundle_file} in the bundle: {sorted(artifacts.rglob('*'))}"
+        assert f"during test_canary.py::test_canary[{bug}-direct]" in found, found[-4000:]
+    bundles = canaries.bundles(bug, bundle_file)
+    assert bundles, f"no {bundle_file} in the bundle: {sorted(canaries.artifacts.rglob('*'))}"
     assert re.search(report, bundles[0].read_text()), bundles[0].read_text()[-3000:]
     assert (bundles[0].parent / "health.txt").exists()
 
 
-def test_no_bug_passes(tmp_path: Path, qgpu_kernel: GuestKernel,
-                       pytestconfig: pytest.Config) -> None:
+def test_no_bug_passes(canaries: CanaryRun) -> None:
     """The control case: the canary loaded without a bug leaves nothing to report."""
-    result, _ = _run_inner(tmp_path, qgpu_kernel, "none", pytestconfig)
-    assert result.exit_code == pytest.ExitCode.OK, result.output[-4000:]
+    assert canaries.reports["none"] == ("passed", ""), \
+        f"the control case: {canaries.reports['none']!r}\n{canaries.output[-4000:]}"
+    if len(canaries.reports) == 1:      # no detector: the inner run has only this case
+        assert canaries.exit_code == pytest.ExitCode.OK, canaries.output[-4000:]
