@@ -73,6 +73,10 @@ def test_hung_command_times_out(qgpu_make_guest: MakeGuest) -> None:
     with pytest.raises(GuestTimeoutError, match="hung or too slow"):
         machine.run("sleep 600", timeout=3)
     assert time.monotonic() - start < 3 * machine.config.timeout_scale + 7
+    # The shell would read a power-off request only after the command: stop does not wait.
+    start = time.monotonic()
+    machine.stop()
+    assert time.monotonic() - start < 5, "stop waited for a shell busy with a command"
 
 
 def test_artifact_bundle(qgpu_make_guest: MakeGuest, tmp_path: object) -> None:

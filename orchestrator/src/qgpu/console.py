@@ -93,6 +93,9 @@ class SerialConsole:
         self._child.logfile_read = self._log
         self._is_alive = is_alive
         self._seq = 0
+        #: Whether the shell is at its prompt: False from a command's start until its
+        #: end tag and the next prompt are read (after a timeout, it may still run).
+        self.at_prompt = False
 
     def close(self) -> None:
         """Close the socket and the transcript. Idempotent."""
@@ -135,6 +138,7 @@ class SerialConsole:
         start = time.monotonic()
         self._expect([re.escape(READY_MARKER)], timeout, "booting")
         self._expect([re.escape(PROMPT)], 30, "waiting for the first prompt")
+        self.at_prompt = True
         return time.monotonic() - start
 
     def run(self, command: str, *, timeout: float = 60.0, check: bool = False,
@@ -152,6 +156,7 @@ class SerialConsole:
             raise GuestError(f"{self.name}: {command[:60]!r}... is {len(line.encode())} bytes "
                              f"quoted, and the guest's terminal reads at most {MAX_LINE} "
                              "bytes a line: run it over SSH (ssh_run), or from a file")
+        self.at_prompt = False
         try:
             self._child.send(line)
         except OSError as exc:
@@ -165,6 +170,7 @@ class SerialConsole:
         output = output.removeprefix(PROMPT).lstrip("\n")
         self._expect([re.escape(PROMPT)], 30, f"waiting for the prompt after {command!r}",
                      watch_crashes=watch_crashes)
+        self.at_prompt = True
         result = CommandResult(command, status, output.rstrip("\n"))
         return result.check() if check else result
 

@@ -302,7 +302,9 @@ class GuestMachine:
 
     def stop(self, *, graceful: bool = True, timeout: float = 15.0,
              keep_files: bool = False) -> int | None:
-        """Power off (if ``graceful``), then quit, then kill; clean up. Idempotent.
+        """Power off (if ``graceful`` and the shell is at its prompt), then quit, then kill.
+
+        Cleans up; idempotent.
 
         ``keep_files`` leaves QEMU's work folder (logs, a core) in place.
         """
@@ -310,7 +312,10 @@ class GuestMachine:
         if self.ssh is not None:
             self.ssh.close()
             self.ssh = None
-        if graceful and self.console is not None and self.is_alive():
+        # A shell still busy with a command (one that timed out) would read "exit"
+        # only when that ends: then QMP's quit, without waiting for it.
+        if graceful and self.console is not None and self.console.at_prompt and \
+                self.is_alive():
             with contextlib.suppress(QgpuError, OSError):
                 self.console.send_line("exit")
             if self.proc is not None:
