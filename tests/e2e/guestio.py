@@ -25,7 +25,7 @@ from typing import Any
 
 from qgpu.data import last_json_object
 from qgpu.inspector import DeviceInspector
-from qgpu.machine import GuestMachine
+from qgpu.machine import Channel, GuestMachine
 
 TOOL = "/opt/qgpu/bin/qgpu-tool"
 SUITE = "/opt/qgpu/bin/qgpu-test"
@@ -45,9 +45,10 @@ Record = dict[str, Any]
 _tags = itertools.count()
 
 
-def sh(guest: GuestMachine, command: str, *, timeout: float = 60.0) -> str:
-    """Run ``command`` in the guest over SSH; fail the test unless it exits 0."""
-    res = guest.ssh_run(command, timeout=timeout)
+def sh(guest: GuestMachine, command: str, *, timeout: float = 60.0,
+       over: Channel = "ssh") -> str:
+    """Run ``command`` in the guest (over SSH by default); fail the test unless it exits 0."""
+    res = guest.run(command, timeout=timeout, over=over)
     assert res.status == 0, f"guest command failed (status {res.status}): {command}\n" \
         f"{res.output}"
     return res.output
@@ -61,10 +62,13 @@ def parse_json_line(output: str, what: str) -> dict[str, Any]:
     return obj
 
 
-def tool(guest: GuestMachine, args: str, *, ok: bool = True,
-         timeout: float = 60.0) -> dict[str, Any]:
-    """Run ``qgpu-tool ARGS``; return its JSON result (asserting it succeeded if ``ok``)."""
-    res = guest.ssh_run(f"{TOOL} {args}", timeout=timeout)
+def tool(guest: GuestMachine, args: str, *, ok: bool = True, timeout: float = 60.0,
+         over: Channel = "ssh") -> dict[str, Any]:
+    """Run ``qgpu-tool ARGS`` (over SSH by default); return its JSON result.
+
+    With ``ok``, assert that it succeeded (``"ok": true`` and exit status 0).
+    """
+    res = guest.run(f"{TOOL} {args}", timeout=timeout, over=over)
     obj = parse_json_line(res.output, f"qgpu-tool {args}")
     if ok:
         assert obj.get("ok") is True and res.status == 0, \

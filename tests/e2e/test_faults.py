@@ -13,6 +13,7 @@ guest's console shell exits when one of its own background jobs ends.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import time
@@ -31,7 +32,7 @@ from qgpu.kernels import GuestKernel
 from qgpu.machine import GuestMachine
 from qgpu.pytest_rig import check_guest_health
 
-from .guestio import parse_json_line
+from . import guestio
 
 MakeGuest = Callable[..., GuestMachine]
 
@@ -52,10 +53,9 @@ IDLE_MID = pytest.mark.parametrize("mid_dma", [False, True], ids=["idle", "mid-d
 
 pattern = fill_pattern      # what a FILL of a 32-bit pattern writes
 
-def tool(g: GuestMachine, args: str, *, timeout: float = 60.0) -> dict[str, Any]:
-    """Run qgpu-tool; return its JSON line."""
-    return parse_json_line(g.run(f"qgpu-tool {args}", timeout=timeout).output,
-                           f"qgpu-tool {args}")
+#: qgpu-tool over the console (some tests here take the guest's network down with
+#: the device's faults), its JSON result returned for the test to judge.
+tool = functools.partial(guestio.tool, ok=False, over="console")
 
 
 def stats(g: GuestMachine) -> dict[str, int]:

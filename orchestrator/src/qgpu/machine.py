@@ -19,7 +19,7 @@ import socket
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import paramiko
 
@@ -49,6 +49,11 @@ def forwarded_ssh_port(usernet: str) -> int:
     if m is None:
         raise QemuError(f"QEMU lists no host forward to the guest's port 22: {usernet!r}")
     return int(m.group(1))
+
+
+#: How a command reaches the guest: its serial console (there from boot, also with
+#: the network down; one command at a time) or SSH (several at once, stdin).
+Channel = Literal["console", "ssh"]
 
 
 class GuestMachine:
@@ -345,13 +350,16 @@ class GuestMachine:
     # -- using it ------------------------------------------------------------------
 
     def run(self, command: str, *, timeout: float = 60.0, check: bool = False,
-            watch_crashes: bool = True) -> CommandResult:
-        """Run a shell command on the serial console.
+            watch_crashes: bool = True, over: Channel = "console") -> CommandResult:
+        """Run a shell command on the serial console, or over SSH (``over="ssh"``).
 
-        ``timeout`` is what the command may take on the stock kernel; it is
-        multiplied by the machine's ``timeout_scale`` (slower debug kernels).
-        ``watch_crashes=False`` for commands that print old kernel reports (dmesg).
+        The result is the same either way. ``timeout`` is what the command may
+        take on the stock kernel; it is multiplied by the machine's
+        ``timeout_scale`` (slower debug kernels). ``watch_crashes=False`` for
+        console commands that print old kernel reports (dmesg).
         """
+        if over == "ssh":
+            return self.ssh_run(command, timeout=timeout, check=check)
         if self.console is None:
             raise QemuError(f"{self.config.name}: not running")
         try:
