@@ -37,6 +37,11 @@ PYTEST_ARGS ?=
 # UBSAN, fault injection (images/build-kernel.sh, cached in $(QGPU_CACHE)).
 KERNEL    ?= stock
 KERNELS   := stock qgpu debug
+# boot-smoke: the DMA modes; boot-bench: boots, mode, vCPUs; boot: mode
+MODES     ?= direct swiotlb iommu virtio-iommu
+N         ?= 5
+MODE      ?= direct
+SMP       ?= 2
 ifeq ($(filter $(KERNEL),$(KERNELS)),)
 $(error KERNEL must be one of: $(KERNELS) (got '$(KERNEL)'))
 endif
@@ -149,7 +154,7 @@ demo: qemu image venv ## The main job: build what is missing, boot the guest, sh
 
 .PHONY: demo-device
 demo-device: qemu venv ## The device alone over qtest (no guest kernel): DMA, MSI-X, stats, trace
-	$(PY) -m qgpu.smoke
+	$(PY) -m qgpu.tools.demo_device
 
 # ---- guest side: kernel, driver, image -------------------------------------------
 
@@ -174,12 +179,21 @@ images: ## The images of every kernel (stock, qgpu, debug): what make test needs
 	@for k in $(KERNELS); do $(MAKE) --no-print-directory image KERNEL=$$k; done
 
 .PHONY: boot-smoke
-boot-smoke: qemu image ## Boot the guest (KERNEL) in each DMA mode and check it comes up with the driver
-	@$(MAKE) --no-print-directory -C images boot-smoke KERNEL=$(KERNEL) OUT=$(IMAGES)/$(KERNEL) GUEST=$(GUEST_OUT) QEMU=$(QEMU_BIN)
+boot-smoke: qemu image venv ## Boot the guest (KERNEL) in each of MODES and run its boot check (driver bound, network, SSH)
+	@for mode in $(MODES); do \
+	    echo "boot-smoke: $(KERNEL) kernel, $$mode"; \
+	    QGPU_QEMU=$(QEMU_BIN) $(VENV)/bin/qgpu run --kernel $(KERNEL) --mode $$mode \
+	        -- qgpu-boot-check || exit 1; \
+	done; echo "boot-smoke: PASS ($(MODES))"
 
 .PHONY: boot-bench
-boot-bench: qemu image ## Boot-to-ready-shell times of KERNEL (benchmark)
-	@$(MAKE) --no-print-directory -C images boot-bench KERNEL=$(KERNEL) OUT=$(IMAGES)/$(KERNEL) GUEST=$(GUEST_OUT) QEMU=$(QEMU_BIN)
+boot-bench: qemu image venv ## Boot-to-ready-shell times of KERNEL: N boots (default 5) in MODE with SMP vCPUs
+	QGPU_QEMU=$(QEMU_BIN) $(PY) -m qgpu.tools.bench_boot --kernel $(KERNEL) -n $(N) \
+	    --mode $(MODE) --smp $(SMP)
+
+.PHONY: boot
+boot: qemu image venv ## An interactive guest (KERNEL, MODE): its serial console on this terminal ('exit' powers off)
+	QGPU_QEMU=$(QEMU_BIN) $(VENV)/bin/qgpu boot --kernel $(KERNEL) --mode $(MODE)
 
 # ---- tests and benchmarks -------------------------------------------------------
 
@@ -323,9 +337,9 @@ test: qemu images venv ## Everything CI runs: lint, the suites on the stock, deb
 
 .PHONY: bench
 bench: qemu images venv ## Benchmarks: DMA engine vs memcpy and edu; boot time per kernel; WC VRAM vs RAM writes; restore vs boot
-	$(PY) -m qgpu.bench
-	$(PY) -m qgpu.bench_guest
-	$(PY) -m qgpu.bench_restore
+	$(PY) -m qgpu.tools.bench
+	$(PY) -m qgpu.tools.bench_guest
+	$(PY) -m qgpu.tools.bench_restore
 
 # ---- housekeeping ---------------------------------------------------------------
 

@@ -379,6 +379,21 @@ def test_qgpu_run_takes_an_overlay(qgpu_make_guest: MakeGuest, qgpu_kernel: Gues
     assert (status, capsys.readouterr().out.strip()) == (0, "hello from the overlay: a  b")
 
 
+@pytest.mark.parametrize("load", [True, False], ids=["driver", "no-driver"])
+def test_qgpu_run_leaves_the_device_unbound_with_no_driver(
+        qgpu_make_guest: MakeGuest, qgpu_kernel: GuestKernel, load: bool,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """--no-driver (MachineConfig.load_driver=False): the device is there, nothing bound."""
+    del qgpu_make_guest                          # for the autouse skip on heavy kernels
+    status = cli.main(["run", "--kernel", _kernel_arg(qgpu_kernel),
+                       *([] if load else ["--no-driver"]), "--",
+                       "cat /sys/bus/pci/devices/0000:01:00.0/device; "
+                       "basename $(readlink /sys/bus/pci/devices/0000:01:00.0/driver) "
+                       "2>/dev/null || echo unbound"])
+    assert (status, capsys.readouterr().out.split()) == \
+        (0, ["0x5147", "qgpu" if load else "unbound"])
+
+
 def _pytest_in(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
                            "--rootdir", str(folder), *args],

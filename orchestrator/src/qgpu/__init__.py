@@ -25,8 +25,8 @@ Modules, one concern each:
 - :mod:`qgpu.data`       -- the guest tools' checksum and fill pattern, for host-side checks
 - :mod:`qgpu.pytest_plugin` -- the pytest plugin's switch (``-p qgpu``) and options
 - :mod:`qgpu.pytest_rig` -- its fixtures (``qgpu_*``), DMA-mode parametrization, artifact bundles
-- :mod:`qgpu.cli`, :mod:`qgpu.demo`, :mod:`qgpu.smoke`, :mod:`qgpu.bench`,
-  :mod:`qgpu.bench_guest` -- the ``qgpu`` command, demonstrations and benchmarks
+- :mod:`qgpu.cli` -- the ``qgpu`` command
+- :mod:`qgpu.tools` -- programs built on the library: demonstrations and benchmarks
 """
 
 __version__ = "0.1.0"

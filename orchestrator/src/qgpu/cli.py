@@ -75,6 +75,9 @@ def _machine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--qemu-arg", action="append", default=[], metavar="ARG",
                         help="extra QEMU argument (repeatable; --qemu-arg=-device "
                              "--qemu-arg=edu)")
+    parser.add_argument("--no-driver", dest="load_driver", action="store_false",
+                        help="do not load the image's qgpu.ko: the device stays unbound, for "
+                             "a driver of your own")
 
 
 def _boot(args: argparse.Namespace) -> GuestMachine:
@@ -85,7 +88,8 @@ def _boot(args: argparse.Namespace) -> GuestMachine:
     spec = QgpuSpec(vram_size=args.vram_size, props=props)
     config = MachineConfig.for_kernel(kernel, accel=args.accel, dma_mode=args.mode,
                                       qgpus=(spec,), append=tuple(args.append),
-                                      overlays=args.overlay, extra_args=tuple(args.qemu_arg))
+                                      overlays=args.overlay, extra_args=tuple(args.qemu_arg),
+                                      load_driver=args.load_driver)
     progress(f"booting the guest ({args.mode} DMA, kernel {kernel.name} {kernel.release}, "
              f"accelerator {args.accel}) ...")
     start = time.monotonic()
@@ -162,7 +166,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the demonstration."""
-    from qgpu import demo
+    from qgpu.tools import demo
 
     return demo.main(mode=args.mode, accel=args.accel, kernel=args.kernel)
 

@@ -1,7 +1,7 @@
 """Guest-side benchmarks: boot-to-ready-shell time per kernel and WC-mapped VRAM bandwidth.
 
 Run with ``make bench`` (after the device benchmark) or
-``python -m qgpu.bench_guest``. Figures printed beside baselines measured in
+``python -m qgpu.tools.bench_guest``. Figures printed beside baselines measured in
 the same run: each kernel's boot time beside the stock kernel's (boots
 interleaved, so a busy spell of the machine hits every kernel alike), and
 VRAM write bandwidth through the write-combined mapping beside the same guest

@@ -1,6 +1,6 @@
 """DMA engine throughput benchmark: qgpu vs host memcpy vs QEMU's edu device.
 
-Run with ``make bench`` (or ``python -m qgpu.bench --help``). Every figure is
+Run with ``make bench`` (or ``python -m qgpu.tools.bench --help``). Every figure is
 measured in this run and printed beside the host-memcpy baseline measured in
 the same run, as a ratio: these machines are noisy, ratios travel better than
 absolute numbers. This is a benchmark, not a test: it asserts nothing.

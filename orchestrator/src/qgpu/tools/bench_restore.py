@@ -1,6 +1,6 @@
 """Benchmark: a guest restored from its template beside a cold boot, same run.
 
-Run with ``make bench`` or ``python -m qgpu.bench_restore``. Cold boots and
+Run with ``make bench`` or ``python -m qgpu.tools.bench_restore``. Cold boots and
 restores are interleaved (a busy spell of the machine hits both alike); each
 is timed from QEMU's start to the guest's first answer on the console (the
 ready prompt for a boot, a ``date -s`` for a restore), SSH off for both.
@@ -19,10 +19,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from qgpu import template
-from qgpu.bench import p90
 from qgpu.config import DmaMode, MachineConfig
 from qgpu.kernels import resolve
 from qgpu.machine import GuestMachine
+from qgpu.tools.bench import p90
 
 GOAL_S = 0.15
 GOAL_RATIO = 14.0
