@@ -8,7 +8,10 @@
 # Runs apt as root directly, or through sudo when invoked as a normal user.
 set -euo pipefail
 
-STAMP_DIR=${QGPU_CACHE:-$HOME/.cache/qgpu}/stamps
+# The stamps describe this host's packages, so they live with the host, not in
+# $QGPU_CACHE: a cache restored onto a fresh machine or mounted into a container
+# must not make its packages look installed.
+STAMP_DIR=${XDG_STATE_HOME:-$HOME/.local/state}/qgpu/host-deps
 mkdir -p "$STAMP_DIR"
 
 # Packages, grouped by why we need them.
@@ -67,7 +70,8 @@ SRC
     rm -f "$STAMP_DIR"/apt-updated
 fi
 
-if [[ ! -e $STAMP_DIR/apt-updated ]]; then
+# Also when the package lists are gone (container images remove them).
+if [[ ! -e $STAMP_DIR/apt-updated ]] || ! compgen -G "/var/lib/apt/lists/*backports*Packages*" >/dev/null; then
     echo "install-host-deps: apt-get update"
     # Unrelated third-party sources that cannot be reached must not stop us.
     "${SUDO[@]}" apt-get update -q || echo "install-host-deps: apt-get update reported errors; continuing" >&2
