@@ -79,6 +79,22 @@ def test_hung_command_times_out(qgpu_make_guest: MakeGuest) -> None:
     assert time.monotonic() - start < 5, "stop waited for a shell busy with a command"
 
 
+def test_stop_ends_qemu_whatever_fails_on_the_way(qgpu_make_guest: MakeGuest,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure while stopping (here: QMP's quit) still ends QEMU and cleans up."""
+    machine = qgpu_make_guest(DmaMode.DIRECT, ssh=False, check_health=False)
+    proc, qmp = machine.proc, machine.qmp
+    assert proc is not None and qmp is not None
+
+    def broken(*args: object, **kw: object) -> object:
+        raise RuntimeError("QMP broke (test)")
+    monkeypatch.setattr(qmp, "command", broken)
+    with pytest.raises(RuntimeError, match="QMP broke"):
+        machine.stop(graceful=False)
+    assert proc.wait(5) is not None, "QEMU still runs after a stop that failed"
+    assert machine.console is None and not machine.vram
+
+
 def test_artifact_bundle(qgpu_make_guest: MakeGuest, tmp_path: object) -> None:
     import pathlib
     assert isinstance(tmp_path, pathlib.Path)

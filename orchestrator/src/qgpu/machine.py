@@ -314,31 +314,36 @@ class GuestMachine:
         ``keep_files`` leaves QEMU's work folder (logs, a core) in place.
         """
         status = None
-        if self.ssh is not None:
-            self.ssh.close()
-            self.ssh = None
-        # A shell still busy with a command (one that timed out) would read "exit"
-        # only when that ends: then QMP's quit, without waiting for it.
-        if graceful and self.console is not None and self.console.at_prompt and \
-                self.is_alive():
-            with contextlib.suppress(QgpuError, OSError):
-                self.console.send_line("exit")
-            if self.proc is not None:
-                self.proc.wait(timeout)
-        if self.qmp is not None:
-            if self.is_alive():
+        try:
+            if self.ssh is not None:
+                ssh, self.ssh = self.ssh, None
+                ssh.close()
+            # A shell still busy with a command (one that timed out) would read "exit"
+            # only when that ends: then QMP's quit, without waiting for it.
+            if graceful and self.console is not None and self.console.at_prompt and \
+                    self.is_alive():
                 with contextlib.suppress(QgpuError, OSError):
-                    self.qmp.command("quit", timeout=5)
-            self.qmp.close()
-            self.qmp = None
-        if self.console is not None:
-            self.console.close()
-            self.console = None
-        if self.proc is not None:
-            status = self.proc.stop(keep_files=keep_files)
-        for shm in self.vram.values():
-            shm.close()
-        self.vram.clear()
+                    self.console.send_line("exit")
+                if self.proc is not None:
+                    self.proc.wait(timeout)
+            if self.qmp is not None:
+                qmp, self.qmp = self.qmp, None
+                try:
+                    if self.is_alive():
+                        with contextlib.suppress(QgpuError, OSError):
+                            qmp.command("quit", timeout=5)
+                finally:
+                    qmp.close()
+        finally:
+            # Whatever failed above, QEMU is ended and its files removed.
+            if self.console is not None:
+                self.console.close()
+                self.console = None
+            if self.proc is not None:
+                status = self.proc.stop(keep_files=keep_files)
+            for shm in self.vram.values():
+                shm.close()
+            self.vram.clear()
         return status
 
     def __enter__(self) -> GuestMachine:

@@ -287,7 +287,15 @@ class _Pool:
                 + "\n".join(found.problems) + "\n" + found.summary())
 
     def close(self) -> None:
-        problems = [p for p in (self.retire(mode) for mode in list(self.machines)) if p]
+        problems = []
+        with contextlib.ExitStack() as stop_all:
+            for mode in list(self.machines):
+                # Every guest stops, whatever the retiring of another raises.
+                stop_all.callback(self.drop, mode)
+            for mode in list(self.machines):
+                problem = self.retire(mode)
+                if problem:
+                    problems.append(problem)
         if problems:
             raise GuestCrashError("\n".join(problems))
 
@@ -580,22 +588,27 @@ def _retire_own_guests(request: pytest.FixtureRequest, machines: list[GuestMachi
     kmemleak's after a settled scan; any report fails the test.
     """
     unhealthy = []
-    for machine in machines:
-        dest = _artifact_dir(request.config, request.node) / machine.config.name
-        failed = _failed(request.node)
-        if not failed and (checked is None or id(machine) in checked) and machine.is_alive():
-            # A test's own guest gets no later scan: let its reports show now.
-            scan = leaks if isinstance(leaks, bool) else id(machine) in leaks
-            found = _health_after(machine, unload=False, scan_leaks=scan, settle_leaks=scan)
-            if not found.ok:
-                failed = True
-                unhealthy.append(f"{machine.config.name}: {found.summary()}")
+    with contextlib.ExitStack() as stop_all:
+        for machine in machines:
+            # Every guest stops, whatever reading another raises (or an interrupt).
+            stop_all.callback(machine.stop, graceful=graceful)
+        for machine in machines:
+            dest = _artifact_dir(request.config, request.node) / machine.config.name
+            failed = _failed(request.node)
+            if not failed and (checked is None or id(machine) in checked) and \
+                    machine.is_alive():
+                # A test's own guest gets no later scan: let its reports show now.
+                scan = leaks if isinstance(leaks, bool) else id(machine) in leaks
+                found = _health_after(machine, unload=False, scan_leaks=scan,
+                                      settle_leaks=scan)
+                if not found.ok:
+                    failed = True
+                    unhealthy.append(f"{machine.config.name}: {found.summary()}")
+                    with contextlib.suppress(QgpuError, OSError):
+                        _save_health(found, dest)
+            if failed or request.config.getoption("--qgpu-keep-artifacts"):
                 with contextlib.suppress(QgpuError, OSError):
-                    _save_health(found, dest)
-        if failed or request.config.getoption("--qgpu-keep-artifacts"):
-            with contextlib.suppress(QgpuError, OSError):
-                machine.collect_artifacts(dest)
-        machine.stop(graceful=graceful)
+                    machine.collect_artifacts(dest)
     if unhealthy:
         pytest.fail("guest unhealthy after the test: " + "\n".join(unhealthy))
 
