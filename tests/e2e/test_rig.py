@@ -436,3 +436,14 @@ def test_a_rig_option_without_the_rig_says_how_to_switch_it_on(tmp_path: Path) -
     assert res.returncode == pytest.ExitCode.USAGE_ERROR, res.stdout + res.stderr
     assert "--qgpu-kernel, --qgpu-modes: the qgpu rig is not switched on in this run; add " \
         "-p qgpu" in res.stderr, res.stderr
+
+
+def test_tests_of_a_dma_mode_are_one_xdist_group(tmp_path: Path) -> None:
+    """With pytest-xdist, -n N --dist loadgroup keeps each mode's tests on one worker."""
+    pytest.importorskip("xdist")
+    (tmp_path / "test_user.py").write_text(
+        "def test_user(qgpu_dma_mode, request):\n"
+        "    group = request.node.get_closest_marker('xdist_group')\n"
+        "    assert group.kwargs == {'name': f'qgpu-{qgpu_dma_mode}'}\n")
+    res = _pytest_in(tmp_path, "-p", "qgpu", "-n", "2", "--dist", "loadgroup")
+    assert f"{len(DmaMode)} passed" in res.stdout, res.stdout + res.stderr

@@ -75,7 +75,17 @@ def _selected_modes(config: pytest.Config) -> set[DmaMode]:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Deselect the guest tests of the DMA modes ``--qgpu-modes`` leaves out."""
+    """Deselect the guest tests of the DMA modes ``--qgpu-modes`` leaves out; group the rest.
+
+    With pytest-xdist, each test parametrized by ``qgpu_dma_mode`` is in the
+    ``xdist_group`` of its mode, so ``-n N --dist loadgroup`` keeps a mode's tests
+    on one worker, which boots that mode's guest once.
+    """
+    if config.pluginmanager.has_plugin("xdist"):
+        for item in items:
+            mode = _mode_of(item)
+            if mode is not None and item.get_closest_marker("xdist_group") is None:
+                item.add_marker(pytest.mark.xdist_group(name=f"qgpu-{mode}"))
     modes = _selected_modes(config)
     if modes == set(DmaMode):
         return
