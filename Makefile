@@ -17,7 +17,12 @@ BUILD     := $(TOP)/build
 VENV      := $(BUILD)/venv
 PY        := $(VENV)/bin/python3
 VENV_STAMP := $(VENV)/.installed
-TOOLS_PY  := $(QGPU_CACHE)/tools-venv/bin/python3
+empty :=
+space := $(empty) $(empty)
+TOOLS_VENV := $(QGPU_CACHE)/tools-venv
+TOOLS_PY  := $(TOOLS_VENV)/bin/python3
+TOOLS_REQS := meson==1.5.2 pycotap==1.3.1
+TOOLS_STAMP := $(TOOLS_VENV)/.installed-$(subst ==,-,$(subst $(space),+,$(TOOLS_REQS)))
 QEMU_SRC  := $(QGPU_CACHE)/qemu-src
 QEMU_OBJ  := $(QGPU_CACHE)/qemu-build
 QEMU_BIN  := $(BUILD)/bin/qemu-system-x86_64
@@ -59,11 +64,16 @@ help: ## List the targets
 deps: ## Install the Debian packages the project needs (apt; root or sudo)
 	@scripts/install-host-deps.sh
 
-$(TOOLS_PY):
+# The tools venv is in the cache, and QEMU's cached builds name its python, so it
+# is made with Debian's /usr/bin/python3 (the same path on every Debian 12 host
+# and in the container; not whatever python3 comes first on PATH), and it counts
+# as made only once its stamp is written, after pip succeeded.
+$(TOOLS_STAMP):
 	@scripts/install-host-deps.sh
-	@echo "make: creating $(QGPU_CACHE)/tools-venv (meson, pycotap for QEMU's configure)"
-	python3 -m venv $(QGPU_CACHE)/tools-venv
-	$(TOOLS_PY) -m pip install -q --disable-pip-version-check meson==1.5.2 pycotap==1.3.1
+	@echo "make: creating $(TOOLS_VENV) (meson, pycotap for QEMU's configure)"
+	/usr/bin/python3 -m venv --clear $(TOOLS_VENV)
+	$(TOOLS_PY) -m pip install -q --disable-pip-version-check $(TOOLS_REQS)
+	@touch $@
 
 # A stamp, not $(PY): that is a symlink to the system's interpreter, and
 # touching it would change the interpreter's mtime (and with it every QEMU
@@ -97,7 +107,7 @@ define build-qemu
 endef
 
 .PHONY: qemu
-qemu: $(STAMPS)/qemu-src $(TOOLS_PY) ## Build qemu-system-x86_64 with qgpu -> build/bin/
+qemu: $(STAMPS)/qemu-src $(TOOLS_STAMP) ## Build qemu-system-x86_64 with qgpu -> build/bin/
 	@scripts/install-host-deps.sh
 	$(call build-qemu,plain,$(QEMU_OBJ),qemu-system-x86_64,$(QEMU_BIN))
 
@@ -110,12 +120,12 @@ FUZZ_OUT     := $(BUILD)/fuzz
 FUZZ_SEEDS   := qemu-device/tests/fuzz/seeds
 
 .PHONY: qemu-fuzz
-qemu-fuzz: $(STAMPS)/qemu-src $(TOOLS_PY) ## Build QEMU's fuzz target with qgpu (clang, libFuzzer, ASan, UBSan)
+qemu-fuzz: $(STAMPS)/qemu-src $(TOOLS_STAMP) ## Build QEMU's fuzz target with qgpu (clang, libFuzzer, ASan, UBSan)
 	@scripts/install-host-deps.sh clang-16 libclang-rt-16-dev llvm-16
 	$(call build-qemu,fuzz,$(QEMU_FUZZ_OBJ),qemu-fuzz-x86_64,$(QEMU_FUZZ_BIN))
 
 .PHONY: qemu-sanitize
-qemu-sanitize: $(STAMPS)/qemu-src $(TOOLS_PY) ## Build qemu-system-x86_64 with qgpu under ASan + UBSan (gcc)
+qemu-sanitize: $(STAMPS)/qemu-src $(TOOLS_STAMP) ## Build qemu-system-x86_64 with qgpu under ASan + UBSan (gcc)
 	@scripts/install-host-deps.sh
 	$(call build-qemu,sanitize,$(QEMU_SAN_OBJ),qemu-system-x86_64,$(QEMU_SAN_BIN))
 
@@ -126,7 +136,7 @@ COVERAGE_GOAL ?= 90
 COVERAGE_CORPUS ?= 1
 
 .PHONY: qemu-coverage
-qemu-coverage: $(STAMPS)/qemu-src $(TOOLS_PY) ## Build qemu-system-x86_64 with qgpu for gcov (gcc --coverage)
+qemu-coverage: $(STAMPS)/qemu-src $(TOOLS_STAMP) ## Build qemu-system-x86_64 with qgpu for gcov (gcc --coverage)
 	@scripts/install-host-deps.sh
 	$(call build-qemu,coverage,$(QEMU_COV_OBJ),qemu-system-x86_64,$(QEMU_COV_BIN))
 

@@ -3,8 +3,8 @@
 #
 # Build docker/Dockerfile with podman and run a command in it (default: make
 # test), as an unprivileged container: no --privileged, no devices, default
-# capabilities. What a Debian 12 host needs for it is installed here (podman,
-# runc, debootstrap).
+# capabilities. What a Debian 12 host needs for it, and only that, is installed
+# here (podman, runc, debootstrap; root or sudo).
 #
 #   docker/run-in-container.sh [COMMAND...]
 #
@@ -13,9 +13,9 @@
 # - The host's extra CA certificates (/usr/local/share/ca-certificates, e.g. a
 #   TLS-inspecting proxy's) are mounted while the image is built, so apt's and
 #   pip's TLS inside trust what the host trusts.
-# - $QGPU_CACHE is mounted at the container's cache: downloads and builds
-#   (kernels, QEMU's sanitizer builds) are shared with the host, keyed by their
-#   inputs as always; the container's own build/ stays inside it.
+# - $QGPU_CACHE is mounted at the container's cache, while the image is built
+#   and while it runs: downloads and builds (QEMU, kernels) are shared with the
+#   host, keyed by their inputs as always; the container's own build/ stays in it.
 # - /dev/shm is 64 MiB in a container by default; guests' VRAM and RAM files
 #   live there, so the run gets QGPU_SHM_SIZE (default 4g).
 # - podman runs with runc and without default ulimits (CONTAINERS_CONF points at
@@ -29,27 +29,30 @@ shm=${QGPU_SHM_SIZE:-4g}
 export CONTAINERS_CONF=$top/docker/containers.conf
 say() { echo "run-in-container: $*"; }
 
-"$top/scripts/install-host-deps.sh" podman runc debootstrap
+"$top/scripts/install-host-deps.sh" --only podman runc debootstrap
+sudo=()
+[[ $(id -u) -eq 0 ]] || sudo=(sudo)     # debootstrap makes a root file system
 
 if ! podman image exists debian:bookworm; then
     say "no debian:bookworm image: making one with debootstrap (a few minutes, once)"
     root=$(mktemp -d "${TMPDIR:-/tmp}/qgpu-bookworm.XXXXXX")
-    trap 'rm -rf "$root"' EXIT
-    debootstrap --variant=minbase bookworm "$root" http://deb.debian.org/debian >/dev/null
-    rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
-    tar -C "$root" -c . | podman import - debian:bookworm >/dev/null
-    rm -rf "$root"
+    trap '"${sudo[@]}" rm -rf "$root"' EXIT
+    "${sudo[@]}" debootstrap --variant=minbase bookworm "$root" http://deb.debian.org/debian \
+        >/dev/null
+    "${sudo[@]}" rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
+    "${sudo[@]}" tar -C "$root" -c . | podman import - debian:bookworm >/dev/null
+    "${sudo[@]}" rm -rf "$root"
     trap - EXIT
 fi
 
+mkdir -p "$cache"
 say "building the image $image from docker/Dockerfile"
-build_mounts=()
+build_mounts=(--volume "$cache:/root/.cache/qgpu")
 if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
-    build_mounts=(--volume /usr/local/share/ca-certificates:/usr/local/share/ca-certificates:ro)
+    build_mounts+=(--volume /usr/local/share/ca-certificates:/usr/local/share/ca-certificates:ro)
 fi
 podman build --runtime runc "${build_mounts[@]}" -t "$image" -f "$top/docker/Dockerfile" "$top"
 
-mkdir -p "$cache"
 say "running ${*:-make test} in it (unprivileged; cache $cache; /dev/shm $shm)"
 exec podman run --rm --runtime runc --shm-size="$shm" \
     --volume "$cache:/root/.cache/qgpu" "$image" "$@"

@@ -25,7 +25,13 @@ IMAGE_BUILD=(busybox-static cpio dropbear-bin zstd kmod xz-utils binutils openss
              gcc-multilib)
 # The project's own guest kernels (images/build-kernel.sh): objtool needs libelf.
 KERNEL_BUILD=(bc libelf-dev libssl-dev patch)
-PACKAGES=("${QEMU_BUILD[@]}" "${QEMU_RUNTIME[@]}" "${IMAGE_BUILD[@]}" "${KERNEL_BUILD[@]}" "$@")
+# --only PKG...: just those (e.g. a container engine), not the build set.
+if [[ ${1:-} == --only ]]; then
+    shift
+    PACKAGES=("$@")
+else
+    PACKAGES=("${QEMU_BUILD[@]}" "${QEMU_RUNTIME[@]}" "${IMAGE_BUILD[@]}" "${KERNEL_BUILD[@]}" "$@")
+fi
 
 stamp="$STAMP_DIR/host-deps.$(printf '%s\n' "${PACKAGES[@]}" | sort | sha256sum | cut -c1-16)"
 if [[ -e $stamp ]]; then

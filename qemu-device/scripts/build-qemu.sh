@@ -57,8 +57,14 @@ coverage)
     exit 2 ;;
 esac
 
-want=$( { printf '%s\n' "${CONFIGURE_ARGS[@]}"; cat "$here/configs/devices/x86_64-softmmu/qgpu.mak"; } | sha256sum | cut -c1-16)
-if [[ ! -f $build/build.ninja ]] || [[ $(cat "$build/.qgpu-configure" 2>/dev/null) != "$want" ]]; then
+# The key names the interpreter the tools venv really runs: configure makes the
+# build's own pyvenv from it, and a build whose interpreter went away (or moved,
+# as from one machine's cache to another's) must be configured again.
+interpreter=$(readlink -f "$python")
+want=$( { printf '%s\n' "${CONFIGURE_ARGS[@]}" "$interpreter"
+          cat "$here/configs/devices/x86_64-softmmu/qgpu.mak"; } | sha256sum | cut -c1-16)
+if [[ ! -f $build/build.ninja ]] || [[ $(cat "$build/.qgpu-configure" 2>/dev/null) != "$want" ]] ||
+   { [[ -L $build/pyvenv/bin/python3 ]] && [[ ! -e $build/pyvenv/bin/python3 ]]; }; then
     echo "build-qemu: configuring QEMU ($flavour) in $build"
     mkdir -p "$build"
     (cd "$build" && "$src/configure" "${CONFIGURE_ARGS[@]}") > "$build/configure.log" 2>&1 || {
