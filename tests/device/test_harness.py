@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from xml.etree import ElementTree
 import pytest
 
 from qgpu import initramfs, shm, template
+from qgpu.console import ESCAPE, SerialConsole
 from qgpu.crash import backtrace_frames, sanitizer_report
 from qgpu.errors import QemuDiedError, QemuTimeoutError, SetupError
 from qgpu.health import DMESG_BAD, KNOWN_KERNEL_BUGS, split_known_kernel_bugs
@@ -345,6 +347,27 @@ def test_an_overlay_archive_is_what_cpio_reads(tmp_path: Path) -> None:
     assert stat.S_IMODE((out / "etc").stat().st_mode) == 0o755     # not the guest's /etc 0700
 
 
+def test_overlay_images_are_pruned_when_many_and_unused(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every new overlay (a module rebuilt in a new folder) is a new image: old ones go."""
+    monkeypatch.setenv("QGPU_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(initramfs, "KEEP_IMAGES", 3)
+    base = tmp_path / "initramfs.img"
+    base.write_bytes(b"base")
+    tree = tmp_path / "overlay"
+    tree.mkdir()
+    made = []
+    for i in range(6):
+        (tree / "f").write_text(str(i))
+        made.append(initramfs.with_overlays(base, [tree]))
+        if i < 2:       # the first two: last used two days ago
+            os.utime(made[-1], (time.time() - 2 * 86400,) * 2)
+    # The three used last stay, and so does a fourth used within the day.
+    assert [p.exists() for p in made] == [False, False, True, True, True, True]
+    (tree / "f").write_text("0")
+    assert initramfs.with_overlays(base, [tree]).exists()      # made again on demand
+
+
 def test_an_overlay_image_is_cached_by_content(tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("QGPU_CACHE", str(tmp_path / "cache"))
@@ -433,3 +456,29 @@ def test_ssh_leaves_the_programs_logging_as_it_was(tmp_path: Path) -> None:
         assert logger.level == logging.WARNING
     finally:
         logger.setLevel(before)
+
+
+def test_interactive_console_joins_terminal_and_guest(tmp_path: Path) -> None:
+    """qgpu boot's console: the guest's output reaches the terminal, keys reach the guest,
+    Ctrl-] detaches; when the guest powers off (QEMU closes the socket), it returns."""
+    ours, guest = socket.socketpair()
+    console = SerialConsole(ours, tmp_path / "transcript")
+    keys_r, keys_w = os.pipe()
+    screen_r, screen_w = os.pipe()
+    try:
+        guest.sendall(b"qgpu# ")
+        os.write(keys_w, b"uname\r" + ESCAPE + b"not sent")
+        console.interact(stdin=keys_r, stdout=screen_w)
+        assert os.read(screen_r, 100) == b"qgpu# "
+        guest.settimeout(5)
+        assert guest.recv(100) == b"uname\r"
+        assert not console.at_prompt
+        guest.sendall(b"reboot: Power down\r\n")
+        guest.close()                       # QEMU exits
+        console.interact(stdin=keys_r, stdout=screen_w)
+        assert os.read(screen_r, 100) == b"reboot: Power down\r\n"
+    finally:
+        console.close()
+        for fd in (keys_r, keys_w, screen_r, screen_w):
+            os.close(fd)
+    assert "Power down" in (tmp_path / "transcript").read_text()

@@ -1,7 +1,7 @@
 """Regression tests for driver review fixes: BO size cap, fence status after
 mass aborts, long VRAM operations on a slow engine, and DMA stopped at reboot.
 
-The ``guest`` fixture fails a test whose dmesg shows a WARNING or BUG, which
+The ``qgpu_guest`` fixture fails a test whose dmesg shows a WARNING or BUG, which
 is what an oversized BO_CREATE used to produce.
 """
 

@@ -103,7 +103,7 @@ def test_3_has_the_driver_again(qgpu_guest):
 
 def test_a_guest_whose_driver_does_not_load_is_not_handed_on(
         qgpu_kernel: GuestKernel, tmp_path: Path, pytestconfig: pytest.Config) -> None:
-    """The guest fixture reloads the driver before each test; when that fails, the
+    """The qgpu_guest fixture reloads the driver before each test; when that fails, the
     next test gets a new guest, not the same broken one."""
     if qgpu_kernel.detectors.heavy:
         pytest.skip("the fixture's code is the same on every kernel; a debug boot costs "

@@ -3,7 +3,7 @@ deterministically (``qgpu-race`` in the guest, with a driver test knob that
 holds a call inside the racy window where timing alone would hit it rarely)
 and checks what the driver guarantees.
 
-On the debug kernel, the ``guest`` fixture also fails a test whose run made
+On the debug kernel, the ``qgpu_guest`` fixture also fails a test whose run made
 KASAN, lockdep, DMA-API debugging or kmemleak report anything.
 """
 

@@ -10,7 +10,7 @@ on. (Not both at once: Linux 6.12 frees the pci_dev of an ACPI eject under a
 concurrent sysfs remove -- KASAN: use-after-free in pci_stop_bus_device --, a PCI
 core race outside the driver.) The run is seeded (the seed is in the report; ``qgpu-stress
 --seed`` repeats its choices). On the debug kernel it runs 30 s per mode
-and the ``guest`` fixture fails the test on any KASAN, lockdep, DMA-API,
+and the ``qgpu_guest`` fixture fails the test on any KASAN, lockdep, DMA-API,
 kmemleak or UBSAN report; on the others it runs 10 s.
 """
 

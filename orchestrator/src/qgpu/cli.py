@@ -1,6 +1,7 @@
 """The ``qgpu`` command: boot the guest, run commands in it, inspect the device.
 
-    qgpu boot [--mode iommu]            boot and hand over the serial console
+    qgpu boot [--mode iommu]            boot and hand over the serial console (echo and
+                                        line editing on; 'exit' powers off, Ctrl-] detaches)
     qgpu run [--mode swiotlb] -- CMD    boot, run CMD, print its output, exit with its status
                                         (1 if the kernel's detectors reported anything);
                                         one word is a shell script ('a | b # c'), several
@@ -9,7 +10,8 @@
     qgpu demo                           the DMA + mmap demonstration (make demo)
 
 ``--kernel stock|qgpu|debug|DIR`` chooses the guest kernel for boot, run and demo
-(see :mod:`qgpu.kernels`; build one with ``make image KERNEL=...``).
+(see :mod:`qgpu.kernels`; build one with ``make image KERNEL=...``); ``--no-driver``
+leaves the device unbound (the image's qgpu.ko not loaded), for a driver of your own.
 
 Progress goes to stderr; command output to stdout. Exit status 0 on success,
 the guest command's status for ``run``, 2 for usage errors, 1 for rig errors
@@ -80,7 +82,7 @@ def _machine_args(parser: argparse.ArgumentParser) -> None:
                              "a driver of your own")
 
 
-def _boot(args: argparse.Namespace) -> GuestMachine:
+def _boot(args: argparse.Namespace, *, console: str = "plain") -> GuestMachine:
     kernel = resolve(args.kernel)
     if any("=" not in p for p in args.qgpu_prop):
         raise QgpuError("--qgpu-prop takes NAME=VALUE")
@@ -89,7 +91,7 @@ def _boot(args: argparse.Namespace) -> GuestMachine:
     config = MachineConfig.for_kernel(kernel, accel=args.accel, dma_mode=args.mode,
                                       qgpus=(spec,), append=tuple(args.append),
                                       overlays=args.overlay, extra_args=tuple(args.qemu_arg),
-                                      load_driver=args.load_driver)
+                                      load_driver=args.load_driver, console=console)
     progress(f"booting the guest ({args.mode} DMA, kernel {kernel.name} {kernel.release}, "
              f"accelerator {args.accel}) ...")
     start = time.monotonic()
@@ -100,14 +102,14 @@ def _boot(args: argparse.Namespace) -> GuestMachine:
 
 def cmd_boot(args: argparse.Namespace) -> int:
     """Boot and attach the terminal to the serial console until the guest powers off."""
-    machine = _boot(args)
+    machine = _boot(args, console="edit")
     try:
         assert machine.proc is not None and machine.console is not None
         progress(f"QMP (for 'qgpu inspect'): {machine.proc.workdir / 'qmp-ext.sock'}")
         if machine.ssh is not None:
             progress(f"SSH: ssh -i {machine.ssh.key} -p {machine.ssh.port} "
                      "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null root@127.0.0.1")
-        progress("serial console attached; type 'exit' to power off")
+        progress("serial console attached; 'exit' powers the guest off, Ctrl-] detaches")
         machine.console.interact()
     finally:
         machine.stop()

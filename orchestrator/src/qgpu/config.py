@@ -112,6 +112,9 @@ class MachineConfig:
     #: Load the image's qgpu.ko at boot. False leaves the devices unbound, for a
     #: driver of one's own (the kernel argument ``qgpu_noload=1``).
     load_driver: bool = True
+    #: The console shell: "plain" for the rig (no echo, a read-eval loop), "edit"
+    #: for a person at a terminal (echo, line editing; ``qgpu boot``).
+    console: str = "plain"
     boot_tuning: bool = True
     ssh: bool = True
     boot_timeout: float = 180.0
@@ -141,7 +144,7 @@ class MachineConfig:
     def kernel_cmdline(self) -> str:
         """Return the kernel command line."""
         words = ["console=ttyS0,115200", "quiet", "panic=-1",
-                 "8250.nr_uarts=1", "qgpu_console=plain",
+                 "8250.nr_uarts=1", f"qgpu_console={self.console}",
                  # Under TCG on a busy host the boot's check that the timer interrupt
                  # comes through the IO-APIC can miss its window and panic ("timer
                  # doesn't work through Interrupt-remapped IO-APIC": intel-iommu, four

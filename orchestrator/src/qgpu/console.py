@@ -14,9 +14,13 @@ shell (``command`` keeps ``eval``'s error from ending it).
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+import select
 import socket
+import termios
 import time
+import tty
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +37,8 @@ from qgpu.errors import (
 )
 
 READY_MARKER = "QGPU-GUEST-READY"
+#: Ctrl-]: leaves :meth:`SerialConsole.interact`, as in telnet.
+ESCAPE = b"\x1d"
 PROMPT = "qgpu# "
 #: The longest line the rig sends: a terminal in canonical mode takes 4095
 #: bytes a line and drops the rest.
@@ -174,18 +180,49 @@ class SerialConsole:
         result = CommandResult(command, status, output.rstrip("\n"))
         return result.check() if check else result
 
-    def interact(self) -> None:
-        """Hand the console to the terminal until the guest powers off (Ctrl-] detaches)."""
-        self._child.logfile_read = None
+    def interact(self, stdin: int = 0, stdout: int = 1) -> None:
+        """Join the console and a terminal until the guest powers off or Ctrl-] is typed.
+
+        The terminal (``stdin``, if it is one) is in raw mode meanwhile, so keys
+        reach the guest's line editor as typed; what the guest prints goes to
+        ``stdout`` and to the transcript.
+        """
+        self.at_prompt = False
+        pending = self._child.buffer        # read by pexpect, not yet shown
+        self._child.buffer = ""
+        if pending:
+            os.write(stdout, pending.encode())
+        saved = termios.tcgetattr(stdin) if os.isatty(stdin) else None
         try:
-            self._child.interact(escape_character="\x1d")
-        except OSError:
-            pass                        # the guest powered off: the socket closed
+            if saved is not None:
+                tty.setraw(stdin)
+            sock = self._sock.fileno()
+            while True:
+                ready, _, _ = select.select([sock, stdin], [], [])
+                if sock in ready:
+                    try:
+                        data = self._sock.recv(4096)
+                    except OSError:
+                        data = b""
+                    if not data:
+                        return              # the guest powered off: QEMU closed it
+                    os.write(stdout, data)
+                    self._log.write(data.decode("utf-8", "replace"))
+                if stdin in ready:
+                    keys = os.read(stdin, 1024)
+                    if not keys or ESCAPE in keys:
+                        keys = keys.split(ESCAPE)[0]
+                        if keys:
+                            self._sock.sendall(keys)
+                        return              # end of input, or Ctrl-]: detach
+                    self._sock.sendall(keys)
         finally:
-            self._child.logfile_read = self._log
+            if saved is not None:
+                termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
 
     def send_line(self, line: str) -> None:
         """Send raw input (e.g. ``exit`` to power the guest off)."""
+        self.at_prompt = False
         try:
             self._child.send(line + "\n")
         except OSError as exc:

@@ -12,10 +12,12 @@ the same overlay gives the same file, so guest templates stay valid.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import stat
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -103,6 +105,7 @@ def with_overlays(initrd: Path, overlays: Sequence[Path]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     dest = folder / f"{h.hexdigest()[:24]}.img"
     if dest.exists():
+        os.utime(dest)                      # recently used: kept by _prune
         return dest
     # Written aside and renamed: a reader never sees half an image.
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".partial-")
@@ -116,4 +119,25 @@ def with_overlays(initrd: Path, overlays: Sequence[Path]) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _prune(folder, keep=dest)
     return dest
+
+
+#: Images with overlays kept in the cache: the most recently used ones, and any
+#: used within the last day (another run may be about to boot it).
+KEEP_IMAGES = 16
+KEEP_SECONDS = 24 * 3600
+
+
+def _prune(folder: Path, keep: Path) -> None:
+    """Remove cached images beyond the newest KEEP_IMAGES that nobody used for a day."""
+    images = []
+    for p in folder.glob("*.img"):
+        with contextlib.suppress(OSError):
+            images.append((p.stat().st_mtime, p))
+    images.sort(reverse=True)
+    now = time.time()
+    for mtime, p in images[KEEP_IMAGES:]:
+        if p != keep and now - mtime > KEEP_SECONDS:
+            with contextlib.suppress(OSError):
+                p.unlink()

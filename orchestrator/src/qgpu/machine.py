@@ -326,16 +326,15 @@ class GuestMachine:
                     self.console.send_line("exit")
                 if self.proc is not None:
                     self.proc.wait(timeout)
+            if self.qmp is not None and self.is_alive():
+                with contextlib.suppress(QgpuError, OSError):
+                    self.qmp.command("quit", timeout=5)
+        finally:
+            # Whatever failed above (or an interrupt), QMP is closed, QEMU is
+            # ended and its files removed.
             if self.qmp is not None:
                 qmp, self.qmp = self.qmp, None
-                try:
-                    if self.is_alive():
-                        with contextlib.suppress(QgpuError, OSError):
-                            qmp.command("quit", timeout=5)
-                finally:
-                    qmp.close()
-        finally:
-            # Whatever failed above, QEMU is ended and its files removed.
+                qmp.close()
             if self.console is not None:
                 self.console.close()
                 self.console = None

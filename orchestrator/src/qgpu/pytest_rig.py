@@ -74,6 +74,7 @@ def _selected_modes(config: pytest.Config) -> set[DmaMode]:
     return {DmaMode(n) for n in names}
 
 
+@pytest.hookimpl(tryfirst=True)     # before pytest-xdist's loadgroup reads the markers
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Deselect the guest tests of the DMA modes ``--qgpu-modes`` leaves out; group the rest.
 

@@ -3,7 +3,9 @@
 - :mod:`qgpu.tools.demo` -- ``make demo`` / ``qgpu demo``: DMA and mmap in a booted guest,
   seen from both sides
 - :mod:`qgpu.tools.demo_device` -- ``make demo-device``: the device alone, over qtest
-- :mod:`qgpu.tools.bench` -- ``make bench``: the DMA engine beside memcpy and edu, boot times
-- :mod:`qgpu.tools.bench_guest` -- write-combined VRAM against RAM, in a guest
+- :mod:`qgpu.tools.bench` -- ``make bench``: the DMA engine beside memcpy and edu
+- :mod:`qgpu.tools.bench_guest` -- boot time per kernel beside stock's, write-combined
+  VRAM against RAM in a guest
 - :mod:`qgpu.tools.bench_restore` -- restore from a template against a cold boot
+- :mod:`qgpu.tools.bench_boot` -- ``make boot-bench``: N boots of one image to its shell
 """

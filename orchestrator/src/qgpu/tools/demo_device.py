@@ -1,9 +1,9 @@
 """Device-level demonstration: qgpu on q35, driven over qtest, no guest kernel.
 
-``make demo`` runs this until the guest image exists. It prints, for a
-newcomer, what the device is, then moves data with its DMA engine and shows
-the same bytes through three independent views: guest RAM, the device's VRAM
-BAR, and the host's mapping of the VRAM memory backend.
+``make demo-device`` runs it. It prints, for a newcomer, what the device is,
+then moves data with its DMA engine and shows the same bytes through three
+independent views: guest RAM, the device's VRAM BAR, and the host's mapping of
+the VRAM memory backend.
 """
 
 from __future__ import annotations
