@@ -268,17 +268,21 @@ TEST_REPORTS  := $(BUILD)/reports
 # just --qgpu-kernel=DIR) in EXAMPLE_MODES.
 EXAMPLE_KERNELS ?= stock qgpu
 EXAMPLE_MODES   ?= direct,iommu
+# EXAMPLE_PYTEST_ARGS, not PYTEST_ARGS: the example is another project (its own
+# tests, no pytest-xdist in its venv).
+EXAMPLE_PYTEST_ARGS ?=
 example_suite = scripts/test-example.sh $(PY) $(QEMU_BIN) $(IMAGES) $(BUILD)/artifacts/example \
-    $(TEST_REPORTS) $(EXAMPLE_KERNELS) -- --qgpu-modes=$(EXAMPLE_MODES) $(PYTEST_ARGS)
+    $(TEST_REPORTS) $(EXAMPLE_KERNELS) -- --qgpu-modes=$(EXAMPLE_MODES) $(EXAMPLE_PYTEST_ARGS)
 
 .PHONY: wheel
 wheel: venv ## The qgpu package (rig, pytest plugin, ABI header) as a wheel in build/wheel/
-	rm -rf $(BUILD)/wheel
+	rm -rf $(BUILD)/wheel orchestrator/build   # setuptools would pack a stale build/lib
 	$(PY) -m pip wheel --quiet --no-deps --no-build-isolation -w $(BUILD)/wheel ./orchestrator
 	@ls $(BUILD)/wheel/*.whl
 
 .PHONY: test-example
-test-example: qemu images venv ## The example out-of-tree driver project's tests, from the built wheel in a fresh venv
+test-example: qemu venv ## The example out-of-tree driver project's tests, from the built wheel in a fresh venv
+	@for k in $(EXAMPLE_KERNELS); do $(MAKE) --no-print-directory image KERNEL=$$k; done
 	$(example_suite)
 
 .PHONY: test

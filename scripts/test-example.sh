@@ -24,7 +24,19 @@ tmp=$(mktemp -d "${TMPDIR:-/tmp}/qgpu-example.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 
 echo "test-example: building the wheel"
+# setuptools builds in place and packs whatever orchestrator/build/lib holds,
+# modules since moved or removed included: start from nothing.
+rm -rf "$top/orchestrator/build"
 "$python" -m pip wheel --quiet --no-deps --no-build-isolation -w "$tmp/wheel" "$top/orchestrator"
+"$python" - "$top/orchestrator/src" "$tmp"/wheel/qgpu-*.whl <<'PY'
+import pathlib, sys, zipfile
+src, wheel = pathlib.Path(sys.argv[1]), sys.argv[2]
+want = {str(p.relative_to(src)) for p in src.glob("qgpu/**/*.py")}
+got = {n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".py")}
+if want != got:
+    sys.exit(f"test-example: the wheel's modules differ from the source's: "
+             f"missing {sorted(want - got)}, extra {sorted(got - want)}")
+PY
 echo "test-example: a fresh venv in $tmp with only $(cd "$tmp/wheel" && ls qgpu-*.whl)"
 python3 -m venv "$tmp/venv"
 "$tmp/venv/bin/pip" install --quiet --disable-pip-version-check "$tmp/wheel"/qgpu-*.whl

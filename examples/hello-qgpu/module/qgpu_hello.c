@@ -19,6 +19,7 @@
 #include <linux/delay.h>
 #include <linux/dma-mapping.h>
 #include <linux/io.h>
+#include <linux/io-64-nonatomic-lo-hi.h>	/* readq where there is none (FENCE) */
 #include <linux/jiffies.h>
 #include <linux/module.h>
 #include <linux/pci.h>
@@ -61,8 +62,18 @@ static int hello_fill(struct pci_dev *pdev, void __iomem *regs, struct hello_dma
 	struct device *dev = &pdev->dev;
 	struct qgpu_desc *d = &mem->ring[0];
 	unsigned long deadline;
+	u32 status, engine, refused;
 	u64 seqno;
-	u32 status;
+
+	/*
+	 * Whatever an earlier driver left (an enabled engine, work in flight, a
+	 * halt): reset the engine, so that the ring registers take our values
+	 * (they refuse writes while the engine is enabled or busy, spec 3.2).
+	 * No interrupts: this driver polls.
+	 */
+	hello_engine_reset(regs);
+	writel(0, regs + QGPU_REG_INT_MASK);
+	writel(readl(regs + QGPU_REG_ACCESS_ERROR), regs + QGPU_REG_ACCESS_ERROR);
 
 	/* Fences continue after the device's FENCE register (spec 3.5). */
 	seqno = readq(regs + QGPU_REG_FENCE_LO) + 1;
@@ -71,9 +82,13 @@ static int hello_fill(struct pci_dev *pdev, void __iomem *regs, struct hello_dma
 	writel(upper_32_bits(bus), regs + QGPU_REG_RING_BASE_HI);
 	writel(HELLO_RING_ENTRIES, regs + QGPU_REG_RING_SIZE);	/* HEAD = TAIL = 0 */
 	writel(QGPU_ENGINE_CTRL_ENABLE, regs + QGPU_REG_ENGINE_CTRL);
-	if (!(readl(regs + QGPU_REG_ENGINE_STATUS) & QGPU_ENGINE_STATUS_ENABLED)) {
-		dev_err(dev, "the engine refused to start (ACCESS_ERROR %#x)\n",
-			readl(regs + QGPU_REG_ACCESS_ERROR));
+	engine = readl(regs + QGPU_REG_ENGINE_STATUS);
+	refused = readl(regs + QGPU_REG_ACCESS_ERROR);
+	if (refused || !(engine & QGPU_ENGINE_STATUS_ENABLED) ||
+	    (engine & QGPU_ENGINE_STATUS_HALTED)) {
+		dev_err(dev, "the ring setup was refused (ACCESS_ERROR %#x at %#x, ENGINE_STATUS %#x)\n",
+			refused, readl(regs + QGPU_REG_ACCESS_ERROR_ADDR), engine);
+		hello_engine_reset(regs);
 		return -EIO;
 	}
 
@@ -88,8 +103,14 @@ static int hello_fill(struct pci_dev *pdev, void __iomem *regs, struct hello_dma
 	dma_wmb();	/* the descriptor is in memory before the doorbell */
 	writel(1, regs + QGPU_REG_DOORBELL);	/* the new tail: entry 0 is ready */
 
+	/*
+	 * Retired: the fence is written (also for a failed descriptor), or HEAD
+	 * has moved past the entry (the status is final by then, spec 3.1), which
+	 * also covers a fence write that failed.
+	 */
 	deadline = jiffies + msecs_to_jiffies(HELLO_TIMEOUT_MS);
-	while (le64_to_cpu(READ_ONCE(mem->fence)) != seqno) {
+	while (le64_to_cpu(READ_ONCE(mem->fence)) != seqno &&
+	       readl(regs + QGPU_REG_RING_HEAD) == 0) {
 		if (time_after(jiffies, deadline)) {
 			dev_err(dev, "no fence after %d ms (ENGINE_STATUS %#x)\n",
 				HELLO_TIMEOUT_MS, readl(regs + QGPU_REG_ENGINE_STATUS));
@@ -101,6 +122,7 @@ static int hello_fill(struct pci_dev *pdev, void __iomem *regs, struct hello_dma
 	dma_rmb();	/* the status was written before the fence */
 	status = le32_to_cpu(READ_ONCE(d->status));
 	writel(0, regs + QGPU_REG_ENGINE_CTRL);
+	writel(readl(regs + QGPU_REG_INT_STATUS), regs + QGPU_REG_INT_STATUS);
 
 	if (!(status & QGPU_DESC_STATUS_DONE) || (status & QGPU_DESC_STATUS_ERR_MASK)) {
 		dev_err(dev, "fill of %lu bytes at VRAM %#lx: device error %u (status %#x)\n",
