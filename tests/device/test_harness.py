@@ -152,7 +152,7 @@ def test_a_junit_report_names_qemu_kernel_and_image(tmp_path: Path) -> None:
     (tmp_path / "test_one.py").write_text("def test_one():\n    pass\n")
     report = tmp_path / "junit.xml"
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                          f"--junitxml={report}", "test_one.py"],
+                          "-p", "qgpu", f"--junitxml={report}", "test_one.py"],
                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert run.returncode == 0, run.stdout + run.stderr
     props = {p.get("name"): p.get("value")
