@@ -28,7 +28,12 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 
 # Firmware comes from Debian packages (seabios, qemu-system-data, ipxe-qemu);
 # baking the paths in lets build/bin/qemu-system-x86_64 run without -L.
+# --without-default-features: only what is asked for below, not whatever
+# optional libraries the host happens to have (bzip2, gnutls, libpng, ...).
+# So a build in $QGPU_CACHE links the same on any Debian 12 host with the
+# project's packages, and in the container: a cache moved between them works.
 CONFIGURE_ARGS=(
+    --without-default-features
     --target-list=x86_64-softmmu
     --without-default-devices --with-devices-x86_64=qgpu
     --firmwarepath=/usr/share/qemu:/usr/share/seabios:/usr/lib/ipxe/qemu
