@@ -36,9 +36,9 @@ def run_pytest(folder: Path, config: pytest.Config, kernel: GuestKernel, *args: 
     """
     res = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "qgpu", "-p", "no:cacheprovider", "-q", "-rA",
-         "--qgpu-kernel", str(kernel.image_dir),
-         "--qgpu-accel", str(config.getoption("--qgpu-accel")),
-         "--qgpu-artifacts", str(folder / "artifacts"), "--rootdir", str(folder), *args],
+         f"--qgpu-kernel={kernel.image_dir}",
+         f"--qgpu-accel={config.getoption('--qgpu-accel')}",
+         f"--qgpu-artifacts={folder / 'artifacts'}", f"--rootdir={folder}", *args],
         cwd=folder, capture_output=True, text=True, timeout=timeout * kernel.timeout_scale,
         check=False)
     return InnerRun(res.returncode, res.stdout + res.stderr)

@@ -318,7 +318,7 @@ def test_a_console_line_too_long_for_the_terminal_is_refused(qgpu_make_guest: Ma
 def test_qgpu_run_keeps_the_quoting_and_exits_with_the_commands_status(
         qgpu_make_guest: MakeGuest, qgpu_kernel: GuestKernel,
         capsys: pytest.CaptureFixture[str]) -> None:
-    del qgpu_make_guest                          # for the autouse skip on heavy kernels
+    del qgpu_make_guest                     # for the autouse skip on heavy kernels
     status = cli.main(["run", "--kernel", _kernel_arg(qgpu_kernel), "--",
                        "sh", "-c", 'printf "[%s]" "$1"; exit 3', "-", "a  b # c"])
     out = capsys.readouterr().out
@@ -368,7 +368,7 @@ def test_the_plugin_options_bring_overlays_kernel_words_and_qemu_arguments(
         qgpu_make_guest: MakeGuest, qgpu_kernel: GuestKernel, tmp_path: Path,
         pytestconfig: pytest.Config) -> None:
     """--qgpu-overlay, --qgpu-append and --qgpu-qemu-arg reach every guest of a run."""
-    del qgpu_make_guest                          # for the autouse skip on heavy kernels
+    del qgpu_make_guest                     # for the autouse skip on heavy kernels
     overlay = _overlay(tmp_path)
     (tmp_path / "test_byo.py").write_text(
         "import pytest\n"
@@ -389,7 +389,7 @@ def test_the_plugin_options_bring_overlays_kernel_words_and_qemu_arguments(
 
 def test_qgpu_run_takes_an_overlay(qgpu_make_guest: MakeGuest, qgpu_kernel: GuestKernel,
                                    tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    del qgpu_make_guest                          # for the autouse skip on heavy kernels
+    del qgpu_make_guest                     # for the autouse skip on heavy kernels
     status = cli.main(["run", "--kernel", _kernel_arg(qgpu_kernel),
                        "--overlay", str(_overlay(tmp_path)), "--", "hello", "a  b"])
     assert (status, capsys.readouterr().out.strip()) == (0, "hello from the overlay: a  b")
@@ -400,7 +400,7 @@ def test_qgpu_run_leaves_the_device_unbound_with_no_driver(
         qgpu_make_guest: MakeGuest, qgpu_kernel: GuestKernel, load: bool,
         capsys: pytest.CaptureFixture[str]) -> None:
     """--no-driver (MachineConfig.load_driver=False): the device is there, nothing bound."""
-    del qgpu_make_guest                          # for the autouse skip on heavy kernels
+    del qgpu_make_guest                     # for the autouse skip on heavy kernels
     status = cli.main(["run", "--kernel", _kernel_arg(qgpu_kernel),
                        *([] if load else ["--no-driver"]), "--",
                        "cat /sys/bus/pci/devices/0000:01:00.0/device; "
@@ -432,10 +432,11 @@ def test_the_plugin_is_on_only_when_asked(tmp_path: Path, switch: str) -> None:
 
 def test_a_rig_option_without_the_rig_says_how_to_switch_it_on(tmp_path: Path) -> None:
     (tmp_path / "test_user.py").write_text("def test_user():\n    pass\n")
+    (tmp_path / "pytest.ini").write_text("[pytest]\nqgpu_append = quiet\n")
     res = _pytest_in(tmp_path, "--qgpu-kernel", "stock", "--qgpu-modes=direct")
     assert res.returncode == pytest.ExitCode.USAGE_ERROR, res.stdout + res.stderr
-    assert "--qgpu-kernel, --qgpu-modes: the qgpu rig is not switched on in this run; add " \
-        "-p qgpu" in res.stderr, res.stderr
+    assert "--qgpu-kernel, --qgpu-modes, ini qgpu_append: the qgpu rig is not switched on " \
+        "in this run; add -p qgpu" in res.stderr, res.stderr
 
 
 def test_tests_of_a_dma_mode_are_one_xdist_group(tmp_path: Path) -> None:

@@ -7,8 +7,9 @@ its fixtures and hooks, in :mod:`qgpu.pytest_rig` -- is switched on by any of:
 - ``--qgpu``;
 - ``qgpu = true`` in the ``[pytest]`` section of the ini file.
 
-A run that passes a rig option such as ``--qgpu-kernel`` without switching the
-rig on stops with a usage error that says how to switch it on.
+A run that passes a rig option such as ``--qgpu-kernel`` (or sets one of its ini
+keys) without switching the rig on stops with a usage error that says how to
+switch it on.
 
 Options (``pytest --help`` lists them under "qgpu test rig"):
 
@@ -61,6 +62,9 @@ GUEST_SCOPES = ("session", "module", "test")
 
 #: The rig's options (their ``dest``) and defaults: given without the rig, an error.
 _RIG_OPTIONS: dict[str, Any] = {}
+
+#: The rig's ini keys: set without the rig, an error too.
+_RIG_INI_KEYS = ("qgpu_overlays", "qgpu_append", "qgpu_qemu_args")
 
 #: The name the rig's fixtures and hooks are registered under.
 RIG_PLUGIN = "qgpu-rig"
@@ -137,6 +141,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if not switched_on(config):
         given = [f"--{dest.replace('_', '-')}" for dest, default in _RIG_OPTIONS.items()
                  if config.getoption(dest) != default]
+        given += [f"ini {key}" for key in _RIG_INI_KEYS if config.getini(key)]
         if given:
             raise pytest.UsageError(
                 f"{', '.join(given)}: the qgpu rig is not switched on in this run; add "
