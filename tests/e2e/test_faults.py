@@ -353,11 +353,13 @@ def test_irq_dup(qgpu_guest: GuestMachine, faults: FaultInjector,
     # Every duplicate reached the guest as a message.
     assert sent >= 2 * dups, (sent, dups)
     if not mid_dma:
-        # One job at a time, nothing for the driver's poll to pick up (irq_resync,
-        # which counts into irq_dma too): a call for each original, and none more
-        # than messages (the LAPIC may merge a duplicate with its original).
-        assert drv["irq_resync"] == drv0["irq_resync"], (drv0, drv)
-        assert sent - dups <= handled <= sent, (handled, sent, dups)
+        # One job at a time: a handler call for each original, and none more than
+        # messages (the LAPIC may merge a duplicate with its original). A waiter
+        # that polls (every 20 ms) may find a job done before its message arrives
+        # -- a busy host delays a TCG guest's MSI that long -- and take the cause
+        # itself (irq_resync, counted into irq_dma too): that call is no message's.
+        calls = handled - (drv["irq_resync"] - drv0["irq_resync"])
+        assert sent - dups <= calls <= sent, (calls, handled, sent, dups)
     check_recovered(qgpu_guest, insp)
 
 
