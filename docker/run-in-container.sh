@@ -18,6 +18,8 @@
 #   host, keyed by their inputs as always; the container's own build/ stays in it.
 # - /dev/shm is 64 MiB in a container by default; guests' VRAM and RAM files
 #   live there, so the run gets QGPU_SHM_SIZE (default 4g).
+# - QGPU_CONTAINER_OUT=DIR: make test's logs, JUnit reports and artifact bundles
+#   land in DIR on the host (else they stay in the container, removed with it).
 # - podman runs with runc and without default ulimits (CONTAINERS_CONF points at
 #   docker/containers.conf): crun refuses hosts with hybrid cgroups.
 set -euo pipefail
@@ -53,6 +55,13 @@ if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
 fi
 podman build --runtime runc "${build_mounts[@]}" -t "$image" -f "$top/docker/Dockerfile" "$top"
 
+run_mounts=(--volume "$cache:/root/.cache/qgpu")
+if [[ -n ${QGPU_CONTAINER_OUT:-} ]]; then
+    # make test's lane logs, JUnit reports and artifact bundles, on the host
+    mkdir -p "$QGPU_CONTAINER_OUT"/{logs,reports,artifacts}
+    for d in logs reports artifacts; do
+        run_mounts+=(--volume "$QGPU_CONTAINER_OUT/$d:/qgpu/build/$d")
+    done
+fi
 say "running ${*:-make test} in it (unprivileged; cache $cache; /dev/shm $shm)"
-exec podman run --rm --runtime runc --shm-size="$shm" \
-    --volume "$cache:/root/.cache/qgpu" "$image" "$@"
+exec podman run --rm --runtime runc --shm-size="$shm" "${run_mounts[@]}" "$image" "$@"
