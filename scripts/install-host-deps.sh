@@ -15,9 +15,11 @@ STAMP_DIR=${XDG_STATE_HOME:-$HOME/.local/state}/qgpu/host-deps
 mkdir -p "$STAMP_DIR"
 
 # Packages, grouped by why we need them.
+# valgrind: QEMU's configure looks for valgrind/valgrind.h whatever its options
+# say; installed everywhere, a cached QEMU build is the same on every host.
 QEMU_BUILD=(build-essential ninja-build pkg-config flex bison python3 python3-venv
             libglib2.0-dev libpixman-1-dev libslirp-dev zlib1g-dev xz-utils
-            dpkg-dev ca-certificates)
+            dpkg-dev ca-certificates valgrind)
 # gdb: a backtrace from the core of a QEMU that crashed, for the error and artifacts.
 QEMU_RUNTIME=(seabios qemu-system-data ipxe-qemu gdb)
 # gcc-multilib: a 32-bit build of qgpu-tool, to test the driver's compat_ioctl and mmap2.
