@@ -27,18 +27,24 @@ class InnerRun:
     output: str
 
 
+def pytest_in(folder: Path, *args: str, timeout: float = 120.0
+              ) -> subprocess.CompletedProcess[str]:
+    """Run a plain pytest in ``folder`` (its own rootdir, no cache) with ``args``."""
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
+         f"--rootdir={folder}", *args],
+        cwd=folder, capture_output=True, text=True, timeout=timeout, check=False)
+
+
 def run_pytest(folder: Path, config: pytest.Config, kernel: GuestKernel, *args: str,
                timeout: float = 250.0) -> InnerRun:
     """Run pytest in ``folder`` with ``args`` on this run's kernel and accelerator.
 
-    Artifact bundles go to ``folder/artifacts``; ``timeout`` is scaled by the
-    kernel's timeout scale.
+    The rig is switched on (``-p qgpu``); artifact bundles go to
+    ``folder/artifacts``; ``timeout`` is scaled by the kernel's timeout scale.
     """
-    res = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "qgpu", "-p", "no:cacheprovider", "-q", "-rA",
-         f"--qgpu-kernel={kernel.image_dir}",
-         f"--qgpu-accel={config.getoption('--qgpu-accel')}",
-         f"--qgpu-artifacts={folder / 'artifacts'}", f"--rootdir={folder}", *args],
-        cwd=folder, capture_output=True, text=True, timeout=timeout * kernel.timeout_scale,
-        check=False)
+    res = pytest_in(folder, "-p", "qgpu", "-rA", f"--qgpu-kernel={kernel.image_dir}",
+                    f"--qgpu-accel={config.getoption('--qgpu-accel')}",
+                    f"--qgpu-artifacts={folder / 'artifacts'}", *args,
+                    timeout=timeout * kernel.timeout_scale)
     return InnerRun(res.returncode, res.stdout + res.stderr)

@@ -13,8 +13,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -36,7 +34,7 @@ from qgpu.errors import (
 from qgpu.kernels import GuestKernel
 from qgpu.machine import GuestMachine, forwarded_ssh_port
 
-from .inner_pytest import run_pytest
+from .inner_pytest import pytest_in, run_pytest
 
 MakeGuest = Callable[..., GuestMachine]
 
@@ -410,12 +408,6 @@ def test_qgpu_run_leaves_the_device_unbound_with_no_driver(
         (0, ["0x5147", "qgpu" if load else "unbound"])
 
 
-def _pytest_in(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
-                           "--rootdir", str(folder), *args],
-                          cwd=folder, capture_output=True, text=True, timeout=120, check=False)
-
-
 @pytest.mark.parametrize("switch", ["none", "-p qgpu", "--qgpu", "ini"])
 def test_the_plugin_is_on_only_when_asked(tmp_path: Path, switch: str) -> None:
     """Installed, the plugin adds only options; its fixtures need -p qgpu, --qgpu or the ini key."""
@@ -423,7 +415,7 @@ def test_the_plugin_is_on_only_when_asked(tmp_path: Path, switch: str) -> None:
     args = {"none": [], "-p qgpu": ["-p", "qgpu"], "--qgpu": ["--qgpu"], "ini": []}[switch]
     if switch == "ini":
         (tmp_path / "pytest.ini").write_text("[pytest]\nqgpu = true\n")
-    res = _pytest_in(tmp_path, *(["--collect-only"] if args or switch == "ini" else []), *args)
+    res = pytest_in(tmp_path, *(["--collect-only"] if args or switch == "ini" else []), *args)
     if switch == "none":
         assert "fixture 'qgpu_dma_mode' not found" in res.stdout, res.stdout + res.stderr
     else:       # the rig's parametrization: one test per DMA mode
@@ -433,7 +425,7 @@ def test_the_plugin_is_on_only_when_asked(tmp_path: Path, switch: str) -> None:
 def test_a_rig_option_without_the_rig_says_how_to_switch_it_on(tmp_path: Path) -> None:
     (tmp_path / "test_user.py").write_text("def test_user():\n    pass\n")
     (tmp_path / "pytest.ini").write_text("[pytest]\nqgpu_append = quiet\n")
-    res = _pytest_in(tmp_path, "--qgpu-kernel", "stock", "--qgpu-modes=direct")
+    res = pytest_in(tmp_path, "--qgpu-kernel", "stock", "--qgpu-modes=direct")
     assert res.returncode == pytest.ExitCode.USAGE_ERROR, res.stdout + res.stderr
     assert "--qgpu-kernel, --qgpu-modes, ini qgpu_append: the qgpu rig is not switched on " \
         "in this run; add -p qgpu" in res.stderr, res.stderr
@@ -446,5 +438,5 @@ def test_tests_of_a_dma_mode_are_one_xdist_group(tmp_path: Path) -> None:
         "def test_user(qgpu_dma_mode, request):\n"
         "    group = request.node.get_closest_marker('xdist_group')\n"
         "    assert group.kwargs == {'name': f'qgpu-{qgpu_dma_mode}'}\n")
-    res = _pytest_in(tmp_path, "-p", "qgpu", "-n", "2", "--dist", "loadgroup")
+    res = pytest_in(tmp_path, "-p", "qgpu", "-n", "2", "--dist", "loadgroup")
     assert f"{len(DmaMode)} passed" in res.stdout, res.stdout + res.stderr
