@@ -249,10 +249,21 @@ def test_qemu_dies_with_a_rig_killed_outright(tmp_path: Path) -> None:
         child.kill()
         child.wait(10)
     deadline = time.monotonic() + 10
-    while Path(f"/proc/{qemu}").exists() and \
-            Path(f"/proc/{qemu}/stat").read_text().split()[2] != "Z":
+    while _running(qemu):
         assert time.monotonic() < deadline, f"QEMU {qemu} outlived the rig that started it"
         time.sleep(0.05)
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie (dead, waiting for its parent to reap it).
+
+    One read of /proc/PID/stat: a process reaped between an exists() check and the
+    read is gone, not an error (in a container, the init that adopts it reaps at once).
+    """
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def test_a_wheel_carries_the_abi_header_and_works_outside_the_checkout(tmp_path: Path) -> None:
