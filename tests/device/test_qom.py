@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 from qgpu.abi import ABI
 from qgpu.device import QOM_PATH, QgpuDevice
@@ -97,3 +98,29 @@ def test_every_property_is_described_and_in_the_spec(qgpu: QgpuDevice) -> None:
     undocumented = [n for n in own  # a table's first column, or a heading
                     if not re.search(rf"^(\| `{n}` \||#+ .*`{n}`)", spec, re.M)]
     assert not undocumented, f"not in the spec's tables: {undocumented}"
+
+
+def test_engine_busy_time_counts_engine_runs_only(qgpu: QgpuDevice) -> None:
+    """``stat-engine-busy-ns`` grows with the data the engine moves, by less than the
+    wall time around the work (it counts the engine's runs, not the time qtest took to
+    see them end), and not at all while the engine has nothing to do."""
+    length = 8 << 20
+    src = qgpu.mem.alloc(length, align=4096)
+    busy = qgpu.stat("engine-busy-ns")      # enabling the engine ran it once, empty
+    start = time.monotonic_ns()
+    codes = qgpu.run(*(qgpu.desc(opcode=ABI.OP_COPY_TO_VRAM, src=src, dst=0, length=length)
+                       for _ in range(4)))
+    wall = time.monotonic_ns() - start
+    assert codes == [0] * 4
+    grown = qgpu.stat("engine-busy-ns") - busy
+    assert 0 < grown < wall, f"engine busy {grown} ns, wall time around it {wall} ns"
+    after = qgpu.stat("engine-busy-ns")
+    qgpu.reg(ABI.REG_ID)                    # a register read runs no engine
+    assert qgpu.stat("engine-busy-ns") == after
+
+
+def test_engine_busy_time_starts_at_zero(start: StartQgpu) -> None:
+    dev = start()
+    assert dev.stat("engine-busy-ns") == 0
+    dev.setup_ring(4, enable=False)
+    assert dev.stat("engine-busy-ns") == 0, "the engine ran before it was enabled"

@@ -25,7 +25,8 @@ from qgpu.shm import SharedMemory
 
 STAT_NAMES = ("descriptors", "transfers", "bytes-to-vram", "bytes-from-vram",
               "bytes-vram-copy", "bytes-fill", "errors", "aborted", "dropped", "last-fence",
-              "interrupts", "doorbells", "access-errors", "engine-resets", "faults-injected")
+              "interrupts", "doorbells", "access-errors", "engine-resets", "faults-injected",
+              "engine-busy-ns")
 
 
 @dataclass(frozen=True)

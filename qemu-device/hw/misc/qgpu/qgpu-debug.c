@@ -212,6 +212,9 @@ void qgpu_add_debug_properties(Object *obj)
                   "accepted ENGINE_RESET writes"),
         QGPU_STAT("faults-injected", faults_injected,
                   "faults injected through x-fault-* properties"),
+        QGPU_STAT("engine-busy-ns", engine_busy_ns,
+                  "host nanoseconds the engine ran (held the main loop); "
+                  "this process only: not migrated"),
 #undef QGPU_STAT
     };
 

@@ -83,6 +83,7 @@ typedef struct QGPUStats {
     uint64_t access_errors;
     uint64_t engine_resets;
     uint64_t faults_injected;
+    uint64_t engine_busy_ns;    /* host time in engine runs; not migrated */
 } QGPUStats;
 
 /* What fault injection does to the descriptor in flight. */
