@@ -82,6 +82,21 @@ static inline uint64_t qgpu_user_fence(const volatile uint32_t *user_page)
 	return (uint64_t)hi << 32 | lo;
 }
 
+/* Write @s to @f as a JSON string, quotes and control characters escaped. */
+static inline void qgpu_json_str(FILE *f, const char *s)
+{
+	fputc('"', f);
+	for (; *s; s++) {
+		if (*s == '"' || *s == '\\')
+			fprintf(f, "\\%c", *s);
+		else if ((unsigned char)*s < 0x20)
+			fprintf(f, "\\u%04x", *s);
+		else
+			fputc(*s, f);
+	}
+	fputc('"', f);
+}
+
 /* Monotonic time in milliseconds. */
 static inline double qgpu_now_ms(void)
 {

@@ -1186,20 +1186,6 @@ static const struct test tests[] = {
 	{ "remove_while_open", t_remove_while_open, 60, 1 },
 };
 
-static void json_str(FILE *f, const char *s)
-{
-	fputc('"', f);
-	for (; *s; s++) {
-		if (*s == '"' || *s == '\\')
-			fprintf(f, "\\%c", *s);
-		else if ((unsigned char)*s < 0x20)
-			fprintf(f, "\\u%04x", *s);
-		else
-			fputc(*s, f);
-	}
-	fputc('"', f);
-}
-
 static int run_one(const struct test *t, int num)
 {
 	static const char *const names[] = { "pass", "fail", "skip" };
@@ -1259,7 +1245,7 @@ static int run_one(const struct test *t, int num)
 	} else {
 		printf("{\"test\":\"%s\",\"result\":\"%s\",\"ms\":%ld,\"detail\":",
 		       t->name, names[res], ms);
-		json_str(stdout, buf);
+		qgpu_json_str(stdout, buf);
 		printf("}\n");
 	}
 	fflush(stdout);
