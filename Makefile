@@ -80,9 +80,9 @@ $(TOOLS_STAMP):
 # build step that lists the interpreter as an input).
 $(VENV_STAMP): orchestrator/pyproject.toml
 	@scripts/install-host-deps.sh
-	@echo "make: creating $(VENV) (pytest, qemu.qmp, pexpect, paramiko, mypy, ruff; orchestrator in editable mode)"
+	@echo "make: creating $(VENV) (pytest, qemu.qmp, pexpect, paramiko, mypy, ruff, matplotlib; orchestrator in editable mode)"
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e 'orchestrator[dev]'
+	$(PY) -m pip install -q --disable-pip-version-check -e 'orchestrator[dev,bench]'
 	@touch $@
 
 .PHONY: venv
@@ -349,11 +349,21 @@ test: qemu images venv ## Everything CI runs: lint, the suites on the stock, deb
 	     "in $(BUILD)/artifacts/{stock,debug,debug-side,qgpu,example}/"; \
 	exit $$status
 
+# make bench writes $(BENCH_OUT)/results.json and report.html; BENCH_ARGS are
+# qgpu.tools.bench_all's options (--only engine,driver --modes direct --quick ...).
+BENCH_OUT  ?= $(BUILD)/bench
+BENCH_ARGS ?=
+
 .PHONY: bench
-bench: qemu images venv ## Benchmarks: DMA engine vs memcpy and edu; boot time per kernel; WC VRAM vs RAM writes; restore vs boot
-	$(PY) -m qgpu.tools.bench
-	$(PY) -m qgpu.tools.bench_guest
-	$(PY) -m qgpu.tools.bench_restore
+bench: qemu images venv ## Benchmarks (engine vs host memcpy; DMA through the driver per DMA mode vs guest memcpy; boot; restore) -> build/bench/report.html + results.json
+	$(PY) -m qgpu.tools.bench_all --out $(BENCH_OUT) $(BENCH_ARGS)
+
+.PHONY: bench-compare
+bench-compare: venv ## Ratios between two bench results: make bench-compare OLD=old/results.json NEW=build/bench/results.json
+	@if [ -z "$(OLD)" ]; then \
+	    echo "make bench-compare: say which results to compare: OLD=path/to/results.json" \
+	         "[NEW=path, default $(BENCH_OUT)/results.json]" >&2; exit 2; fi
+	$(PY) -m qgpu.tools.bench_compare $(OLD) $(or $(NEW),$(BENCH_OUT)/results.json)
 
 # ---- housekeeping ---------------------------------------------------------------
 

@@ -15,8 +15,9 @@ import argparse
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from qgpu import template
 from qgpu.config import DmaMode, MachineConfig
@@ -38,23 +39,18 @@ def _private_bytes(pid: int) -> int:
     return total
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Time ``--runs`` cold boots and as many restores, interleaved; print the table."""
-    parser = argparse.ArgumentParser(prog="qgpu-bench-restore",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=20, help="boots and restores (default 20)")
-    parser.add_argument("--kernel", default="stock", help="guest kernel (default stock)")
-    parser.add_argument("--mode", type=DmaMode, choices=list(DmaMode), default=DmaMode.DIRECT)
-    parser.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto")
-    args = parser.parse_args(argv)
-    kernel = resolve(args.kernel).check()
+def measure_restore(runs: int = 20, kernel_name: str = "stock", *,
+                    mode: DmaMode = DmaMode.DIRECT, accel: str = "auto",
+                    progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Time ``runs`` cold boots and as many restores, interleaved; return the figures."""
+    kernel = resolve(kernel_name).check()
     config = template.template_config(MachineConfig.for_kernel(
-        kernel, accel=args.accel, dma_mode=args.mode, ssh=False, name="bench-restore"))
+        kernel, accel=accel, dma_mode=mode, ssh=False, name="bench-restore"))
     made = template.get(config)
     boots: list[float] = []
     restores: list[float] = []
     private: list[int] = []
-    for n in range(args.runs):
+    for n in range(runs):
         start = time.monotonic()
         booted = GuestMachine(config)
         try:
@@ -70,12 +66,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             private.append(_private_bytes(restored.proc.pid))
         finally:
             restored.stop(graceful=False)
-        print(f"run {n + 1}/{args.runs}: boot {boots[-1]:.2f} s, restore "
-              f"{restores[-1]:.3f} s", file=sys.stderr, flush=True)
+        if progress:
+            progress(f"run {n + 1}/{runs}: boot {boots[-1]:.2f} s, restore "
+                     f"{restores[-1]:.3f} s")
     info = made.info
+    return {"kernel": kernel_name, "mode": str(mode), "accel": made.accel,
+            "boot_s": boots, "restore_s": restores, "private_bytes": private,
+            "template": made.folder.name, "state_bytes": int(str(info["state_bytes"])),
+            "ram_bytes_used": int(str(info["ram_bytes_used"])), "memory": config.memory,
+            "goal_s": GOAL_S, "goal_ratio": GOAL_RATIO}
+
+
+def print_restore(res: dict[str, Any]) -> None:
+    """Print the boot-vs-restore table."""
+    boots, restores = res["boot_s"], res["restore_s"]
     boot_med, rest_med = statistics.median(boots), statistics.median(restores)
-    print(f"\nguest start, QEMU start to the first console answer ({args.kernel}, {args.mode}, "
-          f"{made.accel}, {args.runs} of each, interleaved; the boot loads no driver):")
+    print(f"\nguest start, QEMU start to the first console answer ({res['kernel']}, "
+          f"{res['mode']}, {res['accel']}, {len(boots)} of each, interleaved; the boot loads "
+          "no driver):")
     print(f"  {'':18} {'median':>8} {'p90':>8} {'min':>8} {'max':>8}")
     for what, values in (("cold boot", boots), ("restore", restores)):
         print(f"  {what:18} {statistics.median(values):7.3f}s {p90(values):7.3f}s "
@@ -83,10 +91,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"  restore is {boot_med / rest_med:.1f}x faster than a cold boot (goal "
           f"≥ {GOAL_RATIO:.0f}x; restore goal ≤ {GOAL_S} s: "
           f"{'met' if rest_med <= GOAL_S else 'not met'})")
-    print(f"  template {made.folder.name}: device state {int(str(info['state_bytes'])) / 1024:.0f}"
-          f" KiB, guest RAM used {int(str(info['ram_bytes_used'])) / MiB:.0f} MiB of "
-          f"{config.memory // MiB} MiB; each restored guest's QEMU: "
-          f"{statistics.median(private) / MiB:.0f} MiB private (median)")
+    print(f"  template {res['template']}: device state {res['state_bytes'] / 1024:.0f}"
+          f" KiB, guest RAM used {res['ram_bytes_used'] / MiB:.0f} MiB of "
+          f"{res['memory'] // MiB} MiB; each restored guest's QEMU: "
+          f"{statistics.median(res['private_bytes']) / MiB:.0f} MiB private (median)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Time ``--runs`` cold boots and as many restores, interleaved; print the table."""
+    parser = argparse.ArgumentParser(prog="qgpu-bench-restore",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=20, help="boots and restores (default 20)")
+    parser.add_argument("--kernel", default="stock", help="guest kernel (default stock)")
+    parser.add_argument("--mode", type=DmaMode, choices=list(DmaMode), default=DmaMode.DIRECT)
+    parser.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto")
+    args = parser.parse_args(argv)
+    print_restore(measure_restore(args.runs, args.kernel, mode=args.mode, accel=args.accel,
+                                  progress=lambda m: print(m, file=sys.stderr, flush=True)))
     return 0
 
 
