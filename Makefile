@@ -355,7 +355,9 @@ BENCH_OUT  ?= $(BUILD)/bench
 BENCH_ARGS ?=
 
 .PHONY: bench
-bench: qemu images venv ## Benchmarks (engine vs host memcpy; DMA through the driver per DMA mode vs guest memcpy; boot; restore) -> build/bench/report.html + results.json
+bench: qemu venv ## Benchmarks (engine vs host memcpy; DMA through the driver per DMA mode vs guest memcpy; boot; restore) -> build/bench/report.html + results.json
+	@# the stock and qgpu images (the sections' default kernels), not the debug one
+	@for k in stock qgpu; do $(MAKE) --no-print-directory image KERNEL=$$k; done
 	$(PY) -m qgpu.tools.bench_all --out $(BENCH_OUT) $(BENCH_ARGS)
 
 .PHONY: bench-compare
