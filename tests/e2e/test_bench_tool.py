@@ -17,6 +17,7 @@ import pytest
 from qgpu.config import DmaMode
 from qgpu.faults import FaultInjector
 from qgpu.inspector import DeviceInspector
+from qgpu.kernels import GuestKernel
 from qgpu.machine import GuestMachine
 from qgpu.tools.bench_driver import OPS
 
@@ -36,6 +37,15 @@ def bench_dma(guest: GuestMachine, args: str) -> tuple[int, dict[str, Any]]:
 def ran_bytes(res: dict[str, Any], ops: tuple[str, ...]) -> int:
     """Bytes the tool moved with ``ops``: each cell's runs (warm-up, samples, checked run)."""
     return sum(c["size"] * c["runs"] for op in ops for c in res["results"][op])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _not_on_heavy_kernels(qgpu_kernel: GuestKernel) -> None:
+    """Before the module's guests boot: the tool's checks do not depend on the kernel,
+    and every driver path it takes runs under the debug kernel's detectors in other
+    tests. Spares a debug boot per DMA mode (75 s of CI)."""
+    if qgpu_kernel.detectors.heavy:
+        pytest.skip(f"the bench tool's own checks: not on the {qgpu_kernel.name} kernel")
 
 
 @pytest.fixture
