@@ -186,7 +186,7 @@ image: driver ## Guest kernel + initramfs with driver, tools, SSH for KERNEL -> 
 
 .PHONY: images
 images: ## The images of every kernel (stock, qgpu, debug): what make test needs
-	@for k in $(KERNELS); do $(MAKE) --no-print-directory image KERNEL=$$k; done
+	@for k in $(KERNELS); do $(MAKE) --no-print-directory image KERNEL=$$k || exit 1; done
 
 .PHONY: boot-smoke
 boot-smoke: qemu image venv ## Boot the guest (KERNEL) in each of MODES and run its boot check (driver bound, network, SSH)
@@ -357,15 +357,15 @@ BENCH_ARGS ?=
 .PHONY: bench
 bench: qemu venv ## Benchmarks (engine vs host memcpy; DMA through the driver per DMA mode vs guest memcpy; boot; restore) -> build/bench/report.html + results.json
 	@# the stock and qgpu images (the sections' default kernels), not the debug one
-	@for k in stock qgpu; do $(MAKE) --no-print-directory image KERNEL=$$k; done
+	@for k in stock qgpu; do $(MAKE) --no-print-directory image KERNEL=$$k || exit 1; done
 	$(PY) -m qgpu.tools.bench_all --out $(BENCH_OUT) $(BENCH_ARGS)
 
 .PHONY: bench-compare
-bench-compare: venv ## Ratios between two bench results: make bench-compare OLD=old/results.json NEW=build/bench/results.json
+bench-compare: venv ## Ratios between two bench results: make bench-compare OLD=old/results.json NEW=build/bench/results.json [COMPARE_ARGS=--all]
 	@if [ -z "$(OLD)" ]; then \
 	    echo "make bench-compare: say which results to compare: OLD=path/to/results.json" \
 	         "[NEW=path, default $(BENCH_OUT)/results.json]" >&2; exit 2; fi
-	$(PY) -m qgpu.tools.bench_compare $(OLD) $(or $(NEW),$(BENCH_OUT)/results.json)
+	$(PY) -m qgpu.tools.bench_compare $(OLD) $(or $(NEW),$(BENCH_OUT)/results.json) $(COMPARE_ARGS)
 
 # ---- housekeeping ---------------------------------------------------------------
 

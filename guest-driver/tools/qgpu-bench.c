@@ -406,8 +406,8 @@ static void dma_cell(struct dma_bench *b, const struct dma_op *op, uint64_t size
 		return;
 	}
 	qsort(t, n, sizeof(*t), cmp_double);
-	fprintf(b->out, ",\"n\":%d,\"inner\":%llu,\"runs\":%llu,\"median_s\":%.9f,"
-		"\"min_s\":%.9f,\"max_s\":%.9f", n, (unsigned long long)inner,
+	fprintf(b->out, ",\"n\":%d,\"inner\":%llu,\"runs\":%llu,\"median_s\":%.6e,"
+		"\"min_s\":%.6e,\"max_s\":%.6e", n, (unsigned long long)inner,
 		2 + n * (unsigned long long)inner, quantile(t, n, 0.5), t[0], t[n - 1]);
 	if (is_op(op, "copy_user"))
 		fprintf(b->out, ",\"segments\":%u", b->last_segments);
@@ -453,8 +453,8 @@ static void dma_latency(struct dma_bench *b)
 	for (int k = 0; k < 2; k++) {
 		const double *v = k ? copy : fill;
 
-		fprintf(b->out, "%s\"%s\":{\"n\":%d,\"median_s\":%.9f,\"p99_s\":%.9f,"
-			"\"min_s\":%.9f,\"max_s\":%.9f,\"samples_us\":[", k ? "," : "",
+		fprintf(b->out, "%s\"%s\":{\"n\":%d,\"median_s\":%.6e,\"p99_s\":%.6e,"
+			"\"min_s\":%.6e,\"max_s\":%.6e,\"samples_us\":[", k ? "," : "",
 			k ? "copy_user_4k" : "fill_4k_fence", LATENCY_SAMPLES,
 			quantile(v, LATENCY_SAMPLES, 0.5),
 			quantile(v, LATENCY_SAMPLES, 0.99), v[0],
@@ -531,10 +531,10 @@ static void dma_submitters(struct dma_bench *b)
 		if (err)
 			started--;	/* the failed one did not start */
 		pthread_mutex_lock(&all.lock);
+		start = now();		/* before any of them can start */
 		all.go = true;		/* the started ones run, and end */
 		pthread_cond_broadcast(&all.cond);
 		pthread_mutex_unlock(&all.lock);
-		start = now();
 		for (int i = 0; i < started; i++)
 			pthread_join(t[i], NULL);
 		start = now() - start;
@@ -551,7 +551,7 @@ static void dma_submitters(struct dma_bench *b)
 		if (err)
 			dma_print_error(b, err);
 		else
-			fprintf(b->out, ",\"bytes\":%llu,\"calls\":%llu,\"seconds\":%.9f",
+			fprintf(b->out, ",\"bytes\":%llu,\"calls\":%llu,\"seconds\":%.6e",
 				(unsigned long long)(n * all.iters * all.len),
 				(unsigned long long)(n * all.iters), start);
 		fprintf(b->out, "}");
@@ -597,8 +597,8 @@ static void dma_lazy(struct dma_bench *b)
 			dma_print_error(b, err);
 		} else {
 			qsort(t, MIN_SAMPLES, sizeof(double), cmp_double);
-			fprintf(b->out, ",\"n\":%d,\"median_s\":%.9f,\"min_s\":%.9f,"
-				"\"max_s\":%.9f", MIN_SAMPLES,
+			fprintf(b->out, ",\"n\":%d,\"median_s\":%.6e,\"min_s\":%.6e,"
+				"\"max_s\":%.6e", MIN_SAMPLES,
 				quantile(t, MIN_SAMPLES, 0.5), t[0], t[MIN_SAMPLES - 1]);
 		}
 		fprintf(b->out, "}");

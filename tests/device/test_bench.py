@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from qgpu.errors import QgpuError
-from qgpu.tools import bench, bench_compare, bench_report
+from qgpu.tools import bench, bench_all, bench_compare, bench_report
 
 KiB, MiB = 1 << 10, 1 << 20
 
@@ -169,3 +169,28 @@ def test_compare_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert re.search(r"engine/a\s+100\.0 MB/s\s+50\.0 MB/s\s+0\.500\s+worse", out), out
     assert bench_compare.main([str(bad), str(new)]) == 2
     assert "cannot read bench results" in capsys.readouterr().err
+
+
+def test_make_bench_records_a_failed_section_and_reports_the_others(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    sections = synthetic_sections()
+    restore_unreadable = dict(sections["restore"], boot_s=[], restore_s=[])
+
+    def engine_fails() -> dict[str, Any]:
+        raise QgpuError("QEMU said no")
+
+    monkeypatch.setattr(bench_all, "_sections", lambda args, progress: {
+        "engine": engine_fails, "driver": lambda: sections["driver"],
+        "guest": lambda: sections["guest"], "restore": lambda: restore_unreadable})
+    assert bench_all.main(["--out", str(tmp_path)]) == 1
+    saved = bench_report.load(tmp_path / "results.json")
+    assert saved["errors"]["engine"] == "QEMU said no"
+    assert saved["errors"]["restore"].startswith("StatisticsError")  # its figures: no data
+    assert saved["errors"]["driver/virtio-iommu"] == "qgpu-bench dma failed: boom"
+    assert set(saved["sections"]) == {"driver", "guest"}
+    assert "Failed: QEMU said no" in (tmp_path / "report.html").read_text()
+    assert "engine: FAILED: QEMU said no" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        bench_all.main(["--runs", "0"])
+    assert "--runs: must be at least 1, not 0" in capsys.readouterr().err

@@ -245,8 +245,9 @@ def measure_engine(sizes: Sequence[int] = DEFAULT_SIZES, repeat: int = 5,
                      extra_args=["-device", f"edu,bus=pcie.0,addr={EDU_SLOT}"])
     try:
         dev.setup_ring(64)
-        guest = dev.mem.alloc(largest, align=4096)
-        dev.mem.write(guest, b"\xa5" * largest)
+        buffer = max(largest, SG_LENGTH)        # the SG copies read 1 MiB of it
+        guest = dev.mem.alloc(buffer, align=4096)
+        dev.mem.write(guest, b"\xa5" * buffer)
         from qgpu.pci import PciFunction
         edu = PciFunction(dev.qt, 0, EDU_SLOT)
         bar = edu.bar(0)

@@ -32,6 +32,13 @@ from qgpu.tools import bench, bench_driver, bench_guest, bench_report, bench_res
 KiB, MiB = 1 << 10, 1 << 20
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def _sections(args: argparse.Namespace,
               progress: Callable[[str], None]) -> dict[str, Callable[[], dict[str, Any]]]:
     quick = args.quick
@@ -67,9 +74,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--modes", default=",".join(DmaMode),
                         help="DMA modes of the driver section (default: all)")
     parser.add_argument("--accel", choices=("auto", "tcg", "kvm"), default="auto")
-    parser.add_argument("--repeat", type=int, default=5, help="engine repeats (default 5)")
-    parser.add_argument("--boots", type=int, default=3, help="boots per kernel (default 3)")
-    parser.add_argument("--runs", type=int, default=20,
+    parser.add_argument("--repeat", type=_positive, default=5, help="engine repeats (default 5)")
+    parser.add_argument("--boots", type=_positive, default=3, help="boots per kernel (default 3)")
+    parser.add_argument("--runs", type=_positive, default=20,
                         help="boots and restores of the restore section (default 20)")
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run: few sizes, 1 MiB at most, one boot (seconds, "
@@ -98,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         start = time.monotonic()
         try:
             data = runs[name]()
+            bench_report.figures({name: data})      # a result it cannot read is a failure
         except Exception as exc:    # recorded; the other sections still run
             message = str(exc) if isinstance(exc, QgpuError) else f"{type(exc).__name__}: {exc}"
             results.fail(name, message, time.monotonic() - start)

@@ -3,8 +3,8 @@
 Run with ``make bench-compare OLD=old.json NEW=build/bench/results.json`` or
 ``python -m qgpu.tools.bench_compare OLD NEW``. For each figure in both
 files it prints NEW/OLD and whether that is better or worse (each figure
-says which direction is better), and per group (the engine, each DMA mode,
-boot, restore) the geometric mean of the improvements of its primary
+says which direction is better), and per group (engine, driver/<mode>,
+guest, restore) the geometric mean of the improvements of its primary
 figures: not of baselines (host or guest memcpy, the stock kernel's boot),
 which measure the machine, nor of ratios and other views of a figure, which
 would count it twice. Figures that moved

@@ -137,7 +137,7 @@ def print_driver(results: dict[str, Any]) -> None:
                 print(f"  latency {what}: median {v['median_s'] * 1e6:.0f} us, "
                       f"p99 {v['p99_s'] * 1e6:.0f} us (n={v['n']})")
         drv = res.get("driver_stats", {})
-        if drv:
+        if drv and min(drv.values()) >= 0:
             print(f"  driver: {drv['jobs']} jobs, {drv['irq_dma']} DMA interrupts, "
                   f"{drv['poll_completions']} completions found by polling, "
                   f"{drv['timeouts']} timeouts")
