@@ -5,8 +5,12 @@ from __future__ import annotations
 import os
 import random
 import zlib
+from collections.abc import Iterator
 
 import pytest
+
+from qgpu.faults import FaultInjector
+from qgpu.machine import GuestMachine
 
 
 @pytest.fixture
@@ -19,3 +23,12 @@ def rng(request: pytest.FixtureRequest) -> random.Random:
     seed = zlib.crc32(f"{request.node.nodeid}{extra}".encode())
     request.node.user_properties.append(("seed", seed))
     return random.Random(seed)
+
+
+@pytest.fixture
+def faults(qgpu_guest: GuestMachine) -> Iterator[FaultInjector]:
+    """The shared guest's injector; every knob disarmed afterwards."""
+    inj = FaultInjector.for_machine(qgpu_guest)
+    yield inj
+    if qgpu_guest.is_alive():
+        inj.clear()

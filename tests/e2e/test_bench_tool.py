@@ -9,7 +9,6 @@ corrupts a transfer while reporting success.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -46,15 +45,6 @@ def _not_on_heavy_kernels(qgpu_kernel: GuestKernel) -> None:
     tests. Spares a debug boot per DMA mode (75 s of CI)."""
     if qgpu_kernel.detectors.heavy:
         pytest.skip(f"the bench tool's own checks: not on the {qgpu_kernel.name} kernel")
-
-
-@pytest.fixture
-def faults(qgpu_guest: GuestMachine) -> Iterator[FaultInjector]:
-    """The shared guest's injector; every knob disarmed afterwards."""
-    inj = FaultInjector.for_machine(qgpu_guest)
-    yield inj
-    if qgpu_guest.is_alive():
-        inj.clear()
 
 
 def test_bench_dma_runs_every_op_through_the_device(qgpu_guest: GuestMachine,

@@ -28,14 +28,13 @@ from .guestio import (
     idle_stats,
     parse_json_line,
 )
-from .test_faults import (  # noqa: F401  (faults: a fixture)
+from .test_faults import (
     ALL_MODES,
     DIRECT,
     EIO,
     ERR_ABORTED,
     IDLE_MID,
     MakeGuest,
-    faults,
     fnv1a64,
     hold_dma,
     pattern,
@@ -73,7 +72,7 @@ def test_bo_size_cap(qgpu_guest: GuestMachine) -> None:
 
 
 @DIRECT
-def test_a_hang_fails_only_the_job_the_engine_ran(qgpu_guest: GuestMachine, faults: FaultInjector,  # noqa: F811
+def test_a_hang_fails_only_the_job_the_engine_ran(qgpu_guest: GuestMachine, faults: FaultInjector,
                                                qgpu_inspector: DeviceInspector) -> None:
     """Review item 7: the watchdog failed every queued job as timed out when the
     engine hung on the first. Now only that one fails; the jobs behind it, which
@@ -116,7 +115,7 @@ def test_a_hang_fails_only_the_job_the_engine_ran(qgpu_guest: GuestMachine, faul
 
 @DIRECT
 def test_an_engine_that_stays_stuck_fails_every_job(qgpu_guest: GuestMachine,
-                                                    faults: FaultInjector) -> None:  # noqa: F811
+                                                    faults: FaultInjector) -> None:
     """The replay after a hang has a limit: if the engine retires nothing after
     it either, the next timeout fails every queued job instead of blaming them
     one by one. Here the jobs queue behind a hang, then every engine run takes
@@ -190,7 +189,7 @@ def test_info_names_the_device_with_its_whole_pci_domain(qgpu_guest: GuestMachin
 
 
 @DIRECT
-def test_long_vram_op_on_slow_engine(qgpu_guest: GuestMachine, faults: FaultInjector,  # noqa: F811
+def test_long_vram_op_on_slow_engine(qgpu_guest: GuestMachine, faults: FaultInjector,
                                      qgpu_inspector: DeviceInspector) -> None:
     length, pat = 32 * MiB, 0x600DF111
     qgpu_guest.run("echo 1500 > /sys/module/qgpu/parameters/job_timeout_ms", check=True)
@@ -208,7 +207,7 @@ def test_long_vram_op_on_slow_engine(qgpu_guest: GuestMachine, faults: FaultInje
 
 @DIRECT
 def test_a_large_vram_op_is_not_starved_by_small_jobs(
-        qgpu_guest: GuestMachine, faults: FaultInjector,  # noqa: F811
+        qgpu_guest: GuestMachine, faults: FaultInjector,
         qgpu_inspector: DeviceInspector, qgpu_kernel: GuestKernel) -> None:
     """Review item 7 (VRAM_OP starvation): a job of many descriptors waited for
     that much room in the ring, while jobs of one descriptor took every slot

@@ -17,7 +17,7 @@ import functools
 import json
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -145,15 +145,6 @@ def wait_hold(g: GuestMachine, name: str, timeout: float = BOUND) -> dict[str, A
 
 def hold_dma(g: GuestMachine, name: str = "h", seconds: int = 5) -> None:
     start_hold(g, name, f"{seconds} --dma-off {DMA_OFF} --dma-len {DMA_LEN} --keep-going")
-
-
-@pytest.fixture
-def faults(qgpu_guest: GuestMachine) -> Iterator[FaultInjector]:
-    """The shared guest's injector; every knob disarmed afterwards."""
-    inj = FaultInjector.for_machine(qgpu_guest)
-    yield inj
-    if qgpu_guest.is_alive():
-        inj.clear()
 
 
 def dedicated(restore_guest: MakeGuest, mode: DmaMode = DmaMode.DIRECT

@@ -21,10 +21,9 @@ from qgpu.inspector import DeviceInspector
 from qgpu.kernels import GuestKernel
 from qgpu.machine import GuestMachine
 
-from .test_faults import (  # noqa: F401  (faults: a fixture)
+from .test_faults import (
     ALL_MODES,
     MakeGuest,
-    faults,
     pattern,
     stats,
     tool,
@@ -39,7 +38,7 @@ SUSPEND = ("(echo 0 > /sys/module/suspend/parameters/pm_test_delay && "
 
 
 def suspend_with_queued_work(guest: GuestMachine, insp: DeviceInspector,
-                             faults: FaultInjector) -> None:  # noqa: F811
+                             faults: FaultInjector) -> None:
     """Queue fills on a slowed engine, suspend to RAM (test mode), resume; check it all."""
     if guest.config.dma_mode is DmaMode.VIRTIO_IOMMU:
         # Linux's limitation, not qgpu's: virtio-iommu (drivers/iommu/virtio-iommu.c,
@@ -77,7 +76,7 @@ def suspend_with_queued_work(guest: GuestMachine, insp: DeviceInspector,
 @ALL_MODES
 def test_suspend_drains_work_and_resume_restores_the_powered_down_device(
         qgpu_guest: GuestMachine, qgpu_inspector: DeviceInspector,
-        faults: FaultInjector) -> None:  # noqa: F811
+        faults: FaultInjector) -> None:
     """Issue 10 (suspend/resume): with no dev_pm_ops the PCI core left the
     device powered and running through system suspend (its FENCE register kept
     the last fence). Now suspend lets queued jobs finish, the function goes to

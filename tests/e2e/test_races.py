@@ -20,12 +20,11 @@ from qgpu.kernels import GuestKernel
 from qgpu.machine import GuestMachine
 
 from .guestio import QGPU_BDF, parse_json_line
-from .test_faults import (  # noqa: F401  (faults: a fixture)
+from .test_faults import (
     ALL_MODES,
     DIRECT,
     EAGAIN,
     ENODEV,
-    faults,
     stats,
     tool,
     verify_dma,
@@ -70,7 +69,7 @@ DELAY_PER_MIB_NS = 40_000_000           # the engine moves 1 MiB per 40 ms (virt
 
 @ALL_MODES
 def test_signal_does_not_cut_a_copy_short(qgpu_guest: GuestMachine,
-                                          faults: FaultInjector) -> None:  # noqa: F811
+                                          faults: FaultInjector) -> None:
     """Review item 2: SIGALRM 60 ms into a synchronous 16 MiB COPY_USER from
     VRAM made the ioctl return -EINTR without a fence while the device went
     on writing into the caller's buffer (under swiotlb, at the later unmap).
@@ -90,7 +89,7 @@ def test_signal_does_not_cut_a_copy_short(qgpu_guest: GuestMachine,
 
 @ALL_MODES
 def test_signal_does_not_lose_a_fill_fence(qgpu_guest: GuestMachine,
-                                           faults: FaultInjector) -> None:  # noqa: F811
+                                           faults: FaultInjector) -> None:
     """The same for a synchronous VRAM_OP: it completes and returns its fence."""
     faults.dma_delay(DELAY_PER_MIB_NS)
     try:
@@ -103,7 +102,7 @@ def test_signal_does_not_lose_a_fill_fence(qgpu_guest: GuestMachine,
 
 @DIRECT
 def test_registers_lost_during_a_reset_mark_the_device_lost(
-        qgpu_guest: GuestMachine, faults: FaultInjector,  # noqa: F811
+        qgpu_guest: GuestMachine, faults: FaultInjector,
         qgpu_inspector: DeviceInspector) -> None:
     """Review item 4: an engine reset that finds BAR0 reading all ones switches
     bus mastering off (the reset may not have reached the engine). It did so
