@@ -4,8 +4,9 @@
 # Build the qgpu guest initramfs, reproducibly: same inputs -> same bytes.
 #
 #   $OUT/initramfs.cpio.gz   the image (newc cpio; gzip -n, or see COMPRESS)
-#   $OUT/ssh/id_ed25519      test SSH key pair (made once; its public half is
-#                            root's authorized key in the guest). Test use only.
+#   $OUT/ssh/id_ed25519      test SSH key pair (made once in $QGPU_CACHE/ssh, for
+#                            every image; its public half is root's authorized
+#                            key in the guest). Test use only.
 #   $OUT/initramfs.manifest  what went in (one line per file, with sha256)
 #
 # Contents: busybox (static), dropbear + its shared libraries, the kernel
@@ -42,14 +43,23 @@ KCONFIG=$KROOT/boot/config-$ABI
 # xz-utils, binutils): the project's one installer, idempotent and quick.
 "$top/scripts/install-host-deps.sh" >&2
 
-# ---- test SSH key (generated once, never committed: $OUT is git-ignored) ----
-mkdir -p "$OUT/ssh"
-if [[ ! -e $OUT/ssh/id_ed25519 || ! -e $OUT/ssh/id_ed25519.pub ]]; then
-    rm -f "$OUT/ssh/id_ed25519" "$OUT/ssh/id_ed25519.pub"
-    ssh-keygen -q -t ed25519 -N '' -C qgpu-guest-test-key -f "$OUT/ssh/id_ed25519"
-    log "generated test SSH key $OUT/ssh/id_ed25519"
+# ---- test SSH key (generated once, never committed) ----------------------------
+# One key for every image and checkout, kept in the cache: a new clone then
+# builds the same image bytes, and the guest templates keyed by them stay valid.
+keys=$QGPU_CACHE/ssh
+mkdir -p "$keys" "$OUT/ssh"
+chmod 700 "$keys"
+if [[ ! -s $keys/id_ed25519 || ! -s $keys/id_ed25519.pub ]]; then
+    rm -f "$keys/id_ed25519" "$keys/id_ed25519.pub" "$keys/id_ed25519.new" "$keys/id_ed25519.new.pub"
+    ssh-keygen -q -t ed25519 -N '' -C qgpu-guest-test-key -f "$keys/id_ed25519.new"
+    # Public half first: a run cut short leaves no private key without it.
+    mv "$keys/id_ed25519.new.pub" "$keys/id_ed25519.pub"
+    mv "$keys/id_ed25519.new" "$keys/id_ed25519"
+    log "generated test SSH key $keys/id_ed25519"
 fi
-chmod 600 "$OUT/ssh/id_ed25519"
+for f in id_ed25519 id_ed25519.pub; do
+    cmp -s "$keys/$f" "$OUT/ssh/$f" || install -m 600 "$keys/$f" "$OUT/ssh/$f"
+done
 
 # ---- up to date? (digest of every input) ---------------------------------------
 inputs_digest() {
