@@ -24,9 +24,10 @@ Options (``pytest --help`` lists them under "qgpu test rig"):
                            the test that allocated each leaked object; ``test`` after
                            every test (exact, about 12 s more per test)
 ``--qgpu-guest-scope S``   which tests share a ``qgpu_guest``: ``session`` (default) one
-                           booted guest per DMA mode; ``module`` one per test module and
-                           mode, ``test`` a fresh one for every test, both restored from a
-                           saved template (:mod:`qgpu.template`) in about 0.1 s. A
+                           guest per DMA mode; ``module`` one per test module and mode,
+                           ``test`` a fresh one for every test. Every guest is restored
+                           from its mode's saved template (:mod:`qgpu.template`, made by
+                           one boot on first use and cached) in about a second. A
                            restore that fails boots instead, with a warning, counted in
                            the summary. kmemleak's check runs as each guest retires:
                            with ``test``, after every test (about 12 s each)
@@ -99,10 +100,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
               "naming the test that allocated each leak (retire, default), or "
               "after every test (test: exact, about 12 s more per test)")
     _add(group, "--qgpu-guest-scope", default="session", choices=GUEST_SCOPES,
-         help="which tests share a guest: session (default: one booted guest "
-              "per DMA mode), module (one per test module and mode) or test (a "
-              "fresh guest per test); module and test restore guests from a "
-              "saved template in about 0.1 s")
+         help="which tests share a guest: session (default: one guest per DMA "
+              "mode), module (one per test module and mode) or test (a fresh "
+              "guest per test); guests are restored from a saved template "
+              "(made by one boot on first use, then cached)")
     _add(group, "--qgpu-accel", default="auto", choices=("auto", "tcg", "kvm"),
          help="accelerator; auto uses KVM only if a bounded probe boots a guest")
     _add(group, "--qgpu-modes", metavar="M,M", default=None,

@@ -8,7 +8,7 @@ Fixtures (all namespaced ``qgpu_``):
 
 ``qgpu_dma_mode``     parametrizes a test over direct / swiotlb / iommu / virtio-iommu
                       (session-scoped, so tests are grouped by mode and one VM per mode
-                      is booted); ``@pytest.mark.parametrize("qgpu_dma_mode", [...],
+                      is started); ``@pytest.mark.parametrize("qgpu_dma_mode", [...],
                       indirect=True)`` picks modes
 ``qgpu_guest``        a running :class:`~qgpu.machine.GuestMachine` for ``qgpu_dma_mode``
                       with this repository's driver freshly loaded and an empty dmesg;
@@ -213,8 +213,8 @@ class _Pool:
     """The guests tests share, one per DMA mode at a time, and the tests each one ran.
 
     How widely a guest is shared is ``--qgpu-guest-scope``: the session's tests
-    of a mode share one booted guest; a module's, or a single test, get a guest
-    restored from the mode's template.
+    of a mode share one guest, or a module's, or a single test has one. Each is
+    restored from the mode's template (made on first use, then cached).
     """
 
     def __init__(self, config: pytest.Config) -> None:
@@ -247,12 +247,10 @@ class _Pool:
         return machine
 
     def _start(self, mode: DmaMode, nodeid: str) -> GuestMachine:
-        cfg = _base_config(self.config, mode)
-        assert cfg.guest_kernel is not None
-        if self.scope == "session":
-            machine = GuestMachine(cfg, ssh_key=cfg.guest_kernel.ssh_key).start()
-        else:
-            machine = _restore_or_boot(self.config, cfg, nodeid)
+        # Every scope restores: the template is made once (one boot) and kept in
+        # the cache, so a run whose template exists starts each guest in about a
+        # second instead of a boot (30 s on the debug kernel under TCG).
+        machine = _restore_or_boot(self.config, _base_config(self.config, mode), nodeid)
         try:
             health.check_boot(machine)  # a restored guest's log holds its template's boot
         except BaseException:
@@ -409,7 +407,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int,
                             config: pytest.Config) -> None:
     """Say where this run's artifact bundles are, and count restores that booted instead.
 
-    A restore fails over to a boot with ``--qgpu-guest-scope`` module or test.
+    A guest whose restore fails is booted instead (and counted here).
     """
     base = _artifact_base(config)
     started = config.stash.get(_STARTED, time.time())
@@ -472,7 +470,7 @@ def _save_health(found: health.Health, dest: Path) -> None:
 @pytest.fixture
 def qgpu_guest(request: pytest.FixtureRequest, _qgpu_pool: _Pool, qgpu_dma_mode: DmaMode
                ) -> Iterator[GuestMachine]:
-    """Yield a booted guest in ``qgpu_dma_mode`` with the qgpu driver freshly loaded."""
+    """Yield a running guest in ``qgpu_dma_mode`` with the qgpu driver freshly loaded."""
     dma_mode = qgpu_dma_mode
     machine = _qgpu_pool.get(dma_mode, request.node.nodeid)
     windows = _qgpu_pool.windows.setdefault(dma_mode, [])
