@@ -5,8 +5,11 @@ in the guest and a pattern in VRAM, and the next looks for both; the second
 module's test looks too. With a fresh guest per test (``test``) nothing is
 found; with one guest per module (``module``) the first module's second test
 finds both (the check can fail) and the other module's test, on a guest of its
-own, finds neither. And a guest whose driver the fixture cannot reload is not
-shared any further.
+own, finds neither; with one guest for the session (the default) the second
+test finds both too, and the third runs on a new guest because the failed
+test's is not handed on. Every one of those guests is restored from a
+template. And a guest whose driver the fixture cannot reload is not shared
+any further.
 """
 
 from __future__ import annotations
@@ -72,10 +75,19 @@ def test_a_fresh_guest_per_test_sees_nothing_of_the_test_before(
         pytest.skip("the scopes are checked on the kernels without kmemleak")
     isolated = _inner_run(tmp_path, pytestconfig, qgpu_kernel, "test")
     assert "3 passed" in isolated, isolated
+    assert "3 guest(s) restored from templates" in isolated, isolated
     shared = _inner_run(tmp_path, pytestconfig, qgpu_kernel, "module")
     assert "FAILED test_inner.py::test_2_finds_no_mark[direct]" in shared and \
         "left by an earlier test: guest RAM and VRAM" in shared and \
         "2 passed" in shared, shared
+    assert "2 guest(s) restored from templates" in shared, shared
+    # The default: one guest for the session's tests of a mode, restored too. A
+    # failed test's guest is not handed on: test_3 gets a second one.
+    session = _inner_run(tmp_path, pytestconfig, qgpu_kernel, "session")
+    assert "FAILED test_inner.py::test_2_finds_no_mark[direct]" in session and \
+        "left by an earlier test: guest RAM and VRAM" in session and \
+        "2 passed" in session, session
+    assert "2 guest(s) restored from templates" in session, session
 
 
 BROKEN_RELOAD = '''

@@ -314,12 +314,17 @@ _POOL = pytest.StashKey[_Pool]()
 _STARTED = pytest.StashKey[float]()
 #: (test, why) of every guest booted because its restore failed.
 _COLD_BOOTS = pytest.StashKey[list[tuple[str, str]]]()
+#: How many guests were restored, and how many templates made for them (a boot each).
+_RESTORES = pytest.StashKey[dict[str, int]]()
 
 
 def _restore_or_boot(config: pytest.Config, cfg: MachineConfig, nodeid: str) -> GuestMachine:
     """Restore a guest of ``cfg`` from its template; boot it, warn and count, if that fails."""
     assert cfg.guest_kernel is not None
     started = template.restore_or_boot(cfg, ssh_key=cfg.guest_kernel.ssh_key)
+    counts = config.stash.setdefault(_RESTORES, {"guests": 0, "templates made": 0})
+    counts["guests"] += started.cold_boot_reason is None
+    counts["templates made"] += started.template_made
     if started.cold_boot_reason is not None:
         config.stash.setdefault(_COLD_BOOTS, []).append((nodeid, started.cold_boot_reason))
         warnings.warn(RestoreFallbackWarning(
@@ -419,6 +424,13 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int,
                                   "and console logs, dmesg, QMP events, device state):")
             for d in sorted(bundles)[:20]:
                 terminalreporter.line(f"  {d}")
+    counts = config.stash.get(_RESTORES, None)
+    if counts:
+        terminalreporter.section("qgpu: guests")
+        terminalreporter.line(
+            f"{counts['guests']} guest(s) restored from templates; "
+            f"{counts['templates made']} template(s) made in this run (a boot each), "
+            f"the others found in {template.cache_dir()}")
     cold_boots = config.stash.get(_COLD_BOOTS, [])
     if not cold_boots:
         return

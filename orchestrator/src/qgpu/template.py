@@ -32,7 +32,7 @@ import shutil
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from qgpu import accel, paths
@@ -109,6 +109,8 @@ class Template:
     """A saved guest in ``folder``: its RAM, its device state, and what it was made from."""
 
     folder: Path
+    #: Whether :func:`get` made it in this call (one boot), rather than finding it.
+    made_now: bool = field(default=False, compare=False)
 
     @property
     def ram(self) -> Path:
@@ -189,7 +191,7 @@ def get(config: MachineConfig, *, ssh_key: Path | None = None,
                   f"{config.dma_mode}): one boot", file=sys.stderr, flush=True)
         make(config, folder, accel_name=accel_name, ssh_key=ssh_key)
     prune()
-    return template
+    return Template(folder, made_now=True)
 
 
 def make(config: MachineConfig, folder: Path, *, accel_name: str,
@@ -289,6 +291,8 @@ class Started:
     machine: GuestMachine
     #: None if restored; else the restore's error, which the guest was booted after.
     cold_boot_reason: str | None = None
+    #: Whether its template was made for it (one boot) rather than found in the cache.
+    template_made: bool = False
 
 
 def restore_or_boot(config: MachineConfig, *, ssh_key: Path | None = None,
@@ -305,9 +309,10 @@ def restore_or_boot(config: MachineConfig, *, ssh_key: Path | None = None,
     """
     tmpl = template or get(config, ssh_key=ssh_key)
     try:
-        return Started(restore(config, ssh_key=ssh_key, template=tmpl))
+        return Started(restore(config, ssh_key=ssh_key, template=tmpl),
+                       template_made=tmpl.made_now)
     except (QemuError, GuestError) as exc:
         reason = "\n".join((f"restoring {tmpl.folder} failed: {exc}",
                             *getattr(exc, "__notes__", ())))
     machine = GuestMachine(template_config(config), ssh_key=ssh_key)
-    return Started(machine.start(), reason)
+    return Started(machine.start(), reason, template_made=tmpl.made_now)
