@@ -205,6 +205,9 @@ struct qgpu_device {
 	u64 retired_seq;		/* every seq <= this has been retired */
 	struct list_head inflight;
 	wait_queue_head_t fence_wq;
+	/* dma_fences (qgpu_fence.c): their context; exported, still pending */
+	u64 fence_context;
+	struct list_head fences;
 	struct work_struct retire_work;
 	struct work_struct reset_work;
 	/* The engine halted (a ring entry was unreadable): reset it. */
@@ -229,7 +232,10 @@ struct qgpu_device {
 	struct qgpu_fence_status {
 		u64 seq;
 		u32 err;
+		bool timed_out;
 	} *fence_status;
+	/* the descriptors a watchdog reset runs again (qgpu_ring.c) */
+	struct qgpu_desc *replay;
 	u64 last_err_seq;
 
 	/* buffer objects */
@@ -253,6 +259,9 @@ struct qgpu_ioctl_call {
 	void *args;
 	bool copy_out;
 	struct qgpu_bo *new_bo;		/* holds a reference */
+	/* a new file for @new_fd (reserved), installed once args are copied out */
+	struct file *new_file;
+	int new_fd;
 };
 
 /* Per open file. */
@@ -353,6 +362,17 @@ int qgpu_fence_wait(struct qgpu_device *qdev, u64 fence, u64 timeout_ns,
 		    u32 *hw_status, u64 *completed);
 u64 qgpu_completed_seq(struct qgpu_device *qdev);
 long qgpu_ioctl_copy_user(struct qgpu_file *qf, struct qgpu_ioctl_call *call);
+void qgpu_retire_locked(struct qgpu_device *qdev);
+int qgpu_fence_status(struct qgpu_device *qdev, u64 fence, u32 *hw_status,
+		      bool *timed_out);
+
+/* qgpu_fence.c */
+u64 qgpu_fence_context_alloc(void);
+int qgpu_fence_errno(u32 hw_err, bool timed_out);
+void qgpu_fence_signal_upto(struct qgpu_device *qdev, u64 first, u64 last,
+			    int error);
+void qgpu_fence_barrier(void);
+long qgpu_ioctl_fence_export(struct qgpu_file *qf, struct qgpu_ioctl_call *call);
 
 /* qgpu_mmap.c */
 int qgpu_mmap(struct file *filp, struct vm_area_struct *vma);

@@ -4,6 +4,7 @@
  * include/uapi/qgpu.h (COPY_USER is in qgpu_ring.c, mmap in qgpu_mmap.c).
  */
 
+#include <linux/file.h>
 #include <linux/fs.h>
 #include <linux/pci.h>
 #include <linux/sched/signal.h>
@@ -419,6 +420,7 @@ static const struct qgpu_ioctl_def qgpu_ioctls[] = {
 		       QGPU_IOCTL_F_WRITE),
 	QGPU_IOCTL_DEF(QGPU_IOCTL_CPU_ACCESS, qgpu_ioctl_cpu_access, 0),
 	QGPU_IOCTL_DEF(QGPU_IOCTL_RAISE_IRQ, qgpu_ioctl_raise_irq, 0),
+	QGPU_IOCTL_DEF(QGPU_IOCTL_FENCE_EXPORT, qgpu_ioctl_fence_export, 0),
 };
 
 /*
@@ -477,6 +479,17 @@ static long qgpu_ioctl(struct file *filp, unsigned int cmd, unsigned long arg)
 	}
 	if (call.new_bo)
 		qgpu_bo_put(call.new_bo);
+	if (call.new_file) {
+		/* Installed only where user space learns its number. */
+		if (!ret && WARN_ON_ONCE(!call.copy_out))
+			ret = -EINVAL;
+		if (ret) {
+			put_unused_fd(call.new_fd);
+			fput(call.new_file);
+		} else {
+			fd_install(call.new_fd, call.new_file);
+		}
+	}
 	return ret;
 }
 

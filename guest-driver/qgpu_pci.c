@@ -48,6 +48,8 @@ static void qgpu_device_release(struct kref *ref)
 {
 	struct qgpu_device *qdev = container_of(ref, struct qgpu_device, ref);
 
+	/* Removal retired every job, and so signalled every exported fence. */
+	WARN_ON(!list_empty(&qdev->fences));
 	qgpu_fs_inode_free(qdev->inode);
 	if (qdev->id >= 0)
 		ida_free(&qgpu_ida, qdev->id);
@@ -96,6 +98,8 @@ static int qgpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	INIT_LIST_HEAD(&qdev->mappings);
 	mutex_init(&qdev->zap_lock);
 	INIT_LIST_HEAD(&qdev->inflight);
+	INIT_LIST_HEAD(&qdev->fences);
+	qdev->fence_context = qgpu_fence_context_alloc();
 	init_waitqueue_head(&qdev->fence_wq);
 	init_waitqueue_head(&qdev->soft_wq);
 	INIT_WORK(&qdev->retire_work, qgpu_retire_work);
@@ -381,6 +385,7 @@ static void __exit qgpu_exit(void)
 	pci_unregister_driver(&qgpu_pci_driver);
 	debugfs_remove_recursive(qgpu_debugfs_root);
 	ida_destroy(&qgpu_ida);
+	qgpu_fence_barrier();
 }
 
 module_init(qgpu_init);

@@ -78,7 +78,9 @@ int qgpu_ring_init(struct qgpu_device *qdev)
 	qdev->fence_status = devm_kcalloc(qdev->dev, qdev->ring_entries,
 					  sizeof(*qdev->fence_status),
 					  GFP_KERNEL);
-	if (!qdev->fence_status)
+	qdev->replay = devm_kcalloc(qdev->dev, qdev->ring_entries,
+				    sizeof(*qdev->replay), GFP_KERNEL);
+	if (!qdev->fence_status || !qdev->replay)
 		return -ENOMEM;
 	/*
 	 * Fences stay monotonic across driver reloads: the FENCE register (also
@@ -220,6 +222,7 @@ static void qgpu_job_finish(struct qgpu_device *qdev, struct qgpu_job *job)
 	for (seq = job->first_seq; seq <= job->last_seq; seq++) {
 		qdev->fence_status[seq & mask].seq = seq;
 		qdev->fence_status[seq & mask].err = job->hw_err;
+		qdev->fence_status[seq & mask].timed_out = job->timed_out;
 	}
 	if (job->hw_err) {
 		qdev->last_err_seq = max(qdev->last_err_seq, job->last_seq);
@@ -234,6 +237,8 @@ static void qgpu_job_finish(struct qgpu_device *qdev, struct qgpu_job *job)
 	}
 	if (job->last_seq > qdev->retired_seq)
 		WRITE_ONCE(qdev->retired_seq, job->last_seq);
+	qgpu_fence_signal_upto(qdev, job->first_seq, job->last_seq,
+			       qgpu_fence_errno(job->hw_err, job->timed_out));
 	list_del_init(&job->node);
 	/* Pairs with smp_load_acquire() in qgpu_job_wait(): results first. */
 	smp_store_release(&job->done, true);
@@ -241,7 +246,7 @@ static void qgpu_job_finish(struct qgpu_device *qdev, struct qgpu_job *job)
 }
 
 /* Retire, in order, every job whose last fence the device has written. */
-static void qgpu_retire_locked(struct qgpu_device *qdev)
+void qgpu_retire_locked(struct qgpu_device *qdev)
 {
 	u32 mask = qdev->ring_entries - 1;
 	struct qgpu_job *job, *tmp;
@@ -309,6 +314,9 @@ static void qgpu_engine_abort_locked(struct qgpu_device *qdev, bool restart,
 		qgpu_job_finish(qdev, job);
 	}
 	WRITE_ONCE(qdev->retired_seq, qdev->next_seq - 1);
+	/* Every job has ended: no exported fence can still be waiting. */
+	if (WARN_ON_ONCE(!list_empty(&qdev->fences)))
+		qgpu_fence_signal_upto(qdev, 0, U64_MAX, -ECANCELED);
 	WRITE_ONCE(qdev->halted, false);
 	qdev->wd_replayed = false;
 	if (restart)
@@ -359,15 +367,15 @@ static void qgpu_engine_reset_hung_locked(struct qgpu_device *qdev)
 	/* The jobs behind it fill the ring from its end to the tail. */
 	behind = (guilty->first_idx + guilty->ndesc) & mask;
 	n = (qdev->tail - behind) & mask;
-	saved = kvmalloc_array(n, sizeof(*saved), GFP_KERNEL);
-	if (!saved)
-		goto fail_all;
+	/*
+	 * Allocated at probe: this path signals fences that other drivers may
+	 * wait for from memory reclaim, so it must not allocate memory.
+	 */
+	saved = qdev->replay;
 	for (i = 0; i < n; i++) {
 		saved[i] = qdev->ring[(behind + i) & mask];
-		if (le32_to_cpu(saved[i].status) & QGPU_DESC_STATUS_DONE) {
-			kvfree(saved);
+		if (le32_to_cpu(saved[i].status) & QGPU_DESC_STATUS_DONE)
 			goto fail_all;
-		}
 	}
 
 	qgpu_stat_inc(qdev, QGPU_STAT_ENGINE_RESETS);
@@ -394,7 +402,6 @@ static void qgpu_engine_reset_hung_locked(struct qgpu_device *qdev)
 		qdev->ring[i].status = 0;
 	}
 	qdev->tail = n;
-	kvfree(saved);
 	qgpu_stat_add(qdev, QGPU_STAT_DESCRIPTORS, n);	/* written again */
 	qdev->wd_replayed = true;
 	qdev->wd_seq = qgpu_completed_seq(qdev);
@@ -791,8 +798,8 @@ int qgpu_job_wait(struct qgpu_device *qdev, struct qgpu_job *job)
  * A slot overwritten by a newer fence has forgotten it: that is still known
  * to be a success if no job failed since, and -ESTALE otherwise.
  */
-static int qgpu_fence_status(struct qgpu_device *qdev, u64 fence,
-			     u32 *hw_status)
+int qgpu_fence_status(struct qgpu_device *qdev, u64 fence, u32 *hw_status,
+		      bool *timed_out)
 {
 	const struct qgpu_fence_status *fs;
 
@@ -800,6 +807,8 @@ static int qgpu_fence_status(struct qgpu_device *qdev, u64 fence,
 	fs = &qdev->fence_status[fence & (qdev->ring_entries - 1)];
 	if (fs->seq == fence) {
 		*hw_status = fs->err;
+		if (timed_out)
+			*timed_out = fs->timed_out;
 		return fs->err ? -EIO : 0;
 	}
 	return fence > qdev->last_err_seq ? 0 : -ESTALE;
@@ -829,7 +838,8 @@ int qgpu_fence_wait(struct qgpu_device *qdev, u64 fence, u64 timeout_ns,
 		/* Retired: its status is known (the fence slot runs ahead). */
 		*completed = qdev->retired_seq;
 		if (*completed >= fence) {
-			ret = fence ? qgpu_fence_status(qdev, fence, hw_status) : 0;
+			ret = fence ? qgpu_fence_status(qdev, fence, hw_status,
+							NULL) : 0;
 			mutex_unlock(&qdev->ring_lock);
 			return ret;
 		}

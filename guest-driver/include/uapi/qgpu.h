@@ -29,9 +29,10 @@
  *    -ENODEV, also to a call that was waiting on user memory (userfaultfd,
  *    FUSE) meanwhile: removal does not wait for user space;
  *  - a file opened O_RDONLY may look but not change the device: INFO,
- *    WAIT_FENCE, RAISE_IRQ, COPY_USER from VRAM and CPU_ACCESS checksums
- *    work; COPY_USER to VRAM, CPU_ACCESS fills, VRAM_OP, COPY_BO and the
- *    buffer-object ioctls fail with -EBADF (and it maps read-only).
+ *    WAIT_FENCE, FENCE_EXPORT, RAISE_IRQ, COPY_USER from VRAM and
+ *    CPU_ACCESS checksums work; COPY_USER to VRAM, CPU_ACCESS fills,
+ *    VRAM_OP, COPY_BO and the buffer-object ioctls fail with -EBADF (and
+ *    it maps read-only).
  *
  * An engine that makes no progress for job_timeout_ms (module parameter)
  * is reset: the job it was running fails (-ETIMEDOUT from a synchronous
@@ -340,6 +341,40 @@ struct qgpu_raise_irq {
 	__u64 reserved[2];
 };
 
+/**
+ * struct qgpu_fence_export - QGPU_IOCTL_FENCE_EXPORT: a fence as a sync_file
+ * @fence:    in: fence from a submitting ioctl of this device (0 is always
+ *            signalled); a fence never handed out is -EINVAL
+ * @flags:    in: must be zero
+ * @fd:       out: a new sync_file file descriptor (close-on-exec) whose
+ *            dma_fence signals when the job of @fence retires: poll(2) it
+ *            (POLLIN), merge it, or read its status with SYNC_IOC_FILE_INFO
+ *            (linux/sync_file.h): 1 signalled, 0 pending, or the job's
+ *            error: -EIO (the device reported an error, QGPU_ERR_* as
+ *            WAIT_FENCE's hw_status), -ETIMEDOUT (the job the watchdog found
+ *            stuck), -ECANCELED (QGPU_ERR_ABORTED: an engine reset, a PCIe
+ *            error recovery, a lost device, a removal or a suspend that
+ *            could not wait stopped it), -ESTALE (the driver no longer
+ *            knows how so old a job ended, as for WAIT_FENCE: it may have
+ *            succeeded)
+ * @reserved: must be zero
+ *
+ * The dma_fence has the device's fence context and @fence as its 64-bit
+ * seqno; exporting a pending fence again gives the same dma_fence (a merge
+ * of fences of one device keeps only the latest). It outlives the device
+ * file and the device: a removal signals it (-ECANCELED if its job had not
+ * retired). While any of the device's dma_fences is referenced (an open
+ * sync_file, or one it was merged into), the driver module cannot be
+ * unloaded. A kernel without CONFIG_SYNC_FILE fails the call with
+ * -EOPNOTSUPP.
+ */
+struct qgpu_fence_export {
+	__u64 fence;
+	__u32 flags;
+	__s32 fd;
+	__u64 reserved[2];
+};
+
 #define QGPU_IOCTL_INFO		_IOWR(QGPU_IOCTL_BASE, 0x00, struct qgpu_info)
 #define QGPU_IOCTL_COPY_USER	_IOWR(QGPU_IOCTL_BASE, 0x01, struct qgpu_copy_user)
 #define QGPU_IOCTL_COPY_BO	_IOWR(QGPU_IOCTL_BASE, 0x02, struct qgpu_copy_bo)
@@ -349,5 +384,6 @@ struct qgpu_raise_irq {
 #define QGPU_IOCTL_BO_DESTROY	_IOWR(QGPU_IOCTL_BASE, 0x06, struct qgpu_bo_destroy)
 #define QGPU_IOCTL_CPU_ACCESS	_IOWR(QGPU_IOCTL_BASE, 0x07, struct qgpu_cpu_access)
 #define QGPU_IOCTL_RAISE_IRQ	_IOWR(QGPU_IOCTL_BASE, 0x08, struct qgpu_raise_irq)
+#define QGPU_IOCTL_FENCE_EXPORT	_IOWR(QGPU_IOCTL_BASE, 0x09, struct qgpu_fence_export)
 
 #endif /* _UAPI_QGPU_H */

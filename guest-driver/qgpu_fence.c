@@ -1,0 +1,251 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * qgpu: job completion as dma_fences, exported to user space as sync_files
+ * (QGPU_IOCTL_FENCE_EXPORT).
+ *
+ * A uapi fence value is the seqno of a dma_fence on the device's fence
+ * context. The dma_fence is made when it is first exported, not for every
+ * job: while pending it waits on qdev->fences (in seqno order, one per
+ * seqno, under ring_lock, holding a reference), so later exports of the
+ * same fence share it and the list holds at most a ring's worth, until
+ * qgpu_job_finish() retires its job and signals it with the job's result.
+ * Jobs retire in order, so fences of one context signal in seqno order, as
+ * dma_fence requires. Every path that ends a job -- completion, an engine
+ * reset, PCIe recovery, a lost device, removal -- goes through
+ * qgpu_job_finish(), so no exported fence is left pending by a device that
+ * will not complete it.
+ *
+ * Not yet held to the cross-driver signalling rules (no allocation, no
+ * page locks on the way to dma_fence_signal(), which matters once a fence
+ * can sit in another driver's reservation object): the retire path still
+ * unpins user pages before it signals. Only sync_files hold these fences.
+ */
+
+#include <linux/dma-fence.h>
+#include <linux/file.h>
+#include <linux/module.h>
+#include <linux/slab.h>
+#include <linux/sync_file.h>
+
+#include "qgpu_drv.h"
+
+#if IS_ENABLED(CONFIG_SYNC_FILE)
+
+struct qgpu_fence {
+	struct dma_fence base;		/* first: freed as the whole object */
+	spinlock_t lock;		/* the dma_fence's */
+	struct list_head node;		/* qdev->fences while pending */
+	/*
+	 * The timeline's name, copied: the last reference to a fence may go
+	 * in any context (an importer's callback, a fence array's irq_work),
+	 * and freeing the device sleeps, so a fence does not hold it.
+	 */
+	char timeline[sizeof_field(struct qgpu_device, name)];
+};
+static_assert(offsetof(struct qgpu_fence, base) == 0);
+
+static struct qgpu_fence *to_qgpu_fence(struct dma_fence *f)
+{
+	return container_of(f, struct qgpu_fence, base);
+}
+
+static const char *qgpu_fence_driver_name(struct dma_fence *f)
+{
+	return "qgpu";
+}
+
+static const char *qgpu_fence_timeline_name(struct dma_fence *f)
+{
+	return to_qgpu_fence(f)->timeline;
+}
+
+static void qgpu_fence_free_rcu(struct rcu_head *rcu)
+{
+	struct dma_fence *f = container_of(rcu, struct dma_fence, rcu);
+
+	kfree(to_qgpu_fence(f));
+	module_put(THIS_MODULE);
+}
+
+/*
+ * A fence holds this module, where its ops are: rmmod fails while one is
+ * referenced (an open sync_file, say) instead of leaving it with ops in
+ * freed memory. The reference goes in an RCU callback, after RCU readers
+ * of the fence are done, and qgpu_exit() waits for those callbacks to
+ * return (rcu_barrier()), so no CPU is still in this module's text when
+ * its memory is freed. Any context.
+ */
+static void qgpu_fence_release(struct dma_fence *f)
+{
+	call_rcu_hurry(&f->rcu, qgpu_fence_free_rcu);
+}
+
+static const struct dma_fence_ops qgpu_fence_ops = {
+	.use_64bit_seqno = true,	/* uapi fences are 64-bit */
+	.get_driver_name = qgpu_fence_driver_name,
+	.get_timeline_name = qgpu_fence_timeline_name,
+	.release = qgpu_fence_release,
+};
+
+u64 qgpu_fence_context_alloc(void)
+{
+	return dma_fence_context_alloc(1);
+}
+
+void qgpu_fence_barrier(void)
+{
+	rcu_barrier();
+}
+
+/*
+ * Signal every exported fence up to @last, as the job of fences
+ * @first..@last retires with @error (0: success). Earlier jobs retired
+ * earlier, so nothing listed is below @first. ring_lock held.
+ */
+void qgpu_fence_signal_upto(struct qgpu_device *qdev, u64 first, u64 last,
+			    int error)
+{
+	struct qgpu_fence *fence, *tmp;
+
+	lockdep_assert_held(&qdev->ring_lock);
+	list_for_each_entry_safe(fence, tmp, &qdev->fences, node) {
+		if (fence->base.seqno > last)
+			break;
+		WARN_ON_ONCE(fence->base.seqno < first);
+		list_del_init(&fence->node);
+		if (error)
+			dma_fence_set_error(&fence->base, error);
+		dma_fence_signal(&fence->base);
+		dma_fence_put(&fence->base);	/* the list's */
+	}
+}
+
+/*
+ * A reference to the dma_fence of uapi @seq: the pending one if it was
+ * exported before, else a new one, signalled already if its job has
+ * retired. Takes ring_lock.
+ */
+static struct dma_fence *qgpu_fence_get(struct qgpu_device *qdev, u64 seq)
+{
+	struct qgpu_fence *fence, *pos;
+	bool timed_out = false;
+	u32 hw_err = 0;
+	int ret = 0;
+
+	fence = kzalloc(sizeof(*fence), GFP_KERNEL_ACCOUNT);
+	if (!fence)
+		return ERR_PTR(-ENOMEM);
+	spin_lock_init(&fence->lock);
+	INIT_LIST_HEAD(&fence->node);
+
+	mutex_lock(&qdev->ring_lock);
+	if (seq >= qdev->next_seq) {
+		mutex_unlock(&qdev->ring_lock);
+		kfree(fence);
+		return ERR_PTR(-EINVAL);
+	}
+	qgpu_retire_locked(qdev);
+	/* Pending and exported before: the same fence (newest at the back). */
+	list_for_each_entry_reverse(pos, &qdev->fences, node) {
+		if (pos->base.seqno == seq) {
+			dma_fence_get(&pos->base);
+			mutex_unlock(&qdev->ring_lock);
+			kfree(fence);
+			return &pos->base;
+		}
+		if (pos->base.seqno < seq)
+			break;
+	}
+	__module_get(THIS_MODULE);
+	strscpy(fence->timeline, qdev->name);
+	dma_fence_init(&fence->base, &qgpu_fence_ops, &fence->lock,
+		       qdev->fence_context, seq);
+	if (seq <= qdev->retired_seq) {
+		if (seq)
+			ret = qgpu_fence_status(qdev, seq, &hw_err, &timed_out);
+		if (ret == -ESTALE)
+			dma_fence_set_error(&fence->base, -ESTALE);
+		else if (ret)
+			dma_fence_set_error(&fence->base,
+					    qgpu_fence_errno(hw_err, timed_out));
+		dma_fence_signal(&fence->base);
+	} else {
+		/* After @pos: the last one below @seq, or the list head. */
+		list_add(&fence->node, &pos->node);
+		dma_fence_get(&fence->base);	/* the list's */
+	}
+	mutex_unlock(&qdev->ring_lock);
+	return &fence->base;
+}
+
+/*
+ * QGPU_IOCTL_FENCE_EXPORT. The new file and its reserved descriptor go to
+ * the caller (@call), which installs the descriptor only once the argument
+ * holding it has been copied back: a failed copy must not leave user space
+ * a descriptor it cannot know about.
+ */
+long qgpu_ioctl_fence_export(struct qgpu_file *qf, struct qgpu_ioctl_call *call)
+{
+	struct qgpu_fence_export *a = call->args;
+	struct dma_fence *fence;
+	struct sync_file *sf;
+	int fd;
+
+	if (a->flags || a->reserved[0] || a->reserved[1])
+		return -EINVAL;
+	fence = qgpu_fence_get(qf->qdev, a->fence);
+	if (IS_ERR(fence))
+		return PTR_ERR(fence);
+	sf = sync_file_create(fence);
+	dma_fence_put(fence);
+	if (!sf)
+		return -ENOMEM;
+	fd = get_unused_fd_flags(O_CLOEXEC);
+	if (fd < 0) {
+		fput(sf->file);
+		return fd;
+	}
+	a->fd = fd;
+	call->new_file = sf->file;
+	call->new_fd = fd;
+	call->copy_out = true;
+	return 0;
+}
+
+#else /* !CONFIG_SYNC_FILE */
+
+u64 qgpu_fence_context_alloc(void)
+{
+	return 0;
+}
+
+void qgpu_fence_barrier(void)
+{
+}
+
+void qgpu_fence_signal_upto(struct qgpu_device *qdev, u64 first, u64 last,
+			    int error)
+{
+}
+
+long qgpu_ioctl_fence_export(struct qgpu_file *qf, struct qgpu_ioctl_call *call)
+{
+	return -EOPNOTSUPP;
+}
+
+#endif
+
+/*
+ * The dma_fence error of a job that ended with QGPU_ERR_* @hw_err: the job
+ * the watchdog found stuck -ETIMEDOUT, the others an engine reset, a PCIe
+ * recovery, a lost device or a removal stopped -ECANCELED, any other
+ * device error -EIO; 0 for success.
+ */
+int qgpu_fence_errno(u32 hw_err, bool timed_out)
+{
+	if (!hw_err)
+		return 0;
+	if (timed_out)
+		return -ETIMEDOUT;
+	return hw_err == QGPU_ERR_ABORTED ? -ECANCELED : -EIO;
+}
