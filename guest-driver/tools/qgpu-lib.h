@@ -18,6 +18,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <linux/sync_file.h>
+
 #include "qgpu.h"
 
 #define QGPU_FNV_INIT	0xcbf29ce484222325ULL
@@ -218,6 +220,32 @@ static inline int qgpu_wait(int fd, uint64_t fence, uint64_t timeout_ns,
 
 	if (out)
 		*out = a;
+	return ret;
+}
+
+/* Export @fence as a sync_file: its descriptor, or -errno. */
+static inline int qgpu_fence_export(int fd, uint64_t fence)
+{
+	struct qgpu_fence_export a = { .fence = fence };
+	int ret = qgpu_ioctl(fd, QGPU_IOCTL_FENCE_EXPORT, &a);
+
+	return ret ? ret : a.fd;
+}
+
+/*
+ * The status of sync_file @sfd (1 signalled, 0 pending, <0 the fence's
+ * error) and its one fence's timeline and driver names; -errno if
+ * SYNC_IOC_FILE_INFO fails (stored in *status).
+ */
+static inline int qgpu_sync_file_info(int sfd, int *status,
+				      struct sync_fence_info *fence)
+{
+	struct sync_file_info info = {
+		.num_fences = 1, .sync_fence_info = (uintptr_t)fence,
+	};
+	int ret = qgpu_ioctl(sfd, SYNC_IOC_FILE_INFO, &info);
+
+	*status = ret ? ret : info.status;
 	return ret;
 }
 

@@ -848,6 +848,111 @@ static int t_fence(void)
 	return PASS;
 }
 
+/* Poll sync_file @sfd for @ms; 1 if readable (signalled), 0 if not, -errno. */
+static int sync_file_poll(int sfd, int ms)
+{
+	struct pollfd pfd = { .fd = sfd, .events = POLLIN };
+	int n = poll(&pfd, 1, ms);
+
+	return n < 0 ? -errno : n > 0 && (pfd.revents & POLLIN);
+}
+
+/* Export @fence; SKIP (in the caller) on kernels without sync_file. */
+#define EXPORT_OR_SKIP(sfd, dev_fd, fence) do {				\
+	(sfd) = qgpu_fence_export((dev_fd), (fence));			\
+	if ((sfd) == -EOPNOTSUPP) {					\
+		snprintf(detail, sizeof(detail),			\
+			 "kernel without CONFIG_SYNC_FILE");		\
+		return SKIP;						\
+	}								\
+	CHECK((sfd) >= 0, "export fence %llu: %s",			\
+	      (unsigned long long)(fence), strerror(-(sfd)));		\
+} while (0)
+
+static int t_fence_export(void)
+{
+	struct qgpu_fence_export a;
+	struct sync_fence_info fi;
+	const char *name = strrchr(dev, '/') ? strrchr(dev, '/') + 1 : dev;
+	uint64_t f1, f2;
+	int s1, s2, s0, status, ro;
+
+	CHECK(!qgpu_fill(fd, 0, 1 << 20, 0x11111111, QGPU_SUBMIT_F_ASYNC, &f1), "fill");
+	CHECK(!qgpu_fill(fd, 1 << 20, 1 << 20, 0x22222222, QGPU_SUBMIT_F_ASYNC, &f2),
+	      "fill");
+	EXPORT_OR_SKIP(s2, fd, f2);
+	CHECK(fcntl(s2, F_GETFD) & FD_CLOEXEC, "sync_file fd without FD_CLOEXEC");
+	CHECK(sync_file_poll(s2, 10000) == 1, "fence %llu not signalled in 10 s",
+	      (unsigned long long)f2);
+	CHECK(!qgpu_sync_file_info(s2, &status, &fi), "FILE_INFO: %s", strerror(-status));
+	CHECK(status == 1 && fi.status == 1, "status %d, fence status %d", status,
+	      fi.status);
+	CHECK(!strcmp(fi.driver_name, "qgpu") && !strcmp(fi.obj_name, name),
+	      "driver %s, timeline %s (want qgpu, %s)", fi.driver_name, fi.obj_name, name);
+	/* The job of f2 retired after f1's: f1 is signalled when exported. */
+	EXPORT_OR_SKIP(s1, fd, f1);
+	CHECK(sync_file_poll(s1, 0) == 1, "retired fence %llu not signalled",
+	      (unsigned long long)f1);
+	EXPORT_OR_SKIP(s0, fd, 0);
+	CHECK(sync_file_poll(s0, 0) == 1, "fence 0 not signalled");
+	CHECK(cpu_sum(1 << 20, 4) == qgpu_fnv1a(QGPU_FNV_INIT, "\x22\x22\x22\x22", 4),
+	      "fill result");
+	/* A read-only file may export too: it only looks. */
+	ro = open(dev, O_RDONLY | O_CLOEXEC);
+	CHECK(ro >= 0, "open read-only: %s", strerror(errno));
+	close(s0);
+	s0 = qgpu_fence_export(ro, f2);
+	CHECK(s0 >= 0, "export from a read-only file: %s", strerror(-s0));
+	close(s0);
+	close(ro);
+	/* Bad input. */
+	EXPECT_ERR(qgpu_fence_export(fd, f2 + (1ULL << 40)), -EINVAL, "fence never handed out");
+	a = (struct qgpu_fence_export){ .fence = f1, .flags = 1 };
+	EXPECT_ERR(qgpu_ioctl(fd, QGPU_IOCTL_FENCE_EXPORT, &a), -EINVAL, "flags");
+	a = (struct qgpu_fence_export){ .fence = f1, .reserved[1] = 1 };
+	EXPECT_ERR(qgpu_ioctl(fd, QGPU_IOCTL_FENCE_EXPORT, &a), -EINVAL, "reserved");
+	close(s1);
+	close(s2);
+	return PASS;
+}
+
+/*
+ * A sync_file outlives the device file it came from, and merges with
+ * another (SYNC_IOC_MERGE) into one that signals when both have: as both
+ * fences are on the device's one context, the merge holds only the later.
+ */
+static int t_fence_export_outlives_the_file(void)
+{
+	struct sync_merge_data m = { .name = "qgpu-test" };
+	struct sync_fence_info fi[2];
+	struct sync_file_info si = { .num_fences = 2, .sync_fence_info = (uintptr_t)fi };
+	int dfd = qgpu_open(dev), s1, s2;
+	uint64_t f1, f2, q = info.vram_size / 4;
+
+	CHECK(dfd >= 0, "open: %s", strerror(errno));
+	CHECK(!qgpu_fill(dfd, 0, q, 0x33333333, QGPU_SUBMIT_F_ASYNC, &f1), "fill");
+	CHECK(!qgpu_fill(dfd, q, q, 0x44444444, QGPU_SUBMIT_F_ASYNC, &f2), "fill");
+	EXPORT_OR_SKIP(s1, dfd, f1);
+	EXPORT_OR_SKIP(s2, dfd, f2);
+	close(dfd);
+	m.fd2 = s2;
+	CHECK(!qgpu_ioctl(s1, SYNC_IOC_MERGE, &m), "SYNC_IOC_MERGE: %s", strerror(errno));
+	close(s1);
+	close(s2);
+	CHECK(sync_file_poll(m.fence, 10000) == 1, "merged fence not signalled in 10 s");
+	CHECK(!qgpu_ioctl(m.fence, SYNC_IOC_FILE_INFO, &si), "FILE_INFO: %s", strerror(errno));
+	/* One context, seqno order: the merge keeps only the later fence. */
+	CHECK(si.status == 1 && si.num_fences == 1 && fi[0].status == 1 &&
+	      !strcmp(fi[0].driver_name, "qgpu"),
+	      "merged: status %d, %u fences (want 1: both on one context), driver %s",
+	      si.status, si.num_fences, fi[0].driver_name);
+	close(m.fence);
+	CHECK(cpu_sum(q - 4, 4) == qgpu_fnv1a(QGPU_FNV_INIT, "\x33\x33\x33\x33", 4) &&
+	      cpu_sum(2 * q - 4, 4) == qgpu_fnv1a(QGPU_FNV_INIT, "\x44\x44\x44\x44", 4),
+	      "fill results");
+	return PASS;
+}
+
 static void on_alarm(int sig)
 {
 }
@@ -1178,6 +1283,8 @@ static const struct test tests[] = {
 	{ "bo_madvise", t_bo_madvise, 10 },
 	{ "fence", t_fence, 30 },
 	{ "fence_timeout_signal", t_fence_timeout_signal, 300 },
+	{ "fence_export", t_fence_export, 30 },
+	{ "fence_export_outlives_the_file", t_fence_export_outlives_the_file, 60 },
 	{ "vram_copy", t_vram_copy, 30 },
 	{ "cpu_access", t_cpu_access, 30 },
 	{ "soft_irq", t_soft_irq, 10 },

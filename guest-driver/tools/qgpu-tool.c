@@ -17,6 +17,7 @@
  * if the command reached fewer.
  */
 #include <dirent.h>
+#include <poll.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <time.h>
@@ -38,6 +39,11 @@ static void usage(void)
 "  fill OFF LEN PATTERN --async [--wait MS]  submit without waiting; --wait\n"
 "                                     then waits for its fence (0: forever)\n"
 "  wait-fence FENCE MS                wait for a fence (0: forever)\n"
+"  fence-export FENCE [--poll MS] [--close-device] [--hold MS]\n"
+"                                     export a fence as a sync_file, poll it\n"
+"                                     for MS (default 0; the device file closed\n"
+"                                     first with --close-device), report its\n"
+"                                     status; keep it open MS more with --hold\n"
 "  hold SECONDS [--dma-off OFF --dma-len LEN] [--keep-going] [--ready FILE]\n"
 "                                     map VRAM (eager, lazy), regs and a BO,\n"
 "                                     touch them (and DMA round trips) in a\n"
@@ -194,6 +200,47 @@ static void wait_report(uint64_t fence, uint64_t ms)
 	       (unsigned long long)w.completed,
 	       (unsigned long long)(now_ms() - t0));
 	exit(ret ? 1 : 0);
+}
+
+/*
+ * Export argv[0] as a sync_file and poll it: "ready" is poll(2)'s answer,
+ * "status" SYNC_IOC_FILE_INFO's (1, 0, or the fence's -errno).
+ */
+static void cmd_fence_export(int argc, char **argv)
+{
+	uint64_t fence = num(argv[0]), t0;
+	int timeout = num(opt_val(argc, argv, "--poll", "0"));
+	uint64_t hold = num(opt_val(argc, argv, "--hold", "0"));
+	struct sync_fence_info info = { 0 };
+	struct pollfd pfd = { .events = POLLIN };
+	int sfd, ready, status;
+
+	sfd = qgpu_fence_export(fd, fence);
+	if (sfd < 0)
+		fail("fence-export", -sfd);
+	if (has_opt(argc, argv, "--close-device")) {
+		close(fd);
+		fd = -1;
+	}
+	pfd.fd = sfd;
+	t0 = now_ms();
+	ready = poll(&pfd, 1, timeout);
+	if (ready < 0)
+		fail("poll", errno);
+	if (qgpu_sync_file_info(sfd, &status, &info))
+		fail("SYNC_IOC_FILE_INFO", -status);
+	printf("{\"ok\":true,\"fence\":%llu,\"fd\":%d,\"ready\":%s,\"revents\":%d,"
+	       "\"status\":%d,\"poll_ms\":%llu,\"driver\":",
+	       (unsigned long long)fence, sfd, ready ? "true" : "false", pfd.revents,
+	       status, (unsigned long long)(now_ms() - t0));
+	qgpu_json_str(stdout, info.driver_name);
+	printf(",\"timeline\":");
+	qgpu_json_str(stdout, info.obj_name);
+	printf(",\"fence_status\":%d}\n", info.status);
+	fflush(stdout);
+	if (hold)
+		usleep(hold * 1000);
+	close(sfd);
 }
 
 /* Create a BO of argv[0] bytes, fill it, optionally copy it to VRAM. */
@@ -514,6 +561,8 @@ int main(int argc, char **argv)
 		printf("{\"ok\":true,\"fence\":%llu}\n", (unsigned long long)fence);
 	} else if (!strcmp(cmd, "wait-fence") && argc >= 2) {
 		wait_report(num(argv[0]), num(argv[1]));
+	} else if (!strcmp(cmd, "fence-export") && argc >= 1) {
+		cmd_fence_export(argc, argv);
 	} else if (!strcmp(cmd, "hold") && argc >= 1) {
 		cmd_hold(argc, argv);
 	} else if (!strcmp(cmd, "copy-vram") && argc >= 3) {
