@@ -40,6 +40,7 @@ OPS = {
     "fill": "fill 0x10000 65536 0x5a5a5a5a",                          # VRAM_OP fill
     "copy-vram": "copy-vram 0 0x100000 65536",                        # VRAM_OP copy
     "wait-fence": "fill 0x10000 4096 0x1 --async --wait 5000",        # WAIT_FENCE
+    "fence-export": "fence-export 0 --poll 1000",                     # FENCE_EXPORT
     "cpu-write": "fill 0x20000 65536 0x77 --cpu",                     # CPU_ACCESS fill
     "cpu-read": "checksum 0 65536 --via cpu",                         # CPU_ACCESS read
     "to-vram-page": "to-vram 0x200000 /tmp/kf-page",                  # COPY_USER, 1 page
