@@ -234,17 +234,23 @@ static inline int qgpu_fence_export(int fd, uint64_t fence)
 
 /*
  * The status of sync_file @sfd (1 signalled, 0 pending, <0 the fence's
- * error) and its one fence's timeline and driver names; -errno if
- * SYNC_IOC_FILE_INFO fails (stored in *status).
+ * error), how many fences it holds, and the first @max of them; -errno if
+ * SYNC_IOC_FILE_INFO fails (stored in *status too).
  */
-static inline int qgpu_sync_file_info(int sfd, int *status,
-				      struct sync_fence_info *fence)
+static inline int qgpu_sync_file_info(int sfd, int *status, unsigned int *count,
+				      struct sync_fence_info *fences, unsigned int max)
 {
-	struct sync_file_info info = {
-		.num_fences = 1, .sync_fence_info = (uintptr_t)fence,
-	};
-	int ret = qgpu_ioctl(sfd, SYNC_IOC_FILE_INFO, &info);
+	struct sync_file_info info = { 0 };
+	int ret = qgpu_ioctl(sfd, SYNC_IOC_FILE_INFO, &info);	/* the count */
 
+	if (!ret) {
+		*count = info.num_fences;
+		info.num_fences = *count < max ? *count : max;
+		info.sync_fence_info = (uintptr_t)fences;
+		/* More fences than asked for is -EINVAL: ask for all or none. */
+		if (info.num_fences == *count)
+			ret = qgpu_ioctl(sfd, SYNC_IOC_FILE_INFO, &info);
+	}
 	*status = ret ? ret : info.status;
 	return ret;
 }

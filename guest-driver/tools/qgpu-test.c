@@ -875,6 +875,7 @@ static int t_fence_export(void)
 	struct sync_fence_info fi;
 	const char *name = strrchr(dev, '/') ? strrchr(dev, '/') + 1 : dev;
 	uint64_t f1, f2;
+	unsigned int count;
 	int s1, s2, s0, status, ro;
 
 	CHECK(!qgpu_fill(fd, 0, 1 << 20, 0x11111111, QGPU_SUBMIT_F_ASYNC, &f1), "fill");
@@ -884,9 +885,10 @@ static int t_fence_export(void)
 	CHECK(fcntl(s2, F_GETFD) & FD_CLOEXEC, "sync_file fd without FD_CLOEXEC");
 	CHECK(sync_file_poll(s2, 10000) == 1, "fence %llu not signalled in 10 s",
 	      (unsigned long long)f2);
-	CHECK(!qgpu_sync_file_info(s2, &status, &fi), "FILE_INFO: %s", strerror(-status));
-	CHECK(status == 1 && fi.status == 1, "status %d, fence status %d", status,
-	      fi.status);
+	CHECK(!qgpu_sync_file_info(s2, &status, &count, &fi, 1), "FILE_INFO: %s",
+	      strerror(-status));
+	CHECK(status == 1 && count == 1 && fi.status == 1, "status %d, %u fences, "
+	      "fence status %d", status, count, fi.status);
 	CHECK(!strcmp(fi.driver_name, "qgpu") && !strcmp(fi.obj_name, name),
 	      "driver %s, timeline %s (want qgpu, %s)", fi.driver_name, fi.obj_name, name);
 	/* The job of f2 retired after f1's: f1 is signalled when exported. */
@@ -941,11 +943,16 @@ static int t_fence_export_outlives_the_file(void)
 	close(s2);
 	CHECK(sync_file_poll(m.fence, 10000) == 1, "merged fence not signalled in 10 s");
 	CHECK(!qgpu_ioctl(m.fence, SYNC_IOC_FILE_INFO, &si), "FILE_INFO: %s", strerror(errno));
-	/* One context, seqno order: the merge keeps only the later fence. */
+	/*
+	 * One context, seqno order: a merge keeps only the later fence (or,
+	 * both signalled by then, the kernel's stub). The host holds the
+	 * engine to see the first case every time (test_fence_export.py).
+	 */
 	CHECK(si.status == 1 && si.num_fences == 1 && fi[0].status == 1 &&
-	      !strcmp(fi[0].driver_name, "qgpu"),
+	      (!strcmp(fi[0].driver_name, "qgpu") || !strcmp(fi[0].driver_name, "stub")),
 	      "merged: status %d, %u fences (want 1: both on one context), driver %s",
 	      si.status, si.num_fences, fi[0].driver_name);
+	snprintf(detail, sizeof(detail), "merged into %s's fence", fi[0].driver_name);
 	close(m.fence);
 	CHECK(cpu_sum(q - 4, 4) == qgpu_fnv1a(QGPU_FNV_INIT, "\x33\x33\x33\x33", 4) &&
 	      cpu_sum(2 * q - 4, 4) == qgpu_fnv1a(QGPU_FNV_INIT, "\x44\x44\x44\x44", 4),

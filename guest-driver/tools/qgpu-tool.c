@@ -39,11 +39,12 @@ static void usage(void)
 "  fill OFF LEN PATTERN --async [--wait MS]  submit without waiting; --wait\n"
 "                                     then waits for its fence (0: forever)\n"
 "  wait-fence FENCE MS                wait for a fence (0: forever)\n"
-"  fence-export FENCE [--poll MS] [--close-device] [--hold MS]\n"
-"                                     export a fence as a sync_file, poll it\n"
-"                                     for MS (default 0; the device file closed\n"
-"                                     first with --close-device), report its\n"
-"                                     status; keep it open MS more with --hold\n"
+"  fence-export FENCE [--merge F2] [--poll MS] [--close-device] [--hold MS]\n"
+"                                     export a fence as a sync_file (merged\n"
+"                                     with F2's), poll it for MS (default 0;\n"
+"                                     the device file closed first with\n"
+"                                     --close-device), report its status;\n"
+"                                     keep it open MS more with --hold\n"
 "  hold SECONDS [--dma-off OFF --dma-len LEN] [--keep-going] [--ready FILE]\n"
 "                                     map VRAM (eager, lazy), regs and a BO,\n"
 "                                     touch them (and DMA round trips) in a\n"
@@ -203,21 +204,37 @@ static void wait_report(uint64_t fence, uint64_t ms)
 }
 
 /*
- * Export argv[0] as a sync_file and poll it: "ready" is poll(2)'s answer,
- * "status" SYNC_IOC_FILE_INFO's (1, 0, or the fence's -errno).
+ * Export argv[0] as a sync_file (merged with the sync_file of --merge F2)
+ * and poll it: "ready" is poll(2)'s answer, "status" SYNC_IOC_FILE_INFO's
+ * (1, 0, or the fence's -errno), "fences" how many it holds.
  */
 static void cmd_fence_export(int argc, char **argv)
 {
 	uint64_t fence = num(argv[0]), t0;
+	const char *merge = opt_val(argc, argv, "--merge", NULL);
 	int timeout = num(opt_val(argc, argv, "--poll", "0"));
 	uint64_t hold = num(opt_val(argc, argv, "--hold", "0"));
-	struct sync_fence_info info = { 0 };
+	struct sync_fence_info info[2] = { 0 };
 	struct pollfd pfd = { .events = POLLIN };
+	unsigned int count;
 	int sfd, ready, status;
 
 	sfd = qgpu_fence_export(fd, fence);
 	if (sfd < 0)
 		fail("fence-export", -sfd);
+	if (merge) {
+		struct sync_merge_data m = { .name = "qgpu-tool" };
+		int other = qgpu_fence_export(fd, num(merge));
+
+		if (other < 0)
+			fail("fence-export --merge", -other);
+		m.fd2 = other;
+		if (ioctl(sfd, SYNC_IOC_MERGE, &m))
+			fail("SYNC_IOC_MERGE", errno);
+		close(other);
+		close(sfd);
+		sfd = m.fence;
+	}
 	if (has_opt(argc, argv, "--close-device")) {
 		close(fd);
 		fd = -1;
@@ -227,16 +244,16 @@ static void cmd_fence_export(int argc, char **argv)
 	ready = poll(&pfd, 1, timeout);
 	if (ready < 0)
 		fail("poll", errno);
-	if (qgpu_sync_file_info(sfd, &status, &info))
+	if (qgpu_sync_file_info(sfd, &status, &count, info, 2))
 		fail("SYNC_IOC_FILE_INFO", -status);
 	printf("{\"ok\":true,\"fence\":%llu,\"fd\":%d,\"ready\":%s,\"revents\":%d,"
-	       "\"status\":%d,\"poll_ms\":%llu,\"driver\":",
+	       "\"status\":%d,\"fences\":%u,\"poll_ms\":%llu,\"driver\":",
 	       (unsigned long long)fence, sfd, ready ? "true" : "false", pfd.revents,
-	       status, (unsigned long long)(now_ms() - t0));
-	qgpu_json_str(stdout, info.driver_name);
+	       status, count, (unsigned long long)(now_ms() - t0));
+	qgpu_json_str(stdout, info[0].driver_name);
 	printf(",\"timeline\":");
-	qgpu_json_str(stdout, info.obj_name);
-	printf(",\"fence_status\":%d}\n", info.status);
+	qgpu_json_str(stdout, info[0].obj_name);
+	printf(",\"fence_status\":%d}\n", info[0].status);
 	fflush(stdout);
 	if (hold)
 		usleep(hold * 1000);

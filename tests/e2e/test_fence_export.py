@@ -90,10 +90,14 @@ def test_a_pending_sync_file_signals_when_its_job_retires(
     job_timeout(g, 600_000)         # only the host ends the hang
     tool(g, f"fill 0 {LENGTH} 0x0")
     faults.hang()
+    earlier = tool(g, f"fill {LENGTH} 4096 0x1 --async")["fence"]
     fence = tool(g, f"fill 0 {LENGTH} {FILL:#x} --async")["fence"]
     now = tool(g, f"fence-export {fence} --poll 200")
     assert not now["ready"] and now["status"] == 0 == now["fence_status"], now
-    assert (now["driver"], now["timeline"]) == ("qgpu", "qgpu0"), now
+    assert (now["driver"], now["timeline"], now["fences"]) == ("qgpu", "qgpu0", 1), now
+    # Both pending, on one context: a merge keeps the later one only.
+    merged = tool(g, f"fence-export {earlier} --merge {fence}")
+    assert (merged["status"], merged["fences"], merged["driver"]) == (0, 1, "qgpu"), merged
     with poller(g, f"{fence} --poll 60000") as p:
         assert qgpu_inspector.vram_backend(0, LENGTH) == bytes(LENGTH)
         faults.hang(False)
