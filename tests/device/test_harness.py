@@ -21,7 +21,8 @@ from xml.etree import ElementTree
 
 import pytest
 
-from qgpu import initramfs, shm, template
+from qgpu import initramfs, paths, shm, template
+from qgpu.config import MachineConfig
 from qgpu.console import ESCAPE, SerialConsole
 from qgpu.crash import backtrace_frames, sanitizer_report
 from qgpu.errors import QemuDiedError, QemuTimeoutError, SetupError
@@ -188,6 +189,22 @@ def test_template_prune_removes_old_and_surplus_templates(tmp_path: Path,
     assert removed == {"new3", "old"}
     assert sorted(p.name for p in root.iterdir() if p.is_dir()) == \
         ["k.making-123", "new1", "new2"]
+
+
+def test_a_template_key_counts_images_by_content_not_path(tmp_path: Path) -> None:
+    """Two checkouts that build the same images share templates; other bytes do not."""
+    if not paths.qemu_binary().exists():
+        pytest.skip("no QEMU built (make qemu)")
+    configs = []
+    for folder, initrd in (("a", b"initramfs"), ("elsewhere/b", b"initramfs"),
+                           ("c", b"initramfs, changed")):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "vmlinuz").write_bytes(b"kernel")
+        (tmp_path / folder / "initramfs.img").write_bytes(initrd)
+        configs.append(MachineConfig(kernel=tmp_path / folder / "vmlinuz",
+                                     initrd=tmp_path / folder / "initramfs.img"))
+    a, b, c = (template.template_key(cfg, "tcg") for cfg in configs)
+    assert a == b != c
 
 
 def test_template_prune_spares_a_template_in_use(tmp_path: Path,

@@ -35,13 +35,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qgpu import accel, paths
+from qgpu import accel, health, paths
 from qgpu.config import MachineConfig, RamFile
-from qgpu.errors import GuestError, QemuError, SetupError
+from qgpu.errors import GuestCrashError, GuestError, QemuError, SetupError
 from qgpu.machine import GuestMachine
 
 #: Bumped when what a template holds, or how it is made, changes.
-FORMAT = 1
+#: 2: keys without the image paths; the boot's kernel log checked before saving.
+FORMAT = 2
 #: When a template is made, those unused for this many days are removed, and
 #: all but this many of the most recently used (about 110 MiB each; 4 DMA
 #: modes x 3 kernels, twice over).
@@ -85,9 +86,16 @@ def machine_argv(config: MachineConfig, accel_name: str) -> list[str]:
 
 
 def template_key(config: MachineConfig, accel_name: str) -> str:
-    """Return the key of the template of ``config``: it changes with any input."""
+    """Return the key of the template of ``config``: it changes with any input.
+
+    The kernel and initramfs count by content, not by path: a checkout
+    elsewhere that builds the same images (they are reproducible) finds the
+    templates another one made.
+    """
     h = hashlib.sha256()
-    h.update(json.dumps([FORMAT, machine_argv(template_config(config), accel_name)]).encode())
+    anywhere = dataclasses.replace(template_config(config), kernel=Path("KERNEL"),
+                                   initrd=Path("INITRD"))
+    h.update(json.dumps([FORMAT, machine_argv(anywhere, accel_name)]).encode())
     for path in (paths.qemu_binary(), config.kernel, config.initrd):
         h.update(file_digest(path).encode())
     if accel_name == "kvm":
@@ -206,6 +214,14 @@ def make(config: MachineConfig, folder: Path, *, accel_name: str,
         machine = GuestMachine(cfg, ssh_key=ssh_key, ram=RamFile(work / "ram"))
         try:
             machine.start(connect_ssh=False)
+            # Every guest restored from it starts with this boot's kernel log:
+            # a report in it (a stall on a busy host, say) is not kept.
+            found = health.check(machine, scan_leaks=False)
+            if not found.ok:
+                raise GuestCrashError(
+                    f"{config.name}: not saved as a template: the guest kernel reported "
+                    f"trouble while booting:\n{found.summary()}",
+                    found.reports.get("dmesg-report.txt", ""))
             machine.save(work / "state")
         finally:
             machine.stop(graceful=False)
@@ -299,15 +315,25 @@ def restore_or_boot(config: MachineConfig, *, ssh_key: Path | None = None,
                     template: Template | None = None) -> Started:
     """Return a guest of ``config`` restored from its template, or booted if that fails.
 
-    A template that cannot be made (the guest does not boot) raises, as a boot
-    would. A restore that fails (QEMU refuses the state, the guest's console
-    does not answer) is not the end -- SSH, which connects at first use, is
-    not tried here: the guest is booted instead, without the driver
-    as a restored one is, and :attr:`Started.cold_boot_reason` quotes the
-    error, for the caller to report -- never silently. ``template`` defaults
+    A template that cannot be made (its boot reports trouble, the cache is
+    full, QEMU cannot save the machine) is not the end either: the guest is
+    booted, which raises if it does not boot. Nor is a restore that fails
+    (QEMU refuses the state, the guest's console does not answer; SSH, which
+    connects at first use, is not tried here). Either way the guest is
+    booted instead, without the driver as a restored one is, and
+    :attr:`Started.cold_boot_reason` quotes the error, for the caller to
+    report -- never silently. ``template`` defaults
     to :func:`get`'s.
     """
-    tmpl = template or get(config, ssh_key=ssh_key)
+    try:
+        tmpl = template or get(config, ssh_key=ssh_key)
+    except (QemuError, GuestError, OSError) as exc:
+        # No template (the boot reported trouble, the cache is full, QEMU cannot
+        # save this machine): a plain boot, as without templates.
+        reason = "\n".join((f"making the template failed: {exc}",
+                            *getattr(exc, "__notes__", ())))
+        machine = GuestMachine(template_config(config), ssh_key=ssh_key)
+        return Started(machine.start(), reason)
     try:
         return Started(restore(config, ssh_key=ssh_key, template=tmpl),
                        template_made=tmpl.made_now)
