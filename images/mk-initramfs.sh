@@ -46,20 +46,32 @@ KCONFIG=$KROOT/boot/config-$ABI
 # ---- test SSH key (generated once, never committed) ----------------------------
 # One key for every image and checkout, kept in the cache: a new clone then
 # builds the same image bytes, and the guest templates keyed by them stay valid.
+# Under a lock (images of other kernels and checkouts share it); a pair that
+# does not match, or half of one, is made again.
 keys=$QGPU_CACHE/ssh
 mkdir -p "$keys" "$OUT/ssh"
 chmod 700 "$keys"
-if [[ ! -s $keys/id_ed25519 || ! -s $keys/id_ed25519.pub ]]; then
-    rm -f "$keys/id_ed25519" "$keys/id_ed25519.pub" "$keys/id_ed25519.new" "$keys/id_ed25519.new.pub"
-    ssh-keygen -q -t ed25519 -N '' -C qgpu-guest-test-key -f "$keys/id_ed25519.new"
+exec 8>"$keys/.lock"
+flock 8
+key_pair_ok() {
+    [[ -s $keys/id_ed25519 && -s $keys/id_ed25519.pub ]] &&
+        [[ $(ssh-keygen -y -f "$keys/id_ed25519" 2>/dev/null | cut -d' ' -f1,2) == \
+           "$(cut -d' ' -f1,2 "$keys/id_ed25519.pub")" ]]
+}
+if ! key_pair_ok; then
+    new=$(mktemp -d "$keys/.new.XXXXXX")
+    ssh-keygen -q -t ed25519 -N '' -C qgpu-guest-test-key -f "$new/id_ed25519"
     # Public half first: a run cut short leaves no private key without it.
-    mv "$keys/id_ed25519.new.pub" "$keys/id_ed25519.pub"
-    mv "$keys/id_ed25519.new" "$keys/id_ed25519"
+    mv "$new/id_ed25519.pub" "$keys/id_ed25519.pub"
+    mv "$new/id_ed25519" "$keys/id_ed25519"
+    rmdir "$new"
     log "generated test SSH key $keys/id_ed25519"
 fi
 for f in id_ed25519 id_ed25519.pub; do
     cmp -s "$keys/$f" "$OUT/ssh/$f" || install -m 600 "$keys/$f" "$OUT/ssh/$f"
 done
+chmod 600 "$OUT/ssh/id_ed25519"
+exec 8>&-
 
 # ---- up to date? (digest of every input) ---------------------------------------
 inputs_digest() {
