@@ -157,6 +157,9 @@ def test_removal_signals_a_pending_sync_file_that_keeps_the_module(
             assert res["ready"] and res["status"] == -errno.ECANCELED, res
             assert "rmmod=0" not in out and "loaded" in out, out
             p.wait(30)
-        assert g.run("rmmod qgpu").status == 0, "qgpu.ko still in use with the sync_file closed"
+        # The fence lets the module go an RCU grace period after its last reference.
+        assert g.run("i=0; until rmmod qgpu; do i=$((i+1)); [ $i -lt 20 ] || exit 1; "
+                     "usleep 100000; done").status == 0, \
+            "qgpu.ko still in use 2 s after the sync_file was closed"
     finally:
         g.run("echo 1 > /sys/bus/pci/rescan")

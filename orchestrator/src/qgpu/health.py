@@ -190,8 +190,15 @@ def check_command(det: Detectors, *, unload: bool = False, scan_leaks: bool = Tr
     """
     parts = []
     if unload:
-        parts.append(f"echo '{_SECTION}unload'; if {QGPU_LOADED}; then "
-                     "rmmod qgpu 2>&1 && echo unloaded; else echo unloaded; fi")
+        # A dma_fence (sync_file) of the driver holds the module until an RCU
+        # grace period after its last reference: "in use" for up to 2 s is
+        # that, longer is a reference the test left behind.
+        parts.append(f"echo '{_SECTION}unload'; if {QGPU_LOADED}; then i=0; "
+                     "until out=$(rmmod qgpu 2>&1); do i=$((i+1)); case $out in "
+                     "*'in use'*|*'temporarily unavailable'*) [ $i -lt 20 ] || break; "
+                     "usleep 100000;; *) break;; esac; done; "
+                     f"if {QGPU_LOADED}; then echo \"$out\"; else echo unloaded; fi; "
+                     "else echo unloaded; fi")
     if det.kmemleak and scan_leaks and settle_leaks:
         parts.append(f"sleep 6; echo scan > {KMEMLEAK}")
     if det.kmemleak and scan_leaks:
