@@ -91,13 +91,14 @@ def test_copy_into_a_peers_vram_bar_writes_the_peers_vram(pair: Pair,
 
 def test_a_peer_whose_memory_decoding_is_off_fails_the_copy(pair: Pair) -> None:
     """With the peer's Memory Space Enable clear, its BAR decodes nothing: the
-    read is an error the descriptor reports, not zeros copied as data."""
+    read and the write fail, and the descriptors report it."""
     pair.peer_vram.write(0, b"\xa5" * 4096)
     pair.peer.enable(memory=False, master=True)
     dev = pair.dev
     dev.vram_write(0, b"\x11" * 4096)
     assert dev.run(dev.desc(opcode=ABI.OP_COPY_TO_VRAM, src=PEER_VRAM, dst=0,
                             length=4096)) == [ABI.ERR_DMA_READ]
+    # The failing chunk's destination is undefined (spec 6.2), but it is not the peer's data.
     assert dev.vram_host(0, 4096) != b"\xa5" * 4096
     assert dev.run(dev.desc(opcode=ABI.OP_COPY_FROM_VRAM, src=0, dst=PEER_VRAM + 8192,
                             length=4096)) == [ABI.ERR_DMA_WRITE]

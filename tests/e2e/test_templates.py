@@ -27,7 +27,7 @@ from .guestio import guest_irq_counts, sh, tool
 
 RestoreGuest = Callable[..., GuestMachine]
 MiB = 1 << 20
-CLOCK_LAG = 5.0                 # seconds between a save and the restore checked
+CLOCK_LAG = 10.0                # seconds between a save and the restore checked
 
 
 def _load_driver(guest: GuestMachine) -> None:
@@ -44,15 +44,19 @@ def test_a_restored_guest_does_dma_with_interrupts(qgpu_restore_guest: RestoreGu
     first.stop(graceful=False)
     # Long enough after the save that a clock left as it was would be seen.
     time.sleep(max(0.0, made + CLOCK_LAG - time.time()))
-    guest = qgpu_restore_guest(qgpu_dma_mode)
-    # The guest read its clock (whole seconds) between before and after: a
-    # clock left at the template's time would be CLOCK_LAG s or more behind.
     before = time.time()
-    seen = float(sh(guest, "date +%s"))
+    guest = qgpu_restore_guest(qgpu_dma_mode)
+    seen = float(sh(guest, "date +%s"))         # whole seconds
     after = time.time()
-    assert before - 1 - CLOCK_LAG / 2 < seen < after + CLOCK_LAG / 2, \
+    # Set on restore, the clock reads between before and after. Left at the
+    # template's time, it would read at most made + (after - before), which
+    # is below before - 1 unless restoring and reading took CLOCK_LAG - 1 s.
+    if made + (after - before) >= before - 1:
+        pytest.skip(f"restoring and reading the clock took {after - before:.1f} s: too slow "
+                    "to tell a set clock from the template's")
+    assert before - 1 <= seen <= after + 1, \
         f"the guest's clock was not set on restore: it read {seen:.0f} between " \
-        f"{before:.1f} and {after:.1f}"
+        f"{before:.1f} and {after:.1f} (the template was saved at {made:.1f})"
     assert guest.console_log is not None
     assert "QGPU-GUEST-READY" not in guest.console_log.read_text(), \
         "the guest booted instead of being restored"

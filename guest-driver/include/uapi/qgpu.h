@@ -351,17 +351,21 @@ struct qgpu_raise_irq {
  *            (POLLIN), merge it, or read its status with SYNC_IOC_FILE_INFO
  *            (linux/sync_file.h): 1 signalled, 0 pending, or the job's
  *            error: -EIO (the device reported an error, QGPU_ERR_* as
- *            WAIT_FENCE's hw_status), -ETIMEDOUT (the job the watchdog found
- *            stuck), -ECANCELED (QGPU_ERR_ABORTED: an engine reset, a PCIe
- *            error recovery, a lost device, a removal or a suspend that
- *            could not wait stopped it), -ESTALE (the driver no longer
+ *            WAIT_FENCE's hw_status), -ETIMEDOUT (a job the watchdog failed:
+ *            the one it found stuck, or every queued one when it could not
+ *            tell which, or on a second hang), -ECANCELED
+ *            (QGPU_ERR_ABORTED: an engine reset, a PCIe error recovery, a
+ *            lost device, a removal or a suspend that could not wait
+ *            stopped it), -ESTALE (the driver no longer
  *            knows how so old a job ended, as for WAIT_FENCE: it may have
  *            succeeded)
  * @reserved: must be zero
  *
  * The dma_fence has the device's fence context and @fence as its 64-bit
- * seqno; exporting a pending fence again gives the same dma_fence (a merge
- * of fences of one device keeps only the latest). It outlives the device
+ * seqno; exporting a pending fence again gives the same dma_fence. A merge
+ * of fences of one device keeps only the latest, so the merged sync_file
+ * does not report an earlier one's error: check each fence you depend on.
+ * It outlives the device
  * file and the device: a removal signals it (-ECANCELED if its job had not
  * retired). While any of the device's dma_fences is referenced (an open
  * sync_file, or one it was merged into), the driver module cannot be
