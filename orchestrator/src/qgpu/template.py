@@ -322,23 +322,25 @@ def restore_or_boot(config: MachineConfig, *, ssh_key: Path | None = None,
     connects at first use, is not tried here). Either way the guest is
     booted instead, without the driver as a restored one is, and
     :attr:`Started.cold_boot_reason` quotes the error, for the caller to
-    report -- never silently. ``template`` defaults
-    to :func:`get`'s.
+    report -- never silently. ``template`` defaults to :func:`get`'s.
     """
     try:
         tmpl = template or get(config, ssh_key=ssh_key)
     except (QemuError, GuestError, OSError) as exc:
         # No template (the boot reported trouble, the cache is full, QEMU cannot
         # save this machine): a plain boot, as without templates.
-        reason = "\n".join((f"making the template failed: {exc}",
-                            *getattr(exc, "__notes__", ())))
-        machine = GuestMachine(template_config(config), ssh_key=ssh_key)
-        return Started(machine.start(), reason)
+        return _boot_instead(config, ssh_key, "making the template failed", exc, made=False)
     try:
         return Started(restore(config, ssh_key=ssh_key, template=tmpl),
                        template_made=tmpl.made_now)
     except (QemuError, GuestError) as exc:
-        reason = "\n".join((f"restoring {tmpl.folder} failed: {exc}",
-                            *getattr(exc, "__notes__", ())))
+        return _boot_instead(config, ssh_key, f"restoring {tmpl.folder} failed", exc,
+                             made=tmpl.made_now)
+
+
+def _boot_instead(config: MachineConfig, ssh_key: Path | None, what: str,
+                  exc: BaseException, *, made: bool) -> Started:
+    """Boot ``config`` as a template guest would be; the reason quotes ``exc``."""
+    reason = "\n".join((f"{what}: {exc}", *getattr(exc, "__notes__", ())))
     machine = GuestMachine(template_config(config), ssh_key=ssh_key)
-    return Started(machine.start(), reason, template_made=tmpl.made_now)
+    return Started(machine.start(), reason, template_made=made)
