@@ -73,6 +73,9 @@ enum qgpu_stat {
 	QGPU_STAT_BAR_REFAULTS,
 	QGPU_STAT_LINE_BOUNCES,
 	QGPU_STAT_SUSPENDS,
+	QGPU_STAT_DMABUFS,		/* exported dma-bufs alive */
+	QGPU_STAT_DMABUF_MAPS,		/* importers' mappings of them */
+	QGPU_STAT_DMABUF_COPIES,	/* QGPU_IOCTL_COPY_DMABUF jobs */
 	QGPU_STAT_NR
 };
 
@@ -87,6 +90,8 @@ struct qgpu_bo {
 	dma_addr_t dma;
 	size_t size;
 	u32 handle;
+	/* importers' mappings and vmaps (qgpu_dmabuf.c), under dmabuf_lock */
+	unsigned int dmabuf_pins;
 };
 
 /* One submission: a few descriptors and what to release when retired. */
@@ -244,6 +249,16 @@ struct qgpu_device {
 	atomic64_t bo_bytes;		/* coherent memory held by BOs */
 	u64 bo_limit;			/* bo_limit_mb: cap on bo_bytes */
 
+	/*
+	 * dma-bufs of its BOs (qgpu_dmabuf.c): each one's CPU mappings are
+	 * zapped with the device's; removal waits on @dmabuf_wq for the
+	 * BOs' importer pins to go before it frees BO memory.
+	 */
+	struct mutex dmabuf_lock;
+	struct list_head dmabufs;
+	atomic_t dmabuf_pins;		/* sum of its BOs' dmabuf_pins */
+	wait_queue_head_t dmabuf_wq;
+
 	wait_queue_head_t soft_wq;
 
 	struct dentry *debugfs;
@@ -362,6 +377,12 @@ int qgpu_fence_wait(struct qgpu_device *qdev, u64 fence, u64 timeout_ns,
 		    u32 *hw_status, u64 *completed);
 u64 qgpu_completed_seq(struct qgpu_device *qdev);
 long qgpu_ioctl_copy_user(struct qgpu_file *qf, struct qgpu_ioctl_call *call);
+u32 qgpu_sg_max(struct qgpu_device *qdev);
+u32 qgpu_sg_range_entries(struct sg_table *sgt, u64 skip, u64 len);
+int qgpu_build_sg_descs(struct qgpu_device *qdev, struct qgpu_job *job,
+			u32 op, struct sg_table *sgt, u64 skip, u64 len,
+			u32 nents, u64 vram_offset, struct qgpu_desc *descs,
+			u32 sg_max);
 void qgpu_retire_locked(struct qgpu_device *qdev);
 int qgpu_fence_status(struct qgpu_device *qdev, u64 fence, u32 *hw_status,
 		      bool *timed_out);
@@ -373,6 +394,13 @@ void qgpu_fence_signal_upto(struct qgpu_device *qdev, u64 first, u64 last,
 			    int error);
 void qgpu_fence_barrier(void);
 long qgpu_ioctl_fence_export(struct qgpu_file *qf, struct qgpu_ioctl_call *call);
+
+/* qgpu_dmabuf.c */
+long qgpu_ioctl_dmabuf_export(struct qgpu_file *qf,
+			      struct qgpu_ioctl_call *call);
+long qgpu_ioctl_copy_dmabuf(struct qgpu_file *qf, struct qgpu_ioctl_call *call);
+void qgpu_dmabuf_zap(struct qgpu_device *qdev);
+void qgpu_dmabuf_wait_unpinned(struct qgpu_device *qdev);
 
 /* qgpu_mmap.c */
 int qgpu_mmap(struct file *filp, struct vm_area_struct *vma);

@@ -421,6 +421,9 @@ static const struct qgpu_ioctl_def qgpu_ioctls[] = {
 	QGPU_IOCTL_DEF(QGPU_IOCTL_CPU_ACCESS, qgpu_ioctl_cpu_access, 0),
 	QGPU_IOCTL_DEF(QGPU_IOCTL_RAISE_IRQ, qgpu_ioctl_raise_irq, 0),
 	QGPU_IOCTL_DEF(QGPU_IOCTL_FENCE_EXPORT, qgpu_ioctl_fence_export, 0),
+	QGPU_IOCTL_DEF(QGPU_IOCTL_DMABUF_EXPORT, qgpu_ioctl_dmabuf_export, 0),
+	QGPU_IOCTL_DEF(QGPU_IOCTL_COPY_DMABUF, qgpu_ioctl_copy_dmabuf,
+		       QGPU_IOCTL_F_USER_MEMORY),
 };
 
 /*

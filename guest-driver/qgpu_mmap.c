@@ -113,8 +113,20 @@ void qgpu_bo_free_all_backing(struct qgpu_device *qdev)
 	list_for_each_entry(bo, &qdev->bos, node) {
 		if (!bo->vaddr)
 			continue;
-		dma_free_attrs(qdev->dev, bo->size, bo->vaddr, bo->dma,
-			       QGPU_BO_DMA_ATTRS);
+		/*
+		 * An importer that did not unmap in time (see
+		 * qgpu_dmabuf_wait_unpinned()) may still DMA into it: better
+		 * never freed than reused under that DMA.
+		 */
+		mutex_lock(&qdev->dmabuf_lock);
+		if (bo->dmabuf_pins)
+			dev_warn(qdev->dev, "%s: BO %u still mapped by %u importer(s): its %zu bytes are never freed\n",
+				 qdev->name, bo->handle, bo->dmabuf_pins,
+				 bo->size);
+		else
+			dma_free_attrs(qdev->dev, bo->size, bo->vaddr, bo->dma,
+				       QGPU_BO_DMA_ATTRS);
+		mutex_unlock(&qdev->dmabuf_lock);
 		atomic64_sub(bo->size, &qdev->bo_bytes);
 		WRITE_ONCE(bo->vaddr, NULL);	/* lookups read it locklessly */
 		qgpu_stat_add(qdev, QGPU_STAT_BOS, -1);
@@ -310,11 +322,15 @@ static void qgpu_zap_range(struct qgpu_device *qdev, u64 start, u64 len)
 	mutex_unlock(&qdev->zap_lock);
 }
 
-/* Everything; ioctls, which may use BO memory, are waited for too. */
+/*
+ * Everything, the BOs' dma-bufs' mappings too; ioctls, which may use BO
+ * memory, are waited for as well.
+ */
 void qgpu_zap_user_mappings(struct qgpu_device *qdev)
 {
 	synchronize_srcu(&qdev->srcu);
 	qgpu_zap_range(qdev, 0, 0);
+	qgpu_dmabuf_zap(qdev);
 }
 
 /*

@@ -50,6 +50,8 @@ static void qgpu_device_release(struct kref *ref)
 
 	/* Removal retired every job, and so signalled every exported fence. */
 	WARN_ON(!list_empty(&qdev->fences));
+	/* Each dma-buf holds its BO, which holds the device. */
+	WARN_ON(!list_empty(&qdev->dmabufs));
 	qgpu_fs_inode_free(qdev->inode);
 	if (qdev->id >= 0)
 		ida_free(&qgpu_ida, qdev->id);
@@ -102,6 +104,9 @@ static int qgpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	qdev->fence_context = qgpu_fence_context_alloc();
 	init_waitqueue_head(&qdev->fence_wq);
 	init_waitqueue_head(&qdev->soft_wq);
+	mutex_init(&qdev->dmabuf_lock);
+	INIT_LIST_HEAD(&qdev->dmabufs);
+	init_waitqueue_head(&qdev->dmabuf_wq);
 	INIT_WORK(&qdev->retire_work, qgpu_retire_work);
 	INIT_WORK(&qdev->reset_work, qgpu_reset_work);
 	INIT_WORK(&qdev->lost_work, qgpu_lost_work);
@@ -314,6 +319,8 @@ static void qgpu_remove(struct pci_dev *pdev)
 	 * user PTE may point at the BARs or at BO memory any more.
 	 */
 	qgpu_zap_user_mappings(qdev);
+	/* Importers of its BOs' dma-bufs, given time to unmap them. */
+	qgpu_dmabuf_wait_unpinned(qdev);
 	qgpu_bo_free_all_backing(qdev);
 
 	qgpu_free_irqs(qdev, priv->vecs);

@@ -879,16 +879,45 @@ static void qgpu_desc_guest(struct qgpu_desc *d, u32 op, u64 guest,
 }
 
 /*
- * Build the device SG list from the mapped table: one descriptor per
- * sg_max entries, each covering the VRAM range its segments add up to.
+ * Entries of the device SG list for @len bytes from byte @skip of the DMA
+ * segments of @sgt; 0 if the segments end first.
  */
-static int qgpu_build_sg_descs(struct qgpu_device *qdev, struct qgpu_job *job,
-			       u32 op, u64 vram_offset, struct qgpu_desc *descs,
-			       u32 sg_max)
+u32 qgpu_sg_range_entries(struct sg_table *sgt, u64 skip, u64 len)
 {
-	unsigned int nents = job->sgt.nents;
 	struct scatterlist *sg;
-	u32 ndesc = 0, in_desc = 0;
+	unsigned int i;
+	u32 n = 0;
+
+	for_each_sgtable_dma_sg(sgt, sg, i) {
+		u64 seg = sg_dma_len(sg);
+
+		if (skip >= seg) {
+			skip -= seg;
+			continue;
+		}
+		n++;
+		if (len <= seg - skip)
+			return n;
+		len -= seg - skip;
+		skip = 0;
+	}
+	return 0;
+}
+
+/*
+ * Build the device SG list for @len bytes from byte @skip of the DMA
+ * segments of @sgt (mapped for the device): @nents entries
+ * (qgpu_sg_range_entries()), one descriptor per @sg_max of them, each
+ * covering the VRAM range its entries add up to. @descs has room for
+ * DIV_ROUND_UP(@nents, @sg_max). Returns the descriptors built.
+ */
+int qgpu_build_sg_descs(struct qgpu_device *qdev, struct qgpu_job *job,
+			u32 op, struct sg_table *sgt, u64 skip, u64 len,
+			u32 nents, u64 vram_offset, struct qgpu_desc *descs,
+			u32 sg_max)
+{
+	struct scatterlist *sg;
+	u32 ndesc = 0, in_desc = 0, n = 0;
 	u64 desc_len = 0, vram = vram_offset;
 	unsigned int i;
 
@@ -898,15 +927,26 @@ static int qgpu_build_sg_descs(struct qgpu_device *qdev, struct qgpu_job *job,
 	if (!job->sg_list)
 		return -ENOMEM;
 
-	for_each_sgtable_dma_sg(&job->sgt, sg, i) {
-		job->sg_list[i].addr = cpu_to_le64(sg_dma_address(sg));
-		job->sg_list[i].len = cpu_to_le32(sg_dma_len(sg));
-		job->sg_list[i].reserved = 0;
-		desc_len += sg_dma_len(sg);
+	for_each_sgtable_dma_sg(sgt, sg, i) {
+		u64 seg = sg_dma_len(sg), take;
+
+		if (skip >= seg) {
+			skip -= seg;
+			continue;
+		}
+		/* At most QGPU_MAX_XFER: fits the entry's 32 bits. */
+		take = min(seg - skip, len);
+		job->sg_list[n].addr = cpu_to_le64(sg_dma_address(sg) + skip);
+		job->sg_list[n].len = cpu_to_le32(take);
+		job->sg_list[n].reserved = 0;
+		skip = 0;
+		len -= take;
+		desc_len += take;
 		in_desc++;
-		if (in_desc == sg_max || i == nents - 1) {
+		n++;
+		if (in_desc == sg_max || n == nents) {
 			dma_addr_t list = job->sg_list_dma +
-				(u64)(i + 1 - in_desc) * QGPU_SG_ENTRY_SIZE;
+				(u64)(n - in_desc) * QGPU_SG_ENTRY_SIZE;
 
 			qgpu_desc_guest(&descs[ndesc], op, list, vram, desc_len);
 			descs[ndesc].flags = cpu_to_le32(QGPU_DESC_F_SG);
@@ -916,13 +956,15 @@ static int qgpu_build_sg_descs(struct qgpu_device *qdev, struct qgpu_job *job,
 			desc_len = 0;
 			in_desc = 0;
 		}
+		if (n == nents)
+			break;
 	}
 	qgpu_stat_add(qdev, QGPU_STAT_SG_ENTRIES, nents);
 	return ndesc;
 }
 
 /* SG entries per descriptor: the device's limit, or the test override. */
-static u32 qgpu_sg_max(struct qgpu_device *qdev)
+u32 qgpu_sg_max(struct qgpu_device *qdev)
 {
 	u32 sg_max = min_t(u32, qgpu_rd(qdev, QGPU_REG_SG_MAX_ENTRIES),
 			   QGPU_SG_MAX_ENTRIES);
@@ -1080,7 +1122,8 @@ submit:
 					vram_offset, len);
 			ndesc = 1;
 		} else {
-			ret = qgpu_build_sg_descs(qdev, job, a->op, vram_offset,
+			ret = qgpu_build_sg_descs(qdev, job, a->op, &job->sgt,
+						  0, len, nsegs, vram_offset,
 						  descs, sg_max);
 			if (ret < 0)
 				goto out_release;

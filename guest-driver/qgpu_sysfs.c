@@ -62,6 +62,9 @@ QGPU_STAT_ATTR(device_lost, QGPU_STAT_DEVICE_LOST);
 QGPU_STAT_ATTR(bar_refaults, QGPU_STAT_BAR_REFAULTS);
 QGPU_STAT_ATTR(line_bounces, QGPU_STAT_LINE_BOUNCES);
 QGPU_STAT_ATTR(suspends, QGPU_STAT_SUSPENDS);
+QGPU_STAT_ATTR(dmabufs, QGPU_STAT_DMABUFS);
+QGPU_STAT_ATTR(dmabuf_maps, QGPU_STAT_DMABUF_MAPS);
+QGPU_STAT_ATTR(dmabuf_copies, QGPU_STAT_DMABUF_COPIES);
 
 static struct attribute *qgpu_stat_attrs[] = {
 	&qgpu_attr_jobs.attr.attr,
@@ -96,6 +99,9 @@ static struct attribute *qgpu_stat_attrs[] = {
 	&qgpu_attr_bar_refaults.attr.attr,
 	&qgpu_attr_line_bounces.attr.attr,
 	&qgpu_attr_suspends.attr.attr,
+	&qgpu_attr_dmabufs.attr.attr,
+	&qgpu_attr_dmabuf_maps.attr.attr,
+	&qgpu_attr_dmabuf_copies.attr.attr,
 	NULL
 };
 

@@ -379,6 +379,82 @@ struct qgpu_fence_export {
 	__u64 reserved[2];
 };
 
+/* QGPU_IOCTL_DMABUF_EXPORT flags. */
+#define QGPU_DMABUF_F_WRITE	(1U << 0)	/* O_RDWR: importers and mmap may write */
+
+/**
+ * struct qgpu_dmabuf_export - QGPU_IOCTL_DMABUF_EXPORT: a buffer object as
+ *	a dma-buf
+ * @handle:   in: buffer object of this file (-ENOENT if unknown or freed)
+ * @flags:    in: QGPU_DMABUF_F_WRITE, else the dma-buf is read-only
+ *            (O_RDONLY: mmap(2) PROT_READ only)
+ * @fd:       out: a new dma-buf file descriptor (close-on-exec)
+ * @reserved: must be zero
+ *
+ * The dma-buf keeps the object alive after its handle is destroyed and its
+ * device file closed; exporting an object again makes another dma-buf of
+ * the same memory. Importers (QGPU_IOCTL_COPY_DMABUF of this or another
+ * device, any other driver) get the object's pages mapped for their device;
+ * mmap(2) of the dma-buf maps them page by page on first access, and
+ * DMA_BUF_IOCTL_SYNC (linux/dma-buf.h) makes what importers' DMA wrote
+ * visible to the CPU and back. Once the device is removed or lost, mmap(2),
+ * vmap and importers' mappings fail with -ENODEV and existing mappings
+ * raise SIGBUS: removal frees the memory, after waiting (up to 30 s) for
+ * importers to unmap it; memory an importer still maps then is never
+ * freed (logged). While a dma-buf is open, the driver module cannot be
+ * unloaded. A kernel without CONFIG_DMA_SHARED_BUFFER fails the call with
+ * -EOPNOTSUPP.
+ */
+struct qgpu_dmabuf_export {
+	__u32 handle;
+	__u32 flags;
+	__s32 fd;
+	__u32 reserved0;
+	__u64 reserved[2];
+};
+
+/**
+ * struct qgpu_copy_dmabuf - QGPU_IOCTL_COPY_DMABUF: DMA between a dma-buf
+ *	of any exporter and VRAM; returns when the DMA is over
+ * @fd:          in: the dma-buf (of this device, another qgpu, udmabuf, ...)
+ * @op:          in: QGPU_OP_COPY_TO_VRAM (from the dma-buf) or
+ *               QGPU_OP_COPY_FROM_VRAM (into it); into VRAM needs a device
+ *               file opened for writing (-EBADF)
+ * @offset:      in: byte offset in the dma-buf
+ * @vram_offset: in: VRAM offset
+ * @length:      in: bytes, 1..max_xfer, inside both (-EINVAL; -E2BIG
+ *               beyond max_xfer or beyond what the ring holds as SG lists)
+ * @timeout_ns:  in: how long to wait for the dma-buf's fences first (its
+ *               dma_resv: writers before reading it, everyone before
+ *               writing it): 0 does not wait (-EBUSY if one is pending);
+ *               -ETIME if they are still pending after it; a signal: -EINTR
+ * @flags:       in: must be zero
+ * @hw_status:   out: QGPU_ERR_* of the job (-EIO)
+ * @fence:       out: fence of the job, 0 if none was submitted
+ * @nr_segments: out: DMA segments of the dma-buf range (SG entries used)
+ * @reserved0:   must be zero
+ * @reserved:    must be zero
+ *
+ * The device reaches the dma-buf through its exporter's mapping for this
+ * device (dma_buf_map_attachment), made for the DMA and torn down before
+ * the call returns. A dma-buf that is not one (-EINVAL) or not a file
+ * (-EBADF) is refused.
+ */
+struct qgpu_copy_dmabuf {
+	__s32 fd;
+	__u32 op;
+	__u64 offset;
+	__u64 vram_offset;
+	__u64 length;
+	__u64 timeout_ns;
+	__u32 flags;
+	__u32 hw_status;
+	__u64 fence;
+	__u32 nr_segments;
+	__u32 reserved0;
+	__u64 reserved[2];
+};
+
 #define QGPU_IOCTL_INFO		_IOWR(QGPU_IOCTL_BASE, 0x00, struct qgpu_info)
 #define QGPU_IOCTL_COPY_USER	_IOWR(QGPU_IOCTL_BASE, 0x01, struct qgpu_copy_user)
 #define QGPU_IOCTL_COPY_BO	_IOWR(QGPU_IOCTL_BASE, 0x02, struct qgpu_copy_bo)
@@ -389,5 +465,7 @@ struct qgpu_fence_export {
 #define QGPU_IOCTL_CPU_ACCESS	_IOWR(QGPU_IOCTL_BASE, 0x07, struct qgpu_cpu_access)
 #define QGPU_IOCTL_RAISE_IRQ	_IOWR(QGPU_IOCTL_BASE, 0x08, struct qgpu_raise_irq)
 #define QGPU_IOCTL_FENCE_EXPORT	_IOWR(QGPU_IOCTL_BASE, 0x09, struct qgpu_fence_export)
+#define QGPU_IOCTL_DMABUF_EXPORT _IOWR(QGPU_IOCTL_BASE, 0x0a, struct qgpu_dmabuf_export)
+#define QGPU_IOCTL_COPY_DMABUF	_IOWR(QGPU_IOCTL_BASE, 0x0b, struct qgpu_copy_dmabuf)
 
 #endif /* _UAPI_QGPU_H */

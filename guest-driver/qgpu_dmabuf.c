@@ -1,0 +1,664 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * qgpu: buffer objects shared as dma-bufs (QGPU_IOCTL_DMABUF_EXPORT), and
+ * dma-bufs of any exporter as the source or destination of a DMA
+ * (QGPU_IOCTL_COPY_DMABUF).
+ *
+ * Exporter. A dma-buf holds a reference on its BO, so the BO outlives its
+ * handle and the file that made it. Importers get the BO's pages mapped for
+ * their own device, in segments their DMA can map (swiotlb bounces at most
+ * 256 KiB at once), through their IOMMU or swiotlb as any pages would be. The CPU maps the dma-buf page by
+ * page on first access, never inside ->mmap, so that removal's zap of each
+ * dma-buf's address_space after its SRCU wait is enough (see
+ * qgpu_zap_user_mappings()). Removal frees BO memory, which the DMA API
+ * can only do while the device is there: it first waits a bounded time for
+ * importers to unmap, then leaves memory still mapped allocated for good
+ * (qgpu_bo_free_all_backing()) rather than free it under their DMA.
+ *
+ * Importer. The device's mapping of a dma-buf is made for one job and torn
+ * down before the ioctl returns, after the job's fence has signalled and
+ * outside the ring lock: a dma_resv lock is never taken where a fence is
+ * signalled. The dma-buf's own fences (its dma_resv) are waited for before
+ * the job is queued, interruptibly and for at most the caller's timeout.
+ * The job adds no fence to the dma_resv: the ioctl returns only once it is
+ * over.
+ */
+
+#include <linux/cc_platform.h>
+#include <linux/dma-buf.h>
+#include <linux/dma-resv.h>
+#include <linux/file.h>
+#include <linux/iosys-map.h>
+#include <linux/module.h>
+#include <linux/slab.h>
+#include <linux/vmalloc.h>
+
+#include "qgpu_drv.h"
+
+#if IS_ENABLED(CONFIG_DMA_SHARED_BUFFER)
+
+MODULE_IMPORT_NS(DMA_BUF);
+
+/* How long removal waits for importers to unmap a BO's dma-buf. */
+#define QGPU_DMABUF_UNPIN_WAIT	(30 * HZ)
+
+/* The exporter's private data of a dma-buf. */
+struct qgpu_dmabuf {
+	struct qgpu_bo *bo;		/* reference */
+	struct qgpu_device *qdev;	/* bo->qdev: alive as long as @bo */
+	struct dma_buf *dmabuf;
+	struct list_head node;		/* qdev->dmabufs, under dmabuf_lock */
+	struct list_head maps;		/* qgpu_dmabuf_map, under dmabuf_lock */
+};
+
+/* One importer mapping: the BO's pages, mapped for the importer's device. */
+struct qgpu_dmabuf_map {
+	struct sg_table sgt;
+	struct device *dev;
+	enum dma_data_direction dir;
+	struct list_head node;		/* qgpu_dmabuf.maps */
+};
+
+/*
+ * The BO's memory, pinned for an importer (a mapping or a vmap) under
+ * dmabuf_lock, or NULL once the device is gone or lost.
+ */
+static void *qgpu_dmabuf_pin_locked(struct qgpu_dmabuf *qb)
+{
+	struct qgpu_device *qdev = qb->qdev;
+	void *vaddr;
+
+	lockdep_assert_held(&qdev->dmabuf_lock);
+	if (qgpu_unusable(qdev) == -ENODEV)
+		return NULL;
+	vaddr = READ_ONCE(qb->bo->vaddr);
+	if (vaddr) {
+		qb->bo->dmabuf_pins++;
+		atomic_inc(&qdev->dmabuf_pins);
+	}
+	return vaddr;
+}
+
+static void qgpu_dmabuf_unpin_locked(struct qgpu_dmabuf *qb)
+{
+	struct qgpu_device *qdev = qb->qdev;
+
+	lockdep_assert_held(&qdev->dmabuf_lock);
+	if (WARN_ON_ONCE(!qb->bo->dmabuf_pins))
+		return;
+	qb->bo->dmabuf_pins--;
+	if (atomic_dec_and_test(&qdev->dmabuf_pins))
+		wake_up_all(&qdev->dmabuf_wq);
+}
+
+/*
+ * The BO's pages as a table for an importer's device: in segments of at
+ * most what it can map in one piece (swiotlb's slots, its max_seg_size).
+ * Linear memory (no IOMMU) or, behind an IOMMU, remapped pages.
+ */
+static int qgpu_dmabuf_table(struct qgpu_bo *bo, void *vaddr, struct device *dev,
+			     struct sg_table *sgt)
+{
+	unsigned int i, n = bo->size >> PAGE_SHIFT;
+	size_t max_seg = min_t(size_t, dma_get_max_seg_size(dev),
+			       dma_max_mapping_size(dev));
+	struct page **pages;
+	int ret;
+
+	pages = kvmalloc_array(n, sizeof(*pages), GFP_KERNEL);
+	if (!pages)
+		return -ENOMEM;
+	for (i = 0; i < n; i++)
+		pages[i] = is_vmalloc_addr(vaddr) ?
+			   vmalloc_to_page(vaddr + ((size_t)i << PAGE_SHIFT)) :
+			   virt_to_page(vaddr) + i;
+	max_seg = max_t(size_t, max_seg & PAGE_MASK, PAGE_SIZE);
+	ret = sg_alloc_table_from_pages_segment(sgt, pages, n, 0, bo->size,
+						max_seg, GFP_KERNEL);
+	kvfree(pages);
+	return ret;
+}
+
+/*
+ * The BO's coherent allocation is, to DMA-API debugging, a mapping the
+ * device may write; another mapping of its cache lines that a device may
+ * write is "overlapping" unless the CPU syncs are explicit
+ * (DMA_ATTR_SKIP_CPU_SYNC, as DRM's PRIME does): made here, in the
+ * mapping's direction, after mapping and before unmapping.
+ */
+#define QGPU_DMABUF_MAP_ATTRS	DMA_ATTR_SKIP_CPU_SYNC
+
+static struct sg_table *qgpu_dmabuf_map(struct dma_buf_attachment *at,
+					enum dma_data_direction dir)
+{
+	struct qgpu_dmabuf *qb = at->dmabuf->priv;
+	struct qgpu_device *qdev = qb->qdev;
+	struct qgpu_dmabuf_map *m;
+	void *vaddr;
+	int ret;
+
+	m = kzalloc(sizeof(*m), GFP_KERNEL);
+	if (!m)
+		return ERR_PTR(-ENOMEM);
+	m->dev = at->dev;
+	m->dir = dir;
+	mutex_lock(&qdev->dmabuf_lock);
+	vaddr = qgpu_dmabuf_pin_locked(qb);
+	if (!vaddr) {
+		ret = -ENODEV;
+		goto err_free;
+	}
+	ret = qgpu_dmabuf_table(qb->bo, vaddr, at->dev, &m->sgt);
+	if (ret)
+		goto err_unpin;
+	ret = dma_map_sgtable(at->dev, &m->sgt, dir, QGPU_DMABUF_MAP_ATTRS);
+	if (ret)
+		goto err_free_table;
+	dma_sync_sgtable_for_device(at->dev, &m->sgt, dir);
+	list_add(&m->node, &qb->maps);
+	mutex_unlock(&qdev->dmabuf_lock);
+	qgpu_stat_inc(qdev, QGPU_STAT_DMABUF_MAPS);
+	return &m->sgt;
+
+err_free_table:
+	sg_free_table(&m->sgt);
+err_unpin:
+	qgpu_dmabuf_unpin_locked(qb);
+err_free:
+	mutex_unlock(&qdev->dmabuf_lock);
+	kfree(m);
+	return ERR_PTR(ret);
+}
+
+/*
+ * Off the list first, so that a CPU-access sync never meets a mapping on
+ * its way out; unpinned last, so that removal frees nothing still mapped.
+ */
+static void qgpu_dmabuf_unmap(struct dma_buf_attachment *at,
+			      struct sg_table *sgt,
+			      enum dma_data_direction dir)
+{
+	struct qgpu_dmabuf_map *m = container_of(sgt, struct qgpu_dmabuf_map, sgt);
+	struct qgpu_dmabuf *qb = at->dmabuf->priv;
+	struct qgpu_device *qdev = qb->qdev;
+
+	mutex_lock(&qdev->dmabuf_lock);
+	list_del(&m->node);
+	mutex_unlock(&qdev->dmabuf_lock);
+	dma_sync_sgtable_for_cpu(at->dev, sgt, dir);
+	dma_unmap_sgtable(at->dev, sgt, dir, QGPU_DMABUF_MAP_ATTRS);
+	sg_free_table(sgt);
+	kfree(m);
+	mutex_lock(&qdev->dmabuf_lock);
+	qgpu_dmabuf_unpin_locked(qb);
+	mutex_unlock(&qdev->dmabuf_lock);
+	qgpu_stat_add(qdev, QGPU_STAT_DMABUF_MAPS, -1);
+}
+
+/*
+ * Importers' mappings may be bounce buffers (swiotlb) or sit behind
+ * non-coherent caches: before the CPU reads what they wrote, and before
+ * they read what the CPU wrote, each mapping is synced its own way. The
+ * BO's mapping for this device is coherent and needs none. The CPU's
+ * access begins once the importers' DMA is over: the dma_resv fences the
+ * access must follow are waited for before the sync (the core waits only
+ * after this op).
+ */
+static int qgpu_dmabuf_cpu_access(struct dma_buf *dmabuf, bool begin,
+				  enum dma_data_direction dir)
+{
+	struct qgpu_dmabuf *qb = dmabuf->priv;
+	struct qgpu_device *qdev = qb->qdev;
+	struct qgpu_dmabuf_map *m;
+	long t;
+	int ret = 0;
+
+	if (begin) {
+		t = dma_resv_wait_timeout(dmabuf->resv,
+				dma_resv_usage_rw(dir == DMA_BIDIRECTIONAL ||
+						  dir == DMA_TO_DEVICE),
+				true, MAX_SCHEDULE_TIMEOUT);
+		if (t < 0)
+			return t;
+	}
+	mutex_lock(&qdev->dmabuf_lock);
+	if (qgpu_unusable(qdev) == -ENODEV || !READ_ONCE(qb->bo->vaddr)) {
+		ret = -ENODEV;
+		goto out;
+	}
+	list_for_each_entry(m, &qb->maps, node) {
+		if (begin)
+			dma_sync_sgtable_for_cpu(m->dev, &m->sgt, m->dir);
+		else
+			dma_sync_sgtable_for_device(m->dev, &m->sgt, m->dir);
+	}
+out:
+	mutex_unlock(&qdev->dmabuf_lock);
+	return ret;
+}
+
+static int qgpu_dmabuf_begin_cpu_access(struct dma_buf *dmabuf,
+					enum dma_data_direction dir)
+{
+	return qgpu_dmabuf_cpu_access(dmabuf, true, dir);
+}
+
+static int qgpu_dmabuf_end_cpu_access(struct dma_buf *dmabuf,
+				      enum dma_data_direction dir)
+{
+	return qgpu_dmabuf_cpu_access(dmabuf, false, dir);
+}
+
+/*
+ * Insert the faulting page of the BO; SIGBUS once the device is removed
+ * or lost (its memory is freed after removal's zap, which waits for this
+ * fault's SRCU section).
+ */
+static vm_fault_t qgpu_dmabuf_fault(struct vm_fault *vmf)
+{
+	struct vm_area_struct *vma = vmf->vma;
+	struct qgpu_dmabuf *qb = vma->vm_private_data;
+	struct qgpu_device *qdev = qb->qdev;
+	vm_fault_t ret = VM_FAULT_SIGBUS;
+	void *vaddr;
+	int idx;
+
+	idx = srcu_read_lock(&qdev->map_srcu);
+	vaddr = READ_ONCE(qb->bo->vaddr);
+	if (qgpu_unusable(qdev) == -ENODEV || !vaddr ||
+	    vmf->pgoff >= qb->bo->size >> PAGE_SHIFT)
+		goto out;
+	vaddr += vmf->pgoff << PAGE_SHIFT;
+	if (vma->vm_flags & VM_MIXEDMAP)
+		ret = vmf_insert_page(vma, vmf->address, vmalloc_to_page(vaddr));
+	else
+		ret = vmf_insert_pfn(vma, vmf->address,
+				     page_to_pfn(virt_to_page(vaddr)));
+out:
+	srcu_read_unlock(&qdev->map_srcu, idx);
+	return ret;
+}
+
+/* ptrace and /proc/PID/mem: through the kernel's address, while it lives. */
+static int qgpu_dmabuf_access(struct vm_area_struct *vma, unsigned long addr,
+			      void *buf, int len, int write)
+{
+	struct qgpu_dmabuf *qb = vma->vm_private_data;
+	struct qgpu_device *qdev = qb->qdev;
+	u64 off = ((u64)vma->vm_pgoff << PAGE_SHIFT) + (addr - vma->vm_start);
+	void *vaddr;
+	int idx;
+
+	if (write && !(vma->vm_flags & VM_WRITE))
+		return -EACCES;
+	if (off >= qb->bo->size)
+		return -EINVAL;
+	len = min_t(u64, len, qb->bo->size - off);
+	idx = srcu_read_lock(&qdev->map_srcu);
+	vaddr = READ_ONCE(qb->bo->vaddr);
+	if (!vaddr || qgpu_unusable(qdev) == -ENODEV)
+		len = -EIO;
+	else if (write)
+		memcpy(vaddr + off, buf, len);
+	else
+		memcpy(buf, vaddr + off, len);
+	srcu_read_unlock(&qdev->map_srcu, idx);
+	return len;
+}
+
+static const struct vm_operations_struct qgpu_dmabuf_vm_ops = {
+	.fault = qgpu_dmabuf_fault,
+	.access = qgpu_dmabuf_access,
+};
+
+/*
+ * The core checked the range against the dma-buf's size and holds the
+ * dma-buf's file in the VMA, which keeps @qb. Linear memory (no IOMMU) is
+ * mapped by PFN, remapped pages (behind an IOMMU) as pages, as
+ * qgpu_mmap_bo() maps them, with the VMA's (cached) protection: right for
+ * x86's coherent DMA. Under memory encryption the buffer is decrypted
+ * memory that only the DMA API knows how to map (qgpu_mmap_bo() leaves it
+ * to dma_mmap_coherent()): refused.
+ */
+static int qgpu_dmabuf_mmap(struct dma_buf *dmabuf, struct vm_area_struct *vma)
+{
+	struct qgpu_dmabuf *qb = dmabuf->priv;
+	struct qgpu_device *qdev = qb->qdev;
+	void *vaddr;
+	int idx, ret = 0;
+
+	if (!(vma->vm_flags & VM_MAYSHARE))
+		return -EINVAL;
+	if (vma->vm_flags & VM_EXEC)
+		return -EPERM;
+	if (cc_platform_has(CC_ATTR_MEM_ENCRYPT))
+		return -EOPNOTSUPP;
+	idx = srcu_read_lock(&qdev->map_srcu);
+	vaddr = READ_ONCE(qb->bo->vaddr);
+	if (qgpu_unusable(qdev) == -ENODEV || !vaddr) {
+		ret = -ENODEV;
+	} else {
+		vm_flags_clear(vma, VM_MAYEXEC);
+		vm_flags_set(vma, VM_DONTEXPAND | VM_DONTDUMP |
+			     (is_vmalloc_addr(vaddr) ? VM_MIXEDMAP :
+						       VM_IO | VM_PFNMAP));
+		vma->vm_ops = &qgpu_dmabuf_vm_ops;
+		vma->vm_private_data = qb;
+	}
+	srcu_read_unlock(&qdev->map_srcu, idx);
+	return ret;
+}
+
+/* A kernel mapping: the coherent buffer's own, pinned until vunmap. */
+static int qgpu_dmabuf_vmap(struct dma_buf *dmabuf, struct iosys_map *map)
+{
+	struct qgpu_dmabuf *qb = dmabuf->priv;
+	void *vaddr;
+
+	mutex_lock(&qb->qdev->dmabuf_lock);
+	vaddr = qgpu_dmabuf_pin_locked(qb);
+	mutex_unlock(&qb->qdev->dmabuf_lock);
+	if (!vaddr)
+		return -ENODEV;
+	iosys_map_set_vaddr(map, vaddr);
+	return 0;
+}
+
+static void qgpu_dmabuf_vunmap(struct dma_buf *dmabuf, struct iosys_map *map)
+{
+	struct qgpu_dmabuf *qb = dmabuf->priv;
+
+	mutex_lock(&qb->qdev->dmabuf_lock);
+	qgpu_dmabuf_unpin_locked(qb);
+	mutex_unlock(&qb->qdev->dmabuf_lock);
+}
+
+static void qgpu_dmabuf_release(struct dma_buf *dmabuf)
+{
+	struct qgpu_dmabuf *qb = dmabuf->priv;
+	struct qgpu_device *qdev = qb->qdev;
+
+	mutex_lock(&qdev->dmabuf_lock);
+	WARN_ON(!list_empty(&qb->maps));
+	list_del(&qb->node);
+	mutex_unlock(&qdev->dmabuf_lock);
+	qgpu_stat_add(qdev, QGPU_STAT_DMABUFS, -1);
+	qgpu_bo_put(qb->bo);		/* may drop the last device reference */
+	kfree(qb);
+}
+
+static const struct dma_buf_ops qgpu_dmabuf_ops = {
+	.map_dma_buf = qgpu_dmabuf_map,
+	.unmap_dma_buf = qgpu_dmabuf_unmap,
+	.release = qgpu_dmabuf_release,
+	.begin_cpu_access = qgpu_dmabuf_begin_cpu_access,
+	.end_cpu_access = qgpu_dmabuf_end_cpu_access,
+	.mmap = qgpu_dmabuf_mmap,
+	.vmap = qgpu_dmabuf_vmap,
+	.vunmap = qgpu_dmabuf_vunmap,
+};
+
+/*
+ * Removal, after the device's zap: every CPU mapping of the dma-bufs goes
+ * too. Their faults check @dead or @lost under map_srcu, which the zap
+ * synchronized, and ->mmap inserts nothing. A dma-buf whose last file
+ * reference is gone is being released (and waits for the lock to leave
+ * the list): its inode may already be freed, and it has no mapping left
+ * (each holds the file).
+ */
+void qgpu_dmabuf_zap(struct qgpu_device *qdev)
+{
+	struct qgpu_dmabuf *qb;
+	struct file *file;
+
+	mutex_lock(&qdev->dmabuf_lock);
+	list_for_each_entry(qb, &qdev->dmabufs, node) {
+		file = qb->dmabuf->file;
+		if (!atomic_long_inc_not_zero(&file->f_count))
+			continue;
+		unmap_mapping_range(file->f_mapping, 0, 0, 1);
+		fput(file);	/* deferred if the last: release waits for us */
+	}
+	mutex_unlock(&qdev->dmabuf_lock);
+}
+
+/*
+ * Removal, with @dead set (no new pins): give importers that still map a
+ * BO (a job of another device, bounded by its watchdog) time to finish.
+ */
+void qgpu_dmabuf_wait_unpinned(struct qgpu_device *qdev)
+{
+	if (!wait_event_timeout(qdev->dmabuf_wq, !atomic_read(&qdev->dmabuf_pins),
+				QGPU_DMABUF_UNPIN_WAIT))
+		dev_warn(qdev->dev, "%s: importers did not unmap its buffers in %u s\n",
+			 qdev->name, QGPU_DMABUF_UNPIN_WAIT / HZ);
+}
+
+/*
+ * QGPU_IOCTL_DMABUF_EXPORT. As for QGPU_IOCTL_FENCE_EXPORT, the caller
+ * (qgpu_ioctl()) installs the descriptor once the argument is copied back.
+ */
+long qgpu_ioctl_dmabuf_export(struct qgpu_file *qf, struct qgpu_ioctl_call *call)
+{
+	struct qgpu_dmabuf_export *a = call->args;
+	DEFINE_DMA_BUF_EXPORT_INFO(exp);
+	struct qgpu_device *qdev = qf->qdev;
+	struct dma_buf *dmabuf;
+	struct qgpu_dmabuf *qb;
+	int fd, ret;
+
+	if ((a->flags & ~QGPU_DMABUF_F_WRITE) || a->reserved0 ||
+	    a->reserved[0] || a->reserved[1])
+		return -EINVAL;
+	qb = kzalloc(sizeof(*qb), GFP_KERNEL);
+	if (!qb)
+		return -ENOMEM;
+	INIT_LIST_HEAD(&qb->maps);
+	INIT_LIST_HEAD(&qb->node);
+	qb->qdev = qdev;
+	qb->bo = qgpu_bo_lookup(qf, a->handle);
+	if (!qb->bo) {
+		ret = -ENOENT;
+		goto err_free;
+	}
+	exp.ops = &qgpu_dmabuf_ops;
+	exp.size = qb->bo->size;
+	exp.flags = O_CLOEXEC | (a->flags & QGPU_DMABUF_F_WRITE ? O_RDWR : O_RDONLY);
+	exp.priv = qb;
+	dmabuf = dma_buf_export(&exp);
+	if (IS_ERR(dmabuf)) {
+		ret = PTR_ERR(dmabuf);
+		goto err_put_bo;
+	}
+	/* From here, dma_buf's release (the last fput()) undoes it all. */
+	qb->dmabuf = dmabuf;
+	mutex_lock(&qdev->dmabuf_lock);
+	list_add(&qb->node, &qdev->dmabufs);
+	mutex_unlock(&qdev->dmabuf_lock);
+	qgpu_stat_inc(qdev, QGPU_STAT_DMABUFS);
+	fd = get_unused_fd_flags(O_CLOEXEC);
+	if (fd < 0) {
+		dma_buf_put(dmabuf);
+		return fd;
+	}
+	a->fd = fd;
+	call->new_file = dmabuf->file;
+	call->new_fd = fd;
+	call->copy_out = true;
+	return 0;
+
+err_put_bo:
+	qgpu_bo_put(qb->bo);
+err_free:
+	kfree(qb);
+	return ret;
+}
+
+/*
+ * Wait for the dma-buf's fences that a DMA in direction @dir must follow:
+ * its writers before the device reads it, everyone before it writes it.
+ */
+static int qgpu_dmabuf_wait_resv(struct dma_buf *dmabuf,
+				 enum dma_data_direction dir, u64 timeout_ns)
+{
+	enum dma_resv_usage usage = dma_resv_usage_rw(dir == DMA_FROM_DEVICE);
+	long t;
+
+	if (!timeout_ns)
+		return dma_resv_test_signaled(dmabuf->resv, usage) ? 0 : -EBUSY;
+	t = dma_resv_wait_timeout(dmabuf->resv, usage, true,
+				  min_t(u64, nsecs_to_jiffies64(timeout_ns),
+					MAX_SCHEDULE_TIMEOUT - 1) ?: 1);
+	if (t < 0)
+		return t == -ERESTARTSYS ? -EINTR : t;
+	return t ? 0 : -ETIME;
+}
+
+/*
+ * The job: the device's SG list for the range of the mapped dma-buf,
+ * submitted and waited for. Inside the device's SRCU read section.
+ */
+static int qgpu_copy_dmabuf_job(struct qgpu_device *qdev,
+				struct qgpu_copy_dmabuf *a,
+				struct sg_table *sgt)
+{
+	struct qgpu_desc *descs;
+	struct qgpu_job *job;
+	u32 nents, ndesc, sg_max = qgpu_sg_max(qdev);
+	int ret;
+
+	nents = qgpu_sg_range_entries(sgt, a->offset, a->length);
+	if (!nents)
+		return -EINVAL;	/* the exporter mapped less than its size */
+	if (DIV_ROUND_UP(nents, sg_max) > qdev->ring_entries - 1)
+		return -E2BIG;
+	descs = kcalloc(DIV_ROUND_UP(nents, sg_max), sizeof(*descs), GFP_KERNEL);
+	job = qgpu_job_alloc();
+	if (!descs || !job) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	job->op = a->op;
+	job->bytes = a->length;
+	ret = qgpu_build_sg_descs(qdev, job, a->op, sgt, a->offset, a->length,
+				  nents, a->vram_offset, descs, sg_max);
+	if (ret < 0)
+		goto out;
+	ndesc = ret;
+	a->nr_segments = nents;
+	/* qgpu_submit() frees the job's SG list if it fails. */
+	ret = qgpu_submit(qdev, job, descs, ndesc);
+	if (ret)
+		goto out;
+	qgpu_stat_inc(qdev, QGPU_STAT_DMABUF_COPIES);
+	ret = qgpu_job_wait(qdev, job);
+	a->fence = job->last_seq;
+	a->hw_status = job->hw_err;
+out:
+	kfree(descs);
+	if (job)
+		qgpu_job_put(job);
+	return ret;
+}
+
+/*
+ * QGPU_IOCTL_COPY_DMABUF. Called outside the device's SRCU read section:
+ * the wait for the dma-buf's fences (its kernel fences among them, which
+ * the exporter's mapping would wait for without a deadline) and the
+ * attachment come first, and may take as long as another driver likes.
+ */
+long qgpu_ioctl_copy_dmabuf(struct qgpu_file *qf, struct qgpu_ioctl_call *call)
+{
+	struct qgpu_device *qdev = qf->qdev;
+	struct qgpu_copy_dmabuf *a = call->args;
+	struct dma_buf_attachment *at;
+	enum dma_data_direction dir;
+	struct dma_buf *dmabuf;
+	struct sg_table *sgt;
+	u64 end;
+	int ret, idx;
+
+	if (a->op == QGPU_OP_COPY_TO_VRAM && !qf->writable)
+		return -EBADF;
+	if (a->flags || a->reserved0 || a->reserved[0] || a->reserved[1] ||
+	    (a->op != QGPU_OP_COPY_TO_VRAM && a->op != QGPU_OP_COPY_FROM_VRAM) ||
+	    !a->length)
+		return -EINVAL;
+	if (a->length > QGPU_MAX_XFER)
+		return -E2BIG;
+	if (check_add_overflow(a->vram_offset, a->length, &end) ||
+	    end > qdev->vram_size)
+		return -EINVAL;
+	a->fence = 0;
+	a->hw_status = 0;
+	a->nr_segments = 0;
+	dir = a->op == QGPU_OP_COPY_TO_VRAM ? DMA_TO_DEVICE : DMA_FROM_DEVICE;
+
+	dmabuf = dma_buf_get(a->fd);
+	if (IS_ERR(dmabuf))
+		return PTR_ERR(dmabuf);
+	if (check_add_overflow(a->offset, a->length, &end) || end > dmabuf->size) {
+		ret = -EINVAL;
+		goto out_put;
+	}
+	/* Into a dma-buf opened read-only: no. */
+	if (dir == DMA_FROM_DEVICE && !(dmabuf->file->f_mode & FMODE_WRITE)) {
+		ret = -EBADF;
+		goto out_put;
+	}
+	ret = qgpu_dmabuf_wait_resv(dmabuf, dir, a->timeout_ns);
+	if (ret)
+		goto out_put;
+	/* A dynamic exporter maps at attach time: not for a device going away. */
+	ret = qgpu_unusable(qdev);
+	if (ret)
+		goto out_put;
+	at = dma_buf_attach(dmabuf, qdev->dev);
+	if (IS_ERR(at)) {
+		ret = PTR_ERR(at);
+		goto out_put;
+	}
+
+	idx = srcu_read_lock(&qdev->srcu);
+	ret = qgpu_unusable(qdev);
+	if (ret)
+		goto out_unlock;
+	sgt = dma_buf_map_attachment_unlocked(at, dir);
+	if (IS_ERR(sgt)) {
+		ret = PTR_ERR(sgt);
+		goto out_unlock;
+	}
+	ret = qgpu_copy_dmabuf_job(qdev, a, sgt);
+	/* The job has retired (and its fence signalled): no DMA any more. */
+	dma_buf_unmap_attachment_unlocked(at, sgt, dir);
+out_unlock:
+	srcu_read_unlock(&qdev->srcu, idx);
+	dma_buf_detach(dmabuf, at);
+out_put:
+	dma_buf_put(dmabuf);
+	/* Once submitted, the caller gets the fence whatever the result. */
+	call->copy_out = a->fence != 0 || !ret;
+	return ret;
+}
+
+#else /* !CONFIG_DMA_SHARED_BUFFER */
+
+long qgpu_ioctl_dmabuf_export(struct qgpu_file *qf, struct qgpu_ioctl_call *call)
+{
+	return -EOPNOTSUPP;
+}
+
+long qgpu_ioctl_copy_dmabuf(struct qgpu_file *qf, struct qgpu_ioctl_call *call)
+{
+	return -EOPNOTSUPP;
+}
+
+void qgpu_dmabuf_zap(struct qgpu_device *qdev)
+{
+}
+
+void qgpu_dmabuf_wait_unpinned(struct qgpu_device *qdev)
+{
+}
+
+#endif
