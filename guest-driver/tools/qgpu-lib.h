@@ -18,7 +18,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <linux/dma-buf.h>
 #include <linux/sync_file.h>
+#include <linux/udmabuf.h>
 
 #include "qgpu.h"
 
@@ -230,6 +232,79 @@ static inline int qgpu_fence_export(int fd, uint64_t fence)
 	int ret = qgpu_ioctl(fd, QGPU_IOCTL_FENCE_EXPORT, &a);
 
 	return ret ? ret : a.fd;
+}
+
+/* Export BO @handle as a dma-buf (QGPU_DMABUF_F_*): its descriptor, or -errno. */
+static inline int qgpu_dmabuf_export(int fd, uint32_t handle, uint32_t flags)
+{
+	struct qgpu_dmabuf_export a = { .handle = handle, .flags = flags };
+	int ret = qgpu_ioctl(fd, QGPU_IOCTL_DMABUF_EXPORT, &a);
+
+	return ret ? ret : a.fd;
+}
+
+/* DMA between dma-buf @dbuf (from byte @off) and VRAM; 0 or -errno. */
+static inline int qgpu_copy_dmabuf(int fd, int dbuf, uint32_t op, uint64_t off,
+				   uint64_t vram_offset, uint64_t len,
+				   uint64_t timeout_ns, struct qgpu_copy_dmabuf *out)
+{
+	struct qgpu_copy_dmabuf a = {
+		.fd = dbuf, .op = op, .offset = off, .vram_offset = vram_offset,
+		.length = len, .timeout_ns = timeout_ns,
+	};
+	int ret = qgpu_ioctl(fd, QGPU_IOCTL_COPY_DMABUF, &a);
+
+	if (out)
+		*out = a;
+	return ret;
+}
+
+/*
+ * A dma-buf of @size bytes of a memfd (udmabuf), the memfd mapped at *map:
+ * the dma-buf's descriptor, or -errno (-ENOENT: no /dev/udmabuf).
+ */
+static inline int qgpu_udmabuf_new(size_t size, void **map)
+{
+	struct udmabuf_create c = { .flags = UDMABUF_FLAGS_CLOEXEC, .size = size };
+	int memfd, dev, ret;
+
+	memfd = memfd_create("qgpu-udmabuf", MFD_ALLOW_SEALING | MFD_CLOEXEC);
+	if (memfd < 0)
+		return -errno;
+	if (ftruncate(memfd, size) || fcntl(memfd, F_ADD_SEALS, F_SEAL_SHRINK)) {
+		ret = -errno;
+		close(memfd);
+		return ret;
+	}
+	*map = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
+	if (*map == MAP_FAILED) {
+		ret = -errno;
+		close(memfd);
+		return ret;
+	}
+	dev = open("/dev/udmabuf", O_RDWR | O_CLOEXEC);
+	if (dev < 0) {
+		ret = -errno;
+		munmap(*map, size);
+		close(memfd);
+		return ret;
+	}
+	c.memfd = memfd;
+	ret = ioctl(dev, UDMABUF_CREATE, &c);
+	ret = ret < 0 ? -errno : ret;
+	close(dev);
+	close(memfd);		/* the dma-buf and the mapping hold it */
+	if (ret < 0)
+		munmap(*map, size);
+	return ret;
+}
+
+/* DMA_BUF_IOCTL_SYNC start (or end) of CPU access: 0 or -errno. */
+static inline int qgpu_dmabuf_sync(int dbuf, int end, uint64_t rw)
+{
+	struct dma_buf_sync s = { .flags = (end ? DMA_BUF_SYNC_END : DMA_BUF_SYNC_START) | rw };
+
+	return qgpu_ioctl(dbuf, DMA_BUF_IOCTL_SYNC, &s);
 }
 
 /*

@@ -960,6 +960,293 @@ static int t_fence_export_outlives_the_file(void)
 	return PASS;
 }
 
+/* ---- dma-bufs ------------------------------------------------------------- */
+
+/* Export BO @handle of @f; SKIP (in the caller) on kernels without dma-buf. */
+#define DMABUF_OR_SKIP(dbuf, f, handle, flags) do {			\
+	(dbuf) = qgpu_dmabuf_export((f), (handle), (flags));		\
+	if ((dbuf) == -EOPNOTSUPP) {					\
+		snprintf(detail, sizeof(detail),			\
+			 "kernel without CONFIG_DMA_SHARED_BUFFER");	\
+		return SKIP;						\
+	}								\
+	CHECK((dbuf) >= 0, "export BO %u: %s", (handle), strerror(-(dbuf))); \
+} while (0)
+
+/* A BO as a dma-buf: one memory through either mapping; bad input refused. */
+static int t_dmabuf_export(void)
+{
+	struct qgpu_dmabuf_export a;
+	struct qgpu_bo_create bc;
+	long long bufs = stat_of("dmabufs");
+	size_t size = 4 * 4096;
+	uint8_t *p, *q, *r, *ref = qgpu_xmalloc(size);
+	int dbuf, rbuf;
+
+	CHECK(!bo_create(fd, size, &bc), "create");
+	p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, bc.mmap_offset);
+	CHECK(p != MAP_FAILED, "mmap BO: %s", strerror(errno));
+	rnd_fill(ref, size);
+	memcpy(p, ref, size);
+	DMABUF_OR_SKIP(dbuf, fd, bc.handle, QGPU_DMABUF_F_WRITE);
+	CHECK(fcntl(dbuf, F_GETFD) & FD_CLOEXEC, "dma-buf fd without FD_CLOEXEC");
+	CHECK(stat_of("dmabufs") == bufs + 1, "dmabufs stat %lld, want %lld",
+	      stat_of("dmabufs"), bufs + 1);
+	CHECK(lseek(dbuf, 0, SEEK_END) == (off_t)size, "dma-buf size %lld",
+	      (long long)lseek(dbuf, 0, SEEK_END));
+	q = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, dbuf, 0);
+	CHECK(q != MAP_FAILED, "mmap dma-buf: %s", strerror(errno));
+	CHECK(!qgpu_dmabuf_sync(dbuf, 0, DMA_BUF_SYNC_RW), "SYNC start");
+	CHECK(!memcmp(q, ref, size), "dma-buf view differs at %d", first_diff(q, ref, size));
+	q[5000] = 0xa5 ^ ref[5000];
+	CHECK(!qgpu_dmabuf_sync(dbuf, 1, DMA_BUF_SYNC_RW), "SYNC end");
+	CHECK((p[5000] ^ ref[5000]) == 0xa5, "a write through the dma-buf not in the BO");
+	q[5000] = ref[5000];
+	/* Part of it, from an offset; nothing past its end, nothing private. */
+	r = mmap(NULL, 4096, PROT_READ, MAP_SHARED, dbuf, 2 * 4096);
+	CHECK(r != MAP_FAILED, "mmap dma-buf page 2: %s", strerror(errno));
+	CHECK(!memcmp(r, ref + 2 * 4096, 4096), "dma-buf page 2 view");
+	munmap(r, 4096);
+	r = mmap(NULL, 2 * 4096, PROT_READ, MAP_SHARED, dbuf, size - 4096);
+	CHECK(r == MAP_FAILED && errno == EINVAL, "mapped past the end (%s)",
+	      r == MAP_FAILED ? strerror(errno) : "ok");
+	r = mmap(NULL, 4096, PROT_READ, MAP_PRIVATE, dbuf, 0);
+	CHECK(r == MAP_FAILED && errno == EINVAL, "MAP_PRIVATE mapped (%s)",
+	      r == MAP_FAILED ? strerror(errno) : "ok");
+	/* Read-only: readable, not writable. */
+	DMABUF_OR_SKIP(rbuf, fd, bc.handle, 0);
+	r = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, rbuf, 0);
+	CHECK(r == MAP_FAILED && errno == EACCES, "read-only dma-buf mapped writable (%s)",
+	      r == MAP_FAILED ? strerror(errno) : "ok");
+	r = mmap(NULL, 4096, PROT_READ, MAP_SHARED, rbuf, 0);
+	CHECK(r != MAP_FAILED && !memcmp(r, ref, 4096), "read-only dma-buf view");
+	munmap(r, 4096);
+	close(rbuf);
+	/* Bad input. */
+	EXPECT_ERR(qgpu_dmabuf_export(fd, 0xfff0, 0), -ENOENT, "unknown handle");
+	EXPECT_ERR(qgpu_dmabuf_export(fd, 0, 0), -ENOENT, "handle 0");
+	EXPECT_ERR(qgpu_dmabuf_export(fd, bc.handle, 2), -EINVAL, "flags");
+	a = (struct qgpu_dmabuf_export){ .handle = bc.handle, .reserved0 = 1 };
+	EXPECT_ERR(qgpu_ioctl(fd, QGPU_IOCTL_DMABUF_EXPORT, &a), -EINVAL, "reserved0");
+	a = (struct qgpu_dmabuf_export){ .handle = bc.handle, .reserved[1] = 1 };
+	EXPECT_ERR(qgpu_ioctl(fd, QGPU_IOCTL_DMABUF_EXPORT, &a), -EINVAL, "reserved");
+	/* The mapping holds the dma-buf: released with the last of both. */
+	close(dbuf);
+	CHECK(stat_of("dmabufs") == bufs + 1, "dma-buf gone while mapped");
+	munmap(q, size);
+	CHECK(stat_of("dmabufs") == bufs, "dmabufs stat %lld after release, want %lld",
+	      stat_of("dmabufs"), bufs);
+	munmap(p, size);
+	free(ref);
+	return PASS;
+}
+
+/* The dma-buf keeps its BO after the handle is destroyed and the file closed. */
+static int t_dmabuf_outlives_the_handle(void)
+{
+	struct qgpu_bo_destroy bd = { 0 };
+	struct qgpu_bo_create bc;
+	long long bos = stat_of("bos");
+	size_t size = 16 * 4096;
+	uint8_t *p, *ref = qgpu_xmalloc(size);
+	int f2 = qgpu_open(dev), dbuf, ret;
+
+	CHECK(f2 >= 0, "open: %s", strerror(errno));
+	CHECK(!bo_create(f2, size, &bc), "create");
+	p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, f2, bc.mmap_offset);
+	CHECK(p != MAP_FAILED, "mmap BO: %s", strerror(errno));
+	rnd_fill(ref, size);
+	memcpy(p, ref, size);
+	munmap(p, size);
+	DMABUF_OR_SKIP(dbuf, f2, bc.handle, QGPU_DMABUF_F_WRITE);
+	bd.handle = bc.handle;
+	CHECK(!qgpu_ioctl(f2, QGPU_IOCTL_BO_DESTROY, &bd), "destroy");
+	close(f2);
+	CHECK(stat_of("bos") == bos + 1, "bos stat %lld: the BO went with its handle",
+	      stat_of("bos"));
+	p = mmap(NULL, size, PROT_READ, MAP_SHARED, dbuf, 0);
+	CHECK(p != MAP_FAILED, "mmap dma-buf: %s", strerror(errno));
+	CHECK(!memcmp(p, ref, size), "contents after the handle went");
+	munmap(p, size);
+	ret = qgpu_copy_dmabuf(fd, dbuf, QGPU_OP_COPY_TO_VRAM, 0, 3 << 20, size,
+			       1000000000ULL, NULL);
+	CHECK(!ret, "dma-buf -> VRAM: %s", strerror(-ret));
+	CHECK(cpu_sum(3 << 20, size) == qgpu_fnv1a(QGPU_FNV_INIT, ref, size),
+	      "VRAM after the copy");
+	close(dbuf);
+	CHECK(stat_of("bos") == bos, "bos stat %lld after the dma-buf, want %lld",
+	      stat_of("bos"), bos);
+	free(ref);
+	return PASS;
+}
+
+/* COPY_DMABUF of the device's own BO, both ways, unaligned; bad input. */
+static int t_dmabuf_import_self(void)
+{
+	struct qgpu_copy_dmabuf o, a;
+	struct qgpu_bo_create bc;
+	long long maps = stat_of("dmabuf_maps"), copies = stat_of("dmabuf_copies");
+	size_t size = 3 * 4096;
+	uint8_t *p, *ref = qgpu_xmalloc(size);
+	int dbuf, rbuf, ro, ret;
+
+	CHECK(!bo_create(fd, size, &bc), "create");
+	p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, bc.mmap_offset);
+	CHECK(p != MAP_FAILED, "mmap BO: %s", strerror(errno));
+	DMABUF_OR_SKIP(dbuf, fd, bc.handle, QGPU_DMABUF_F_WRITE);
+	/* VRAM into the middle of it. */
+	memset(ref, 0, size);
+	CHECK(!qgpu_fill(fd, 4 << 20, size, 0x5a5b5c5d, 0, NULL), "fill");
+	ret = qgpu_copy_dmabuf(fd, dbuf, QGPU_OP_COPY_FROM_VRAM, 100, 4 << 20, 9000,
+			       0, &o);
+	CHECK(!ret, "VRAM -> dma-buf: %s", strerror(-ret));
+	CHECK(o.fence && !o.hw_status && o.nr_segments >= 1, "fence %llu, status %u, "
+	      "segments %u", (unsigned long long)o.fence, o.hw_status, o.nr_segments);
+	qgpu_pattern_fill(ref + 100, 9000, 0x5a5b5c5d);
+	CHECK(first_diff(p, ref, size) < 0, "BO differs at %d", first_diff(p, ref, size));
+	/* Back into VRAM from an unaligned offset. */
+	rnd_fill(ref, size);
+	memcpy(p, ref, size);
+	ret = qgpu_copy_dmabuf(fd, dbuf, QGPU_OP_COPY_TO_VRAM, 4096 + 7, 5 << 20, 5000,
+			       0, &o);
+	CHECK(!ret, "dma-buf -> VRAM: %s", strerror(-ret));
+	CHECK(cpu_sum(5 << 20, 5000) == qgpu_fnv1a(QGPU_FNV_INIT, ref + 4096 + 7, 5000),
+	      "VRAM after the copy");
+	CHECK(stat_of("dmabuf_maps") == maps, "dmabuf_maps %lld, want %lld: a mapping "
+	      "outlived its copy", stat_of("dmabuf_maps"), maps);
+	CHECK(stat_of("dmabuf_copies") == copies + 2, "dmabuf_copies %lld, want %lld",
+	      stat_of("dmabuf_copies"), copies + 2);
+	snprintf(detail, sizeof(detail), "%u segment(s)", o.nr_segments);
+	/* Bad input. */
+#define COPY_ERR(dfd, op, off, voff, len, want, what)				\
+	EXPECT_ERR(qgpu_copy_dmabuf(fd, (dfd), (op), (off), (voff), (len), 0, NULL), \
+		   (want), (what))
+	COPY_ERR(dbuf, QGPU_OP_COPY_TO_VRAM, 0, 0, 0, -EINVAL, "length 0");
+	COPY_ERR(dbuf, QGPU_OP_COPY_TO_VRAM, 1, 0, size, -EINVAL, "past the dma-buf's end");
+	COPY_ERR(dbuf, QGPU_OP_COPY_TO_VRAM, UINT64_MAX - 10, 0, 100, -EINVAL,
+		 "offset + length overflows");
+	COPY_ERR(dbuf, QGPU_OP_COPY_TO_VRAM, 0, info.vram_size - 10, 100, -EINVAL,
+		 "past the end of VRAM");
+	COPY_ERR(dbuf, QGPU_OP_COPY_TO_VRAM, 0, 0, info.max_xfer + 1, -E2BIG,
+		 "longer than max_xfer");
+	COPY_ERR(dbuf, QGPU_OP_COPY_VRAM, 0, 0, 100, -EINVAL, "op");
+	COPY_ERR(fd, QGPU_OP_COPY_TO_VRAM, 0, 0, 100, -EINVAL, "not a dma-buf");
+	COPY_ERR(-1, QGPU_OP_COPY_TO_VRAM, 0, 0, 100, -EBADF, "not a file");
+	a = (struct qgpu_copy_dmabuf){ .fd = dbuf, .op = QGPU_OP_COPY_TO_VRAM,
+				       .length = 100, .flags = 1 };
+	EXPECT_ERR(qgpu_ioctl(fd, QGPU_IOCTL_COPY_DMABUF, &a), -EINVAL, "flags");
+	a.flags = 0;
+	a.reserved[0] = 1;
+	EXPECT_ERR(qgpu_ioctl(fd, QGPU_IOCTL_COPY_DMABUF, &a), -EINVAL, "reserved");
+	DMABUF_OR_SKIP(rbuf, fd, bc.handle, 0);
+	COPY_ERR(rbuf, QGPU_OP_COPY_FROM_VRAM, 0, 0, 100, -EBADF,
+		 "into a read-only dma-buf");
+	ro = open(dev, O_RDONLY | O_CLOEXEC);
+	CHECK(ro >= 0, "open read-only: %s", strerror(errno));
+	EXPECT_ERR(qgpu_copy_dmabuf(ro, dbuf, QGPU_OP_COPY_TO_VRAM, 0, 0, 100, 0, NULL),
+		   -EBADF, "into VRAM from a read-only device file");
+	EXPECT_ERR(qgpu_copy_dmabuf(ro, dbuf, QGPU_OP_COPY_FROM_VRAM, 0, 0, 100, 0, NULL),
+		   0, "from VRAM with a read-only device file");
+#undef COPY_ERR
+	close(ro);
+	close(rbuf);
+	close(dbuf);
+	munmap(p, size);
+	free(ref);
+	return PASS;
+}
+
+/* A dma-buf of another exporter: udmabuf over a memfd, both ways. */
+static int t_dmabuf_import_udmabuf(void)
+{
+	struct qgpu_copy_dmabuf o;
+	size_t size = 256 << 10;
+	uint8_t *m, *ref = qgpu_xmalloc(size);
+	void *map = NULL;
+	int dbuf, ret;
+
+	dbuf = qgpu_udmabuf_new(size, &map);
+	if (dbuf == -ENOENT) {
+		snprintf(detail, sizeof(detail), "no /dev/udmabuf (CONFIG_UDMABUF)");
+		return SKIP;
+	}
+	CHECK(dbuf >= 0, "udmabuf: %s", strerror(-dbuf));
+	m = map;
+	rnd_fill(m, size);
+	ret = qgpu_copy_dmabuf(fd, dbuf, QGPU_OP_COPY_TO_VRAM, 0, 6 << 20, size, 0, &o);
+	CHECK(!ret, "udmabuf -> VRAM: %s", strerror(-ret));
+	CHECK(cpu_sum(6 << 20, size) == qgpu_fnv1a(QGPU_FNV_INIT, m, size),
+	      "VRAM after the copy");
+	CHECK(!qgpu_fill(fd, 7 << 20, size, 0x600df00d, 0, NULL), "fill");
+	memset(m, 0, size);
+	ret = qgpu_copy_dmabuf(fd, dbuf, QGPU_OP_COPY_FROM_VRAM, 0, 7 << 20, size, 0, &o);
+	CHECK(!ret, "VRAM -> udmabuf: %s", strerror(-ret));
+	qgpu_pattern_fill(ref, size, 0x600df00d);
+	CHECK(first_diff(m, ref, size) < 0, "memfd differs at %d", first_diff(m, ref, size));
+	snprintf(detail, sizeof(detail), "%u segment(s)", o.nr_segments);
+	close(dbuf);
+	munmap(map, size);
+	free(ref);
+	return PASS;
+}
+
+/*
+ * The dma-buf's fences come first: a pending fence of the device, imported
+ * into the dma-buf's dma_resv (DMA_BUF_IOCTL_IMPORT_SYNC_FILE), holds a copy
+ * until it signals -- as a writer for both directions, as a reader only for
+ * a copy into the dma-buf.
+ */
+static int t_dmabuf_resv_wait(void)
+{
+	struct dma_buf_import_sync_file is = { 0 };
+	struct qgpu_bo_create bc;
+	uint64_t fence = 0;
+	int dbuf, sfd, ret, n;
+
+	CHECK(!bo_create(fd, 4096, &bc), "create");
+	DMABUF_OR_SKIP(dbuf, fd, bc.handle, QGPU_DMABUF_F_WRITE);
+	for (int round = 0; round < 2; round++) {
+		for (n = 0; n < 200; n++)
+			CHECK(!qgpu_fill(fd, 0, info.vram_size, 0x7000 + n,
+					 QGPU_SUBMIT_F_ASYNC, &fence), "fill %d", n);
+		EXPORT_OR_SKIP(sfd, fd, fence);
+		is.flags = round ? DMA_BUF_SYNC_READ : DMA_BUF_SYNC_WRITE;
+		is.fd = sfd;
+		CHECK(!qgpu_ioctl(dbuf, DMA_BUF_IOCTL_IMPORT_SYNC_FILE, &is),
+		      "IMPORT_SYNC_FILE: %s", strerror(errno));
+		ret = qgpu_copy_dmabuf(fd, dbuf, round ? QGPU_OP_COPY_FROM_VRAM :
+				       QGPU_OP_COPY_TO_VRAM, 0, 8 << 20, 4096, 0, NULL);
+		if (!ret && sync_file_poll(sfd, 0) == 1) {
+			/* Signalled before the copy looked: nothing to tell. */
+			snprintf(detail, sizeof(detail), "engine too fast to test");
+			return SKIP;
+		}
+		EXPECT_ERR(ret, -EBUSY, round ? "a writer with a reader pending, no wait" :
+						"with a writer pending, no wait");
+		ret = qgpu_copy_dmabuf(fd, dbuf, round ? QGPU_OP_COPY_FROM_VRAM :
+				       QGPU_OP_COPY_TO_VRAM, 0, 8 << 20, 4096, 1000000, NULL);
+		if (ret != -ETIME)
+			CHECK(!ret && sync_file_poll(sfd, 0) == 1, "a wait of 1 ms: %s, "
+			      "the fence %s", strerror(-ret),
+			      sync_file_poll(sfd, 0) == 1 ? "signalled" : "pending");
+		if (round && sync_file_poll(sfd, 0) == 0) {
+			/* Readers do not wait for readers: no -EBUSY without a wait. */
+			ret = qgpu_copy_dmabuf(fd, dbuf, QGPU_OP_COPY_TO_VRAM, 0, 8 << 20,
+					       4096, 0, NULL);
+			CHECK(!ret, "a reader, with only a reader pending: %s",
+			      strerror(-ret));
+		}
+		ret = qgpu_copy_dmabuf(fd, dbuf, round ? QGPU_OP_COPY_FROM_VRAM :
+				       QGPU_OP_COPY_TO_VRAM, 0, 8 << 20, 4096,
+				       120000000000ULL, NULL);
+		CHECK(!ret, "a long wait: %s", strerror(-ret));
+		CHECK(sync_file_poll(sfd, 0) == 1, "the copy went ahead of the fence");
+		close(sfd);
+	}
+	close(dbuf);
+	return PASS;
+}
+
 static void on_alarm(int sig)
 {
 }
@@ -1292,6 +1579,11 @@ static const struct test tests[] = {
 	{ "fence_timeout_signal", t_fence_timeout_signal, 300 },
 	{ "fence_export", t_fence_export, 30 },
 	{ "fence_export_outlives_the_file", t_fence_export_outlives_the_file, 60 },
+	{ "dmabuf_export", t_dmabuf_export, 30 },
+	{ "dmabuf_outlives_the_handle", t_dmabuf_outlives_the_handle, 30 },
+	{ "dmabuf_import_self", t_dmabuf_import_self, 30 },
+	{ "dmabuf_import_udmabuf", t_dmabuf_import_udmabuf, 30 },
+	{ "dmabuf_resv_wait", t_dmabuf_resv_wait, 300 },
 	{ "vram_copy", t_vram_copy, 30 },
 	{ "cpu_access", t_cpu_access, 30 },
 	{ "soft_irq", t_soft_irq, 10 },

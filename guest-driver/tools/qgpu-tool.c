@@ -46,11 +46,22 @@ static void usage(void)
 "                                     --close-device), report its status;\n"
 "                                     keep it open MS more with --hold\n"
 "  hold SECONDS [--dma-off OFF --dma-len LEN] [--keep-going] [--ready FILE]\n"
-"                                     map VRAM (eager, lazy), regs and a BO,\n"
+"                                     map VRAM (eager, lazy), regs, a BO and\n"
+"                                     the BO as a dma-buf (where supported),\n"
 "                                     touch them (and DMA round trips) in a\n"
 "                                     loop until SIGBUS, an ioctl error or\n"
 "                                     SECONDS; report what happened\n"
 "  copy-vram SRC DST LEN              DMA VRAM-to-VRAM copy\n"
+"  dmabuf-copy to-vram|from-vram udmabuf|bo OFF LEN [PATTERN] [--importer DEV]\n"
+"              [--ready FILE --go FILE] [--after-fence F] [--timeout-ns NS]\n"
+"                                     DMA between VRAM (of DEV) and a dma-buf\n"
+"                                     of a memfd or of a BO (filled with\n"
+"                                     PATTERN for to-vram); checksum of the\n"
+"                                     dma-buf's bytes afterwards; --ready:\n"
+"                                     touch FILE once the dma-buf is made,\n"
+"                                     copy once the --go FILE exists;\n"
+"                                     --after-fence: fence F of the device\n"
+"                                     writes the dma-buf first (its dma_resv)\n"
 "  bo-create SIZE [--to-vram OFF]     create a BO, fill it through mmap (and\n"
 "                                     DMA it into VRAM at OFF); checksum\n"
 "  to-vram OFF FILE [--sg]            DMA a file (or - for stdin) into VRAM\n"
@@ -297,6 +308,137 @@ static void cmd_bo_create(int argc, char **argv)
 	       (unsigned long long)bc.size, bc.handle, (unsigned long long)sum);
 }
 
+/*
+ * A dma-buf of @len bytes to DMA with: "udmabuf" (a memfd), or "bo" (a BO
+ * of the device file @fd, exported; its handle destroyed at once, so the
+ * dma-buf alone holds it). Its memory mapped at *map.
+ */
+static int dmabuf_source(const char *kind, uint64_t len, void **map)
+{
+	struct qgpu_bo_create bc = { .size = len };
+	struct qgpu_bo_destroy bd = { 0 };
+	int dbuf, ret;
+
+	if (!strcmp(kind, "udmabuf")) {
+		dbuf = qgpu_udmabuf_new(len, map);
+		if (dbuf < 0)
+			fail("udmabuf", -dbuf);
+		return dbuf;
+	}
+	if (strcmp(kind, "bo"))
+		usage();
+	ret = qgpu_ioctl(fd, QGPU_IOCTL_BO_CREATE, &bc);
+	if (ret)
+		fail("BO create", -ret);
+	dbuf = qgpu_dmabuf_export(fd, bc.handle, QGPU_DMABUF_F_WRITE);
+	if (dbuf < 0)
+		fail("dma-buf export", -dbuf);
+	bd.handle = bc.handle;
+	ret = qgpu_ioctl(fd, QGPU_IOCTL_BO_DESTROY, &bd);
+	if (ret)
+		fail("BO destroy", -ret);
+	*map = mmap(NULL, bc.size, PROT_READ | PROT_WRITE, MAP_SHARED, dbuf, 0);
+	if (*map == MAP_FAILED)
+		fail("dma-buf mmap", errno);
+	return dbuf;
+}
+
+/*
+ * dmabuf-copy to-vram|from-vram SOURCE OFF LEN [PATTERN] [--importer DEV]
+ * [--ready FILE --go FILE]: DMA between a dma-buf of SOURCE (dmabuf_source(),
+ * filled with PATTERN through its mapping for to-vram) and VRAM at OFF of
+ * DEV (default: the device); report the checksum of the bytes the dma-buf
+ * holds afterwards. With --ready, the dma-buf is made, the exporting
+ * device's file closed (with another importer), FILE created, and the copy
+ * waits until the --go file exists (the host removes a device meanwhile).
+ * --after-fence F puts the device's fence F in the dma-buf's dma_resv as a
+ * writer first; --timeout-ns is how long the copy waits for such fences
+ * (default 1 s; 0: -EBUSY if pending).
+ */
+static void cmd_dmabuf_copy(int argc, char **argv)
+{
+	int to = !strcmp(argv[0], "to-vram");
+	const char *importer = opt_val(argc, argv, "--importer", NULL);
+	const char *ready = opt_val(argc, argv, "--ready", NULL);
+	const char *go = opt_val(argc, argv, "--go", NULL);
+	const char *after = opt_val(argc, argv, "--after-fence", NULL);
+	uint64_t timeout_ns = num(opt_val(argc, argv, "--timeout-ns", "1000000000"));
+	uint64_t off = num(argv[2]), len = num(argv[3]), t0;
+	struct qgpu_copy_dmabuf o;
+	int dbuf, ifd = fd, ret, sync;
+	char sum[24] = "null";
+	void *map = NULL;
+
+	if (!to && strcmp(argv[0], "from-vram"))
+		usage();
+	if ((to && (argc < 5 || argv[4][0] == '-')) || !ready != !go)
+		usage();
+	if (!len)
+		fail("dmabuf-copy", EINVAL);
+	dbuf = dmabuf_source(argv[1], (len + 4095) & ~4095ULL, &map);
+	/*
+	 * Through the dma-buf's mapping (a BO), the CPU's access is bracketed
+	 * as the dma-buf protocol asks. A udmabuf's memory is used through
+	 * its memfd's mapping, plain memory, which needs none: and its
+	 * DMA_BUF_IOCTL_SYNC would do harm. Linux 6.12's udmabuf syncs a
+	 * streaming mapping of its own (made at the first sync), so under
+	 * swiotlb=force a sync after another device's DMA into the pages
+	 * copies that mapping's stale bounce buffer over them.
+	 */
+	sync = !strcmp(argv[1], "bo");
+	ret = sync ? qgpu_dmabuf_sync(dbuf, 0, DMA_BUF_SYNC_WRITE) : 0;
+	if (ret)
+		fail("DMA_BUF_IOCTL_SYNC", -ret);
+	if (to)
+		qgpu_pattern_fill(map, len, num(argv[4]));
+	else
+		memset(map, 0, len);
+	ret = sync ? qgpu_dmabuf_sync(dbuf, 1, DMA_BUF_SYNC_WRITE) : 0;
+	if (ret)
+		fail("DMA_BUF_IOCTL_SYNC", -ret);
+	if (importer) {
+		ifd = qgpu_open(importer);
+		if (ifd < 0)
+			fail(importer, errno);
+	}
+	if (after) {
+		/* The job of fence F writes the dma-buf, as far as its dma_resv knows. */
+		struct dma_buf_import_sync_file is = { .flags = DMA_BUF_SYNC_WRITE };
+
+		is.fd = qgpu_fence_export(fd, num(after));
+		if (is.fd < 0)
+			fail("fence-export", -is.fd);
+		if (ioctl(dbuf, DMA_BUF_IOCTL_IMPORT_SYNC_FILE, &is))
+			fail("DMA_BUF_IOCTL_IMPORT_SYNC_FILE", errno);
+		close(is.fd);
+	}
+	if (ready) {
+		/* Held: the dma-buf exists, its BO's handle and file are gone. */
+		if (fd != ifd) {
+			close(fd);
+			fd = -1;
+		}
+		close(open(ready, O_WRONLY | O_CREAT, 0644));
+		for (t0 = now_ms(); access(go, F_OK); usleep(10000))
+			if (now_ms() - t0 > 120000)
+				fail(go, ETIMEDOUT);
+	}
+	ret = qgpu_copy_dmabuf(ifd, dbuf, to ? QGPU_OP_COPY_TO_VRAM : QGPU_OP_COPY_FROM_VRAM,
+			       0, off, len, timeout_ns, &o);
+	if (ret)
+		fail("COPY_DMABUF", -ret);
+	/* An exporter removed meanwhile: its memory is gone (SIGBUS), no checksum. */
+	ret = sync ? qgpu_dmabuf_sync(dbuf, 0, DMA_BUF_SYNC_READ) : 0;
+	if (ret && ret != -ENODEV)
+		fail("DMA_BUF_IOCTL_SYNC", -ret);
+	if (!ret)
+		snprintf(sum, sizeof(sum), "\"0x%016llx\"",
+			 (unsigned long long)qgpu_fnv1a(QGPU_FNV_INIT, map, len));
+	printf("{\"ok\":true,\"source\":\"%s\",\"length\":%llu,\"fence\":%llu,"
+	       "\"segments\":%u,\"checksum\":%s}\n", argv[1], (unsigned long long)len,
+	       (unsigned long long)o.fence, o.nr_segments, sum);
+}
+
 /* ---- hold: mappings and DMA under fire ---------------------------------- */
 
 static sigjmp_buf hold_jmp;
@@ -329,7 +471,7 @@ static int probe_byte(volatile uint8_t *p, int how)
 
 static void cmd_hold(int argc, char **argv)
 {
-	static const char *const names[] = { "vram", "lazy", "regs", "bo" };
+	static const char *const names[] = { "vram", "lazy", "regs", "bo", "dmabuf" };
 	uint64_t secs = num(argv[0]), t0 = now_ms(), deadline;
 	const char *doff = opt_val(argc, argv, "--dma-off", NULL);
 	const char *dlen = opt_val(argc, argv, "--dma-len", NULL);
@@ -340,7 +482,8 @@ static void cmd_hold(int argc, char **argv)
 	int first_errno = 0, last_errno = 0, regs_ones = 0, sig, i, ret;
 	const char *event = "timeout", *where = "";
 	struct qgpu_bo_create bc = { .size = 65536 };
-	volatile uint8_t *maps[4];
+	volatile uint8_t *maps[5];
+	int nmaps = 5, dbuf;
 	struct sigaction sa = { .sa_handler = hold_on_sig };
 	char faulted[64] = "";
 	uint8_t *out = NULL, *in = NULL;
@@ -353,7 +496,17 @@ static void cmd_hold(int argc, char **argv)
 	if (ret)
 		fail("BO create", -ret);
 	maps[3] = mmap(NULL, 65536, PROT_READ | PROT_WRITE, MAP_SHARED, fd, bc.mmap_offset);
-	for (i = 0; i < 4; i++)
+	/* The BO as a dma-buf too, held by its mapping alone. */
+	dbuf = qgpu_dmabuf_export(fd, bc.handle, QGPU_DMABUF_F_WRITE);
+	if (dbuf == -EOPNOTSUPP) {
+		nmaps = 4;
+	} else if (dbuf < 0) {
+		fail("dma-buf export", -dbuf);
+	} else {
+		maps[4] = mmap(NULL, 65536, PROT_READ | PROT_WRITE, MAP_SHARED, dbuf, 0);
+		close(dbuf);
+	}
+	for (i = 0; i < nmaps; i++)
 		if (maps[i] == MAP_FAILED)
 			fail(names[i], errno);
 	if (dma_len) {
@@ -366,9 +519,9 @@ static void cmd_hold(int argc, char **argv)
 	sigaction(SIGSEGV, &sa, NULL);
 	deadline = t0 + secs * 1000;
 	while (now_ms() < deadline) {
-		for (i = 0; i < 4; i++) {
+		for (i = 0; i < nmaps; i++) {
 			sig = probe_byte(maps[i] + (i == 2 ? 0 : 4096 * (iters % 16)),
-					 i == 3 ? 1 : i == 2 ? 2 : 0);
+					 i >= 3 ? 1 : i == 2 ? 2 : 0);
 			if (sig) {
 				event = "sigbus";
 				where = names[i];
@@ -419,13 +572,13 @@ done:
 					 !strcmp(event, "sigbus") ? 3000 : 0);;) {
 		int n = 0;
 
-		for (i = 0; i < 4; i++)
+		for (i = 0; i < nmaps; i++)
 			n += !!probe_byte(maps[i], i == 2 ? 2 : 0);
-		if (n == 4 || now_ms() >= until)
+		if (n == nmaps || now_ms() >= until)
 			break;
 		usleep(10000);
 	}
-	for (i = 0; i < 4; i++) {
+	for (i = 0; i < nmaps; i++) {
 		if (probe_byte(maps[i], i == 2 ? 2 : 0)) {
 			strcat(faulted, faulted[0] ? ",\"" : "\"");
 			strcat(faulted, names[i]);
@@ -580,6 +733,8 @@ int main(int argc, char **argv)
 		wait_report(num(argv[0]), num(argv[1]));
 	} else if (!strcmp(cmd, "fence-export") && argc >= 1) {
 		cmd_fence_export(argc, argv);
+	} else if (!strcmp(cmd, "dmabuf-copy") && argc >= 4) {
+		cmd_dmabuf_copy(argc, argv);
 	} else if (!strcmp(cmd, "hold") && argc >= 1) {
 		cmd_hold(argc, argv);
 	} else if (!strcmp(cmd, "copy-vram") && argc >= 3) {
