@@ -578,17 +578,11 @@ long qgpu_ioctl_copy_dmabuf(struct qgpu_file *qf, struct qgpu_ioctl_call *call)
 	u64 end;
 	int ret, idx;
 
-	if (a->op == QGPU_OP_COPY_TO_VRAM && !qf->writable)
-		return -EBADF;
-	if (a->flags || a->reserved0 || a->reserved[0] || a->reserved[1] ||
-	    (a->op != QGPU_OP_COPY_TO_VRAM && a->op != QGPU_OP_COPY_FROM_VRAM) ||
-	    !a->length)
-		return -EINVAL;
-	if (a->length > QGPU_MAX_XFER)
-		return -E2BIG;
-	if (check_add_overflow(a->vram_offset, a->length, &end) ||
-	    end > qdev->vram_size)
-		return -EINVAL;
+	ret = qgpu_copy_args_check(qf, a->op, a->vram_offset, a->length,
+				   !a->flags && !a->reserved0 && !a->reserved[0] &&
+				   !a->reserved[1]);
+	if (ret)
+		return ret;
 	a->fence = 0;
 	a->hw_status = 0;
 	a->nr_segments = 0;

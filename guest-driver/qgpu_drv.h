@@ -377,6 +377,8 @@ int qgpu_fence_wait(struct qgpu_device *qdev, u64 fence, u64 timeout_ns,
 		    u32 *hw_status, u64 *completed);
 u64 qgpu_completed_seq(struct qgpu_device *qdev);
 long qgpu_ioctl_copy_user(struct qgpu_file *qf, struct qgpu_ioctl_call *call);
+int qgpu_copy_args_check(struct qgpu_file *qf, u32 op, u64 vram_offset,
+			 u64 length, bool fields_ok);
 u32 qgpu_sg_max(struct qgpu_device *qdev);
 u32 qgpu_sg_range_entries(struct sg_table *sgt, u64 skip, u64 len);
 int qgpu_build_sg_descs(struct qgpu_device *qdev, struct qgpu_job *job,

@@ -1158,6 +1158,32 @@ out_put:
 }
 
 /*
+ * The arguments every copy between guest memory and VRAM shares (COPY_USER,
+ * COPY_DMABUF), in the order their errors take precedence: writing VRAM
+ * needs a file opened for writing (see qgpu_ioctl()), then the call's own
+ * fields (@fields_ok), the direction and a length, at most QGPU_MAX_XFER,
+ * inside VRAM.
+ */
+int qgpu_copy_args_check(struct qgpu_file *qf, u32 op, u64 vram_offset,
+			 u64 length, bool fields_ok)
+{
+	u64 end;
+
+	if (op == QGPU_OP_COPY_TO_VRAM && !qf->writable)
+		return -EBADF;
+	if (!fields_ok ||
+	    (op != QGPU_OP_COPY_TO_VRAM && op != QGPU_OP_COPY_FROM_VRAM) ||
+	    !length)
+		return -EINVAL;
+	if (length > QGPU_MAX_XFER)
+		return -E2BIG;
+	if (check_add_overflow(vram_offset, length, &end) ||
+	    end > qf->qdev->vram_size)
+		return -EINVAL;
+	return 0;
+}
+
+/*
  * QGPU_IOCTL_COPY_USER. Called outside the device's SRCU read section:
  * each chunk enters it once its pages are pinned.
  */
@@ -1170,19 +1196,11 @@ long qgpu_ioctl_copy_user(struct qgpu_file *qf, struct qgpu_ioctl_call *call)
 	int ret = 0, idx;
 	u32 sg_max;
 
-	/* Writing VRAM needs a file opened for writing (see qgpu_ioctl()). */
-	if (a->op == QGPU_OP_COPY_TO_VRAM && !qf->writable)
-		return -EBADF;
-	if (a->reserved[0] || a->reserved[1] ||
-	    (a->flags & ~QGPU_SUBMIT_F_FORCE_SG) ||
-	    (a->op != QGPU_OP_COPY_TO_VRAM && a->op != QGPU_OP_COPY_FROM_VRAM) ||
-	    !a->length)
-		return -EINVAL;
-	if (a->length > QGPU_MAX_XFER)
-		return -E2BIG;
-	if (check_add_overflow(a->vram_offset, a->length, &end) ||
-	    end > qdev->vram_size)
-		return -EINVAL;
+	ret = qgpu_copy_args_check(qf, a->op, a->vram_offset, a->length,
+				   !a->reserved[0] && !a->reserved[1] &&
+				   !(a->flags & ~QGPU_SUBMIT_F_FORCE_SG));
+	if (ret)
+		return ret;
 	if (check_add_overflow(a->user_ptr, a->length, &end) ||
 	    a->user_ptr != (unsigned long)a->user_ptr)
 		return -EINVAL;
