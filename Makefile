@@ -177,8 +177,9 @@ kernel: ## Fetch (stock) or build (qgpu, debug) the guest kernel KERNEL -> build
 .PHONY: driver
 driver: kernel ## Build qgpu.ko (and the test canary) for KERNEL, and the guest tools -> build/guest/KERNEL/
 	@kdir=$$(readlink -f $(IMAGES)/$(KERNEL)/kernel-kdir); \
-	echo "make: building the driver for Linux $$(cat $(IMAGES)/$(KERNEL)/kernel-abi) ($(KERNEL))"; \
-	$(MAKE) --no-print-directory -C guest-driver KDIR=$$kdir OUT=$(GUEST_OUT)
+	echo "make: the driver for Linux $$(cat $(IMAGES)/$(KERNEL)/kernel-abi) ($(KERNEL))"; \
+	scripts/cached-driver.sh "$$kdir" $(GUEST_OUT) -- \
+	    $(MAKE) --no-print-directory -C guest-driver KDIR=$$kdir OUT=$(GUEST_OUT)
 
 .PHONY: image
 image: driver ## Guest kernel + initramfs with driver, tools, SSH for KERNEL -> build/images/KERNEL/
