@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from qgpu import health
 from qgpu.abi import ABI
 from qgpu.config import DmaMode, MiB, QgpuSpec
 from qgpu.faults import FaultInjector
@@ -395,15 +396,17 @@ def pat_memtype(guest: GuestMachine, start: int, end: int) -> list[str]:
 
 
 def test_vram_is_write_combined_only_if_its_bar_is_prefetchable(
-        qgpu_make_guest: MakeGuest) -> None:
+        qgpu_restore_guest: MakeGuest) -> None:
     """Review item 7 (WC without IORESOURCE_PREFETCH): the driver mapped VRAM
     write-combining whatever the BAR said. A non-prefetchable BAR (device
     property vram-prefetchable=off) is now mapped uncached by the kernel, by
     user mappings (eager and lazy) and by CPU_ACCESS, and all of them still
     reach VRAM."""
-    g = qgpu_make_guest(DmaMode.DIRECT, qgpus=(
+    g = qgpu_restore_guest(DmaMode.DIRECT, check_leaks=True, qgpus=(
         QgpuSpec(id="qgpu0"),
         QgpuSpec(id="qgpu1", props=(("vram-prefetchable", "off"),))))
+    health.check_boot(g)
+    g.run("insmod /opt/qgpu/qgpu.ko && test -c /dev/qgpu0 && test -c /dev/qgpu1", check=True)
     for qdev_id, prefetchable in (("qgpu0", True), ("qgpu1", False)):
         bdf = g.run(f"basename $(readlink /sys/class/misc/{qdev_id}/device)",
                     check=True).output.strip()

@@ -14,6 +14,7 @@ import re
 
 import pytest
 
+from qgpu import health
 from qgpu.abi import ABI
 from qgpu.config import DmaMode, MiB, QgpuSpec
 from qgpu.faults import FaultInjector
@@ -85,7 +86,7 @@ def test_suspend_drains_work_and_resume_restores_the_powered_down_device(
     suspend_with_queued_work(qgpu_guest, qgpu_inspector, faults)
 
 
-def test_suspend_with_legacy_interrupts(qgpu_make_guest: MakeGuest,
+def test_suspend_with_legacy_interrupts(qgpu_restore_guest: MakeGuest,
                                         qgpu_kernel: GuestKernel) -> None:
     """The same with INTx (msi=off, msix=off). Review finding: suspend marked
     the device frozen before the drain, and the interrupt handler ignores a
@@ -94,8 +95,10 @@ def test_suspend_with_legacy_interrupts(qgpu_make_guest: MakeGuest,
     if not (qgpu_kernel.has("SUSPEND") and qgpu_kernel.has("PM_DEBUG")):
         pytest.skip(f"the {qgpu_kernel.name} kernel has no suspend test mode "
                     "(CONFIG_SUSPEND, CONFIG_PM_DEBUG)")
-    g = qgpu_make_guest(DmaMode.DIRECT, qgpus=(
+    g = qgpu_restore_guest(DmaMode.DIRECT, check_leaks=True, qgpus=(
         QgpuSpec(props=(("msi", "off"), ("msix", "off"))),))
+    health.check_boot(g)
+    g.run("insmod /opt/qgpu/qgpu.ko && test -c /dev/qgpu0", check=True)
     assert tool(g, "info")["irq_mode"] == IRQ_MODE_INTX
     suspend_with_queued_work(g, g.inspector(), FaultInjector.for_machine(g))
     log = g.run("dmesg").output
