@@ -515,53 +515,6 @@ static int qgpu_dmabuf_wait_resv(struct dma_buf *dmabuf,
 }
 
 /*
- * The job: the device's SG list for the range of the mapped dma-buf,
- * submitted and waited for. Inside the device's SRCU read section.
- */
-static int qgpu_copy_dmabuf_job(struct qgpu_device *qdev,
-				struct qgpu_copy_dmabuf *a,
-				struct sg_table *sgt)
-{
-	struct qgpu_desc *descs;
-	struct qgpu_job *job;
-	u32 nents, ndesc, sg_max = qgpu_sg_max(qdev);
-	int ret;
-
-	nents = qgpu_sg_range_entries(sgt, a->offset, a->length);
-	if (!nents)
-		return -EINVAL;	/* the exporter mapped less than its size */
-	if (DIV_ROUND_UP(nents, sg_max) > qdev->ring_entries - 1)
-		return -E2BIG;
-	descs = kcalloc(DIV_ROUND_UP(nents, sg_max), sizeof(*descs), GFP_KERNEL);
-	job = qgpu_job_alloc();
-	if (!descs || !job) {
-		ret = -ENOMEM;
-		goto out;
-	}
-	job->op = a->op;
-	job->bytes = a->length;
-	ret = qgpu_build_sg_descs(qdev, job, a->op, sgt, a->offset, a->length,
-				  nents, a->vram_offset, descs, sg_max);
-	if (ret < 0)
-		goto out;
-	ndesc = ret;
-	a->nr_segments = nents;
-	/* qgpu_submit() frees the job's SG list if it fails. */
-	ret = qgpu_submit(qdev, job, descs, ndesc);
-	if (ret)
-		goto out;
-	qgpu_stat_inc(qdev, QGPU_STAT_DMABUF_COPIES);
-	ret = qgpu_job_wait(qdev, job);
-	a->fence = job->last_seq;
-	a->hw_status = job->hw_err;
-out:
-	kfree(descs);
-	if (job)
-		qgpu_job_put(job);
-	return ret;
-}
-
-/*
  * QGPU_IOCTL_COPY_DMABUF. Called outside the device's SRCU read section:
  * the wait for the dma-buf's fences (its kernel fences among them, which
  * the exporter's mapping would wait for without a deadline) and the
@@ -622,7 +575,9 @@ long qgpu_ioctl_copy_dmabuf(struct qgpu_file *qf, struct qgpu_ioctl_call *call)
 		ret = PTR_ERR(sgt);
 		goto out_unlock;
 	}
-	ret = qgpu_copy_dmabuf_job(qdev, a, sgt);
+	ret = qgpu_copy_sgt(qdev, a->op, sgt, a->offset, a->length,
+			    a->vram_offset, QGPU_STAT_DMABUF_COPIES,
+			    &a->nr_segments, &a->fence, &a->hw_status);
 	/* The job has retired (and its fence signalled): no DMA any more. */
 	dma_buf_unmap_attachment_unlocked(at, sgt, dir);
 out_unlock:

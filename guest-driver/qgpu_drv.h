@@ -76,10 +76,14 @@ enum qgpu_stat {
 	QGPU_STAT_DMABUFS,		/* exported dma-bufs alive */
 	QGPU_STAT_DMABUF_MAPS,		/* importers' mappings of them */
 	QGPU_STAT_DMABUF_COPIES,	/* QGPU_IOCTL_COPY_DMABUF jobs */
+	QGPU_STAT_USERPTRS,		/* registered user buffers */
+	QGPU_STAT_USERPTR_PAGES,	/* their pages, pinned long-term */
+	QGPU_STAT_USERPTR_COPIES,	/* QGPU_IOCTL_COPY_USERPTR jobs */
 	QGPU_STAT_NR
 };
 
 struct qgpu_device;
+struct qgpu_userptr;
 
 /* A DMA-coherent buffer object. */
 struct qgpu_bo {
@@ -259,6 +263,12 @@ struct qgpu_device {
 	atomic_t dmabuf_pins;		/* sum of its BOs' dmabuf_pins */
 	wait_queue_head_t dmabuf_wq;
 
+	/* registered user buffers (qgpu_userptr.c), each file's */
+	struct mutex userptr_lock;
+	struct list_head userptrs;
+	/* debugfs userptr_skip_sync: copies leave the CPU syncs out (tests) */
+	bool userptr_skip_sync;
+
 	wait_queue_head_t soft_wq;
 
 	struct dentry *debugfs;
@@ -274,6 +284,7 @@ struct qgpu_ioctl_call {
 	void *args;
 	bool copy_out;
 	struct qgpu_bo *new_bo;		/* holds a reference */
+	struct qgpu_userptr *new_userptr;	/* holds a reference */
 	/* a new file for @new_fd (reserved), installed once args are copied out */
 	struct file *new_file;
 	int new_fd;
@@ -283,6 +294,7 @@ struct qgpu_ioctl_call {
 struct qgpu_file {
 	struct qgpu_device *qdev;
 	struct xarray bos;		/* handle -> struct qgpu_bo */
+	struct xarray userptrs;		/* handle -> struct qgpu_userptr */
 	bool writable;			/* opened for writing: may change VRAM */
 };
 
@@ -385,6 +397,9 @@ int qgpu_build_sg_descs(struct qgpu_device *qdev, struct qgpu_job *job,
 			u32 op, struct sg_table *sgt, u64 skip, u64 len,
 			u32 nents, u64 vram_offset, struct qgpu_desc *descs,
 			u32 sg_max);
+int qgpu_copy_sgt(struct qgpu_device *qdev, u32 op, struct sg_table *sgt,
+		  u64 skip, u64 len, u64 vram_offset, enum qgpu_stat counter,
+		  u32 *nr_segments, u64 *fence, u32 *hw_status);
 void qgpu_retire_locked(struct qgpu_device *qdev);
 int qgpu_fence_status(struct qgpu_device *qdev, u64 fence, u32 *hw_status,
 		      bool *timed_out);
@@ -404,6 +419,18 @@ long qgpu_ioctl_copy_dmabuf(struct qgpu_file *qf, struct qgpu_ioctl_call *call);
 void qgpu_dmabuf_zap(struct qgpu_device *qdev);
 void qgpu_dmabuf_wait_unpinned(struct qgpu_device *qdev);
 
+/* qgpu_userptr.c */
+long qgpu_ioctl_userptr_register(struct qgpu_file *qf,
+				 struct qgpu_ioctl_call *call);
+long qgpu_ioctl_userptr_unregister(struct qgpu_file *qf,
+				   struct qgpu_ioctl_call *call);
+long qgpu_ioctl_copy_userptr(struct qgpu_file *qf, struct qgpu_ioctl_call *call);
+void qgpu_userptr_put(struct qgpu_userptr *up);
+void qgpu_userptr_take_back(struct qgpu_file *qf, u32 handle,
+			    struct qgpu_userptr *up);
+void qgpu_userptr_file_release(struct qgpu_file *qf);
+void qgpu_userptr_release_all(struct qgpu_device *qdev);
+
 /* qgpu_mmap.c */
 int qgpu_mmap(struct file *filp, struct vm_area_struct *vma);
 void qgpu_bo_put(struct qgpu_bo *bo);
@@ -416,9 +443,9 @@ void qgpu_zap_user_mappings(struct qgpu_device *qdev);
 void qgpu_zap_bar_mappings(struct qgpu_device *qdev);
 /* qgpu_inject.c: the kernel calls a test can fail on demand (fail_function) */
 long qgpu_pin_user_pages(unsigned long start, unsigned long npages,
-			 bool writable, struct page **pages);
+			 unsigned int gup_flags, struct page **pages);
 int qgpu_dma_map_user_sgt(struct device *dev, struct sg_table *sgt,
-			  enum dma_data_direction dir);
+			  enum dma_data_direction dir, unsigned long attrs);
 int qgpu_dma_map_user_page(struct device *dev, struct page *page,
 			   unsigned int off, size_t len,
 			   enum dma_data_direction dir, dma_addr_t *dma);

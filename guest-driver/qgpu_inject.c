@@ -20,17 +20,17 @@
 #include "qgpu_drv.h"
 
 noinline long qgpu_pin_user_pages(unsigned long start, unsigned long npages,
-				  bool writable, struct page **pages)
+				  unsigned int gup_flags, struct page **pages)
 {
-	return pin_user_pages_fast(start, npages, writable ? FOLL_WRITE : 0,
-				   pages);
+	return pin_user_pages_fast(start, npages, gup_flags, pages);
 }
 ALLOW_ERROR_INJECTION(qgpu_pin_user_pages, ERRNO);
 
 noinline int qgpu_dma_map_user_sgt(struct device *dev, struct sg_table *sgt,
-				   enum dma_data_direction dir)
+				   enum dma_data_direction dir,
+				   unsigned long attrs)
 {
-	return dma_map_sgtable(dev, sgt, dir, DMA_ATTR_NO_WARN);
+	return dma_map_sgtable(dev, sgt, dir, attrs | DMA_ATTR_NO_WARN);
 }
 ALLOW_ERROR_INJECTION(qgpu_dma_map_user_sgt, ERRNO);
 

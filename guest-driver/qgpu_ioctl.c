@@ -36,6 +36,7 @@ static int qgpu_open(struct inode *inode, struct file *filp)
 	qf->qdev = qdev;
 	qf->writable = filp->f_mode & FMODE_WRITE;
 	xa_init_flags(&qf->bos, XA_FLAGS_ALLOC1);
+	xa_init_flags(&qf->userptrs, XA_FLAGS_ALLOC1);
 	filp->private_data = qf;
 	/* All mappings of the device share one address_space (for zapping). */
 	filp->f_mapping = qdev->inode->i_mapping;
@@ -53,6 +54,7 @@ static int qgpu_release(struct inode *inode, struct file *filp)
 		qgpu_bo_put(bo);
 	}
 	xa_destroy(&qf->bos);
+	qgpu_userptr_file_release(qf);
 	qgpu_device_put(qf->qdev);
 	kfree(qf);
 	return 0;
@@ -424,6 +426,11 @@ static const struct qgpu_ioctl_def qgpu_ioctls[] = {
 	QGPU_IOCTL_DEF(QGPU_IOCTL_DMABUF_EXPORT, qgpu_ioctl_dmabuf_export, 0),
 	QGPU_IOCTL_DEF(QGPU_IOCTL_COPY_DMABUF, qgpu_ioctl_copy_dmabuf,
 		       QGPU_IOCTL_F_USER_MEMORY),
+	QGPU_IOCTL_DEF(QGPU_IOCTL_USERPTR_REGISTER, qgpu_ioctl_userptr_register,
+		       QGPU_IOCTL_F_USER_MEMORY),
+	QGPU_IOCTL_DEF(QGPU_IOCTL_USERPTR_UNREGISTER,
+		       qgpu_ioctl_userptr_unregister, 0),
+	QGPU_IOCTL_DEF(QGPU_IOCTL_COPY_USERPTR, qgpu_ioctl_copy_userptr, 0),
 };
 
 /*
@@ -479,9 +486,16 @@ static long qgpu_ioctl(struct file *filp, unsigned int cmd, unsigned long arg)
 				       0) == call.new_bo)
 				qgpu_bo_put(call.new_bo);
 		}
+		if (call.new_userptr) {
+			struct qgpu_userptr_register *a = (void *)args;
+
+			qgpu_userptr_take_back(qf, a->handle, call.new_userptr);
+		}
 	}
 	if (call.new_bo)
 		qgpu_bo_put(call.new_bo);
+	if (call.new_userptr)
+		qgpu_userptr_put(call.new_userptr);
 	if (call.new_file) {
 		/* Installed only where user space learns its number. */
 		if (!ret && WARN_ON_ONCE(!call.copy_out))

@@ -107,6 +107,8 @@ static int qgpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	mutex_init(&qdev->dmabuf_lock);
 	INIT_LIST_HEAD(&qdev->dmabufs);
 	init_waitqueue_head(&qdev->dmabuf_wq);
+	mutex_init(&qdev->userptr_lock);
+	INIT_LIST_HEAD(&qdev->userptrs);
 	INIT_WORK(&qdev->retire_work, qgpu_retire_work);
 	INIT_WORK(&qdev->reset_work, qgpu_reset_work);
 	INIT_WORK(&qdev->lost_work, qgpu_lost_work);
@@ -322,6 +324,8 @@ static void qgpu_remove(struct pci_dev *pdev)
 	/* Importers of its BOs' dma-bufs, given time to unmap them. */
 	qgpu_dmabuf_wait_unpinned(qdev);
 	qgpu_bo_free_all_backing(qdev);
+	/* Registered user buffers: unmapped and unpinned, their files keep them empty. */
+	qgpu_userptr_release_all(qdev);
 
 	qgpu_free_irqs(qdev, priv->vecs);
 	cancel_work_sync(&qdev->retire_work);

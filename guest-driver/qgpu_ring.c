@@ -1049,7 +1049,8 @@ static int qgpu_copy_user_chunk(struct qgpu_device *qdev,
 	}
 	/* Short-term pins: released when the job retires. */
 	pinned = qgpu_pin_user_pages(uptr & PAGE_MASK, job->npages,
-				     job->dir == DMA_FROM_DEVICE, job->pages);
+				     job->dir == DMA_FROM_DEVICE ? FOLL_WRITE : 0,
+				     job->pages);
 	if (pinned != job->npages) {
 		if (pinned > 0)
 			unpin_user_pages(job->pages, pinned);
@@ -1105,7 +1106,7 @@ submit:
 			job->sgt.sgl = NULL;
 			goto out_release;
 		}
-		ret = qgpu_dma_map_user_sgt(dev, &job->sgt, job->dir);
+		ret = qgpu_dma_map_user_sgt(dev, &job->sgt, job->dir, 0);
 		if (ret)
 			goto out_release;
 		job->sgt_mapped = true;
@@ -1158,8 +1159,57 @@ out_put:
 }
 
 /*
+ * One job that copies @len bytes at @skip of a DMA-mapped table (a dma-buf
+ * importer's, a registered user buffer's) to or from VRAM, submitted and
+ * waited for, inside the device's SRCU read section. @counter counts it;
+ * its segments, fence and status are reported as they become known.
+ */
+int qgpu_copy_sgt(struct qgpu_device *qdev, u32 op, struct sg_table *sgt,
+		  u64 skip, u64 len, u64 vram_offset, enum qgpu_stat counter,
+		  u32 *nr_segments, u64 *fence, u32 *hw_status)
+{
+	struct qgpu_desc *descs;
+	struct qgpu_job *job;
+	u32 nents, ndesc, sg_max = qgpu_sg_max(qdev);
+	int ret;
+
+	nents = qgpu_sg_range_entries(sgt, skip, len);
+	if (!nents)
+		return -EINVAL;	/* the table maps less than the range */
+	if (DIV_ROUND_UP(nents, sg_max) > qdev->ring_entries - 1)
+		return -E2BIG;
+	descs = kcalloc(DIV_ROUND_UP(nents, sg_max), sizeof(*descs), GFP_KERNEL);
+	job = qgpu_job_alloc();
+	if (!descs || !job) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	job->op = op;
+	job->bytes = len;
+	ret = qgpu_build_sg_descs(qdev, job, op, sgt, skip, len, nents,
+				  vram_offset, descs, sg_max);
+	if (ret < 0)
+		goto out;
+	ndesc = ret;
+	*nr_segments = nents;
+	/* qgpu_submit() frees the job's SG list if it fails. */
+	ret = qgpu_submit(qdev, job, descs, ndesc);
+	if (ret)
+		goto out;
+	qgpu_stat_inc(qdev, counter);
+	ret = qgpu_job_wait(qdev, job);
+	*fence = job->last_seq;
+	*hw_status = job->hw_err;
+out:
+	kfree(descs);
+	if (job)
+		qgpu_job_put(job);
+	return ret;
+}
+
+/*
  * The arguments every copy between guest memory and VRAM shares (COPY_USER,
- * COPY_DMABUF), in the order their errors take precedence: writing VRAM
+ * COPY_DMABUF, COPY_USERPTR), in the order their errors take precedence: writing VRAM
  * needs a file opened for writing (see qgpu_ioctl()), then the call's own
  * fields (@fields_ok), the direction and a length, at most QGPU_MAX_XFER,
  * inside VRAM.

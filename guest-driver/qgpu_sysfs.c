@@ -65,6 +65,9 @@ QGPU_STAT_ATTR(suspends, QGPU_STAT_SUSPENDS);
 QGPU_STAT_ATTR(dmabufs, QGPU_STAT_DMABUFS);
 QGPU_STAT_ATTR(dmabuf_maps, QGPU_STAT_DMABUF_MAPS);
 QGPU_STAT_ATTR(dmabuf_copies, QGPU_STAT_DMABUF_COPIES);
+QGPU_STAT_ATTR(userptrs, QGPU_STAT_USERPTRS);
+QGPU_STAT_ATTR(userptr_pages, QGPU_STAT_USERPTR_PAGES);
+QGPU_STAT_ATTR(userptr_copies, QGPU_STAT_USERPTR_COPIES);
 
 static struct attribute *qgpu_stat_attrs[] = {
 	&qgpu_attr_jobs.attr.attr,
@@ -102,6 +105,9 @@ static struct attribute *qgpu_stat_attrs[] = {
 	&qgpu_attr_dmabufs.attr.attr,
 	&qgpu_attr_dmabuf_maps.attr.attr,
 	&qgpu_attr_dmabuf_copies.attr.attr,
+	&qgpu_attr_userptrs.attr.attr,
+	&qgpu_attr_userptr_pages.attr.attr,
+	&qgpu_attr_userptr_copies.attr.attr,
 	NULL
 };
 
@@ -192,4 +198,6 @@ void qgpu_debugfs_add(struct qgpu_device *qdev, struct dentry *root)
 	qdev->debugfs = debugfs_create_dir(pci_name(qdev->pdev), root);
 	debugfs_create_file("state", 0400, qdev->debugfs, qdev,
 			    &qgpu_state_fops);
+	debugfs_create_bool("userptr_skip_sync", 0600, qdev->debugfs,
+			    &qdev->userptr_skip_sync);
 }

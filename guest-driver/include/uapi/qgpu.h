@@ -455,6 +455,93 @@ struct qgpu_copy_dmabuf {
 	__u64 reserved[2];
 };
 
+/* QGPU_IOCTL_USERPTR_REGISTER flags. */
+#define QGPU_USERPTR_F_WRITE	(1U << 0)	/* the device may write it */
+
+/* Largest user buffer one registration pins. */
+#define QGPU_USERPTR_MAX_SIZE	(1ULL << 30)
+
+/**
+ * struct qgpu_userptr_register - QGPU_IOCTL_USERPTR_REGISTER: pin a user
+ *	buffer and map it for the device once, for any number of copies
+ * @addr:        in: start, page-aligned (-EINVAL)
+ * @length:      in: bytes, page-aligned, 1 page..QGPU_USERPTR_MAX_SIZE
+ *               (-EINVAL; -E2BIG beyond)
+ * @flags:       in: QGPU_USERPTR_F_WRITE (the buffer must then be mapped
+ *               writable: -EFAULT), else the device only reads it
+ * @handle:      out: the registration, for QGPU_IOCTL_COPY_USERPTR and
+ *               QGPU_IOCTL_USERPTR_UNREGISTER of this file
+ * @nr_segments: out: DMA segments the buffer mapped to
+ * @reserved0:   must be zero
+ * @reserved:    must be zero
+ *
+ * The pages are pinned long-term (FOLL_LONGTERM) and counted in the
+ * process's pinned memory (VmPin in /proc/PID/status) against
+ * RLIMIT_MEMLOCK, unless the caller has CAP_IPC_LOCK (-ENOMEM over it).
+ * They stay pinned and mapped until the handle is unregistered, the file
+ * closed (process exit) or the device removed, whichever comes first:
+ * removal unmaps and unpins them, and later copies fail with -ENODEV.
+ * The buffer belongs to the CPU between copies: each copy hands the bytes
+ * it covers to the device (dma_sync_*_for_device) and back
+ * (dma_sync_*_for_cpu), so CPU writes made after registration reach the
+ * device and the device's writes reach the CPU even where the platform
+ * bounces DMA (swiotlb), and bytes outside the copy are left alone.
+ */
+struct qgpu_userptr_register {
+	__u64 addr;
+	__u64 length;
+	__u32 flags;
+	__u32 handle;
+	__u32 nr_segments;
+	__u32 reserved0;
+	__u64 reserved[2];
+};
+
+/**
+ * struct qgpu_userptr_unregister - QGPU_IOCTL_USERPTR_UNREGISTER: unmap and
+ *	unpin a registered buffer (once no copy of it is running)
+ * @handle:   in: handle of this file (-ENOENT if unknown or unregistered)
+ * @flags:    in: must be zero
+ * @reserved: must be zero
+ */
+struct qgpu_userptr_unregister {
+	__u32 handle;
+	__u32 flags;
+	__u64 reserved[2];
+};
+
+/**
+ * struct qgpu_copy_userptr - QGPU_IOCTL_COPY_USERPTR: DMA between part of a
+ *	registered user buffer and VRAM; returns when the DMA is over
+ * @handle:      in: the registration (-ENOENT)
+ * @op:          in: QGPU_OP_COPY_TO_VRAM (needs a file opened for writing:
+ *               -EBADF) or QGPU_OP_COPY_FROM_VRAM (needs a registration
+ *               with QGPU_USERPTR_F_WRITE: -EACCES)
+ * @offset:      in: byte offset in the buffer, any alignment
+ * @vram_offset: in: VRAM offset
+ * @length:      in: bytes, 1..max_xfer, inside both (-EINVAL; -E2BIG
+ *               beyond max_xfer or beyond what the ring holds as SG lists)
+ * @flags:       in: must be zero
+ * @hw_status:   out: QGPU_ERR_* of the job (-EIO)
+ * @fence:       out: fence of the job, 0 if none was submitted
+ * @nr_segments: out: DMA segments of the range (SG entries used)
+ * @reserved0:   must be zero
+ * @reserved:    must be zero
+ */
+struct qgpu_copy_userptr {
+	__u32 handle;
+	__u32 op;
+	__u64 offset;
+	__u64 vram_offset;
+	__u64 length;
+	__u32 flags;
+	__u32 hw_status;
+	__u64 fence;
+	__u32 nr_segments;
+	__u32 reserved0;
+	__u64 reserved[2];
+};
+
 #define QGPU_IOCTL_INFO		_IOWR(QGPU_IOCTL_BASE, 0x00, struct qgpu_info)
 #define QGPU_IOCTL_COPY_USER	_IOWR(QGPU_IOCTL_BASE, 0x01, struct qgpu_copy_user)
 #define QGPU_IOCTL_COPY_BO	_IOWR(QGPU_IOCTL_BASE, 0x02, struct qgpu_copy_bo)
@@ -467,5 +554,10 @@ struct qgpu_copy_dmabuf {
 #define QGPU_IOCTL_FENCE_EXPORT	_IOWR(QGPU_IOCTL_BASE, 0x09, struct qgpu_fence_export)
 #define QGPU_IOCTL_DMABUF_EXPORT _IOWR(QGPU_IOCTL_BASE, 0x0a, struct qgpu_dmabuf_export)
 #define QGPU_IOCTL_COPY_DMABUF	_IOWR(QGPU_IOCTL_BASE, 0x0b, struct qgpu_copy_dmabuf)
+#define QGPU_IOCTL_USERPTR_REGISTER \
+	_IOWR(QGPU_IOCTL_BASE, 0x0c, struct qgpu_userptr_register)
+#define QGPU_IOCTL_USERPTR_UNREGISTER \
+	_IOWR(QGPU_IOCTL_BASE, 0x0d, struct qgpu_userptr_unregister)
+#define QGPU_IOCTL_COPY_USERPTR	_IOWR(QGPU_IOCTL_BASE, 0x0e, struct qgpu_copy_userptr)
 
 #endif /* _UAPI_QGPU_H */
