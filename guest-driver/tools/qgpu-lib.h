@@ -259,6 +259,60 @@ static inline int qgpu_copy_dmabuf(int fd, int dbuf, uint32_t op, uint64_t off,
 	return ret;
 }
 
+/* Register @len bytes at @addr (page-aligned) as a user-pointer buffer. */
+static inline int qgpu_userptr_register(int fd, void *addr, uint64_t len,
+					uint32_t flags,
+					struct qgpu_userptr_register *out)
+{
+	struct qgpu_userptr_register a = {
+		.addr = (uintptr_t)addr, .length = len, .flags = flags,
+	};
+	int ret = qgpu_ioctl(fd, QGPU_IOCTL_USERPTR_REGISTER, &a);
+
+	if (out)
+		*out = a;
+	return ret;
+}
+
+static inline int qgpu_userptr_unregister(int fd, uint32_t handle)
+{
+	struct qgpu_userptr_unregister a = { .handle = handle };
+
+	return qgpu_ioctl(fd, QGPU_IOCTL_USERPTR_UNREGISTER, &a);
+}
+
+/* DMA between a registered buffer (from byte @off) and VRAM; 0 or -errno. */
+static inline int qgpu_copy_userptr(int fd, uint32_t handle, uint32_t op,
+				    uint64_t off, uint64_t vram_offset,
+				    uint64_t len, struct qgpu_copy_userptr *out)
+{
+	struct qgpu_copy_userptr a = {
+		.handle = handle, .op = op, .offset = off,
+		.vram_offset = vram_offset, .length = len,
+	};
+	int ret = qgpu_ioctl(fd, QGPU_IOCTL_COPY_USERPTR, &a);
+
+	if (out)
+		*out = a;
+	return ret;
+}
+
+/* VmPin of this process, in KiB (pinned_vm); -1 if unreadable. */
+static inline long long qgpu_vm_pinned_kb(void)
+{
+	char line[256];
+	long long kb = -1;
+	FILE *f = fopen("/proc/self/status", "r");
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "VmPin: %lld kB", &kb) == 1)
+			break;
+	fclose(f);
+	return kb;
+}
+
 /*
  * A dma-buf of @size bytes of a memfd (udmabuf), the memfd mapped at *map:
  * the dma-buf's descriptor, or -errno (-ENOENT: no /dev/udmabuf).

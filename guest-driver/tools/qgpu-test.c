@@ -20,6 +20,10 @@
 #include <sys/wait.h>
 #include <time.h>
 
+#include <linux/capability.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+
 #include "qgpu-lib.h"
 
 static const char *dev;
@@ -1399,9 +1403,230 @@ static int t_no_leaks(void)
 	CHECK(stat_of("vma_vram") == 0 && stat_of("vma_vram_lazy") == 0 &&
 	      stat_of("vma_regs") == 0 && stat_of("vma_bo") == 0, "VMAs left");
 	CHECK(stat_of("bos") == 0, "bos %lld", stat_of("bos"));
+	CHECK(stat_of("userptrs") == 0 && stat_of("userptr_pages") == 0,
+	      "userptrs %lld, userptr_pages %lld", stat_of("userptrs"),
+	      stat_of("userptr_pages"));
 	CHECK(stat_of("hw_errors") == 0, "hw_errors %lld (last %lld)",
 	      stat_of("hw_errors"), stat_of("last_error"));
 	CHECK(stat_of("timeouts") == 0, "timeouts %lld", stat_of("timeouts"));
+	return PASS;
+}
+
+/* ---- user-pointer buffers ------------------------------------------------------ */
+
+static void *anon_pages(size_t size, int prot)
+{
+	void *p = mmap(NULL, size, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+
+	return p == MAP_FAILED ? NULL : p;
+}
+
+/* Every bad argument gets its errno; nothing stays registered or pinned. */
+static int t_userptr_bad_args(void)
+{
+	struct qgpu_userptr_register r = { 0 };
+	struct qgpu_copy_userptr c = { 0 };
+	long long regs = stat_of("userptrs");
+	size_t size = 4 * 4096;
+	uint8_t *buf = anon_pages(size, PROT_READ | PROT_WRITE), *ro, *gone;
+
+	CHECK(buf, "mmap");
+	EXPECT_ERR(qgpu_userptr_register(fd, buf + 1, 4096, 0, NULL), -EINVAL, "unaligned address");
+	EXPECT_ERR(qgpu_userptr_register(fd, buf, 100, 0, NULL), -EINVAL, "unaligned length");
+	EXPECT_ERR(qgpu_userptr_register(fd, buf, 0, 0, NULL), -EINVAL, "zero length");
+	EXPECT_ERR(qgpu_userptr_register(fd, buf, 4096, 2, NULL), -EINVAL, "unknown flag");
+	EXPECT_ERR(qgpu_userptr_register(fd, (void *)(uintptr_t)-4096, 8192, 0, NULL), -EINVAL,
+		   "address + length wraps");
+	EXPECT_ERR(qgpu_userptr_register(fd, buf, QGPU_USERPTR_MAX_SIZE + 4096, 0, NULL),
+		   -E2BIG, "longer than QGPU_USERPTR_MAX_SIZE");
+	r.addr = (uintptr_t)buf;
+	r.length = 4096;
+	r.reserved[1] = 1;
+	EXPECT_ERR(qgpu_ioctl(fd, QGPU_IOCTL_USERPTR_REGISTER, &r), -EINVAL, "reserved");
+	gone = anon_pages(size, PROT_READ | PROT_WRITE);
+	CHECK(gone && !munmap(gone, size), "mmap, munmap");
+	EXPECT_ERR(qgpu_userptr_register(fd, gone, size, 0, NULL), -EFAULT, "unmapped buffer");
+	ro = anon_pages(size, PROT_READ);
+	CHECK(ro, "mmap read-only");
+	EXPECT_ERR(qgpu_userptr_register(fd, ro, size, QGPU_USERPTR_F_WRITE, NULL), -EFAULT,
+		   "writable registration of a read-only mapping");
+	CHECK(stat_of("userptrs") == regs, "userptrs %lld after failures, want %lld",
+	      stat_of("userptrs"), regs);
+
+	/* A read-only registration: the device reads it, never writes it. */
+	CHECK(!qgpu_userptr_register(fd, ro, size, 0, &r), "read-only registration");
+	CHECK(r.handle && r.nr_segments >= 1, "handle %u, %u segment(s)", r.handle, r.nr_segments);
+	EXPECT_ERR(qgpu_copy_userptr(fd, r.handle, QGPU_OP_COPY_FROM_VRAM, 0, 0, 4096, NULL),
+		   -EACCES, "copy from VRAM into a read-only registration");
+	EXPECT_ERR(qgpu_copy_userptr(fd, r.handle, QGPU_OP_COPY_TO_VRAM, 4096, 0, size, NULL),
+		   -EINVAL, "range beyond the buffer");
+	EXPECT_ERR(qgpu_copy_userptr(fd, r.handle, QGPU_OP_COPY_TO_VRAM, (uint64_t)-1, 0, 2, NULL),
+		   -EINVAL, "offset + length wraps");
+	EXPECT_ERR(qgpu_copy_userptr(fd, r.handle, QGPU_OP_COPY_TO_VRAM, 0,
+				     info.vram_size - 100, 4096, NULL), -EINVAL, "beyond VRAM");
+	EXPECT_ERR(qgpu_copy_userptr(fd, r.handle, 7, 0, 0, 4096, NULL), -EINVAL, "unknown op");
+	EXPECT_ERR(qgpu_copy_userptr(fd, r.handle + 1000, QGPU_OP_COPY_TO_VRAM, 0, 0, 4096, NULL),
+		   -ENOENT, "unknown handle");
+	c.handle = r.handle;
+	c.op = QGPU_OP_COPY_TO_VRAM;
+	c.length = 4096;
+	c.flags = 1;
+	EXPECT_ERR(qgpu_ioctl(fd, QGPU_IOCTL_COPY_USERPTR, &c), -EINVAL, "copy flags");
+	CHECK(!qgpu_copy_userptr(fd, r.handle, QGPU_OP_COPY_TO_VRAM, 0, 0, 4096, NULL),
+	      "a good copy after the bad ones");
+	CHECK(!qgpu_userptr_unregister(fd, r.handle), "unregister");
+	EXPECT_ERR(qgpu_userptr_unregister(fd, r.handle), -ENOENT, "unregister twice");
+	EXPECT_ERR(qgpu_copy_userptr(fd, r.handle, QGPU_OP_COPY_TO_VRAM, 0, 0, 4096, NULL),
+		   -ENOENT, "copy after unregister");
+	CHECK(stat_of("userptrs") == regs, "userptrs %lld, want %lld", stat_of("userptrs"), regs);
+	munmap(ro, size);
+	munmap(buf, size);
+	return PASS;
+}
+
+/*
+ * Registered once, copied both ways at unaligned offsets. The CPU writes the
+ * buffer after registering it and the device's writes must reach the CPU:
+ * the copies' syncs move them (bounced DMA), and only the copy's range --
+ * the bytes around it keep what the CPU wrote there. VmPin counts the pages
+ * while they are registered.
+ */
+static int t_userptr_copy(void)
+{
+	size_t size = (64 << 10) + 2 * 4096, in_off = 100, in_len = 64 << 10;
+	size_t out_off = 4096 + 7, out_len = 5000;
+	uint8_t *buf = anon_pages(size, PROT_READ | PROT_WRITE), *ref = qgpu_xmalloc(size);
+	long long pin0 = qgpu_vm_pinned_kb(), copies = stat_of("userptr_copies");
+	struct qgpu_userptr_register r;
+	struct qgpu_copy_userptr o;
+	int ret;
+
+	CHECK(buf && pin0 >= 0, "mmap, VmPin");
+	memset(buf, 0x5a, size);
+	CHECK(!qgpu_userptr_register(fd, buf, size, QGPU_USERPTR_F_WRITE, &r), "register");
+	CHECK(qgpu_vm_pinned_kb() == pin0 + (long long)(size >> 10), "VmPin %lld kB, want %lld",
+	      qgpu_vm_pinned_kb(), pin0 + (long long)(size >> 10));
+	rnd_fill(buf, size);
+	ret = qgpu_copy_userptr(fd, r.handle, QGPU_OP_COPY_TO_VRAM, in_off, 9 << 20, in_len, &o);
+	CHECK(!ret, "to VRAM: %s", strerror(-ret));
+	CHECK(o.fence && !o.hw_status && o.nr_segments >= 1, "fence %llu, status %u, %u segs",
+	      (unsigned long long)o.fence, o.hw_status, o.nr_segments);
+	CHECK(cpu_sum(9 << 20, in_len) == qgpu_fnv1a(QGPU_FNV_INIT, buf + in_off, in_len),
+	      "VRAM does not hold what the CPU wrote after registering");
+
+	CHECK(!qgpu_fill(fd, 10 << 20, out_len, 0xc0ffee11, 0, NULL), "fill");
+	memcpy(ref, buf, size);
+	qgpu_pattern_fill(ref + out_off, out_len, 0xc0ffee11);
+	ret = qgpu_copy_userptr(fd, r.handle, QGPU_OP_COPY_FROM_VRAM, out_off, 10 << 20, out_len, &o);
+	CHECK(!ret, "from VRAM: %s", strerror(-ret));
+	CHECK(first_diff(buf, ref, size) < 0, "buffer differs at byte %d (copy at %zu..%zu)",
+	      first_diff(buf, ref, size), out_off, out_off + out_len);
+	CHECK(stat_of("userptr_copies") == copies + 2, "userptr_copies %lld, want %lld",
+	      stat_of("userptr_copies"), copies + 2);
+	CHECK(!qgpu_userptr_unregister(fd, r.handle), "unregister");
+	CHECK(qgpu_vm_pinned_kb() == pin0, "VmPin %lld kB after unregister, want %lld",
+	      qgpu_vm_pinned_kb(), pin0);
+	snprintf(detail, sizeof(detail), "%u segment(s)", r.nr_segments);
+	munmap(buf, size);
+	free(ref);
+	return PASS;
+}
+
+static int drop_capability(int cap)
+{
+	struct __user_cap_header_struct h = { .version = _LINUX_CAPABILITY_VERSION_3 };
+	struct __user_cap_data_struct d[2];
+
+	if (syscall(SYS_capget, &h, d))
+		return -errno;
+	d[cap / 32].effective &= ~(1U << (cap % 32));
+	return syscall(SYS_capset, &h, d) ? -errno : 0;
+}
+
+/* The body of t_userptr_memlock, in a child: 0 or the failing line. */
+static int userptr_memlock_child(void)
+{
+	long long pin0 = qgpu_vm_pinned_kb();
+	struct rlimit rl;
+	struct qgpu_userptr_register a, b;
+	uint8_t *buf = anon_pages(4 * 4096, PROT_READ | PROT_WRITE);
+	int f = qgpu_open(dev);
+
+	if (!buf || f < 0 || pin0 < 0 || drop_capability(CAP_IPC_LOCK))
+		return __LINE__;
+	rl.rlim_cur = rl.rlim_max = (pin0 << 10) + 2 * 4096;
+	if (setrlimit(RLIMIT_MEMLOCK, &rl))
+		return __LINE__;
+	if (qgpu_userptr_register(f, buf, 2 * 4096, 0, &a))
+		return __LINE__;		/* at the limit: allowed */
+	if (qgpu_userptr_register(f, buf + 2 * 4096, 4096, 0, &b) != -ENOMEM)
+		return __LINE__;		/* over it */
+	if (qgpu_vm_pinned_kb() != pin0 + 8)
+		return __LINE__;		/* the refused one is not counted */
+	if (qgpu_userptr_unregister(f, a.handle) ||
+	    qgpu_userptr_register(f, buf + 2 * 4096, 4096, 0, &b))
+		return __LINE__;		/* room again */
+	close(f);			/* releases b */
+	if (qgpu_vm_pinned_kb() != pin0)
+		return __LINE__;
+	return 0;
+}
+
+/*
+ * Registered pages count against RLIMIT_MEMLOCK for a process without
+ * CAP_IPC_LOCK; unregistering and closing the file give them back.
+ */
+static int t_userptr_memlock(void)
+{
+	int st;
+	pid_t pid = fork();
+
+	CHECK(pid >= 0, "fork");
+	if (!pid)
+		_exit(userptr_memlock_child());
+	CHECK(waitpid(pid, &st, 0) == pid, "waitpid");
+	CHECK(WIFEXITED(st) && !WEXITSTATUS(st), "child failed at line %d (status %#x)",
+	      WIFEXITED(st) ? WEXITSTATUS(st) : -1, st);
+	return PASS;
+}
+
+/* A process that exits with buffers registered leaves nothing pinned. */
+static int t_userptr_process_exit(void)
+{
+	long long regs = stat_of("userptrs"), pages = stat_of("userptr_pages");
+	int st, up[2];
+	pid_t pid;
+	char c;
+
+	CHECK(!pipe(up), "pipe");
+	pid = fork();
+	CHECK(pid >= 0, "fork");
+	if (!pid) {
+		size_t size = 1 << 20;
+		uint8_t *buf = anon_pages(size, PROT_READ | PROT_WRITE);
+		int f = qgpu_open(dev);
+
+		if (!buf || f < 0 ||
+		    qgpu_userptr_register(f, buf, size, QGPU_USERPTR_F_WRITE, NULL) ||
+		    qgpu_userptr_register(f, buf, 4096, 0, NULL))
+			_exit(1);
+		c = 'r';
+		if (write(up[1], &c, 1) != 1)
+			_exit(1);
+		pause();		/* killed with both registered */
+		_exit(1);
+	}
+	close(up[1]);
+	CHECK(read(up[0], &c, 1) == 1, "the child did not register");
+	close(up[0]);
+	CHECK(stat_of("userptrs") == regs + 2 && stat_of("userptr_pages") == pages + 257,
+	      "while registered: userptrs %lld, pages %lld", stat_of("userptrs"),
+	      stat_of("userptr_pages"));
+	kill(pid, SIGKILL);
+	CHECK(waitpid(pid, &st, 0) == pid, "waitpid");
+	CHECK(stat_of("userptrs") == regs && stat_of("userptr_pages") == pages,
+	      "after exit: userptrs %lld (want %lld), pages %lld (want %lld)",
+	      stat_of("userptrs"), regs, stat_of("userptr_pages"), pages);
 	return PASS;
 }
 
@@ -1584,6 +1809,10 @@ static const struct test tests[] = {
 	{ "dmabuf_import_self", t_dmabuf_import_self, 30 },
 	{ "dmabuf_import_udmabuf", t_dmabuf_import_udmabuf, 30 },
 	{ "dmabuf_resv_wait", t_dmabuf_resv_wait, 300 },
+	{ "userptr_bad_args", t_userptr_bad_args, 30 },
+	{ "userptr_copy", t_userptr_copy, 30 },
+	{ "userptr_memlock", t_userptr_memlock, 30 },
+	{ "userptr_process_exit", t_userptr_process_exit, 30 },
 	{ "vram_copy", t_vram_copy, 30 },
 	{ "cpu_access", t_cpu_access, 30 },
 	{ "soft_irq", t_soft_irq, 10 },

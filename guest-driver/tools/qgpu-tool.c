@@ -62,6 +62,15 @@ static void usage(void)
 "                                     copy once the --go FILE exists;\n"
 "                                     --after-fence: fence F of the device\n"
 "                                     writes the dma-buf first (its dma_resv)\n"
+"  userptr-copy to-vram|from-vram VRAM_OFF LEN PATTERN [--before P0]\n"
+"              [--offset OFF] [--ready FILE --go FILE]\n"
+"                                     register a user buffer (filled with P0,\n"
+"                                     default ~PATTERN), fill it with PATTERN,\n"
+"                                     DMA its bytes from OFF (default 0) to or\n"
+"                                     from VRAM; checksums of that range and\n"
+"                                     of the rest of the buffer afterwards;\n"
+"                                     --ready: touch FILE once registered,\n"
+"                                     copy once the --go FILE exists\n"
 "  bo-create SIZE [--to-vram OFF]     create a BO, fill it through mmap (and\n"
 "                                     DMA it into VRAM at OFF); checksum\n"
 "  to-vram OFF FILE [--sg]            DMA a file (or - for stdin) into VRAM\n"
@@ -439,6 +448,70 @@ static void cmd_dmabuf_copy(int argc, char **argv)
 	       (unsigned long long)o.fence, o.nr_segments, sum);
 }
 
+/*
+ * userptr-copy to-vram|from-vram VRAM_OFF LEN PATTERN [--before P0]
+ * [--offset OFF]: a buffer of whole pages holding OFF + LEN bytes, filled
+ * with P0 (default ~PATTERN) and registered, then filled with PATTERN by the
+ * CPU: a write the device sees only through the copy's sync for the device.
+ * Then one copy of [OFF, OFF + LEN) to or from VRAM at VRAM_OFF. Reported:
+ * the checksum of that range (what the CPU sees of the device's write, for
+ * from-vram) and of the rest of the buffer (PATTERN unless a sync wrote
+ * over more than the copy's range). --ready FILE --go FILE: FILE is created
+ * once the buffer is registered and filled, and the copy waits for the --go
+ * file (the host removes the device meanwhile).
+ */
+static void cmd_userptr_copy(int argc, char **argv)
+{
+	int to = !strcmp(argv[0], "to-vram");
+	uint64_t vram_off = num(argv[1]), len = num(argv[2]);
+	uint32_t pattern = num(argv[3]);
+	uint32_t before = num(opt_val(argc, argv, "--before", "0")) ?: ~pattern;
+	uint64_t off = num(opt_val(argc, argv, "--offset", "0")), t0;
+	const char *ready = opt_val(argc, argv, "--ready", NULL);
+	const char *go = opt_val(argc, argv, "--go", NULL);
+	struct qgpu_userptr_register r;
+	struct qgpu_copy_userptr o;
+	uint64_t size, rest;
+	uint8_t *buf;
+	int ret;
+
+	if ((!to && strcmp(argv[0], "from-vram")) || !ready != !go)
+		usage();
+	if (!len || off + len < off)
+		fail("userptr-copy", EINVAL);
+	size = (off + len + 4095) & ~4095ULL;
+	buf = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (buf == MAP_FAILED)
+		fail("mmap", errno);
+	qgpu_pattern_fill(buf, size, before);
+	ret = qgpu_userptr_register(fd, buf, size, to ? 0 : QGPU_USERPTR_F_WRITE, &r);
+	if (ret)
+		fail("USERPTR_REGISTER", -ret);
+	qgpu_pattern_fill(buf, size, pattern);
+	if (ready) {
+		close(open(ready, O_WRONLY | O_CREAT, 0644));
+		for (t0 = now_ms(); access(go, F_OK); usleep(10000))
+			if (now_ms() - t0 > 120000)
+				fail(go, ETIMEDOUT);
+	}
+	ret = qgpu_copy_userptr(fd, r.handle, to ? QGPU_OP_COPY_TO_VRAM : QGPU_OP_COPY_FROM_VRAM,
+				off, vram_off, len, &o);
+	if (ret)
+		fail("COPY_USERPTR", -ret);
+	/* The rest: the bytes before the range, then those after it. */
+	rest = qgpu_fnv1a(qgpu_fnv1a(QGPU_FNV_INIT, buf, off), buf + off + len,
+			  size - off - len);
+	ret = qgpu_userptr_unregister(fd, r.handle);
+	if (ret)
+		fail("USERPTR_UNREGISTER", -ret);
+	printf("{\"ok\":true,\"handle\":%u,\"buffer_segments\":%u,\"segments\":%u,"
+	       "\"fence\":%llu,\"checksum\":\"0x%016llx\",\"rest_checksum\":\"0x%016llx\"}\n",
+	       r.handle, r.nr_segments, o.nr_segments, (unsigned long long)o.fence,
+	       (unsigned long long)qgpu_fnv1a(QGPU_FNV_INIT, buf + off, len),
+	       (unsigned long long)rest);
+	munmap(buf, size);
+}
+
 /* ---- hold: mappings and DMA under fire ---------------------------------- */
 
 static sigjmp_buf hold_jmp;
@@ -735,6 +808,8 @@ int main(int argc, char **argv)
 		cmd_fence_export(argc, argv);
 	} else if (!strcmp(cmd, "dmabuf-copy") && argc >= 4) {
 		cmd_dmabuf_copy(argc, argv);
+	} else if (!strcmp(cmd, "userptr-copy") && argc >= 4) {
+		cmd_userptr_copy(argc, argv);
 	} else if (!strcmp(cmd, "hold") && argc >= 1) {
 		cmd_hold(argc, argv);
 	} else if (!strcmp(cmd, "copy-vram") && argc >= 3) {
