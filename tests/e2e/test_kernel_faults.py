@@ -49,6 +49,9 @@ OPS = {
     "bo-create": "bo-create 65536 --to-vram 0x300000",                # BO_CREATE, COPY_BO,
                                                                       # BO mmap, BO_DESTROY
     "raise-irq": "raise-irq",                                         # RAISE_IRQ
+    "userptr": f"userptr-copy from-vram 0x200000 {200 * 1024} 0x5a --offset 100",
+                                                                      # USERPTR_REGISTER,
+                                                                      # COPY_USERPTR, _UNREGISTER
     "mmap-vram": "mmap-write 0x1000 8192 0x12345678",                 # VRAM, eager
     "mmap-lazy": "mmap-read 0x3000 4096 --lazy",                      # VRAM, fault handler
     "mmap-regs": "regs",                                              # register page
