@@ -151,7 +151,7 @@ static struct sg_table *qgpu_dmabuf_map(struct dma_buf_attachment *at,
 	ret = qgpu_dmabuf_table(qb->bo, vaddr, at->dev, &m->sgt);
 	if (ret)
 		goto err_unpin;
-	ret = dma_map_sgtable(at->dev, &m->sgt, dir, QGPU_DMABUF_MAP_ATTRS);
+	ret = qgpu_dma_map_user_sgt(at->dev, &m->sgt, dir, QGPU_DMABUF_MAP_ATTRS);
 	if (ret)
 		goto err_free_table;
 	dma_sync_sgtable_for_device(at->dev, &m->sgt, dir);
@@ -573,6 +573,13 @@ long qgpu_ioctl_copy_dmabuf(struct qgpu_file *qf, struct qgpu_ioctl_call *call)
 	sgt = dma_buf_map_attachment_unlocked(at, dir);
 	if (IS_ERR(sgt)) {
 		ret = PTR_ERR(sgt);
+		/*
+		 * dma_map_sgtable()'s -EIO: the exporter could not map it for
+		 * this device (bounce buffers, IOVA space), a resource limit;
+		 * -EIO is for what the device did to a job.
+		 */
+		if (ret == -EIO)
+			ret = -ENOMEM;
 		goto out_unlock;
 	}
 	ret = qgpu_copy_sgt(qdev, a->op, sgt, a->offset, a->length,

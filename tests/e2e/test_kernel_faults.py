@@ -49,6 +49,10 @@ OPS = {
     "bo-create": "bo-create 65536 --to-vram 0x300000",                # BO_CREATE, COPY_BO,
                                                                       # BO mmap, BO_DESTROY
     "raise-irq": "raise-irq",                                         # RAISE_IRQ
+    "dmabuf-bo": "dmabuf-copy to-vram bo 0x100000 65536 0x1234",    # DMABUF_EXPORT, its
+                                                                      # mapping, COPY_DMABUF
+    "dmabuf-udmabuf": "dmabuf-copy from-vram udmabuf 0x100000 65536",  # COPY_DMABUF, another
+                                                                      # exporter's mapping
     "userptr": f"userptr-copy from-vram 0x200000 {200 * 1024} 0x5a --offset 100",
                                                                       # USERPTR_REGISTER,
                                                                       # COPY_USERPTR, _UNREGISTER

@@ -437,8 +437,9 @@ struct qgpu_dmabuf_export {
  *
  * The device reaches the dma-buf through its exporter's mapping for this
  * device (dma_buf_map_attachment), made for the DMA and torn down before
- * the call returns. A dma-buf that is not one (-EINVAL) or not a file
- * (-EBADF) is refused.
+ * the call returns (-ENOMEM if the exporter cannot map it for this device,
+ * e.g. out of bounce buffers). A dma-buf that is not one (-EINVAL) or not a
+ * file (-EBADF) is refused.
  */
 struct qgpu_copy_dmabuf {
 	__s32 fd;

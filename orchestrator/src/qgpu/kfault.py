@@ -43,6 +43,10 @@ FAULT_TYPES = ("failslab", "fail_page_alloc", "fail_function")
 DRIVER_POINTS = {"qgpu_pin_user_pages": "ERRNO", "qgpu_dma_map_user_sgt": "ERRNO",
                  "qgpu_dma_map_user_page": "ERRNO", "qgpu_dma_alloc": "NULL",
                  "qgpu_alloc_irq_vectors": "ERRNO", "qgpu_request_irq": "ERRNO"}
+#: The errno each ERRNO point returns when it fails, as the kernel call it wraps does
+#: when it runs out: ENOMEM, but dma_map_sgtable() says EIO when it cannot map (swiotlb
+#: full, IOVA space exhausted), which the driver must not pass on as a device error.
+DRIVER_POINT_ERRNOS = {"qgpu_dma_map_user_sgt": 5}
 TOOL = "/opt/qgpu/bin/qgpu-tool"
 ENOMEM = 12
 _RUN_MARK = "=====qgpu-kfault-run "
@@ -136,8 +140,9 @@ class KernelFaultInjector:
                   f"echo > {DEBUGFS}/fail_function/inject"]
         for fn, kind in DRIVER_POINTS.items():
             setup.append(f"echo {fn} > {DEBUGFS}/fail_function/inject")
-            if kind == "ERRNO":     # -ENOMEM, as running out would (the default: -EINVAL)
-                setup.append(f"echo {(1 << 64) - ENOMEM} > "
+            if kind == "ERRNO":     # as running out would (the default: -EINVAL)
+                err = DRIVER_POINT_ERRNOS.get(fn, ENOMEM)
+                setup.append(f"echo {(1 << 64) - err} > "
                              f"{DEBUGFS}/fail_function/{fn}/retval")
         try:
             self._sh(" && ".join(setup))
