@@ -295,6 +295,7 @@ struct qgpu_file {
 	struct qgpu_device *qdev;
 	struct xarray bos;		/* handle -> struct qgpu_bo */
 	struct xarray userptrs;		/* handle -> struct qgpu_userptr */
+	atomic64_t last_fence;		/* newest fence it submitted (poll) */
 	bool writable;			/* opened for writing: may change VRAM */
 };
 
@@ -388,6 +389,7 @@ int qgpu_job_wait(struct qgpu_device *qdev, struct qgpu_job *job);
 int qgpu_fence_wait(struct qgpu_device *qdev, u64 fence, u64 timeout_ns,
 		    u32 *hw_status, u64 *completed);
 u64 qgpu_completed_seq(struct qgpu_device *qdev);
+bool qgpu_seq_passed(struct qgpu_device *qdev, u64 seq);
 long qgpu_ioctl_copy_user(struct qgpu_file *qf, struct qgpu_ioctl_call *call);
 int qgpu_copy_args_check(struct qgpu_file *qf, u32 op, u64 vram_offset,
 			 u64 length, bool fields_ok);

@@ -7,6 +7,7 @@
 #include <linux/file.h>
 #include <linux/fs.h>
 #include <linux/pci.h>
+#include <linux/poll.h>
 #include <linux/sched/signal.h>
 #include <linux/slab.h>
 #include <linux/uaccess.h>
@@ -93,17 +94,33 @@ static long qgpu_ioctl_info(struct qgpu_file *qf, struct qgpu_ioctl_call *call)
 	return 0;
 }
 
+/*
+ * A job of @qf was submitted: poll(2) on the file waits for it (and for
+ * the file's earlier ones). Fences rise with submission, so the newest is
+ * the one to wait for; concurrent submitters keep the highest.
+ */
+static void qgpu_file_submitted(struct qgpu_file *qf, u64 fence)
+{
+	s64 old = atomic64_read(&qf->last_fence);
+
+	while (old < (s64)fence &&
+	       !atomic64_try_cmpxchg(&qf->last_fence, &old, fence))
+		;
+}
+
 /* Submit one descriptor; wait unless asynchronous. */
-static int qgpu_run_one(struct qgpu_device *qdev, struct qgpu_job *job,
+static int qgpu_run_one(struct qgpu_file *qf, struct qgpu_job *job,
 			struct qgpu_desc *d, bool async, u64 *fence,
 			u32 *hw_status)
 {
+	struct qgpu_device *qdev = qf->qdev;
 	int ret;
 
 	ret = qgpu_submit(qdev, job, d, 1);
 	if (ret)
 		return ret;
 	*fence = job->last_seq;
+	qgpu_file_submitted(qf, job->last_seq);
 	if (async)
 		return 0;
 	ret = qgpu_job_wait(qdev, job);
@@ -148,7 +165,7 @@ static long qgpu_ioctl_copy_bo(struct qgpu_file *qf, struct qgpu_ioctl_call *cal
 	d.dst = cpu_to_le64(a->op == QGPU_OP_COPY_TO_VRAM ? a->vram_offset : guest);
 	a->fence = 0;
 	a->hw_status = 0;
-	ret = qgpu_run_one(qdev, job, &d, a->flags & QGPU_SUBMIT_F_ASYNC,
+	ret = qgpu_run_one(qf, job, &d, a->flags & QGPU_SUBMIT_F_ASYNC,
 			   &a->fence, &a->hw_status);
 	qgpu_job_put(job);
 	/* Once submitted, the caller gets the fence whatever the result. */
@@ -236,6 +253,7 @@ static long qgpu_ioctl_vram_op(struct qgpu_file *qf, struct qgpu_ioctl_call *cal
 	kfree(descs);
 	if (!ret) {
 		a->fence = job->last_seq;
+		qgpu_file_submitted(qf, job->last_seq);
 		if (!(a->flags & QGPU_SUBMIT_F_ASYNC)) {
 			ret = qgpu_job_wait(qdev, job);
 			a->hw_status = job->hw_err;
@@ -510,6 +528,36 @@ static long qgpu_ioctl(struct file *filp, unsigned int cmd, unsigned long arg)
 	return ret;
 }
 
+/*
+ * poll(2): readable once every job submitted through this file has
+ * completed (at once if it submitted none), so that asynchronous jobs
+ * (QGPU_SUBMIT_F_ASYNC) can be waited for with poll, select or epoll beside
+ * other files; an error and a hang-up once the device is removed or lost,
+ * which ends all of its jobs. Woken where waiters of fences are. Inside
+ * the device's SRCU section: removal frees the ring that holds the
+ * device's fence only after it.
+ */
+static __poll_t qgpu_poll(struct file *filp, poll_table *wait)
+{
+	struct qgpu_file *qf = filp->private_data;
+	struct qgpu_device *qdev = qf->qdev;
+	__poll_t mask = 0;
+	u64 fence;
+	int idx;
+
+	poll_wait(filp, &qdev->fence_wq, wait);
+	idx = srcu_read_lock(&qdev->srcu);
+	if (READ_ONCE(qdev->dead) || READ_ONCE(qdev->lost)) {
+		mask = EPOLLERR | EPOLLHUP;
+	} else {
+		fence = atomic64_read(&qf->last_fence);
+		if (!fence || qgpu_seq_passed(qdev, fence))
+			mask = EPOLLIN | EPOLLRDNORM;
+	}
+	srcu_read_unlock(&qdev->srcu, idx);
+	return mask;
+}
+
 const struct file_operations qgpu_fops = {
 	.owner = THIS_MODULE,
 	.open = qgpu_open,
@@ -517,5 +565,6 @@ const struct file_operations qgpu_fops = {
 	.unlocked_ioctl = qgpu_ioctl,
 	.compat_ioctl = compat_ptr_ioctl,
 	.mmap = qgpu_mmap,
+	.poll = qgpu_poll,
 };
 

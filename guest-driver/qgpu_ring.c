@@ -58,7 +58,7 @@ u64 qgpu_completed_seq(struct qgpu_device *qdev)
 	return seq;
 }
 
-static bool qgpu_seq_passed(struct qgpu_device *qdev, u64 seq)
+bool qgpu_seq_passed(struct qgpu_device *qdev, u64 seq)
 {
 	return qgpu_completed_seq(qdev) >= seq ||
 	       READ_ONCE(qdev->retired_seq) >= seq;

@@ -21,6 +21,10 @@
  * debugfs knob userptr_skip_sync leaves them out, so that a test can show
  * the stale data a driver without them would hand out.
  *
+ * The same pages registered twice, or twice within one buffer (a memfd
+ * mapped at two addresses), are mapped twice: the DMA API does not support
+ * overlapping mappings, and DMA-API debugging may warn on their syncs.
+ *
  * Lifetime: a registration holds the device; it is released by
  * unregistering, by closing the file (process exit) or, for its pages and
  * mapping, by removal (qgpu_userptr_release_all()), after which copies fail
@@ -236,15 +240,20 @@ long qgpu_ioctl_userptr_register(struct qgpu_file *qf,
 	qgpu_stat_inc(qdev, QGPU_STAT_USERPTRS);
 	qgpu_stat_add(qdev, QGPU_STAT_USERPTR_PAGES, up->npages);
 
+	/*
+	 * The caller's reference, before the handle is visible: another
+	 * thread may unregister it (handles are easy to guess) at once.
+	 */
+	a->nr_segments = up->sgt.nents;
+	kref_get(&up->ref);
 	ret = xa_alloc(&qf->userptrs, &handle, up,
 		       XA_LIMIT(1, QGPU_USERPTR_MAX_HANDLE), GFP_KERNEL);
 	if (ret) {
 		qgpu_userptr_put(up);
+		qgpu_userptr_put(up);
 		return ret == -EBUSY ? -ENOSPC : ret;
 	}
 	a->handle = handle;
-	a->nr_segments = up->sgt.nents;
-	kref_get(&up->ref);
 	call->new_userptr = up;
 	call->copy_out = true;
 	return 0;
@@ -352,13 +361,20 @@ long qgpu_ioctl_copy_userptr(struct qgpu_file *qf, struct qgpu_ioctl_call *call)
 		ret = -ENODEV;
 		goto out_put;
 	}
-	dir = a->op == QGPU_OP_COPY_TO_VRAM ? DMA_TO_DEVICE : DMA_FROM_DEVICE;
+	/*
+	 * Into the buffer, the range is handed over whole (bidirectional, as
+	 * swiotlb maps a buffer): where the device does not write it -- a job
+	 * that fails or ends early -- the CPU gets its own bytes back, not a
+	 * bounce buffer's older ones.
+	 */
+	dir = a->op == QGPU_OP_COPY_TO_VRAM ? DMA_TO_DEVICE : DMA_BIDIRECTIONAL;
 	qgpu_userptr_sync(qdev, up, a->offset, a->length, dir, true);
 	ret = qgpu_copy_sgt(qdev, a->op, &up->sgt, a->offset, a->length,
 			    a->vram_offset, QGPU_STAT_USERPTR_COPIES,
 			    &a->nr_segments, &a->fence, &a->hw_status);
-	/* Retired, or never submitted: the device is done with the range. */
-	qgpu_userptr_sync(qdev, up, a->offset, a->length, dir, false);
+	/* Retired: the device is done with the range (never submitted: untouched). */
+	if (a->fence)
+		qgpu_userptr_sync(qdev, up, a->offset, a->length, dir, false);
 out_put:
 	qgpu_userptr_put(up);
 	/* Once submitted, the caller gets the fence whatever the result. */

@@ -1412,6 +1412,41 @@ static int t_no_leaks(void)
 	return PASS;
 }
 
+/*
+ * poll(2) on the device file: readable at once with nothing in flight,
+ * and once every job the file submitted is over -- whatever other files
+ * have in flight.
+ */
+static int t_fence_poll_device_fd(void)
+{
+	struct pollfd p = { .events = POLLIN };
+	struct qgpu_wait_fence w = { 0 };
+	uint64_t fence = 0;
+	int f = qgpu_open(dev), n, pending = 0;
+
+	CHECK(f >= 0, "open");
+	p.fd = f;
+	CHECK(poll(&p, 1, 0) == 1 && p.revents == POLLIN, "a new file: revents %#x", p.revents);
+	for (n = 0; n < 100; n++)
+		CHECK(!qgpu_fill(f, 0, info.vram_size, 0x9000 + n, QGPU_SUBMIT_F_ASYNC, &fence),
+		      "fill %d", n);
+	/* Another file has nothing in flight. */
+	p.fd = fd;
+	CHECK(poll(&p, 1, 0) == 1 && p.revents == POLLIN, "another file: revents %#x",
+	      p.revents);
+	p.fd = f;
+	pending = poll(&p, 1, 0) == 0;
+	CHECK(poll(&p, 1, 30000) == 1 && p.revents == POLLIN, "after the jobs: revents %#x",
+	      p.revents);
+	w.fence = fence;
+	CHECK(!qgpu_ioctl(f, QGPU_IOCTL_WAIT_FENCE, &w), "readable, but fence %llu is not done",
+	      (unsigned long long)fence);
+	close(f);
+	snprintf(detail, sizeof(detail), "%s", pending ? "seen pending, then readable" :
+		 "the engine was done before the first poll");
+	return PASS;
+}
+
 /* ---- user-pointer buffers ------------------------------------------------------ */
 
 static void *anon_pages(size_t size, int prot)
@@ -1446,12 +1481,34 @@ static int t_userptr_bad_args(void)
 	gone = anon_pages(size, PROT_READ | PROT_WRITE);
 	CHECK(gone && !munmap(gone, size), "mmap, munmap");
 	EXPECT_ERR(qgpu_userptr_register(fd, gone, size, 0, NULL), -EFAULT, "unmapped buffer");
-	ro = anon_pages(size, PROT_READ);
-	CHECK(ro, "mmap read-only");
+	/* Pages of its own (not the shared zero page), then read-only. */
+	ro = anon_pages(size, PROT_READ | PROT_WRITE);
+	CHECK(ro, "mmap");
+	memset(ro, 0x3c, size);
+	CHECK(!mprotect(ro, size, PROT_READ), "mprotect");
 	EXPECT_ERR(qgpu_userptr_register(fd, ro, size, QGPU_USERPTR_F_WRITE, NULL), -EFAULT,
 		   "writable registration of a read-only mapping");
 	CHECK(stat_of("userptrs") == regs, "userptrs %lld after failures, want %lld",
 	      stat_of("userptrs"), regs);
+	/*
+	 * The handle cannot be written back (the argument is read-only):
+	 * -EFAULT, and the registration is taken back.
+	 */
+	{
+		struct qgpu_userptr_register *arg = anon_pages(4096, PROT_READ | PROT_WRITE);
+		long long pin0 = qgpu_vm_pinned_kb();
+
+		CHECK(arg, "mmap");
+		arg->addr = (uintptr_t)buf;
+		arg->length = size;
+		CHECK(!mprotect(arg, 4096, PROT_READ), "mprotect");
+		EXPECT_ERR(qgpu_ioctl(fd, QGPU_IOCTL_USERPTR_REGISTER, arg), -EFAULT,
+			   "register with a read-only argument");
+		CHECK(stat_of("userptrs") == regs && qgpu_vm_pinned_kb() == pin0,
+		      "not taken back: userptrs %lld (want %lld), VmPin %lld kB (want %lld)",
+		      stat_of("userptrs"), regs, qgpu_vm_pinned_kb(), pin0);
+		munmap(arg, 4096);
+	}
 
 	/* A read-only registration: the device reads it, never writes it. */
 	CHECK(!qgpu_userptr_register(fd, ro, size, 0, &r), "read-only registration");
@@ -1515,6 +1572,8 @@ static int t_userptr_copy(void)
 	      "VRAM does not hold what the CPU wrote after registering");
 
 	CHECK(!qgpu_fill(fd, 10 << 20, out_len, 0xc0ffee11, 0, NULL), "fill");
+	/* The CPU writes the whole buffer again: none of it may be lost. */
+	rnd_fill(buf, size);
 	memcpy(ref, buf, size);
 	qgpu_pattern_fill(ref + out_off, out_len, 0xc0ffee11);
 	ret = qgpu_copy_userptr(fd, r.handle, QGPU_OP_COPY_FROM_VRAM, out_off, 10 << 20, out_len, &o);
@@ -1543,7 +1602,7 @@ static int drop_capability(int cap)
 	return syscall(SYS_capset, &h, d) ? -errno : 0;
 }
 
-/* The body of t_userptr_memlock, in a child: 0 or the failing line. */
+/* The body of t_userptr_memlock, in a child: 0 or the number of the failed step. */
 static int userptr_memlock_child(void)
 {
 	long long pin0 = qgpu_vm_pinned_kb();
@@ -1553,22 +1612,22 @@ static int userptr_memlock_child(void)
 	int f = qgpu_open(dev);
 
 	if (!buf || f < 0 || pin0 < 0 || drop_capability(CAP_IPC_LOCK))
-		return __LINE__;
+		return 1;
 	rl.rlim_cur = rl.rlim_max = (pin0 << 10) + 2 * 4096;
 	if (setrlimit(RLIMIT_MEMLOCK, &rl))
-		return __LINE__;
+		return 2;
 	if (qgpu_userptr_register(f, buf, 2 * 4096, 0, &a))
-		return __LINE__;		/* at the limit: allowed */
+		return 3;		/* at the limit: allowed */
 	if (qgpu_userptr_register(f, buf + 2 * 4096, 4096, 0, &b) != -ENOMEM)
-		return __LINE__;		/* over it */
+		return 4;		/* over it */
 	if (qgpu_vm_pinned_kb() != pin0 + 8)
-		return __LINE__;		/* the refused one is not counted */
+		return 5;		/* the refused one is not counted */
 	if (qgpu_userptr_unregister(f, a.handle) ||
 	    qgpu_userptr_register(f, buf + 2 * 4096, 4096, 0, &b))
-		return __LINE__;		/* room again */
+		return 6;		/* room again */
 	close(f);			/* releases b */
 	if (qgpu_vm_pinned_kb() != pin0)
-		return __LINE__;
+		return 7;
 	return 0;
 }
 
@@ -1585,8 +1644,69 @@ static int t_userptr_memlock(void)
 	if (!pid)
 		_exit(userptr_memlock_child());
 	CHECK(waitpid(pid, &st, 0) == pid, "waitpid");
-	CHECK(WIFEXITED(st) && !WEXITSTATUS(st), "child failed at line %d (status %#x)",
+	CHECK(WIFEXITED(st) && !WEXITSTATUS(st), "child failed at step %d (status %#x)",
 	      WIFEXITED(st) ? WEXITSTATUS(st) : -1, st);
+	return PASS;
+}
+
+struct unregister_race {
+	int fd;
+	volatile int stop;
+	long hits;
+};
+
+static void *unregister_guesser(void *arg)
+{
+	struct unregister_race *r = arg;
+
+	while (!r->stop)
+		for (uint32_t h = 1; h <= 4; h++)
+			r->hits += !qgpu_userptr_unregister(r->fd, h);
+	return NULL;
+}
+
+/*
+ * Handles are easy to guess: another thread unregisters them as soon as
+ * they exist, while registrations are made. Nothing is used after it is
+ * freed (KASAN on the debug kernel), nothing stays pinned.
+ */
+static int t_userptr_register_race(void)
+{
+	struct unregister_race r = { .fd = qgpu_open(dev) };
+	long long regs = stat_of("userptrs"), pin0 = qgpu_vm_pinned_kb();
+	uint8_t *buf = anon_pages(16 * 4096, PROT_READ | PROT_WRITE);
+	double t0 = qgpu_now_ms();
+	long made = 0;
+	pthread_t t;
+	int ret;
+
+	CHECK(buf && r.fd >= 0, "mmap, open");
+	CHECK(!pthread_create(&t, NULL, unregister_guesser, &r), "pthread_create");
+	while (qgpu_now_ms() - t0 < 500) {
+		struct qgpu_userptr_register reg;
+
+		ret = qgpu_userptr_register(r.fd, buf, 16 * 4096, QGPU_USERPTR_F_WRITE, &reg);
+		if (!ret) {
+			made++;
+			/* Ours to unregister, unless the guesser was first. */
+			ret = qgpu_userptr_unregister(r.fd, reg.handle);
+			ret = ret == -ENOENT ? 0 : ret;
+		}
+		if (ret) {
+			r.stop = 1;
+			pthread_join(t, NULL);
+			CHECK(0, "register, unregister: %s", strerror(-ret));
+		}
+	}
+	r.stop = 1;
+	pthread_join(t, NULL);
+	close(r.fd);
+	CHECK(stat_of("userptrs") == regs && qgpu_vm_pinned_kb() == pin0,
+	      "after close: userptrs %lld (want %lld), VmPin %lld kB (want %lld)",
+	      stat_of("userptrs"), regs, qgpu_vm_pinned_kb(), pin0);
+	snprintf(detail, sizeof(detail), "%ld registered, %ld unregistered by the guesser",
+		 made, r.hits);
+	munmap(buf, 16 * 4096);
 	return PASS;
 }
 
@@ -1804,6 +1924,7 @@ static const struct test tests[] = {
 	{ "fence_timeout_signal", t_fence_timeout_signal, 300 },
 	{ "fence_export", t_fence_export, 30 },
 	{ "fence_export_outlives_the_file", t_fence_export_outlives_the_file, 60 },
+	{ "fence_poll_device_fd", t_fence_poll_device_fd, 60 },
 	{ "dmabuf_export", t_dmabuf_export, 30 },
 	{ "dmabuf_outlives_the_handle", t_dmabuf_outlives_the_handle, 30 },
 	{ "dmabuf_import_self", t_dmabuf_import_self, 30 },
@@ -1812,6 +1933,7 @@ static const struct test tests[] = {
 	{ "userptr_bad_args", t_userptr_bad_args, 30 },
 	{ "userptr_copy", t_userptr_copy, 30 },
 	{ "userptr_memlock", t_userptr_memlock, 30 },
+	{ "userptr_register_race", t_userptr_register_race, 30 },
 	{ "userptr_process_exit", t_userptr_process_exit, 30 },
 	{ "vram_copy", t_vram_copy, 30 },
 	{ "cpu_access", t_cpu_access, 30 },

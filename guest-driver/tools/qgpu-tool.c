@@ -38,6 +38,10 @@ static void usage(void)
 "  fill OFF LEN PATTERN [--cpu]       DMA fill (or kernel CPU fill) of VRAM\n"
 "  fill OFF LEN PATTERN --async [--wait MS]  submit without waiting; --wait\n"
 "                                     then waits for its fence (0: forever)\n"
+"  fill OFF LEN PATTERN --async --poll MS  submit, then poll(2) the device\n"
+"                                     file for MS (-1: forever): readable once\n"
+"                                     every job this file submitted is over\n"
+"  poll MS                            poll(2) a newly opened device file\n"
 "  wait-fence FENCE MS                wait for a fence (0: forever)\n"
 "  fence-export FENCE [--merge F2] [--poll MS] [--close-device] [--hold MS]\n"
 "                                     export a fence as a sync_file (merged\n"
@@ -278,6 +282,32 @@ static void cmd_fence_export(int argc, char **argv)
 	if (hold)
 		usleep(hold * 1000);
 	close(sfd);
+}
+
+/*
+ * poll(2) the device file for @ms (-1: forever) and report what it said,
+ * and whether @fence (0: none) has completed by then.
+ */
+static void poll_report(uint64_t fence, int ms)
+{
+	struct pollfd pfd = { .fd = fd, .events = POLLIN };
+	uint64_t t0 = now_ms();
+	int ready = poll(&pfd, 1, ms), done = -1;
+
+	if (ready < 0)
+		fail("poll", errno);
+	if (fence) {
+		struct qgpu_wait_fence w = { .fence = fence };
+		int ret = qgpu_ioctl(fd, QGPU_IOCTL_WAIT_FENCE, &w);
+
+		done = !ret || ret == -EIO;	/* timeout 0: -ETIMEDOUT if pending */
+	}
+	printf("{\"ok\":true,\"fence\":%llu,\"readable\":%s,\"revents\":%d,"
+	       "\"hangup\":%s,\"fence_done\":%s,\"poll_ms\":%llu}\n",
+	       (unsigned long long)fence, pfd.revents & POLLIN ? "true" : "false",
+	       pfd.revents, pfd.revents & POLLHUP ? "true" : "false",
+	       done < 0 ? "null" : done ? "true" : "false",
+	       (unsigned long long)(now_ms() - t0));
 }
 
 /* Create a BO of argv[0] bytes, fill it, optionally copy it to VRAM. */
@@ -793,6 +823,7 @@ int main(int argc, char **argv)
 		int cpu = has_opt(argc, argv, "--cpu");
 		int async = has_opt(argc, argv, "--async");
 		const char *wait = opt_val(argc, argv, "--wait", NULL);
+		const char *poll_ms = opt_val(argc, argv, "--poll", NULL);
 
 		ret = cpu ? qgpu_cpu(fd, QGPU_CPU_FILL, off, len, pat, NULL) :
 			    qgpu_fill(fd, off, len, pat,
@@ -801,7 +832,13 @@ int main(int argc, char **argv)
 			fail("fill", -ret);
 		if (async && wait)
 			wait_report(fence, num(wait));
+		if (poll_ms) {
+			poll_report(fence, atoi(poll_ms));
+			return 0;
+		}
 		printf("{\"ok\":true,\"fence\":%llu}\n", (unsigned long long)fence);
+	} else if (!strcmp(cmd, "poll") && argc >= 1) {
+		poll_report(0, atoi(argv[0]));
 	} else if (!strcmp(cmd, "wait-fence") && argc >= 2) {
 		wait_report(num(argv[0]), num(argv[1]));
 	} else if (!strcmp(cmd, "fence-export") && argc >= 1) {

@@ -11,6 +11,7 @@ retired fences, fence 0, read-only files, merging.
 from __future__ import annotations
 
 import errno
+import select
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,10 +34,10 @@ TAG = "/tmp/qgpu-fence-poller"
 
 
 class Poller:
-    """A guest ``qgpu-tool fence-export FENCE --poll MS ...`` running in the background."""
+    """A guest ``qgpu-tool COMMAND ... --poll MS ...`` running in the background."""
 
-    def __init__(self, guest: GuestMachine, tag: str) -> None:
-        self.guest, self.tag = guest, tag
+    def __init__(self, guest: GuestMachine, tag: str, command: str) -> None:
+        self.guest, self.tag, self.command = guest, tag, command
         self.result: dict[str, Any] | None = None
 
     def wait(self, timeout: float) -> dict[str, Any]:
@@ -48,15 +49,16 @@ class Poller:
                     f"cat {self.tag}.out; cat /proc/$(cat {self.tag}.pid)/wchan").output
             time.sleep(0.1)
         self.result = parse_json_line(self.guest.run(f"cat {self.tag}.out").output,
-                                      "qgpu-tool fence-export")
+                                      f"qgpu-tool {self.command}")
         return self.result
 
 
 @contextmanager
-def poller(guest: GuestMachine, args: str, name: str = "p") -> Iterator[Poller]:
-    """Start ``qgpu-tool fence-export ARGS`` and return once it sleeps in poll(2)."""
+def poller(guest: GuestMachine, args: str, name: str = "p",
+           command: str = "fence-export") -> Iterator[Poller]:
+    """Start ``qgpu-tool COMMAND ARGS`` and return once it sleeps in poll(2)."""
     tag = f"{TAG}-{name}"
-    guest.run(f"rm -f {tag}.*; ( sh -c 'echo $$ > {tag}.pid; exec {TOOL} fence-export {args} "
+    guest.run(f"rm -f {tag}.*; ( sh -c 'echo $$ > {tag}.pid; exec {TOOL} {command} {args} "
               f"> {tag}.out 2>&1'; touch {tag}.done ) </dev/null >/dev/null 2>&1 &",
               check=True)
     out = guest.run(f"i=0; while [ $i -lt 400 ]; do p=$(cat {tag}.pid 2>/dev/null); "
@@ -64,7 +66,7 @@ def poller(guest: GuestMachine, args: str, name: str = "p") -> Iterator[Poller]:
                     f"esac; [ -e {tag}.done ] && break; usleep 25000; i=$((i+1)); done; "
                     f"echo \"$w\"; cat {tag}.out 2>/dev/null", timeout=30).output
     assert "poll" in out.split("\n")[0], f"the poller is not waiting in poll(2): {out}"
-    p = Poller(guest, tag)
+    p = Poller(guest, tag, command)
     try:
         yield p
     finally:
@@ -161,5 +163,46 @@ def test_removal_signals_a_pending_sync_file_that_keeps_the_module(
         assert g.run("i=0; until rmmod qgpu; do i=$((i+1)); [ $i -lt 20 ] || exit 1; "
                      "usleep 100000; done").status == 0, \
             "qgpu.ko still in use 2 s after the sync_file was closed"
+    finally:
+        g.run("echo 1 > /sys/bus/pci/rescan")
+
+
+@DIRECT
+def test_poll_on_the_device_file_waits_for_its_jobs(
+        qgpu_guest: GuestMachine, qgpu_inspector: DeviceInspector,
+        faults: FaultInjector) -> None:
+    """poll(2) on the device file that submitted a job asynchronously sleeps while the
+    host holds the engine, and wakes readable when the job is over (its fence done,
+    its bytes in VRAM); a file with nothing in flight is readable all along."""
+    g = qgpu_guest
+    job_timeout(g, 600_000)
+    tool(g, f"fill 0 {LENGTH} 0x0")
+    faults.hang()
+    with poller(g, f"0 {LENGTH} {FILL:#x} --async --poll 60000", command="fill") as p:
+        other = tool(g, "poll 0")
+        assert other["readable"] and not other["hangup"], other
+        assert qgpu_inspector.vram_backend(0, LENGTH) == bytes(LENGTH)
+        faults.hang(False)
+        res = p.wait(30)
+    assert res["readable"] and res["fence_done"] and not res["hangup"], res
+    assert qgpu_inspector.vram_backend(0, LENGTH) == pattern(FILL, LENGTH)
+
+
+@DIRECT
+def test_removal_hangs_up_a_polling_device_file(
+        qgpu_guest: GuestMachine, faults: FaultInjector) -> None:
+    """The device is removed while a process polls its file for a held job: poll
+    wakes with an error and a hang-up (POLLERR | POLLHUP), not readable."""
+    g = qgpu_guest
+    bdf = g.run("basename $(readlink /sys/class/misc/qgpu0/device)", check=True).output.strip()
+    job_timeout(g, 600_000)
+    faults.hang()
+    try:
+        with poller(g, f"0 {LENGTH} {FILL:#x} --async --poll 60000", command="fill") as p:
+            g.run(f"echo 1 > /sys/bus/pci/devices/{bdf}/remove", check=True)
+            res = p.wait(30)
+        assert res["hangup"] and not res["readable"], res
+        assert res["revents"] & (select.POLLERR | select.POLLHUP) == \
+            select.POLLERR | select.POLLHUP, res
     finally:
         g.run("echo 1 > /sys/bus/pci/rescan")

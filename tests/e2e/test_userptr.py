@@ -115,6 +115,30 @@ def test_the_syncs_are_what_move_the_bytes(qgpu_guest: GuestMachine,
         assert results[True] == results[False], "without bouncing, syncs move nothing"
 
 
+@pytest.mark.parametrize("qgpu_dma_mode", [DmaMode.SWIOTLB, DmaMode.DIRECT], indirect=True,
+                         ids=str)
+def test_a_short_dma_into_a_user_buffer_leaves_the_rest_to_the_cpu(
+        qgpu_guest: GuestMachine, qgpu_inspector: DeviceInspector,
+        faults: FaultInjector) -> None:
+    """Review finding: a copy into a registered buffer handed its range to the device
+    for reading only, so under swiotlb the bytes the device did not write (a job that
+    ends early) came back as the bounce buffer's, from registration. The host
+    truncates the DMA (x-fault-truncate-nth: half the bytes, success reported): the
+    first half holds VRAM's bytes, the second what the CPU wrote, bounced or not."""
+    insp, back, length = qgpu_inspector, 0x50_0000, 2 * PAGE + 300
+    assert tool(qgpu_guest, f"fill {back:#x} {length} 0x600DF00D")["ok"]
+    vram = insp.vram_backend(back, length)
+    injected = faults.faults_injected()
+    faults.truncate()
+    res = tool(qgpu_guest, f"userptr-copy from-vram {back:#x} {length} {PATTERN:#x} "
+                           f"--before {BEFORE:#x}")
+    assert faults.faults_injected() == injected + 1, "the truncation did not fire"
+    mine, _ = _buffer(PATTERN, 0, length)
+    half = length // 2
+    assert int(res["checksum"], 16) == fnv1a64(vram[:half] + mine[half:]), \
+        "the bytes the device did not write are not the CPU's"
+
+
 def test_removal_unpins_a_registered_buffer(qgpu_restore_guest: MakeGuest) -> None:
     """A process holds a registered buffer (1 MiB, VmPin 1024 kB) when the host
     unplugs the device: removal unmaps and unpins it (VmPin 0 while the process

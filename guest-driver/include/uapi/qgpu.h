@@ -487,6 +487,8 @@ struct qgpu_copy_dmabuf {
  * (dma_sync_*_for_cpu), so CPU writes made after registration reach the
  * device and the device's writes reach the CPU even where the platform
  * bounces DMA (swiotlb), and bytes outside the copy are left alone.
+ * Registering the same pages twice maps them twice, which the DMA API does
+ * not support: DMA-API debugging may warn on such copies.
  */
 struct qgpu_userptr_register {
 	__u64 addr;
