@@ -21,7 +21,8 @@
  * signalled. The dma-buf's own fences (its dma_resv) are waited for before
  * the job is queued, interruptibly and for at most the caller's timeout.
  * The job adds no fence to the dma_resv: the ioctl returns only once it is
- * over.
+ * over. Jobs on a BO through its handle (COPY_BO) do add theirs to its
+ * dma-bufs' (qgpu_bo_resvs_lock()).
  */
 
 #include <linux/cc_platform.h>
@@ -495,6 +496,149 @@ err_free:
 }
 
 /*
+ * A job on a BO (COPY_BO) puts its fence in the dma_resv of each of the
+ * BO's dma-bufs -- as a writer if it writes the BO, else as a reader -- so
+ * that importers, DMA_BUF_IOCTL_EXPORT_SYNC_FILE and poll(2) on the
+ * dma-buf wait for it (implicit synchronisation). The dma_resv locks are
+ * taken before the job is submitted and released once its fence is in:
+ * nobody sees the buffer between the two. The fence is allocated before
+ * the job too, so that nothing can fail once the job runs. Lock order:
+ * dma_resv, then ring_lock (qgpu_job_fence()); dmabuf_lock is dropped
+ * before any dma_resv is taken, as importers' map calls (under dma_resv)
+ * take it.
+ */
+static int qgpu_bo_resvs_ww_lock(struct qgpu_bo_resvs *r)
+{
+	int contended = -1, i, j, ret;
+
+	ww_acquire_init(&r->ctx, &reservation_ww_class);
+retry:
+	if (contended >= 0) {
+		ret = dma_resv_lock_slow_interruptible(r->bufs[contended]->resv,
+						       &r->ctx);
+		if (ret)
+			goto err_fini;
+	}
+	for (i = 0; i < r->n; i++) {
+		if (i == contended)
+			continue;
+		ret = dma_resv_lock_interruptible(r->bufs[i]->resv, &r->ctx);
+		if (!ret)
+			continue;
+		for (j = 0; j < i; j++)
+			if (j != contended)
+				dma_resv_unlock(r->bufs[j]->resv);
+		if (contended >= 0)
+			dma_resv_unlock(r->bufs[contended]->resv);
+		if (ret != -EDEADLK)
+			goto err_fini;
+		contended = i;
+		goto retry;
+	}
+	ww_acquire_done(&r->ctx);
+	return 0;
+
+err_fini:
+	ww_acquire_fini(&r->ctx);
+	return ret;
+}
+
+static void qgpu_bo_resvs_put(struct qgpu_bo_resvs *r)
+{
+	unsigned int i;
+
+	for (i = 0; i < r->n; i++)
+		dma_buf_put(r->bufs[i]);
+	kfree(r->bufs);
+	qgpu_fence_free(r->fence);
+	r->bufs = NULL;
+	r->fence = NULL;
+	r->n = 0;
+}
+
+int qgpu_bo_resvs_lock(struct qgpu_bo *bo, struct qgpu_bo_resvs *r)
+{
+	struct qgpu_device *qdev = bo->qdev;
+	struct qgpu_dmabuf *qb;
+	unsigned int i, n = 0;
+	int ret;
+
+	memset(r, 0, sizeof(*r));
+	mutex_lock(&qdev->dmabuf_lock);
+	list_for_each_entry(qb, &qdev->dmabufs, node)
+		n += qb->bo == bo;
+	if (!n) {
+		mutex_unlock(&qdev->dmabuf_lock);
+		return 0;
+	}
+	r->bufs = kcalloc(n, sizeof(*r->bufs), GFP_KERNEL);
+	if (!r->bufs) {
+		mutex_unlock(&qdev->dmabuf_lock);
+		return -ENOMEM;
+	}
+	/* A dma-buf whose last reference is gone is being released: skip it. */
+	list_for_each_entry(qb, &qdev->dmabufs, node)
+		if (qb->bo == bo &&
+		    atomic_long_inc_not_zero(&qb->dmabuf->file->f_count))
+			r->bufs[r->n++] = qb->dmabuf;
+	mutex_unlock(&qdev->dmabuf_lock);
+	if (!r->n) {
+		qgpu_bo_resvs_put(r);
+		return 0;
+	}
+	r->fence = qgpu_fence_alloc();
+	if (!r->fence) {
+		ret = -ENOMEM;
+		goto err_put;
+	}
+	ret = qgpu_bo_resvs_ww_lock(r);
+	if (ret)
+		goto err_put;
+	for (i = 0; i < r->n; i++) {
+		ret = dma_resv_reserve_fences(r->bufs[i]->resv, 1);
+		if (ret)
+			goto err_unlock;
+	}
+	return 0;
+
+err_unlock:
+	for (i = 0; i < r->n; i++)
+		dma_resv_unlock(r->bufs[i]->resv);
+	ww_acquire_fini(&r->ctx);
+err_put:
+	qgpu_bo_resvs_put(r);
+	return ret;
+}
+
+/* The job of fence @seq (0: none was submitted) is in; let the dma-bufs go. */
+void qgpu_bo_resvs_unlock(struct qgpu_device *qdev, struct qgpu_bo_resvs *r,
+			  u64 seq, bool writes)
+{
+	struct dma_fence *fence = NULL;
+	unsigned int i;
+
+	if (!r->n)
+		return;
+	if (seq) {
+		fence = qgpu_job_fence(qdev, seq, r->fence);
+		r->fence = NULL;
+		/* Only a seqno never handed out fails: not one just submitted. */
+		if (WARN_ON_ONCE(IS_ERR(fence)))
+			fence = NULL;
+	}
+	for (i = 0; i < r->n; i++) {
+		if (fence)
+			dma_resv_add_fence(r->bufs[i]->resv, fence, writes ?
+					   DMA_RESV_USAGE_WRITE : DMA_RESV_USAGE_READ);
+		dma_resv_unlock(r->bufs[i]->resv);
+	}
+	ww_acquire_fini(&r->ctx);
+	if (fence)
+		dma_fence_put(fence);
+	qgpu_bo_resvs_put(r);
+}
+
+/*
  * Wait for the dma-buf's fences that a DMA in direction @dir must follow:
  * its writers before the device reads it, everyone before it writes it.
  */
@@ -598,6 +742,17 @@ out_put:
 }
 
 #else /* !CONFIG_DMA_SHARED_BUFFER */
+
+int qgpu_bo_resvs_lock(struct qgpu_bo *bo, struct qgpu_bo_resvs *r)
+{
+	memset(r, 0, sizeof(*r));
+	return 0;
+}
+
+void qgpu_bo_resvs_unlock(struct qgpu_device *qdev, struct qgpu_bo_resvs *r,
+			  u64 seq, bool writes)
+{
+}
 
 long qgpu_ioctl_dmabuf_export(struct qgpu_file *qf, struct qgpu_ioctl_call *call)
 {

@@ -21,6 +21,7 @@
 #include <linux/srcu.h>
 #include <linux/wait.h>
 #include <linux/workqueue.h>
+#include <linux/ww_mutex.h>
 #include <linux/xarray.h>
 
 #include "hw/misc/qgpu_hw.h"
@@ -82,7 +83,9 @@ enum qgpu_stat {
 	QGPU_STAT_NR
 };
 
+struct dma_buf;
 struct qgpu_device;
+struct qgpu_fence;
 struct qgpu_userptr;
 
 /* A DMA-coherent buffer object. */
@@ -408,6 +411,10 @@ int qgpu_fence_status(struct qgpu_device *qdev, u64 fence, u32 *hw_status,
 
 /* qgpu_fence.c */
 u64 qgpu_fence_context_alloc(void);
+struct qgpu_fence *qgpu_fence_alloc(void);
+void qgpu_fence_free(struct qgpu_fence *fence);
+struct dma_fence *qgpu_job_fence(struct qgpu_device *qdev, u64 seq,
+				 struct qgpu_fence *fence);
 int qgpu_fence_errno(u32 hw_err, bool timed_out);
 void qgpu_fence_signal_upto(struct qgpu_device *qdev, u64 first, u64 last,
 			    int error);
@@ -415,6 +422,19 @@ void qgpu_fence_barrier(void);
 long qgpu_ioctl_fence_export(struct qgpu_file *qf, struct qgpu_ioctl_call *call);
 
 /* qgpu_dmabuf.c */
+/*
+ * The dma-bufs of a BO, their dma_resv locked for a job on the BO, which
+ * puts its fence in each (qgpu_bo_resvs_lock(), qgpu_bo_resvs_unlock()).
+ */
+struct qgpu_bo_resvs {
+	struct dma_buf **bufs;		/* each holds its file */
+	unsigned int n;
+	struct ww_acquire_ctx ctx;
+	struct qgpu_fence *fence;	/* for the job, made once it has a seqno */
+};
+int qgpu_bo_resvs_lock(struct qgpu_bo *bo, struct qgpu_bo_resvs *r);
+void qgpu_bo_resvs_unlock(struct qgpu_device *qdev, struct qgpu_bo_resvs *r,
+			  u64 seq, bool writes);
 long qgpu_ioctl_dmabuf_export(struct qgpu_file *qf,
 			      struct qgpu_ioctl_call *call);
 long qgpu_ioctl_copy_dmabuf(struct qgpu_file *qf, struct qgpu_ioctl_call *call);

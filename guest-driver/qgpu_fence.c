@@ -4,8 +4,9 @@
  * (QGPU_IOCTL_FENCE_EXPORT).
  *
  * A uapi fence value is the seqno of a dma_fence on the device's fence
- * context. The dma_fence is made when it is first exported, not for every
- * job: while pending it waits on qdev->fences (in seqno order, one per
+ * context. The dma_fence is made when it is first exported -- as a
+ * sync_file, or into the dma_resv of an exported BO a job uses
+ * (qgpu_bo_resvs_unlock()) -- not for every job: while pending it waits on qdev->fences (in seqno order, one per
  * seqno, under ring_lock, holding a reference), so later exports of the
  * same fence share it and the list holds at most a ring's worth, until
  * qgpu_job_finish() retires its job and signals it with the job's result.
@@ -16,9 +17,11 @@
  * will not complete it.
  *
  * Not yet held to the cross-driver signalling rules (no allocation, no
- * page locks on the way to dma_fence_signal(), which matters once a fence
- * can sit in another driver's reservation object): the retire path still
- * unpins user pages before it signals. Only sync_files hold these fences.
+ * page locks on the way to dma_fence_signal(), since another driver may
+ * wait for a fence in a dma_resv from its reclaim path): the retire path
+ * still unpins user pages and frees jobs before it signals, and is not
+ * annotated with dma_fence_begin_signalling(). The fences reach other
+ * drivers only through the dma-bufs of qgpu's own BOs.
  */
 
 #include <linux/dma-fence.h>
@@ -121,22 +124,37 @@ void qgpu_fence_signal_upto(struct qgpu_device *qdev, u64 first, u64 last,
 }
 
 /*
- * A reference to the dma_fence of uapi @seq: the pending one if it was
- * exported before, else a new one, signalled already if its job has
- * retired. Takes ring_lock.
+ * A fence to be made later (qgpu_job_fence()), allocated where failing is
+ * still possible: before a job is submitted.
  */
-static struct dma_fence *qgpu_fence_get(struct qgpu_device *qdev, u64 seq)
+struct qgpu_fence *qgpu_fence_alloc(void)
 {
-	struct qgpu_fence *fence, *pos;
+	struct qgpu_fence *fence = kzalloc(sizeof(*fence), GFP_KERNEL_ACCOUNT);
+
+	if (fence) {
+		spin_lock_init(&fence->lock);
+		INIT_LIST_HEAD(&fence->node);
+	}
+	return fence;
+}
+
+void qgpu_fence_free(struct qgpu_fence *fence)
+{
+	kfree(fence);
+}
+
+/*
+ * A reference to the dma_fence of uapi @seq: the pending one if it was
+ * made before, else @fence (from qgpu_fence_alloc(), consumed), signalled
+ * already if its job has retired. Takes ring_lock.
+ */
+struct dma_fence *qgpu_job_fence(struct qgpu_device *qdev, u64 seq,
+				 struct qgpu_fence *fence)
+{
+	struct qgpu_fence *pos;
 	bool timed_out = false;
 	u32 hw_err = 0;
 	int ret = 0;
-
-	fence = kzalloc(sizeof(*fence), GFP_KERNEL_ACCOUNT);
-	if (!fence)
-		return ERR_PTR(-ENOMEM);
-	spin_lock_init(&fence->lock);
-	INIT_LIST_HEAD(&fence->node);
 
 	mutex_lock(&qdev->ring_lock);
 	if (seq >= qdev->next_seq) {
@@ -187,13 +205,17 @@ static struct dma_fence *qgpu_fence_get(struct qgpu_device *qdev, u64 seq)
 long qgpu_ioctl_fence_export(struct qgpu_file *qf, struct qgpu_ioctl_call *call)
 {
 	struct qgpu_fence_export *a = call->args;
+	struct qgpu_fence *pre;
 	struct dma_fence *fence;
 	struct sync_file *sf;
 	int fd;
 
 	if (a->flags || a->reserved[0] || a->reserved[1])
 		return -EINVAL;
-	fence = qgpu_fence_get(qf->qdev, a->fence);
+	pre = qgpu_fence_alloc();
+	if (!pre)
+		return -ENOMEM;
+	fence = qgpu_job_fence(qf->qdev, a->fence, pre);
 	if (IS_ERR(fence))
 		return PTR_ERR(fence);
 	sf = sync_file_create(fence);
@@ -217,6 +239,21 @@ long qgpu_ioctl_fence_export(struct qgpu_file *qf, struct qgpu_ioctl_call *call)
 u64 qgpu_fence_context_alloc(void)
 {
 	return 0;
+}
+
+struct qgpu_fence *qgpu_fence_alloc(void)
+{
+	return NULL;
+}
+
+void qgpu_fence_free(struct qgpu_fence *fence)
+{
+}
+
+struct dma_fence *qgpu_job_fence(struct qgpu_device *qdev, u64 seq,
+				 struct qgpu_fence *fence)
+{
+	return ERR_PTR(-EOPNOTSUPP);
 }
 
 void qgpu_fence_barrier(void)

@@ -108,30 +108,11 @@ static void qgpu_file_submitted(struct qgpu_file *qf, u64 fence)
 		;
 }
 
-/* Submit one descriptor; wait unless asynchronous. */
-static int qgpu_run_one(struct qgpu_file *qf, struct qgpu_job *job,
-			struct qgpu_desc *d, bool async, u64 *fence,
-			u32 *hw_status)
-{
-	struct qgpu_device *qdev = qf->qdev;
-	int ret;
-
-	ret = qgpu_submit(qdev, job, d, 1);
-	if (ret)
-		return ret;
-	*fence = job->last_seq;
-	qgpu_file_submitted(qf, job->last_seq);
-	if (async)
-		return 0;
-	ret = qgpu_job_wait(qdev, job);
-	*hw_status = job->hw_err;
-	return ret;
-}
-
 static long qgpu_ioctl_copy_bo(struct qgpu_file *qf, struct qgpu_ioctl_call *call)
 {
 	struct qgpu_device *qdev = qf->qdev;
 	struct qgpu_copy_bo *a = call->args;
+	struct qgpu_bo_resvs resvs;
 	struct qgpu_desc d = {};
 	struct qgpu_job *job;
 	struct qgpu_bo *bo;
@@ -150,8 +131,15 @@ static long qgpu_ioctl_copy_bo(struct qgpu_file *qf, struct qgpu_ioctl_call *cal
 		qgpu_bo_put(bo);
 		return -EINVAL;
 	}
+	/* Exported: the job's fence goes into its dma-bufs' dma_resv. */
+	ret = qgpu_bo_resvs_lock(bo, &resvs);
+	if (ret) {
+		qgpu_bo_put(bo);
+		return ret;
+	}
 	job = qgpu_job_alloc();
 	if (!job) {
+		qgpu_bo_resvs_unlock(qdev, &resvs, 0, false);
 		qgpu_bo_put(bo);
 		return -ENOMEM;
 	}
@@ -165,8 +153,17 @@ static long qgpu_ioctl_copy_bo(struct qgpu_file *qf, struct qgpu_ioctl_call *cal
 	d.dst = cpu_to_le64(a->op == QGPU_OP_COPY_TO_VRAM ? a->vram_offset : guest);
 	a->fence = 0;
 	a->hw_status = 0;
-	ret = qgpu_run_one(qf, job, &d, a->flags & QGPU_SUBMIT_F_ASYNC,
-			   &a->fence, &a->hw_status);
+	ret = qgpu_submit(qdev, job, &d, 1);
+	qgpu_bo_resvs_unlock(qdev, &resvs, ret ? 0 : job->last_seq,
+			     a->op == QGPU_OP_COPY_FROM_VRAM);
+	if (!ret) {
+		a->fence = job->last_seq;
+		qgpu_file_submitted(qf, a->fence);
+		if (!(a->flags & QGPU_SUBMIT_F_ASYNC)) {
+			ret = qgpu_job_wait(qdev, job);
+			a->hw_status = job->hw_err;
+		}
+	}
 	qgpu_job_put(job);
 	/* Once submitted, the caller gets the fence whatever the result. */
 	call->copy_out = a->fence != 0;

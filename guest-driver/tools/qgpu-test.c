@@ -1195,6 +1195,62 @@ static int t_dmabuf_import_udmabuf(void)
 }
 
 /*
+ * A job that writes an exported BO (COPY_BO, asynchronous) puts its fence in
+ * the dma-buf's dma_resv as a writer: a reader's sync_file holds it (qgpu's
+ * while pending), poll(2) of the dma-buf waits for it, and then the BO
+ * holds what the job wrote.
+ */
+static int t_dmabuf_bo_job_fence(void)
+{
+	struct dma_buf_export_sync_file es = { .flags = DMA_BUF_SYNC_READ };
+	struct qgpu_copy_bo cb = { .op = QGPU_OP_COPY_FROM_VRAM, .flags = QGPU_SUBMIT_F_ASYNC,
+				   .vram_offset = 3 << 20, .length = 4096 };
+	struct pollfd p = { .events = POLLIN };
+	struct sync_fence_info fi[1];
+	struct qgpu_bo_create bc;
+	uint8_t *map, ref[4096];
+	unsigned int count;
+	int dbuf, status, n, pending;
+	uint64_t fence = 0;
+
+	CHECK(!bo_create(fd, 4096, &bc), "create");
+	DMABUF_OR_SKIP(dbuf, fd, bc.handle, QGPU_DMABUF_F_WRITE);
+	CHECK(!qgpu_fill(fd, 3 << 20, 4096, 0xb0b0f00d, 0, NULL), "fill");
+	for (n = 0; n < 100; n++)
+		CHECK(!qgpu_fill(fd, 4 << 20, info.vram_size - (4 << 20), 0x7100 + n,
+				 QGPU_SUBMIT_F_ASYNC, &fence), "fill %d", n);
+	cb.handle = bc.handle;
+	CHECK(!qgpu_ioctl(fd, QGPU_IOCTL_COPY_BO, &cb), "COPY_BO: %s", strerror(errno));
+	CHECK(!qgpu_ioctl(dbuf, DMA_BUF_IOCTL_EXPORT_SYNC_FILE, &es),
+	      "EXPORT_SYNC_FILE: %s", strerror(errno));
+	CHECK(!qgpu_sync_file_info(es.fd, &status, &count, fi, 1), "SYNC_IOC_FILE_INFO");
+	pending = status == 0;
+	if (pending)
+		CHECK(count == 1 && !strcmp(fi[0].driver_name, "qgpu"),
+		      "a pending writer that is not the job: %u fence(s), driver %s", count,
+		      fi[0].driver_name);
+	p.fd = dbuf;
+	CHECK(poll(&p, 1, 30000) == 1 && (p.revents & POLLIN), "poll of the dma-buf: %#x",
+	      p.revents);
+	CHECK(qgpu_sync_file_info(es.fd, &status, &count, fi, 1) == 0 && status == 1,
+	      "the writer's sync_file after poll: status %d", status);
+	map = mmap(NULL, 4096, PROT_READ, MAP_SHARED, dbuf, 0);
+	CHECK(map != MAP_FAILED, "mmap");
+	CHECK(!qgpu_dmabuf_sync(dbuf, 0, DMA_BUF_SYNC_READ), "SYNC start");
+	qgpu_pattern_fill(ref, sizeof(ref), 0xb0b0f00d);
+	CHECK(first_diff(map, ref, sizeof(ref)) < 0, "the BO differs at %d",
+	      first_diff(map, ref, sizeof(ref)));
+	qgpu_dmabuf_sync(dbuf, 1, DMA_BUF_SYNC_READ);
+	munmap(map, 4096);
+	close(es.fd);
+	close(dbuf);
+	CHECK(!bo_destroy(fd, bc.handle), "destroy");
+	snprintf(detail, sizeof(detail), "%s", pending ? "seen pending in the dma_resv" :
+		 "the engine was done before the dma_resv was read");
+	return PASS;
+}
+
+/*
  * The dma-buf's fences come first: a pending fence of the device, imported
  * into the dma-buf's dma_resv (DMA_BUF_IOCTL_IMPORT_SYNC_FILE), holds a copy
  * until it signals -- as a writer for both directions, as a reader only for
@@ -1930,6 +1986,7 @@ static const struct test tests[] = {
 	{ "dmabuf_import_self", t_dmabuf_import_self, 30 },
 	{ "dmabuf_import_udmabuf", t_dmabuf_import_udmabuf, 30 },
 	{ "dmabuf_resv_wait", t_dmabuf_resv_wait, 300 },
+	{ "dmabuf_bo_job_fence", t_dmabuf_bo_job_fence, 60 },
 	{ "userptr_bad_args", t_userptr_bad_args, 30 },
 	{ "userptr_copy", t_userptr_copy, 30 },
 	{ "userptr_memlock", t_userptr_memlock, 30 },

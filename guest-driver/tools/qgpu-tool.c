@@ -66,6 +66,12 @@ static void usage(void)
 "                                     copy once the --go FILE exists;\n"
 "                                     --after-fence: fence F of the device\n"
 "                                     writes the dma-buf first (its dma_resv)\n"
+"  dmabuf-job VRAM_OFF LEN [--poll MS] a BO exported as a dma-buf, then an\n"
+"                                     asynchronous COPY_BO from VRAM into it:\n"
+"                                     the dma-buf's write fences (its dma_resv)\n"
+"                                     as a sync_file, a COPY_DMABUF from it that\n"
+"                                     does not wait, poll(2) of the dma-buf for\n"
+"                                     MS (default -1), its checksum afterwards\n"
 "  userptr-copy to-vram|from-vram VRAM_OFF LEN PATTERN [--before P0]\n"
 "              [--offset OFF] [--ready FILE --go FILE]\n"
 "                                     register a user buffer (filled with P0,\n"
@@ -542,6 +548,70 @@ static void cmd_userptr_copy(int argc, char **argv)
 	munmap(buf, size);
 }
 
+/*
+ * dmabuf-job VRAM_OFF LEN [--poll MS]: implicit synchronisation of a BO's
+ * dma-buf. A BO is exported, then written asynchronously by a COPY_BO from
+ * VRAM_OFF (LEN bytes): the job's fence should be in the dma-buf's
+ * dma_resv as a writer. Reported: that fence as a sync_file (driver,
+ * status: 0 pending), what a COPY_DMABUF out of the dma-buf that does not
+ * wait (timeout 0) said, whether poll(2) of the dma-buf became readable
+ * (its writers done) within MS, and the checksum of the BO then.
+ */
+static void cmd_dmabuf_job(int argc, char **argv)
+{
+	uint64_t off = num(argv[0]), len = num(argv[1]), t0;
+	int ms = atoi(opt_val(argc, argv, "--poll", "-1"));
+	struct qgpu_bo_create bc = { .size = len };
+	struct qgpu_copy_bo cb = { .op = QGPU_OP_COPY_FROM_VRAM, .flags = QGPU_SUBMIT_F_ASYNC };
+	struct dma_buf_export_sync_file es = { .flags = DMA_BUF_SYNC_READ, .fd = -1 };
+	struct sync_fence_info info[1] = { 0 };
+	struct pollfd pfd = { .events = POLLIN };
+	int dbuf, ret, status = -1, ready, copy_now;
+	unsigned int count = 0;
+	uint8_t *map;
+
+	if (!len)
+		fail("dmabuf-job", EINVAL);
+	ret = qgpu_ioctl(fd, QGPU_IOCTL_BO_CREATE, &bc);
+	if (ret)
+		fail("BO create", -ret);
+	dbuf = qgpu_dmabuf_export(fd, bc.handle, QGPU_DMABUF_F_WRITE);
+	if (dbuf < 0)
+		fail("dma-buf export", -dbuf);
+	cb.handle = bc.handle;
+	cb.vram_offset = off;
+	cb.length = len;
+	ret = qgpu_ioctl(fd, QGPU_IOCTL_COPY_BO, &cb);
+	if (ret)
+		fail("COPY_BO", -ret);
+	/* The writers a reader must wait for. */
+	if (ioctl(dbuf, DMA_BUF_IOCTL_EXPORT_SYNC_FILE, &es))
+		fail("DMA_BUF_IOCTL_EXPORT_SYNC_FILE", errno);
+	if (qgpu_sync_file_info(es.fd, &status, &count, info, 1))
+		fail("SYNC_IOC_FILE_INFO", -status);
+	copy_now = qgpu_copy_dmabuf(fd, dbuf, QGPU_OP_COPY_TO_VRAM, 0, off + len, len, 0, NULL);
+	pfd.fd = dbuf;
+	t0 = now_ms();
+	ready = poll(&pfd, 1, ms);
+	if (ready < 0)
+		fail("poll", errno);
+	map = mmap(NULL, bc.size, PROT_READ, MAP_SHARED, dbuf, 0);
+	if (map == MAP_FAILED)
+		fail("dma-buf mmap", errno);
+	ret = qgpu_dmabuf_sync(dbuf, 0, DMA_BUF_SYNC_READ);
+	if (ret)
+		fail("DMA_BUF_IOCTL_SYNC", -ret);
+	printf("{\"ok\":true,\"fence\":%llu,\"resv_fences\":%u,\"resv_status\":%d,"
+	       "\"resv_driver\":", (unsigned long long)cb.fence, count, status);
+	qgpu_json_str(stdout, count ? info[0].driver_name : "");
+	printf(",\"copy_now_errno\":%d,\"readable\":%s,\"poll_ms\":%llu,"
+	       "\"checksum\":\"0x%016llx\"}\n", -copy_now, ready ? "true" : "false",
+	       (unsigned long long)(now_ms() - t0),
+	       (unsigned long long)qgpu_fnv1a(QGPU_FNV_INIT, map, len));
+	qgpu_dmabuf_sync(dbuf, 1, DMA_BUF_SYNC_READ);
+	close(es.fd);
+}
+
 /* ---- hold: mappings and DMA under fire ---------------------------------- */
 
 static sigjmp_buf hold_jmp;
@@ -845,6 +915,8 @@ int main(int argc, char **argv)
 		cmd_fence_export(argc, argv);
 	} else if (!strcmp(cmd, "dmabuf-copy") && argc >= 4) {
 		cmd_dmabuf_copy(argc, argv);
+	} else if (!strcmp(cmd, "dmabuf-job") && argc >= 2) {
+		cmd_dmabuf_job(argc, argv);
 	} else if (!strcmp(cmd, "userptr-copy") && argc >= 4) {
 		cmd_userptr_copy(argc, argv);
 	} else if (!strcmp(cmd, "hold") && argc >= 1) {

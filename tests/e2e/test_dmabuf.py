@@ -35,7 +35,7 @@ from .guestio import (
     trace_since,
 )
 from .test_faults import ALL_MODES, BOUND, MakeGuest
-from .test_fence_export import job_timeout
+from .test_fence_export import job_timeout, poller
 
 PATTERN = 0xD1AB_0F00
 LENGTH = 3 * 65536 + 123            # not a whole number of pages
@@ -206,3 +206,24 @@ def test_a_copy_waits_for_the_fences_of_its_dma_buf(qgpu_guest: GuestMachine,
     res = parse_json_line(g.run(f"cat {tag}.out", check=True).output, "dmabuf-copy")
     assert res["ok"] and res["fence"] > fence, res
     assert insp.vram_backend(0x30_0000, 4096) == fill_pattern(PATTERN, 4096)
+
+
+@pytest.mark.parametrize("qgpu_dma_mode", [DmaMode.DIRECT], indirect=True)
+def test_a_job_on_an_exported_bo_puts_its_fence_in_the_dma_buf(
+        qgpu_guest: GuestMachine, faults: FaultInjector) -> None:
+    """Implicit synchronisation: while the host holds the engine, an asynchronous
+    COPY_BO into a BO exported as a dma-buf leaves its fence in the dma-buf's
+    dma_resv as a writer -- a reader's sync_file holds qgpu's pending fence, a
+    COPY_DMABUF out of it that does not wait gets EBUSY, poll(2) of the dma-buf
+    sleeps -- until the host lets the engine go; then the BO holds VRAM's bytes."""
+    g, off, length = qgpu_guest, 0x60_0000, 65536
+    job_timeout(g, 600_000)
+    assert tool(g, f"fill {off:#x} {length} {PATTERN:#x}")["ok"]
+    faults.hang()
+    with poller(g, f"{off:#x} {length} --poll 60000", command="dmabuf-job") as p:
+        faults.hang(False)
+        res = p.wait(30)
+    assert (res["resv_fences"], res["resv_driver"], res["resv_status"]) == (1, "qgpu", 0), res
+    assert res["copy_now_errno"] == EBUSY, res
+    assert res["readable"], res
+    assert int(res["checksum"], 16) == fnv1a64(fill_pattern(PATTERN, length)), res

@@ -150,7 +150,13 @@ struct qgpu_info {
 	__u64 reserved[4];
 };
 
-/* Flags of the submitting ioctls (COPY_USER takes only FORCE_SG). */
+/*
+ * Flags of the submitting ioctls (COPY_USER takes only FORCE_SG). An
+ * asynchronous job is waited for with QGPU_IOCTL_WAIT_FENCE, a sync_file of
+ * its fence (QGPU_IOCTL_FENCE_EXPORT), or poll(2) on the device file that
+ * submitted it: readable (POLLIN) once every job that file submitted has
+ * completed, POLLERR | POLLHUP once the device is removed or lost.
+ */
 #define QGPU_SUBMIT_F_ASYNC	(1u << 0)	/* return at once; see @fence */
 #define QGPU_SUBMIT_F_FORCE_SG	(1u << 1)	/* use an SG list even for 1 segment */
 
@@ -205,6 +211,12 @@ struct qgpu_copy_user {
  * @hw_status:   out: QGPU_ERR_* (synchronous calls only)
  * @reserved1:   must be zero
  * @reserved:    must be zero
+ *
+ * If the object is exported (QGPU_IOCTL_DMABUF_EXPORT), the job's fence is
+ * put in the dma_resv of each of its dma-bufs before the job can run: as a
+ * writer for QGPU_OP_COPY_FROM_VRAM, as a reader otherwise, so importers,
+ * DMA_BUF_IOCTL_EXPORT_SYNC_FILE and poll(2) on the dma-buf wait for it.
+ * Taking those locks may be interrupted by a signal (-EINTR).
  */
 struct qgpu_copy_bo {
 	__u32 op;
