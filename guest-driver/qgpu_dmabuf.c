@@ -22,7 +22,7 @@
  * the job is queued, interruptibly and for at most the caller's timeout.
  * The job adds no fence to the dma_resv: the ioctl returns only once it is
  * over. Jobs on a BO through its handle (COPY_BO) do add theirs to its
- * dma-bufs' (qgpu_bo_resvs_lock()).
+ * dma_resv, which its dma-bufs share (qgpu_bo_resv_begin()).
  */
 
 #include <linux/cc_platform.h>
@@ -464,6 +464,15 @@ long qgpu_ioctl_dmabuf_export(struct qgpu_file *qf, struct qgpu_ioctl_call *call
 	}
 	exp.ops = &qgpu_dmabuf_ops;
 	exp.size = qb->bo->size;
+	exp.resv = &qb->bo->resv;
+	/* From now on, jobs on the BO put their fences in (qgpu_bo_resv_begin()). */
+	ret = dma_resv_lock_interruptible(&qb->bo->resv, NULL);
+	if (ret) {
+		ret = -ERESTARTSYS;
+		goto err_put_bo;
+	}
+	qb->bo->exported = true;
+	dma_resv_unlock(&qb->bo->resv);
 	exp.flags = O_CLOEXEC | (a->flags & QGPU_DMABUF_F_WRITE ? O_RDWR : O_RDONLY);
 	exp.priv = qb;
 	dmabuf = dma_buf_export(&exp);
@@ -496,146 +505,89 @@ err_free:
 }
 
 /*
- * A job on a BO (COPY_BO) puts its fence in the dma_resv of each of the
- * BO's dma-bufs -- as a writer if it writes the BO, else as a reader -- so
- * that importers, DMA_BUF_IOCTL_EXPORT_SYNC_FILE and poll(2) on the
- * dma-buf wait for it (implicit synchronisation). The dma_resv locks are
- * taken before the job is submitted and released once its fence is in:
- * nobody sees the buffer between the two. The fence is allocated before
- * the job too, so that nothing can fail once the job runs. Lock order:
- * dma_resv, then ring_lock (qgpu_job_fence()); dmabuf_lock is dropped
- * before any dma_resv is taken, as importers' map calls (under dma_resv)
- * take it.
+ * A BO's dma_resv is its dma-bufs' (as a GEM object's): the fences of jobs
+ * on it, and fences importers add (DMA_BUF_IOCTL_IMPORT_SYNC_FILE). A job
+ * on the BO through its handle (COPY_BO) first waits for the fences it must
+ * follow -- writers before it reads the BO, everyone before it writes it --
+ * except this device's own, which its ring runs in order anyway; then,
+ * once the BO has been exported, it puts its own fence in, as a writer if
+ * it writes the BO, before it can run: the dma_resv stays locked from the
+ * last check through submission (qgpu_bo_resv_begin(), _end()). Lock
+ * order: dma_resv, then submit_lock and ring_lock; dmabuf_lock is never
+ * held while a dma_resv is taken (importers' map calls take it under
+ * theirs).
  */
-static int qgpu_bo_resvs_ww_lock(struct qgpu_bo_resvs *r)
+void qgpu_bo_resv_init(struct qgpu_bo *bo)
 {
-	int contended = -1, i, j, ret;
-
-	ww_acquire_init(&r->ctx, &reservation_ww_class);
-retry:
-	if (contended >= 0) {
-		ret = dma_resv_lock_slow_interruptible(r->bufs[contended]->resv,
-						       &r->ctx);
-		if (ret)
-			goto err_fini;
-	}
-	for (i = 0; i < r->n; i++) {
-		if (i == contended)
-			continue;
-		ret = dma_resv_lock_interruptible(r->bufs[i]->resv, &r->ctx);
-		if (!ret)
-			continue;
-		for (j = 0; j < i; j++)
-			if (j != contended)
-				dma_resv_unlock(r->bufs[j]->resv);
-		if (contended >= 0)
-			dma_resv_unlock(r->bufs[contended]->resv);
-		if (ret != -EDEADLK)
-			goto err_fini;
-		contended = i;
-		goto retry;
-	}
-	ww_acquire_done(&r->ctx);
-	return 0;
-
-err_fini:
-	ww_acquire_fini(&r->ctx);
-	return ret;
+	dma_resv_init(&bo->resv);
 }
 
-static void qgpu_bo_resvs_put(struct qgpu_bo_resvs *r)
+void qgpu_bo_resv_fini(struct qgpu_bo *bo)
 {
-	unsigned int i;
-
-	for (i = 0; i < r->n; i++)
-		dma_buf_put(r->bufs[i]);
-	kfree(r->bufs);
-	qgpu_fence_free(r->fence);
-	r->bufs = NULL;
-	r->fence = NULL;
-	r->n = 0;
+	dma_resv_fini(&bo->resv);
 }
 
-int qgpu_bo_resvs_lock(struct qgpu_bo *bo, struct qgpu_bo_resvs *r)
+/* A fence of @resv with @usage a job must wait for: pending, not @context's. */
+static struct dma_fence *qgpu_resv_foreign_locked(struct dma_resv *resv,
+						  enum dma_resv_usage usage,
+						  u64 context)
 {
-	struct qgpu_device *qdev = bo->qdev;
-	struct qgpu_dmabuf *qb;
-	unsigned int i, n = 0;
+	struct dma_resv_iter cursor;
+	struct dma_fence *fence;
+
+	dma_resv_for_each_fence(&cursor, resv, usage, fence)
+		if (fence->context != context && !dma_fence_is_signaled(fence))
+			return dma_fence_get(fence);
+	return NULL;
+}
+
+/*
+ * Before a job on @bo: wait for the fences it must follow, then lock the
+ * dma_resv, with room for the job's fence and *@pre allocated for it if the
+ * BO is exported. Outside the device's SRCU section: another driver's fence
+ * takes as long as it takes. Only a signal ends the wait, with nothing done
+ * (-ERESTARTSYS).
+ */
+int qgpu_bo_resv_begin(struct qgpu_bo *bo, bool writes, struct qgpu_fence **pre)
+{
+	enum dma_resv_usage usage = dma_resv_usage_rw(writes);
+	struct dma_fence *fence;
 	int ret;
 
-	memset(r, 0, sizeof(*r));
-	mutex_lock(&qdev->dmabuf_lock);
-	list_for_each_entry(qb, &qdev->dmabufs, node)
-		n += qb->bo == bo;
-	if (!n) {
-		mutex_unlock(&qdev->dmabuf_lock);
-		return 0;
-	}
-	r->bufs = kcalloc(n, sizeof(*r->bufs), GFP_KERNEL);
-	if (!r->bufs) {
-		mutex_unlock(&qdev->dmabuf_lock);
-		return -ENOMEM;
-	}
-	/* A dma-buf whose last reference is gone is being released: skip it. */
-	list_for_each_entry(qb, &qdev->dmabufs, node)
-		if (qb->bo == bo &&
-		    atomic_long_inc_not_zero(&qb->dmabuf->file->f_count))
-			r->bufs[r->n++] = qb->dmabuf;
-	mutex_unlock(&qdev->dmabuf_lock);
-	if (!r->n) {
-		qgpu_bo_resvs_put(r);
-		return 0;
-	}
-	r->fence = qgpu_fence_alloc();
-	if (!r->fence) {
-		ret = -ENOMEM;
-		goto err_put;
-	}
-	ret = qgpu_bo_resvs_ww_lock(r);
-	if (ret)
-		goto err_put;
-	for (i = 0; i < r->n; i++) {
-		ret = dma_resv_reserve_fences(r->bufs[i]->resv, 1);
+	*pre = NULL;
+	for (;;) {
+		if (dma_resv_lock_interruptible(&bo->resv, NULL))
+			return -ERESTARTSYS;
+		fence = qgpu_resv_foreign_locked(&bo->resv, usage,
+						 bo->qdev->fence_context);
+		if (!fence)
+			break;
+		dma_resv_unlock(&bo->resv);
+		ret = dma_fence_wait(fence, true);
+		dma_fence_put(fence);
 		if (ret)
-			goto err_unlock;
+			return -ERESTARTSYS;
 	}
-	return 0;
-
-err_unlock:
-	for (i = 0; i < r->n; i++)
-		dma_resv_unlock(r->bufs[i]->resv);
-	ww_acquire_fini(&r->ctx);
-err_put:
-	qgpu_bo_resvs_put(r);
+	if (!bo->exported || !IS_ENABLED(CONFIG_SYNC_FILE))
+		return 0;
+	ret = dma_resv_reserve_fences(&bo->resv, 1);
+	if (!ret) {
+		*pre = qgpu_fence_alloc();
+		if (!*pre)
+			ret = -ENOMEM;
+	}
+	if (ret)
+		dma_resv_unlock(&bo->resv);
 	return ret;
 }
 
-/* The job of fence @seq (0: none was submitted) is in; let the dma-bufs go. */
-void qgpu_bo_resvs_unlock(struct qgpu_device *qdev, struct qgpu_bo_resvs *r,
-			  u64 seq, bool writes)
+/* The job is submitted (with its @fence, or NULL) or not: unlock. */
+void qgpu_bo_resv_end(struct qgpu_bo *bo, struct dma_fence *fence, bool writes)
 {
-	struct dma_fence *fence = NULL;
-	unsigned int i;
-
-	if (!r->n)
-		return;
-	if (seq) {
-		fence = qgpu_job_fence(qdev, seq, r->fence);
-		r->fence = NULL;
-		/* Only a seqno never handed out fails: not one just submitted. */
-		if (WARN_ON_ONCE(IS_ERR(fence)))
-			fence = NULL;
-	}
-	for (i = 0; i < r->n; i++) {
-		if (fence)
-			dma_resv_add_fence(r->bufs[i]->resv, fence, writes ?
-					   DMA_RESV_USAGE_WRITE : DMA_RESV_USAGE_READ);
-		dma_resv_unlock(r->bufs[i]->resv);
-	}
-	ww_acquire_fini(&r->ctx);
 	if (fence)
-		dma_fence_put(fence);
-	qgpu_bo_resvs_put(r);
+		dma_resv_add_fence(&bo->resv, fence, writes ?
+				   DMA_RESV_USAGE_WRITE : DMA_RESV_USAGE_READ);
+	dma_resv_unlock(&bo->resv);
 }
 
 /*
@@ -743,14 +695,21 @@ out_put:
 
 #else /* !CONFIG_DMA_SHARED_BUFFER */
 
-int qgpu_bo_resvs_lock(struct qgpu_bo *bo, struct qgpu_bo_resvs *r)
+void qgpu_bo_resv_init(struct qgpu_bo *bo)
 {
-	memset(r, 0, sizeof(*r));
+}
+
+void qgpu_bo_resv_fini(struct qgpu_bo *bo)
+{
+}
+
+int qgpu_bo_resv_begin(struct qgpu_bo *bo, bool writes, struct qgpu_fence **pre)
+{
+	*pre = NULL;
 	return 0;
 }
 
-void qgpu_bo_resvs_unlock(struct qgpu_device *qdev, struct qgpu_bo_resvs *r,
-			  u64 seq, bool writes)
+void qgpu_bo_resv_end(struct qgpu_bo *bo, struct dma_fence *fence, bool writes)
 {
 }
 

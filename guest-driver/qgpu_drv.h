@@ -7,6 +7,7 @@
 
 #include <linux/atomic.h>
 #include <linux/dma-mapping.h>
+#include <linux/dma-resv.h>
 #include <linux/interrupt.h>
 #include <linux/io-mapping.h>
 #include <linux/kref.h>
@@ -21,7 +22,6 @@
 #include <linux/srcu.h>
 #include <linux/wait.h>
 #include <linux/workqueue.h>
-#include <linux/ww_mutex.h>
 #include <linux/xarray.h>
 
 #include "hw/misc/qgpu_hw.h"
@@ -99,6 +99,13 @@ struct qgpu_bo {
 	u32 handle;
 	/* importers' mappings and vmaps (qgpu_dmabuf.c), under dmabuf_lock */
 	unsigned int dmabuf_pins;
+	/*
+	 * The fences of jobs on it, shared by all of its dma-bufs (their
+	 * dma_resv), as a GEM object's; @exported (under its lock) once a
+	 * dma-buf of it was made: from then on each job adds its fence.
+	 */
+	struct dma_resv resv;
+	bool exported;
 };
 
 /* One submission: a few descriptors and what to release when retired. */
@@ -133,6 +140,13 @@ struct qgpu_job {
 	u8 *bounce_out;			/* its contents, kept when the job retires */
 
 	struct qgpu_bo *bo;		/* BO transfers: reference */
+	/*
+	 * The job's dma_fence, made by qgpu_submit() (under ring_lock, before
+	 * the job can retire) from @fence_pre if the submitter allocated one;
+	 * the submitter's reference.
+	 */
+	struct qgpu_fence *fence_pre;
+	struct dma_fence *fence;
 };
 
 struct qgpu_device {
@@ -415,6 +429,8 @@ struct qgpu_fence *qgpu_fence_alloc(void);
 void qgpu_fence_free(struct qgpu_fence *fence);
 struct dma_fence *qgpu_job_fence(struct qgpu_device *qdev, u64 seq,
 				 struct qgpu_fence *fence);
+struct dma_fence *qgpu_fence_publish_locked(struct qgpu_device *qdev, u64 seq,
+					    struct qgpu_fence *fence);
 int qgpu_fence_errno(u32 hw_err, bool timed_out);
 void qgpu_fence_signal_upto(struct qgpu_device *qdev, u64 first, u64 last,
 			    int error);
@@ -422,19 +438,10 @@ void qgpu_fence_barrier(void);
 long qgpu_ioctl_fence_export(struct qgpu_file *qf, struct qgpu_ioctl_call *call);
 
 /* qgpu_dmabuf.c */
-/*
- * The dma-bufs of a BO, their dma_resv locked for a job on the BO, which
- * puts its fence in each (qgpu_bo_resvs_lock(), qgpu_bo_resvs_unlock()).
- */
-struct qgpu_bo_resvs {
-	struct dma_buf **bufs;		/* each holds its file */
-	unsigned int n;
-	struct ww_acquire_ctx ctx;
-	struct qgpu_fence *fence;	/* for the job, made once it has a seqno */
-};
-int qgpu_bo_resvs_lock(struct qgpu_bo *bo, struct qgpu_bo_resvs *r);
-void qgpu_bo_resvs_unlock(struct qgpu_device *qdev, struct qgpu_bo_resvs *r,
-			  u64 seq, bool writes);
+void qgpu_bo_resv_init(struct qgpu_bo *bo);
+void qgpu_bo_resv_fini(struct qgpu_bo *bo);
+int qgpu_bo_resv_begin(struct qgpu_bo *bo, bool writes, struct qgpu_fence **pre);
+void qgpu_bo_resv_end(struct qgpu_bo *bo, struct dma_fence *fence, bool writes);
 long qgpu_ioctl_dmabuf_export(struct qgpu_file *qf,
 			      struct qgpu_ioctl_call *call);
 long qgpu_ioctl_copy_dmabuf(struct qgpu_file *qf, struct qgpu_ioctl_call *call);

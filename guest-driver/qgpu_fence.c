@@ -5,10 +5,11 @@
  *
  * A uapi fence value is the seqno of a dma_fence on the device's fence
  * context. The dma_fence is made when it is first exported -- as a
- * sync_file, or into the dma_resv of an exported BO a job uses
- * (qgpu_bo_resvs_unlock()) -- not for every job: while pending it waits on qdev->fences (in seqno order, one per
- * seqno, under ring_lock, holding a reference), so later exports of the
- * same fence share it and the list holds at most a ring's worth, until
+ * sync_file, or by qgpu_submit() for a job on an exported BO, whose
+ * dma_resv gets it (qgpu_bo_resv_begin()) -- not for every job: while
+ * pending it waits on qdev->fences (in seqno order, one per seqno, under
+ * ring_lock, holding a reference), so later exports of the same fence
+ * share it and the list holds at most a ring's worth, until
  * qgpu_job_finish() retires its job and signals it with the job's result.
  * Jobs retire in order, so fences of one context signal in seqno order, as
  * dma_fence requires. Every path that ends a job -- completion, an engine
@@ -197,6 +198,24 @@ struct dma_fence *qgpu_job_fence(struct qgpu_device *qdev, u64 seq,
 }
 
 /*
+ * The dma_fence of the job just given fence @seq, made from @fence: ring_lock
+ * held, the job not yet able to retire, so it is pending and the newest.
+ * A reference for the caller.
+ */
+struct dma_fence *qgpu_fence_publish_locked(struct qgpu_device *qdev, u64 seq,
+					    struct qgpu_fence *fence)
+{
+	lockdep_assert_held(&qdev->ring_lock);
+	__module_get(THIS_MODULE);
+	strscpy(fence->timeline, qdev->name);
+	dma_fence_init(&fence->base, &qgpu_fence_ops, &fence->lock,
+		       qdev->fence_context, seq);
+	list_add_tail(&fence->node, &qdev->fences);
+	dma_fence_get(&fence->base);	/* the list's */
+	return &fence->base;
+}
+
+/*
  * QGPU_IOCTL_FENCE_EXPORT. The new file and its reserved descriptor go to
  * the caller (@call), which installs the descriptor only once the argument
  * holding it has been copied back: a failed copy must not leave user space
@@ -254,6 +273,12 @@ struct dma_fence *qgpu_job_fence(struct qgpu_device *qdev, u64 seq,
 				 struct qgpu_fence *fence)
 {
 	return ERR_PTR(-EOPNOTSUPP);
+}
+
+struct dma_fence *qgpu_fence_publish_locked(struct qgpu_device *qdev, u64 seq,
+					    struct qgpu_fence *fence)
+{
+	return NULL;
 }
 
 void qgpu_fence_barrier(void)

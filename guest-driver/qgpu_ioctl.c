@@ -4,6 +4,7 @@
  * include/uapi/qgpu.h (COPY_USER is in qgpu_ring.c, mmap in qgpu_mmap.c).
  */
 
+#include <linux/dma-fence.h>
 #include <linux/file.h>
 #include <linux/fs.h>
 #include <linux/pci.h>
@@ -108,54 +109,69 @@ static void qgpu_file_submitted(struct qgpu_file *qf, u64 fence)
 		;
 }
 
+/*
+ * QGPU_IOCTL_COPY_BO. Called outside the device's SRCU read section: an
+ * exported BO's dma_resv may hold another driver's fences, which the job
+ * waits for first (qgpu_bo_resv_begin()); the section covers the job's
+ * submission, and the wait for it.
+ */
 static long qgpu_ioctl_copy_bo(struct qgpu_file *qf, struct qgpu_ioctl_call *call)
 {
 	struct qgpu_device *qdev = qf->qdev;
 	struct qgpu_copy_bo *a = call->args;
-	struct qgpu_bo_resvs resvs;
+	bool writes = a->op == QGPU_OP_COPY_FROM_VRAM;
+	struct qgpu_job *job = NULL;
+	struct qgpu_fence *pre;
 	struct qgpu_desc d = {};
-	struct qgpu_job *job;
 	struct qgpu_bo *bo;
 	u64 end, guest;
-	int ret;
+	int ret, idx;
 
 	if (a->reserved0 || a->reserved1 || a->reserved[0] || a->reserved[1] ||
 	    (a->flags & ~QGPU_SUBMIT_F_ASYNC) ||
 	    (a->op != QGPU_OP_COPY_TO_VRAM && a->op != QGPU_OP_COPY_FROM_VRAM) ||
 	    !qgpu_vram_range_ok(qdev, a->vram_offset, a->length))
 		return -EINVAL;
-	bo = qgpu_bo_lookup(qf, a->handle);
+	bo = qgpu_bo_lookup(qf, a->handle);	/* the call's reference */
 	if (!bo)
 		return -ENOENT;
 	if (check_add_overflow(a->bo_offset, a->length, &end) || end > bo->size) {
-		qgpu_bo_put(bo);
-		return -EINVAL;
+		ret = -EINVAL;
+		goto out_put_bo;
 	}
-	/* Exported: the job's fence goes into its dma-bufs' dma_resv. */
-	ret = qgpu_bo_resvs_lock(bo, &resvs);
-	if (ret) {
-		qgpu_bo_put(bo);
-		return ret;
-	}
-	job = qgpu_job_alloc();
-	if (!job) {
-		qgpu_bo_resvs_unlock(qdev, &resvs, 0, false);
-		qgpu_bo_put(bo);
-		return -ENOMEM;
-	}
-	job->bo = bo;	/* dropped when the job retires */
-	job->op = a->op;
-	job->bytes = a->length;
-	guest = bo->dma + a->bo_offset;
-	d.opcode = cpu_to_le32(a->op);
-	d.length = cpu_to_le64(a->length);
-	d.src = cpu_to_le64(a->op == QGPU_OP_COPY_TO_VRAM ? guest : a->vram_offset);
-	d.dst = cpu_to_le64(a->op == QGPU_OP_COPY_TO_VRAM ? a->vram_offset : guest);
 	a->fence = 0;
 	a->hw_status = 0;
-	ret = qgpu_submit(qdev, job, &d, 1);
-	qgpu_bo_resvs_unlock(qdev, &resvs, ret ? 0 : job->last_seq,
-			     a->op == QGPU_OP_COPY_FROM_VRAM);
+	ret = qgpu_bo_resv_begin(bo, writes, &pre);
+	if (ret)
+		goto out_put_bo;
+
+	idx = srcu_read_lock(&qdev->srcu);
+	ret = qgpu_unusable(qdev);
+	if (!ret) {
+		job = qgpu_job_alloc();
+		if (!job)
+			ret = -ENOMEM;
+	}
+	if (!ret) {
+		kref_get(&bo->ref);
+		job->bo = bo;	/* dropped when the job retires */
+		job->op = a->op;
+		job->bytes = a->length;
+		job->fence_pre = pre;	/* made into job->fence by qgpu_submit() */
+		pre = NULL;
+		guest = bo->dma + a->bo_offset;
+		d.opcode = cpu_to_le32(a->op);
+		d.length = cpu_to_le64(a->length);
+		d.src = cpu_to_le64(a->op == QGPU_OP_COPY_TO_VRAM ? guest : a->vram_offset);
+		d.dst = cpu_to_le64(a->op == QGPU_OP_COPY_TO_VRAM ? a->vram_offset : guest);
+		/* On failure it drops the job's resources (the BO), not the fence. */
+		ret = qgpu_submit(qdev, job, &d, 1);
+		if (ret)
+			swap(pre, job->fence_pre);
+	}
+	/* Submitted: its fence is in before anybody sees the dma_resv again. */
+	qgpu_bo_resv_end(bo, ret ? NULL : job->fence, writes);
+	qgpu_fence_free(pre);
 	if (!ret) {
 		a->fence = job->last_seq;
 		qgpu_file_submitted(qf, a->fence);
@@ -164,7 +180,14 @@ static long qgpu_ioctl_copy_bo(struct qgpu_file *qf, struct qgpu_ioctl_call *cal
 			a->hw_status = job->hw_err;
 		}
 	}
-	qgpu_job_put(job);
+	srcu_read_unlock(&qdev->srcu, idx);
+	if (job) {
+		if (job->fence)
+			dma_fence_put(job->fence);
+		qgpu_job_put(job);
+	}
+out_put_bo:
+	qgpu_bo_put(bo);
 	/* Once submitted, the caller gets the fence whatever the result. */
 	call->copy_out = a->fence != 0;
 	return ret;
@@ -405,11 +428,14 @@ static long qgpu_ioctl_raise_irq(struct qgpu_file *qf,
  * RAISE_IRQ, read-only mappings -- but not change VRAM or hold device
  * memory; COPY_USER and CPU_ACCESS check their direction themselves); and
  * QGPU_IOCTL_F_USER_MEMORY if it touches user memory beyond its argument,
- * in which case it enters the device's SRCU section itself, around the
- * device work only.
+ * or QGPU_IOCTL_F_WAITS if it waits for other drivers' fences, in which
+ * case it enters the device's SRCU section itself, around the device work
+ * only: removal waits for that section, and must not wait for user space
+ * or another driver.
  */
 #define QGPU_IOCTL_F_WRITE		BIT(0)
 #define QGPU_IOCTL_F_USER_MEMORY	BIT(1)
+#define QGPU_IOCTL_F_WAITS		QGPU_IOCTL_F_USER_MEMORY
 
 /* The largest ioctl argument: every one is copied in and out whole. */
 #define QGPU_IOCTL_MAX_ARG	128
@@ -428,7 +454,8 @@ static const struct qgpu_ioctl_def qgpu_ioctls[] = {
 	QGPU_IOCTL_DEF(QGPU_IOCTL_INFO, qgpu_ioctl_info, 0),
 	QGPU_IOCTL_DEF(QGPU_IOCTL_COPY_USER, qgpu_ioctl_copy_user,
 		       QGPU_IOCTL_F_USER_MEMORY),
-	QGPU_IOCTL_DEF(QGPU_IOCTL_COPY_BO, qgpu_ioctl_copy_bo, QGPU_IOCTL_F_WRITE),
+	QGPU_IOCTL_DEF(QGPU_IOCTL_COPY_BO, qgpu_ioctl_copy_bo,
+		       QGPU_IOCTL_F_WRITE | QGPU_IOCTL_F_WAITS),
 	QGPU_IOCTL_DEF(QGPU_IOCTL_VRAM_OP, qgpu_ioctl_vram_op, QGPU_IOCTL_F_WRITE),
 	QGPU_IOCTL_DEF(QGPU_IOCTL_WAIT_FENCE, qgpu_ioctl_wait_fence, 0),
 	QGPU_IOCTL_DEF(QGPU_IOCTL_BO_CREATE, qgpu_ioctl_bo_create,

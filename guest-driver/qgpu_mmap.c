@@ -95,6 +95,7 @@ static void qgpu_bo_release(struct kref *ref)
 		qgpu_stat_add(qdev, QGPU_STAT_BO_BYTES, -(s64)bo->size);
 	}
 	mutex_unlock(&qdev->bo_lock);
+	qgpu_bo_resv_fini(bo);
 	kfree(bo);
 	qgpu_device_put(qdev);
 }
@@ -181,6 +182,7 @@ struct qgpu_bo *qgpu_bo_create(struct qgpu_file *qf,
 		return ERR_PTR(-ENOMEM);
 	}
 	kref_init(&bo->ref);
+	qgpu_bo_resv_init(bo);
 	bo->qdev = qdev;
 	bo->size = PAGE_ALIGN(args->size);
 	/* Running out of contiguous memory is an -ENOMEM, not a warning. */
@@ -188,6 +190,7 @@ struct qgpu_bo *qgpu_bo_create(struct qgpu_file *qf,
 				   QGPU_BO_DMA_ATTRS);
 	if (!bo->vaddr) {
 		atomic64_sub(bo->size, &qdev->bo_bytes);
+		qgpu_bo_resv_fini(bo);
 		kfree(bo);
 		return ERR_PTR(-ENOMEM);
 	}

@@ -708,6 +708,11 @@ int qgpu_submit(struct qgpu_device *qdev, struct qgpu_job *job,
 		qdev->tail = (qdev->tail + 1) & mask;
 	}
 	job->last_seq = qdev->next_seq - 1;
+	if (job->fence_pre) {
+		job->fence = qgpu_fence_publish_locked(qdev, job->last_seq,
+						       job->fence_pre);
+		job->fence_pre = NULL;
+	}
 	kref_get(&job->ref);
 	if (list_empty(&qdev->inflight)) {
 		/* The watchdog measures progress from here. */

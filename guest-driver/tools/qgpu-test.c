@@ -1487,9 +1487,11 @@ static int t_fence_poll_device_fd(void)
 		CHECK(!qgpu_fill(f, 0, info.vram_size, 0x9000 + n, QGPU_SUBMIT_F_ASYNC, &fence),
 		      "fill %d", n);
 	/* Another file has nothing in flight. */
-	p.fd = fd;
-	CHECK(poll(&p, 1, 0) == 1 && p.revents == POLLIN, "another file: revents %#x",
-	      p.revents);
+	p.fd = qgpu_open(dev);
+	CHECK(p.fd >= 0, "open");
+	n = poll(&p, 1, 0);
+	close(p.fd);
+	CHECK(n == 1 && p.revents == POLLIN, "another file: revents %#x", p.revents);
 	p.fd = f;
 	pending = poll(&p, 1, 0) == 0;
 	CHECK(poll(&p, 1, 30000) == 1 && p.revents == POLLIN, "after the jobs: revents %#x",

@@ -66,7 +66,9 @@ static void usage(void)
 "                                     copy once the --go FILE exists;\n"
 "                                     --after-fence: fence F of the device\n"
 "                                     writes the dma-buf first (its dma_resv)\n"
-"  dmabuf-job VRAM_OFF LEN [--poll MS] a BO exported as a dma-buf, then an\n"
+"  dmabuf-job VRAM_OFF LEN [--poll MS] [--writer-fence DEV:FENCE]\n"
+"                                     a BO exported as a dma-buf (with fence\n"
+"                                     FENCE of DEV in it as a writer), then an\n"
 "                                     asynchronous COPY_BO from VRAM into it:\n"
 "                                     the dma-buf's write fences (its dma_resv)\n"
 "                                     as a sync_file, a COPY_DMABUF from it that\n"
@@ -556,11 +558,14 @@ static void cmd_userptr_copy(int argc, char **argv)
  * status: 0 pending), what a COPY_DMABUF out of the dma-buf that does not
  * wait (timeout 0) said, whether poll(2) of the dma-buf became readable
  * (its writers done) within MS, and the checksum of the BO then.
+ * --writer-fence DEV:FENCE puts FENCE of device DEV in the dma-buf's
+ * dma_resv as a writer first: the COPY_BO must wait for it (copy_bo_ms).
  */
 static void cmd_dmabuf_job(int argc, char **argv)
 {
-	uint64_t off = num(argv[0]), len = num(argv[1]), t0;
+	uint64_t off = num(argv[0]), len = num(argv[1]), t0, copy_ms;
 	int ms = atoi(opt_val(argc, argv, "--poll", "-1"));
+	const char *writer = opt_val(argc, argv, "--writer-fence", NULL);
 	struct qgpu_bo_create bc = { .size = len };
 	struct qgpu_copy_bo cb = { .op = QGPU_OP_COPY_FROM_VRAM, .flags = QGPU_SUBMIT_F_ASYNC };
 	struct dma_buf_export_sync_file es = { .flags = DMA_BUF_SYNC_READ, .fd = -1 };
@@ -578,12 +583,34 @@ static void cmd_dmabuf_job(int argc, char **argv)
 	dbuf = qgpu_dmabuf_export(fd, bc.handle, QGPU_DMABUF_F_WRITE);
 	if (dbuf < 0)
 		fail("dma-buf export", -dbuf);
+	if (writer) {
+		struct dma_buf_import_sync_file is = { .flags = DMA_BUF_SYNC_WRITE };
+		char path[256];
+		const char *colon = strrchr(writer, ':');
+		int wfd;
+
+		if (!colon || colon - writer >= (long)sizeof(path))
+			usage();
+		snprintf(path, sizeof(path), "%.*s", (int)(colon - writer), writer);
+		wfd = qgpu_open(path);
+		if (wfd < 0)
+			fail(path, errno);
+		is.fd = qgpu_fence_export(wfd, num(colon + 1));
+		if (is.fd < 0)
+			fail("fence-export", -is.fd);
+		if (ioctl(dbuf, DMA_BUF_IOCTL_IMPORT_SYNC_FILE, &is))
+			fail("DMA_BUF_IOCTL_IMPORT_SYNC_FILE", errno);
+		close(is.fd);
+		close(wfd);
+	}
 	cb.handle = bc.handle;
 	cb.vram_offset = off;
 	cb.length = len;
+	t0 = now_ms();
 	ret = qgpu_ioctl(fd, QGPU_IOCTL_COPY_BO, &cb);
 	if (ret)
 		fail("COPY_BO", -ret);
+	copy_ms = now_ms() - t0;
 	/* The writers a reader must wait for. */
 	if (ioctl(dbuf, DMA_BUF_IOCTL_EXPORT_SYNC_FILE, &es))
 		fail("DMA_BUF_IOCTL_EXPORT_SYNC_FILE", errno);
@@ -604,8 +631,9 @@ static void cmd_dmabuf_job(int argc, char **argv)
 	printf("{\"ok\":true,\"fence\":%llu,\"resv_fences\":%u,\"resv_status\":%d,"
 	       "\"resv_driver\":", (unsigned long long)cb.fence, count, status);
 	qgpu_json_str(stdout, count ? info[0].driver_name : "");
-	printf(",\"copy_now_errno\":%d,\"readable\":%s,\"poll_ms\":%llu,"
-	       "\"checksum\":\"0x%016llx\"}\n", -copy_now, ready ? "true" : "false",
+	printf(",\"copy_bo_ms\":%llu,\"copy_now_errno\":%d,\"readable\":%s,"
+	       "\"poll_ms\":%llu,\"checksum\":\"0x%016llx\"}\n",
+	       (unsigned long long)copy_ms, -copy_now, ready ? "true" : "false",
 	       (unsigned long long)(now_ms() - t0),
 	       (unsigned long long)qgpu_fnv1a(QGPU_FNV_INIT, map, len));
 	qgpu_dmabuf_sync(dbuf, 1, DMA_BUF_SYNC_READ);

@@ -227,3 +227,40 @@ def test_a_job_on_an_exported_bo_puts_its_fence_in_the_dma_buf(
     assert res["copy_now_errno"] == EBUSY, res
     assert res["readable"], res
     assert int(res["checksum"], 16) == fnv1a64(fill_pattern(PATTERN, length)), res
+
+
+def test_a_job_on_an_exported_bo_waits_for_another_drivers_fence(
+        qgpu_restore_guest: MakeGuest) -> None:
+    """Implicit synchronisation the other way: qgpu1's pending fence is put in the
+    dma_resv of qgpu0's BO as a writer (DMA_BUF_IOCTL_IMPORT_SYNC_FILE). A COPY_BO
+    that writes the BO waits for it in the ioctl -- nothing reaches qgpu0's engine --
+    until the host lets qgpu1's engine go; then the job runs and the BO holds VRAM's
+    bytes."""
+    g = qgpu_restore_guest(DmaMode.DIRECT, ssh=False, check_leaks=True,
+                           qgpus=(QgpuSpec(id="qgpu0"), QgpuSpec(id="qgpu1")))
+    health.check_boot(g)
+    g.run("insmod /opt/qgpu/qgpu.ko job_timeout_ms=600000 && test -c /dev/qgpu0 && "
+          "test -c /dev/qgpu1", check=True)
+    off, length, tag = 0x60_0000, 65536, "/tmp/qgpu-dmabuf-writer"
+    writer, insp = FaultInjector.for_machine(g, "qgpu1"), g.inspector("qgpu0")
+    assert tool(g, f"-d /dev/qgpu0 fill {off:#x} {length} {PATTERN:#x}", over="console")["ok"]
+    writer.hang()
+    fence = tool(g, "-d /dev/qgpu1 fill 0 4096 0x1 --async", over="console")["fence"]
+    before = insp.stats()["bytes-from-vram"]
+    g.run(f"rm -f {tag}.*; ( sh -c 'echo $$ > {tag}.pid; exec {TOOL} -d /dev/qgpu0 "
+          f"dmabuf-job {off:#x} {length} --writer-fence /dev/qgpu1:{fence} --poll 60000 "
+          f"> {tag}.out 2>&1'; touch {tag}.done ) </dev/null >/dev/null 2>&1 &", check=True)
+    out = g.run(f"i=0; while [ $i -lt 400 ]; do w=$(cat /proc/$(cat {tag}.pid)/wchan "
+                f"2>/dev/null); case \"$w\" in *fence*) break;; esac; [ -e {tag}.done ] && "
+                f"break; usleep 25000; i=$((i+1)); done; echo \"$w\"; cat {tag}.out",
+                timeout=30).output
+    assert "fence" in out.split("\n")[0], f"COPY_BO is not waiting for the fence: {out}"
+    time.sleep(0.5)
+    assert insp.stats()["bytes-from-vram"] == before, "the job ran before the fence signalled"
+    writer.hang(False)
+    _wait_file(g, f"{tag}.done")
+    res = parse_json_line(g.run(f"cat {tag}.out", check=True).output, "qgpu-tool dmabuf-job")
+    assert res["ok"] and res["readable"], res
+    assert res["copy_bo_ms"] >= 500, res
+    assert int(res["checksum"], 16) == fnv1a64(fill_pattern(PATTERN, length)), res
+    assert insp.stats()["bytes-from-vram"] == before + length

@@ -55,7 +55,9 @@
  * (-EINTR, nothing submitted). Once a job was submitted, @fence is written
  * back whatever the result. Any signal interrupts only WAIT_FENCE,
  * RAISE_IRQ and CPU_ACCESS (the kernel's own copy, which stops where it
- * is): -EINTR.
+ * is): -EINTR; and COPY_BO of an exported buffer object while it waits for
+ * another driver's fences, before anything is submitted (restarted after a
+ * handler with SA_RESTART, else -EINTR).
  */
 #ifndef _UAPI_QGPU_H
 #define _UAPI_QGPU_H
@@ -212,11 +214,14 @@ struct qgpu_copy_user {
  * @reserved1:   must be zero
  * @reserved:    must be zero
  *
- * If the object is exported (QGPU_IOCTL_DMABUF_EXPORT), the job's fence is
- * put in the dma_resv of each of its dma-bufs before the job can run: as a
- * writer for QGPU_OP_COPY_FROM_VRAM, as a reader otherwise, so importers,
- * DMA_BUF_IOCTL_EXPORT_SYNC_FILE and poll(2) on the dma-buf wait for it.
- * Taking those locks may be interrupted by a signal (-EINTR).
+ * The object's dma_resv is shared by its dma-bufs (QGPU_IOCTL_DMABUF_EXPORT).
+ * The job first waits for the fences in it that it must follow -- writers
+ * before it reads the object, all before it writes it -- other than this
+ * device's own (its jobs run in order); such a wait ends only when they
+ * signal, or on a signal. Once the object has been exported, the job's
+ * fence goes into the dma_resv before the job can run: as a writer for
+ * QGPU_OP_COPY_FROM_VRAM, as a reader otherwise, so that importers,
+ * DMA_BUF_IOCTL_EXPORT_SYNC_FILE and poll(2) on a dma-buf wait for it.
  */
 struct qgpu_copy_bo {
 	__u32 op;
