@@ -465,14 +465,6 @@ long qgpu_ioctl_dmabuf_export(struct qgpu_file *qf, struct qgpu_ioctl_call *call
 	exp.ops = &qgpu_dmabuf_ops;
 	exp.size = qb->bo->size;
 	exp.resv = &qb->bo->resv;
-	/* From now on, jobs on the BO put their fences in (qgpu_bo_resv_begin()). */
-	ret = dma_resv_lock_interruptible(&qb->bo->resv, NULL);
-	if (ret) {
-		ret = -ERESTARTSYS;
-		goto err_put_bo;
-	}
-	qb->bo->exported = true;
-	dma_resv_unlock(&qb->bo->resv);
 	exp.flags = O_CLOEXEC | (a->flags & QGPU_DMABUF_F_WRITE ? O_RDWR : O_RDONLY);
 	exp.priv = qb;
 	dmabuf = dma_buf_export(&exp);
@@ -509,10 +501,11 @@ err_free:
  * on it, and fences importers add (DMA_BUF_IOCTL_IMPORT_SYNC_FILE). A job
  * on the BO through its handle (COPY_BO) first waits for the fences it must
  * follow -- writers before it reads the BO, everyone before it writes it --
- * except this device's own, which its ring runs in order anyway; then,
- * once the BO has been exported, it puts its own fence in, as a writer if
- * it writes the BO, before it can run: the dma_resv stays locked from the
- * last check through submission (qgpu_bo_resv_begin(), _end()). Lock
+ * except this device's own, which its ring runs in order anyway; then it
+ * puts its own fence in, as a writer if it writes the BO, before it can
+ * run -- always, as GEM drivers do, so that a dma-buf made while the job
+ * runs waits for it too: the dma_resv stays locked from the last check
+ * through submission (qgpu_bo_resv_begin(), _end()). Lock
  * order: dma_resv, then submit_lock and ring_lock; dmabuf_lock is never
  * held while a dma_resv is taken (importers' map calls take it under
  * theirs).
@@ -543,9 +536,10 @@ static struct dma_fence *qgpu_resv_foreign_locked(struct dma_resv *resv,
 
 /*
  * Before a job on @bo: wait for the fences it must follow, then lock the
- * dma_resv, with room for the job's fence and *@pre allocated for it if the
- * BO is exported. Outside the device's SRCU section: another driver's fence
- * takes as long as it takes. Only a signal ends the wait, with nothing done
+ * dma_resv, with room for the job's fence and *@pre allocated for it.
+ * Outside the device's SRCU section: another driver's fence takes as long
+ * as it takes (and another job on the BO holds the lock while it waits for
+ * ring space). Only a signal ends the wait, with nothing done
  * (-ERESTARTSYS).
  */
 int qgpu_bo_resv_begin(struct qgpu_bo *bo, bool writes, struct qgpu_fence **pre)
@@ -568,8 +562,8 @@ int qgpu_bo_resv_begin(struct qgpu_bo *bo, bool writes, struct qgpu_fence **pre)
 		if (ret)
 			return -ERESTARTSYS;
 	}
-	if (!bo->exported || !IS_ENABLED(CONFIG_SYNC_FILE))
-		return 0;
+	if (!IS_ENABLED(CONFIG_SYNC_FILE))
+		return 0;	/* no fences of its own to give */
 	ret = dma_resv_reserve_fences(&bo->resv, 1);
 	if (!ret) {
 		*pre = qgpu_fence_alloc();
@@ -581,13 +575,18 @@ int qgpu_bo_resv_begin(struct qgpu_bo *bo, bool writes, struct qgpu_fence **pre)
 	return ret;
 }
 
-/* The job is submitted (with its @fence, or NULL) or not: unlock. */
+/*
+ * The job is submitted (with its @fence, or NULL) or not: unlock. The
+ * caller's reference to @fence is dropped.
+ */
 void qgpu_bo_resv_end(struct qgpu_bo *bo, struct dma_fence *fence, bool writes)
 {
 	if (fence)
 		dma_resv_add_fence(&bo->resv, fence, writes ?
 				   DMA_RESV_USAGE_WRITE : DMA_RESV_USAGE_READ);
 	dma_resv_unlock(&bo->resv);
+	if (fence)
+		dma_fence_put(fence);
 }
 
 /*

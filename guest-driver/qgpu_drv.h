@@ -101,11 +101,10 @@ struct qgpu_bo {
 	unsigned int dmabuf_pins;
 	/*
 	 * The fences of jobs on it, shared by all of its dma-bufs (their
-	 * dma_resv), as a GEM object's; @exported (under its lock) once a
-	 * dma-buf of it was made: from then on each job adds its fence.
+	 * dma_resv), as a GEM object's: a dma-buf made while a job runs sees
+	 * it too.
 	 */
 	struct dma_resv resv;
-	bool exported;
 };
 
 /* One submission: a few descriptors and what to release when retired. */

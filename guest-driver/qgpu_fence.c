@@ -5,7 +5,7 @@
  *
  * A uapi fence value is the seqno of a dma_fence on the device's fence
  * context. The dma_fence is made when it is first exported -- as a
- * sync_file, or by qgpu_submit() for a job on an exported BO, whose
+ * sync_file, or by qgpu_submit() for a job on a BO (COPY_BO), whose
  * dma_resv gets it (qgpu_bo_resv_begin()) -- not for every job: while
  * pending it waits on qdev->fences (in seqno order, one per seqno, under
  * ring_lock, holding a reference), so later exports of the same fence

@@ -110,8 +110,8 @@ static void qgpu_file_submitted(struct qgpu_file *qf, u64 fence)
 }
 
 /*
- * QGPU_IOCTL_COPY_BO. Called outside the device's SRCU read section: an
- * exported BO's dma_resv may hold another driver's fences, which the job
+ * QGPU_IOCTL_COPY_BO. Called outside the device's SRCU read section: the
+ * BO's dma_resv (its dma-bufs') may hold another driver's fences, which the job
  * waits for first (qgpu_bo_resv_begin()); the section covers the job's
  * submission, and the wait for it.
  */
@@ -127,6 +127,9 @@ static long qgpu_ioctl_copy_bo(struct qgpu_file *qf, struct qgpu_ioctl_call *cal
 	u64 end, guest;
 	int ret, idx;
 
+	/* As for the calls inside the section (qgpu_ioctl()): gone first. */
+	if (READ_ONCE(qdev->dead) || READ_ONCE(qdev->lost))
+		return -ENODEV;
 	if (a->reserved0 || a->reserved1 || a->reserved[0] || a->reserved[1] ||
 	    (a->flags & ~QGPU_SUBMIT_F_ASYNC) ||
 	    (a->op != QGPU_OP_COPY_TO_VRAM && a->op != QGPU_OP_COPY_FROM_VRAM) ||
@@ -171,6 +174,8 @@ static long qgpu_ioctl_copy_bo(struct qgpu_file *qf, struct qgpu_ioctl_call *cal
 	}
 	/* Submitted: its fence is in before anybody sees the dma_resv again. */
 	qgpu_bo_resv_end(bo, ret ? NULL : job->fence, writes);
+	if (job)
+		job->fence = NULL;	/* the reference went with it */
 	qgpu_fence_free(pre);
 	if (!ret) {
 		a->fence = job->last_seq;
@@ -181,11 +186,8 @@ static long qgpu_ioctl_copy_bo(struct qgpu_file *qf, struct qgpu_ioctl_call *cal
 		}
 	}
 	srcu_read_unlock(&qdev->srcu, idx);
-	if (job) {
-		if (job->fence)
-			dma_fence_put(job->fence);
+	if (job)
 		qgpu_job_put(job);
-	}
 out_put_bo:
 	qgpu_bo_put(bo);
 	/* Once submitted, the caller gets the fence whatever the result. */

@@ -1912,6 +1912,18 @@ static int t_remove_while_open(void)
 	EXPECT_ERR(qgpu_copy_user(fd, QGPU_OP_COPY_TO_VRAM, 0, buf, 0, 64, NULL),
 		   -ENODEV, "copy after remove");
 	EXPECT_ERR(qgpu_wait(fd, fence, 0, NULL), -ENODEV, "wait after remove");
+	{
+		struct qgpu_copy_bo cb = { .op = QGPU_OP_COPY_TO_VRAM, .handle = bc.handle,
+					   .length = 64 };
+		void *page = anon_pages(4096, PROT_READ | PROT_WRITE);
+
+		EXPECT_ERR(qgpu_ioctl(fd, QGPU_IOCTL_COPY_BO, &cb), -ENODEV,
+			   "COPY_BO after remove");
+		CHECK(page, "mmap");
+		EXPECT_ERR(qgpu_userptr_register(fd, page, 4096, 0, NULL), -ENODEV,
+			   "USERPTR_REGISTER after remove");
+		munmap(page, 4096);
+	}
 	EXPECT_ERR(bo_destroy(fd, bc.handle), -ENODEV, "BO destroy after remove");
 	EXPECT_ERR(MMAP_ERR(4096, PROT_READ, MAP_SHARED, 0), -ENODEV,
 		   "mmap after remove");

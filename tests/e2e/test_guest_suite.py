@@ -95,3 +95,13 @@ def test_bad_input_gets_clear_errno_and_quiet_dmesg(qgpu_guest: GuestMachine,
     assert (6, "qgpu-e2e: bad input done") in levels, levels
     loud = [line for level, line in levels if level < 6]
     assert not loud, "bad input logged above info level:\n" + "\n".join(loud)
+
+
+def test_the_destructive_in_guest_tests_pass(qgpu_guest: GuestMachine) -> None:
+    """``qgpu-test --destructive``: the device is removed under an open file with
+    mappings, work and buffer objects; every later call gets ENODEV (COPY_BO and
+    USERPTR_REGISTER among them), every mapping SIGBUS, and a rescan brings it back."""
+    res = qgpu_guest.run("/opt/qgpu/bin/qgpu-test --destructive remove_while_open",
+                         timeout=120)
+    assert res.status == 0 and '"result":"pass"' in res.output, res.output[-3000:]
+    assert qgpu_guest.run("test -c /dev/qgpu0").status == 0, "not re-probed"

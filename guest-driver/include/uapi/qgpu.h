@@ -55,9 +55,10 @@
  * (-EINTR, nothing submitted). Once a job was submitted, @fence is written
  * back whatever the result. Any signal interrupts only WAIT_FENCE,
  * RAISE_IRQ and CPU_ACCESS (the kernel's own copy, which stops where it
- * is): -EINTR; and COPY_BO of an exported buffer object while it waits for
- * another driver's fences, before anything is submitted (restarted after a
- * handler with SA_RESTART, else -EINTR).
+ * is): -EINTR; and COPY_BO while it waits for its buffer object's
+ * dma_resv -- another driver's fences in it, or another COPY_BO of the
+ * object holding it while that one waits for ring space -- before anything
+ * is submitted (restarted after a handler with SA_RESTART, else -EINTR).
  */
 #ifndef _UAPI_QGPU_H
 #define _UAPI_QGPU_H
@@ -218,10 +219,10 @@ struct qgpu_copy_user {
  * The job first waits for the fences in it that it must follow -- writers
  * before it reads the object, all before it writes it -- other than this
  * device's own (its jobs run in order); such a wait ends only when they
- * signal, or on a signal. Once the object has been exported, the job's
- * fence goes into the dma_resv before the job can run: as a writer for
- * QGPU_OP_COPY_FROM_VRAM, as a reader otherwise, so that importers,
- * DMA_BUF_IOCTL_EXPORT_SYNC_FILE and poll(2) on a dma-buf wait for it.
+ * signal, or on a signal. The job's fence then goes into the dma_resv
+ * before the job can run: as a writer for QGPU_OP_COPY_FROM_VRAM, as a
+ * reader otherwise, so that importers, DMA_BUF_IOCTL_EXPORT_SYNC_FILE and
+ * poll(2) on a dma-buf -- made before or while the job runs -- wait for it.
  */
 struct qgpu_copy_bo {
 	__u32 op;
