@@ -66,14 +66,16 @@ static void usage(void)
 "                                     copy once the --go FILE exists;\n"
 "                                     --after-fence: fence F of the device\n"
 "                                     writes the dma-buf first (its dma_resv)\n"
-"  dmabuf-job VRAM_OFF LEN [--poll MS] [--writer-fence DEV:FENCE]\n"
+"  dmabuf-job VRAM_OFF LEN [--poll MS] [--writer-fence DEV:FENCE] [--leave]\n"
 "                                     a BO exported as a dma-buf (with fence\n"
 "                                     FENCE of DEV in it as a writer), then an\n"
 "                                     asynchronous COPY_BO from VRAM into it:\n"
 "                                     the dma-buf's write fences (its dma_resv)\n"
 "                                     as a sync_file, a COPY_DMABUF from it that\n"
 "                                     does not wait, poll(2) of the dma-buf for\n"
-"                                     MS (default -1), its checksum afterwards\n"
+"                                     MS (default -1), its checksum afterwards;\n"
+"                                     --leave: exit once the job is submitted\n"
+"                                     (its BO reference is then the last)\n"
 "  userptr-copy to-vram|from-vram VRAM_OFF LEN PATTERN [--before P0]\n"
 "              [--offset OFF] [--ready FILE --go FILE]\n"
 "                                     register a user buffer (filled with P0,\n"
@@ -218,6 +220,20 @@ static uint64_t now_ms(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/*
+ * The host's handshake for a command held mid-way (--ready FILE --go FILE):
+ * say we are ready, then wait, at most two minutes, for the go.
+ */
+static void handshake(const char *ready, const char *go)
+{
+	uint64_t t0;
+
+	close(open(ready, O_WRONLY | O_CREAT, 0644));
+	for (t0 = now_ms(); access(go, F_OK); usleep(10000))
+		if (now_ms() - t0 > 120000)
+			fail(go, ETIMEDOUT);
 }
 
 /* Wait for @fence; print the outcome as JSON. */
@@ -410,7 +426,7 @@ static void cmd_dmabuf_copy(int argc, char **argv)
 	const char *go = opt_val(argc, argv, "--go", NULL);
 	const char *after = opt_val(argc, argv, "--after-fence", NULL);
 	uint64_t timeout_ns = num(opt_val(argc, argv, "--timeout-ns", "1000000000"));
-	uint64_t off = num(argv[2]), len = num(argv[3]), t0;
+	uint64_t off = num(argv[2]), len = num(argv[3]);
 	struct qgpu_copy_dmabuf o;
 	int dbuf, ifd = fd, ret, sync;
 	char sum[24] = "null";
@@ -465,10 +481,7 @@ static void cmd_dmabuf_copy(int argc, char **argv)
 			close(fd);
 			fd = -1;
 		}
-		close(open(ready, O_WRONLY | O_CREAT, 0644));
-		for (t0 = now_ms(); access(go, F_OK); usleep(10000))
-			if (now_ms() - t0 > 120000)
-				fail(go, ETIMEDOUT);
+		handshake(ready, go);
 	}
 	ret = qgpu_copy_dmabuf(ifd, dbuf, to ? QGPU_OP_COPY_TO_VRAM : QGPU_OP_COPY_FROM_VRAM,
 			       0, off, len, timeout_ns, &o);
@@ -504,7 +517,7 @@ static void cmd_userptr_copy(int argc, char **argv)
 	uint64_t vram_off = num(argv[1]), len = num(argv[2]);
 	uint32_t pattern = num(argv[3]);
 	uint32_t before = num(opt_val(argc, argv, "--before", "0")) ?: ~pattern;
-	uint64_t off = num(opt_val(argc, argv, "--offset", "0")), t0;
+	uint64_t off = num(opt_val(argc, argv, "--offset", "0"));
 	const char *ready = opt_val(argc, argv, "--ready", NULL);
 	const char *go = opt_val(argc, argv, "--go", NULL);
 	struct qgpu_userptr_register r;
@@ -527,10 +540,7 @@ static void cmd_userptr_copy(int argc, char **argv)
 		fail("USERPTR_REGISTER", -ret);
 	qgpu_pattern_fill(buf, size, pattern);
 	if (ready) {
-		close(open(ready, O_WRONLY | O_CREAT, 0644));
-		for (t0 = now_ms(); access(go, F_OK); usleep(10000))
-			if (now_ms() - t0 > 120000)
-				fail(go, ETIMEDOUT);
+		handshake(ready, go);
 	}
 	ret = qgpu_copy_userptr(fd, r.handle, to ? QGPU_OP_COPY_TO_VRAM : QGPU_OP_COPY_FROM_VRAM,
 				off, vram_off, len, &o);
@@ -611,6 +621,11 @@ static void cmd_dmabuf_job(int argc, char **argv)
 	if (ret)
 		fail("COPY_BO", -ret);
 	copy_ms = now_ms() - t0;
+	if (has_opt(argc, argv, "--leave")) {
+		printf("{\"ok\":true,\"fence\":%llu,\"left\":true}\n",
+		       (unsigned long long)cb.fence);
+		return;
+	}
 	/* The writers a reader must wait for. */
 	if (ioctl(dbuf, DMA_BUF_IOCTL_EXPORT_SYNC_FILE, &es))
 		fail("DMA_BUF_IOCTL_EXPORT_SYNC_FILE", errno);
