@@ -12,6 +12,7 @@
 #include <linux/io-mapping.h>
 #include <linux/kref.h>
 #include <linux/list.h>
+#include <linux/llist.h>
 #include <linux/miscdevice.h>
 #include <linux/mmzone.h>
 #include <linux/mutex.h>
@@ -111,6 +112,9 @@ struct qgpu_bo {
 struct qgpu_job {
 	struct kref ref;
 	struct list_head node;		/* qdev->inflight, under ring_lock */
+	/* The ring's reference, when it is the last: dropped by reap_work. */
+	struct llist_node reap_node;
+	struct qgpu_device *qdev;	/* set once submitted */
 	u64 first_seq, last_seq;	/* fence values of its descriptors */
 	u32 first_idx;			/* ring index of the first one */
 	u32 ndesc;
@@ -235,6 +239,12 @@ struct qgpu_device {
 	struct list_head fences;
 	struct work_struct retire_work;
 	struct work_struct reset_work;
+	/*
+	 * Retired jobs nobody else holds, freed outside ring_lock (their
+	 * pins and BO references are not let go where fences are signalled).
+	 */
+	struct llist_head reaped_jobs;
+	struct work_struct reap_work;
 	/* The engine halted (a ring entry was unreadable): reset it. */
 	bool halted;
 	u32 halt_err, halt_index;	/* DMA_ERROR and its index, for the log */
@@ -392,6 +402,7 @@ void qgpu_ring_start(struct qgpu_device *qdev);
 void qgpu_ring_shutdown(struct qgpu_device *qdev);
 void qgpu_retire_work(struct work_struct *work);
 void qgpu_reset_work(struct work_struct *work);
+void qgpu_reap_work(struct work_struct *work);
 void qgpu_watchdog_work(struct work_struct *work);
 void qgpu_ring_quiesce(struct qgpu_device *qdev);
 void qgpu_ring_restart(struct qgpu_device *qdev);
@@ -431,6 +442,8 @@ struct dma_fence *qgpu_job_fence(struct qgpu_device *qdev, u64 seq,
 struct dma_fence *qgpu_fence_publish_locked(struct qgpu_device *qdev, u64 seq,
 					    struct qgpu_fence *fence);
 int qgpu_fence_errno(u32 hw_err, bool timed_out);
+bool qgpu_fence_begin_signalling(void);
+void qgpu_fence_end_signalling(bool cookie);
 void qgpu_fence_signal_upto(struct qgpu_device *qdev, u64 first, u64 last,
 			    int error);
 void qgpu_fence_barrier(void);

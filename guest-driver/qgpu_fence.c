@@ -17,12 +17,13 @@
  * qgpu_job_finish(), so no exported fence is left pending by a device that
  * will not complete it.
  *
- * Not yet held to the cross-driver signalling rules (no allocation, no
- * page locks on the way to dma_fence_signal(), since another driver may
- * wait for a fence in a dma_resv from its reclaim path): the retire path
- * still unpins user pages and frees jobs before it signals, and is not
- * annotated with dma_fence_begin_signalling(). The fences reach other
- * drivers only through the dma-bufs of qgpu's own BOs.
+ * The cross-driver signalling rules hold (another driver may wait for a
+ * fence in a dma_resv from its reclaim path): on the way to
+ * dma_fence_signal(), that is anywhere under ring_lock, nothing
+ * allocates, waits for a fence, takes a page lock or frees a BO; a job's
+ * pins and references are let go after its fences are signalled, outside
+ * the lock (qgpu_ring.c). The work items that signal are annotated with
+ * dma_fence_begin_signalling(), so lockdep checks it.
  */
 
 #include <linux/dma-fence.h>
@@ -122,6 +123,25 @@ void qgpu_fence_signal_upto(struct qgpu_device *qdev, u64 first, u64 last,
 		dma_fence_signal(&fence->base);
 		dma_fence_put(&fence->base);	/* the list's */
 	}
+}
+
+/*
+ * The work items that retire jobs (the interrupt's), fail stuck ones (the
+ * watchdog's) and reset a halted engine are what signals the fences when
+ * nobody waits: they hold ring_lock inside a dma_fence signalling section,
+ * so lockdep knows everything taken under ring_lock is on the way to
+ * dma_fence_signal(). Memory reclaim may wait for fences in a dma_resv
+ * (lockdep is taught that at boot): an allocation, a fence wait, or a lock
+ * held around either, under ring_lock anywhere, is then reported.
+ */
+bool qgpu_fence_begin_signalling(void)
+{
+	return dma_fence_begin_signalling();
+}
+
+void qgpu_fence_end_signalling(bool cookie)
+{
+	dma_fence_end_signalling(cookie);
 }
 
 /*
@@ -287,6 +307,15 @@ void qgpu_fence_barrier(void)
 
 void qgpu_fence_signal_upto(struct qgpu_device *qdev, u64 first, u64 last,
 			    int error)
+{
+}
+
+bool qgpu_fence_begin_signalling(void)
+{
+	return true;
+}
+
+void qgpu_fence_end_signalling(bool cookie)
 {
 }
 

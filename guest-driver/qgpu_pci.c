@@ -111,6 +111,8 @@ static int qgpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	INIT_LIST_HEAD(&qdev->userptrs);
 	INIT_WORK(&qdev->retire_work, qgpu_retire_work);
 	INIT_WORK(&qdev->reset_work, qgpu_reset_work);
+	init_llist_head(&qdev->reaped_jobs);
+	INIT_WORK(&qdev->reap_work, qgpu_reap_work);
 	INIT_WORK(&qdev->lost_work, qgpu_lost_work);
 	INIT_DELAYED_WORK(&qdev->watchdog, qgpu_watchdog_work);
 	spin_lock_init(&qdev->irq_lock);
@@ -316,6 +318,8 @@ static void qgpu_remove(struct pci_dev *pdev)
 	 * (if BAR0 no longer answers, bus mastering is switched off).
 	 */
 	qgpu_ring_shutdown(qdev);
+	/* The asynchronous jobs' pins and BO references, let go. */
+	flush_work(&qdev->reap_work);
 	/*
 	 * Wait for ioctls, mmaps and faults that saw the device alive; then no
 	 * user PTE may point at the BARs or at BO memory any more.

@@ -8,9 +8,18 @@
  * descriptor of a job also has QGPU_DESC_F_IRQ. Jobs are retired in order by
  * whoever holds ring_lock next (a waiter, a submitter, or the work item
  * queued from the DMA interrupt): status words are read, DMA mappings torn
- * down and user pages unpinned. Completion is detected from the fence slot,
- * so a missing interrupt only costs latency: waiters poll every
- * QGPU_POLL_MS.
+ * down (the bytes are the CPU's from then on) and the job's fences
+ * signalled. Completion is detected from the fence slot, so a missing
+ * interrupt only costs latency: waiters poll every QGPU_POLL_MS.
+ *
+ * Everything under ring_lock is on the way to dma_fence_signal(), and
+ * reclaim may wait for those fences: nothing there allocates, waits for a
+ * fence, or takes a lock held around either (qgpu_fence_begin_signalling()
+ * has lockdep check it). So what else a job holds -- pinned user pages,
+ * its SG list and bounce buffer, a BO reference -- is let go afterwards,
+ * outside the lock: by the submitter once qgpu_job_wait() returns, or,
+ * for a job nobody waits for, by whoever drops its last reference
+ * (reap_work if that is the ring's).
  */
 
 #include <linux/delay.h>
@@ -156,22 +165,12 @@ struct qgpu_job *qgpu_job_alloc(void)
 	return job;
 }
 
-static void qgpu_job_free(struct kref *ref)
-{
-	struct qgpu_job *job = container_of(ref, struct qgpu_job, ref);
-
-	kfree(job->bounce_out);
-	kfree(job);
-}
-
-void qgpu_job_put(struct qgpu_job *job)
-{
-	kref_put(&job->ref, qgpu_job_free);
-}
-
-/* Undo DMA mappings, unpin pages, drop the BO; safe on partial setups. */
-static void qgpu_job_release_resources(struct qgpu_device *qdev,
-				       struct qgpu_job *job)
+/*
+ * Undo the job's DMA mappings: with bounce buffers (swiotlb) this is what
+ * copies the device's bytes into the user's pages. Before its fences are
+ * signalled, then; it neither allocates nor sleeps.
+ */
+static void qgpu_job_unmap(struct qgpu_device *qdev, struct qgpu_job *job)
 {
 	struct device *dev = qdev->dev;
 
@@ -183,6 +182,18 @@ static void qgpu_job_release_resources(struct qgpu_device *qdev,
 	if (job->sgt_mapped)
 		dma_unmap_sgtable(dev, &job->sgt, job->dir, 0);
 	job->sgt_mapped = false;
+}
+
+/*
+ * Undo DMA mappings, unpin pages, drop the BO; safe on partial setups and
+ * when called again. Never under ring_lock once the job is submitted.
+ */
+static void qgpu_job_release_resources(struct qgpu_device *qdev,
+				       struct qgpu_job *job)
+{
+	struct device *dev = qdev->dev;
+
+	qgpu_job_unmap(qdev, job);
 	if (job->sgt.sgl)
 		sg_free_table(&job->sgt);
 	job->sgt.sgl = NULL;
@@ -206,6 +217,45 @@ static void qgpu_job_release_resources(struct qgpu_device *qdev,
 	job->bo = NULL;
 }
 
+/* The last reference: a submitted job's resources go with it. */
+static void qgpu_job_free(struct kref *ref)
+{
+	struct qgpu_job *job = container_of(ref, struct qgpu_job, ref);
+
+	if (job->qdev)
+		qgpu_job_release_resources(job->qdev, job);
+	kfree(job->bounce_out);
+	kfree(job);
+}
+
+void qgpu_job_put(struct qgpu_job *job)
+{
+	kref_put(&job->ref, qgpu_job_free);
+}
+
+/*
+ * The ring lets go of a retired job, under ring_lock: if its reference is
+ * the last (nobody waits for the job), reap_work drops it.
+ */
+static void qgpu_job_put_ring(struct qgpu_device *qdev, struct qgpu_job *job)
+{
+	if (refcount_dec_not_one(&job->ref.refcount))
+		return;
+	llist_add(&job->reap_node, &qdev->reaped_jobs);
+	queue_work(system_wq, &qdev->reap_work);
+}
+
+void qgpu_reap_work(struct work_struct *work)
+{
+	struct qgpu_device *qdev = container_of(work, struct qgpu_device,
+						reap_work);
+	struct qgpu_job *job, *tmp;
+
+	llist_for_each_entry_safe(job, tmp, llist_del_all(&qdev->reaped_jobs),
+				  reap_node)
+		qgpu_job_put(job);
+}
+
 static void qgpu_job_finish(struct qgpu_device *qdev, struct qgpu_job *job)
 {
 	u32 mask = qdev->ring_entries - 1;
@@ -217,7 +267,7 @@ static void qgpu_job_finish(struct qgpu_device *qdev, struct qgpu_job *job)
 		dma_rmb();
 		memcpy(job->bounce_out, job->bounce, job->bounce_len);
 	}
-	qgpu_job_release_resources(qdev, job);
+	qgpu_job_unmap(qdev, job);
 	/* Every fence of the job reports the job's status to WAIT_FENCE. */
 	for (seq = job->first_seq; seq <= job->last_seq; seq++) {
 		qdev->fence_status[seq & mask].seq = seq;
@@ -242,7 +292,7 @@ static void qgpu_job_finish(struct qgpu_device *qdev, struct qgpu_job *job)
 	list_del_init(&job->node);
 	/* Pairs with smp_load_acquire() in qgpu_job_wait(): results first. */
 	smp_store_release(&job->done, true);
-	qgpu_job_put(job);	/* the ring's reference */
+	qgpu_job_put_ring(qdev, job);
 }
 
 /* Retire, in order, every job whose last fence the device has written. */
@@ -439,17 +489,20 @@ void qgpu_retire_work(struct work_struct *work)
 {
 	struct qgpu_device *qdev = container_of(work, struct qgpu_device,
 						retire_work);
+	bool fence_cookie = qgpu_fence_begin_signalling();
 
 	mutex_lock(&qdev->ring_lock);
 	if (!READ_ONCE(qdev->dead))
 		qgpu_retire_locked(qdev);
 	mutex_unlock(&qdev->ring_lock);
+	qgpu_fence_end_signalling(fence_cookie);
 }
 
 void qgpu_reset_work(struct work_struct *work)
 {
 	struct qgpu_device *qdev = container_of(work, struct qgpu_device,
 						reset_work);
+	bool fence_cookie = qgpu_fence_begin_signalling();
 
 	mutex_lock(&qdev->ring_lock);
 	if (READ_ONCE(qdev->halted) && !qgpu_unusable(qdev)) {
@@ -471,6 +524,7 @@ void qgpu_reset_work(struct work_struct *work)
 		}
 	}
 	mutex_unlock(&qdev->ring_lock);
+	qgpu_fence_end_signalling(fence_cookie);
 }
 
 /*
@@ -564,10 +618,12 @@ void qgpu_watchdog_work(struct work_struct *work)
 	struct qgpu_device *qdev = container_of(to_delayed_work(work),
 						struct qgpu_device, watchdog);
 	unsigned long limit = msecs_to_jiffies(READ_ONCE(job_timeout_ms));
+	bool fence_cookie;
 	u64 seq;
 	u32 head;
 
 	qgpu_irq_resync(qdev);
+	fence_cookie = qgpu_fence_begin_signalling();
 	mutex_lock(&qdev->ring_lock);
 	if (qgpu_unusable(qdev))
 		goto out_unlock;
@@ -576,6 +632,7 @@ void qgpu_watchdog_work(struct work_struct *work)
 		goto out_unlock;
 	if (qgpu_hw_lost(qdev)) {
 		mutex_unlock(&qdev->ring_lock);
+		qgpu_fence_end_signalling(fence_cookie);
 		qgpu_mark_lost(qdev, "registers read all ones");
 		return;
 	}
@@ -599,6 +656,7 @@ void qgpu_watchdog_work(struct work_struct *work)
 	queue_delayed_work(system_wq, &qdev->watchdog, qgpu_wd_period());
 out_unlock:
 	mutex_unlock(&qdev->ring_lock);
+	qgpu_fence_end_signalling(fence_cookie);
 }
 
 /*
@@ -708,6 +766,7 @@ int qgpu_submit(struct qgpu_device *qdev, struct qgpu_job *job,
 		qdev->tail = (qdev->tail + 1) & mask;
 	}
 	job->last_seq = qdev->next_seq - 1;
+	job->qdev = qdev;	/* its resources are released with it from now */
 	if (job->fence_pre) {
 		job->fence = qgpu_fence_publish_locked(qdev, job->last_seq,
 						       job->fence_pre);
@@ -790,6 +849,8 @@ int qgpu_job_wait(struct qgpu_device *qdev, struct qgpu_job *job)
 		qgpu_retire_locked(qdev);
 		mutex_unlock(&qdev->ring_lock);
 	}
+	/* The caller's memory is its own again when the ioctl returns. */
+	qgpu_job_release_resources(qdev, job);
 	if (job->timed_out)
 		return -ETIMEDOUT;
 	if (job->hw_err == QGPU_ERR_ABORTED &&

@@ -473,6 +473,43 @@ def test_device_del_with_mappings(qgpu_restore_guest: MakeGuest, mid_dma: bool) 
     assert g.is_alive()
 
 
+def test_what_signals_fences_takes_no_lock_held_around_an_allocation(
+        qgpu_restore_guest: MakeGuest) -> None:
+    """Issue 14, the cross-driver rule for dma_fences: what signals a fence must not
+    wait for memory, since reclaim may wait for that fence (in a dma_resv). The
+    driver's retire, watchdog and reset work items hold ring_lock inside a fence
+    signalling section (dma_fence_begin_signalling()), so lockdep checks every lock
+    taken there. This boot makes each link of a chain the retire path once closed,
+    when it dropped a finished job's last BO reference under ring_lock:
+    ring_lock -> bo_lock (the BO freed by its job's retirement), bo_lock ->
+    dmabuf_lock (removal with a BO alive), dmabuf_lock -> memory reclaim (a dma-buf
+    mapped for an importer), and reclaim -> the fence. On a kernel with lockdep the
+    report fails the test; on any kernel, the job retires, its BO goes with it, and
+    removal is clean."""
+    g, faults, _ = dedicated(qgpu_restore_guest)
+    # An importer maps a BO's dma-buf: a table allocated under dmabuf_lock.
+    assert tool(g, "dmabuf-copy to-vram bo 0 4096 0x1")["ok"]
+    g.run("echo 600000 > /sys/module/qgpu/parameters/job_timeout_ms", check=True)
+    faults.hang()
+    # A job on an exported BO, its process gone: the job holds the BO's last reference.
+    job = tool(g, "dmabuf-job 0 65536 --leave")
+    assert job["ok"] and job["left"], job
+    assert stats(g)["bos"] == 1
+    faults.hang(False)
+    # Retired by the interrupt's work item (nobody waits), which frees the BO.
+    deadline = time.monotonic() + BOUND * g.config.timeout_scale
+    while stats(g)["bos"]:
+        assert time.monotonic() < deadline, f"the BO outlived its job: {stats(g)}"
+        time.sleep(0.2)
+    start_hold(g, "h", "30")
+    assert stats(g)["bos"] == 1
+    faults.device_del()
+    rep = wait_hold(g, "h")
+    assert "bo" in rep["sigbus"], rep
+    check_guest_health(g)
+    assert g.is_alive()
+
+
 def test_slot_reset_after_another_driver_voted_for_one(qgpu_make_guest: MakeGuest,
                                                        qgpu_kernel: GuestKernel) -> None:
     """Review item 5: a non-fatal error, for which qgpu votes CAN_RECOVER and keeps
