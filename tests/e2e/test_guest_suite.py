@@ -93,7 +93,9 @@ def test_bad_input_gets_clear_errno_and_quiet_dmesg(qgpu_guest: GuestMachine,
     levels = [(int(m[1]) & 7, m[2]) for line in sh(qgpu_guest, "dmesg -r").splitlines()
               if (m := re.match(r"<(\d+)>(?:\[[^\]]*\] )?(.*)", line))]
     assert (6, "qgpu-e2e: bad input done") in levels, levels
-    loud = [line for level, line in levels if level < 6]
+    # A TCG guest on a busy host may note a slow timer interrupt: the host's, not input's.
+    loud = [line for level, line in levels
+            if level < 6 and not line.startswith("hrtimer: interrupt took")]
     assert not loud, "bad input logged above info level:\n" + "\n".join(loud)
 
 
