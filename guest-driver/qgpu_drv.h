@@ -215,7 +215,8 @@ struct qgpu_device {
 	int irqs_requested;
 
 	/* ring */
-	struct mutex ring_lock;
+	struct mutex ring_lock;		/* qgpu_ring_lock() */
+	bool ring_lock_cookie;		/* its dma_fence signalling section's */
 	/*
 	 * Held by a submitter from its wait for ring room until it has queued:
 	 * submitters go about in the order they came (a mutex hands over to
@@ -403,6 +404,8 @@ void qgpu_ring_shutdown(struct qgpu_device *qdev);
 void qgpu_retire_work(struct work_struct *work);
 void qgpu_reset_work(struct work_struct *work);
 void qgpu_reap_work(struct work_struct *work);
+void qgpu_ring_lock(struct qgpu_device *qdev);
+void qgpu_ring_unlock(struct qgpu_device *qdev);
 void qgpu_watchdog_work(struct work_struct *work);
 void qgpu_ring_quiesce(struct qgpu_device *qdev);
 void qgpu_ring_restart(struct qgpu_device *qdev);

@@ -22,8 +22,8 @@
  * dma_fence_signal(), that is anywhere under ring_lock, nothing
  * allocates, waits for a fence, takes a page lock or frees a BO; a job's
  * pins and references are let go after its fences are signalled, outside
- * the lock (qgpu_ring.c). The work items that signal are annotated with
- * dma_fence_begin_signalling(), so lockdep checks it.
+ * the lock (qgpu_ring.c). ring_lock is taken inside a
+ * dma_fence_begin_signalling() section, so lockdep checks it.
  */
 
 #include <linux/dma-fence.h>
@@ -126,13 +126,12 @@ void qgpu_fence_signal_upto(struct qgpu_device *qdev, u64 first, u64 last,
 }
 
 /*
- * The work items that retire jobs (the interrupt's), fail stuck ones (the
- * watchdog's) and reset a halted engine are what signals the fences when
- * nobody waits: they hold ring_lock inside a dma_fence signalling section,
- * so lockdep knows everything taken under ring_lock is on the way to
- * dma_fence_signal(). Memory reclaim may wait for fences in a dma_resv
- * (lockdep is taught that at boot): an allocation, a fence wait, or a lock
- * held around either, under ring_lock anywhere, is then reported.
+ * Whoever holds ring_lock may retire jobs and signal their fences, so it is
+ * taken inside a dma_fence signalling section (qgpu_ring_lock()): lockdep
+ * then knows everything under it is on the way to dma_fence_signal().
+ * Memory reclaim may wait for fences in a dma_resv (lockdep is taught that
+ * at boot): an allocation, a fence wait, or a lock held around either,
+ * under ring_lock anywhere, is reported.
  */
 bool qgpu_fence_begin_signalling(void)
 {
@@ -177,9 +176,9 @@ struct dma_fence *qgpu_job_fence(struct qgpu_device *qdev, u64 seq,
 	u32 hw_err = 0;
 	int ret = 0;
 
-	mutex_lock(&qdev->ring_lock);
+	qgpu_ring_lock(qdev);
 	if (seq >= qdev->next_seq) {
-		mutex_unlock(&qdev->ring_lock);
+		qgpu_ring_unlock(qdev);
 		kfree(fence);
 		return ERR_PTR(-EINVAL);
 	}
@@ -188,7 +187,7 @@ struct dma_fence *qgpu_job_fence(struct qgpu_device *qdev, u64 seq,
 	list_for_each_entry_reverse(pos, &qdev->fences, node) {
 		if (pos->base.seqno == seq) {
 			dma_fence_get(&pos->base);
-			mutex_unlock(&qdev->ring_lock);
+			qgpu_ring_unlock(qdev);
 			kfree(fence);
 			return &pos->base;
 		}
@@ -213,7 +212,7 @@ struct dma_fence *qgpu_job_fence(struct qgpu_device *qdev, u64 seq,
 		list_add(&fence->node, &pos->node);
 		dma_fence_get(&fence->base);	/* the list's */
 	}
-	mutex_unlock(&qdev->ring_lock);
+	qgpu_ring_unlock(qdev);
 	return &fence->base;
 }
 

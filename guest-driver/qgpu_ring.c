@@ -153,6 +153,30 @@ void qgpu_ring_start(struct qgpu_device *qdev)
 			qgpu_rd(qdev, QGPU_REG_ACCESS_ERROR));
 }
 
+/*
+ * ring_lock, taken inside a dma_fence signalling section: whoever holds it
+ * may retire jobs and signal their fences (see the top of this file), so
+ * lockdep is told that everything under it is on the way to
+ * dma_fence_signal(). The section's cookie is kept with the lock.
+ */
+void qgpu_ring_lock(struct qgpu_device *qdev)
+	__acquires(&qdev->ring_lock)
+{
+	bool cookie = qgpu_fence_begin_signalling();
+
+	mutex_lock(&qdev->ring_lock);
+	qdev->ring_lock_cookie = cookie;
+}
+
+void qgpu_ring_unlock(struct qgpu_device *qdev)
+	__releases(&qdev->ring_lock)
+{
+	bool cookie = qdev->ring_lock_cookie;
+
+	mutex_unlock(&qdev->ring_lock);
+	qgpu_fence_end_signalling(cookie);
+}
+
 struct qgpu_job *qgpu_job_alloc(void)
 {
 	struct qgpu_job *job = kzalloc(sizeof(*job), GFP_KERNEL);
@@ -480,31 +504,28 @@ static void qgpu_engine_silence_locked(struct qgpu_device *qdev)
 /* Called by remove with qdev->dead set: quiesce the engine for good. */
 void qgpu_ring_shutdown(struct qgpu_device *qdev)
 {
-	mutex_lock(&qdev->ring_lock);
+	qgpu_ring_lock(qdev);
 	qgpu_engine_silence_locked(qdev);
-	mutex_unlock(&qdev->ring_lock);
+	qgpu_ring_unlock(qdev);
 }
 
 void qgpu_retire_work(struct work_struct *work)
 {
 	struct qgpu_device *qdev = container_of(work, struct qgpu_device,
 						retire_work);
-	bool fence_cookie = qgpu_fence_begin_signalling();
 
-	mutex_lock(&qdev->ring_lock);
+	qgpu_ring_lock(qdev);
 	if (!READ_ONCE(qdev->dead))
 		qgpu_retire_locked(qdev);
-	mutex_unlock(&qdev->ring_lock);
-	qgpu_fence_end_signalling(fence_cookie);
+	qgpu_ring_unlock(qdev);
 }
 
 void qgpu_reset_work(struct work_struct *work)
 {
 	struct qgpu_device *qdev = container_of(work, struct qgpu_device,
 						reset_work);
-	bool fence_cookie = qgpu_fence_begin_signalling();
 
-	mutex_lock(&qdev->ring_lock);
+	qgpu_ring_lock(qdev);
 	if (READ_ONCE(qdev->halted) && !qgpu_unusable(qdev)) {
 		/*
 		 * Another reset (the watchdog's, a PCIe recovery's) may have
@@ -523,8 +544,7 @@ void qgpu_reset_work(struct work_struct *work)
 			qgpu_engine_abort_locked(qdev, true, false);
 		}
 	}
-	mutex_unlock(&qdev->ring_lock);
-	qgpu_fence_end_signalling(fence_cookie);
+	qgpu_ring_unlock(qdev);
 }
 
 /*
@@ -534,10 +554,10 @@ void qgpu_reset_work(struct work_struct *work)
  */
 void qgpu_ring_quiesce(struct qgpu_device *qdev)
 {
-	mutex_lock(&qdev->ring_lock);
+	qgpu_ring_lock(qdev);
 	WRITE_ONCE(qdev->frozen, true);
 	qgpu_engine_abort_locked(qdev, false, false);
-	mutex_unlock(&qdev->ring_lock);
+	qgpu_ring_unlock(qdev);
 	cancel_delayed_work_sync(&qdev->watchdog);
 }
 
@@ -561,7 +581,7 @@ int qgpu_ring_suspend(struct qgpu_device *qdev, int *drained)
 	for (;;) {
 		bool idle;
 
-		mutex_lock(&qdev->ring_lock);
+		qgpu_ring_lock(qdev);
 		qgpu_retire_locked(qdev);
 		if (*drained < 0)
 			*drained = list_count_nodes(&qdev->inflight);
@@ -569,10 +589,10 @@ int qgpu_ring_suspend(struct qgpu_device *qdev, int *drained)
 		if (idle || time_after(jiffies, deadline) || qgpu_hw_lost(qdev)) {
 			failed = list_count_nodes(&qdev->inflight);
 			qgpu_engine_silence_locked(qdev);
-			mutex_unlock(&qdev->ring_lock);
+			qgpu_ring_unlock(qdev);
 			break;
 		}
-		mutex_unlock(&qdev->ring_lock);
+		qgpu_ring_unlock(qdev);
 		wait_event_timeout(qdev->fence_wq, READ_ONCE(qdev->lost),
 				   msecs_to_jiffies(QGPU_POLL_MS));
 	}
@@ -586,25 +606,25 @@ int qgpu_ring_suspend(struct qgpu_device *qdev, int *drained)
 /* System resume: the device came back reset; an empty ring from index 0. */
 void qgpu_ring_resume(struct qgpu_device *qdev)
 {
-	mutex_lock(&qdev->ring_lock);
+	qgpu_ring_lock(qdev);
 	if (!READ_ONCE(qdev->dead) && !READ_ONCE(qdev->lost))
 		qgpu_engine_abort_locked(qdev, true, false);
 	WRITE_ONCE(qdev->suspended, false);
-	mutex_unlock(&qdev->ring_lock);
+	qgpu_ring_unlock(qdev);
 	wake_up_all(&qdev->fence_wq);
 }
 
 /* PCIe error recovery, last step: program the ring again and accept work. */
 void qgpu_ring_restart(struct qgpu_device *qdev)
 {
-	mutex_lock(&qdev->ring_lock);
+	qgpu_ring_lock(qdev);
 	if (!READ_ONCE(qdev->dead) && !READ_ONCE(qdev->lost)) {
 		/* The link is back: from here, all ones means a lost device. */
 		WRITE_ONCE(qdev->frozen, false);
 		/* Nothing is in flight: the ring starts empty at index 0. */
 		qgpu_engine_abort_locked(qdev, true, false);
 	}
-	mutex_unlock(&qdev->ring_lock);
+	qgpu_ring_unlock(qdev);
 	wake_up_all(&qdev->fence_wq);
 }
 
@@ -618,21 +638,18 @@ void qgpu_watchdog_work(struct work_struct *work)
 	struct qgpu_device *qdev = container_of(to_delayed_work(work),
 						struct qgpu_device, watchdog);
 	unsigned long limit = msecs_to_jiffies(READ_ONCE(job_timeout_ms));
-	bool fence_cookie;
 	u64 seq;
 	u32 head;
 
 	qgpu_irq_resync(qdev);
-	fence_cookie = qgpu_fence_begin_signalling();
-	mutex_lock(&qdev->ring_lock);
+	qgpu_ring_lock(qdev);
 	if (qgpu_unusable(qdev))
 		goto out_unlock;
 	qgpu_retire_locked(qdev);
 	if (list_empty(&qdev->inflight))
 		goto out_unlock;
 	if (qgpu_hw_lost(qdev)) {
-		mutex_unlock(&qdev->ring_lock);
-		qgpu_fence_end_signalling(fence_cookie);
+		qgpu_ring_unlock(qdev);
 		qgpu_mark_lost(qdev, "registers read all ones");
 		return;
 	}
@@ -655,8 +672,7 @@ void qgpu_watchdog_work(struct work_struct *work)
 	}
 	queue_delayed_work(system_wq, &qdev->watchdog, qgpu_wd_period());
 out_unlock:
-	mutex_unlock(&qdev->ring_lock);
-	qgpu_fence_end_signalling(fence_cookie);
+	qgpu_ring_unlock(qdev);
 }
 
 /*
@@ -708,7 +724,7 @@ int qgpu_submit(struct qgpu_device *qdev, struct qgpu_job *job,
 		qgpu_job_release_resources(qdev, job);
 		return -EINTR;
 	}
-	mutex_lock(&qdev->ring_lock);
+	qgpu_ring_lock(qdev);
 	for (;;) {
 		u64 retired;
 		long ret;
@@ -716,13 +732,13 @@ int qgpu_submit(struct qgpu_device *qdev, struct qgpu_job *job,
 		long err = qgpu_unusable(qdev);
 
 		if (!err && qgpu_hw_lost(qdev)) {
-			mutex_unlock(&qdev->ring_lock);
+			qgpu_ring_unlock(qdev);
 			qgpu_mark_lost(qdev, "registers read all ones");
-			mutex_lock(&qdev->ring_lock);
+			qgpu_ring_lock(qdev);
 			err = -ENODEV;
 		}
 		if (err) {
-			mutex_unlock(&qdev->ring_lock);
+			qgpu_ring_unlock(qdev);
 			mutex_unlock(&qdev->submit_lock);
 			qgpu_job_release_resources(qdev, job);
 			return err;
@@ -731,7 +747,7 @@ int qgpu_submit(struct qgpu_device *qdev, struct qgpu_job *job,
 		if (!READ_ONCE(qdev->halted) && qgpu_ring_has_room(qdev, n))
 			break;
 		retired = qdev->retired_seq;
-		mutex_unlock(&qdev->ring_lock);
+		qgpu_ring_unlock(qdev);
 		/* Room comes as jobs retire (or the watchdog fails them). */
 		ret = wait_event_killable_timeout(qdev->fence_wq,
 				qgpu_completed_seq(qdev) > retired ||
@@ -742,7 +758,7 @@ int qgpu_submit(struct qgpu_device *qdev, struct qgpu_job *job,
 			qgpu_job_release_resources(qdev, job);
 			return -EINTR;
 		}
-		mutex_lock(&qdev->ring_lock);
+		qgpu_ring_lock(qdev);
 	}
 
 	job->first_seq = qdev->next_seq;
@@ -785,7 +801,7 @@ int qgpu_submit(struct qgpu_device *qdev, struct qgpu_job *job,
 	qgpu_stat_add(qdev, QGPU_STAT_DESCRIPTORS, n);
 	/* writel() orders the descriptor stores before the doorbell. */
 	qgpu_wr(qdev, QGPU_REG_DOORBELL, qdev->tail);
-	mutex_unlock(&qdev->ring_lock);
+	qgpu_ring_unlock(qdev);
 	mutex_unlock(&qdev->submit_lock);
 	return 0;
 }
@@ -845,9 +861,9 @@ int qgpu_job_wait(struct qgpu_device *qdev, struct qgpu_job *job)
 			qgpu_irq_resync(qdev);
 		}
 
-		mutex_lock(&qdev->ring_lock);
+		qgpu_ring_lock(qdev);
 		qgpu_retire_locked(qdev);
-		mutex_unlock(&qdev->ring_lock);
+		qgpu_ring_unlock(qdev);
 	}
 	/* The caller's memory is its own again when the ioctl returns. */
 	qgpu_job_release_resources(qdev, job);
@@ -888,28 +904,28 @@ int qgpu_fence_wait(struct qgpu_device *qdev, u64 fence, u64 timeout_ns,
 							    KTIME_MAX)));
 	s64 irqs = qgpu_irq_count(qdev);
 
-	mutex_lock(&qdev->ring_lock);
+	qgpu_ring_lock(qdev);
 	if (fence >= qdev->next_seq) {
-		mutex_unlock(&qdev->ring_lock);
+		qgpu_ring_unlock(qdev);
 		return -EINVAL;
 	}
-	mutex_unlock(&qdev->ring_lock);
+	qgpu_ring_unlock(qdev);
 
 	for (;;) {
 		s64 left;
 		long ret;
 
-		mutex_lock(&qdev->ring_lock);
+		qgpu_ring_lock(qdev);
 		qgpu_retire_locked(qdev);
 		/* Retired: its status is known (the fence slot runs ahead). */
 		*completed = qdev->retired_seq;
 		if (*completed >= fence) {
 			ret = fence ? qgpu_fence_status(qdev, fence, hw_status,
 							NULL) : 0;
-			mutex_unlock(&qdev->ring_lock);
+			qgpu_ring_unlock(qdev);
 			return ret;
 		}
-		mutex_unlock(&qdev->ring_lock);
+		qgpu_ring_unlock(qdev);
 		if (READ_ONCE(qdev->dead) || READ_ONCE(qdev->lost))
 			return -ENODEV;
 		left = ktime_to_ns(ktime_sub(deadline, ktime_get()));

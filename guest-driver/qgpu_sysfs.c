@@ -181,10 +181,10 @@ static int qgpu_state_show(struct seq_file *m, void *unused)
 	for (i = 0; i < ARRAY_SIZE(regs); i++)
 		seq_printf(m, "%s: %#x\n", regs[i].name,
 			   qgpu_rd(qdev, regs[i].reg));
-	mutex_lock(&qdev->ring_lock);
+	qgpu_ring_lock(qdev);
 	seq_printf(m, "sw_tail: %u\nnext_seq: %llu\nretired_seq: %llu\n",
 		   qdev->tail, qdev->next_seq, qdev->retired_seq);
-	mutex_unlock(&qdev->ring_lock);
+	qgpu_ring_unlock(qdev);
 	seq_printf(m, "completed_seq: %llu\nirq_mode: %d\nnvec: %d\n",
 		   qgpu_completed_seq(qdev), qdev->irq_mode, qdev->nvec);
 	return 0;
