@@ -157,7 +157,7 @@ static long qgpu_ioctl_copy_bo(struct qgpu_file *qf, struct qgpu_ioctl_call *cal
 	}
 	if (!ret) {
 		kref_get(&bo->ref);
-		job->bo = bo;	/* dropped when the job retires */
+		job->bo = bo;	/* dropped with the job, outside ring_lock */
 		job->op = a->op;
 		job->bytes = a->length;
 		job->fence_pre = pre;	/* made into job->fence by qgpu_submit() */

@@ -318,7 +318,7 @@ static void qgpu_remove(struct pci_dev *pdev)
 	 * (if BAR0 no longer answers, bus mastering is switched off).
 	 */
 	qgpu_ring_shutdown(qdev);
-	/* The asynchronous jobs' pins and BO references, let go. */
+	/* The BO references of retired jobs nobody waited for, let go. */
 	flush_work(&qdev->reap_work);
 	/*
 	 * Wait for ioctls, mmaps and faults that saw the device alive; then no

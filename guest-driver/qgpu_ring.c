@@ -192,7 +192,8 @@ struct qgpu_job *qgpu_job_alloc(void)
 /*
  * Undo the job's DMA mappings: with bounce buffers (swiotlb) this is what
  * copies the device's bytes into the user's pages. Before its fences are
- * signalled, then; it neither allocates nor sleeps.
+ * signalled, then; it takes no sleeping lock and does not allocate with
+ * reclaim (an IOMMU may refill its IOVA caches with GFP_ATOMIC).
  */
 static void qgpu_job_unmap(struct qgpu_device *qdev, struct qgpu_job *job)
 {
@@ -466,7 +467,7 @@ static void qgpu_engine_reset_hung_locked(struct qgpu_device *qdev)
 	if (!guilty->hw_err)
 		guilty->hw_err = QGPU_ERR_ABORTED;
 	guilty->timed_out = true;
-	qgpu_job_finish(qdev, guilty);	/* may free it */
+	qgpu_job_finish(qdev, guilty);	/* its reference may pass to reap_work */
 
 	qgpu_ring_start(qdev);		/* tail 0 */
 	list_for_each_entry(job, &qdev->inflight, node)
@@ -702,7 +703,7 @@ static bool qgpu_ring_has_room(struct qgpu_device *qdev, u32 n)
 /*
  * Queue @n descriptors (@descs, little-endian, fence fields filled in here)
  * as one job. On success the ring holds a reference to @job until it
- * retires. Submitters queue in the order they came (submit_lock). Fails
+ * retires (reap_work drops it if it is the last). Submitters queue in the order they came (submit_lock). Fails
  * with -ENODEV once the device is gone, -EINTR on a fatal signal while
  * waiting for ring space or for earlier submitters (other signals do not
  * interrupt submission: see qgpu_job_wait()); nothing is submitted then
@@ -1129,7 +1130,7 @@ static int qgpu_copy_user_chunk(struct qgpu_device *qdev,
 		ret = -ENOMEM;
 		goto out_put;
 	}
-	/* Short-term pins: released when the job retires. */
+	/* Short-term pins: released once the job is waited for. */
 	pinned = qgpu_pin_user_pages(uptr & PAGE_MASK, job->npages,
 				     job->dir == DMA_FROM_DEVICE ? FOLL_WRITE : 0,
 				     job->pages);

@@ -477,9 +477,9 @@ def test_what_signals_fences_takes_no_lock_held_around_an_allocation(
         qgpu_restore_guest: MakeGuest) -> None:
     """Issue 14, the cross-driver rule for dma_fences: what signals a fence must not
     wait for memory, since reclaim may wait for that fence (in a dma_resv). The
-    driver's retire, watchdog and reset work items hold ring_lock inside a fence
-    signalling section (dma_fence_begin_signalling()), so lockdep checks every lock
-    taken there. This boot makes each link of a chain the retire path once closed,
+    driver takes ring_lock, under which it retires jobs and signals their fences,
+    inside a fence signalling section (dma_fence_begin_signalling()), so lockdep
+    checks every lock taken there. This boot makes each link of a chain the retire path once closed,
     when it dropped a finished job's last BO reference under ring_lock:
     ring_lock -> bo_lock (the BO freed by its job's retirement), bo_lock ->
     dmabuf_lock (removal with a BO alive), dmabuf_lock -> memory reclaim (a dma-buf

@@ -448,7 +448,9 @@ struct qgpu_dmabuf_export {
  *               -ETIME if they are still pending after it; a signal: -EINTR
  * @flags:       in: must be zero
  * @hw_status:   out: QGPU_ERR_* of the job (-EIO)
- * @fence:       out: fence of the job, 0 if none was submitted
+ * @fence:       out: fence of the job, 0 if none was submitted; it says
+ *               the device is done, the bytes are the CPU's once the call
+ *               returns (the mapping is torn down after the fence)
  * @nr_segments: out: DMA segments of the dma-buf range (SG entries used)
  * @reserved0:   must be zero
  * @reserved:    must be zero
@@ -544,7 +546,9 @@ struct qgpu_userptr_unregister {
  *               beyond max_xfer or beyond what the ring holds as SG lists)
  * @flags:       in: must be zero
  * @hw_status:   out: QGPU_ERR_* of the job (-EIO)
- * @fence:       out: fence of the job, 0 if none was submitted
+ * @fence:       out: fence of the job, 0 if none was submitted; it says
+ *               the device is done, the bytes are the CPU's once the call
+ *               returns (synced for the CPU after the fence)
  * @nr_segments: out: DMA segments of the range (SG entries used)
  * @reserved0:   must be zero
  * @reserved:    must be zero
