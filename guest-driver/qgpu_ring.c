@@ -924,6 +924,12 @@ int qgpu_fence_wait(struct qgpu_device *qdev, u64 fence, u64 timeout_ns,
 			ret = fence ? qgpu_fence_status(qdev, fence, hw_status,
 							NULL) : 0;
 			qgpu_ring_unlock(qdev);
+			/*
+			 * Jobs nobody waited for let go of their BOs in
+			 * reap_work: done before we say the fence is, so
+			 * that a BO destroyed next is freed at once.
+			 */
+			flush_work(&qdev->reap_work);
 			return ret;
 		}
 		qgpu_ring_unlock(qdev);

@@ -158,7 +158,10 @@ struct qgpu_info {
  * asynchronous job is waited for with QGPU_IOCTL_WAIT_FENCE, a sync_file of
  * its fence (QGPU_IOCTL_FENCE_EXPORT), or poll(2) on the device file that
  * submitted it: readable (POLLIN) once every job that file submitted has
- * completed, POLLERR | POLLHUP once the device is removed or lost.
+ * completed, POLLERR | POLLHUP once the device is removed or lost. When
+ * WAIT_FENCE returns, the job no longer holds its buffer object (a BO
+ * destroyed next is freed at once); after the other waits it lets go of it
+ * shortly after.
  */
 #define QGPU_SUBMIT_F_ASYNC	(1u << 0)	/* return at once; see @fence */
 #define QGPU_SUBMIT_F_FORCE_SG	(1u << 1)	/* use an SG list even for 1 segment */
