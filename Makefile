@@ -236,7 +236,8 @@ test-e2e: qemu image venv ## End-to-end tests on KERNEL: booted guests in every 
 
 # What `make test` runs: lint; everything on the stock kernel; the whole
 # end-to-end suite again on debug, where any sanitizer report fails a test; on
-# qgpu, the tests of the io_mapping_map_user() path; the example project from
+# qgpu, the tests of the io_mapping_map_user() path and of the peer-to-peer
+# topology (PCI_P2PDMA, which Debian's kernel lacks); the example project from
 # the wheel (after the debug suite); the device suite against
 # an ASan + UBSan QEMU; and TEST_FUZZ_SECONDS (0: none) of the qgpu fuzzer.
 # Every run happens even if one fails.
@@ -293,7 +294,8 @@ test: qemu images venv ## Everything CI runs: lint, the suites on the stock, deb
 	stock_suite() { $(PY) -m pytest tests --qgpu-kernel stock \
 	    --qgpu-artifacts $(BUILD)/artifacts/stock --junitxml=$(TEST_REPORTS)/stock.xml \
 	    $(PYTEST_ARGS); }; \
-	qgpu_suite() { $(PY) -m pytest tests/e2e/test_io_mapping.py --qgpu-kernel qgpu \
+	qgpu_suite() { $(PY) -m pytest tests/e2e/test_io_mapping.py tests/e2e/test_p2p.py \
+	    --qgpu-kernel qgpu \
 	    --qgpu-artifacts $(BUILD)/artifacts/qgpu --junitxml=$(TEST_REPORTS)/qgpu.xml \
 	    $(PYTEST_ARGS); }; \
 	debug_suite() { $(PY) -m pytest "$$@" --qgpu-kernel debug \

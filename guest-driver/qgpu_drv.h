@@ -392,6 +392,9 @@ extern const struct dev_pm_ops qgpu_pm_ops;
 /* qgpu_sysfs.c */
 extern const struct attribute_group *qgpu_misc_groups[];
 void qgpu_debugfs_add(struct qgpu_device *qdev, struct dentry *root);
+int qgpu_p2p_distance(struct qgpu_device *qdev, struct device *client,
+		      bool verbose);
+void qgpu_p2p_debugfs_add(struct qgpu_device *qdev);
 
 /* qgpu_ioctl.c */
 extern const struct file_operations qgpu_fops;

@@ -200,4 +200,5 @@ void qgpu_debugfs_add(struct qgpu_device *qdev, struct dentry *root)
 			    &qgpu_state_fops);
 	debugfs_create_bool("userptr_skip_sync", 0600, qdev->debugfs,
 			    &qdev->userptr_skip_sync);
+	qgpu_p2p_debugfs_add(qdev);
 }

@@ -53,7 +53,11 @@ class QgpuSpec:
 
     @property
     def root_port(self) -> str:
-        """Return the id of the PCIe root port the device sits on."""
+        """Return the id of the PCIe port the device sits on.
+
+        That is its root port, or its switch downstream port
+        (``MachineConfig.pcie_switch``).
+        """
         return f"{self.id}-rp"
 
     @property
@@ -75,6 +79,12 @@ class QgpuSpec:
         """Return the ``-device`` argument (also what HMP ``device_add`` takes)."""
         props = self.device_props()
         return ",".join([props.pop("driver")] + [f"{k}={v}" for k, v in props.items()])
+
+
+#: The qdev ids of the PCIe switch's root port and upstream port
+#: (``MachineConfig.pcie_switch``).
+SWITCH_ROOT_PORT = "qgpu-switch-rp"
+SWITCH_UPSTREAM = "qgpu-switch-up"
 
 
 @dataclass(frozen=True)
@@ -108,6 +118,11 @@ class MachineConfig:
     accel: str = "auto"                 #: "auto" (KVM only if a probe passes), "tcg", "kvm"
     dma_mode: DmaMode = DmaMode.DIRECT
     qgpus: tuple[QgpuSpec, ...] = (QgpuSpec(),)
+    #: Put the qgpus behind one PCIe switch (an ``x3130-upstream`` on a root port,
+    #: an ``xio3130-downstream`` port each, with the ids root ports would have)
+    #: instead of a root port each: the topology peer-to-peer DMA between them
+    #: needs, since Q35's host bridge is not one Linux lets forward it.
+    pcie_switch: bool = False
     append: tuple[str, ...] = ()        #: extra kernel command-line words
     #: Load the image's qgpu.ko at boot. False leaves the devices unbound, for a
     #: driver of one's own (the kernel argument ``qgpu_noload=1``).
@@ -197,14 +212,22 @@ class MachineConfig:
         elif self.dma_mode is DmaMode.VIRTIO_IOMMU:
             # On pcie.0; QEMU's VIOT table puts every other PCI device behind it.
             args += ["-device", "virtio-iommu-pci"]
+        if self.pcie_switch:
+            args += ["-device", f"pcie-root-port,id={SWITCH_ROOT_PORT},chassis=1,x-speed=5",
+                     "-device", f"x3130-upstream,id={SWITCH_UPSTREAM},bus={SWITCH_ROOT_PORT}"]
         for slot, spec in enumerate(self.qgpus):
-            # A 5 GT/s port: after a secondary bus reset (AER recovery) Linux then
-            # polls the device instead of waiting for the port's Data Link Layer
-            # Link Active bit, which QEMU's root ports never set for a device plugged
-            # at boot while ACPI does hotplug (q35's default), and the reset would
-            # fail for any device with a PM capability (a d3cold_delay to wait).
-            args += ["-device", f"pcie-root-port,id={spec.root_port},chassis={slot + 1},"
-                     "x-speed=5"]
+            if self.pcie_switch:
+                args += ["-device", f"xio3130-downstream,id={spec.root_port},"
+                         f"bus={SWITCH_UPSTREAM},chassis={slot + 2},slot={slot}"]
+            else:
+                # A 5 GT/s port: after a secondary bus reset (AER recovery) Linux
+                # then polls the device instead of waiting for the port's Data Link
+                # Layer Link Active bit, which QEMU's root ports never set for a
+                # device plugged at boot while ACPI does hotplug (q35's default),
+                # and the reset would fail for any device with a PM capability (a
+                # d3cold_delay to wait).
+                args += ["-device", f"pcie-root-port,id={spec.root_port},"
+                         f"chassis={slot + 1},x-speed=5"]
             if spec.shared_vram:
                 args += ["-object", f"memory-backend-file,id={spec.vram_backend},"
                          f"size={spec.vram_size},mem-path={vram_files[spec.id]},share=on"]

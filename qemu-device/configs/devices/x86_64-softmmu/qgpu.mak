@@ -4,6 +4,7 @@
 
 CONFIG_Q35=y
 CONFIG_PCIE_PORT=y          # pcie-root-port, qgpu sits behind one
+CONFIG_XIO3130=y            # x3130-upstream + xio3130-downstream: a switch, for qgpu P2P
 CONFIG_VTD=y                # intel-iommu, for DMA through a vIOMMU
 CONFIG_AMD_IOMMU=y          # amd-iommu: DMA through AMD-Vi (device tests)
 CONFIG_VIRTIO_IOMMU=y       # virtio-iommu-pci: the paravirtual vIOMMU
