@@ -14,8 +14,8 @@
  *
  * Everything under ring_lock is on the way to dma_fence_signal(), and
  * reclaim may wait for those fences: nothing there allocates, waits for a
- * fence, or takes a lock held around either (qgpu_fence_begin_signalling()
- * has lockdep check it). So what else a job holds -- pinned user pages,
+ * fence, or takes a lock held around either (qgpu_ring_lock() has lockdep
+ * check it). So what else a job holds -- pinned user pages,
  * its SG list and bounce buffer, a BO reference -- is let go afterwards,
  * outside the lock: by the submitter once qgpu_job_wait() returns, or,
  * for a job nobody waits for, by whoever drops its last reference
