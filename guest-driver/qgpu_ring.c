@@ -703,10 +703,11 @@ static bool qgpu_ring_has_room(struct qgpu_device *qdev, u32 n)
 /*
  * Queue @n descriptors (@descs, little-endian, fence fields filled in here)
  * as one job. On success the ring holds a reference to @job until it
- * retires (reap_work drops it if it is the last). Submitters queue in the order they came (submit_lock). Fails
- * with -ENODEV once the device is gone, -EINTR on a fatal signal while
- * waiting for ring space or for earlier submitters (other signals do not
- * interrupt submission: see qgpu_job_wait()); nothing is submitted then
+ * retires (reap_work drops it if it is the last). Submitters queue in the
+ * order they came (submit_lock). Fails with -ENODEV once the device is
+ * gone, -EINTR on a fatal signal while waiting for ring space or for
+ * earlier submitters (other signals do not interrupt submission: see
+ * qgpu_job_wait()); nothing is submitted then
  * and the job's resources (mappings, pins, BO reference) have been
  * released.
  */

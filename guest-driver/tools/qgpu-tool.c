@@ -539,9 +539,8 @@ static void cmd_userptr_copy(int argc, char **argv)
 	if (ret)
 		fail("USERPTR_REGISTER", -ret);
 	qgpu_pattern_fill(buf, size, pattern);
-	if (ready) {
+	if (ready)
 		handshake(ready, go);
-	}
 	ret = qgpu_copy_userptr(fd, r.handle, to ? QGPU_OP_COPY_TO_VRAM : QGPU_OP_COPY_FROM_VRAM,
 				off, vram_off, len, &o);
 	if (ret)
