@@ -610,6 +610,78 @@ static int qgpu_dmabuf_wait_resv(struct dma_buf *dmabuf,
 }
 
 /*
+ * A dynamic exporter (one with pin and unpin: another qgpu's VRAM, a GPU
+ * driver's) may hand out peer-to-peer memory to importers that ask for it,
+ * which only a dynamic attachment can: the device takes bus addresses
+ * without pages (its SG list holds DMA addresses only). The mapping lives
+ * for one job, pinned, so it never has to follow a move: the exporter
+ * does not move a pinned buffer and has no reason to notify.
+ */
+static void qgpu_dmabuf_move_notify(struct dma_buf_attachment *at)
+{
+	struct qgpu_device *qdev = at->importer_priv;
+
+	dev_warn_ratelimited(qdev->dev, "%s: %s moved a pinned dma-buf\n",
+			     qdev->name, at->dmabuf->exp_name);
+}
+
+static const struct dma_buf_attach_ops qgpu_dmabuf_importer_ops = {
+	.allow_peer2peer = true,
+	.move_notify = qgpu_dmabuf_move_notify,
+};
+
+/*
+ * Attach the device to @dmabuf: dynamically (and so able to take P2P
+ * memory) if its exporter is dynamic; statically otherwise, where a
+ * dynamic attachment would buy nothing (the core would map the buffer at
+ * once, both ways, for the attachment's life).
+ */
+static struct dma_buf_attachment *qgpu_dmabuf_attach(struct qgpu_device *qdev,
+						     struct dma_buf *dmabuf)
+{
+	if (dma_buf_is_dynamic(dmabuf))
+		return dma_buf_dynamic_attach(dmabuf, qdev->dev,
+					      &qgpu_dmabuf_importer_ops, qdev);
+	return dma_buf_attach(dmabuf, qdev->dev);
+}
+
+static struct sg_table *qgpu_dmabuf_map_for_job(struct dma_buf_attachment *at,
+						enum dma_data_direction dir)
+{
+	struct sg_table *sgt;
+	int ret;
+
+	if (!dma_buf_attachment_is_dynamic(at))
+		return dma_buf_map_attachment_unlocked(at, dir);
+	dma_resv_lock(at->dmabuf->resv, NULL);
+	ret = dma_buf_pin(at);
+	if (ret) {
+		sgt = ERR_PTR(ret);
+		goto out;
+	}
+	sgt = dma_buf_map_attachment(at, dir);
+	if (IS_ERR(sgt))
+		dma_buf_unpin(at);
+out:
+	dma_resv_unlock(at->dmabuf->resv);
+	return sgt;
+}
+
+static void qgpu_dmabuf_unmap_after_job(struct dma_buf_attachment *at,
+					struct sg_table *sgt,
+					enum dma_data_direction dir)
+{
+	if (!dma_buf_attachment_is_dynamic(at)) {
+		dma_buf_unmap_attachment_unlocked(at, sgt, dir);
+		return;
+	}
+	dma_resv_lock(at->dmabuf->resv, NULL);
+	dma_buf_unmap_attachment(at, sgt, dir);
+	dma_buf_unpin(at);
+	dma_resv_unlock(at->dmabuf->resv);
+}
+
+/*
  * QGPU_IOCTL_COPY_DMABUF. Called outside the device's SRCU read section:
  * the wait for the dma-buf's fences (its kernel fences among them, which
  * the exporter's mapping would wait for without a deadline) and the
@@ -655,7 +727,7 @@ long qgpu_ioctl_copy_dmabuf(struct qgpu_file *qf, struct qgpu_ioctl_call *call)
 	ret = qgpu_unusable(qdev);
 	if (ret)
 		goto out_put;
-	at = dma_buf_attach(dmabuf, qdev->dev);
+	at = qgpu_dmabuf_attach(qdev, dmabuf);
 	if (IS_ERR(at)) {
 		ret = PTR_ERR(at);
 		goto out_put;
@@ -665,7 +737,7 @@ long qgpu_ioctl_copy_dmabuf(struct qgpu_file *qf, struct qgpu_ioctl_call *call)
 	ret = qgpu_unusable(qdev);
 	if (ret)
 		goto out_unlock;
-	sgt = dma_buf_map_attachment_unlocked(at, dir);
+	sgt = qgpu_dmabuf_map_for_job(at, dir);
 	if (IS_ERR(sgt)) {
 		ret = PTR_ERR(sgt);
 		/*
@@ -681,7 +753,7 @@ long qgpu_ioctl_copy_dmabuf(struct qgpu_file *qf, struct qgpu_ioctl_call *call)
 			    a->vram_offset, QGPU_STAT_DMABUF_COPIES,
 			    &a->nr_segments, &a->fence, &a->hw_status);
 	/* The job has retired (and its fence signalled): no DMA any more. */
-	dma_buf_unmap_attachment_unlocked(at, sgt, dir);
+	qgpu_dmabuf_unmap_after_job(at, sgt, dir);
 out_unlock:
 	srcu_read_unlock(&qdev->srcu, idx);
 	dma_buf_detach(dmabuf, at);

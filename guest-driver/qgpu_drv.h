@@ -283,11 +283,12 @@ struct qgpu_device {
 	/*
 	 * dma-bufs of its BOs (qgpu_dmabuf.c): each one's CPU mappings are
 	 * zapped with the device's; removal waits on @dmabuf_wq for the
-	 * BOs' importer pins to go before it frees BO memory.
+	 * BOs' importer pins, and peers' mappings of its VRAM dma-bufs
+	 * (qgpu_p2p.c), to go before it frees BO memory and the BARs.
 	 */
 	struct mutex dmabuf_lock;
 	struct list_head dmabufs;
-	atomic_t dmabuf_pins;		/* sum of its BOs' dmabuf_pins */
+	atomic_t dmabuf_pins;		/* BOs' dmabuf_pins + VRAM mappings */
 	wait_queue_head_t dmabuf_wq;
 
 	/* registered user buffers (qgpu_userptr.c), each file's */
@@ -395,6 +396,7 @@ void qgpu_debugfs_add(struct qgpu_device *qdev, struct dentry *root);
 int qgpu_p2p_distance(struct qgpu_device *qdev, struct device *client,
 		      bool verbose);
 void qgpu_p2p_debugfs_add(struct qgpu_device *qdev);
+long qgpu_ioctl_vram_export(struct qgpu_file *qf, struct qgpu_ioctl_call *call);
 
 /* qgpu_ioctl.c */
 extern const struct file_operations qgpu_fops;

@@ -475,6 +475,7 @@ static const struct qgpu_ioctl_def qgpu_ioctls[] = {
 	QGPU_IOCTL_DEF(QGPU_IOCTL_USERPTR_UNREGISTER,
 		       qgpu_ioctl_userptr_unregister, 0),
 	QGPU_IOCTL_DEF(QGPU_IOCTL_COPY_USERPTR, qgpu_ioctl_copy_userptr, 0),
+	QGPU_IOCTL_DEF(QGPU_IOCTL_VRAM_EXPORT, qgpu_ioctl_vram_export, 0),
 };
 
 /*

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0-only
 /*
  * qgpu: peer-to-peer DMA between two qgpus -- which peers the PCI topology
- * lets this device's VRAM be reached from.
+ * lets this device's VRAM be reached from, and VRAM ranges exported to
+ * them as dma-bufs (QGPU_IOCTL_VRAM_EXPORT).
  *
  * A peer reaches another device's BAR directly only through a PCIe switch
  * both sit below (with no ACS redirection on its ports), or through a host
@@ -11,12 +12,30 @@
  * answer for every other qgpu, so that a test (or a user) sees why a path
  * is refused (the kernel logs the reason). Kernels without
  * CONFIG_PCI_P2PDMA (Debian's) refuse every peer.
+ *
+ * The exporter. VRAM has no struct pages: an importer gets bus addresses
+ * only, which it must have asked for (allow_peer2peer, a dynamic
+ * attachment), each segment mapped for its device with dma_map_resource()
+ * as amdgpu maps its VRAM for peers. pci_p2pdma_add_resource() would give
+ * VRAM pages for the page-based P2P API, but its memremap_pages() claims
+ * the BAR uncached, and the driver's write-combined io_mapping of the same
+ * range (user mmaps of VRAM) then conflicts with it. The exporter is
+ * dynamic (pin and unpin, though VRAM never moves): the core then maps it
+ * when the importer asks, in the importer's direction, under the dma-buf's
+ * dma_resv, and a dynamic importer knows it may offer to take P2P memory.
+ * Mappings count as importer pins (qdev->dmabuf_pins), which removal waits
+ * for before the BAR goes; a dma-buf holds the device, not the module's
+ * VRAM contents.
  */
 
 #include <linux/debugfs.h>
+#include <linux/dma-buf.h>
+#include <linux/dma-mapping.h>
+#include <linux/module.h>
 #include <linux/pci.h>
 #include <linux/pci-p2pdma.h>
 #include <linux/seq_file.h>
+#include <linux/slab.h>
 
 #include "qgpu_drv.h"
 
@@ -63,3 +82,219 @@ void qgpu_p2p_debugfs_add(struct qgpu_device *qdev)
 {
 	debugfs_create_file("p2p", 0400, qdev->debugfs, qdev, &qgpu_p2p_fops);
 }
+
+#if IS_ENABLED(CONFIG_DMA_SHARED_BUFFER)
+
+MODULE_IMPORT_NS(DMA_BUF);
+
+/* The exporter's private data of a VRAM dma-buf. */
+struct qgpu_vram_dmabuf {
+	struct qgpu_device *qdev;	/* reference */
+	u64 vram_offset;
+	u64 size;
+};
+
+/*
+ * Only importers that take bus addresses without pages, and whose DMA
+ * reaches the BAR directly. Not the device itself: it refuses DMA into
+ * its own BARs (QGPU_ERR_SELF_DMA).
+ */
+static int qgpu_vram_dmabuf_attach(struct dma_buf *dmabuf,
+				   struct dma_buf_attachment *at)
+{
+	struct qgpu_vram_dmabuf *vb = dmabuf->priv;
+	struct qgpu_device *qdev = vb->qdev;
+
+	if (at->dev == qdev->dev)
+		return -EINVAL;
+	if (!at->peer2peer) {
+		dev_dbg(qdev->dev, "%s: %s cannot take peer-to-peer memory\n",
+			qdev->name, dev_name(at->dev));
+		return -EOPNOTSUPP;
+	}
+	if (qgpu_unusable(qdev) == -ENODEV)
+		return -ENODEV;
+	return qgpu_p2p_distance(qdev, at->dev, true) < 0 ? -EOPNOTSUPP : 0;
+}
+
+/* VRAM stays where it is: nothing to pin, but a dynamic exporter has these. */
+static int qgpu_vram_dmabuf_pin(struct dma_buf_attachment *at)
+{
+	return 0;
+}
+
+static void qgpu_vram_dmabuf_unpin(struct dma_buf_attachment *at)
+{
+}
+
+static void qgpu_vram_dmabuf_unmap_segments(struct dma_buf_attachment *at,
+					    struct sg_table *sgt,
+					    enum dma_data_direction dir,
+					    unsigned int nents)
+{
+	struct scatterlist *sg;
+	unsigned int i;
+
+	for_each_sgtable_dma_sg(sgt, sg, i) {
+		if (i == nents)
+			break;
+		dma_unmap_resource(at->dev, sg_dma_address(sg), sg_dma_len(sg),
+				   dir, 0);
+	}
+}
+
+/*
+ * The range's bus addresses for the importer's device, in segments of at
+ * most its max_seg_size; the table has no pages (importers that asked for
+ * P2P memory look at the DMA side only). Under the dma-buf's dma_resv.
+ */
+static struct sg_table *qgpu_vram_dmabuf_map(struct dma_buf_attachment *at,
+					     enum dma_data_direction dir)
+{
+	struct qgpu_vram_dmabuf *vb = at->dmabuf->priv;
+	struct qgpu_device *qdev = vb->qdev;
+	size_t max_seg = max_t(size_t, dma_get_max_seg_size(at->dev) & PAGE_MASK,
+			       PAGE_SIZE);
+	phys_addr_t phys = qdev->vram_phys + vb->vram_offset;
+	unsigned int i, nents = DIV_ROUND_UP_ULL(vb->size, max_seg);
+	struct scatterlist *sg;
+	struct sg_table *sgt;
+	u64 done = 0;
+	int ret;
+
+	/* The core checks nothing of the kind: a read-only dma-buf is read. */
+	if (dir != DMA_TO_DEVICE && !(at->dmabuf->file->f_mode & FMODE_WRITE))
+		return ERR_PTR(-EACCES);
+	sgt = kzalloc(sizeof(*sgt), GFP_KERNEL);
+	if (!sgt)
+		return ERR_PTR(-ENOMEM);
+	ret = sg_alloc_table(sgt, nents, GFP_KERNEL);
+	if (ret)
+		goto err_free;
+	for_each_sgtable_sg(sgt, sg, i) {
+		size_t len = min_t(u64, max_seg, vb->size - done);
+		dma_addr_t addr = dma_map_resource(at->dev, phys + done, len,
+						   dir, 0);
+
+		if (dma_mapping_error(at->dev, addr)) {
+			ret = -ENOMEM;
+			goto err_unmap;
+		}
+		sg_set_page(sg, NULL, len, 0);
+		sg_dma_address(sg) = addr;
+		sg_dma_len(sg) = len;
+		done += len;
+	}
+	/* Counted only while the device is there; removal waits for these. */
+	mutex_lock(&qdev->dmabuf_lock);
+	ret = qgpu_unusable(qdev) == -ENODEV ? -ENODEV : 0;
+	if (!ret)
+		atomic_inc(&qdev->dmabuf_pins);
+	mutex_unlock(&qdev->dmabuf_lock);
+	if (ret)
+		goto err_unmap;
+	qgpu_stat_inc(qdev, QGPU_STAT_DMABUF_MAPS);
+	return sgt;
+
+err_unmap:
+	qgpu_vram_dmabuf_unmap_segments(at, sgt, dir, i);
+	sg_free_table(sgt);
+err_free:
+	kfree(sgt);
+	return ERR_PTR(ret);
+}
+
+static void qgpu_vram_dmabuf_unmap(struct dma_buf_attachment *at,
+				   struct sg_table *sgt,
+				   enum dma_data_direction dir)
+{
+	struct qgpu_vram_dmabuf *vb = at->dmabuf->priv;
+	struct qgpu_device *qdev = vb->qdev;
+
+	qgpu_vram_dmabuf_unmap_segments(at, sgt, dir, sgt->nents);
+	sg_free_table(sgt);
+	kfree(sgt);
+	qgpu_stat_add(qdev, QGPU_STAT_DMABUF_MAPS, -1);
+	if (atomic_dec_and_test(&qdev->dmabuf_pins))
+		wake_up_all(&qdev->dmabuf_wq);
+}
+
+static void qgpu_vram_dmabuf_release(struct dma_buf *dmabuf)
+{
+	struct qgpu_vram_dmabuf *vb = dmabuf->priv;
+
+	qgpu_stat_add(vb->qdev, QGPU_STAT_DMABUFS, -1);
+	qgpu_device_put(vb->qdev);
+	kfree(vb);
+}
+
+static const struct dma_buf_ops qgpu_vram_dmabuf_ops = {
+	.attach = qgpu_vram_dmabuf_attach,
+	.pin = qgpu_vram_dmabuf_pin,
+	.unpin = qgpu_vram_dmabuf_unpin,
+	.map_dma_buf = qgpu_vram_dmabuf_map,
+	.unmap_dma_buf = qgpu_vram_dmabuf_unmap,
+	.release = qgpu_vram_dmabuf_release,
+};
+
+/*
+ * QGPU_IOCTL_VRAM_EXPORT. As for QGPU_IOCTL_DMABUF_EXPORT, the caller
+ * (qgpu_ioctl()) installs the descriptor once the argument is copied back.
+ */
+long qgpu_ioctl_vram_export(struct qgpu_file *qf, struct qgpu_ioctl_call *call)
+{
+	struct qgpu_vram_export *a = call->args;
+	DEFINE_DMA_BUF_EXPORT_INFO(exp);
+	struct qgpu_device *qdev = qf->qdev;
+	struct qgpu_vram_dmabuf *vb;
+	struct dma_buf *dmabuf;
+	int fd;
+
+	if ((a->flags & ~QGPU_DMABUF_F_WRITE) || a->reserved[0] || a->reserved[1])
+		return -EINVAL;
+	/* Letting peers write VRAM is changing it. */
+	if ((a->flags & QGPU_DMABUF_F_WRITE) && !qf->writable)
+		return -EBADF;
+	if (!a->size || !PAGE_ALIGNED(a->vram_offset) || !PAGE_ALIGNED(a->size) ||
+	    a->vram_offset > qdev->vram_size ||
+	    a->size > qdev->vram_size - a->vram_offset)
+		return -EINVAL;
+	vb = kzalloc(sizeof(*vb), GFP_KERNEL);
+	if (!vb)
+		return -ENOMEM;
+	kref_get(&qdev->ref);
+	vb->qdev = qdev;
+	vb->vram_offset = a->vram_offset;
+	vb->size = a->size;
+	exp.ops = &qgpu_vram_dmabuf_ops;
+	exp.size = a->size;
+	exp.flags = O_CLOEXEC | (a->flags & QGPU_DMABUF_F_WRITE ? O_RDWR : O_RDONLY);
+	exp.priv = vb;
+	dmabuf = dma_buf_export(&exp);
+	if (IS_ERR(dmabuf)) {
+		qgpu_device_put(qdev);
+		kfree(vb);
+		return PTR_ERR(dmabuf);
+	}
+	/* From here, dma_buf's release (the last fput()) undoes it all. */
+	qgpu_stat_inc(qdev, QGPU_STAT_DMABUFS);
+	fd = get_unused_fd_flags(O_CLOEXEC);
+	if (fd < 0) {
+		dma_buf_put(dmabuf);
+		return fd;
+	}
+	a->fd = fd;
+	call->new_file = dmabuf->file;
+	call->new_fd = fd;
+	call->copy_out = true;
+	return 0;
+}
+
+#else /* !CONFIG_DMA_SHARED_BUFFER */
+
+long qgpu_ioctl_vram_export(struct qgpu_file *qf, struct qgpu_ioctl_call *call)
+{
+	return -EOPNOTSUPP;
+}
+
+#endif

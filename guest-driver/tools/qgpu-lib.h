@@ -243,6 +243,18 @@ static inline int qgpu_dmabuf_export(int fd, uint32_t handle, uint32_t flags)
 	return ret ? ret : a.fd;
 }
 
+/* VRAM [@vram_offset, + @size) as a dma-buf for peers: its fd or -errno. */
+static inline int qgpu_vram_export(int fd, uint64_t vram_offset, uint64_t size,
+				   uint32_t flags)
+{
+	struct qgpu_vram_export a = {
+		.vram_offset = vram_offset, .size = size, .flags = flags,
+	};
+	int ret = qgpu_ioctl(fd, QGPU_IOCTL_VRAM_EXPORT, &a);
+
+	return ret ? ret : a.fd;
+}
+
 /* DMA between dma-buf @dbuf (from byte @off) and VRAM; 0 or -errno. */
 static inline int qgpu_copy_dmabuf(int fd, int dbuf, uint32_t op, uint64_t off,
 				   uint64_t vram_offset, uint64_t len,

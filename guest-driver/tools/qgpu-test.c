@@ -1959,6 +1959,72 @@ static int t_remove_while_open(void)
 	return PASS;
 }
 
+/* ---- peer-to-peer: VRAM as a dma-buf --------------------------------------- */
+
+/*
+ * A VRAM range as a dma-buf: its size, its lifetime in the stats, bad
+ * ranges refused; no CPU mapping of it, and not the device's own DMA (the
+ * e2e tests, with two devices, check the peers).
+ */
+static int t_p2p_vram_export(void)
+{
+	uint64_t vram = info.vram_size, page = 4096;
+	long long bufs = stat_of("dmabufs"), maps = stat_of("dmabuf_maps");
+	struct qgpu_vram_export a;
+	struct qgpu_copy_dmabuf o;
+	int dbuf, ro;
+	void *p;
+
+	dbuf = qgpu_vram_export(fd, vram - 4 * page, 4 * page, QGPU_DMABUF_F_WRITE);
+	if (dbuf == -EOPNOTSUPP) {
+		snprintf(detail, sizeof(detail), "kernel without CONFIG_DMA_SHARED_BUFFER");
+		return SKIP;
+	}
+	CHECK(dbuf >= 0, "export the last 4 pages: %s", strerror(-dbuf));
+	CHECK(fcntl(dbuf, F_GETFD) & FD_CLOEXEC, "dma-buf fd without FD_CLOEXEC");
+	CHECK(lseek(dbuf, 0, SEEK_END) == (off_t)(4 * page), "dma-buf size %lld",
+	      (long long)lseek(dbuf, 0, SEEK_END));
+	CHECK(stat_of("dmabufs") == bufs + 1, "dmabufs stat %lld, want %lld",
+	      stat_of("dmabufs"), bufs + 1);
+	p = mmap(NULL, page, PROT_READ, MAP_SHARED, dbuf, 0);
+	CHECK(p == MAP_FAILED, "a VRAM dma-buf was mmapped");
+	/* Its own VRAM: the device does not DMA into its own BARs. */
+	EXPECT_ERR(qgpu_copy_dmabuf(fd, dbuf, QGPU_OP_COPY_TO_VRAM, 0, 0, page, 0, &o),
+		   -EINVAL, "the device's own VRAM dma-buf imported");
+	CHECK(stat_of("dmabuf_maps") == maps, "dmabuf_maps %lld, want %lld",
+	      stat_of("dmabuf_maps"), maps);
+	close(dbuf);
+	CHECK(stat_of("dmabufs") == bufs, "dmabufs stat %lld after close, want %lld",
+	      stat_of("dmabufs"), bufs);
+	/* The whole of VRAM is one range, and a page is too. */
+	dbuf = qgpu_vram_export(fd, 0, vram, 0);
+	CHECK(dbuf >= 0, "export all of VRAM: %s", strerror(-dbuf));
+	close(dbuf);
+	/* Bad input. */
+	EXPECT_ERR(qgpu_vram_export(fd, 0, 0, 0), -EINVAL, "size 0");
+	EXPECT_ERR(qgpu_vram_export(fd, 100, page, 0), -EINVAL, "unaligned offset");
+	EXPECT_ERR(qgpu_vram_export(fd, 0, page + 1, 0), -EINVAL, "unaligned size");
+	EXPECT_ERR(qgpu_vram_export(fd, vram, page, 0), -EINVAL, "past VRAM");
+	EXPECT_ERR(qgpu_vram_export(fd, vram - page, 2 * page, 0), -EINVAL, "across the end");
+	EXPECT_ERR(qgpu_vram_export(fd, page, UINT64_MAX & ~(page - 1), 0), -EINVAL,
+		   "a size that wraps");
+	EXPECT_ERR(qgpu_vram_export(fd, 0, page, 2), -EINVAL, "flags");
+	a = (struct qgpu_vram_export){ .size = page, .reserved[1] = 1 };
+	EXPECT_ERR(qgpu_ioctl(fd, QGPU_IOCTL_VRAM_EXPORT, &a), -EINVAL, "reserved");
+	/* Writable by peers only from a file that may change VRAM. */
+	ro = open(dev, O_RDONLY | O_CLOEXEC);
+	CHECK(ro >= 0, "open O_RDONLY: %s", strerror(errno));
+	EXPECT_ERR(qgpu_vram_export(ro, 0, page, QGPU_DMABUF_F_WRITE), -EBADF,
+		   "a writable export from a read-only file");
+	dbuf = qgpu_vram_export(ro, 0, page, 0);
+	CHECK(dbuf >= 0, "a read-only export from a read-only file: %s", strerror(-dbuf));
+	close(dbuf);
+	close(ro);
+	CHECK(stat_of("dmabufs") == bufs, "dmabufs stat %lld at the end, want %lld",
+	      stat_of("dmabufs"), bufs);
+	return PASS;
+}
+
 /* ---- harness ---------------------------------------------------------------- */
 
 struct test {
@@ -2001,6 +2067,7 @@ static const struct test tests[] = {
 	{ "dmabuf_import_udmabuf", t_dmabuf_import_udmabuf, 30 },
 	{ "dmabuf_resv_wait", t_dmabuf_resv_wait, 300 },
 	{ "dmabuf_bo_job_fence", t_dmabuf_bo_job_fence, 60 },
+	{ "p2p_vram_export", t_p2p_vram_export, 30 },
 	{ "userptr_bad_args", t_userptr_bad_args, 30 },
 	{ "userptr_copy", t_userptr_copy, 30 },
 	{ "userptr_memlock", t_userptr_memlock, 30 },

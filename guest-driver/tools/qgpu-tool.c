@@ -76,6 +76,17 @@ static void usage(void)
 "                                     MS (default -1), its checksum afterwards;\n"
 "                                     --leave: exit once the job is submitted\n"
 "                                     (its BO reference is then the last)\n"
+"  p2p-copy pull|push OFF LEN PEER_OFF --peer DEV [--bounce] [--hold-ready FILE\n"
+"              --hold-go FILE]\n"
+"                                     peer DEV reads (pull) or writes (push)\n"
+"                                     the device's VRAM [OFF, +LEN) from or to\n"
+"                                     its own at PEER_OFF, through a VRAM\n"
+"                                     dma-buf (peer-to-peer); if the kernel\n"
+"                                     refuses the path (or with --bounce),\n"
+"                                     through a BO of the device (system\n"
+"                                     memory); reports which path and why;\n"
+"                                     --hold-*: handshake with the dma-buf\n"
+"                                     exported, before the peer's copy\n"
 "  userptr-copy to-vram|from-vram VRAM_OFF LEN PATTERN [--before P0]\n"
 "              [--offset OFF] [--ready FILE --go FILE]\n"
 "                                     register a user buffer (filled with P0,\n"
@@ -497,6 +508,114 @@ static void cmd_dmabuf_copy(int argc, char **argv)
 	printf("{\"ok\":true,\"source\":\"%s\",\"length\":%llu,\"fence\":%llu,"
 	       "\"segments\":%u,\"checksum\":%s}\n", argv[1], (unsigned long long)len,
 	       (unsigned long long)o.fence, o.nr_segments, sum);
+}
+
+/*
+ * The bounce p2p-copy falls back to: a BO of the device (@fd) in system
+ * memory, exported; for a pull the device copies its VRAM into the BO and
+ * the peer (@pfd) copies the BO into its VRAM, for a push the other way.
+ */
+static int p2p_bounce(int pfd, int pull, uint64_t off, uint64_t len,
+		      uint64_t peer_off, struct qgpu_copy_dmabuf *o)
+{
+	struct qgpu_bo_create bc = { .size = (len + 4095) & ~4095ULL };
+	struct qgpu_copy_bo cb = { .length = len };
+	int dbuf, ret;
+
+	ret = qgpu_ioctl(fd, QGPU_IOCTL_BO_CREATE, &bc);
+	if (ret)
+		fail("BO create", -ret);
+	dbuf = qgpu_dmabuf_export(fd, bc.handle, QGPU_DMABUF_F_WRITE);
+	if (dbuf < 0)
+		fail("dma-buf export", -dbuf);
+	cb.handle = bc.handle;
+	cb.vram_offset = off;
+	if (pull) {
+		cb.op = QGPU_OP_COPY_FROM_VRAM;
+		ret = qgpu_ioctl(fd, QGPU_IOCTL_COPY_BO, &cb);
+		if (ret)
+			fail("COPY_BO from VRAM", -ret);
+		ret = qgpu_copy_dmabuf(pfd, dbuf, QGPU_OP_COPY_TO_VRAM, 0, peer_off,
+				       len, 1000000000ULL, o);
+	} else {
+		ret = qgpu_copy_dmabuf(pfd, dbuf, QGPU_OP_COPY_FROM_VRAM, 0, peer_off,
+				       len, 1000000000ULL, o);
+		if (!ret) {
+			cb.op = QGPU_OP_COPY_TO_VRAM;
+			ret = qgpu_ioctl(fd, QGPU_IOCTL_COPY_BO, &cb);
+			if (ret)
+				fail("COPY_BO to VRAM", -ret);
+		}
+	}
+	close(dbuf);
+	return ret;
+}
+
+/*
+ * p2p-copy pull|push OFF LEN PEER_OFF --peer DEV [--bounce]: the peer DEV
+ * DMAs [OFF, OFF + LEN) of the device's VRAM into its own VRAM at PEER_OFF
+ * (pull), or its own into the device's (push), through a dma-buf of the
+ * pages of the device's VRAM that hold the range (QGPU_IOCTL_VRAM_EXPORT).
+ * If the peer cannot attach it (-EOPNOTSUPP: no P2PDMA in the kernel, or
+ * a topology it refuses; the kernel log says which), or with --bounce,
+ * the bytes go through system memory instead (p2p_bounce()), as user space
+ * on such a system must. Reported: "path" ("p2p" or "bounce"), why not
+ * P2P ("p2p_errno"), the peer's SG entries and fence. --hold-ready FILE
+ * --hold-go FILE: the dma-buf is exported and the device file closed, FILE
+ * created, and the peer's copy waits for the --hold-go file (the host
+ * removes the device meanwhile).
+ */
+static void cmd_p2p_copy(int argc, char **argv)
+{
+	int pull = !strcmp(argv[0], "pull");
+	uint64_t off = num(argv[1]), len = num(argv[2]), peer_off = num(argv[3]);
+	const char *peer = opt_val(argc, argv, "--peer", NULL);
+	const char *ready = opt_val(argc, argv, "--hold-ready", NULL);
+	const char *go = opt_val(argc, argv, "--hold-go", NULL);
+	int bounce = has_opt(argc, argv, "--bounce");
+	uint64_t start = off & ~4095ULL, end;
+	struct qgpu_copy_dmabuf o = { 0 };
+	int pfd, dbuf, ret, p2p_errno = 0;
+
+	if ((!pull && strcmp(argv[0], "push")) || !peer || !ready != !go)
+		usage();
+	if (!len || off + len < off)
+		fail("p2p-copy", EINVAL);
+	end = (off + len + 4095) & ~4095ULL;
+	pfd = qgpu_open(peer);
+	if (pfd < 0)
+		fail(peer, errno);
+	if (!bounce) {
+		dbuf = qgpu_vram_export(fd, start, end - start,
+					pull ? 0 : QGPU_DMABUF_F_WRITE);
+		if (dbuf < 0)
+			fail("VRAM_EXPORT", -dbuf);
+		if (ready) {
+			close(fd);
+			fd = -1;
+			handshake(ready, go);
+		}
+		ret = qgpu_copy_dmabuf(pfd, dbuf, pull ? QGPU_OP_COPY_TO_VRAM :
+					QGPU_OP_COPY_FROM_VRAM, off - start, peer_off,
+				       len, 1000000000ULL, &o);
+		close(dbuf);
+		if (ret && ret != -EOPNOTSUPP)
+			fail("COPY_DMABUF of the VRAM dma-buf", -ret);
+		p2p_errno = -ret;
+		bounce = ret != 0;
+	}
+	if (bounce) {
+		ret = p2p_bounce(pfd, pull, off, len, peer_off, &o);
+		if (ret)
+			fail("COPY_DMABUF of the bounce BO", -ret);
+	}
+	printf("{\"ok\":true,\"path\":\"%s\",\"p2p_errno\":%d,\"why\":",
+	       bounce ? "bounce" : "p2p", p2p_errno);
+	qgpu_json_str(stdout, p2p_errno ? strerror(p2p_errno) :
+			      bounce ? "--bounce" : "");
+	printf(",\"length\":%llu,\"fence\":%llu,\"segments\":%u}\n",
+	       (unsigned long long)len, (unsigned long long)o.fence, o.nr_segments);
+	close(pfd);
 }
 
 /*
@@ -959,6 +1078,8 @@ int main(int argc, char **argv)
 		cmd_dmabuf_copy(argc, argv);
 	} else if (!strcmp(cmd, "dmabuf-job") && argc >= 2) {
 		cmd_dmabuf_job(argc, argv);
+	} else if (!strcmp(cmd, "p2p-copy") && argc >= 4) {
+		cmd_p2p_copy(argc, argv);
 	} else if (!strcmp(cmd, "userptr-copy") && argc >= 4) {
 		cmd_userptr_copy(argc, argv);
 	} else if (!strcmp(cmd, "hold") && argc >= 1) {

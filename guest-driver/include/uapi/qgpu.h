@@ -479,6 +479,44 @@ struct qgpu_copy_dmabuf {
 	__u64 reserved[2];
 };
 
+/**
+ * struct qgpu_vram_export - QGPU_IOCTL_VRAM_EXPORT: a range of VRAM as a
+ *	dma-buf, for peer-to-peer DMA by another device
+ * @vram_offset: in: start of the range, page-aligned
+ * @size:        in: bytes, page-aligned, > 0, inside VRAM (-EINVAL)
+ * @flags:       in: QGPU_DMABUF_F_WRITE (needs a device file opened for
+ *               writing: -EBADF), else importers may only read it
+ * @fd:          out: a new dma-buf file descriptor (close-on-exec)
+ * @reserved:    must be zero
+ *
+ * VRAM is the device's BAR: it has no struct pages, and only a device
+ * whose DMA the PCI topology lets reach the BAR directly can use it. An
+ * importer must say it takes peer-to-peer memory (a dynamic attachment
+ * with allow_peer2peer, as QGPU_IOCTL_COPY_DMABUF of another qgpu makes)
+ * and sit where pci_p2pdma_distance() accepts the path -- both devices
+ * below one PCIe switch, without ACS redirection (which an IOMMU turns
+ * on) -- or its attachment fails with -EOPNOTSUPP, the reason in the
+ * kernel log; so does every import on a kernel without CONFIG_PCI_P2PDMA.
+ * Then user space bounces through system memory (a buffer object of one
+ * device, exported, copied by the other: qgpu-tool p2p-copy). The device's
+ * own VRAM dma-buf is refused too (-EINVAL): QGPU_OP_COPY_VRAM moves VRAM
+ * within a device. Importers get the range's bus addresses, mapped for
+ * their device (dma_map_resource(), segments of at most its max_seg_size);
+ * the dma-buf cannot be mmap(2)ed or vmapped (map the device file's VRAM
+ * instead) and carries no fences: order VRAM work on the two devices with
+ * their fences (QGPU_IOCTL_WAIT_FENCE, sync_files). It holds the device,
+ * not the VRAM's contents: once the device is removed or lost, new
+ * mappings fail with -ENODEV, and removal waits (up to 30 s) for
+ * importers to unmap it.
+ */
+struct qgpu_vram_export {
+	__u64 vram_offset;
+	__u64 size;
+	__u32 flags;
+	__s32 fd;
+	__u64 reserved[2];
+};
+
 /* QGPU_IOCTL_USERPTR_REGISTER flags. */
 #define QGPU_USERPTR_F_WRITE	(1U << 0)	/* the device may write it */
 
@@ -587,5 +625,6 @@ struct qgpu_copy_userptr {
 #define QGPU_IOCTL_USERPTR_UNREGISTER \
 	_IOWR(QGPU_IOCTL_BASE, 0x0d, struct qgpu_userptr_unregister)
 #define QGPU_IOCTL_COPY_USERPTR	_IOWR(QGPU_IOCTL_BASE, 0x0e, struct qgpu_copy_userptr)
+#define QGPU_IOCTL_VRAM_EXPORT	_IOWR(QGPU_IOCTL_BASE, 0x0f, struct qgpu_vram_export)
 
 #endif /* _UAPI_QGPU_H */
