@@ -461,8 +461,12 @@ struct qgpu_dmabuf_export {
  * The device reaches the dma-buf through its exporter's mapping for this
  * device (dma_buf_map_attachment), made for the DMA and torn down before
  * the call returns (-ENOMEM if the exporter cannot map it for this device,
- * e.g. out of bounce buffers). A dma-buf that is not one (-EINVAL) or not a
- * file (-EBADF) is refused.
+ * e.g. out of bounce buffers). A dynamic exporter's dma-buf (another
+ * qgpu's VRAM: QGPU_IOCTL_VRAM_EXPORT) is attached dynamically, offering
+ * to take peer-to-peer memory, and pinned for the DMA; its exporter may
+ * refuse the attachment (-EOPNOTSUPP: a peer path the kernel does not
+ * allow; -EINVAL: this device's own VRAM). A dma-buf that is not one
+ * (-EINVAL) or not a file (-EBADF) is refused.
  */
 struct qgpu_copy_dmabuf {
 	__s32 fd;
