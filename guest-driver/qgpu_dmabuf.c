@@ -614,15 +614,13 @@ static int qgpu_dmabuf_wait_resv(struct dma_buf *dmabuf,
  * driver's) may hand out peer-to-peer memory to importers that ask for it,
  * which only a dynamic attachment can: the device takes bus addresses
  * without pages (its SG list holds DMA addresses only). The mapping lives
- * for one job, pinned, so it never has to follow a move: the exporter
- * does not move a pinned buffer and has no reason to notify.
+ * for one job, pinned (a GPU driver's pin may first move the buffer to
+ * system memory, and add a kernel fence for the move: waited for after
+ * mapping), so there is nothing to invalidate when the exporter moves or
+ * revokes it: it goes when the job ends.
  */
 static void qgpu_dmabuf_move_notify(struct dma_buf_attachment *at)
 {
-	struct qgpu_device *qdev = at->importer_priv;
-
-	dev_warn_ratelimited(qdev->dev, "%s: %s moved a pinned dma-buf\n",
-			     qdev->name, at->dmabuf->exp_name);
 }
 
 static const struct dma_buf_attach_ops qgpu_dmabuf_importer_ops = {
@@ -645,8 +643,8 @@ static struct dma_buf_attachment *qgpu_dmabuf_attach(struct qgpu_device *qdev,
 	return dma_buf_attach(dmabuf, qdev->dev);
 }
 
-static struct sg_table *qgpu_dmabuf_map_for_job(struct dma_buf_attachment *at,
-						enum dma_data_direction dir)
+static struct sg_table *qgpu_dmabuf_map_pinned(struct dma_buf_attachment *at,
+					       enum dma_data_direction dir)
 {
 	struct sg_table *sgt;
 	int ret;
@@ -679,6 +677,29 @@ static void qgpu_dmabuf_unmap_after_job(struct dma_buf_attachment *at,
 	dma_buf_unmap_attachment(at, sgt, dir);
 	dma_buf_unpin(at);
 	dma_resv_unlock(at->dmabuf->resv);
+}
+
+/*
+ * The device's mapping of the dma-buf for one job. The core does not wait
+ * for a dynamic attachment's mapping: the fences the pin may have added (a
+ * move) are waited for here, for at most the caller's @timeout_ns (inside
+ * the device's SRCU section, which removal waits for: bounded).
+ */
+static struct sg_table *qgpu_dmabuf_map_for_job(struct dma_buf_attachment *at,
+						enum dma_data_direction dir,
+						u64 timeout_ns)
+{
+	struct sg_table *sgt = qgpu_dmabuf_map_pinned(at, dir);
+	int ret;
+
+	if (IS_ERR(sgt) || !dma_buf_attachment_is_dynamic(at))
+		return sgt;
+	ret = qgpu_dmabuf_wait_resv(at->dmabuf, dir, timeout_ns);
+	if (ret) {
+		qgpu_dmabuf_unmap_after_job(at, sgt, dir);
+		return ERR_PTR(ret);
+	}
+	return sgt;
 }
 
 /*
@@ -723,7 +744,7 @@ long qgpu_ioctl_copy_dmabuf(struct qgpu_file *qf, struct qgpu_ioctl_call *call)
 	ret = qgpu_dmabuf_wait_resv(dmabuf, dir, a->timeout_ns);
 	if (ret)
 		goto out_put;
-	/* A dynamic exporter maps at attach time: not for a device going away. */
+	/* An exporter's attach looks at this device: not at one going away. */
 	ret = qgpu_unusable(qdev);
 	if (ret)
 		goto out_put;
@@ -737,7 +758,7 @@ long qgpu_ioctl_copy_dmabuf(struct qgpu_file *qf, struct qgpu_ioctl_call *call)
 	ret = qgpu_unusable(qdev);
 	if (ret)
 		goto out_unlock;
-	sgt = qgpu_dmabuf_map_for_job(at, dir);
+	sgt = qgpu_dmabuf_map_for_job(at, dir, a->timeout_ns);
 	if (IS_ERR(sgt)) {
 		ret = PTR_ERR(sgt);
 		/*

@@ -24,8 +24,9 @@
  * when the importer asks, in the importer's direction, under the dma-buf's
  * dma_resv, and a dynamic importer knows it may offer to take P2P memory.
  * Mappings count as importer pins (qdev->dmabuf_pins), which removal waits
- * for before the BAR goes; a dma-buf holds the device, not the module's
- * VRAM contents.
+ * for (a bounded time) before the BAR goes; it does not revoke them
+ * (dma_buf_move_notify()) yet. A dma-buf holds the device, not its VRAM's
+ * contents.
  */
 
 #include <linux/debugfs.h>
@@ -94,6 +95,8 @@ struct qgpu_vram_dmabuf {
 	u64 size;
 };
 
+static DEFINE_RATELIMIT_STATE(qgpu_p2p_refusals, 5 * HZ, 5);
+
 /*
  * Only importers that take bus addresses without pages, and whose DMA
  * reaches the BAR directly. Not the device itself: it refuses DMA into
@@ -114,7 +117,9 @@ static int qgpu_vram_dmabuf_attach(struct dma_buf *dmabuf,
 	}
 	if (qgpu_unusable(qdev) == -ENODEV)
 		return -ENODEV;
-	return qgpu_p2p_distance(qdev, at->dev, true) < 0 ? -EOPNOTSUPP : 0;
+	/* The kernel's reason is logged, not once per call of a busy caller. */
+	return qgpu_p2p_distance(qdev, at->dev, __ratelimit(&qgpu_p2p_refusals)) < 0 ?
+	       -EOPNOTSUPP : 0;
 }
 
 /* VRAM stays where it is: nothing to pin, but a dynamic exporter has these. */
@@ -125,6 +130,14 @@ static int qgpu_vram_dmabuf_pin(struct dma_buf_attachment *at)
 
 static void qgpu_vram_dmabuf_unpin(struct dma_buf_attachment *at)
 {
+}
+
+/* The next segment at @addr: at most @max_seg, up to the next boundary. */
+static u64 qgpu_vram_dmabuf_seg(u64 addr, u64 left, u64 max_seg, u64 boundary)
+{
+	if (boundary != U64_MAX)
+		left = min(left, boundary - (addr & boundary) + 1);
+	return min(left, max_seg);
 }
 
 static void qgpu_vram_dmabuf_unmap_segments(struct dma_buf_attachment *at,
@@ -145,8 +158,10 @@ static void qgpu_vram_dmabuf_unmap_segments(struct dma_buf_attachment *at,
 
 /*
  * The range's bus addresses for the importer's device, in segments of at
- * most its max_seg_size; the table has no pages (importers that asked for
- * P2P memory look at the DMA side only). Under the dma-buf's dma_resv.
+ * most its max_seg_size that cross none of its segment boundaries; the
+ * table has no pages (importers that asked for P2P memory look at the DMA
+ * side only). Under the dma-buf's dma_resv. Not while the device is
+ * suspended or in a reset (-EAGAIN): its BAR may not answer.
  */
 static struct sg_table *qgpu_vram_dmabuf_map(struct dma_buf_attachment *at,
 					     enum dma_data_direction dir)
@@ -155,8 +170,9 @@ static struct sg_table *qgpu_vram_dmabuf_map(struct dma_buf_attachment *at,
 	struct qgpu_device *qdev = vb->qdev;
 	size_t max_seg = max_t(size_t, dma_get_max_seg_size(at->dev) & PAGE_MASK,
 			       PAGE_SIZE);
+	u64 boundary = dma_get_seg_boundary(at->dev);
 	phys_addr_t phys = qdev->vram_phys + vb->vram_offset;
-	unsigned int i, nents = DIV_ROUND_UP_ULL(vb->size, max_seg);
+	unsigned int i, nents = 0;
 	struct scatterlist *sg;
 	struct sg_table *sgt;
 	u64 done = 0;
@@ -165,14 +181,19 @@ static struct sg_table *qgpu_vram_dmabuf_map(struct dma_buf_attachment *at,
 	/* The core checks nothing of the kind: a read-only dma-buf is read. */
 	if (dir != DMA_TO_DEVICE && !(at->dmabuf->file->f_mode & FMODE_WRITE))
 		return ERR_PTR(-EACCES);
+	for (done = 0; done < vb->size; nents++)
+		done += qgpu_vram_dmabuf_seg(phys + done, vb->size - done,
+					     max_seg, boundary);
 	sgt = kzalloc(sizeof(*sgt), GFP_KERNEL);
 	if (!sgt)
 		return ERR_PTR(-ENOMEM);
 	ret = sg_alloc_table(sgt, nents, GFP_KERNEL);
 	if (ret)
 		goto err_free;
+	done = 0;
 	for_each_sgtable_sg(sgt, sg, i) {
-		size_t len = min_t(u64, max_seg, vb->size - done);
+		size_t len = qgpu_vram_dmabuf_seg(phys + done, vb->size - done,
+						  max_seg, boundary);
 		dma_addr_t addr = dma_map_resource(at->dev, phys + done, len,
 						   dir, 0);
 
@@ -187,7 +208,7 @@ static struct sg_table *qgpu_vram_dmabuf_map(struct dma_buf_attachment *at,
 	}
 	/* Counted only while the device is there; removal waits for these. */
 	mutex_lock(&qdev->dmabuf_lock);
-	ret = qgpu_unusable(qdev) == -ENODEV ? -ENODEV : 0;
+	ret = qgpu_unusable(qdev);
 	if (!ret)
 		atomic_inc(&qdev->dmabuf_pins);
 	mutex_unlock(&qdev->dmabuf_lock);

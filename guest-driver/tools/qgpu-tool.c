@@ -563,7 +563,7 @@ static int p2p_bounce(int pfd, int pull, uint64_t off, uint64_t len,
  * P2P ("p2p_errno"), the peer's SG entries and fence. --hold-ready FILE
  * --hold-go FILE: the dma-buf is exported and the device file closed, FILE
  * created, and the peer's copy waits for the --hold-go file (the host
- * removes the device meanwhile).
+ * removes the device meanwhile); no bounce then.
  */
 static void cmd_p2p_copy(int argc, char **argv)
 {
@@ -599,7 +599,8 @@ static void cmd_p2p_copy(int argc, char **argv)
 					QGPU_OP_COPY_FROM_VRAM, off - start, peer_off,
 				       len, 1000000000ULL, &o);
 		close(dbuf);
-		if (ret && ret != -EOPNOTSUPP)
+		/* Held, the device file is closed: no bounce through it. */
+		if (ret && (ret != -EOPNOTSUPP || ready))
 			fail("COPY_DMABUF of the VRAM dma-buf", -ret);
 		p2p_errno = -ret;
 		bounce = ret != 0;

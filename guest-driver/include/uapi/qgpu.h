@@ -498,20 +498,26 @@ struct qgpu_copy_dmabuf {
  * importer must say it takes peer-to-peer memory (a dynamic attachment
  * with allow_peer2peer, as QGPU_IOCTL_COPY_DMABUF of another qgpu makes)
  * and sit where pci_p2pdma_distance() accepts the path -- both devices
- * below one PCIe switch, without ACS redirection (which an IOMMU turns
- * on) -- or its attachment fails with -EOPNOTSUPP, the reason in the
- * kernel log; so does every import on a kernel without CONFIG_PCI_P2PDMA.
+ * below one PCIe switch without ACS redirection on its ports, or host
+ * bridges the kernel trusts with P2P traffic (AMD Zen's, not Q35's) -- or
+ * its attachment fails with -EOPNOTSUPP, the reason in the kernel log
+ * (rate-limited); so does every import on a kernel without
+ * CONFIG_PCI_P2PDMA.
  * Then user space bounces through system memory (a buffer object of one
  * device, exported, copied by the other: qgpu-tool p2p-copy). The device's
  * own VRAM dma-buf is refused too (-EINVAL): QGPU_OP_COPY_VRAM moves VRAM
- * within a device. Importers get the range's bus addresses, mapped for
- * their device (dma_map_resource(), segments of at most its max_seg_size);
+ * within a device. Importers get the range mapped for their device
+ * (dma_map_resource(): its bus addresses, or IOVAs behind an IOMMU; in
+ * segments of at most its max_seg_size, within its segment boundary), not
+ * while the device is suspended or being reset (-EAGAIN);
  * the dma-buf cannot be mmap(2)ed or vmapped (map the device file's VRAM
  * instead) and carries no fences: order VRAM work on the two devices with
  * their fences (QGPU_IOCTL_WAIT_FENCE, sync_files). It holds the device,
  * not the VRAM's contents: once the device is removed or lost, new
  * mappings fail with -ENODEV, and removal waits (up to 30 s) for
- * importers to unmap it.
+ * importers to unmap it. It does not ask them to (no move_notify
+ * revocation yet): an importer that keeps a mapping longer (pinned RDMA
+ * memory) outlives the wait, logged, and must not DMA after removal.
  */
 struct qgpu_vram_export {
 	__u64 vram_offset;
