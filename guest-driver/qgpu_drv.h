@@ -482,6 +482,8 @@ void qgpu_userptr_release_all(struct qgpu_device *qdev);
 
 /* qgpu_mmap.c */
 int qgpu_mmap(struct file *filp, struct vm_area_struct *vma);
+int qgpu_mmap_dev(struct qgpu_device *qdev, struct qgpu_file *qf,
+		  struct vm_area_struct *vma);
 void qgpu_bo_put(struct qgpu_bo *bo);
 struct qgpu_bo *qgpu_bo_lookup(struct qgpu_file *qf, u32 handle);
 struct qgpu_bo *qgpu_bo_create(struct qgpu_file *qf,
@@ -507,5 +509,7 @@ int qgpu_request_irq(unsigned int irq, irq_handler_t handler,
 
 struct inode *qgpu_fs_inode_new(void);
 void qgpu_fs_inode_free(struct inode *inode);
+struct file *qgpu_fs_file(struct qgpu_device *qdev, const char *name,
+			  const struct file_operations *fops);
 
 #endif /* QGPU_DRV_H */

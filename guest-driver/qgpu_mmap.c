@@ -75,6 +75,27 @@ void qgpu_fs_inode_free(struct inode *inode)
 	}
 }
 
+/*
+ * A file of the device's inode that is no device file (@fops, without
+ * open): mappings made through it share the device's address_space, and so
+ * its zaps. It holds the inode, its mount, and @fops' module.
+ */
+struct file *qgpu_fs_file(struct qgpu_device *qdev, const char *name,
+			  const struct file_operations *fops)
+{
+	struct file *file;
+
+	if (!fops_get(fops))
+		return ERR_PTR(-ENODEV);
+	ihold(qdev->inode);
+	file = alloc_file_pseudo(qdev->inode, qgpu_fs_mnt, name, O_RDWR, fops);
+	if (IS_ERR(file)) {
+		iput(qdev->inode);
+		fops_put(fops);
+	}
+	return file;
+}
+
 /* ---- buffer objects -------------------------------------------------------- */
 
 /* Allocated with these attributes, freed with the same (dma_free_attrs()). */
@@ -637,7 +658,18 @@ static int qgpu_mmap_bo(struct qgpu_file *qf, struct vm_area_struct *vma,
 int qgpu_mmap(struct file *filp, struct vm_area_struct *vma)
 {
 	struct qgpu_file *qf = filp->private_data;
-	struct qgpu_device *qdev = qf->qdev;
+
+	return qgpu_mmap_dev(qf->qdev, qf, vma);
+}
+
+/*
+ * An mmap(2) of the device's regions, by its file @qf, or with @qf NULL by
+ * another file of its inode (a VRAM dma-buf's: qgpu_fs_file()), which has
+ * no buffer objects.
+ */
+int qgpu_mmap_dev(struct qgpu_device *qdev, struct qgpu_file *qf,
+		  struct vm_area_struct *vma)
+{
 	unsigned long size = vma->vm_end - vma->vm_start;
 	u64 off = (u64)vma->vm_pgoff << PAGE_SHIFT;
 	struct qgpu_vma_priv *p;
@@ -710,7 +742,7 @@ int qgpu_mmap(struct file *filp, struct vm_area_struct *vma)
 		p->base = QGPU_MMAP_REGS >> PAGE_SHIFT;
 		vma->vm_page_prot = pgprot_decrypted(pgprot_noncached(vma->vm_page_prot));
 		ret = 0;
-	} else if (off >= QGPU_MMAP_BO_BASE) {
+	} else if (off >= QGPU_MMAP_BO_BASE && qf) {
 		p->kind = QGPU_MAP_BO;
 		ret = qgpu_mmap_bo(qf, vma, off, p);
 	} else {

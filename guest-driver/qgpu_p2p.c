@@ -93,6 +93,12 @@ struct qgpu_vram_dmabuf {
 	struct qgpu_device *qdev;	/* reference */
 	u64 vram_offset;
 	u64 size;
+	struct file *file;		/* of the device's inode: for mmap */
+};
+
+/* What mappings of a VRAM dma-buf are made through (qgpu_vram_dmabuf_mmap()). */
+static const struct file_operations qgpu_vram_dmabuf_fops = {
+	.owner = THIS_MODULE,
 };
 
 static DEFINE_RATELIMIT_STATE(qgpu_p2p_refusals, 5 * HZ, 5);
@@ -240,9 +246,30 @@ static void qgpu_vram_dmabuf_unmap(struct dma_buf_attachment *at,
 		wake_up_all(&qdev->dmabuf_wq);
 }
 
+/*
+ * The device file's lazily faulted VRAM mapping of the range, made through
+ * a file of the device's inode, which the VMA then holds (vma_set_file(),
+ * as DRM maps a GEM object's dma-buf through the object's file): removal
+ * and resets zap it with the device's own mappings, faults wait out a
+ * reset, and it holds the device, as a mapping of the device file does --
+ * not the dma-buf. The core checked the range against the dma-buf's size;
+ * a read-only dma-buf cannot be mapped writable (its file is O_RDONLY).
+ */
+static int qgpu_vram_dmabuf_mmap(struct dma_buf *dmabuf,
+				 struct vm_area_struct *vma)
+{
+	struct qgpu_vram_dmabuf *vb = dmabuf->priv;
+
+	vma_set_file(vma, vb->file);
+	vma->vm_pgoff += (QGPU_MMAP_VRAM_LAZY + vb->vram_offset) >> PAGE_SHIFT;
+	return qgpu_mmap_dev(vb->qdev, NULL, vma);
+}
+
 static void qgpu_vram_dmabuf_release(struct dma_buf *dmabuf)
 {
 	struct qgpu_vram_dmabuf *vb = dmabuf->priv;
+
+	fput(vb->file);
 
 	qgpu_stat_add(vb->qdev, QGPU_STAT_DMABUFS, -1);
 	qgpu_device_put(vb->qdev);
@@ -256,6 +283,7 @@ static const struct dma_buf_ops qgpu_vram_dmabuf_ops = {
 	.map_dma_buf = qgpu_vram_dmabuf_map,
 	.unmap_dma_buf = qgpu_vram_dmabuf_unmap,
 	.release = qgpu_vram_dmabuf_release,
+	.mmap = qgpu_vram_dmabuf_mmap,
 };
 
 /*
@@ -269,7 +297,7 @@ long qgpu_ioctl_vram_export(struct qgpu_file *qf, struct qgpu_ioctl_call *call)
 	struct qgpu_device *qdev = qf->qdev;
 	struct qgpu_vram_dmabuf *vb;
 	struct dma_buf *dmabuf;
-	int fd;
+	int fd, ret;
 
 	if ((a->flags & ~QGPU_DMABUF_F_WRITE) || a->reserved[0] || a->reserved[1])
 		return -EINVAL;
@@ -283,6 +311,11 @@ long qgpu_ioctl_vram_export(struct qgpu_file *qf, struct qgpu_ioctl_call *call)
 	vb = kzalloc(sizeof(*vb), GFP_KERNEL);
 	if (!vb)
 		return -ENOMEM;
+	vb->file = qgpu_fs_file(qdev, "qgpu-vram-dmabuf", &qgpu_vram_dmabuf_fops);
+	if (IS_ERR(vb->file)) {
+		ret = PTR_ERR(vb->file);
+		goto err_free;
+	}
 	kref_get(&qdev->ref);
 	vb->qdev = qdev;
 	vb->vram_offset = a->vram_offset;
@@ -293,9 +326,8 @@ long qgpu_ioctl_vram_export(struct qgpu_file *qf, struct qgpu_ioctl_call *call)
 	exp.priv = vb;
 	dmabuf = dma_buf_export(&exp);
 	if (IS_ERR(dmabuf)) {
-		qgpu_device_put(qdev);
-		kfree(vb);
-		return PTR_ERR(dmabuf);
+		ret = PTR_ERR(dmabuf);
+		goto err_put;
 	}
 	/* From here, dma_buf's release (the last fput()) undoes it all. */
 	qgpu_stat_inc(qdev, QGPU_STAT_DMABUFS);
@@ -309,6 +341,13 @@ long qgpu_ioctl_vram_export(struct qgpu_file *qf, struct qgpu_ioctl_call *call)
 	call->new_fd = fd;
 	call->copy_out = true;
 	return 0;
+
+err_put:
+	qgpu_device_put(qdev);
+	fput(vb->file);
+err_free:
+	kfree(vb);
+	return ret;
 }
 
 #else /* !CONFIG_DMA_SHARED_BUFFER */

@@ -1962,9 +1962,9 @@ static int t_remove_while_open(void)
 /* ---- peer-to-peer: VRAM as a dma-buf --------------------------------------- */
 
 /*
- * A VRAM range as a dma-buf: its size, its lifetime in the stats, bad
- * ranges refused; no CPU mapping of it, and not the device's own DMA (the
- * e2e tests, with two devices, check the peers).
+ * A VRAM range as a dma-buf: its size, its lifetime in the stats, its CPU
+ * mapping (the device's VRAM), bad ranges refused, and not the device's own
+ * DMA (the e2e tests, with two devices, check the peers).
  */
 static int t_p2p_vram_export(void)
 {
@@ -1972,8 +1972,9 @@ static int t_p2p_vram_export(void)
 	long long bufs = stat_of("dmabufs"), maps = stat_of("dmabuf_maps");
 	struct qgpu_vram_export a;
 	struct qgpu_copy_dmabuf o;
+	void *p, *dev_map;
+	unsigned int i;
 	int dbuf, ro;
-	void *p;
 
 	dbuf = qgpu_vram_export(fd, vram - 4 * page, 4 * page, QGPU_DMABUF_F_WRITE);
 	if (dbuf == -EOPNOTSUPP) {
@@ -1986,16 +1987,38 @@ static int t_p2p_vram_export(void)
 	      (long long)lseek(dbuf, 0, SEEK_END));
 	CHECK(stat_of("dmabufs") == bufs + 1, "dmabufs stat %lld, want %lld",
 	      stat_of("dmabufs"), bufs + 1);
-	p = mmap(NULL, page, PROT_READ, MAP_SHARED, dbuf, 0);
-	CHECK(p == MAP_FAILED, "a VRAM dma-buf was mmapped");
+	/* Mapped, it is the device's VRAM: what one mapping writes, the other reads. */
+	dev_map = mmap(NULL, 4 * page, PROT_READ | PROT_WRITE, MAP_SHARED, fd,
+		       QGPU_MMAP_VRAM + vram - 4 * page);
+	CHECK(dev_map != MAP_FAILED, "mmap VRAM: %s", strerror(errno));
+	p = mmap(NULL, 3 * page, PROT_READ | PROT_WRITE, MAP_SHARED, dbuf, page);
+	CHECK(p != MAP_FAILED, "mmap the VRAM dma-buf from page 1: %s", strerror(errno));
+	for (i = 0; i < 3 * page / 4; i++)
+		((volatile uint32_t *)dev_map)[page / 4 + i] = 0x50325000u + i;
+	__sync_synchronize();
+	for (i = 0; i < 3 * page / 4; i++)
+		CHECK(((volatile uint32_t *)p)[i] == 0x50325000u + i,
+		      "dma-buf mapping word %u: %#x", i, ((volatile uint32_t *)p)[i]);
+	((volatile uint32_t *)p)[7] = 0xd0d0cafe;
+	__sync_synchronize();
+	CHECK(((volatile uint32_t *)dev_map)[page / 4 + 7] == 0xd0d0cafe,
+	      "a write through the dma-buf mapping not in VRAM");
+	CHECK(mmap(NULL, 2 * page, PROT_READ, MAP_SHARED, dbuf, 3 * page) == MAP_FAILED &&
+	      errno == EINVAL, "mapped past the dma-buf's end");
+	CHECK(mmap(NULL, page, PROT_READ, MAP_PRIVATE, dbuf, 0) == MAP_FAILED &&
+	      errno == EINVAL, "a private mapping of VRAM");
 	/* Its own VRAM: the device does not DMA into its own BARs. */
 	EXPECT_ERR(qgpu_copy_dmabuf(fd, dbuf, QGPU_OP_COPY_TO_VRAM, 0, 0, page, 0, &o),
 		   -EINVAL, "the device's own VRAM dma-buf imported");
 	CHECK(stat_of("dmabuf_maps") == maps, "dmabuf_maps %lld, want %lld",
 	      stat_of("dmabuf_maps"), maps);
+	/* The mapping holds the device, not the dma-buf. */
 	close(dbuf);
 	CHECK(stat_of("dmabufs") == bufs, "dmabufs stat %lld after close, want %lld",
 	      stat_of("dmabufs"), bufs);
+	CHECK(((volatile uint32_t *)p)[7] == 0xd0d0cafe, "the mapping after the close");
+	munmap(p, 3 * page);
+	munmap(dev_map, 4 * page);
 	/* The whole of VRAM is one range, and a page is too. */
 	dbuf = qgpu_vram_export(fd, 0, vram, 0);
 	CHECK(dbuf >= 0, "export all of VRAM: %s", strerror(-dbuf));
@@ -2018,6 +2041,12 @@ static int t_p2p_vram_export(void)
 		   "a writable export from a read-only file");
 	dbuf = qgpu_vram_export(ro, 0, page, 0);
 	CHECK(dbuf >= 0, "a read-only export from a read-only file: %s", strerror(-dbuf));
+	CHECK(mmap(NULL, page, PROT_READ | PROT_WRITE, MAP_SHARED, dbuf, 0) == MAP_FAILED &&
+	      errno == EACCES, "a read-only VRAM dma-buf mapped writable");
+	p = mmap(NULL, page, PROT_READ, MAP_SHARED, dbuf, 0);
+	CHECK(p != MAP_FAILED, "a read-only VRAM dma-buf mapped read-only: %s",
+	      strerror(errno));
+	munmap(p, page);
 	close(dbuf);
 	close(ro);
 	CHECK(stat_of("dmabufs") == bufs, "dmabufs stat %lld at the end, want %lld",

@@ -50,8 +50,9 @@ static void usage(void)
 "                                     --close-device), report its status;\n"
 "                                     keep it open MS more with --hold\n"
 "  hold SECONDS [--dma-off OFF --dma-len LEN] [--keep-going] [--ready FILE]\n"
-"                                     map VRAM (eager, lazy), regs, a BO and\n"
-"                                     the BO as a dma-buf (where supported),\n"
+"                                     map VRAM (eager, lazy), regs, a BO,\n"
+"                                     the BO and VRAM as dma-bufs (where\n"
+"                                     supported),\n"
 "                                     touch them (and DMA round trips) in a\n"
 "                                     loop until SIGBUS, an ioctl error or\n"
 "                                     SECONDS; report what happened\n"
@@ -806,7 +807,8 @@ static int probe_byte(volatile uint8_t *p, int how)
 
 static void cmd_hold(int argc, char **argv)
 {
-	static const char *const names[] = { "vram", "lazy", "regs", "bo", "dmabuf" };
+	static const char *const names[] = { "vram", "lazy", "regs", "bo", "dmabuf",
+					     "vramdmabuf" };
 	uint64_t secs = num(argv[0]), t0 = now_ms(), deadline;
 	const char *doff = opt_val(argc, argv, "--dma-off", NULL);
 	const char *dlen = opt_val(argc, argv, "--dma-len", NULL);
@@ -817,8 +819,8 @@ static void cmd_hold(int argc, char **argv)
 	int first_errno = 0, last_errno = 0, regs_ones = 0, sig, i, ret;
 	const char *event = "timeout", *where = "";
 	struct qgpu_bo_create bc = { .size = 65536 };
-	volatile uint8_t *maps[5];
-	int nmaps = 5, dbuf;
+	volatile uint8_t *maps[6];
+	int nmaps = 6, dbuf;
 	struct sigaction sa = { .sa_handler = hold_on_sig };
 	char faulted[64] = "";
 	uint8_t *out = NULL, *in = NULL;
@@ -840,6 +842,12 @@ static void cmd_hold(int argc, char **argv)
 	} else {
 		maps[4] = mmap(NULL, 65536, PROT_READ | PROT_WRITE, MAP_SHARED, dbuf, 0);
 		close(dbuf);
+		/* And VRAM as a dma-buf (read-only), held by its mapping alone. */
+		dbuf = qgpu_vram_export(fd, 0, 65536, 0);
+		if (dbuf < 0)
+			fail("VRAM export", -dbuf);
+		maps[5] = mmap(NULL, 65536, PROT_READ, MAP_SHARED, dbuf, 0);
+		close(dbuf);
 	}
 	for (i = 0; i < nmaps; i++)
 		if (maps[i] == MAP_FAILED)
@@ -856,7 +864,7 @@ static void cmd_hold(int argc, char **argv)
 	while (now_ms() < deadline) {
 		for (i = 0; i < nmaps; i++) {
 			sig = probe_byte(maps[i] + (i == 2 ? 0 : 4096 * (iters % 16)),
-					 i >= 3 ? 1 : i == 2 ? 2 : 0);
+					 i == 3 || i == 4 ? 1 : i == 2 ? 2 : 0);
 			if (sig) {
 				event = "sigbus";
 				where = names[i];

@@ -76,6 +76,15 @@ def tool(guest: GuestMachine, args: str, *, ok: bool = True, timeout: float = 60
     return obj
 
 
+def wait_guest_file(guest: GuestMachine, path: str) -> None:
+    """Wait (up to 10 s, in the guest: one console round trip) for ``path`` to exist.
+
+    The handshake files of background ``qgpu-tool`` runs (``--ready``, ``.done``)."""
+    out = guest.run(f"i=0; while [ ! -e {path} ] && [ $i -lt 400 ]; do usleep 25000; "
+                    f"i=$((i+1)); done; test -e {path}", timeout=30)
+    assert out.status == 0, f"{path} never appeared"
+
+
 def put_file(guest: GuestMachine, path: str, data: bytes) -> None:
     """Write ``data`` to the guest file ``path``; check it arrived intact."""
     res = guest.ssh_run(f"cat > {path} && wc -c < {path}", stdin=data, timeout=60)

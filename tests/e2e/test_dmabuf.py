@@ -33,6 +33,7 @@ from .guestio import (
     tool,
     trace_mark,
     trace_since,
+    wait_guest_file,
 )
 from .test_faults import ALL_MODES, BOUND, MakeGuest
 from .test_fence_export import job_timeout, poller
@@ -44,12 +45,6 @@ LENGTH = 3 * 65536 + 123            # not a whole number of pages
 #: (a segment each without an IOMMU) fewer than the device's trace holds.
 LENGTHS = {"bo": 5 * 65536 + 123, "udmabuf": LENGTH}
 SOURCES = pytest.mark.parametrize("source", list(LENGTHS))
-
-
-def _wait_file(guest: GuestMachine, path: str) -> None:
-    out = guest.run(f"i=0; while [ ! -e {path} ] && [ $i -lt 400 ]; do usleep 25000; "
-                    f"i=$((i+1)); done; test -e {path}", timeout=30)
-    assert out.status == 0, f"{path} never appeared"
 
 
 @ALL_MODES
@@ -120,13 +115,13 @@ def test_an_importer_of_a_removed_exporter_gets_enodev(qgpu_restore_guest: MakeG
     g.run(f"rm -f {tag}.*; ( {TOOL} -d /dev/qgpu0 dmabuf-copy to-vram bo 0 65536 0x1234 "
           f"--importer /dev/qgpu1 --ready {tag}.ready --go {tag}.go > {tag}.out 2>&1; "
           f"touch {tag}.done ) </dev/null >/dev/null 2>&1 &", check=True)
-    _wait_file(g, f"{tag}.ready")
+    wait_guest_file(g, f"{tag}.ready")
     # The dma-buf holds the BO, which holds qgpu0's driver instance: removal waits
     # for none of it, and frees the memory.
     FaultInjector.for_machine(g, "qgpu0").device_del()
     assert g.run("test -e /dev/qgpu0").status != 0
     g.run(f"touch {tag}.go", check=True)
-    _wait_file(g, f"{tag}.done")
+    wait_guest_file(g, f"{tag}.done")
     out = g.run(f"cat {tag}.out", check=True).output
     assert '"ok":false' in out and f'"errno":{ENODEV}' in out, out
     st = {k: int(v) for k, v in tool(g, "-d /dev/qgpu1 stats", over="console").items()
@@ -168,7 +163,7 @@ def test_removal_waits_for_an_importer_to_finish_its_dma(
     assert not deleted, "qgpu0 was removed while qgpu1's DMA still read its buffer"
     importer.hang(False)
     qmp.wait_event("DEVICE_DELETED", 30 * g.config.timeout_scale, after=after)
-    _wait_file(g, f"{tag}.done")
+    wait_guest_file(g, f"{tag}.done")
     res = parse_json_line(g.run(f"cat {tag}.out", check=True).output, "dmabuf-copy")
     assert res["ok"], res
     assert g.inspector("qgpu1").vram_backend(0, 65536) == fill_pattern(PATTERN, 65536)
@@ -202,7 +197,7 @@ def test_a_copy_waits_for_the_fences_of_its_dma_buf(qgpu_guest: GuestMachine,
     assert insp.register(ABI.REG_RING_TAIL) == tail, "the copy was queued before its fence"
     assert g.run(f"test -e {tag}.done").status != 0, g.run(f"cat {tag}.out").output
     faults.hang(False)
-    _wait_file(g, f"{tag}.done")
+    wait_guest_file(g, f"{tag}.done")
     res = parse_json_line(g.run(f"cat {tag}.out", check=True).output, "dmabuf-copy")
     assert res["ok"] and res["fence"] > fence, res
     assert insp.vram_backend(0x30_0000, 4096) == fill_pattern(PATTERN, 4096)
@@ -258,7 +253,7 @@ def test_a_job_on_an_exported_bo_waits_for_another_drivers_fence(
     time.sleep(0.5)
     assert insp.stats()["bytes-from-vram"] == before, "the job ran before the fence signalled"
     writer.hang(False)
-    _wait_file(g, f"{tag}.done")
+    wait_guest_file(g, f"{tag}.done")
     res = parse_json_line(g.run(f"cat {tag}.out", check=True).output, "qgpu-tool dmabuf-job")
     assert res["ok"] and res["readable"], res
     assert res["copy_bo_ms"] >= 500, res

@@ -463,7 +463,8 @@ def test_device_del_with_mappings(qgpu_restore_guest: MakeGuest, mid_dma: bool) 
     assert rep["event"] in ("sigbus", "ioctl"), rep
     if rep["event"] == "ioctl":
         assert rep["last_errno"] in (ENODEV, EIO), rep
-    assert sorted(rep["sigbus"]) == ["bo", "dmabuf", "lazy", "regs", "vram"], rep
+    assert sorted(rep["sigbus"]) == ["bo", "dmabuf", "lazy", "regs", "vram",
+                                     "vramdmabuf"], rep
     assert rep["info_errno"] == ENODEV
     log = dmesg(g)
     assert "qgpu0 removed" in log
@@ -562,7 +563,8 @@ def test_surprise_removal(qgpu_restore_guest: MakeGuest, mid_dma: bool) -> None:
         assert not res["ok"] and res["errno"] == ENODEV, res
     rep = wait_hold(g, "h")
     assert rep["event"] in ("sigbus", "ioctl"), rep
-    assert sorted(rep["sigbus"]) == ["bo", "dmabuf", "lazy", "regs", "vram"], rep
+    assert sorted(rep["sigbus"]) == ["bo", "dmabuf", "lazy", "regs", "vram",
+                                     "vramdmabuf"], rep
     assert rep["info_errno"] == ENODEV
     assert g.run("cat /sys/class/misc/qgpu0/state").output.strip() == "failed"
     st = stats(g)

@@ -13,11 +13,13 @@ kmemleak when the guest retires, naming the test that leaked (qgpu.health).
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable
 
 import pytest
 
-from qgpu.config import DmaMode
+from qgpu.config import DmaMode, QgpuSpec
 from qgpu.health import check as check_health
+from qgpu.health import check_boot
 from qgpu.kernels import GuestKernel
 from qgpu.kfault import DRIVER_POINTS, FaultRun, KernelFaultInjector
 from qgpu.machine import GuestMachine
@@ -154,3 +156,29 @@ def test_a_failed_pin_passes_its_errno_on(qgpu_guest: GuestMachine, kfaults: Ker
         assert run.injected, f"{op}: the pin was not failed: {run.output}"
         assert run.status == 1 and run.errno == err, (op, run.result)
     assert tool(qgpu_guest, OPS["to-vram-sg"])["ok"]
+
+
+def test_p2p_fault_points(qgpu_restore_guest: Callable[..., GuestMachine],
+                          qgpu_kernel: GuestKernel) -> None:
+    """The peer-to-peer path: qgpu0's VRAM exported as a dma-buf (its internal file, the
+    dma-buf), qgpu1's dynamic, pinned attachment and its segments' mapping, and the copy,
+    with each fault point failed in turn -- behind a switch, so that the path is taken."""
+    if not qgpu_kernel.detectors.fault_injection:
+        pytest.skip(f"the {qgpu_kernel.name} kernel has no fault injection (use debug)")
+    g = qgpu_restore_guest(DmaMode.DIRECT, ssh=False, check_leaks=True, pcie_switch=True,
+                           qgpus=(QgpuSpec(id="qgpu0"), QgpuSpec(id="qgpu1")))
+    check_boot(g)
+    g.run("insmod /opt/qgpu/qgpu.ko && test -c /dev/qgpu0 && test -c /dev/qgpu1", check=True)
+    args = "-d /dev/qgpu0 p2p-copy pull 0x100000 65536 0x200000 --peer /dev/qgpu1"
+    kfaults = KernelFaultInjector(g)
+    with kfaults.armed():
+        runs = kfaults.sweep(args)
+    _check_runs(runs, CLEAN_ERRNOS, f"qgpu-tool {args}")
+    assert runs[-1].result.get("path") == "p2p", runs[-1].result
+    print(f"{len(runs) - 1} fault points, each failed cleanly: "
+          f"{sorted({r.errno for r in runs if r.injected and r.errno})}")
+    # The faults are gone: the path works again, and nothing is left mapped or open.
+    assert tool(g, args, over="console")["path"] == "p2p"
+    for dev in ("/dev/qgpu0", "/dev/qgpu1"):
+        st = tool(g, f"-d {dev} stats", over="console")
+        assert int(st["dmabufs"]) == 0 and int(st["dmabuf_maps"]) == 0, (dev, st)

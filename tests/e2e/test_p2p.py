@@ -20,7 +20,6 @@ is ``tests/device/test_p2p.py``.)
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable
 from errno import ENODEV, EOPNOTSUPP
 
@@ -33,8 +32,9 @@ from qgpu.data import fill_pattern
 from qgpu.faults import FaultInjector
 from qgpu.kernels import GuestKernel
 from qgpu.machine import GuestMachine
+from qgpu.pytest_rig import selected_modes
 
-from .guestio import TOOL, check_contiguous, tool, trace_mark, trace_since
+from .guestio import TOOL, check_contiguous, tool, trace_mark, trace_since, wait_guest_file
 
 MakeGuest = Callable[..., GuestMachine]
 PAIR = (QgpuSpec(id="qgpu0"), QgpuSpec(id="qgpu1"))
@@ -134,7 +134,7 @@ def dev_stats(g: GuestMachine, dev: str) -> dict[str, int]:
 @pytest.mark.parametrize("direction", ["pull", "push"])
 @pytest.mark.parametrize("mode", list(DmaMode), ids=str)
 def test_vram_moves_between_two_qgpus(qgpu_restore_guest: MakeGuest,
-                                      qgpu_kernel: GuestKernel,
+                                      qgpu_kernel: GuestKernel, request: pytest.FixtureRequest,
                                       mode: DmaMode, direction: str) -> None:
     """Behind a switch, qgpu1 DMAs straight from (pull) or into (push) qgpu0's VRAM on a
     kernel with P2PDMA: the bytes arrive in the other backend, only qgpu1's engine ran,
@@ -142,6 +142,8 @@ def test_vram_moves_between_two_qgpus(qgpu_restore_guest: MakeGuest,
     IOMMU translates there). On a kernel without P2PDMA the attach is refused
     (-EOPNOTSUPP) and the copy bounces through system memory: both engines run, and no
     bus address is in a BAR. The dma-bufs and their mappings are gone afterwards."""
+    if mode not in selected_modes(request.config):
+        pytest.skip(f"--qgpu-modes leaves {mode} out")
     g = pair_guest(qgpu_restore_guest, switch=True, mode=mode)
     q0, q1 = g.inspector("qgpu0"), g.inspector("qgpu1")
     src, src_off, dst, dst_off = ((q0, OFF, q1, PEER_OFF) if direction == "pull" else
@@ -224,11 +226,11 @@ def test_a_removed_exporter_fails_its_peer_cleanly(qgpu_restore_guest: MakeGuest
     g.run(f"rm -f {tag}.*; ( {TOOL} -d /dev/qgpu0 p2p-copy pull 0 65536 0 --peer /dev/qgpu1 "
           f"--hold-ready {tag}.ready --hold-go {tag}.go > {tag}.out 2>&1; "
           f"touch {tag}.done ) </dev/null >/dev/null 2>&1 &", check=True, over="console")
-    wait_file(g, f"{tag}.ready")
+    wait_guest_file(g, f"{tag}.ready")
     FaultInjector.for_machine(g, "qgpu0").device_del()
     assert g.run("test -e /dev/qgpu0", over="console").status != 0
     g.run(f"touch {tag}.go", check=True, over="console")
-    wait_file(g, f"{tag}.done")
+    wait_guest_file(g, f"{tag}.done")
     out = g.run(f"cat {tag}.out", check=True, over="console").output
     assert '"ok":false' in out and f'"errno":{ENODEV}' in out, out
     st = dev_stats(g, "/dev/qgpu1")
@@ -237,9 +239,3 @@ def test_a_removed_exporter_fails_its_peer_cleanly(qgpu_restore_guest: MakeGuest
     assert "did not unmap" not in log, log
     g.run("rmmod qgpu", check=True, timeout=60, over="console")
 
-
-def wait_file(g: GuestMachine, path: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while g.run(f"test -e {path}", over="console").status != 0:
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.05)

@@ -99,6 +99,20 @@ def test_guests_restored_from_one_template_share_nothing(qgpu_restore_guest: Res
         "a restored guest changed the template's RAM file"
 
 
+def test_guests_restored_from_one_template_draw_different_random_numbers(
+        qgpu_restore_guest: RestoreGuest) -> None:
+    """Clones of one template start with its kernel's random-number state: unless the
+    kernel learns it was forked (a VM generation ID that changes on restore, which it
+    reseeds on), both draw the same "random" bytes -- the same SSH keys, TCP sequence
+    numbers and UUIDs. Two clones' first bytes of /dev/urandom differ."""
+    first = qgpu_restore_guest(DmaMode.DIRECT)
+    second = qgpu_restore_guest(DmaMode.DIRECT)
+    draws = [sh(guest, "head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'").strip()
+             for guest in (first, second)]
+    assert len(draws[0]) == 64 and draws[0] != draws[1], \
+        f"two guests restored from one template drew the same random bytes: {draws}"
+
+
 def test_a_template_of_another_machine_is_refused(qgpu_restore_guest: RestoreGuest) -> None:
     """Restoring a template into a machine it was not made for is a SetupError
     that names both keys, not a guest that half works."""

@@ -24,7 +24,15 @@ from qgpu.faults import FaultInjector
 from qgpu.inspector import DeviceInspector
 from qgpu.machine import GuestMachine
 
-from .guestio import TOOL, check_contiguous, driver_stats, tool, trace_mark, trace_since
+from .guestio import (
+    TOOL,
+    check_contiguous,
+    driver_stats,
+    tool,
+    trace_mark,
+    trace_since,
+    wait_guest_file,
+)
 from .test_faults import ALL_MODES, BOUND, MakeGuest
 
 PATTERN, BEFORE = 0x05E4_0001, 0xBEF0_4E00
@@ -151,23 +159,18 @@ def test_removal_unpins_a_registered_buffer(qgpu_restore_guest: MakeGuest) -> No
           f"--ready {tag}.ready --go {tag}.go > {tag}.out 2>&1; touch {tag}.done ) "
           "</dev/null >/dev/null 2>&1 &", check=True)
 
-    def wait_file(path: str) -> None:
-        out = g.run(f"i=0; while [ ! -e {path} ] && [ $i -lt 400 ]; do usleep 25000; "
-                    f"i=$((i+1)); done; test -e {path}", timeout=30)
-        assert out.status == 0, f"{path} never appeared"
-
     def vm_pinned_kb() -> int:
         out = g.run("grep VmPin /proc/$(pidof qgpu-tool)/status", check=True).output
         return int(out.split()[1])
 
-    wait_file(f"{tag}.ready")
+    wait_guest_file(g, f"{tag}.ready")
     assert vm_pinned_kb() == length // 1024
     assert int(tool(g, "stats", over="console")["userptr_pages"]) == length // PAGE
     FaultInjector.for_machine(g).device_del()
     assert g.run("test -e /dev/qgpu0").status != 0
     assert vm_pinned_kb() == 0, "removal left the buffer pinned"
     g.run(f"touch {tag}.go", check=True)
-    wait_file(f"{tag}.done")
+    wait_guest_file(g, f"{tag}.done")
     out = g.run(f"cat {tag}.out", check=True).output
     assert '"ok":false' in out and f'"errno":{ENODEV}' in out, out
     # The module unloads once the process is gone: nothing holds it.

@@ -509,12 +509,15 @@ struct qgpu_copy_dmabuf {
  * within a device. Importers get the range mapped for their device
  * (dma_map_resource(): its bus addresses, or IOVAs behind an IOMMU; in
  * segments of at most its max_seg_size, within its segment boundary), not
- * while the device is suspended or being reset (-EAGAIN);
- * the dma-buf cannot be mmap(2)ed or vmapped (map the device file's VRAM
- * instead) and carries no fences: order VRAM work on the two devices with
- * their fences (QGPU_IOCTL_WAIT_FENCE, sync_files). It holds the device,
- * not the VRAM's contents: once the device is removed or lost, new
- * mappings fail with -ENODEV, and removal waits (up to 30 s) for
+ * while the device is suspended or being reset (-EAGAIN). mmap(2) of
+ * the dma-buf maps the range as the device file's QGPU_MMAP_VRAM_LAZY
+ * region does (write-combined, page by page on first access; faults wait
+ * out a reset, SIGBUS after removal); the mapping holds the device, not
+ * the dma-buf. It cannot be vmapped, and carries no fences: order VRAM
+ * work on the two devices with their fences (QGPU_IOCTL_WAIT_FENCE,
+ * sync_files). The dma-buf holds the device, not its VRAM's contents:
+ * once the device is removed or lost, new mappings (DMA or CPU) fail
+ * with -ENODEV, and removal waits (up to 30 s) for
  * importers to unmap it. It does not ask them to (no move_notify
  * revocation yet): an importer that keeps a mapping longer (pinned RDMA
  * memory) outlives the wait, logged, and must not DMA after removal.

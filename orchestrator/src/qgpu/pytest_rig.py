@@ -61,7 +61,12 @@ from qgpu.kernels import GuestKernel
 from qgpu.machine import GuestMachine
 
 
-def _selected_modes(config: pytest.Config) -> set[DmaMode]:
+def selected_modes(config: pytest.Config) -> set[DmaMode]:
+    """Return the DMA modes ``--qgpu-modes`` selects (all by default).
+
+    Tests parametrized by ``qgpu_dma_mode`` are deselected for the others; a test
+    that starts its own guests in several modes (``qgpu_restore_guest``) skips them.
+    """
     raw = config.getoption("--qgpu-modes", default=None)
     if not raw:
         return set(DmaMode)
@@ -87,7 +92,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             mode = _mode_of(item)
             if mode is not None and item.get_closest_marker("xdist_group") is None:
                 item.add_marker(pytest.mark.xdist_group(name=f"qgpu-{mode}"))
-    modes = _selected_modes(config)
+    modes = selected_modes(config)
     if modes == set(DmaMode):
         return
     keep: list[pytest.Item] = []
@@ -380,7 +385,7 @@ def run_properties(config: pytest.Config) -> dict[str, str]:
     user = _brought(config)
     props = {"qgpu.accel": str(config.getoption("--qgpu-accel")),
              "qgpu.guest_scope": str(config.getoption("--qgpu-guest-scope")),
-             "qgpu.modes": ",".join(sorted(_selected_modes(config))),
+             "qgpu.modes": ",".join(sorted(selected_modes(config))),
              "qgpu.overlays": " ".join(map(str, user.overlays)),
              "qgpu.extra": " ".join([*user.append, *user.qemu_args])}
     try:
