@@ -206,6 +206,11 @@ class MachineConfig:
             args += ["-object", ram.backend_arg(self.memory)]
         if qmp_server is not None:      # a second monitor for other tools (qgpu inspect)
             args += ["-qmp", f"unix:{qmp_server},server=on,wait=off"]
+        # A VM generation ID, new in every QEMU process (guid=auto) and announced to
+        # the guest when a state is loaded: the kernel of each guest restored from a
+        # template reseeds its random-number generator instead of drawing the same
+        # bytes as every other clone (Linux's vmgenid driver).
+        args += ["-device", "vmgenid,guid=auto"]
         if self.dma_mode is DmaMode.IOMMU:
             # Before any device that does DMA, so they all sit behind it.
             args += ["-device", "intel-iommu,intremap=on,caching-mode=on"]

@@ -13,6 +13,7 @@ CONFIG_EDU=y                # baseline for the DMA benchmark
 CONFIG_VIRTIO_PCI=y
 CONFIG_VIRTIO_NET=y         # user-mode networking for guest SSH
 CONFIG_VIRTIO_RNG=y         # entropy for the guest's SSH host keys
+CONFIG_ACPI_VMGENID=y       # vmgenid: guests restored from one template reseed their RNGs
 CONFIG_E1000E_PCI_EXPRESS=y # q35's default NIC model
 CONFIG_PCIE_PCI_BRIDGE=y    # a conventional PCI bus, to test that qgpu refuses it
 CONFIG_PCI_BRIDGE=y         # pcie-pci-bridge links against its hotplug code
