@@ -288,6 +288,7 @@ struct qgpu_device {
 	 */
 	struct mutex dmabuf_lock;
 	struct list_head dmabufs;
+	struct list_head vram_dmabufs;	/* qgpu_p2p.c: zapped with VRAM */
 	atomic_t dmabuf_pins;		/* BOs' dmabuf_pins + VRAM mappings */
 	wait_queue_head_t dmabuf_wq;
 
@@ -397,6 +398,7 @@ int qgpu_p2p_distance(struct qgpu_device *qdev, struct device *client,
 		      bool verbose);
 void qgpu_p2p_debugfs_add(struct qgpu_device *qdev);
 long qgpu_ioctl_vram_export(struct qgpu_file *qf, struct qgpu_ioctl_call *call);
+void qgpu_p2p_zap(struct qgpu_device *qdev);
 
 /* qgpu_ioctl.c */
 extern const struct file_operations qgpu_fops;
@@ -509,7 +511,5 @@ int qgpu_request_irq(unsigned int irq, irq_handler_t handler,
 
 struct inode *qgpu_fs_inode_new(void);
 void qgpu_fs_inode_free(struct inode *inode);
-struct file *qgpu_fs_file(struct qgpu_device *qdev, const char *name,
-			  const struct file_operations *fops);
 
 #endif /* QGPU_DRV_H */

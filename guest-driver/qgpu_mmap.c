@@ -75,27 +75,6 @@ void qgpu_fs_inode_free(struct inode *inode)
 	}
 }
 
-/*
- * A file of the device's inode that is no device file (@fops, without
- * open): mappings made through it share the device's address_space, and so
- * its zaps. It holds the inode, its mount, and @fops' module.
- */
-struct file *qgpu_fs_file(struct qgpu_device *qdev, const char *name,
-			  const struct file_operations *fops)
-{
-	struct file *file;
-
-	if (!fops_get(fops))
-		return ERR_PTR(-ENODEV);
-	ihold(qdev->inode);
-	file = alloc_file_pseudo(qdev->inode, qgpu_fs_mnt, name, O_RDWR, fops);
-	if (IS_ERR(file)) {
-		iput(qdev->inode);
-		fops_put(fops);
-	}
-	return file;
-}
-
 /* ---- buffer objects -------------------------------------------------------- */
 
 /* Allocated with these attributes, freed with the same (dma_free_attrs()). */
@@ -343,6 +322,8 @@ static void qgpu_zap_range(struct qgpu_device *qdev, u64 start, u64 len)
 	list_splice(&waited, &qdev->mappings);
 	spin_unlock(&qdev->mappings_lock);
 	unmap_mapping_range(qdev->inode->i_mapping, start, len, 1);
+	/* VRAM's mappings through its dma-bufs (qgpu_mmap_dev() listed them too). */
+	qgpu_p2p_zap(qdev);
 	mutex_unlock(&qdev->zap_lock);
 }
 
@@ -663,9 +644,8 @@ int qgpu_mmap(struct file *filp, struct vm_area_struct *vma)
 }
 
 /*
- * An mmap(2) of the device's regions, by its file @qf, or with @qf NULL by
- * another file of its inode (a VRAM dma-buf's: qgpu_fs_file()), which has
- * no buffer objects.
+ * An mmap(2) of the device's regions, by its file @qf, or with @qf NULL of
+ * a VRAM dma-buf (qgpu_vram_dmabuf_mmap()), which has no buffer objects.
  */
 int qgpu_mmap_dev(struct qgpu_device *qdev, struct qgpu_file *qf,
 		  struct vm_area_struct *vma)

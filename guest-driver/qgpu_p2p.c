@@ -93,12 +93,8 @@ struct qgpu_vram_dmabuf {
 	struct qgpu_device *qdev;	/* reference */
 	u64 vram_offset;
 	u64 size;
-	struct file *file;		/* of the device's inode: for mmap */
-};
-
-/* What mappings of a VRAM dma-buf are made through (qgpu_vram_dmabuf_mmap()). */
-static const struct file_operations qgpu_vram_dmabuf_fops = {
-	.owner = THIS_MODULE,
+	struct dma_buf *dmabuf;
+	struct list_head node;		/* qdev->vram_dmabufs, under dmabuf_lock */
 };
 
 static DEFINE_RATELIMIT_STATE(qgpu_p2p_refusals, 5 * HZ, 5);
@@ -247,20 +243,19 @@ static void qgpu_vram_dmabuf_unmap(struct dma_buf_attachment *at,
 }
 
 /*
- * The device file's lazily faulted VRAM mapping of the range, made through
- * a file of the device's inode, which the VMA then holds (vma_set_file(),
- * as DRM maps a GEM object's dma-buf through the object's file): removal
- * and resets zap it with the device's own mappings, faults wait out a
- * reset, and it holds the device, as a mapping of the device file does --
- * not the dma-buf. The core checked the range against the dma-buf's size;
- * a read-only dma-buf cannot be mapped writable (its file is O_RDONLY).
+ * The device file's lazily faulted VRAM mapping of the range: its VMA is
+ * the device's (qgpu_mmap_dev() lists it for the zaps' mmap_lock wait),
+ * shifted to the range, and the dma-buf file it holds keeps the device.
+ * Removal and resets zap it with the device's own mappings
+ * (qgpu_p2p_zap()), and faults wait out a reset. The core checked the
+ * range against the dma-buf's size; a read-only dma-buf cannot be mapped
+ * writable (its file is O_RDONLY).
  */
 static int qgpu_vram_dmabuf_mmap(struct dma_buf *dmabuf,
 				 struct vm_area_struct *vma)
 {
 	struct qgpu_vram_dmabuf *vb = dmabuf->priv;
 
-	vma_set_file(vma, vb->file);
 	vma->vm_pgoff += (QGPU_MMAP_VRAM_LAZY + vb->vram_offset) >> PAGE_SHIFT;
 	return qgpu_mmap_dev(vb->qdev, NULL, vma);
 }
@@ -269,7 +264,9 @@ static void qgpu_vram_dmabuf_release(struct dma_buf *dmabuf)
 {
 	struct qgpu_vram_dmabuf *vb = dmabuf->priv;
 
-	fput(vb->file);
+	mutex_lock(&vb->qdev->dmabuf_lock);
+	list_del(&vb->node);
+	mutex_unlock(&vb->qdev->dmabuf_lock);
 
 	qgpu_stat_add(vb->qdev, QGPU_STAT_DMABUFS, -1);
 	qgpu_device_put(vb->qdev);
@@ -311,11 +308,6 @@ long qgpu_ioctl_vram_export(struct qgpu_file *qf, struct qgpu_ioctl_call *call)
 	vb = kzalloc(sizeof(*vb), GFP_KERNEL);
 	if (!vb)
 		return -ENOMEM;
-	vb->file = qgpu_fs_file(qdev, "qgpu-vram-dmabuf", &qgpu_vram_dmabuf_fops);
-	if (IS_ERR(vb->file)) {
-		ret = PTR_ERR(vb->file);
-		goto err_free;
-	}
 	kref_get(&qdev->ref);
 	vb->qdev = qdev;
 	vb->vram_offset = a->vram_offset;
@@ -330,6 +322,10 @@ long qgpu_ioctl_vram_export(struct qgpu_file *qf, struct qgpu_ioctl_call *call)
 		goto err_put;
 	}
 	/* From here, dma_buf's release (the last fput()) undoes it all. */
+	vb->dmabuf = dmabuf;
+	mutex_lock(&qdev->dmabuf_lock);
+	list_add(&vb->node, &qdev->vram_dmabufs);
+	mutex_unlock(&qdev->dmabuf_lock);
 	qgpu_stat_inc(qdev, QGPU_STAT_DMABUFS);
 	fd = get_unused_fd_flags(O_CLOEXEC);
 	if (fd < 0) {
@@ -344,13 +340,38 @@ long qgpu_ioctl_vram_export(struct qgpu_file *qf, struct qgpu_ioctl_call *call)
 
 err_put:
 	qgpu_device_put(qdev);
-	fput(vb->file);
-err_free:
 	kfree(vb);
 	return ret;
 }
 
+/*
+ * Removal and resets, after the device's zap: the CPU mappings of its VRAM
+ * dma-bufs go too (their faults check @dead, @lost and @frozen under
+ * map_srcu, which the zap synchronized). A dma-buf whose last file
+ * reference is gone is being released (and waits for the lock to leave
+ * the list); it has no mapping left (each holds the file).
+ */
+void qgpu_p2p_zap(struct qgpu_device *qdev)
+{
+	struct qgpu_vram_dmabuf *vb;
+	struct file *file;
+
+	mutex_lock(&qdev->dmabuf_lock);
+	list_for_each_entry(vb, &qdev->vram_dmabufs, node) {
+		file = vb->dmabuf->file;
+		if (!atomic_long_inc_not_zero(&file->f_count))
+			continue;
+		unmap_mapping_range(file->f_mapping, 0, 0, 1);
+		fput(file);	/* deferred if the last: release waits for us */
+	}
+	mutex_unlock(&qdev->dmabuf_lock);
+}
+
 #else /* !CONFIG_DMA_SHARED_BUFFER */
+
+void qgpu_p2p_zap(struct qgpu_device *qdev)
+{
+}
 
 long qgpu_ioctl_vram_export(struct qgpu_file *qf, struct qgpu_ioctl_call *call)
 {

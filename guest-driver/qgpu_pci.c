@@ -52,6 +52,7 @@ static void qgpu_device_release(struct kref *ref)
 	WARN_ON(!list_empty(&qdev->fences));
 	/* Each dma-buf holds its BO, which holds the device. */
 	WARN_ON(!list_empty(&qdev->dmabufs));
+	WARN_ON(!list_empty(&qdev->vram_dmabufs));
 	qgpu_fs_inode_free(qdev->inode);
 	if (qdev->id >= 0)
 		ida_free(&qgpu_ida, qdev->id);
@@ -106,6 +107,7 @@ static int qgpu_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	init_waitqueue_head(&qdev->soft_wq);
 	mutex_init(&qdev->dmabuf_lock);
 	INIT_LIST_HEAD(&qdev->dmabufs);
+	INIT_LIST_HEAD(&qdev->vram_dmabufs);
 	init_waitqueue_head(&qdev->dmabuf_wq);
 	mutex_init(&qdev->userptr_lock);
 	INIT_LIST_HEAD(&qdev->userptrs);

@@ -2012,12 +2012,13 @@ static int t_p2p_vram_export(void)
 		   -EINVAL, "the device's own VRAM dma-buf imported");
 	CHECK(stat_of("dmabuf_maps") == maps, "dmabuf_maps %lld, want %lld",
 	      stat_of("dmabuf_maps"), maps);
-	/* The mapping holds the device, not the dma-buf. */
+	/* The mapping holds the dma-buf: released with the last of both. */
 	close(dbuf);
-	CHECK(stat_of("dmabufs") == bufs, "dmabufs stat %lld after close, want %lld",
-	      stat_of("dmabufs"), bufs);
+	CHECK(stat_of("dmabufs") == bufs + 1, "dma-buf gone while mapped");
 	CHECK(((volatile uint32_t *)p)[7] == 0xd0d0cafe, "the mapping after the close");
 	munmap(p, 3 * page);
+	CHECK(stat_of("dmabufs") == bufs, "dmabufs stat %lld after release, want %lld",
+	      stat_of("dmabufs"), bufs);
 	munmap(dev_map, 4 * page);
 	/* The whole of VRAM is one range, and a page is too. */
 	dbuf = qgpu_vram_export(fd, 0, vram, 0);

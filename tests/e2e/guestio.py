@@ -76,12 +76,13 @@ def tool(guest: GuestMachine, args: str, *, ok: bool = True, timeout: float = 60
     return obj
 
 
-def wait_guest_file(guest: GuestMachine, path: str) -> None:
-    """Wait (up to 10 s, in the guest: one console round trip) for ``path`` to exist.
-
-    The handshake files of background ``qgpu-tool`` runs (``--ready``, ``.done``)."""
-    out = guest.run(f"i=0; while [ ! -e {path} ] && [ $i -lt 400 ]; do usleep 25000; "
-                    f"i=$((i+1)); done; test -e {path}", timeout=30)
+def wait_guest_file(guest: GuestMachine, path: str, seconds: float = 30.0) -> None:
+    """Wait (``seconds`` on the stock kernel, scaled for slower ones; in the guest: one
+    console round trip) for ``path`` to exist: the handshake files of background
+    ``qgpu-tool`` runs (``--ready``, ``.done``)."""
+    polls = int(seconds * guest.config.timeout_scale * 40)
+    out = guest.run(f"i=0; while [ ! -e {path} ] && [ $i -lt {polls} ]; do usleep 25000; "
+                    f"i=$((i+1)); done; test -e {path}", timeout=seconds + 30)
     assert out.status == 0, f"{path} never appeared"
 
 

@@ -511,9 +511,11 @@ struct qgpu_copy_dmabuf {
  * segments of at most its max_seg_size, within its segment boundary), not
  * while the device is suspended or being reset (-EAGAIN). mmap(2) of
  * the dma-buf maps the range as the device file's QGPU_MMAP_VRAM_LAZY
- * region does (write-combined, page by page on first access; faults wait
- * out a reset, SIGBUS after removal); the mapping holds the device, not
- * the dma-buf. It cannot be vmapped, and carries no fences: order VRAM
+ * region does (write-combined, uncached if the BAR is not prefetchable;
+ * page by page on first access; faults wait out a reset, SIGBUS after
+ * removal; MAP_SHARED only, else -EINVAL; PROT_EXEC: -EPERM; PROT_WRITE
+ * of a read-only dma-buf: -EACCES); the mapping holds the dma-buf. It
+ * cannot be vmapped, and carries no fences: order VRAM
  * work on the two devices with their fences (QGPU_IOCTL_WAIT_FENCE,
  * sync_files). The dma-buf holds the device, not its VRAM's contents:
  * once the device is removed or lost, new mappings (DMA or CPU) fail

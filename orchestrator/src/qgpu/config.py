@@ -209,8 +209,10 @@ class MachineConfig:
         # A VM generation ID, new in every QEMU process (guid=auto) and announced to
         # the guest when a state is loaded: the kernel of each guest restored from a
         # template reseeds its random-number generator instead of drawing the same
-        # bytes as every other clone (Linux's vmgenid driver).
-        args += ["-device", "vmgenid,guid=auto"]
+        # bytes as every other clone (Linux's vmgenid driver). QEMU takes one: a
+        # user's own (extra_args, e.g. a fixed GUID) replaces it.
+        if not any(a.startswith("vmgenid") for a in self.extra_args):
+            args += ["-device", "vmgenid,guid=auto"]
         if self.dma_mode is DmaMode.IOMMU:
             # Before any device that does DMA, so they all sit behind it.
             args += ["-device", "intel-iommu,intremap=on,caching-mode=on"]
