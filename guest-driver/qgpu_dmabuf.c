@@ -48,6 +48,11 @@ struct qgpu_dmabuf {
 	struct qgpu_bo *bo;		/* reference */
 	struct qgpu_device *qdev;	/* bo->qdev: alive as long as @bo */
 	struct dma_buf *dmabuf;
+	/*
+	 * The dma-buf file's inode, held until release: what its mappings
+	 * are zapped through (the file itself may be freed before release).
+	 */
+	struct inode *inode;
 	struct list_head node;		/* qdev->dmabufs, under dmabuf_lock */
 	struct list_head maps;		/* qgpu_dmabuf_map, under dmabuf_lock */
 };
@@ -385,6 +390,7 @@ static void qgpu_dmabuf_release(struct dma_buf *dmabuf)
 	mutex_unlock(&qdev->dmabuf_lock);
 	qgpu_stat_add(qdev, QGPU_STAT_DMABUFS, -1);
 	qgpu_bo_put(qb->bo);		/* may drop the last device reference */
+	iput(qb->inode);
 	kfree(qb);
 }
 
@@ -402,24 +408,18 @@ static const struct dma_buf_ops qgpu_dmabuf_ops = {
 /*
  * Removal, after the device's zap: every CPU mapping of the dma-bufs goes
  * too. Their faults check @dead or @lost under map_srcu, which the zap
- * synchronized, and ->mmap inserts nothing. A dma-buf whose last file
- * reference is gone is being released (and waits for the lock to leave
- * the list): its inode may already be freed, and it has no mapping left
- * (each holds the file).
+ * synchronized, and ->mmap inserts nothing. Through each dma-buf's inode,
+ * which it holds until release: its file is freed at the last fput(), and
+ * release (the dentry's) may come later, still on the list -- with no
+ * mapping left (each holds the file).
  */
 void qgpu_dmabuf_zap(struct qgpu_device *qdev)
 {
 	struct qgpu_dmabuf *qb;
-	struct file *file;
 
 	mutex_lock(&qdev->dmabuf_lock);
-	list_for_each_entry(qb, &qdev->dmabufs, node) {
-		file = qb->dmabuf->file;
-		if (!atomic_long_inc_not_zero(&file->f_count))
-			continue;
-		unmap_mapping_range(file->f_mapping, 0, 0, 1);
-		fput(file);	/* deferred if the last: release waits for us */
-	}
+	list_for_each_entry(qb, &qdev->dmabufs, node)
+		unmap_mapping_range(qb->inode->i_mapping, 0, 0, 1);
 	mutex_unlock(&qdev->dmabuf_lock);
 }
 
@@ -474,6 +474,8 @@ long qgpu_ioctl_dmabuf_export(struct qgpu_file *qf, struct qgpu_ioctl_call *call
 	}
 	/* From here, dma_buf's release (the last fput()) undoes it all. */
 	qb->dmabuf = dmabuf;
+	qb->inode = file_inode(dmabuf->file);
+	ihold(qb->inode);
 	mutex_lock(&qdev->dmabuf_lock);
 	list_add(&qb->node, &qdev->dmabufs);
 	mutex_unlock(&qdev->dmabuf_lock);

@@ -94,6 +94,7 @@ struct qgpu_vram_dmabuf {
 	u64 vram_offset;
 	u64 size;
 	struct dma_buf *dmabuf;
+	struct inode *inode;		/* as struct qgpu_dmabuf's: for zaps */
 	struct list_head node;		/* qdev->vram_dmabufs, under dmabuf_lock */
 };
 
@@ -267,6 +268,7 @@ static void qgpu_vram_dmabuf_release(struct dma_buf *dmabuf)
 	mutex_lock(&vb->qdev->dmabuf_lock);
 	list_del(&vb->node);
 	mutex_unlock(&vb->qdev->dmabuf_lock);
+	iput(vb->inode);
 
 	qgpu_stat_add(vb->qdev, QGPU_STAT_DMABUFS, -1);
 	qgpu_device_put(vb->qdev);
@@ -323,6 +325,8 @@ long qgpu_ioctl_vram_export(struct qgpu_file *qf, struct qgpu_ioctl_call *call)
 	}
 	/* From here, dma_buf's release (the last fput()) undoes it all. */
 	vb->dmabuf = dmabuf;
+	vb->inode = file_inode(dmabuf->file);
+	ihold(vb->inode);
 	mutex_lock(&qdev->dmabuf_lock);
 	list_add(&vb->node, &qdev->vram_dmabufs);
 	mutex_unlock(&qdev->dmabuf_lock);
@@ -347,23 +351,16 @@ err_put:
 /*
  * Removal and resets, after the device's zap: the CPU mappings of its VRAM
  * dma-bufs go too (their faults check @dead, @lost and @frozen under
- * map_srcu, which the zap synchronized). A dma-buf whose last file
- * reference is gone is being released (and waits for the lock to leave
- * the list); it has no mapping left (each holds the file).
+ * map_srcu, which the zap synchronized), through the inodes they hold (see
+ * qgpu_dmabuf_zap()).
  */
 void qgpu_p2p_zap(struct qgpu_device *qdev)
 {
 	struct qgpu_vram_dmabuf *vb;
-	struct file *file;
 
 	mutex_lock(&qdev->dmabuf_lock);
-	list_for_each_entry(vb, &qdev->vram_dmabufs, node) {
-		file = vb->dmabuf->file;
-		if (!atomic_long_inc_not_zero(&file->f_count))
-			continue;
-		unmap_mapping_range(file->f_mapping, 0, 0, 1);
-		fput(file);	/* deferred if the last: release waits for us */
-	}
+	list_for_each_entry(vb, &qdev->vram_dmabufs, node)
+		unmap_mapping_range(vb->inode->i_mapping, 0, 0, 1);
 	mutex_unlock(&qdev->dmabuf_lock);
 }
 

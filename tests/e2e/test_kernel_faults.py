@@ -160,9 +160,9 @@ def test_a_failed_pin_passes_its_errno_on(qgpu_guest: GuestMachine, kfaults: Ker
 
 def test_p2p_fault_points(qgpu_restore_guest: Callable[..., GuestMachine],
                           qgpu_kernel: GuestKernel) -> None:
-    """The peer-to-peer path: qgpu0's VRAM exported as a dma-buf (its internal file, the
-    dma-buf), qgpu1's dynamic, pinned attachment and its segments' mapping, and the copy,
-    with each fault point failed in turn -- behind a switch, so that the path is taken."""
+    """The peer-to-peer path: qgpu0's VRAM exported as a dma-buf, qgpu1's dynamic,
+    pinned attachment and its segments' mapping, and the copy, with each fault point
+    failed in turn -- behind a switch, so that the path is taken."""
     if not qgpu_kernel.detectors.fault_injection:
         pytest.skip(f"the {qgpu_kernel.name} kernel has no fault injection (use debug)")
     g = qgpu_restore_guest(DmaMode.DIRECT, ssh=False, check_leaks=True, pcie_switch=True,

@@ -112,8 +112,9 @@ def test_guests_restored_from_one_template_draw_different_random_numbers(
     second = qgpu_restore_guest(DmaMode.DIRECT)
     reseeded = "crng reseeded due to virtual machine fork"
     for guest in (first, second):
-        # ACPI delivers the new ID's notification asynchronously: give it 5 s.
-        found = guest.run(f"i=0; until dmesg | grep -q '{reseeded}' || [ $i -ge 200 ]; do "
+        # ACPI delivers the new ID's notification asynchronously: give it 5 s (scaled).
+        polls = int(200 * guest.config.timeout_scale)
+        found = guest.run(f"i=0; until dmesg | grep -q '{reseeded}' || [ $i -ge {polls} ]; do "
                           "usleep 25000; i=$((i+1)); done; dmesg | grep -q '{reseeded}'"
                           .replace("{reseeded}", reseeded), timeout=30)
         assert found.status == 0, \

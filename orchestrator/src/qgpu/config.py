@@ -211,7 +211,7 @@ class MachineConfig:
         # template reseeds its random-number generator instead of drawing the same
         # bytes as every other clone (Linux's vmgenid driver). QEMU takes one: a
         # user's own (extra_args, e.g. a fixed GUID) replaces it.
-        if not any(a.startswith("vmgenid") for a in self.extra_args):
+        if not any("vmgenid" in a for a in self.extra_args):
             args += ["-device", "vmgenid,guid=auto"]
         if self.dma_mode is DmaMode.IOMMU:
             # Before any device that does DMA, so they all sit behind it.
