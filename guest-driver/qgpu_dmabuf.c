@@ -480,15 +480,10 @@ long qgpu_ioctl_dmabuf_export(struct qgpu_file *qf, struct qgpu_ioctl_call *call
 	list_add(&qb->node, &qdev->dmabufs);
 	mutex_unlock(&qdev->dmabuf_lock);
 	qgpu_stat_inc(qdev, QGPU_STAT_DMABUFS);
-	fd = get_unused_fd_flags(O_CLOEXEC);
-	if (fd < 0) {
-		dma_buf_put(dmabuf);
+	fd = qgpu_call_new_fd(call, dmabuf->file);
+	if (fd < 0)
 		return fd;
-	}
 	a->fd = fd;
-	call->new_file = dmabuf->file;
-	call->new_fd = fd;
-	call->copy_out = true;
 	return 0;
 
 err_put_bo:

@@ -319,6 +319,8 @@ struct qgpu_ioctl_call {
 	int new_fd;
 };
 
+int qgpu_call_new_fd(struct qgpu_ioctl_call *call, struct file *file);
+
 /* Per open file. */
 struct qgpu_file {
 	struct qgpu_device *qdev;

@@ -260,15 +260,10 @@ long qgpu_ioctl_fence_export(struct qgpu_file *qf, struct qgpu_ioctl_call *call)
 	dma_fence_put(fence);
 	if (!sf)
 		return -ENOMEM;
-	fd = get_unused_fd_flags(O_CLOEXEC);
-	if (fd < 0) {
-		fput(sf->file);
+	fd = qgpu_call_new_fd(call, sf->file);
+	if (fd < 0)
 		return fd;
-	}
 	a->fd = fd;
-	call->new_file = sf->file;
-	call->new_fd = fd;
-	call->copy_out = true;
 	return 0;
 }
 

@@ -479,6 +479,25 @@ static const struct qgpu_ioctl_def qgpu_ioctls[] = {
 };
 
 /*
+ * Hand @file to the caller as a new close-on-exec descriptor, which
+ * qgpu_ioctl() installs once the argument is copied back: its number, or
+ * -errno with @file put.
+ */
+int qgpu_call_new_fd(struct qgpu_ioctl_call *call, struct file *file)
+{
+	int fd = get_unused_fd_flags(O_CLOEXEC);
+
+	if (fd < 0) {
+		fput(file);
+		return fd;
+	}
+	call->new_file = file;
+	call->new_fd = fd;
+	call->copy_out = true;
+	return fd;
+}
+
+/*
  * The argument is copied in before, and out after, the device's SRCU read
  * section (as DRM does, for another reason): remove waits for those
  * sections, and user memory can take as long as user space likes to

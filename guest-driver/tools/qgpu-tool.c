@@ -384,6 +384,22 @@ static void cmd_bo_create(int argc, char **argv)
 }
 
 /*
+ * A BO of the device file @fd (@bc: its size in, its handle out), exported
+ * as a writable dma-buf: its descriptor. Failures end the command.
+ */
+static int bo_dmabuf(struct qgpu_bo_create *bc)
+{
+	int dbuf, ret = qgpu_ioctl(fd, QGPU_IOCTL_BO_CREATE, bc);
+
+	if (ret)
+		fail("BO create", -ret);
+	dbuf = qgpu_dmabuf_export(fd, bc->handle, QGPU_DMABUF_F_WRITE);
+	if (dbuf < 0)
+		fail("dma-buf export", -dbuf);
+	return dbuf;
+}
+
+/*
  * A dma-buf of @len bytes to DMA with: "udmabuf" (a memfd), or "bo" (a BO
  * of the device file @fd, exported; its handle destroyed at once, so the
  * dma-buf alone holds it). Its memory mapped at *map.
@@ -402,12 +418,7 @@ static int dmabuf_source(const char *kind, uint64_t len, void **map)
 	}
 	if (strcmp(kind, "bo"))
 		usage();
-	ret = qgpu_ioctl(fd, QGPU_IOCTL_BO_CREATE, &bc);
-	if (ret)
-		fail("BO create", -ret);
-	dbuf = qgpu_dmabuf_export(fd, bc.handle, QGPU_DMABUF_F_WRITE);
-	if (dbuf < 0)
-		fail("dma-buf export", -dbuf);
+	dbuf = bo_dmabuf(&bc);
 	bd.handle = bc.handle;
 	ret = qgpu_ioctl(fd, QGPU_IOCTL_BO_DESTROY, &bd);
 	if (ret)
@@ -521,14 +532,8 @@ static int p2p_bounce(int pfd, int pull, uint64_t off, uint64_t len,
 {
 	struct qgpu_bo_create bc = { .size = (len + 4095) & ~4095ULL };
 	struct qgpu_copy_bo cb = { .length = len };
-	int dbuf, ret;
+	int dbuf = bo_dmabuf(&bc), ret;
 
-	ret = qgpu_ioctl(fd, QGPU_IOCTL_BO_CREATE, &bc);
-	if (ret)
-		fail("BO create", -ret);
-	dbuf = qgpu_dmabuf_export(fd, bc.handle, QGPU_DMABUF_F_WRITE);
-	if (dbuf < 0)
-		fail("dma-buf export", -dbuf);
 	cb.handle = bc.handle;
 	cb.vram_offset = off;
 	if (pull) {
@@ -707,12 +712,7 @@ static void cmd_dmabuf_job(int argc, char **argv)
 
 	if (!len)
 		fail("dmabuf-job", EINVAL);
-	ret = qgpu_ioctl(fd, QGPU_IOCTL_BO_CREATE, &bc);
-	if (ret)
-		fail("BO create", -ret);
-	dbuf = qgpu_dmabuf_export(fd, bc.handle, QGPU_DMABUF_F_WRITE);
-	if (dbuf < 0)
-		fail("dma-buf export", -dbuf);
+	dbuf = bo_dmabuf(&bc);
 	if (writer) {
 		struct dma_buf_import_sync_file is = { .flags = DMA_BUF_SYNC_WRITE };
 		char path[256];
