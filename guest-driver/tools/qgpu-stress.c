@@ -64,7 +64,7 @@ struct counters {
 	atomic_ulong late_writes;
 	atomic_ulong reopens;
 	atomic_ulong alarms;		/* SIGALRMs this worker thread took */
-	char first_failure[160];
+	char first_failure[256];
 };
 
 struct shared {
@@ -181,6 +181,31 @@ static int wait_fence(int fd, uint64_t fence)
 	return ret;
 }
 
+/*
+ * Say where a round trip went wrong: the first byte that differs, its offset
+ * in its user page (a DMA that starts on a page's last byte reaches that page
+ * through one IOMMU mapping and the next byte through another), and how many
+ * bytes differ.
+ */
+static void round_trip_differs(struct worker *w, const uint8_t *sent,
+			       const uint8_t *got, uint64_t voff, size_t len)
+{
+	size_t i, first = len, n = 0;
+
+	for (i = 0; i < len; i++) {
+		if (sent[i] == got[i])
+			continue;
+		if (first == len)
+			first = i;
+		n++;
+	}
+	failure(w, "copy_user round trip differs (vram %#llx len %zu): %zu byte(s), "
+		"the first at +%zu (user page offset %#lx of the sent buffer, %#lx of "
+		"the received)", (unsigned long long)voff, len, n, first,
+		(unsigned long)((uintptr_t)(sent + first) & 4095),
+		(unsigned long)((uintptr_t)(got + first) & 4095));
+}
+
 /* ---- operations -------------------------------------------------------------- */
 
 /* COPY_USER to VRAM and back, any alignment, single page or SG. */
@@ -203,8 +228,7 @@ static void op_copy(struct worker *w, uint64_t *s)
 	/* Whatever the result, the buffer must not change from now on. */
 	after = sum(w->b, len + 4096);
 	if (!ret && memcmp(w->a + mis, w->b + mis, len))
-		failure(w, "copy_user round trip differs (vram %#llx len %zu)",
-			(unsigned long long)voff, len);
+		round_trip_differs(w, w->a + mis, w->b + mis, voff, len);
 	qgpu_sleep_us(rnd(s) % 2000);
 	if (sum(w->b, len + 4096) != after) {
 		atomic_fetch_add(&w->c->late_writes, 1);

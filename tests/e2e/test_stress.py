@@ -24,8 +24,6 @@ import threading
 import time
 from typing import Any
 
-import pytest
-
 from qgpu.config import DmaMode
 from qgpu.faults import FaultInjector
 from qgpu.kernels import GuestKernel
@@ -98,13 +96,8 @@ def _wait_for_qgpu0(guest: GuestMachine) -> None:
 
 
 @ALL_MODES
-def test_stress(qgpu_guest: GuestMachine, qgpu_kernel: GuestKernel, qgpu_dma_mode: DmaMode,
-                request: pytest.FixtureRequest) -> None:
-    if qgpu_dma_mode is DmaMode.VIRTIO_IOMMU:
-        # The same round trip went wrong here too, once (stock, CI of 2026-12-01:
-        # "copy_user round trip differs (vram 0x38a11e1 len 183773)", 3 removals,
-        # 6 resets): issue 11's open bug, not a flake of this test.
-        request.applymarker(VIRTIO_IOMMU_RESET_ROUND_TRIP)
+def test_stress(qgpu_guest: GuestMachine, qgpu_kernel: GuestKernel,
+                qgpu_dma_mode: DmaMode) -> None:
     # On the debug kernel: 2 or 3 host hotplug cycles in the first half's 12 s,
     # then 4 sysfs removals, 3 s apart, from 3.75 s into the second half.
     half = 15 if qgpu_kernel.detectors.heavy else 5
@@ -134,28 +127,16 @@ def test_stress(qgpu_guest: GuestMachine, qgpu_kernel: GuestKernel, qgpu_dma_mod
     assert not any(left.values()), f"left behind after the run: {left}"
 
 
-#: A known failure, under investigation (issue 11): under virtio-iommu only,
-#: with function resets, about one run in four ends with a copy_user round
-#: trip whose bytes differ (the device as of the start of that session too;
-#: direct and intel-iommu passed 5 of 5; without resets 8 of 8 passed).
-VIRTIO_IOMMU_RESET_ROUND_TRIP = pytest.mark.xfail(
-    reason="issue 11: under virtio-iommu, a copy_user round trip across function "
-           "resets sometimes differs (about 1 run in 4); not yet explained", strict=False)
-
-
 @ALL_MODES
 def test_stress_statistics_agree_with_the_device(qgpu_guest: GuestMachine,
                                                  qgpu_kernel: GuestKernel,
-                                                 qgpu_dma_mode: DmaMode,
-                                                 request: pytest.FixtureRequest) -> None:
+                                                 qgpu_dma_mode: DmaMode) -> None:
     """The driver counts every descriptor the device retired, aborted or dropped.
 
     A removal starts a new driver instance with new statistics while the
     device keeps its own, so this run has signals, stops and function resets
     but no removal, and compares the two between idle points.
     """
-    if qgpu_dma_mode is DmaMode.VIRTIO_IOMMU:
-        request.applymarker(VIRTIO_IOMMU_RESET_ROUND_TRIP)
     seconds = 8 if qgpu_kernel.detectors.heavy else 5
     args = (f"--seconds {seconds} --seed {SEED + 1} --procs 2 --threads 2 --signals "
             "--stop-cont --reset-every-ms 700")
