@@ -25,7 +25,7 @@ from qgpu import initramfs, paths, shm, template
 from qgpu.config import MachineConfig
 from qgpu.console import ESCAPE, SerialConsole
 from qgpu.crash import backtrace_frames, sanitizer_report
-from qgpu.errors import QemuDiedError, QemuTimeoutError, SetupError
+from qgpu.errors import GuestTimeoutError, QemuDiedError, QemuTimeoutError, SetupError
 from qgpu.health import DMESG_BAD, KNOWN_KERNEL_BUGS, split_known_kernel_bugs
 from qgpu.inspector import DeviceInspector
 from qgpu.kernels import resolve
@@ -484,6 +484,61 @@ def test_ssh_leaves_the_programs_logging_as_it_was(tmp_path: Path) -> None:
         assert logger.level == logging.WARNING
     finally:
         logger.setLevel(before)
+
+
+def _ssh_key(tmp_path: Path) -> Path:
+    """Write a fresh Ed25519 key in OpenSSH's format; return its path."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = tmp_path / "id_ed25519"
+    key.write_bytes(Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption()))
+    return key
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port                         # closed: connecting to it is refused
+
+
+def test_ssh_connect_raises_what_the_background_attempt_raised(tmp_path: Path) -> None:
+    """A restored guest's SSH connects in the background; the first use waits for that
+    attempt and raises its error, instead of trying for another whole timeout."""
+    ssh = GuestSsh(_free_port(), _ssh_key(tmp_path))
+    ssh.start_connecting(timeout=0.5)
+    start = time.monotonic()
+    with pytest.raises(GuestTimeoutError, match=r"cannot SSH to root@127\.0\.0\.1"):
+        ssh.connect(timeout=60)
+    assert time.monotonic() - start < 5
+    assert not ssh.connected
+
+
+def test_ssh_close_does_not_wait_for_a_background_handshake(tmp_path: Path) -> None:
+    """Stopping a guest whose SSH is still connecting (a hung sshd) is not held up by the
+    handshake's 20 s banner timeout; the attempt ends when its socket does."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)                  # connects, and never says a word
+    port = listener.getsockname()[1]
+    ssh = GuestSsh(port, _ssh_key(tmp_path))
+    try:
+        ssh.start_connecting(timeout=60)
+        time.sleep(0.3)                 # in the handshake, waiting for a banner
+        start = time.monotonic()
+        ssh.close()
+        assert time.monotonic() - start < 0.5
+        assert not ssh.connected
+    finally:
+        listener.close()                # the pending connection is reset
+    deadline = time.monotonic() + 10
+    while any(t.name == f"ssh-connect-{port}" for t in threading.enumerate()):
+        assert time.monotonic() < deadline, "the background attempt did not end"
+        time.sleep(0.05)
+    assert not ssh.connected
 
 
 def test_interactive_console_joins_terminal_and_guest(tmp_path: Path) -> None:

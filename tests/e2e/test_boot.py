@@ -38,8 +38,12 @@ def test_driver_bound_and_dmesg_clean(qgpu_guest: GuestMachine, qgpu_dma_mode: D
     raw = qgpu_guest.run("dmesg -r", check=True).output.splitlines()
     probe = [line for line in raw if re.search(r"qgpu0: VRAM \d+ MiB, MSI-X with", line)]
     assert probe, "\n".join(raw)
+    # The module loader's notice at the first load of an out-of-tree module is
+    # the kernel's, not the driver's. (With one guest shared by the session,
+    # only the guest's first test saw it: this test passed because it never was.)
     worse = [line for line in raw if (m := re.match(r"<(\d+)>", line)) and
-             int(m.group(1)) & 7 <= KERN_WARNING]
+             int(m.group(1)) & 7 <= KERN_WARNING and
+             not line.endswith("qgpu: loading out-of-tree module taints kernel.")]
     assert not worse, f"{qgpu_dma_mode}: the driver's load logged warnings or worse:\n" + \
         "\n".join(worse)
 

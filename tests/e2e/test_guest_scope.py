@@ -2,12 +2,13 @@
 
 A pytest run of its own on two modules. In the first, one test leaves a file
 in the guest and a pattern in VRAM, and the next looks for both; the second
-module's test looks too. With a fresh guest per test (``test``) nothing is
-found; with one guest per module (``module``) the first module's second test
-finds both (the check can fail) and the other module's test, on a guest of its
-own, finds neither; with one guest for the session (the default) the second
-test finds both too, and the third runs on a new guest because the failed
-test's is not handed on. Every one of those guests is restored from a
+module's test looks too. With a fresh guest per test (the default on kernels
+without kmemleak, ``test``) nothing is found; with one guest per module
+(``module``) the first module's second test finds both (the check can fail)
+and the other module's test, on a guest of its own, finds neither; with one
+guest for the session (``session``, the default on kernels with kmemleak) the
+second test finds both too, and the third runs on a new guest because the
+failed test's is not handed on. Every one of those guests is restored from a
 template. And a guest whose driver the fixture cannot reload is not shared
 any further.
 """
@@ -58,13 +59,16 @@ def test_3_finds_no_mark(qgpu_guest, qgpu_inspector):
 '''
 
 
-def _inner_run(tmp_path: Path, config: pytest.Config, kernel: GuestKernel, scope: str) -> str:
-    folder = tmp_path / scope
+def _inner_run(tmp_path: Path, config: pytest.Config, kernel: GuestKernel,
+               scope: str | None) -> str:
+    """Run the two modules with ``--qgpu-guest-scope=scope`` (None: the default)."""
+    folder = tmp_path / (scope or "default")
     folder.mkdir()
     (folder / "test_inner.py").write_text(INNER)
     (folder / "test_inner_other.py").write_text(OTHER_MODULE)
-    return run_pytest(folder, config, kernel, "--qgpu-guest-scope", scope,
-                      str(folder / "test_inner.py"), str(folder / "test_inner_other.py")).output
+    option = [f"--qgpu-guest-scope={scope}"] if scope else []
+    return run_pytest(folder, config, kernel, *option, str(folder / "test_inner.py"),
+                      str(folder / "test_inner_other.py")).output
 
 
 def test_a_fresh_guest_per_test_sees_nothing_of_the_test_before(
@@ -73,7 +77,9 @@ def test_a_fresh_guest_per_test_sees_nothing_of_the_test_before(
         # The same plugin code on every kernel; here each retiring guest would add
         # kmemleak's 12 s settled scan to the longest CI lane.
         pytest.skip("the scopes are checked on the kernels without kmemleak")
-    isolated = _inner_run(tmp_path, pytestconfig, qgpu_kernel, "test")
+    # The default on this kernel: a guest per test.
+    isolated = _inner_run(tmp_path, pytestconfig, qgpu_kernel, None)
+    assert "guest scope: test (auto: a fresh guest per test)" in isolated, isolated
     assert "3 passed" in isolated, isolated
     assert "3 guest(s) restored from templates" in isolated, isolated
     shared = _inner_run(tmp_path, pytestconfig, qgpu_kernel, "module")
@@ -81,8 +87,8 @@ def test_a_fresh_guest_per_test_sees_nothing_of_the_test_before(
         "left by an earlier test: guest RAM and VRAM" in shared and \
         "2 passed" in shared, shared
     assert "2 guest(s) restored from templates" in shared, shared
-    # The default: one guest for the session's tests of a mode, restored too. A
-    # failed test's guest is not handed on: test_3 gets a second one.
+    # One guest for the session's tests of a mode, restored too. A failed test's
+    # guest is not handed on: test_3 gets a second one.
     session = _inner_run(tmp_path, pytestconfig, qgpu_kernel, "session")
     assert "FAILED test_inner.py::test_2_finds_no_mark[direct]" in session and \
         "left by an earlier test: guest RAM and VRAM" in session and \
@@ -115,12 +121,13 @@ def test_3_has_the_driver_again(qgpu_guest):
 
 def test_a_guest_whose_driver_does_not_load_is_not_handed_on(
         qgpu_kernel: GuestKernel, tmp_path: Path, pytestconfig: pytest.Config) -> None:
-    """The qgpu_guest fixture reloads the driver before each test; when that fails, the
-    next test gets a new guest, not the same broken one."""
+    """On a shared guest, the qgpu_guest fixture reloads the driver before each test;
+    when that fails, the next test gets a new guest, not the same broken one."""
     if qgpu_kernel.detectors.heavy:
         pytest.skip("the fixture's code is the same on every kernel; a debug boot costs "
                     "a minute")
     (tmp_path / "test_reload.py").write_text(BROKEN_RELOAD)
-    out = run_pytest(tmp_path, pytestconfig, qgpu_kernel, str(tmp_path / "test_reload.py")).output
+    out = run_pytest(tmp_path, pytestconfig, qgpu_kernel, "--qgpu-guest-scope=session",
+                     str(tmp_path / "test_reload.py")).output
     assert "ERROR at setup of test_2_cannot_have_the_driver" in out, out
     assert "PASSED test_reload.py::test_3_has_the_driver_again" in out, out

@@ -23,14 +23,15 @@ Options (``pytest --help`` lists them under "qgpu test rig"):
                            ``retire`` (default) once, when the guest is shut down, naming
                            the test that allocated each leaked object; ``test`` after
                            every test (exact, about 12 s more per test)
-``--qgpu-guest-scope S``   which tests share a ``qgpu_guest``: ``session`` (default) one
-                           guest per DMA mode; ``module`` one per test module and mode,
-                           ``test`` a fresh one for every test. Every guest is restored
+``--qgpu-guest-scope S``   which tests share a ``qgpu_guest``: ``test`` a fresh one for
+                           every test; ``module`` one per test module and mode;
+                           ``session`` one per DMA mode; ``auto`` (default) ``test``,
+                           but ``session`` on kernels with kmemleak, whose check as each
+                           guest retires takes about 12 s. Every guest is restored
                            from its mode's saved template (:mod:`qgpu.template`, made by
-                           one boot on first use and cached) in about a second. A
-                           restore that fails boots instead, with a warning, counted in
-                           the summary. kmemleak's check runs as each guest retires:
-                           with ``test``, after every test (about 12 s each)
+                           one boot on first use and cached) in about 0.15 s under TCG
+                           (a second on the debug kernel). A restore that fails boots
+                           instead, with a warning, counted in the summary
 ``--qgpu-accel MODE``      auto (KVM only if a bounded probe boots a guest), tcg, kvm
 ``--qgpu-modes M,M``       run the tests parametrized by ``qgpu_dma_mode`` only in these
                            DMA modes (default: all of direct, swiotlb, iommu,
@@ -58,7 +59,7 @@ import pytest
 
 from qgpu.config import DmaMode
 
-#: ``--qgpu-guest-scope`` values, widest first.
+#: ``--qgpu-guest-scope`` values, widest first (and ``auto``, which picks one).
 GUEST_SCOPES = ("session", "module", "test")
 
 #: The rig's options (their ``dest``) and defaults: given without the rig, an error.
@@ -99,11 +100,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
          help="when kmemleak checks a shared guest: once when it is shut down, "
               "naming the test that allocated each leak (retire, default), or "
               "after every test (test: exact, about 12 s more per test)")
-    _add(group, "--qgpu-guest-scope", default="session", choices=GUEST_SCOPES,
-         help="which tests share a guest: session (default: one guest per DMA "
-              "mode), module (one per test module and mode) or test (a fresh "
-              "guest per test); guests are restored from a saved template "
-              "(made by one boot on first use, then cached)")
+    _add(group, "--qgpu-guest-scope", default="auto", choices=("auto", *GUEST_SCOPES),
+         help="which tests share a guest: test (a fresh guest per test), module "
+              "(one per test module and mode) or session (one per DMA mode); auto "
+              "(default) is test, or session on kernels with kmemleak (its check "
+              "as a guest retires takes about 12 s); guests are restored from a "
+              "saved template (made by one boot on first use, then cached)")
     _add(group, "--qgpu-accel", default="auto", choices=("auto", "tcg", "kvm"),
          help="accelerator; auto uses KVM only if a bounded probe boots a guest")
     _add(group, "--qgpu-modes", metavar="M,M", default=None,

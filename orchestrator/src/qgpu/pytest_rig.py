@@ -7,15 +7,16 @@ registers this module when a run asks for it (``-p qgpu``, ``--qgpu`` or
 Fixtures (all namespaced ``qgpu_``):
 
 ``qgpu_dma_mode``     parametrizes a test over direct / swiotlb / iommu / virtio-iommu
-                      (session-scoped, so tests are grouped by mode and one VM per mode
-                      is started); ``@pytest.mark.parametrize("qgpu_dma_mode", [...],
-                      indirect=True)`` picks modes
+                      (session-scoped, so tests are grouped by mode); ``@pytest.mark.
+                      parametrize("qgpu_dma_mode", [...], indirect=True)`` picks modes
 ``qgpu_guest``        a running :class:`~qgpu.machine.GuestMachine` for ``qgpu_dma_mode``
-                      with this repository's driver freshly loaded and an empty dmesg;
-                      shared between tests of the same mode (``--qgpu-guest-scope``),
-                      replaced when a test leaves it dead or crashed. After the test the
-                      driver is unloaded and the kernel's detectors are read
-                      (:mod:`qgpu.health`): any report fails the test
+                      with this repository's driver freshly loaded and an empty dmesg:
+                      by default a guest of the test's own, restored from the mode's
+                      template (``--qgpu-guest-scope``: or shared by the tests of a
+                      module or of the session, and replaced when a test leaves it
+                      dead or crashed). After the test the driver is unloaded and the
+                      kernel's detectors are read (:mod:`qgpu.health`): any report
+                      fails the test
 ``qgpu_kernel``       the :class:`~qgpu.kernels.GuestKernel` under test (out-of-tree
                       modules build against ``qgpu_kernel.module_build_dir``)
 ``qgpu_inspector``    the host-side :class:`~qgpu.inspector.DeviceInspector` of the
@@ -105,8 +106,28 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = keep
 
 
+def guest_scope(config: pytest.Config) -> tuple[str, str]:
+    """Return the ``qgpu_guest`` scope this run uses (``--qgpu-guest-scope``), and why.
+
+    ``auto`` is ``test``, but ``session`` on a kernel with kmemleak: its check,
+    two scans 5 s apart as a guest retires, would add about 12 s to every test.
+    """
+    asked = str(config.getoption("--qgpu-guest-scope", default="auto"))
+    if asked != "auto":
+        return asked, "--qgpu-guest-scope"
+    try:
+        kmemleak = kernels.resolve().detectors.kmemleak
+    except SetupError:
+        kmemleak = False                # no kernel: the fixtures will say so
+    if kmemleak:
+        return "session", ("auto: the kernel has kmemleak, whose check as each guest "
+                           "retires takes about 12 s; --qgpu-guest-scope=test for a guest "
+                           "per test anyway")
+    return "test", "auto: a fresh guest per test"
+
+
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    """Name the QEMU and the guest kernel under test in pytest's header."""
+    """Name the QEMU and the guest kernel under test, and the guest scope, in pytest's header."""
     lines = []
     try:
         lines.append(f"qgpu: QEMU {paths.qemu_binary()}")
@@ -118,6 +139,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
                      f"{', '.join(k.detectors.names()) or 'none'}")
     except SetupError as exc:
         lines.append(f"qgpu: {exc}")
+    scope, why = guest_scope(config)
+    lines.append(f"qgpu: guest scope {scope} ({why})")
     return lines
 
 
@@ -217,14 +240,14 @@ def _attribute(found: health.Health, windows: list[_Window]) -> list[str]:
 class _Pool:
     """The guests tests share, one per DMA mode at a time, and the tests each one ran.
 
-    How widely a guest is shared is ``--qgpu-guest-scope``: the session's tests
-    of a mode share one guest, or a module's, or a single test has one. Each is
+    How widely a guest is shared is :func:`guest_scope`: a single test has one,
+    or the tests of a module, or those of the session (per mode). Each is
     restored from the mode's template (made on first use, then cached).
     """
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
-        self.scope: str = config.getoption("--qgpu-guest-scope", default="session")
+        self.scope: str = guest_scope(config)[0]
         self.machines: dict[DmaMode, GuestMachine] = {}
         self.windows: dict[DmaMode, list[_Window]] = {}
         #: The module whose tests a module-scoped guest serves.
@@ -271,11 +294,14 @@ class _Pool:
             getattr(other, "module", None) is getattr(item, "module", None)
 
     def drop(self, mode: DmaMode) -> None:
-        """Stop the guest of ``mode`` without looking at it."""
+        """Stop the guest of ``mode`` without looking at it.
+
+        No power-off: nothing reads what a guest would print while it shuts down.
+        """
         machine = self.machines.pop(mode, None)
         self.windows.pop(mode, None)
         if machine is not None:
-            machine.stop()
+            machine.stop(graceful=False)
 
     def retire(self, mode: DmaMode) -> str | None:
         """Stop the guest of ``mode`` after a last, thorough leak check; return its findings.
@@ -287,8 +313,13 @@ class _Pool:
         machine = self.machines.get(mode)
         windows = self.windows.get(mode, [])
         found = None
-        if machine is not None and machine.is_alive() and health.detectors(machine).kmemleak:
-            found = _health_after(machine, unload=True, settle_leaks=True)
+        if machine is not None and machine.is_alive():
+            if health.detectors(machine).kmemleak:
+                found = _health_after(machine, unload=True, settle_leaks=True)
+            else:
+                # What the kernel logged after the last test's check (a timer firing
+                # after the unload): a shared guest's next test would have read it.
+                found = _late_health(machine)
         self.drop(mode)
         if found is None or found.ok:
             return None
@@ -384,7 +415,7 @@ def run_properties(config: pytest.Config) -> dict[str, str]:
     """Return what a run's results depend on: QEMU, guest kernel and image, accelerator."""
     user = _brought(config)
     props = {"qgpu.accel": str(config.getoption("--qgpu-accel")),
-             "qgpu.guest_scope": str(config.getoption("--qgpu-guest-scope")),
+             "qgpu.guest_scope": guest_scope(config)[0],
              "qgpu.modes": ",".join(sorted(selected_modes(config))),
              "qgpu.overlays": " ".join(map(str, user.overlays)),
              "qgpu.extra": " ".join([*user.append, *user.qemu_args])}
@@ -436,6 +467,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int,
             f"{counts['guests']} guest(s) restored from templates; "
             f"{counts['templates made']} template(s) made in this run (a boot each), "
             f"the others found in {template.cache_dir()}")
+        scope, why = guest_scope(config)
+        terminalreporter.line(f"guest scope: {scope} ({why})")
     cold_boots = config.stash.get(_COLD_BOOTS, [])
     if not cold_boots:
         return
@@ -475,6 +508,19 @@ def _health_after(machine: GuestMachine, *, unload: bool, scan_leaks: bool = Tru
                             settle_leaks=settle_leaks, clear_log=clear_log)
     except (GuestCrashError, QgpuError, OSError) as exc:
         return health.Health(problems=[f"the health check failed: {exc}"])
+
+
+def _late_health(machine: GuestMachine) -> health.Health:
+    """Read what the kernel logged since the last check; a bad line is a finding."""
+    try:
+        out = machine.run(health.prepare_command(health.detectors(machine)), timeout=30,
+                          watch_crashes=False).output
+    except (GuestCrashError, QgpuError, OSError) as exc:
+        return health.Health(problems=[f"reading the kernel log failed: {exc}"])
+    late = health.late_reports(out)
+    return health.Health(problems=["the kernel reported trouble after the last test's "
+                                   "check (e.g. from a timer after the driver was "
+                                   "unloaded):", *late[:20]] if late else [])
 
 
 def _save_health(found: health.Health, dest: Path) -> None:

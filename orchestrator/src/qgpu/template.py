@@ -42,7 +42,8 @@ from qgpu.machine import GuestMachine
 
 #: Bumped when what a template holds, or how it is made, changes.
 #: 2: keys without the image paths; the boot's kernel log checked before saving.
-FORMAT = 2
+#: 3: that log emptied once checked.
+FORMAT = 3
 #: When a template is made, those unused for this many days are removed, and
 #: all but this many of the most recently used (about 110 MiB each; 4 DMA
 #: modes x 3 kernels, twice over).
@@ -214,9 +215,10 @@ def make(config: MachineConfig, folder: Path, *, accel_name: str,
         machine = GuestMachine(cfg, ssh_key=ssh_key, ram=RamFile(work / "ram"))
         try:
             machine.start(connect_ssh=False)
-            # Every guest restored from it starts with this boot's kernel log:
-            # a report in it (a stall on a busy host, say) is not kept.
-            found = health.check(machine, scan_leaks=False)
+            # A boot whose log has a report (a stall on a busy host, say) is not
+            # kept. The log is emptied once checked: a restored guest's log then
+            # holds only what happened since its restore, and reading it is quick.
+            found = health.check(machine, scan_leaks=False, clear_log=True)
             if not found.ok:
                 raise GuestCrashError(
                     f"{config.name}: not saved as a template: the guest kernel reported "
@@ -280,7 +282,8 @@ def restore(config: MachineConfig, *, ssh_key: Path | None = None,
     """Return a running guest of ``config`` restored from its template (made if needed).
 
     The guest is at its prompt with the driver not loaded, its clock set,
-    SSH set up if ``ssh_key`` is given (it connects at first use).
+    SSH set up if ``ssh_key`` is given (it connects in the background; its
+    first use waits for that).
     ``template`` defaults to :func:`get`'s; one made for another machine raises
     :class:`~qgpu.errors.SetupError`.
     """
@@ -319,7 +322,7 @@ def restore_or_boot(config: MachineConfig, *, ssh_key: Path | None = None,
     full, QEMU cannot save the machine) is not the end either: the guest is
     booted, which raises if it does not boot. Nor is a restore that fails
     (QEMU refuses the state, the guest's console does not answer; SSH, which
-    connects at first use, is not tried here). Either way the guest is
+    connects in the background, is not waited for here). Either way the guest is
     booted instead, without the driver as a restored one is, and
     :attr:`Started.cold_boot_reason` quotes the error, for the caller to
     report -- never silently. ``template`` defaults to :func:`get`'s.
