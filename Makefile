@@ -308,7 +308,9 @@ test: qemu images venv ## Everything CI runs: lint, the suites on the stock, deb
 	sanitizers() { NINJA_JOBS=$${1:-} $(MAKE) --no-print-directory \
 	        test-device QEMU_SANITIZE=1 \
 	        PYTEST_ARGS="$(PYTEST_ARGS) --junitxml=$(TEST_REPORTS)/sanitizers.xml"; }; \
-	fuzzing() { [ "$(TEST_FUZZ_SECONDS)" = 0 ] || NINJA_JOBS=$${1:-} $(MAKE) --no-print-directory \
+	fuzzing() { [ "$(TEST_FUZZ_SECONDS)" = 0 ] && return; \
+	    echo "make: $(TEST_FUZZ_SECONDS) s of fuzzing$${1:+, $$1 fuzzer at a time}"; \
+	    NINJA_JOBS=$${1:-} $(MAKE) --no-print-directory \
 	        fuzz FUZZ_SECONDS=$(TEST_FUZZ_SECONDS) FUZZ_JOBS=$${1:-$(FUZZ_JOBS)}; }; \
 	run_logged() { local name=$$1; shift; \
 	    if "$$@" > $(TEST_LOGS)/test-$$name.log 2>&1; then rc=0; else rc=$$?; fi; \
@@ -340,7 +342,6 @@ test: qemu images venv ## Everything CI runs: lint, the suites on the stock, deb
 	echo "make: the example project, from the wheel in a fresh venv"; \
 	$(example_suite) || status=1; \
 	if [ -n "$$lane" ]; then \
-	    echo "make: the fuzzer, beside the second lane"; \
 	    fuzzing 1 || status=1; \
 	    echo "make: waiting for the second lane"; wait $$lane || true; \
 	    show_logged stock; show_logged qgpu; show_logged debug-side; show_logged sanitizers; \
@@ -351,7 +352,6 @@ test: qemu images venv ## Everything CI runs: lint, the suites on the stock, deb
 	    debug_side_suite || status=1; \
 	    echo "make: device suite under ASan + UBSan"; \
 	    sanitizers || status=1; \
-	    echo "make: the fuzzer"; \
 	    fuzzing || status=1; \
 	fi; \
 	echo "make: JUnit XML reports in $(TEST_REPORTS)/; artifact bundles of failed tests" \

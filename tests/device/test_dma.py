@@ -257,13 +257,14 @@ def test_virtio_iommu_translates_the_last_byte_of_a_mapping_to_that_mapping(
     viommu = VirtioIommu(dev, PciFunction(dev.qt, 0, 3), VIRTIO_IOMMU_BAR)
     viommu.attach(domain=1, endpoint=0x100)                 # qgpu: 01:00.0
     viommu.put_ring_at(1, 0x10_0000_0000)
-    # IOVA page i maps physical page 2 * (pages - 1 - i) of a block: descending,
-    # with a page between each two. Mapped page i is filled with 0x10 + i, the
-    # pages between with 0xEE.
+    # IOVA page i maps physical page 2 * (pages - i) - 1 of a block: descending,
+    # with a page between each two and before the first. Mapped page i is filled
+    # with 0x10 + i, the others with 0xEE: a byte sent to the page before the
+    # next mapping's lands on one of them.
     block = dev.mem.alloc(2 * pages * 4096, align=4096)
     dev.mem.write(block, b"\xee" * (2 * pages * 4096))
     iova = 0x10_0010_0000
-    phys = [block + 2 * (pages - 1 - i) * 4096 for i in range(pages)]
+    phys = [block + (2 * (pages - i) - 1) * 4096 for i in range(pages)]
     for i, gpa in enumerate(phys):
         dev.mem.write(gpa, bytes([0x10 + i]) * 4096)
         viommu.map(1, iova + i * 4096, gpa, 4096, MAP_F_READ | MAP_F_WRITE)
@@ -279,7 +280,7 @@ def test_virtio_iommu_translates_the_last_byte_of_a_mapping_to_that_mapping(
         == [ABI.ERR_NONE] * len(edges)
     wrote = {i: (dev.mem.read(phys[i] + 4095, 1), dev.mem.read(phys[i + 1], 1)) for i in edges}
     assert wrote == {i: (b"\xa5", b"\x5a") for i in edges}
-    between = [dev.mem.read(block + (2 * k + 1) * 4096, 4096) for k in range(pages - 1)]
+    between = [dev.mem.read(block + 2 * k * 4096, 4096) for k in range(pages)]
     assert all(page == b"\xee" * 4096 for page in between), "a DMA wrote outside its mappings"
 
 

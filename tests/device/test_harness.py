@@ -482,6 +482,16 @@ def test_ssh_leaves_the_programs_logging_as_it_was(tmp_path: Path) -> None:
         with pytest.raises(OSError):
             GuestSsh(1, tmp_path / "no-such-key").connect(timeout=1)
         assert logger.level == logging.WARNING
+        # Two guests' SSH connecting at once, in the background, ending one after
+        # the other: the level is back once both are done, not stuck at CRITICAL.
+        key = _ssh_key(tmp_path)
+        first, second = GuestSsh(_free_port(), key), GuestSsh(_free_port(), key)
+        first.start_connecting(timeout=0.3)
+        second.start_connecting(timeout=0.6)
+        for ssh in (first, second):
+            with pytest.raises(GuestTimeoutError):
+                ssh.connect()
+        assert logger.level == logging.WARNING
     finally:
         logger.setLevel(before)
 

@@ -152,7 +152,7 @@ def dedicated(restore_guest: MakeGuest, mode: DmaMode = DmaMode.DIRECT
     """A guest of the test's own, restored from its template (issue 12: not booted),
     with the driver loaded; kmemleak (where the kernel has it) reads it afterwards."""
     g = restore_guest(mode, ssh=False, check_leaks=True)
-    health.check_boot(g)            # its template's boot; the probe's log is read at the end
+    health.check_boot(g)            # since its restore; the probe's log is read at the end
     g.run("insmod /opt/qgpu/qgpu.ko && test -c /dev/qgpu0", check=True)
     return g, FaultInjector.for_machine(g), g.inspector()
 

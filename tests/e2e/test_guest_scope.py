@@ -131,3 +131,42 @@ def test_a_guest_whose_driver_does_not_load_is_not_handed_on(
                      str(tmp_path / "test_reload.py")).output
     assert "ERROR at setup of test_2_cannot_have_the_driver" in out, out
     assert "PASSED test_reload.py::test_3_has_the_driver_again" in out, out
+
+
+LATE_REPORT = '''
+import pytest
+from qgpu.config import DmaMode
+
+DIRECT = pytest.mark.parametrize("qgpu_dma_mode", [DmaMode.DIRECT], indirect=True)
+
+
+@DIRECT
+def test_1_leaves_a_late_report(qgpu_guest):
+    # Logged 0.3 s after the check that follows the test unloaded the driver (and
+    # read the log, just after), as a timer firing after the unload would.
+    qgpu_guest.run("(while [ -e /sys/module/qgpu ]; do sleep 0.05; done; sleep 0.3; "
+                   "echo 'BUG: qgpu late canary' > /dev/kmsg) >/dev/null 2>&1 &", check=True)
+
+
+@DIRECT
+def test_2_is_quick(qgpu_guest):
+    pass
+'''
+
+
+def test_a_report_after_the_last_check_fails_the_run_and_names_its_test(
+        qgpu_kernel: GuestKernel, tmp_path: Path, pytestconfig: pytest.Config) -> None:
+    """A guest of its own is discarded after its test's check, but only after its
+    kernel log is read once more, a second later, in the background: a report
+    that came after the check still fails the run, and names the test."""
+    if qgpu_kernel.detectors.heavy:
+        pytest.skip("on kernels with kmemleak the default scope is session")
+    (tmp_path / "test_late.py").write_text(LATE_REPORT)
+    res = run_pytest(tmp_path, pytestconfig, qgpu_kernel, str(tmp_path / "test_late.py"))
+    assert res.exit_code != 0, res.output
+    assert "BUG: qgpu late canary" in res.output, res.output
+    assert "after its last test (test_late.py::test_1_leaves_a_late_report[direct])" \
+        in res.output, res.output
+    assert "PASSED test_late.py::test_1_leaves_a_late_report" in res.output, res.output
+    bundles = list((tmp_path / "artifacts").glob("*/*test_1_leaves_a_late_report*/health.txt"))
+    assert bundles and "BUG: qgpu late canary" in bundles[0].read_text(), res.output

@@ -76,6 +76,8 @@ class GuestMachine:
         self.accel = ""
         self.boot_seconds = 0.0
         self.restore_seconds = 0.0          #: QEMU start to a console answer, restored
+        #: QEMU start to the guest running again (state loaded, ``cont``), restored
+        self.restore_running_seconds = 0.0
         self.vram: dict[str, SharedMemory] = {}
         self.console_log: Path | None = None
         self.crash_report = ""              #: why QEMU crashed, once it has
@@ -263,6 +265,7 @@ class GuestMachine:
                                                       "exit-on-error": False})
                 self._wait_migration("restoring the guest", timeout)
                 self.qmp.command("cont")
+                self.restore_running_seconds = time.monotonic() - start
                 self.console.run(f"date -s @{time.time():.0f} >/dev/null",
                                  timeout=30 * self.config.timeout_scale, check=True)
             except QemuDiedError as exc:

@@ -44,6 +44,7 @@ import contextlib
 import hashlib
 import os
 import re
+import threading
 import time
 import warnings
 from collections.abc import Callable, Generator, Iterator
@@ -84,11 +85,13 @@ def selected_modes(config: pytest.Config) -> set[DmaMode]:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Deselect the guest tests of the DMA modes ``--qgpu-modes`` leaves out; group the rest.
 
-    With pytest-xdist, each test parametrized by ``qgpu_dma_mode`` is in the
+    With pytest-xdist, where guests are shared (``--qgpu-guest-scope`` module or
+    session), each test parametrized by ``qgpu_dma_mode`` is in the
     ``xdist_group`` of its mode, so ``-n N --dist loadgroup`` keeps a mode's tests
-    on one worker, which boots that mode's guest once.
+    on one worker, which restores that mode's guest once. A guest per test needs
+    no grouping: any worker runs any test.
     """
-    if config.pluginmanager.has_plugin("xdist"):
+    if config.pluginmanager.has_plugin("xdist") and guest_scope(config)[0] != "test":
         for item in items:
             mode = _mode_of(item)
             if mode is not None and item.get_closest_marker("xdist_group") is None:
@@ -237,6 +240,30 @@ def _attribute(found: health.Health, windows: list[_Window]) -> list[str]:
     return lines
 
 
+#: How long a guest without kmemleak lives on after its last test's check before
+#: its kernel log is read a last time (and it is stopped), in the background: a
+#: report that comes later than the check -- a timer or work item firing after the
+#: driver was unloaded -- fails that test too (at the next test's teardown or the
+#: session's end), as the next test on a shared guest would have found it.
+LATE_READ_SECONDS = 1.0
+
+
+class _Retiree(threading.Thread):
+    """A guest's last read of its kernel log, LATE_READ_SECONDS after its last test."""
+
+    def __init__(self, mode: DmaMode, machine: GuestMachine, windows: list[_Window]) -> None:
+        super().__init__(name=f"qgpu-retire-{mode}", daemon=True)
+        self.mode, self.machine, self.windows = mode, machine, windows
+        self.found: health.Health | None = None
+
+    def run(self) -> None:
+        try:
+            time.sleep(LATE_READ_SECONDS * self.machine.config.timeout_scale)
+            self.found = _late_health(self.machine)
+        finally:
+            self.machine.stop(graceful=False)
+
+
 class _Pool:
     """The guests tests share, one per DMA mode at a time, and the tests each one ran.
 
@@ -252,6 +279,8 @@ class _Pool:
         self.windows: dict[DmaMode, list[_Window]] = {}
         #: The module whose tests a module-scoped guest serves.
         self.owners: dict[DmaMode, str] = {}
+        #: Retired guests whose kernel log is still to be read a last time.
+        self.retirees: list[_Retiree] = []
 
     def get(self, mode: DmaMode, nodeid: str) -> GuestMachine:
         # Tests are grouped by mode (and module), and each group's guest retires
@@ -280,7 +309,7 @@ class _Pool:
         # second instead of a boot (30 s on the debug kernel under TCG).
         machine = _restore_or_boot(self.config, _base_config(self.config, mode), nodeid)
         try:
-            health.check_boot(machine)  # a restored guest's log holds its template's boot
+            health.check_boot(machine)  # what the kernel logged since its restore (or boot)
         except BaseException:
             machine.stop()
             raise
@@ -304,32 +333,62 @@ class _Pool:
             machine.stop(graceful=False)
 
     def retire(self, mode: DmaMode) -> str | None:
-        """Stop the guest of ``mode`` after a last, thorough leak check; return its findings.
+        """Retire the guest of ``mode``; return what this and earlier retirements found.
 
-        kmemleak reports an object only after two scans 5 s apart: the leaks of the
-        guest's last tests show up only here. Each report is saved in the bundle of
-        the test that allocated the object, and the returned text names that test.
+        On a kernel with kmemleak, a last, thorough leak check first: kmemleak
+        reports an object only after two scans 5 s apart, so the leaks of the
+        guest's last tests show up only here. Otherwise the guest lives on for
+        :data:`LATE_READ_SECONDS` in the background, and then its kernel log is
+        read a last time; what that found is returned by a later call (or
+        :meth:`close`). Each report is saved in the bundle of the test it
+        belongs to, and the returned text names that test.
         """
         machine = self.machines.get(mode)
         windows = self.windows.get(mode, [])
         found = None
-        if machine is not None and machine.is_alive():
+        if machine is not None and machine.is_alive() and machine.console is not None and \
+                machine.console.at_prompt:   # (a shell still busy would not answer)
             if health.detectors(machine).kmemleak:
                 found = _health_after(machine, unload=True, settle_leaks=True)
             else:
-                # What the kernel logged after the last test's check (a timer firing
-                # after the unload): a shared guest's next test would have read it.
-                found = _late_health(machine)
+                self.machines.pop(mode)
+                self.windows.pop(mode, None)
+                retiree = _Retiree(mode, machine, windows)
+                retiree.start()
+                self.retirees.append(retiree)
         self.drop(mode)
+        problems = [self._report(mode, found, windows)] if found is not None else []
+        problems += self._late_reports(wait=False)
+        return "\n".join(p for p in problems if p) or None
+
+    def _late_reports(self, *, wait: bool) -> list[str]:
+        """Collect the findings of retired guests whose last read is done (``wait``: all)."""
+        problems = []
+        for retiree in list(self.retirees):
+            if wait:
+                retiree.join()
+            if retiree.is_alive():
+                continue
+            self.retirees.remove(retiree)
+            problems.append(self._report(retiree.mode, retiree.found, retiree.windows,
+                                         LATE_READ_SECONDS))
+        return problems
+
+    def _report(self, mode: DmaMode, found: health.Health | None, windows: list[_Window],
+                late: float | None = None) -> str:
+        """Save ``found`` in the bundles of the tests it concerns; return its text ("" if ok)."""
         if found is None or found.ok:
-            return None
+            return ""
         found.problems += _attribute(found, windows)
         owners = [w for w in windows if any(w.holds(lk.jiffies) for lk in found.leaks)]
         for w in owners or windows[-1:]:
             with contextlib.suppress(OSError):
                 _save_health(found, _artifact_dir_for(self.config, w.nodeid))
-        return (f"the {mode} guest, checked once more before it was shut down:\n"
-                + "\n".join(found.problems) + "\n" + found.summary())
+        when = (f"its kernel log read {late:g} s after its last test ("
+                f"{windows[-1].nodeid if windows else 'no test'})" if late is not None
+                else "checked once more before it was shut down")
+        return (f"the {mode} guest, {when}:\n" + "\n".join(found.problems) + "\n"
+                + found.summary())
 
     def close(self) -> None:
         problems = []
@@ -341,6 +400,7 @@ class _Pool:
                 problem = self.retire(mode)
                 if problem:
                     problems.append(problem)
+            problems += [p for p in self._late_reports(wait=True) if p]
         if problems:
             raise GuestCrashError("\n".join(problems))
 

@@ -2,15 +2,47 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import paramiko
 
 from qgpu.console import CommandResult
 from qgpu.errors import GuestError, GuestTimeoutError
+
+#: How many connects are under way (any thread): paramiko's logger is quiet
+#: while there is one, and back at its level after the last.
+_quiet_lock = threading.Lock()
+_quiet_users = 0
+_quiet_saved_level = logging.NOTSET
+
+
+@contextlib.contextmanager
+def _paramiko_quiet() -> Iterator[None]:
+    """Quiet paramiko's logger while any thread connects.
+
+    It logs every refused early attempt at ERROR level: not news here. The level
+    is back as it was after the last connect, whichever thread ends last (the
+    program's logging is the program's).
+    """
+    global _quiet_users, _quiet_saved_level
+    logger = logging.getLogger("paramiko")
+    with _quiet_lock:
+        if _quiet_users == 0:
+            _quiet_saved_level = logger.level
+            logger.setLevel(logging.CRITICAL)
+        _quiet_users += 1
+    try:
+        yield
+    finally:
+        with _quiet_lock:
+            _quiet_users -= 1
+            if _quiet_users == 0:
+                logger.setLevel(_quiet_saved_level)
 
 
 class GuestSsh:
@@ -28,6 +60,8 @@ class GuestSsh:
         self._client: paramiko.SSHClient | None = None
         self._thread: threading.Thread | None = None
         self._thread_error: BaseException | None = None
+        #: Set by close(): the attempt under way gives up (each attempt has its
+        #: own, so that one close() cannot be undone by a later connect()).
         self._closing = threading.Event()
         #: Orders a background attempt's keeping its client against close().
         self._lock = threading.Lock()
@@ -36,12 +70,12 @@ class GuestSsh:
         """Start :meth:`connect` in the background; the next :meth:`connect` waits for it."""
         if self._client is not None or self._thread is not None:
             return
-        self._closing.clear()
+        closing = self._closing = threading.Event()
         self._thread_error = None
 
         def attempt() -> None:
             try:
-                self._connect(timeout)
+                self._connect(timeout, closing)
             except BaseException as exc:  # kept for connect() to raise in the caller
                 self._thread_error = exc
 
@@ -68,27 +102,19 @@ class GuestSsh:
         if error is not None:
             raise error
         if self._client is None:
-            self._closing.clear()
-            self._connect(timeout)
+            self._closing = threading.Event()
+            self._connect(timeout, self._closing)
 
-    def _connect(self, timeout: float) -> None:
-        # paramiko logs every refused early attempt at ERROR level: not news here.
-        # Quiet only while connecting, and back as it was (the program's logging
-        # is the program's).
-        logger = logging.getLogger("paramiko")
-        level = logger.level
-        logger.setLevel(logging.CRITICAL)
-        try:
-            self._connect_quietly(timeout)
-        finally:
-            logger.setLevel(level)
+    def _connect(self, timeout: float, closing: threading.Event) -> None:
+        with _paramiko_quiet():
+            self._connect_quietly(timeout, closing)
 
-    def _connect_quietly(self, timeout: float) -> None:
+    def _connect_quietly(self, timeout: float, closing: threading.Event) -> None:
         deadline = time.monotonic() + timeout
         pkey = paramiko.Ed25519Key.from_private_key_file(str(self.key))
         last: Exception | None = None
         pause = 0.05                    # a restored guest answers within a few tries
-        while time.monotonic() < deadline and not self._closing.is_set():
+        while time.monotonic() < deadline and not closing.is_set():
             client = paramiko.SSHClient()
             # A throw-away test guest with fresh host keys every boot.
             client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
@@ -99,16 +125,16 @@ class GuestSsh:
             except (paramiko.SSHException, OSError, EOFError) as exc:
                 last = exc
                 client.close()
-                self._closing.wait(pause)
+                closing.wait(pause)
                 pause = min(pause * 2, 0.5)
                 continue
             with self._lock:
-                if not self._closing.is_set():
+                if not closing.is_set():
                     self._client = client
                     return
             client.close()              # closed meanwhile: not kept open
             break
-        if self._closing.is_set():
+        if closing.is_set():
             raise GuestError(f"SSH to {self.user}@{self.host}:{self.port}: closed while "
                              "connecting")
         raise GuestTimeoutError(f"cannot SSH to {self.user}@{self.host}:{self.port} within "

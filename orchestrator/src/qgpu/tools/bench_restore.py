@@ -4,8 +4,10 @@ Run with ``make bench`` or ``python -m qgpu.tools.bench_restore``. Cold boots an
 restores are interleaved (a busy spell of the machine hits both alike); each
 is timed from QEMU's start to the guest's first answer on the console (the
 ready prompt for a boot, a ``date -s`` for a restore), SSH off for both.
-Also printed: the template's size (device state, RAM the guest used) and
-the memory each restored guest adds (its QEMU's private pages). Prints,
+Also printed: how much of a restore is QEMU's (until the guest runs
+again) and how much the guest's first answer, the template's size (device
+state, RAM the guest used) and the memory each restored guest adds (its
+QEMU's private pages). Prints,
 asserts nothing. Goal (issue 12): restore ≤ 0.15 s median, ≥ 14x faster.
 """
 
@@ -49,6 +51,7 @@ def measure_restore(runs: int = 20, kernel_name: str = "stock", *,
     made = template.get(config)
     boots: list[float] = []
     restores: list[float] = []
+    running: list[float] = []           # of each restore: until the guest runs again
     private: list[int] = []
     for n in range(runs):
         start = time.monotonic()
@@ -62,6 +65,7 @@ def measure_restore(runs: int = 20, kernel_name: str = "stock", *,
         restored = template.restore(config, template=made)
         try:
             restores.append(time.monotonic() - start)
+            running.append(restored.restore_running_seconds)
             assert restored.proc is not None and restored.proc.pid is not None
             private.append(_private_bytes(restored.proc.pid))
         finally:
@@ -71,7 +75,8 @@ def measure_restore(runs: int = 20, kernel_name: str = "stock", *,
                      f"{restores[-1]:.3f} s")
     info = made.info
     return {"kernel": kernel_name, "mode": str(mode), "accel": made.accel,
-            "boot_s": boots, "restore_s": restores, "private_bytes": private,
+            "boot_s": boots, "restore_s": restores, "restore_running_s": running,
+            "private_bytes": private,
             "template": made.folder.name, "state_bytes": int(str(info["state_bytes"])),
             "ram_bytes_used": int(str(info["ram_bytes_used"])), "memory": config.memory,
             "goal_s": GOAL_S, "goal_ratio": GOAL_RATIO}
@@ -88,6 +93,14 @@ def print_restore(res: dict[str, Any]) -> None:
     for what, values in (("cold boot", boots), ("restore", restores)):
         print(f"  {what:18} {statistics.median(values):7.3f}s {p90(values):7.3f}s "
               f"{min(values):7.3f}s {max(values):7.3f}s")
+    running = res.get("restore_running_s") or []
+    if running:
+        run_med = statistics.median(running)
+        # What holds a restore above its goal, if anything: QEMU is quick; the
+        # guest's first command runs on a TCG whose translation cache is empty.
+        print(f"  of the restore: {run_med:.3f} s until the guest runs again (QEMU start, "
+              f"state loaded, cont), {rest_med - run_med:.3f} s for its first console "
+              "answer (medians)")
     print(f"  restore is {boot_med / rest_med:.1f}x faster than a cold boot (goal "
           f"≥ {GOAL_RATIO:.0f}x; restore goal ≤ {GOAL_S} s: "
           f"{'met' if rest_med <= GOAL_S else 'not met'})")
