@@ -431,12 +431,28 @@ def test_a_rig_option_without_the_rig_says_how_to_switch_it_on(tmp_path: Path) -
         "in this run; add -p qgpu" in res.stderr, res.stderr
 
 
-def test_tests_of_a_dma_mode_are_one_xdist_group(tmp_path: Path) -> None:
-    """With pytest-xdist, -n N --dist loadgroup keeps each mode's tests on one worker."""
+@pytest.mark.parametrize("scope", ["session", "module"])
+def test_tests_of_a_dma_mode_on_a_shared_guest_are_one_xdist_group(tmp_path: Path,
+                                                                   scope: str) -> None:
+    """With pytest-xdist and shared guests, -n N --dist loadgroup keeps each mode's
+    tests on one worker."""
     pytest.importorskip("xdist")
     (tmp_path / "test_user.py").write_text(
         "def test_user(qgpu_dma_mode, request):\n"
         "    group = request.node.get_closest_marker('xdist_group')\n"
         "    assert group.kwargs == {'name': f'qgpu-{qgpu_dma_mode}'}\n")
-    res = pytest_in(tmp_path, "-p", "qgpu", "-n", "2", "--dist", "loadgroup")
+    res = pytest_in(tmp_path, "-p", "qgpu", f"--qgpu-guest-scope={scope}", "-n", "2",
+                    "--dist", "loadgroup")
+    assert f"{len(DmaMode)} passed" in res.stdout, res.stdout + res.stderr
+
+
+def test_tests_with_a_guest_each_are_not_grouped_for_xdist(tmp_path: Path) -> None:
+    """With a guest per test (the default on kernels without kmemleak) any worker
+    may run any test: no xdist groups."""
+    pytest.importorskip("xdist")
+    (tmp_path / "test_user.py").write_text(
+        "def test_user(qgpu_dma_mode, request):\n"
+        "    assert request.node.get_closest_marker('xdist_group') is None\n")
+    res = pytest_in(tmp_path, "-p", "qgpu", "--qgpu-kernel=stock", "-n", "2",
+                    "--dist", "loadgroup")
     assert f"{len(DmaMode)} passed" in res.stdout, res.stdout + res.stderr
