@@ -109,12 +109,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = keep
 
 
+#: guest_scope()'s answer, worked out once per run.
+_GUEST_SCOPE = pytest.StashKey[tuple[str, str]]()
+
+
 def guest_scope(config: pytest.Config) -> tuple[str, str]:
     """Return the ``qgpu_guest`` scope this run uses (``--qgpu-guest-scope``), and why.
 
     ``auto`` is ``test``, but ``session`` on a kernel with kmemleak: its check,
     two scans 5 s apart as a guest retires, would add about 12 s to every test.
     """
+    chosen = config.stash.get(_GUEST_SCOPE, None)
+    if chosen is None:
+        chosen = config.stash[_GUEST_SCOPE] = _choose_guest_scope(config)
+    return chosen
+
+
+def _choose_guest_scope(config: pytest.Config) -> tuple[str, str]:
     asked = str(config.getoption("--qgpu-guest-scope", default="auto"))
     if asked != "auto":
         return asked, "--qgpu-guest-scope"
@@ -255,10 +266,12 @@ class _Retiree(threading.Thread):
         super().__init__(name=f"qgpu-retire-{mode}", daemon=True)
         self.mode, self.machine, self.windows = mode, machine, windows
         self.found: health.Health | None = None
+        #: The wait, scaled like the guest's timeouts (slower kernels).
+        self.delay = LATE_READ_SECONDS * machine.config.timeout_scale
 
     def run(self) -> None:
         try:
-            time.sleep(LATE_READ_SECONDS * self.machine.config.timeout_scale)
+            time.sleep(self.delay)
             self.found = _late_health(self.machine)
         finally:
             self.machine.stop(graceful=False)
@@ -371,7 +384,7 @@ class _Pool:
                 continue
             self.retirees.remove(retiree)
             problems.append(self._report(retiree.mode, retiree.found, retiree.windows,
-                                         LATE_READ_SECONDS))
+                                         retiree.delay))
         return problems
 
     def _report(self, mode: DmaMode, found: health.Health | None, windows: list[_Window],
