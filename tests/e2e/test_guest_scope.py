@@ -133,6 +133,46 @@ def test_a_guest_whose_driver_does_not_load_is_not_handed_on(
     assert "PASSED test_reload.py::test_3_has_the_driver_again" in out, out
 
 
+TROUBLE_SINCE_START = '''
+import pytest
+from qgpu.config import DmaMode
+
+DIRECT = pytest.mark.parametrize("qgpu_dma_mode", [DmaMode.DIRECT], indirect=True)
+
+
+@DIRECT
+def test_1_meets_a_report_from_before_it(request, _qgpu_pool, qgpu_dma_mode):
+    # As if the kernel had reported it while the guest booted, or right after
+    # its restore: before the fixture's first look at the guest.
+    machine = _qgpu_pool.get(qgpu_dma_mode, request.node.nodeid)
+    machine.run("echo 'BUG: qgpu start canary' > /dev/kmsg", check=True)
+    request.getfixturevalue("qgpu_guest")
+
+
+@DIRECT
+def test_2_has_a_guest_without_it(qgpu_guest):
+    assert "qgpu start canary" not in qgpu_guest.run("dmesg", check=True).output
+'''
+
+
+def test_a_report_from_before_the_first_test_fails_it_and_the_guest_goes(
+        qgpu_kernel: GuestKernel, tmp_path: Path, pytestconfig: pytest.Config) -> None:
+    """What the kernel logged between a guest's start and its first test's check fails
+    that test (which did not cause it: the message says so), and the guest is not
+    handed on, even where guests are shared."""
+    if qgpu_kernel.detectors.heavy:
+        pytest.skip("the fixture's code is the same on every kernel; a debug boot costs "
+                    "a minute")
+    (tmp_path / "test_start.py").write_text(TROUBLE_SINCE_START)
+    out = run_pytest(tmp_path, pytestconfig, qgpu_kernel, "--qgpu-guest-scope=session",
+                     str(tmp_path / "test_start.py")).output
+    assert "ERROR at setup of test_1_meets_a_report_from_before_it" not in out, out
+    assert "FAILED test_start.py::test_1_meets_a_report_from_before_it" in out, out
+    assert "reported trouble since the guest started" in out, out
+    assert "BUG: qgpu start canary" in out, out
+    assert "PASSED test_start.py::test_2_has_a_guest_without_it" in out, out
+
+
 LATE_REPORT = '''
 import pytest
 from qgpu.config import DmaMode

@@ -150,9 +150,13 @@ def prepare_command(det: Detectors) -> str:
     check (which emptied it too, see ``clear_log``). DMA-API debugging prints every
     error, not only the first of the boot.
     """
-    parts = [f"echo '{_SECTION}dmesg'; dmesg -c; echo '{_SECTION}end'",
-             # A WARN_ON_ONCE an earlier test fired would stay silent in this one.
-             f"if [ -w {CLEAR_WARN_ONCE} ]; then echo 1 > {CLEAR_WARN_ONCE}; fi"]
+    return f"echo '{_SECTION}dmesg'; dmesg -c; echo '{_SECTION}end'; {_reset_command(det)}"
+
+
+def _reset_command(det: Detectors) -> str:
+    """Return the part of :func:`prepare_command` after the kernel log is emptied."""
+    # A WARN_ON_ONCE an earlier test fired would stay silent in this one.
+    parts = [f"if [ -w {CLEAR_WARN_ONCE} ]; then echo 1 > {CLEAR_WARN_ONCE}; fi"]
     if det.dma_api_debug:
         parts.append(f"echo 1 > {DMA_API}/all_errors")
     if det.kmemleak:
@@ -324,14 +328,30 @@ def check(machine: GuestMachine, *, unload: bool = False, scan_leaks: bool = Tru
     return parse(out, det, scan_leaks=scan_leaks)
 
 
-def check_boot(machine: GuestMachine) -> None:
-    """Raise :class:`GuestCrashError` if the kernel reported anything while booting.
+def check_boot(machine: GuestMachine, *, then: str = "", timeout: float = 60.0) -> str:
+    """Raise :class:`GuestCrashError` if the kernel reported anything since the guest started.
 
-    The log is emptied once read, so that a test's check reads only what it caused.
+    The log is emptied once read, and the rest of :func:`prepare_command` done,
+    so that a test's check reads only what it caused. ``then``, a shell
+    command, runs right after, in the same console command (each command is a
+    round trip through a console whose TCG code is still cold after a restore);
+    its output is returned. If it fails, :class:`~qgpu.errors.GuestCommandError`
+    is raised, after the kernel's own reports.
     """
-    found = check(machine, scan_leaks=False, clear_log=True)
+    det = detectors(machine)
+    if machine.console is not None:
+        with contextlib.suppress(GuestCrashError):
+            machine.console.drain(0)    # the boot's own copy of what dmesg reads below
+    command = (f"{check_command(det, scan_leaks=False, clear_log=True)}; "
+               f"echo '{_SECTION}end'; {_reset_command(det)}")
+    if then:
+        command += f"; {then}"
+    result = machine.run(command, timeout=timeout, watch_crashes=False)
+    found = parse(result.output, det, scan_leaks=False)
     if not found.ok:
         raise GuestCrashError(f"{machine.config.name}: the guest kernel reported trouble "
-                              f"while booting:\n{found.summary()}",
+                              f"since the guest started (its boot, or restore):\n"
+                              f"{found.summary()}",
                               found.reports.get("dmesg-report.txt", ""))
-    machine.run(prepare_command(detectors(machine)), timeout=30, check=True)
+    result.check()
+    return result.output.split(f"{_SECTION}end", 1)[-1]

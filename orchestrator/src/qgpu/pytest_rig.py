@@ -294,6 +294,8 @@ class _Pool:
         self.owners: dict[DmaMode, str] = {}
         #: Retired guests whose kernel log is still to be read a last time.
         self.retirees: list[_Retiree] = []
+        #: Modes whose guest started and is not checked yet (:meth:`begin_test`).
+        self.unchecked: set[DmaMode] = set()
 
     def get(self, mode: DmaMode, nodeid: str) -> GuestMachine:
         # Tests are grouped by mode (and module), and each group's guest retires
@@ -311,22 +313,33 @@ class _Pool:
         if machine is None or not machine.is_alive():
             if machine is not None:
                 self.drop(mode)
-            machine = self._start(mode, nodeid)
+            # Every scope restores: the template is made once (one boot) and kept
+            # in the cache, so a run whose template exists starts each guest in
+            # about a second instead of a boot (30 s on the debug kernel under TCG).
+            machine = _restore_or_boot(self.config, _base_config(self.config, mode), nodeid)
             self.machines[mode] = machine
             self.windows[mode] = []
+            self.unchecked.add(mode)
         return machine
 
-    def _start(self, mode: DmaMode, nodeid: str) -> GuestMachine:
-        # Every scope restores: the template is made once (one boot) and kept in
-        # the cache, so a run whose template exists starts each guest in about a
-        # second instead of a boot (30 s on the debug kernel under TCG).
-        machine = _restore_or_boot(self.config, _base_config(self.config, mode), nodeid)
-        try:
-            health.check_boot(machine)  # what the kernel logged since its restore (or boot)
-        except BaseException:
-            machine.stop()
-            raise
-        return machine
+    def begin_test(self, mode: DmaMode, then: str) -> str:
+        """Give the guest of ``mode`` a clean slate for a test, run ``then``; return the output.
+
+        On a guest that just started, that is :func:`health.check_boot` (what the
+        kernel logged since its restore, or boot), with ``then`` in the same
+        console command: a guest of its own for every test pays each round trip
+        through a console whose TCG code is still cold. Otherwise it is
+        :func:`health.prepare_command`, whose output holds the kernel log since
+        the last test's check (:func:`health.late_reports` reads it). Raises
+        :class:`GuestCrashError` if the kernel reported trouble since it
+        started, :class:`~qgpu.errors.GuestCommandError` if ``then`` failed.
+        """
+        machine = self.machines[mode]
+        if mode not in self.unchecked:
+            return machine.run(health.prepare_command(health.detectors(machine)) + "; " + then,
+                               timeout=60, check=True, watch_crashes=False).output
+        self.unchecked.discard(mode)
+        return health.check_boot(machine, then=then)
 
     def shares(self, item: pytest.Item, other: pytest.Item | None) -> bool:
         """Whether ``other`` runs on the guest ``item`` used, under this scope."""
@@ -342,6 +355,7 @@ class _Pool:
         """
         machine = self.machines.pop(mode, None)
         self.windows.pop(mode, None)
+        self.unchecked.discard(mode)
         if machine is not None:
             machine.stop(graceful=False)
 
@@ -612,13 +626,12 @@ def qgpu_guest(request: pytest.FixtureRequest, _qgpu_pool: _Pool, qgpu_dma_mode:
     windows = _qgpu_pool.windows.setdefault(dma_mode, [])
     # A fresh driver instance and an empty kernel log for every test.
     try:
-        out = machine.run(health.prepare_command(health.detectors(machine)) +
-                          f"; if {health.QGPU_LOADED}; then rmmod qgpu; fi"
-                          " && insmod /opt/qgpu/qgpu.ko && test -c /dev/qgpu0",
-                          timeout=60, check=True, watch_crashes=False).output
+        out = _qgpu_pool.begin_test(dma_mode, f"if {health.QGPU_LOADED}; then rmmod qgpu; fi"
+                                       " && insmod /opt/qgpu/qgpu.ko && test -c /dev/qgpu0")
     except QgpuError:
-        # Whatever broke the reload would break it for every later test too. Its
-        # state goes into the test's bundle first.
+        # A kernel that reported trouble since the guest started, or whatever
+        # broke the reload, would do it to every later test too. Its state goes
+        # into the test's bundle first.
         with contextlib.suppress(QgpuError, OSError):
             machine.collect_artifacts(_artifact_dir(request.config, request.node))
         _qgpu_pool.drop(dma_mode)
