@@ -60,14 +60,15 @@ def test_3_finds_no_mark(qgpu_guest, qgpu_inspector):
 
 
 def _inner_run(tmp_path: Path, config: pytest.Config, kernel: GuestKernel,
-               scope: str | None) -> str:
+               scope: str | None, *options: str) -> str:
     """Run the two modules with ``--qgpu-guest-scope=scope`` (None: the default)."""
-    folder = tmp_path / (scope or "default")
+    folder = tmp_path / "-".join([scope or "default", *(o.strip("-") for o in options)])
     folder.mkdir()
     (folder / "test_inner.py").write_text(INNER)
     (folder / "test_inner_other.py").write_text(OTHER_MODULE)
     option = [f"--qgpu-guest-scope={scope}"] if scope else []
-    return run_pytest(folder, config, kernel, *option, str(folder / "test_inner.py"),
+    return run_pytest(folder, config, kernel, *option, *options,
+                      str(folder / "test_inner.py"),
                       str(folder / "test_inner_other.py")).output
 
 
@@ -78,10 +79,16 @@ def test_a_fresh_guest_per_test_sees_nothing_of_the_test_before(
         # kmemleak's 12 s settled scan to the longest CI lane.
         pytest.skip("the scopes are checked on the kernels without kmemleak")
     # The default on this kernel: a guest per test.
+    # Each test after the first gets the guest restored (and checked) while the
+    # test before it ran; without spares, each is restored when asked for.
     isolated = _inner_run(tmp_path, pytestconfig, qgpu_kernel, None)
     assert "guest scope: test (auto: a fresh guest per test)" in isolated, isolated
     assert "3 passed" in isolated, isolated
-    assert "3 guest(s) restored from templates" in isolated, isolated
+    assert "3 guest(s) restored from templates (2 ahead, while the test before ran)" \
+        in isolated, isolated
+    on_demand = _inner_run(tmp_path, pytestconfig, qgpu_kernel, None, "--qgpu-spare-guest=off")
+    assert "3 passed" in on_demand, on_demand
+    assert "3 guest(s) restored from templates;" in on_demand, on_demand
     shared = _inner_run(tmp_path, pytestconfig, qgpu_kernel, "module")
     assert "FAILED test_inner.py::test_2_finds_no_mark[direct]" in shared and \
         "left by an earlier test: guest RAM and VRAM" in shared and \

@@ -32,6 +32,8 @@ Options (``pytest --help`` lists them under "qgpu test rig"):
                            one boot on first use and cached) in about 0.15 s under TCG
                            (a second on the debug kernel). A restore that fails boots
                            instead, with a warning, counted in the summary
+``--qgpu-spare-guest on``  with a guest per test, the next test's is restored in the
+                           background while a test runs (``off``: when asked for)
 ``--qgpu-accel MODE``      auto (KVM only if a bounded probe boots a guest), tcg, kvm
 ``--qgpu-modes M,M``       run the tests parametrized by ``qgpu_dma_mode`` only in these
                            DMA modes (default: all of direct, swiotlb, iommu,
@@ -106,6 +108,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
               "(default) is test, or session on kernels with kmemleak (its check "
               "as a guest retires takes about 12 s); guests are restored from a "
               "saved template (made by one boot on first use, then cached)")
+    _add(group, "--qgpu-spare-guest", default="on", choices=("on", "off"),
+         help="with a guest per test: restore the next test's guest in the "
+              "background while a test runs (on, default), or only when the test "
+              "asks for it (off: one QEMU fewer at a time)")
     _add(group, "--qgpu-accel", default="auto", choices=("auto", "tcg", "kvm"),
          help="accelerator; auto uses KVM only if a bounded probe boots a guest")
     _add(group, "--qgpu-modes", metavar="M,M", default=None,

@@ -277,6 +277,51 @@ class _Retiree(threading.Thread):
             self.machine.stop(graceful=False)
 
 
+class _Spare(threading.Thread):
+    """A guest restored and checked in the background, while a test runs, for the next.
+
+    What :func:`template.restore_or_boot` returns, or what it or
+    :func:`health.check_boot` raises, is handed over by :meth:`take`, in the
+    test's own thread: a restore that failed (and booted instead) is counted and
+    warned about there, as a restore in the foreground is. The check is done
+    here because its console commands are the guest's first: they run on a TCG
+    whose translation cache is empty, and are slow (0.1 s each; the test's own
+    reload of the driver, after them, is quicker). What the kernel logs between
+    the check and the test is read by the test's :func:`health.prepare_command`.
+    """
+
+    def __init__(self, mode: DmaMode, cfg: MachineConfig) -> None:
+        super().__init__(name=f"qgpu-spare-{mode}", daemon=True)
+        self.mode, self.cfg = mode, cfg
+        self.started: template.Started | None = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            assert self.cfg.guest_kernel is not None
+            self.started = template.restore_or_boot(self.cfg,
+                                                    ssh_key=self.cfg.guest_kernel.ssh_key)
+            health.check_boot(self.started.machine)
+        except BaseException as exc:    # handed over (raised) by take()
+            self.error = exc
+            if self.started is not None:
+                self.started.machine.stop(graceful=False)
+
+    def take(self) -> template.Started:
+        """Wait for the guest; return it, or raise what starting or checking it raised."""
+        self.join()
+        if self.error is not None:
+            raise self.error
+        assert self.started is not None
+        return self.started
+
+    def discard(self) -> None:
+        """Wait for the guest and stop it (unused: a test it was for ran elsewhere)."""
+        self.join()
+        if self.started is not None:
+            self.started.machine.stop(graceful=False)
+
+
 class _Pool:
     """The guests tests share, one per DMA mode at a time, and the tests each one ran.
 
@@ -296,6 +341,10 @@ class _Pool:
         self.retirees: list[_Retiree] = []
         #: Modes whose guest started and is not checked yet (:meth:`begin_test`).
         self.unchecked: set[DmaMode] = set()
+        #: The next test's guest, being restored (:meth:`prepare_next`).
+        self.spare: _Spare | None = None
+        self.use_spares = self.scope == "test" and \
+            config.getoption("--qgpu-spare-guest", default="on") == "on"
 
     def get(self, mode: DmaMode, nodeid: str) -> GuestMachine:
         # Tests are grouped by mode (and module), and each group's guest retires
@@ -313,14 +362,43 @@ class _Pool:
         if machine is None or not machine.is_alive():
             if machine is not None:
                 self.drop(mode)
-            # Every scope restores: the template is made once (one boot) and kept
-            # in the cache, so a run whose template exists starts each guest in
-            # about a second instead of a boot (30 s on the debug kernel under TCG).
-            machine = _restore_or_boot(self.config, _base_config(self.config, mode), nodeid)
+            machine, checked = self._start(mode, nodeid)
             self.machines[mode] = machine
             self.windows[mode] = []
-            self.unchecked.add(mode)
+            if not checked:
+                self.unchecked.add(mode)
         return machine
+
+    def _start(self, mode: DmaMode, nodeid: str) -> tuple[GuestMachine, bool]:
+        """Return a guest for ``mode``, and whether it was checked since it started."""
+        # Every scope restores: the template is made once (one boot) and kept in
+        # the cache, so a run whose template exists starts each guest in about a
+        # second instead of a boot (30 s on the debug kernel under TCG).
+        spare, self.spare = self.spare, None
+        if spare is not None and spare.mode is mode:
+            started = spare.take()
+            _count_start(self.config, started, nodeid, ahead=True)
+            if started.machine.is_alive():
+                return started.machine, True
+            started.machine.stop(graceful=False)    # it died waiting: another one
+        elif spare is not None:
+            spare.discard()
+        return _restore_or_boot(self.config, _base_config(self.config, mode), nodeid), False
+
+    def prepare_next(self, item: pytest.Item | None) -> None:
+        """Start restoring the guest of ``item``, the next test, if it has one of its own.
+
+        With a guest per test, that hides the restore and the check of what the
+        kernel logged since (a quarter of a second: QEMU, and the guest's first
+        console answers on a cold TCG) behind the test that runs meanwhile, on
+        another CPU if there is one.
+        """
+        mode = _mode_of(item)
+        if not self.use_spares or self.spare is not None or mode is None or \
+                "qgpu_guest" not in getattr(item, "fixturenames", ()):
+            return
+        self.spare = _Spare(mode, _base_config(self.config, mode))
+        self.spare.start()
 
     def begin_test(self, mode: DmaMode, then: str) -> str:
         """Give the guest of ``mode`` a clean slate for a test, run ``then``; return the output.
@@ -420,6 +498,9 @@ class _Pool:
     def close(self) -> None:
         problems = []
         with contextlib.ExitStack() as stop_all:
+            if self.spare is not None:
+                stop_all.callback(self.spare.discard)
+                self.spare = None
             for mode in list(self.machines):
                 # Every guest stops, whatever the retiring of another raises.
                 stop_all.callback(self.drop, mode)
@@ -445,21 +526,41 @@ def _restore_or_boot(config: pytest.Config, cfg: MachineConfig, nodeid: str) -> 
     """Restore a guest of ``cfg`` from its template; boot it, warn and count, if that fails."""
     assert cfg.guest_kernel is not None
     started = template.restore_or_boot(cfg, ssh_key=cfg.guest_kernel.ssh_key)
-    counts = config.stash.setdefault(_RESTORES, {"guests": 0, "templates made": 0})
+    _count_start(config, started, nodeid)
+    return started.machine
+
+
+def _count_start(config: pytest.Config, started: template.Started, nodeid: str, *,
+                 ahead: bool = False) -> None:
+    """Count a guest restored (``ahead``: as a spare) and a template made; warn of a boot."""
+    counts = config.stash.setdefault(_RESTORES, {"guests": 0, "templates made": 0,
+                                                 "ahead": 0})
     counts["guests"] += started.cold_boot_reason is None
+    counts["ahead"] += ahead and started.cold_boot_reason is None
     counts["templates made"] += started.template_made
     if started.cold_boot_reason is not None:
         config.stash.setdefault(_COLD_BOOTS, []).append((nodeid, started.cold_boot_reason))
         warnings.warn(RestoreFallbackWarning(
-            f"the {cfg.name} guest was booted, not restored: {started.cold_boot_reason}"),
-            stacklevel=3)
-    return started.machine
+            f"the {started.machine.config.name} guest was booted, not restored: "
+            f"{started.cold_boot_reason}"), stacklevel=3)
 
 
 def _mode_of(item: pytest.Item | None) -> DmaMode | None:
     callspec = getattr(item, "callspec", None)
     mode = callspec.params.get("qgpu_dma_mode") if callspec is not None else None
     return DmaMode(mode) if mode is not None else None
+
+
+#: The test that runs after this one (on this pytest-xdist worker), if known.
+_NEXT_ITEM = pytest.StashKey["pytest.Item | None"]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None
+                            ) -> Generator[None, object, object]:
+    """Let the ``qgpu_guest`` fixture know the next test (:meth:`_Pool.prepare_next`)."""
+    item.stash[_NEXT_ITEM] = nextitem
+    return (yield)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -550,8 +651,10 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int,
     counts = config.stash.get(_RESTORES, None)
     if counts:
         terminalreporter.section("qgpu: guests")
+        ahead = f" ({counts['ahead']} ahead, while the test before ran)" \
+            if counts.get("ahead") else ""
         terminalreporter.line(
-            f"{counts['guests']} guest(s) restored from templates; "
+            f"{counts['guests']} guest(s) restored from templates{ahead}; "
             f"{counts['templates made']} template(s) made in this run (a boot each), "
             f"the others found in {template.cache_dir()}")
         scope, why = guest_scope(config)
@@ -645,6 +748,7 @@ def qgpu_guest(request: pytest.FixtureRequest, _qgpu_pool: _Pool, qgpu_dma_mode:
                     + "\n".join(late[:20]))
     window = _Window(request.node.nodeid, health.parse_jiffies(out))
     windows.append(window)
+    _qgpu_pool.prepare_next(request.node.stash.get(_NEXT_ITEM, None))
     yield machine
     failed = _failed(request.node)
     dest = _artifact_dir(request.config, request.node)
