@@ -51,10 +51,14 @@ def _dies_with_its_parent(command: list[str]) -> list[str]:
     running: ``setpriv --pdeathsig`` sets the death signal and then executes
     the command, keeping its process id. The signal comes when the thread that
     started it ends, so only a start from the main thread (which lives as long
-    as the rig) gets it; elsewhere, and without setpriv, the command as it is.
+    as the rig), or from a thread that says it outlives every QEMU it starts
+    (an attribute ``outlives_its_qemus`` that is true), gets it; elsewhere, and
+    without setpriv, the command as it is.
     """
     setpriv = _setpriv_pdeathsig()
-    if setpriv is None or threading.current_thread() is not threading.main_thread():
+    thread = threading.current_thread()
+    if setpriv is None or (thread is not threading.main_thread() and
+                           not getattr(thread, "outlives_its_qemus", False)):
         return command
     return [setpriv, "--pdeathsig", "KILL", "--", *command]
 

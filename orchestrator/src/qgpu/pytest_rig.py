@@ -43,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import queue
 import re
 import threading
 import time
@@ -277,49 +278,83 @@ class _Retiree(threading.Thread):
             self.machine.stop(graceful=False)
 
 
-class _Spare(threading.Thread):
+class _Spare:
     """A guest restored and checked in the background, while a test runs, for the next.
 
-    What :func:`template.restore_or_boot` returns, or what it or
-    :func:`health.check_boot` raises, is handed over by :meth:`take`, in the
-    test's own thread: a restore that failed (and booted instead) is counted and
-    warned about there, as a restore in the foreground is. The check is done
-    here because its console commands are the guest's first: they run on a TCG
-    whose translation cache is empty, and are slow (0.1 s each; the test's own
-    reload of the driver, after them, is quicker). What the kernel logs between
-    the check and the test is read by the test's :func:`health.prepare_command`.
+    The pool's :class:`_SpareMaker` thread does it; :meth:`take` hands over what
+    :func:`template.restore_or_boot` returned, and what it or
+    :func:`health.check_boot` raised, in the test's own thread: a restore that
+    failed (and booted instead) is counted and warned about there, as a restore
+    in the foreground is. The check is done here because its console commands
+    are the guest's first: they run on a TCG whose translation cache is empty,
+    and are slow (0.1 s each; the test's own reload of the driver, after them,
+    is quicker). What the kernel logs between the check and the test is read by
+    the test's :func:`health.prepare_command`.
     """
 
     def __init__(self, mode: DmaMode, cfg: MachineConfig) -> None:
-        super().__init__(name=f"qgpu-spare-{mode}", daemon=True)
         self.mode, self.cfg = mode, cfg
         self.started: template.Started | None = None
+        #: What starting the guest raised (``started`` is None), or its check.
         self.error: BaseException | None = None
+        self.done = threading.Event()
 
-    def run(self) -> None:
+    def make(self) -> None:
+        """Restore and check the guest (in the :class:`_SpareMaker` thread); never raises."""
         try:
             assert self.cfg.guest_kernel is not None
             self.started = template.restore_or_boot(self.cfg,
                                                     ssh_key=self.cfg.guest_kernel.ssh_key)
             health.check_boot(self.started.machine)
-        except BaseException as exc:    # handed over (raised) by take()
+        except BaseException as exc:    # handed over by take()
             self.error = exc
-            if self.started is not None:
-                self.started.machine.stop(graceful=False)
+        finally:
+            self.done.set()
 
     def take(self) -> template.Started:
-        """Wait for the guest; return it, or raise what starting or checking it raised."""
-        self.join()
-        if self.error is not None:
+        """Wait for the guest; return it (and :attr:`error`, its check's), or raise.
+
+        Raises what starting the guest raised. A guest whose check found trouble
+        is returned running, for the test to fail on it with the guest's state.
+        """
+        self.done.wait()
+        if self.started is None:
+            assert self.error is not None
             raise self.error
-        assert self.started is not None
         return self.started
 
-    def discard(self) -> None:
-        """Wait for the guest and stop it (unused: a test it was for ran elsewhere)."""
-        self.join()
+    def discard(self) -> str:
+        """Wait for the guest and stop it (no test came for it); return what it found."""
+        self.done.wait()
         if self.started is not None:
             self.started.machine.stop(graceful=False)
+        return f"a guest restored ahead for a test that did not use it: {self.error}" \
+            if isinstance(self.error, GuestCrashError) else ""
+
+
+class _SpareMaker(threading.Thread):
+    """The one thread that makes a pool's spare guests, for as long as the pool lives.
+
+    One thread, not one per guest: the kernel kills a QEMU when the thread that
+    started it ends (:func:`qgpu.process._dies_with_its_parent`), which is how no
+    QEMU outlives a rig killed outright, and this thread ends only after the pool
+    stopped every guest.
+    """
+
+    outlives_its_qemus = True
+
+    def __init__(self) -> None:
+        super().__init__(name="qgpu-spare-maker", daemon=True)
+        self.jobs: queue.SimpleQueue[_Spare | None] = queue.SimpleQueue()
+
+    def run(self) -> None:
+        while (spare := self.jobs.get()) is not None:
+            spare.make()
+
+    def close(self) -> None:
+        """End the thread once the jobs given are done."""
+        self.jobs.put(None)
+        self.join()
 
 
 class _Pool:
@@ -341,10 +376,16 @@ class _Pool:
         self.retirees: list[_Retiree] = []
         #: Modes whose guest started and is not checked yet (:meth:`begin_test`).
         self.unchecked: set[DmaMode] = set()
-        #: The next test's guest, being restored (:meth:`prepare_next`).
+        #: The next test's guest, being restored (:meth:`prepare_next`), and the thread
+        #: that does it (started with the first).
         self.spare: _Spare | None = None
+        self.spare_maker: _SpareMaker | None = None
         self.use_spares = self.scope == "test" and \
             config.getoption("--qgpu-spare-guest", default="on") == "on"
+        #: What spare guests no test used found (reported like late reports).
+        self.spare_problems: list[str] = []
+        #: What the check of a guest restored ahead raised, for its test to fail on.
+        self.failed_checks: dict[DmaMode, BaseException] = {}
 
     def get(self, mode: DmaMode, nodeid: str) -> GuestMachine:
         # Tests are grouped by mode (and module), and each group's guest retires
@@ -374,16 +415,37 @@ class _Pool:
         # Every scope restores: the template is made once (one boot) and kept in
         # the cache, so a run whose template exists starts each guest in about a
         # second instead of a boot (30 s on the debug kernel under TCG).
-        spare, self.spare = self.spare, None
+        # (The pool holds a spare until it is taken or stopped: close() stops one
+        # that an interrupt left behind.)
+        spare = self.spare
         if spare is not None and spare.mode is mode:
-            started = spare.take()
-            _count_start(self.config, started, nodeid, ahead=True)
-            if started.machine.is_alive():
-                return started.machine, True
-            started.machine.stop(graceful=False)    # it died waiting: another one
-        elif spare is not None:
-            spare.discard()
+            try:
+                started = spare.take()
+            finally:
+                self.spare = None if spare.done.is_set() else spare
+            try:
+                _count_start(self.config, started, nodeid, ahead=True)
+            except BaseException:       # (warnings as errors)
+                started.machine.stop(graceful=False)
+                raise
+            if spare.error is not None:
+                self.failed_checks[mode] = spare.error
+            # A guest that died waiting is handed over too: its test's first command
+            # says how it died (QEMU's status, a crash's backtrace, its console).
+            return started.machine, True
+        if spare is not None:
+            self._discard_spare()
         return _restore_or_boot(self.config, _base_config(self.config, mode), nodeid), False
+
+    def _discard_spare(self) -> None:
+        assert self.spare is not None
+        spare = self.spare
+        problem = spare.discard()
+        self.spare = None
+        if spare.started is not None:
+            _count_start(self.config, spare.started, "(a guest restored ahead, not used)")
+        if problem:
+            self.spare_problems.append(problem)
 
     def prepare_next(self, item: pytest.Item | None) -> None:
         """Start restoring the guest of ``item``, the next test, if it has one of its own.
@@ -397,8 +459,11 @@ class _Pool:
         if not self.use_spares or self.spare is not None or mode is None or \
                 "qgpu_guest" not in getattr(item, "fixturenames", ()):
             return
+        if self.spare_maker is None:
+            self.spare_maker = _SpareMaker()
+            self.spare_maker.start()
         self.spare = _Spare(mode, _base_config(self.config, mode))
-        self.spare.start()
+        self.spare_maker.jobs.put(self.spare)
 
     def begin_test(self, mode: DmaMode, then: str) -> str:
         """Give the guest of ``mode`` a clean slate for a test, run ``then``; return the output.
@@ -413,11 +478,15 @@ class _Pool:
         started, :class:`~qgpu.errors.GuestCommandError` if ``then`` failed.
         """
         machine = self.machines[mode]
+        failed = self.failed_checks.pop(mode, None)
+        if failed is not None:
+            raise failed                # its check, in the background, found trouble
         if mode not in self.unchecked:
             return machine.run(health.prepare_command(health.detectors(machine)) + "; " + then,
                                timeout=60, check=True, watch_crashes=False).output
+        out = health.check_boot(machine, then=then)
         self.unchecked.discard(mode)
-        return health.check_boot(machine, then=then)
+        return out
 
     def shares(self, item: pytest.Item, other: pytest.Item | None) -> bool:
         """Whether ``other`` runs on the guest ``item`` used, under this scope."""
@@ -434,6 +503,7 @@ class _Pool:
         machine = self.machines.pop(mode, None)
         self.windows.pop(mode, None)
         self.unchecked.discard(mode)
+        self.failed_checks.pop(mode, None)
         if machine is not None:
             machine.stop(graceful=False)
 
@@ -467,8 +537,8 @@ class _Pool:
         return "\n".join(p for p in problems if p) or None
 
     def _late_reports(self, *, wait: bool) -> list[str]:
-        """Collect the findings of retired guests whose last read is done (``wait``: all)."""
-        problems = []
+        """Collect what retired guests (``wait``: all) and unused spare guests found."""
+        problems, self.spare_problems = self.spare_problems, []
         for retiree in list(self.retirees):
             if wait:
                 retiree.join()
@@ -498,9 +568,11 @@ class _Pool:
     def close(self) -> None:
         problems = []
         with contextlib.ExitStack() as stop_all:
+            if self.spare_maker is not None:
+                # Last: its thread's end is what kills the QEMUs it started.
+                stop_all.callback(self.spare_maker.close)
             if self.spare is not None:
-                stop_all.callback(self.spare.discard)
-                self.spare = None
+                stop_all.callback(self._discard_spare)
             for mode in list(self.machines):
                 # Every guest stops, whatever the retiring of another raises.
                 stop_all.callback(self.drop, mode)
@@ -741,11 +813,11 @@ def qgpu_guest(request: pytest.FixtureRequest, _qgpu_pool: _Pool, qgpu_dma_mode:
         raise
     late = health.late_reports(out)
     if late:
-        after = windows[-1].nodeid if windows else "the boot"
+        why = (f"after the check of {windows[-1].nodeid} (it arrived later, e.g. from a "
+               "timer after the driver was unloaded)" if windows else
+               "after the check of the guest's start, before this test")
         _qgpu_pool.drop(dma_mode)
-        pytest.fail(f"the guest kernel reported trouble after the check of {after} (it "
-                    "arrived later, e.g. from a timer after the driver was unloaded):\n"
-                    + "\n".join(late[:20]))
+        pytest.fail(f"the guest kernel reported trouble {why}:\n" + "\n".join(late[:20]))
     window = _Window(request.node.nodeid, health.parse_jiffies(out))
     windows.append(window)
     _qgpu_pool.prepare_next(request.node.stash.get(_NEXT_ITEM, None))
