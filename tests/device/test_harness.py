@@ -4,6 +4,7 @@ known bugs, which DMA modes a run selects."""
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import re
@@ -184,11 +185,40 @@ def test_template_prune_removes_old_and_surplus_templates(tmp_path: Path,
     for name, age in ages.items():
         (root / name).mkdir(parents=True)
         (root / name / "ram").write_bytes(b"x")
+        (root / (name.split(".")[0] + ".lock")).touch()
         os.utime(root / name, (now - age, now - age))
+    (root / "gone-long-ago.lock").touch()       # its template was removed before
     removed = {p.name for p in template.prune(max_age_days=7, keep=2)}
     assert removed == {"new3", "old"}
     assert sorted(p.name for p in root.iterdir() if p.is_dir()) == \
         ["k.making-123", "new1", "new2"]
+    # A removed template's lock file goes with it (a half-made one shares its key's).
+    assert sorted(p.name for p in root.glob("*.lock")) == ["k.lock", "new1.lock", "new2.lock"]
+
+
+def test_a_template_lock_removed_while_waited_for_is_taken_afresh(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process waiting for a template's lock when prune() removes the lock file
+    (holding it) must not then hold the removed file's lock: another process opening
+    the path would get a new file, and both would hold "the" lock."""
+    monkeypatch.setenv("QGPU_CACHE", str(tmp_path))
+    folder = template.cache_dir() / "key"
+    others_got_it: list[bool] = []
+
+    def wait_then_hold() -> None:
+        # Held, anyone else (another open of the path: flock is per open file)
+        # must find the lock taken.
+        with template._lock(folder), \
+                template._lock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB) as free:
+            others_got_it.append(free)
+
+    with template._lock(folder):
+        waiter = threading.Thread(target=wait_then_hold)
+        waiter.start()
+        time.sleep(0.3)                 # it waits for the lock
+        (template.cache_dir() / "key.lock").unlink()    # as prune() does, holding it
+    waiter.join(10)
+    assert others_got_it == [False], "two holders of one template's lock"
 
 
 def test_a_template_key_counts_images_by_content_not_path(tmp_path: Path) -> None:

@@ -45,10 +45,12 @@ from qgpu.machine import GuestMachine
 #: 3: that log emptied once checked.
 FORMAT = 3
 #: When a template is made, those unused for this many days are removed, and
-#: all but this many of the most recently used (about 110 MiB each; 4 DMA
-#: modes x 3 kernels, twice over).
+#: all but this many of the most recently used (about 170 MiB each). A whole
+#: `make test` uses about 40 (its guests' DMA modes, devices and properties on
+#: four kernels): with 24 kept, every run made 16 of them again, 7 of them on
+#: the debug kernel (half a minute each).
 PRUNE_DAYS = 7.0
-PRUNE_KEEP = 24
+PRUNE_KEEP = 48
 
 
 def cache_dir() -> Path:
@@ -151,8 +153,10 @@ class Template:
 def _lock_file(folder: Path) -> Path:
     """Return the lock file of the template in ``folder``.
 
-    Never removed: a removed lock file would split the lock between the
-    processes that opened it before and those that open it after.
+    :func:`prune` removes it with the template, while it holds the lock: a
+    process that opened it before then finds, once it has the lock, that the
+    path names another file or none, and opens it again (:func:`_lock`), so the
+    lock is never split between the old file and a new one.
     """
     return folder.parent / (folder.name.split(".", 1)[0] + ".lock")
 
@@ -165,16 +169,24 @@ def _lock(folder: Path, mode: int = fcntl.LOCK_EX) -> Iterator[bool]:
     it. With ``LOCK_NB`` in ``mode``, yield False if another process holds it.
     """
     folder.parent.mkdir(parents=True, exist_ok=True)
-    with open(_lock_file(folder), "a") as f:
-        try:
-            fcntl.flock(f, mode)
-        except BlockingIOError:
-            yield False
+    path = _lock_file(folder)
+    while True:
+        with open(path, "a") as f:
+            try:
+                fcntl.flock(f, mode)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                if os.fstat(f.fileno()).st_ino != os.stat(path).st_ino:
+                    continue            # prune() removed it meanwhile: a new one
+            except FileNotFoundError:
+                continue
+            try:
+                yield True
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
             return
-        try:
-            yield True
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def get(config: MachineConfig, *, ssh_key: Path | None = None,
@@ -274,6 +286,15 @@ def prune(max_age_days: float = PRUNE_DAYS, keep: int = PRUNE_KEEP) -> list[Path
                 if free or making:
                     shutil.rmtree(entry, ignore_errors=True)
                     removed.append(entry)
+                if free and not making:
+                    _lock_file(entry).unlink(missing_ok=True)   # (held: see _lock_file)
+    # Lock files whose template is gone (removed before they were removed with it).
+    keys = {entry.name.split(".", 1)[0] for entry in root.iterdir() if entry.is_dir()}
+    for lock in root.glob("*.lock"):
+        if lock.stem not in keys:
+            with _lock(root / lock.stem, fcntl.LOCK_EX | fcntl.LOCK_NB) as free:
+                if free and not (root / lock.stem).exists():
+                    lock.unlink(missing_ok=True)
     return removed
 
 
