@@ -33,6 +33,7 @@ import re
 import warnings
 from dataclasses import dataclass, field
 
+from qgpu.console import CommandResult
 from qgpu.errors import GuestCrashError
 from qgpu.kernels import Detectors
 from qgpu.machine import GuestMachine
@@ -311,6 +312,14 @@ def check(machine: GuestMachine, *, unload: bool = False, scan_leaks: bool = Tru
           settle_leaks: bool = False, clear_log: bool = False,
           timeout: float = 60.0) -> Health:
     """Ask a running guest what its kernel's detectors saw (see the module's doc)."""
+    return _run_check(machine, unload=unload, scan_leaks=scan_leaks,
+                      settle_leaks=settle_leaks, clear_log=clear_log, timeout=timeout)[1]
+
+
+def _run_check(machine: GuestMachine, *, after: str = "", unload: bool = False,
+               scan_leaks: bool = True, settle_leaks: bool = False, clear_log: bool = False,
+               timeout: float = 60.0) -> tuple[CommandResult, Health]:
+    """Run :func:`check_command` (then ``after``, past an end mark); return it, parsed."""
     det = detectors(machine)
     if machine.console is not None:
         # The console's copy of a report is old news once the kernel log below is
@@ -320,12 +329,14 @@ def check(machine: GuestMachine, *, unload: bool = False, scan_leaks: bool = Tru
         # waited for.
         with contextlib.suppress(GuestCrashError):
             machine.console.drain(0)
+    command = check_command(det, unload=unload, scan_leaks=scan_leaks,
+                            settle_leaks=settle_leaks, clear_log=clear_log)
+    if after:
+        command += f"; echo '{_SECTION}end'; {after}"
     # The output quotes old reports (dmesg): only a crash while it runs is news, and
     # the kernel log it reads last has that too.
-    out = machine.run(check_command(det, unload=unload, scan_leaks=scan_leaks,
-                                    settle_leaks=settle_leaks, clear_log=clear_log),
-                      timeout=timeout, watch_crashes=False).output
-    return parse(out, det, scan_leaks=scan_leaks)
+    result = machine.run(command, timeout=timeout, watch_crashes=False)
+    return result, parse(result.output, det, scan_leaks=scan_leaks)
 
 
 def check_boot(machine: GuestMachine, *, then: str = "", timeout: float = 60.0) -> str:
@@ -338,16 +349,9 @@ def check_boot(machine: GuestMachine, *, then: str = "", timeout: float = 60.0) 
     its output is returned. If it fails, :class:`~qgpu.errors.GuestCommandError`
     is raised, after the kernel's own reports.
     """
-    det = detectors(machine)
-    if machine.console is not None:
-        with contextlib.suppress(GuestCrashError):
-            machine.console.drain(0)    # the boot's own copy of what dmesg reads below
-    command = (f"{check_command(det, scan_leaks=False, clear_log=True)}; "
-               f"echo '{_SECTION}end'; {_reset_command(det)}")
-    if then:
-        command += f"; {then}"
-    result = machine.run(command, timeout=timeout, watch_crashes=False)
-    found = parse(result.output, det, scan_leaks=False)
+    after = _reset_command(detectors(machine)) + (f"; {then}" if then else "")
+    result, found = _run_check(machine, after=after, scan_leaks=False, clear_log=True,
+                               timeout=timeout)
     if not found.ok:
         raise GuestCrashError(f"{machine.config.name}: the guest kernel reported trouble "
                               f"since the guest started (its boot, or restore):\n"
