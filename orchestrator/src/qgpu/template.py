@@ -286,9 +286,8 @@ def prune(max_age_days: float = PRUNE_DAYS, keep: int = PRUNE_KEEP) -> list[Path
                 if free or making:
                     shutil.rmtree(entry, ignore_errors=True)
                     removed.append(entry)
-                if free and not making:
-                    _lock_file(entry).unlink(missing_ok=True)   # (held: see _lock_file)
-    # Lock files whose template is gone (removed before they were removed with it).
+    # The lock files of templates that are gone (removed just now, or earlier),
+    # under their lock: see _lock_file.
     keys = {entry.name.split(".", 1)[0] for entry in root.iterdir() if entry.is_dir()}
     for lock in root.glob("*.lock"):
         if lock.stem not in keys:
