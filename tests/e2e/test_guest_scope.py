@@ -72,6 +72,13 @@ def _inner_run(tmp_path: Path, config: pytest.Config, kernel: GuestKernel,
                       str(folder / "test_inner_other.py")).output
 
 
+def _run_file(tmp_path: Path, config: pytest.Config, kernel: GuestKernel, name: str,
+              source: str, *options: str) -> str:
+    """Run the tests of ``source``, written to ``tmp_path/name``, in an inner pytest."""
+    (tmp_path / name).write_text(source)
+    return run_pytest(tmp_path, config, kernel, *options, str(tmp_path / name)).output
+
+
 def test_a_fresh_guest_per_test_sees_nothing_of_the_test_before(
         qgpu_kernel: GuestKernel, tmp_path: Path, pytestconfig: pytest.Config) -> None:
     if qgpu_kernel.detectors.heavy:
@@ -133,9 +140,8 @@ def test_a_guest_whose_driver_does_not_load_is_not_handed_on(
     if qgpu_kernel.detectors.heavy:
         pytest.skip("the fixture's code is the same on every kernel; a debug boot costs "
                     "a minute")
-    (tmp_path / "test_reload.py").write_text(BROKEN_RELOAD)
-    out = run_pytest(tmp_path, pytestconfig, qgpu_kernel, "--qgpu-guest-scope=session",
-                     str(tmp_path / "test_reload.py")).output
+    out = _run_file(tmp_path, pytestconfig, qgpu_kernel, "test_reload.py", BROKEN_RELOAD,
+                    "--qgpu-guest-scope=session")
     assert "ERROR at setup of test_2_cannot_have_the_driver" in out, out
     assert "PASSED test_reload.py::test_3_has_the_driver_again" in out, out
 
@@ -171,9 +177,8 @@ def test_a_report_from_before_the_first_test_fails_it_and_the_guest_goes(
     if qgpu_kernel.detectors.heavy:
         pytest.skip("the fixture's code is the same on every kernel; a debug boot costs "
                     "a minute")
-    (tmp_path / "test_start.py").write_text(TROUBLE_SINCE_START)
-    out = run_pytest(tmp_path, pytestconfig, qgpu_kernel, "--qgpu-guest-scope=session",
-                     str(tmp_path / "test_start.py")).output
+    out = _run_file(tmp_path, pytestconfig, qgpu_kernel, "test_start.py", TROUBLE_SINCE_START,
+                    "--qgpu-guest-scope=session")
     assert "ERROR at setup of test_1_meets_a_report_from_before_it" not in out, out
     assert "FAILED test_start.py::test_1_meets_a_report_from_before_it" in out, out
     assert "reported trouble since the guest started" in out, out
