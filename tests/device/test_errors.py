@@ -152,6 +152,30 @@ def test_error_code(qgpu: QgpuDevice, case: str) -> None:
     assert (qgpu.reg(ABI.REG_DMA_ERROR), qgpu.reg(ABI.REG_DMA_ERROR_INDEX)) == (0, 0)
 
 
+def test_a_lower_sg_limit_is_advertised_and_enforced(start: StartQgpu) -> None:
+    """``x-sg-max-entries`` lowers the SG limit (the fuzzer's configurations use it).
+
+    The register the driver reads says so, a list of that many entries runs, and
+    one entry more fails with SG_COUNT, as a list over 4,096 entries does by default.
+    """
+    dev = start("x-sg-max-entries=16")
+    dev.setup_ring(8)
+    assert dev.reg(ABI.REG_SG_MAX_ENTRIES) == 16
+    data = bytes(range(4)) * 17
+    segs = []
+    for i in range(17):
+        addr = _buf(dev, 4)
+        dev.mem.write(addr, data[4 * i:4 * i + 4])
+        segs.append((addr, 4))
+    fits, too_long = _sg(dev, segs[:16], 64), _sg(dev, segs, 68)
+    [first, second] = dev.submit(fits, too_long)
+    dev.wait_idle()
+    assert dev.status(first) == ABI.DESC_STATUS_DONE
+    assert dev.vram_host(0, 64) == data[:64]
+    assert dev.status(second) == ABI.DESC_STATUS_DONE | ABI.ERR_SG_COUNT
+    assert dev.reg(ABI.REG_DMA_ERROR) == ABI.ERR_SG_COUNT
+
+
 def test_error_cases_cover_every_code() -> None:
     covered = {code for code, _ in CASES.values()}
     # ABORTED and DESC_FETCH need engine state; see test_reset.py and below.

@@ -104,7 +104,8 @@ def test_device_help_lists_properties() -> None:
                          capture_output=True, text=True, timeout=30, check=True).stdout
     for prop in ("vram-size", "memdev", "msi", "msix", "trace-depth", "dma-trace",
                  "stat-transfers", "stat-bytes-to-vram", "stat-errors", "stat-interrupts",
-                 "stat-last-fence", "x-dma-delay-ns", "vram-prefetchable", "x-dma-slice"):
+                 "stat-last-fence", "x-dma-delay-ns", "vram-prefetchable", "x-dma-slice",
+                 "x-sg-max-entries"):
         assert f"{prop}=" in out, f"{prop} missing from -device qgpu,help"
 
 
@@ -125,6 +126,8 @@ def _realize_error(args: list[str]) -> str:
     ("trace-depth=5000", "trace-depth must be between 1 and 4096"),
     ("x-dma-slice=4095", "x-dma-slice must be between 4096 and 67108864 bytes, not 4095"),
     ("x-dma-slice=65M", "x-dma-slice must be between 4096 and 67108864 bytes"),
+    ("x-sg-max-entries=0", "x-sg-max-entries must be between 1 and 4096, not 0"),
+    ("x-sg-max-entries=4097", "x-sg-max-entries must be between 1 and 4096, not 4097"),
     ("memdev=nosuch", "nosuch"),
 ])
 def test_bad_configuration_is_refused(props: str, message: str) -> None:

@@ -225,6 +225,44 @@ def test_migration_with_transfer_in_flight(qgpu: QgpuDevice, rng: random.Random,
         assert after.stat("bytes-to-vram") == 6 * MiB
 
 
+@pytest.mark.parametrize("dest_limit", [32, 16])
+def test_an_sg_list_in_flight_is_checked_against_the_destinations_limit(
+        qgpu: QgpuDevice, rng: random.Random, tmp_path: Path, dest_limit: int) -> None:
+    """``x-sg-max-entries`` is the destination's own (spec 10): the engine reads
+    the list of the descriptor in flight again there; a stream whose list is over
+    the destination's limit is refused, as one the engine would not have run."""
+    _slow(qgpu)
+    data = rng.randbytes(8 * MiB)
+    segs = []
+    for i in range(32):
+        addr = qgpu.mem.alloc(256 * 1024)
+        qgpu.mem.write(addr, data[i * 256 * 1024:(i + 1) * 256 * 1024])
+        segs.append((addr, 256 * 1024))
+    addr, count = qgpu.sg_list(segs)
+    [index] = qgpu.submit(qgpu.desc(opcode=ABI.OP_COPY_TO_VRAM, flags=ABI.DESC_F_SG,
+                                    src=addr, dst=0, length=len(data), sg_count=count))
+    qgpu.qt.clock_step(SLICE_NS * 2 + 1)
+    assert qgpu.stat("bytes-to-vram") == 2 * MiB
+    state = tmp_path / "state"
+    _save_state(qgpu, state)
+    dest, vram = _incoming_machine(qgpu, f"x-dma-delay-ns={SLICE_NS},"
+                                         f"x-sg-max-entries={dest_limit}")
+    with dest:
+        status = _load_state(dest, state)
+        assert dest.proc is not None
+        if dest_limit < count:
+            assert status == "failed"
+            assert "descriptor in flight the engine would have refused" in \
+                dest.proc.log_tail(), dest.proc.log_tail()
+            return
+        assert status == "completed", dest.proc.log_tail()
+        after = QgpuDevice(dest, qgpu.fn.__class__(dest, 1, 0), vram=vram)
+        after.ring = qgpu.ring
+        dest.clock_step(SLICE_NS * 10)
+        assert after.status(index) == ABI.DESC_STATUS_DONE
+        assert after.vram_host(0, len(data)) == data
+
+
 def test_a_migration_that_leaves_shared_vram_out_loads(qgpu: QgpuDevice, rng: random.Random,
                                                        tmp_path: Path) -> None:
     """VM templating (issue 12): with x-ignore-shared, RAM on shared files stays

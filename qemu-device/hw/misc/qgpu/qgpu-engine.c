@@ -215,7 +215,7 @@ static uint32_t qgpu_load_segments(QGPUState *s)
         return QGPU_ERR_NONE;
     }
 
-    if (s->cur_sg_count == 0 || s->cur_sg_count > QGPU_SG_MAX_ENTRIES) {
+    if (s->cur_sg_count == 0 || s->cur_sg_count > s->sg_max_entries) {
         return QGPU_ERR_SG_COUNT;
     }
     list_len = (uint64_t)s->cur_sg_count * QGPU_SG_ENTRY_SIZE;
@@ -286,7 +286,7 @@ uint32_t qgpu_validate_desc(QGPUState *s, const struct qgpu_desc *d)
         return QGPU_ERR_RESERVED;
     }
     if ((flags & QGPU_DESC_F_SG) &&
-        (!s->cur_sg_count || s->cur_sg_count > QGPU_SG_MAX_ENTRIES) && !d) {
+        (!s->cur_sg_count || s->cur_sg_count > s->sg_max_entries) && !d) {
         return QGPU_ERR_SG_COUNT;   /* at fetch: qgpu_load_segments() says so */
     }
     if (flags & QGPU_DESC_F_FENCE) {

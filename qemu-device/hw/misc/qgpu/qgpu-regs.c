@@ -260,7 +260,7 @@ static bool qgpu_reg_read(QGPUState *s, hwaddr addr, uint32_t *val)
         *val = QGPU_RING_MAX_ENTRIES;
         break;
     case A_SG_MAX_ENTRIES:
-        *val = QGPU_SG_MAX_ENTRIES;
+        *val = s->sg_max_entries;
         break;
     case A_RING_BASE_LO:
         *val = extract64(s->ring_base, 0, 32);

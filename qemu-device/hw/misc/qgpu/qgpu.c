@@ -182,6 +182,11 @@ static void qgpu_realize(PCIDevice *pdev, Error **errp)
                    (uint64_t)QGPU_DMA_SLICE_MAX, s->dma_slice);
         return;
     }
+    if (!s->sg_max_entries || s->sg_max_entries > QGPU_SG_MAX_ENTRIES) {
+        error_setg(errp, "x-sg-max-entries must be between 1 and %d, not %u",
+                   QGPU_SG_MAX_ENTRIES, s->sg_max_entries);
+        return;
+    }
     if (!qgpu_init_vram(s, errp)) {
         return;
     }
@@ -528,6 +533,8 @@ static const Property qgpu_properties[] = {
     DEFINE_PROP_BOOL("vram-prefetchable", QGPUState, vram_prefetchable, true),
     DEFINE_PROP_UINT32("trace-depth", QGPUState, trace_depth, 64),
     DEFINE_PROP_SIZE("x-dma-slice", QGPUState, dma_slice, QGPU_DMA_SLICE_BYTES),
+    DEFINE_PROP_UINT32("x-sg-max-entries", QGPUState, sg_max_entries,
+                       QGPU_SG_MAX_ENTRIES),
 };
 
 static void qgpu_instance_init(Object *obj)
@@ -571,6 +578,10 @@ static void qgpu_class_init(ObjectClass *klass, void *data)
         "bytes the DMA engine moves per run before it yields to the main "
         "loop (4 KiB-64 MiB, default 1 MiB); the fuzzer's configurations "
         "use less, as guest memory there is MMIO");
+    object_class_property_set_description(klass, "x-sg-max-entries",
+        "entries an SG list may have (1-4096, default 4096), read by the "
+        "driver from SG_MAX_ENTRIES; the fuzzer's configurations use less, "
+        "as it reads each list from MMIO 8 bytes at a time");
     set_bit(DEVICE_CATEGORY_MISC, dc->categories);
 }
 

@@ -105,6 +105,7 @@ struct QGPUState {
     bool vram_prefetchable;     /* BAR2's prefetchable bit (drivers pick WC by it) */
     uint32_t trace_depth;
     uint64_t dma_slice;         /* x-dma-slice: bytes per engine run */
+    uint32_t sg_max_entries;    /* x-sg-max-entries: SG list limit (SG_MAX_ENTRIES) */
     uint64_t dma_delay_ns;
 
     MemoryRegion mmio;
