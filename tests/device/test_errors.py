@@ -161,7 +161,7 @@ def test_a_lower_sg_limit_is_advertised_and_enforced(start: StartQgpu) -> None:
     dev = start("x-sg-max-entries=16")
     dev.setup_ring(8)
     assert dev.reg(ABI.REG_SG_MAX_ENTRIES) == 16
-    data = bytes(range(4)) * 17
+    data = bytes(range(1, 69))
     segs = []
     for i in range(17):
         addr = _buf(dev, 4)
@@ -173,6 +173,7 @@ def test_a_lower_sg_limit_is_advertised_and_enforced(start: StartQgpu) -> None:
     assert dev.status(first) == ABI.DESC_STATUS_DONE
     assert dev.vram_host(0, 64) == data[:64]
     assert dev.status(second) == ABI.DESC_STATUS_DONE | ABI.ERR_SG_COUNT
+    assert dev.vram_host(64, 4) == bytes(4), "the refused list moved data"
     assert dev.reg(ABI.REG_DMA_ERROR) == ABI.ERR_SG_COUNT
 
 

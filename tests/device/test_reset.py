@@ -228,7 +228,7 @@ def test_migration_with_transfer_in_flight(qgpu: QgpuDevice, rng: random.Random,
 @pytest.mark.parametrize("dest_limit", [32, 16])
 def test_an_sg_list_in_flight_is_checked_against_the_destinations_limit(
         qgpu: QgpuDevice, rng: random.Random, tmp_path: Path, dest_limit: int) -> None:
-    """``x-sg-max-entries`` is the destination's own (spec 10): the engine reads
+    """``x-sg-max-entries`` is the destination's own (spec 10.2): the engine reads
     the list of the descriptor in flight again there; a stream whose list is over
     the destination's limit is refused, as one the engine would not have run."""
     _slow(qgpu)

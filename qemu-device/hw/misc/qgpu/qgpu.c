@@ -581,7 +581,8 @@ static void qgpu_class_init(ObjectClass *klass, void *data)
     object_class_property_set_description(klass, "x-sg-max-entries",
         "entries an SG list may have (1-4096, default 4096), read by the "
         "driver from SG_MAX_ENTRIES; the fuzzer's configurations use less, "
-        "as it reads each list from MMIO 8 bytes at a time");
+        "as the engine reads each list from the fuzzer's MMIO memory 8 bytes "
+        "at a time");
     set_bit(DEVICE_CATEGORY_MISC, dc->categories);
 }
 
