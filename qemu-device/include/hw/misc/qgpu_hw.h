@@ -71,7 +71,7 @@ typedef uint64_t qgpu_le64;
 #define QGPU_REG_VRAM_SIZE_LO       0x010   /* RO: VRAM (BAR2) size, bytes */
 #define QGPU_REG_VRAM_SIZE_HI       0x014   /* RO */
 #define QGPU_REG_RING_MAX_ENTRIES   0x018   /* RO: QGPU_RING_MAX_ENTRIES */
-#define QGPU_REG_SG_MAX_ENTRIES     0x01c   /* RO: x-sg-max-entries, <= QGPU_SG_MAX_ENTRIES */
+#define QGPU_REG_SG_MAX_ENTRIES     0x01c   /* RO: SG list limit (spec 9.1) */
 
 /* Ring registers are writable only while disabled and nothing is in flight. */
 #define QGPU_REG_RING_BASE_LO       0x020   /* RW: ring bus address, 64-byte aligned */
