@@ -352,13 +352,21 @@ static void qgpu_reset_hold(Object *obj, ResetType type)
     s->access_error_addr = 0;
 }
 
-/* What a stream without the optional subsections leaves as it is. */
+/*
+ * What a stream without the optional subsections leaves as it is; and what
+ * is not migrated but records this QEMU's engine runs, the engine's busy
+ * time and the DMA trace: a state loaded into a QEMU whose engine ran
+ * (loadvm, x-revert-to-template) starts them anew, as a migration's
+ * destination does.
+ */
 static int qgpu_pre_load(void *opaque)
 {
     QGPUState *s = opaque;
 
     s->abort_pending = false;
     s->stats.dropped = 0;
+    s->stats.engine_busy_ns = 0;
+    s->trace_seq = 0;
     return 0;
 }
 
