@@ -228,6 +228,20 @@ class SerialConsole:
         except OSError as exc:
             raise QemuDiedError(f"{self.name}: console lost (QEMU exited?): {exc}") from exc
 
+    def forget_output(self) -> None:
+        """Drop what was read and not yet matched: the guest was reverted to its prompt.
+
+        A guest reverted to a saved state (:meth:`GuestMachine.revert`) is
+        back at the prompt it was saved at, and nothing it printed before
+        belongs to it any more.
+        """
+        with contextlib.suppress(pexpect.TIMEOUT, pexpect.EOF, OSError):
+            while self._child.read_nonblocking(1 << 20, timeout=0):
+                pass
+        self._child.buffer = ""
+        self._child.before = ""
+        self.at_prompt = True
+
     def drain(self, seconds: float = 0.2) -> str:
         """Read whatever arrives within ``seconds``; raise if it shows a crash."""
         try:

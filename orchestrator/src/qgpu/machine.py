@@ -78,6 +78,16 @@ class GuestMachine:
         self.restore_seconds = 0.0          #: QEMU start to a console answer, restored
         #: QEMU start to the guest running again (state loaded, ``cont``), restored
         self.restore_running_seconds = 0.0
+        #: The state this guest was restored from (what :meth:`revert` goes back to).
+        self.restored_from: Path | None = None
+        #: How many times :meth:`revert` made this QEMU's guest its template again.
+        self.reverts = 0
+        #: What :func:`qgpu.template.host_settings` read after the restore.
+        self.settings_at_restore: dict[str, object] | None = None
+        #: Where this guest's own console output and QMP events begin: a reverted
+        #: guest's artifacts leave out those of the guests before it in this QEMU.
+        self.console_log_from = 0
+        self.qmp_events_from = 0
         self.vram: dict[str, SharedMemory] = {}
         self.console_log: Path | None = None
         self.crash_report = ""              #: why QEMU crashed, once it has
@@ -271,6 +281,7 @@ class GuestMachine:
             except QemuDiedError as exc:
                 raise self._died(exc, "restoring the guest") from exc
             self.restore_seconds = time.monotonic() - start
+            self.restored_from = state
             # SSH's handshake (0.2 s under TCG) runs meanwhile, on the guest's other
             # CPU while its console loads a driver, say.
             self._connect_ssh(ssh_port, now=False)
@@ -280,6 +291,57 @@ class GuestMachine:
         except BaseException:
             self.stop(graceful=False)
             raise
+        return self
+
+    def revert(self, *, timeout: float = 60.0) -> GuestMachine:
+        """Make this restored guest its template again, in the same QEMU.
+
+        The template is the one :meth:`restore` started the guest from.
+        QEMU's ``x-revert-to-template`` (a patch qgpu carries) drops the pages
+        of guest RAM written since the restore, so they read the template's
+        RAM file again, resets the machine and loads the template's state as
+        the restore did, but keeps the code TCG translated from the pages
+        nobody wrote: most of what a new QEMU costs under TCG is translating
+        the guest's code again. Shared VRAM is zeroed, as a restored guest's
+        is. Then the guest runs, its clock is set and SSH connects again (in
+        the background), as after :meth:`restore`. Raises
+        :class:`~qgpu.errors.QemuError` quoting QEMU if it cannot; the guest
+        is then in no state to use (stop it). Host-side settings a test
+        changed (fault knobs) are not undone: :func:`qgpu.template.revert`
+        refuses such a guest.
+        """
+        if self.qmp is None or self.console is None or self.proc is None:
+            raise QemuError(f"{self.config.name}: not running")
+        if self.restored_from is None:
+            raise QemuError(f"{self.config.name}: not restored from a template: nothing "
+                            "to revert to")
+        state = self.restored_from
+        start = time.monotonic()
+        try:
+            if self.ssh is not None:
+                ssh, self.ssh = self.ssh, None
+                ssh.close()
+            self.qmp.command("stop")
+            for shm in self.vram.values():
+                shm.zero()
+            self.qmp.command("x-revert-to-template", {"filename": str(state)},
+                             timeout=timeout)
+            self.console.forget_output()
+            if self.console_log is not None:
+                self.console_log_from = self.console_log.stat().st_size
+            self.qmp_events_from = len(self.qmp.events())
+            self.qmp.command("cont")
+            self.restore_running_seconds = time.monotonic() - start
+            self.console.run(f"date -s @{time.time():.0f} >/dev/null",
+                             timeout=30 * self.config.timeout_scale, check=True)
+        except QemuDiedError as exc:
+            raise self._died(exc, "reverting the guest to its template") from exc
+        self.restore_seconds = time.monotonic() - start
+        self.reverts += 1
+        ssh_port = forwarded_ssh_port(self.qmp.command(
+            "human-monitor-command", {"command-line": "info usernet"})) \
+            if self.config.ssh else None
+        self._connect_ssh(ssh_port, now=False)
         return self
 
     def _died(self, exc: QemuDiedError, doing: str) -> QemuDiedError:
@@ -421,7 +483,14 @@ class GuestMachine:
             written.append(dest / name)
 
         if self.console_log is not None and self.console_log.exists():
-            shutil.copyfile(self.console_log, dest / "console.log")
+            with self.console_log.open("rb") as src, (dest / "console.log").open("wb") as out:
+                if self.console_log_from:
+                    out.write(f"[qgpu: this QEMU's guest was reverted to its template "
+                              f"{self.reverts} time(s); the console output of the guests "
+                              f"before this one ({self.console_log_from} bytes) is left "
+                              "out]\n".encode())
+                    src.seek(self.console_log_from)
+                shutil.copyfileobj(src, out)
             written.append(dest / "console.log")
         if self.proc is not None:
             self.proc.keep_log(dest / "qemu.log")
@@ -433,8 +502,8 @@ class GuestMachine:
             with contextlib.suppress(QgpuError, OSError):
                 save("dmesg.txt", self.run("dmesg", timeout=20, watch_crashes=False).output)
         if self.qmp is not None:
-            save("qmp-events.json", json.dumps([e.as_dict() for e in self.qmp.events()],
-                                               indent=1))
+            save("qmp-events.json", json.dumps(
+                [e.as_dict() for e in self.qmp.events()[self.qmp_events_from:]], indent=1))
             devices: dict[str, Any] = {}
             for spec in self.config.qgpus:
                 with contextlib.suppress(QgpuError, OSError):

@@ -7,6 +7,7 @@ writes guest RAM or VRAM directly, without going through QEMU or the device.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import mmap
 import os
 import re
@@ -19,6 +20,10 @@ SHM_DIR = Path("/dev/shm")
 #: The rig's files: qgpu-TAG-PID-RANDOM.
 _OURS = re.compile(r"^qgpu-.+-(\d+)-[0-9a-f]{8}$")
 _swept = False
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
 
 
 def sweep_stale(folder: Path = SHM_DIR) -> list[Path]:
@@ -94,6 +99,17 @@ class SharedMemory:
     def write(self, offset: int, data: bytes) -> None:
         """Store ``data`` at ``offset``."""
         self.map[offset:offset + len(data)] = data
+
+    def zero(self) -> None:
+        """Make the whole file read as zeros, and free its pages (also in QEMU's mapping)."""
+        fd = os.open(self.path, os.O_RDWR)
+        try:
+            if _libc.fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE,
+                               ctypes.c_long(0), ctypes.c_long(self.size)) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"cannot zero {self.path}: {os.strerror(err)}")
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         """Unmap and delete the file. Idempotent."""

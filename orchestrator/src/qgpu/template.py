@@ -16,7 +16,11 @@ kernel and initramfs, and the whole QEMU command line the configuration
 gives (DMA mode, vIOMMU, devices and their properties, kernel arguments).
 Templates live in ``$QGPU_CACHE/templates/KEY/``; a changed input is a new
 key, and :func:`prune` removes templates unused for a week and all but the
-24 most recently used.
+:data:`PRUNE_KEEP` most recently used.
+
+A restored guest can be made its template again in the same QEMU
+(:func:`revert`): under TCG, that keeps the code translated from the
+template's RAM, which a new QEMU would translate again.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from pathlib import Path
 
 from qgpu import accel, health, paths
 from qgpu.config import MachineConfig, RamFile
-from qgpu.errors import GuestCrashError, GuestError, QemuError, SetupError
+from qgpu.errors import GuestCrashError, GuestError, QemuError, QgpuError, SetupError
 from qgpu.machine import GuestMachine
 
 #: Bumped when what a template holds, or how it is made, changes.
@@ -320,7 +324,94 @@ def restore(config: MachineConfig, *, ssh_key: Path | None = None,
                              f"machine (this configuration's key is {key}): use "
                              "qgpu.template.get() for this configuration")
         machine = GuestMachine(cfg, ssh_key=ssh_key)
-        return machine.restore(template.ram, template.state, template.accel)
+        machine.restore(template.ram, template.state, template.accel)
+    try:
+        machine.settings_at_restore = host_settings(machine)
+    except BaseException:
+        machine.stop(graceful=False)
+        raise
+    return machine
+
+
+#: A QEMU is reverted at most this many times, then replaced by a new restore:
+#: its TCG translation cache, and whatever else a long-lived QEMU accumulates,
+#: stays bounded.
+MAX_REVERTS = 50
+
+
+def host_settings(machine: GuestMachine) -> dict[str, object]:
+    """Return what a test may change from the host that a revert would not undo.
+
+    A revert resets the machine and loads its template's state, but the qgpu
+    devices' ``x-`` properties (fault knobs, DMA delay and slice: spec 9.4,
+    9.5) keep what ``qom-set`` gave them, and an unplugged device stays
+    unplugged: those, read through QMP, are compared before each revert
+    (:func:`why_not_revertible`) whoever changed them (the rig, or a test's
+    own QMP client).
+    """
+    if machine.qmp is None:
+        raise QemuError(f"{machine.config.name}: not running")
+    qmp = machine.qmp
+    settings: dict[str, object] = {"devices": sorted(
+        p["name"] for p in qmp.command("qom-list", {"path": "/machine/peripheral"}))}
+    for spec in machine.config.qgpus:
+        for prop in qmp.command("qom-list", {"path": spec.qom_path}):
+            name, kind = prop["name"], prop["type"]
+            if name.startswith("x-") and not kind.startswith(("child<", "link<")):
+                settings[f"{spec.id}.{name}"] = qmp.qom_get(spec.qom_path, name)
+    return settings
+
+
+def why_not_revertible(machine: GuestMachine) -> str | None:
+    """Return why ``machine`` cannot be reverted to its template, or None if it can.
+
+    It must be a guest :func:`restore` started (and not booted), alive, at
+    its shell prompt, reverted fewer than :data:`MAX_REVERTS` times, under
+    TCG, with the host settings it started with (:func:`host_settings`).
+    """
+    if machine.restored_from is None or machine.settings_at_restore is None:
+        return "not restored from a template"
+    if not machine.is_alive():
+        return "QEMU is not running"
+    if machine.console is None or not machine.console.at_prompt:
+        return "its shell is not at the prompt"
+    if machine.reverts >= MAX_REVERTS:
+        return f"reverted {machine.reverts} times already"
+    if machine.accel != "tcg":
+        # What a revert saves is TCG's translations; under KVM it would save
+        # little, and it has not been tested there (nested KVM hangs here).
+        return f"reverts are made under TCG only, and it runs on {machine.accel}"
+    try:
+        now = host_settings(machine)
+    except QgpuError as exc:
+        return f"its settings cannot be read: {exc}"
+    changed = sorted(k for k in {*now, *machine.settings_at_restore}
+                     if now.get(k) != machine.settings_at_restore.get(k))
+    if changed:
+        return "changed from the host: " + ", ".join(changed)
+    return None
+
+
+def revert(machine: GuestMachine) -> GuestMachine:
+    """Make ``machine``, a guest :func:`restore` started, its template again, in place.
+
+    Under TCG this costs a fraction of a new QEMU's restore: the code
+    translated from the template's RAM is kept (:meth:`GuestMachine.revert`).
+    Raises :class:`~qgpu.errors.SetupError` saying why a guest cannot be
+    reverted (:func:`why_not_revertible`), :class:`~qgpu.errors.QemuError`
+    quoting QEMU if the revert fails (stop the guest then).
+    """
+    why = why_not_revertible(machine)
+    if why is not None:
+        raise SetupError(f"{machine.config.name}: cannot be reverted to its template: {why}")
+    assert machine.restored_from is not None
+    folder = machine.restored_from.parent
+    # Shared, as a restore: prune() does not remove the template meanwhile.
+    with _lock(folder, fcntl.LOCK_SH):
+        if not Template(folder).complete():
+            raise SetupError(f"{machine.config.name}: its template {folder} was removed "
+                             "meanwhile")
+        return machine.revert()
 
 
 @dataclass(frozen=True)
@@ -332,6 +423,10 @@ class Started:
     cold_boot_reason: str | None = None
     #: Whether its template was made for it (one boot) rather than found in the cache.
     template_made: bool = False
+    #: Whether it is a guest of an earlier test, reverted to its template in place.
+    reverted: bool = False
+    #: Why reverting a guest for it failed (it was restored instead), if it did.
+    revert_failure: str | None = None
 
 
 def restore_or_boot(config: MachineConfig, *, ssh_key: Path | None = None,
