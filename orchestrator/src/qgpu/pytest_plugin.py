@@ -34,6 +34,9 @@ Options (``pytest --help`` lists them under "qgpu test rig"):
                            instead, with a warning, counted in the summary
 ``--qgpu-spare-guest on``  with a guest per test, the next test's is restored in the
                            background while a test runs (``off``: when asked for)
+``--qgpu-revert on``       with a guest per test, a passed test's guest is reverted to
+                           its template in the same QEMU for a later one (``off``: a
+                           new QEMU restores every guest)
 ``--qgpu-accel MODE``      auto (KVM only if a bounded probe boots a guest), tcg, kvm
 ``--qgpu-modes M,M``       run the tests parametrized by ``qgpu_dma_mode`` only in these
                            DMA modes (default: all of direct, swiotlb, iommu,
@@ -112,6 +115,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
          help="with a guest per test: restore the next test's guest in the "
               "background while a test runs (on, default), or only when the test "
               "asks for it (off: one QEMU fewer at a time)")
+    _add(group, "--qgpu-revert", default="on", choices=("on", "off"),
+         help="with a guest per test: revert a passed test's guest to its template in "
+              "the same QEMU for a later test (on, default: under TCG it keeps the "
+              "guest's translated code), or always restore it in a new QEMU (off)")
     _add(group, "--qgpu-accel", default="auto", choices=("auto", "tcg", "kvm"),
          help="accelerator; auto uses KVM only if a bounded probe boots a guest")
     _add(group, "--qgpu-modes", metavar="M,M", default=None,

@@ -41,6 +41,7 @@ initramfs (with its overlays) by SHA-256, and the options.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import queue
@@ -258,24 +259,36 @@ def _attribute(found: health.Health, windows: list[_Window]) -> list[str]:
 #: driver was unloaded -- fails that test too (at the next test's teardown or the
 #: session's end), as the next test on a shared guest would have found it.
 LATE_READ_SECONDS = 1.0
+#: With reverts (``--qgpu-revert``), at most this many retired guests of a DMA
+#: mode wait to be reverted for a later test, and this many in all: each is an
+#: idle QEMU (tens of MiB of its own). A run's tests are grouped by mode and
+#: module, and the next module's come back to the same modes.
+MAX_IDLE_PER_MODE = 2
+MAX_IDLE = 8
 
 
 class _Retiree(threading.Thread):
     """A guest's last read of its kernel log, LATE_READ_SECONDS after its last test."""
 
-    def __init__(self, mode: DmaMode, machine: GuestMachine, windows: list[_Window]) -> None:
+    def __init__(self, mode: DmaMode, machine: GuestMachine, windows: list[_Window], *,
+                 keep: Callable[[_Retiree], bool] | None = None) -> None:
+        """``keep``: offered the guest after its last read (``found``); True if it kept it."""
         super().__init__(name=f"qgpu-retire-{mode}", daemon=True)
         self.mode, self.machine, self.windows = mode, machine, windows
         self.found: health.Health | None = None
         #: The wait, scaled like the guest's timeouts (slower kernels).
         self.delay = LATE_READ_SECONDS * machine.config.timeout_scale
+        self.keep = keep
 
     def run(self) -> None:
+        kept = False
         try:
             time.sleep(self.delay)
             self.found = _late_health(self.machine)
+            kept = self.keep is not None and self.keep(self)
         finally:
-            self.machine.stop(graceful=False)
+            if not kept:
+                self.machine.stop(graceful=False)
 
 
 class _Spare:
@@ -292,8 +305,8 @@ class _Spare:
     the test's :func:`health.prepare_command`.
     """
 
-    def __init__(self, mode: DmaMode, cfg: MachineConfig) -> None:
-        self.mode, self.cfg = mode, cfg
+    def __init__(self, mode: DmaMode, start: Callable[[], template.Started]) -> None:
+        self.mode, self.start = mode, start
         self.started: template.Started | None = None
         #: What starting the guest raised (``started`` is None), or its check.
         self.error: BaseException | None = None
@@ -302,9 +315,7 @@ class _Spare:
     def make(self) -> None:
         """Restore and check the guest (in the :class:`_SpareMaker` thread); never raises."""
         try:
-            assert self.cfg.guest_kernel is not None
-            self.started = template.restore_or_boot(self.cfg,
-                                                    ssh_key=self.cfg.guest_kernel.ssh_key)
+            self.started = self.start()
             health.check_boot(self.started.machine)
         except BaseException as exc:    # handed over by take()
             self.error = exc
@@ -386,6 +397,17 @@ class _Pool:
         self.spare_problems: list[str] = []
         #: What the check of a guest restored ahead raised, for its test to fail on.
         self.failed_checks: dict[DmaMode, BaseException] = {}
+        #: With a guest per test, a test's guest that passed is reverted to its
+        #: template in place for a later test (:func:`template.revert`), instead of
+        #: a new QEMU restoring it: under TCG, the new one would translate the
+        #: guest's code again. These wait for that, per mode.
+        self.use_reverts = self.scope == "test" and \
+            config.getoption("--qgpu-revert", default="on") == "on"
+        self.idle: dict[DmaMode, list[GuestMachine]] = {}
+        #: The same guests, the longest kept first (the first to go over MAX_IDLE).
+        self.idle_order: list[GuestMachine] = []
+        #: Guards ``idle`` and ``idle_order`` (retirees add, the spare maker takes).
+        self.idle_lock = threading.Lock()
 
     def get(self, mode: DmaMode, nodeid: str) -> GuestMachine:
         # Tests are grouped by mode (and module), and each group's guest retires
@@ -435,7 +457,74 @@ class _Pool:
             return started.machine, True
         if spare is not None:
             self._discard_spare()
-        return _restore_or_boot(self.config, _base_config(self.config, mode), nodeid), False
+        started = self._fresh(mode)
+        try:
+            _count_start(self.config, started, nodeid)
+        except BaseException:           # (warnings as errors)
+            started.machine.stop(graceful=False)
+            raise
+        return started.machine, False
+
+    def _fresh(self, mode: DmaMode) -> template.Started:
+        """Return a guest in ``mode`` as its template left it: reverted, or restored.
+
+        An earlier test's guest waiting to be reverted is reverted. Otherwise
+        (none has been retired yet: its last read of the kernel log comes
+        LATE_READ_SECONDS after its test, and waiting for it would hold the
+        next test up more than a new QEMU does), or if the revert fails (said
+        in the :class:`template.Started` returned), a new QEMU restores the
+        template.
+        """
+        failures = []
+        while (machine := self._take_idle(mode)) is not None:
+            try:
+                return template.Started(template.revert(machine), reverted=True)
+            except QgpuError as exc:
+                machine.stop(graceful=False)
+                failures.append(str(exc))
+        cfg = _base_config(self.config, mode)
+        assert cfg.guest_kernel is not None
+        started = template.restore_or_boot(cfg, ssh_key=cfg.guest_kernel.ssh_key)
+        if failures:
+            started = dataclasses.replace(started, revert_failure="\n".join(failures))
+        return started
+
+    def _take_idle(self, mode: DmaMode) -> GuestMachine | None:
+        """Take the guest of ``mode`` kept last for a revert, if there is one."""
+        with self.idle_lock:
+            waiting = self.idle.get(mode)
+            if not waiting:
+                return None
+            machine = waiting.pop()
+            self.idle_order.remove(machine)
+            return machine
+
+    def _keep(self, retiree: _Retiree) -> bool:
+        """Keep a retired guest for a revert (:attr:`use_reverts`); False if it is not kept.
+
+        Not if its last read found a report, or it cannot be reverted
+        (:func:`template.why_not_revertible`). Each kept guest is an idle QEMU:
+        beyond MAX_IDLE_PER_MODE of a mode, or MAX_IDLE in all, the one kept
+        longest is stopped.
+        """
+        machine = retiree.machine
+        if retiree.found is None or not retiree.found.ok or \
+                template.why_not_revertible(machine) is not None:
+            return False
+        with self.idle_lock:
+            waiting = self.idle.setdefault(retiree.mode, [])
+            waiting.append(machine)
+            self.idle_order.append(machine)
+            evicted = waiting[:-MAX_IDLE_PER_MODE]
+            evicted += [m for m in self.idle_order[:-MAX_IDLE] if m not in evicted]
+            for old in evicted:
+                self.idle_order.remove(old)
+                for kept in self.idle.values():
+                    if old in kept:
+                        kept.remove(old)
+        for old in evicted:
+            old.stop(graceful=False)
+        return machine not in evicted
 
     def _discard_spare(self) -> None:
         assert self.spare is not None
@@ -462,7 +551,7 @@ class _Pool:
         if self.spare_maker is None:
             self.spare_maker = _SpareMaker()
             self.spare_maker.start()
-        self.spare = _Spare(mode, _base_config(self.config, mode))
+        self.spare = _Spare(mode, lambda: self._fresh(mode))
         self.spare_maker.jobs.put(self.spare)
 
     def begin_test(self, mode: DmaMode, then: str) -> str:
@@ -507,8 +596,12 @@ class _Pool:
         if machine is not None:
             machine.stop(graceful=False)
 
-    def retire(self, mode: DmaMode) -> str | None:
+    def retire(self, mode: DmaMode, *, reusable: bool = False) -> str | None:
         """Retire the guest of ``mode``; return what this and earlier retirements found.
+
+        ``reusable``: its test passed, and the guest may be reverted to its
+        template for another (:attr:`use_reverts`) once its last read found
+        nothing.
 
         On a kernel with kmemleak, a last, thorough leak check first: kmemleak
         reports an object only after two scans 5 s apart, so the leaks of the
@@ -528,7 +621,8 @@ class _Pool:
             else:
                 self.machines.pop(mode)
                 self.windows.pop(mode, None)
-                retiree = _Retiree(mode, machine, windows)
+                keep = self._keep if reusable and self.use_reverts else None
+                retiree = _Retiree(mode, machine, windows, keep=keep)
                 retiree.start()
                 self.retirees.append(retiree)
         self.drop(mode)
@@ -573,6 +667,8 @@ class _Pool:
                 stop_all.callback(self.spare_maker.close)
             if self.spare is not None:
                 stop_all.callback(self._discard_spare)
+            # After the retirees are joined (below), which may add to it.
+            stop_all.callback(self._stop_idle)
             for mode in list(self.machines):
                 # Every guest stops, whatever the retiring of another raises.
                 stop_all.callback(self.drop, mode)
@@ -584,6 +680,14 @@ class _Pool:
         if problems:
             raise GuestCrashError("\n".join(problems))
 
+    def _stop_idle(self) -> None:
+        with self.idle_lock:
+            machines = list(self.idle_order)
+            self.idle.clear()
+            self.idle_order.clear()
+        for machine in machines:
+            machine.stop(graceful=False)
+
 
 _POOL = pytest.StashKey[_Pool]()
 #: When the session started (time.time()): bundles newer than this are this run's.
@@ -592,6 +696,8 @@ _STARTED = pytest.StashKey[float]()
 _COLD_BOOTS = pytest.StashKey[list[tuple[str, str]]]()
 #: How many guests were restored, and how many templates made for them (a boot each).
 _RESTORES = pytest.StashKey[dict[str, int]]()
+#: (test, why) of every guest that could not be reverted (restored instead).
+_REVERT_FAILURES = pytest.StashKey[list[tuple[str, str]]]()
 
 
 def _restore_or_boot(config: pytest.Config, cfg: MachineConfig, nodeid: str) -> GuestMachine:
@@ -606,10 +712,17 @@ def _count_start(config: pytest.Config, started: template.Started, nodeid: str, 
                  ahead: bool = False) -> None:
     """Count a guest restored (``ahead``: as a spare) and a template made; warn of a boot."""
     counts = config.stash.setdefault(_RESTORES, {"guests": 0, "templates made": 0,
-                                                 "ahead": 0})
+                                                 "ahead": 0, "reverted": 0})
     counts["guests"] += started.cold_boot_reason is None
     counts["ahead"] += ahead and started.cold_boot_reason is None
+    counts["reverted"] += started.reverted
     counts["templates made"] += started.template_made
+    if started.revert_failure is not None:
+        config.stash.setdefault(_REVERT_FAILURES, []).append((nodeid, started.revert_failure))
+        warnings.warn(RestoreFallbackWarning(
+            f"an earlier test's {started.machine.config.name} guest could not be reverted "
+            f"to its template; a new QEMU restored it: {started.revert_failure}"),
+            stacklevel=3)
     if started.cold_boot_reason is not None:
         config.stash.setdefault(_COLD_BOOTS, []).append((nodeid, started.cold_boot_reason))
         warnings.warn(RestoreFallbackWarning(
@@ -725,12 +838,19 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int,
         terminalreporter.section("qgpu: guests")
         ahead = f" ({counts['ahead']} ahead, while the test before ran)" \
             if counts.get("ahead") else ""
+        reverted = f", {counts['reverted']} of them an earlier test's QEMU reverted in " \
+            "place" if counts.get("reverted") else ""
         terminalreporter.line(
-            f"{counts['guests']} guest(s) restored from templates{ahead}; "
+            f"{counts['guests']} guest(s) restored from templates{ahead}{reverted}; "
             f"{counts['templates made']} template(s) made in this run (a boot each), "
             f"the others found in {template.cache_dir()}")
         scope, why = guest_scope(config)
         terminalreporter.line(f"guest scope: {scope} ({why})")
+    failures = config.stash.get(_REVERT_FAILURES, [])
+    if failures:
+        terminalreporter.section("qgpu: guests restored because a revert failed")
+        for nodeid, why in failures:
+            terminalreporter.line(f"{nodeid}: {why}")
     cold_boots = config.stash.get(_COLD_BOOTS, [])
     if not cold_boots:
         return
@@ -849,8 +969,9 @@ def qgpu_guest(request: pytest.FixtureRequest, _qgpu_pool: _Pool, qgpu_dma_mode:
                 _save_health(found, dest)
     if problems or failed or not machine.is_alive() or _qgpu_pool.scope == "test":
         # Never hand a suspect guest to the next test; a live one is checked for the
-        # leaks of the tests before this one first.
-        retired = _qgpu_pool.retire(dma_mode)
+        # leaks of the tests before this one first. One that served a test that
+        # passed may be reverted to its template for another.
+        retired = _qgpu_pool.retire(dma_mode, reusable=not (problems or failed))
         if retired:
             problems.append(retired)
     if problems:
