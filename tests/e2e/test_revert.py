@@ -1,0 +1,250 @@
+"""Guests reverted to their template in the same QEMU (qgpu.template.revert, issue 12).
+
+A restored guest that served a test can be made its template again without a new
+QEMU (``x-revert-to-template``, qemu-device/patches/0008): under TCG the code
+translated from the template's RAM is kept. A reverted guest must be as fresh as a
+restored one -- nothing the test before it wrote, in guest RAM, VRAM or the device;
+a new VM generation ID (the kernel reseeds its RNG); its clock set -- and work as
+one in every DMA mode, MSI-X included. What cannot be reverted is refused with a
+reason, and a failed revert leaves the rig a restored guest instead.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from qgpu import accel, template
+from qgpu.config import DmaMode
+from qgpu.data import fill_pattern
+from qgpu.errors import QemuError, SetupError
+from qgpu.kernels import GuestKernel
+from qgpu.machine import GuestMachine
+
+from .guestio import guest_irq_counts, sh, tool
+from .inner_pytest import run_pytest
+
+RestoreGuest = Callable[..., GuestMachine]
+MiB = 1 << 20
+RESEEDED = "crng reseeded due to virtual machine fork"
+
+
+def _restored(restore: RestoreGuest, mode: DmaMode) -> GuestMachine:
+    guest = restore(mode)
+    if guest.restored_from is None:
+        pytest.fail(f"the {mode} guest was booted, not restored: nothing to revert to")
+    if guest.accel != "tcg":
+        pytest.skip(f"reverts are made under TCG only; this guest runs on {guest.accel}")
+    return guest
+
+
+def _reseeded(guest: GuestMachine) -> bool:
+    """Whether the guest's kernel says it reseeded for a fork (waits up to 5 s, scaled)."""
+    polls = int(200 * guest.config.timeout_scale)
+    return guest.run(f"i=0; until dmesg | grep -q '{RESEEDED}' || [ $i -ge {polls} ]; do "
+                     f"usleep 25000; i=$((i+1)); done; dmesg | grep -q '{RESEEDED}'",
+                     timeout=30).status == 0
+
+
+def _jit(guest: GuestMachine) -> dict[str, int]:
+    """TCG's counters: translated blocks, flushes of them all, invalidations."""
+    assert guest.qmp is not None
+    text = guest.qmp.command("human-monitor-command", {"command-line": "info jit"})
+    return {name: int(count) for name, count in
+            re.findall(r"^(TB count|TB flush count|TB invalidate count)\s+(\d+)", text, re.M)}
+
+
+def test_a_reverted_guest_is_its_template_again(qgpu_restore_guest: RestoreGuest,
+                                                qgpu_dma_mode: DmaMode, rng: random.Random,
+                                                tmp_path: Path) -> None:
+    """After a test's worth of changes -- a file, the driver, DMA into VRAM, device
+    statistics, console output -- a revert leaves none of them, gives the guest a
+    new generation ID its kernel reseeds on, and the guest does DMA with
+    interrupts again."""
+    guest = _restored(qgpu_restore_guest, qgpu_dma_mode)
+    assert guest.qmp is not None and guest.console_log is not None
+    sh(guest, "dd if=/dev/urandom of=/tmp/qgpu-before-revert bs=1M count=8 2>/dev/null")
+    sh(guest, "insmod /opt/qgpu/qgpu.ko && test -c /dev/qgpu0")
+    tool(guest, f"fill 0 {1 * MiB} 0x5a5a5a5a")
+    guest.run("echo QGPU-BEFORE-THE-REVERT", over="console", check=True)
+    insp = guest.inspector()
+    assert insp.stats()["bytes-fill"] == MiB
+    generation = guest.qmp.command("query-vm-generation-id")["guid"]
+
+    template.revert(guest)
+
+    assert guest.reverts == 1
+    assert guest.qmp.command("query-vm-generation-id")["guid"] != generation, \
+        "a reverted guest kept its generation ID: its kernel would not know it was forked"
+    assert _reseeded(guest), "the reverted kernel did not reseed its RNG for the fork:\n" + \
+        sh(guest, "dmesg | tail -20")
+    assert sh(guest, "test -e /tmp/qgpu-before-revert && echo kept || echo gone").strip() \
+        == "gone", "a file written before the revert survived it"
+    assert sh(guest, "grep -c '^qgpu ' /proc/modules || true").strip() == "0", \
+        "the driver loaded before the revert is still loaded"
+    assert insp.vram_backend(0, MiB) == bytes(MiB), "VRAM was not zeroed by the revert"
+    stats = insp.stats()
+    assert stats == dict.fromkeys(stats, 0), f"the device's statistics survived: {stats}"
+    assert insp.dma_trace() == []
+    # The test's artifacts are this guest's, not those of the guest before it.
+    bundle = guest.collect_artifacts(tmp_path / "artifacts")
+    console = (tmp_path / "artifacts" / "console.log").read_text(errors="replace")
+    assert tmp_path / "artifacts" / "console.log" in bundle
+    assert "QGPU-BEFORE-THE-REVERT" in guest.console_log.read_text(errors="replace")
+    assert "QGPU-BEFORE-THE-REVERT" not in console and \
+        console.startswith("[qgpu: this QEMU's guest was reverted"), console[:400]
+
+    sh(guest, "insmod /opt/qgpu/qgpu.ko && test -c /dev/qgpu0")
+    offset, length, pattern = rng.randrange(0, 32 * MiB) & ~0xFFF, 256 << 10, \
+        rng.getrandbits(32)
+    fence = tool(guest, f"fill {offset:#x} {length} {pattern:#x}")["fence"]
+    assert insp.vram_backend(offset, length) == fill_pattern(pattern, length)
+    stats = insp.stats()
+    assert stats["last-fence"] == fence and stats["bytes-fill"] == length
+    assert stats["interrupts"] > 0
+    assert sum(guest_irq_counts(guest).values()) > 0, \
+        "no qgpu interrupt reached the reverted guest"
+
+
+def test_a_revert_keeps_the_translated_code(qgpu_restore_guest: RestoreGuest) -> None:
+    """What a revert is for: under TCG, the code translated from pages the test did not
+    write survives it. (Loading a state normally flushes every translation, and
+    the machine reset used to write the -kernel image over the guest's code.)"""
+    guest = _restored(qgpu_restore_guest, DmaMode.DIRECT)
+    sh(guest, "insmod /opt/qgpu/qgpu.ko && tool=/opt/qgpu/bin/qgpu-tool && "
+              "$tool fill 0 4096 1 >/dev/null && rmmod qgpu")
+    before = _jit(guest)
+    template.revert(guest)
+    sh(guest, "true")
+    after = _jit(guest)
+    assert after["TB flush count"] == before["TB flush count"], \
+        f"the revert flushed every translation: {before} -> {after}"
+    assert after["TB count"] >= before["TB count"] // 2, \
+        f"most translations were invalidated by the revert: {before} -> {after}"
+
+
+def test_what_cannot_be_reverted_is_refused_with_a_reason(qgpu_restore_guest: RestoreGuest
+                                                         ) -> None:
+    """A running VM, a missing state file, a VM without x-ignore-shared: QEMU refuses
+    before it changes anything, and the guest runs on. A device whose fault knobs a
+    test changed from the host is not reverted at all (a revert would keep them)."""
+    guest = _restored(qgpu_restore_guest, DmaMode.DIRECT)
+    assert guest.qmp is not None and guest.restored_from is not None
+    sh(guest, "touch /tmp/qgpu-still-here")
+    state = {"filename": str(guest.restored_from)}
+    with pytest.raises(QemuError, match="the VM is running: stop it first"):
+        guest.qmp.command("x-revert-to-template", state)
+    guest.qmp.command("stop")
+    try:
+        with pytest.raises(QemuError, match="/nonexistent/state"):
+            guest.qmp.command("x-revert-to-template", {"filename": "/nonexistent/state"})
+        guest.qmp.command("migrate-set-capabilities", {"capabilities": [
+            {"capability": "x-ignore-shared", "state": False}]})
+        with pytest.raises(QemuError, match="set the x-ignore-shared capability first"):
+            guest.qmp.command("x-revert-to-template", state)
+        guest.qmp.command("migrate-set-capabilities", {"capabilities": [
+            {"capability": "x-ignore-shared", "state": True}]})
+    finally:
+        guest.qmp.command("cont")
+    sh(guest, "test -e /tmp/qgpu-still-here")
+
+    assert template.why_not_revertible(guest) is None
+    guest.qmp.qom_set("/machine/peripheral/qgpu0", "x-fault-irq-drop", 3)
+    with pytest.raises(SetupError, match=r"changed from the host: qgpu0\.x-fault-irq-drop"):
+        template.revert(guest)
+    assert guest.reverts == 0
+    sh(guest, "test -e /tmp/qgpu-still-here")
+
+
+REVERTED = '''
+import time
+
+import pytest
+from qgpu.config import DmaMode
+
+DIRECT = pytest.mark.parametrize("qgpu_dma_mode", [DmaMode.DIRECT], indirect=True)
+MARK = "/tmp/qgpu-revert-mark"
+GUESTS = {}
+
+
+def kept(pool, name):
+    # Whether the guest of test NAME waits to be reverted (its last read done).
+    with pool.idle_lock:
+        return GUESTS[name] in pool.idle.get(DmaMode.DIRECT, [])
+
+
+def wait_until_kept(pool, name):
+    deadline = time.monotonic() + 60
+    while not kept(pool, name):
+        assert time.monotonic() < deadline, f"{name}'s guest was not kept for a revert"
+        time.sleep(0.05)
+
+
+@DIRECT
+def test_1_leaves_a_mark(qgpu_guest):
+    GUESTS["test_1"] = qgpu_guest
+    qgpu_guest.run(f"touch {MARK} && /opt/qgpu/bin/qgpu-tool fill 0 4096 0x5a5a5a5a",
+                   check=True)
+
+
+@DIRECT
+def test_2_sets_a_fault_knob(qgpu_guest, _qgpu_pool):
+    GUESTS["test_2"] = qgpu_guest
+    qgpu_guest.qmp.qom_set("/machine/peripheral/qgpu0", "x-fault-irq-drop", 5)
+    wait_until_kept(_qgpu_pool, "test_1")
+
+
+@DIRECT
+def test_3_has_test_1s_guest_without_its_mark(qgpu_guest, qgpu_inspector, _qgpu_pool):
+    GUESTS["test_3"] = qgpu_guest
+    assert qgpu_guest is GUESTS["test_1"] and qgpu_guest.reverts == 1
+    assert qgpu_guest.run(f"test -e {MARK}").status != 0, "test_1's file is here"
+    assert qgpu_inspector.vram_backend(0, 4096) == bytes(4096), "test_1's VRAM is here"
+    # Unseen by the check before a revert, which x-revert-to-template then refuses.
+    qgpu_guest.qmp.command("migrate-set-capabilities", {"capabilities": [
+        {"capability": "x-ignore-shared", "state": False}]})
+
+
+@DIRECT
+def test_4_waits(qgpu_guest, _qgpu_pool):
+    wait_until_kept(_qgpu_pool, "test_3")
+    # test_2's retired before test_3's: with its fault knob set, it was not kept.
+    assert not GUESTS["test_2"].is_alive()
+
+
+@DIRECT
+def test_5_has_a_new_guest(qgpu_guest):
+    assert qgpu_guest is not GUESTS["test_3"] and qgpu_guest.reverts == 0
+    assert not GUESTS["test_3"].is_alive()
+    assert qgpu_guest.qmp.qom_get("/machine/peripheral/qgpu0", "x-fault-irq-drop") == 0
+'''
+
+
+def test_a_guest_that_cannot_be_reverted_is_restored_and_the_run_says_so(
+        qgpu_kernel: GuestKernel, tmp_path: Path, pytestconfig: pytest.Config) -> None:
+    """Without spare guests, each test's guest is made as it starts: an earlier test's,
+    reverted, if one waits (the last one kept). test_3 gets test_1's guest, reverted
+    -- it finds none of test_1's marks -- and spoils its own revert, which QEMU then
+    refuses: test_5 gets a restored guest instead, with a warning that quotes QEMU,
+    and the run's summary names it. test_2 set a fault knob, so its guest was not kept
+    at all."""
+    if qgpu_kernel.detectors.heavy:
+        pytest.skip("the plugin's reverts are checked on the kernels without kmemleak")
+    if accel.choose(pytestconfig.getoption("--qgpu-accel"), qgpu_kernel.kernel,
+                    qgpu_kernel.initrd) != "tcg":
+        pytest.skip("reverts are made under TCG only")
+    (tmp_path / "test_inner.py").write_text(REVERTED)
+    out = run_pytest(tmp_path, pytestconfig, qgpu_kernel, "--qgpu-guest-scope=test",
+                     "--qgpu-spare-guest=off", str(tmp_path / "test_inner.py")).output
+    assert "5 passed" in out, out
+    assert "5 guest(s) restored from templates, 1 of them an earlier test's QEMU " \
+        "reverted in place;" in out, out
+    assert "qgpu: guests restored because a revert failed" in out, out
+    assert re.search(r"test_5_has_a_new_guest\[direct\]: .*set the x-ignore-shared "
+                     r"capability first", out), out
+    assert "RestoreFallbackWarning: an earlier test's direct guest could not be reverted" \
+        in out, out
