@@ -78,7 +78,8 @@ def synthetic_sections() -> dict[str, Any]:
                           "vram_wc_mb_s": 900.0, "vram_vs_ram": 0.9,
                           "lazy_first_touch_mb_s": 100.0}}
     restore = {"kernel": "stock", "mode": "direct", "accel": "tcg", "boot_s": [4.0, 4.4],
-               "restore_s": [0.2, 0.3], "private_bytes": [30 * MiB, 31 * MiB],
+               "restore_s": [0.2, 0.3], "revert_s": [0.04, 0.06],
+               "private_bytes": [30 * MiB, 31 * MiB],
                "template": "t", "state_bytes": 100_000, "ram_bytes_used": 80 * MiB,
                "memory": 1024 * MiB, "goal_s": 0.15, "goal_ratio": 14.0}
     return {"engine": engine, "driver": driver, "guest": guest, "restore": restore}
@@ -99,6 +100,7 @@ def test_results_file_and_report_hold_every_section(tmp_path: Path) -> None:
     assert figs[f"driver/direct/copy_user_to/{MiB}/vs_memcpy"]["value"] == pytest.approx(1.0)
     assert f"driver/direct/copy_user_from/{MiB}" not in figs        # its cell failed
     assert figs["restore/speedup"]["value"] == pytest.approx(4.2 / 0.25)
+    assert figs["restore/revert_speedup"]["value"] == pytest.approx(0.25 / 0.05)
     assert figs["guest/boot/qgpu"]["better"] == "lower"
 
     saved.setdefault("created", "now")

@@ -177,6 +177,11 @@ def _restore_figures(r: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
     yield "restore/restore", _fig(rest, "s", "lower")
     yield "restore/speedup", _fig(boot / rest if rest else 0.0, "x", "higher", "derived")
     yield "restore/private_bytes", _fig(statistics.median(r["private_bytes"]), "B", "lower")
+    if r.get("revert_s"):                       # results made before reverts have none
+        revert = statistics.median(r["revert_s"])
+        yield "restore/revert", _fig(revert, "s", "lower")
+        yield "restore/revert_speedup", _fig(rest / revert if revert else 0.0, "x", "higher",
+                                             "derived")
 
 
 FIGURES: dict[str, Callable[[dict[str, Any]], Iterator[tuple[str, dict[str, Any]]]]] = {
@@ -373,11 +378,15 @@ def _plot_guest(g: dict[str, Any]) -> list[str]:
 def _plot_restore(r: dict[str, Any]) -> list[str]:
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(layout="constrained", figsize=(5.5, 3.3))
-    ax.boxplot([r["boot_s"], r["restore_s"]])
-    ax.set_xticks([1, 2], ["cold boot", "restore"])
+    series = [("cold boot", r["boot_s"]), ("restore", r["restore_s"])]
+    if r.get("revert_s"):
+        series.append(("revert in place", r["revert_s"]))
+    ax.boxplot([values for _, values in series])
+    ax.set_xticks(range(1, len(series) + 1), [name for name, _ in series])
     ax.set_yscale("log")
     ax.set_ylabel("seconds to the first console answer")
-    ax.set_title("Cold boot vs restore from a template")
+    ax.set_title("Cold boot vs restore from a template" +
+                 (" vs revert in place" if r.get("revert_s") else ""))
     ax.grid(alpha=0.3)
     return [_svg(fig)]
 
