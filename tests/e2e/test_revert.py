@@ -110,6 +110,61 @@ def test_a_reverted_guest_is_its_template_again(qgpu_restore_guest: RestoreGuest
         "no qgpu interrupt reached the reverted guest"
 
 
+def _uptime(guest: GuestMachine) -> float:
+    """The guest kernel's monotonic clock, seconds since its boot."""
+    return float(guest.run("cat /proc/uptime", over="console", check=True)
+                 .output.split()[0])
+
+
+def test_a_reverted_guest_runs_on_from_the_template_s_time(
+        qgpu_restore_guest: RestoreGuest) -> None:
+    """The guest's clocks (its TSC, so its monotonic time and jiffies) go back to the
+    template's with the rest of it, as in a new QEMU. Carried on from the guest
+    before, they would jump forward by however long this QEMU's guests ran: RCU
+    stall reports, timers that fire all at once."""
+    guest = _restored(qgpu_restore_guest, DmaMode.DIRECT)
+    first = _uptime(guest)
+    sh(guest, "sleep 3")
+    before = _uptime(guest)
+    assert before >= first + 3
+    template.revert(guest)
+    after = _uptime(guest)
+    assert after < first + 2, \
+        f"the reverted guest's monotonic clock reads {after:.2f} s: its template's was " \
+        f"{first:.2f} s (after the restore), the guest's before the revert {before:.2f} s"
+
+
+def _config_word(guest: GuestMachine, bdf: str, offset: int) -> int:
+    """A 16-bit word of a PCI function's config space, as the guest reads it."""
+    out = sh(guest, f"od -An -tx2 -j{offset} -N2 /sys/bus/pci/devices/{bdf}/config")
+    return int(out.split()[0], 16)
+
+
+def test_a_guest_whose_root_port_took_an_aer_error_reverts(
+        qgpu_restore_guest: RestoreGuest) -> None:
+    """An AER error message received by the qgpu's root port sets its sticky error
+    source registers, which a machine reset leaves as they are (as hardware keeps
+    them over a hot reset). A state load checks such read-only bytes against the
+    device's, and would refuse the template's: a revert loads them instead, so the
+    root port reads as in a new QEMU."""
+    guest = _restored(qgpu_restore_guest, DmaMode.DIRECT)
+    assert guest.qmp is not None
+    root_port = sh(guest, "for d in /sys/bus/pci/devices/*; do "
+                          "[ \"$(cat $d/vendor):$(cat $d/device)\" = 0x1b36:0x000c ] && "
+                          "basename $d; done; true").split()
+    assert len(root_port) == 1, f"the qgpu's root port (1b36:000c): {root_port}"
+    aer = 0x100                             # QEMU's pcie-root-port: AER first
+    source = aer + 0x36                     # PCI_ERR_ROOT_ERR_SRC
+    assert _config_word(guest, root_port[0], source) == 0
+    guest.qmp.command("human-monitor-command",
+                      {"command-line": "pcie_aer_inject_error qgpu0-rp POISON_TLP"})
+    assert _config_word(guest, root_port[0], source) != 0, \
+        "the injected error did not set the root port's error source"
+    template.revert(guest)
+    assert guest.reverts == 1
+    assert _config_word(guest, root_port[0], source) == 0
+
+
 def test_a_revert_keeps_the_translated_code(qgpu_restore_guest: RestoreGuest) -> None:
     """What a revert is for: under TCG, the code translated from pages the test did not
     write survives it. (Loading a state normally flushes every translation, and

@@ -336,6 +336,9 @@ class GuestMachine:
                              timeout=30 * self.config.timeout_scale, check=True)
         except QemuDiedError as exc:
             raise self._died(exc, "reverting the guest to its template") from exc
+        except QemuError as exc:
+            # QEMU's reason for a state it would not load (a device's) is on stderr.
+            raise QemuError(f"{exc}\nQEMU's last output:\n{self.proc.log_tail(8)}") from exc
         self.restore_seconds = time.monotonic() - start
         self.reverts += 1
         ssh_port = forwarded_ssh_port(self.qmp.command(
