@@ -16,6 +16,7 @@ QEMU saw. :meth:`HeldTool.release` lets it finish and returns its JSON result.
 from __future__ import annotations
 
 import itertools
+import random
 import re
 import time
 from collections.abc import Iterator
@@ -23,13 +24,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from qgpu.data import last_json_object
+from qgpu.data import fill_pattern, last_json_object
 from qgpu.inspector import DeviceInspector
 from qgpu.machine import Channel, GuestMachine
 
 TOOL = "/opt/qgpu/bin/qgpu-tool"
 SUITE = "/opt/qgpu/bin/qgpu-test"
 PAGE = 4096
+MiB = 1 << 20
 QGPU_BDF = "0000:01:00.0"                 # qgpu0 behind its root port
 PIPE_CAPACITY = 65536                   # Linux default: 16 pages
 GLIBC_MMAP_CHUNK_HEADER = 16            # malloc() >= 128 KiB: mmap'ed chunk, data at +16
@@ -172,6 +174,22 @@ def guest_irq_counts(guest: GuestMachine) -> dict[str, int]:
         ncpu = sum(1 for f in fields[1:] if f.isdigit())
         counts[fields[-1]] = sum(int(f) for f in fields[1:1 + ncpu])
     return counts
+
+
+def check_fill_with_interrupt(guest: GuestMachine, insp: DeviceInspector, rng: random.Random,
+                              which: str) -> None:
+    """Fill 256 KiB of VRAM at a random offset by DMA (driver loaded): the host sees the
+    bytes, the device counts the fill, its fence and an interrupt, and the guest the
+    interrupt. ``which`` names the guest in the message (restored, reverted)."""
+    offset, length, pattern = rng.randrange(0, 32 * MiB) & ~0xFFF, 256 << 10, \
+        rng.getrandbits(32)
+    fence = tool(guest, f"fill {offset:#x} {length} {pattern:#x}")["fence"]
+    assert insp.vram_backend(offset, length) == fill_pattern(pattern, length)
+    stats = insp.stats()
+    assert stats["last-fence"] == fence and stats["bytes-fill"] == length
+    assert stats["interrupts"] > 0
+    assert sum(guest_irq_counts(guest).values()) > 0, \
+        f"no qgpu interrupt reached the {which} guest"
 
 
 def system_ram(guest: GuestMachine) -> list[tuple[int, int]]:

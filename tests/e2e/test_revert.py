@@ -20,12 +20,11 @@ import pytest
 
 from qgpu import accel, template
 from qgpu.config import DmaMode
-from qgpu.data import fill_pattern
 from qgpu.errors import QemuError, SetupError
 from qgpu.kernels import GuestKernel
 from qgpu.machine import GuestMachine
 
-from .guestio import guest_irq_counts, sh, tool
+from .guestio import check_fill_with_interrupt, sh, tool
 from .inner_pytest import run_pytest
 
 RestoreGuest = Callable[..., GuestMachine]
@@ -99,15 +98,7 @@ def test_a_reverted_guest_is_its_template_again(qgpu_restore_guest: RestoreGuest
         console.startswith("[qgpu: this QEMU's guest was reverted"), console[:400]
 
     sh(guest, "insmod /opt/qgpu/qgpu.ko && test -c /dev/qgpu0")
-    offset, length, pattern = rng.randrange(0, 32 * MiB) & ~0xFFF, 256 << 10, \
-        rng.getrandbits(32)
-    fence = tool(guest, f"fill {offset:#x} {length} {pattern:#x}")["fence"]
-    assert insp.vram_backend(offset, length) == fill_pattern(pattern, length)
-    stats = insp.stats()
-    assert stats["last-fence"] == fence and stats["bytes-fill"] == length
-    assert stats["interrupts"] > 0
-    assert sum(guest_irq_counts(guest).values()) > 0, \
-        "no qgpu interrupt reached the reverted guest"
+    check_fill_with_interrupt(guest, insp, rng, "reverted")
 
 
 def _uptime(guest: GuestMachine) -> float:

@@ -23,7 +23,7 @@ from qgpu.errors import QemuError, SetupError
 from qgpu.kernels import GuestKernel
 from qgpu.machine import GuestMachine
 
-from .guestio import guest_irq_counts, sh, tool
+from .guestio import check_fill_with_interrupt, sh, tool
 
 RestoreGuest = Callable[..., GuestMachine]
 MiB = 1 << 20
@@ -66,15 +66,7 @@ def test_a_restored_guest_does_dma_with_interrupts(qgpu_restore_guest: RestoreGu
         "the device of a restored guest must start with clean statistics"
     assert insp.dma_trace() == []
     _load_driver(guest)
-    offset, length, pattern = rng.randrange(0, 32 * MiB) & ~0xFFF, 256 << 10, \
-        rng.getrandbits(32)
-    fence = tool(guest, f"fill {offset:#x} {length} {pattern:#x}")["fence"]
-    assert insp.vram_backend(offset, length) == fill_pattern(pattern, length)
-    stats = insp.stats()
-    assert stats["last-fence"] == fence and stats["bytes-fill"] == length
-    assert stats["interrupts"] > 0
-    assert sum(guest_irq_counts(guest).values()) > 0, \
-        "no qgpu interrupt reached the restored guest"
+    check_fill_with_interrupt(guest, insp, rng, "restored")
 
 
 def test_guests_restored_from_one_template_share_nothing(qgpu_restore_guest: RestoreGuest
