@@ -80,6 +80,8 @@ class GuestMachine:
         self.restore_running_seconds = 0.0
         #: The state this guest was restored from (what :meth:`revert` goes back to).
         self.restored_from: Path | None = None
+        #: The host port forwarded to the restored guest's SSH (None: no SSH).
+        self.restored_ssh_port: int | None = None
         #: How many times :meth:`revert` made this QEMU's guest its template again.
         self.reverts = 0
         #: What :func:`qgpu.template.host_settings` read after the restore.
@@ -274,14 +276,11 @@ class GuestMachine:
                 self.qmp.command("migrate-incoming", {"uri": f"file:{state}",
                                                       "exit-on-error": False})
                 self._wait_migration("restoring the guest", timeout)
-                self.qmp.command("cont")
-                self.restore_running_seconds = time.monotonic() - start
-                self.console.run(f"date -s @{time.time():.0f} >/dev/null",
-                                 timeout=30 * self.config.timeout_scale, check=True)
+                self._run_with_clock_set(start)
             except QemuDiedError as exc:
                 raise self._died(exc, "restoring the guest") from exc
             self.restore_seconds = time.monotonic() - start
-            self.restored_from = state
+            self.restored_from, self.restored_ssh_port = state, ssh_port
             # SSH's handshake (0.2 s under TCG) runs meanwhile, on the guest's other
             # CPU while its console loads a driver, say.
             self._connect_ssh(ssh_port, now=False)
@@ -330,10 +329,7 @@ class GuestMachine:
             if self.console_log is not None:
                 self.console_log_from = self.console_log.stat().st_size
             self.qmp_events_from = len(self.qmp.events())
-            self.qmp.command("cont")
-            self.restore_running_seconds = time.monotonic() - start
-            self.console.run(f"date -s @{time.time():.0f} >/dev/null",
-                             timeout=30 * self.config.timeout_scale, check=True)
+            self._run_with_clock_set(start)
         except QemuDiedError as exc:
             raise self._died(exc, "reverting the guest to its template") from exc
         except QemuError as exc:
@@ -341,11 +337,20 @@ class GuestMachine:
             raise QemuError(f"{exc}\nQEMU's last output:\n{self.proc.log_tail(8)}") from exc
         self.restore_seconds = time.monotonic() - start
         self.reverts += 1
-        ssh_port = forwarded_ssh_port(self.qmp.command(
-            "human-monitor-command", {"command-line": "info usernet"})) \
-            if self.config.ssh else None
-        self._connect_ssh(ssh_port, now=False)
+        # The same forwarded port: the host side of the user network outlives a revert.
+        self._connect_ssh(self.restored_ssh_port, now=False)
         return self
+
+    def _run_with_clock_set(self, start: float) -> None:
+        """Run the stopped guest a state was loaded into; set its clock to the host's.
+
+        ``restore_running_seconds`` is the time from ``start`` until it runs.
+        """
+        assert self.qmp is not None and self.console is not None
+        self.qmp.command("cont")
+        self.restore_running_seconds = time.monotonic() - start
+        self.console.run(f"date -s @{time.time():.0f} >/dev/null",
+                         timeout=30 * self.config.timeout_scale, check=True)
 
     def _died(self, exc: QemuDiedError, doing: str) -> QemuDiedError:
         """Return a QemuDiedError that explains how QEMU ended and where the guest was.
