@@ -236,25 +236,19 @@ def test_a_job_on_an_exported_bo_waits_for_another_drivers_fence(
     health.check_boot(g)
     g.run("insmod /opt/qgpu/qgpu.ko job_timeout_ms=600000 && test -c /dev/qgpu0 && "
           "test -c /dev/qgpu1", check=True)
-    off, length, tag = 0x60_0000, 65536, "/tmp/qgpu-dmabuf-writer"
+    off, length = 0x60_0000, 65536
     writer, insp = FaultInjector.for_machine(g, "qgpu1"), g.inspector("qgpu0")
     assert tool(g, f"-d /dev/qgpu0 fill {off:#x} {length} {PATTERN:#x}", over="console")["ok"]
     writer.hang()
     fence = tool(g, "-d /dev/qgpu1 fill 0 4096 0x1 --async", over="console")["fence"]
     before = insp.stats()["bytes-from-vram"]
-    g.run(f"rm -f {tag}.*; ( sh -c 'echo $$ > {tag}.pid; exec {TOOL} -d /dev/qgpu0 "
-          f"dmabuf-job {off:#x} {length} --writer-fence /dev/qgpu1:{fence} --poll 60000 "
-          f"> {tag}.out 2>&1'; touch {tag}.done ) </dev/null >/dev/null 2>&1 &", check=True)
-    out = g.run(f"i=0; while [ $i -lt 400 ]; do w=$(cat /proc/$(cat {tag}.pid)/wchan "
-                f"2>/dev/null); case \"$w\" in *fence*) break;; esac; [ -e {tag}.done ] && "
-                f"break; usleep 25000; i=$((i+1)); done; echo \"$w\"; cat {tag}.out",
-                timeout=30).output
-    assert "fence" in out.split("\n")[0], f"COPY_BO is not waiting for the fence: {out}"
-    time.sleep(0.5)
-    assert insp.stats()["bytes-from-vram"] == before, "the job ran before the fence signalled"
-    writer.hang(False)
-    wait_guest_file(g, f"{tag}.done")
-    res = parse_json_line(g.run(f"cat {tag}.out", check=True).output, "qgpu-tool dmabuf-job")
+    with poller(g, f"{off:#x} {length} --writer-fence /dev/qgpu1:{fence} --poll 60000",
+                name="writer", command="dmabuf-job", device="/dev/qgpu0",
+                waits_in="fence") as p:
+        time.sleep(0.5)
+        assert insp.stats()["bytes-from-vram"] == before, "the job ran before the fence signalled"
+        writer.hang(False)
+        res = p.wait(30)
     assert res["ok"] and res["readable"], res
     assert res["copy_bo_ms"] >= 500, res
     assert int(res["checksum"], 16) == fnv1a64(fill_pattern(PATTERN, length)), res
