@@ -136,7 +136,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(result.output)
         if health.detectors(machine).names():
             progress("reading the guest kernel's bug detectors"
-                     + (" (kmemleak: 12 s)" if health.detectors(machine).kmemleak else ""))
+                     + (" (kmemleak: 9 s)" if health.detectors(machine).kmemleak else ""))
             found = health.check(machine, settle_leaks=True)
             if not found.ok:
                 print(f"qgpu: the guest kernel reported trouble:\n{found.summary()}",

@@ -8,8 +8,9 @@ After each test the rig asks the guest, in one command:
 - kmemleak, where the kernel has it: every unreferenced object it lists, with the
   guest's ``jiffies`` when it was allocated (:class:`Leak`). kmemleak reports an object
   only once it is 5 seconds old and an earlier scan saw it unchanged, so one scan at
-  the end of a test cannot report that test's leaks; ``settle_leaks=True`` waits and
-  scans twice (about 12 s under TCG), and then nothing the test leaked escapes. The
+  the end of a test cannot report that test's leaks; ``settle_leaks=True`` scans, and
+  scans again 5.5 s after the first scan began (about 9 s under TCG), and then nothing
+  the test leaked escapes. The
   pytest plugin does that when a shared guest retires and names the test that
   allocated each object from the jiffies each test's window began and ended at
   (``--qgpu-kmemleak=test`` does it after every test instead);
@@ -188,9 +189,10 @@ def check_command(det: Detectors, *, unload: bool = False, scan_leaks: bool = Tr
     With ``unload``, qgpu.ko is unloaded first: its remove and exit paths run, and
     DMA-API debugging counts the mappings it still held. ``scan_leaks=False`` skips
     kmemleak's scan (3 s under TCG; pointless right after boot, when every object is
-    younger than the 5 s kmemleak waits before it reports one). ``settle_leaks`` lets
-    every object the test allocated age past those 5 s and be scanned once before the
-    scan that reports (9 s more under TCG). ``clear_log`` empties the kernel log once
+    younger than the 5 s kmemleak waits before it reports one). ``settle_leaks`` scans
+    once before the scan that reports, which starts 5.5 s after the first began: every
+    object the test allocated is then past those 5 s and seen unchanged (about 6 s
+    more under TCG). ``clear_log`` empties the kernel log once
     read, so that the next :func:`prepare_command` shows only what came later.
     """
     parts = []
@@ -205,7 +207,15 @@ def check_command(det: Detectors, *, unload: bool = False, scan_leaks: bool = Tr
                      f"if {QGPU_LOADED}; then echo \"$out\"; else echo unloaded; fi; "
                      "else echo unloaded; fi")
     if det.kmemleak and scan_leaks and settle_leaks:
-        parts.append(f"sleep 6; echo scan > {KMEMLEAK}")
+        # kmemleak reports an object only from a scan that starts 5 s after its
+        # allocation and finds its checksum unchanged since the scan before. The
+        # first scan records the checksums at once, however young the objects; the
+        # one that reports starts 5.5 s after it began (uptime in centiseconds),
+        # instead of both after a 6 s sleep.
+        parts.append("cs() { read -r u _ < /proc/uptime; c=${u#*.}; "
+                     "echo $((${u%.*} * 100 + ${c#0})); }; "
+                     f"t0=$(cs); echo scan > {KMEMLEAK}; d=$((t0 + 550 - $(cs))); "
+                     "[ $d -le 0 ] || usleep $((d * 10000))")
     if det.kmemleak and scan_leaks:
         # The scan is synchronous: the file then lists the new suspects. 'clear'
         # marks them reported, so the next test starts with none.

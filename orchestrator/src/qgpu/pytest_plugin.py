@@ -22,12 +22,12 @@ Options (``pytest --help`` lists them under "qgpu test rig"):
 ``--qgpu-kmemleak WHEN``  when kmemleak (kernels that have it) checks a shared guest:
                            ``retire`` (default) once, when the guest is shut down, naming
                            the test that allocated each leaked object; ``test`` after
-                           every test (exact, about 12 s more per test)
+                           every test (exact, about 9 s more per test)
 ``--qgpu-guest-scope S``   which tests share a ``qgpu_guest``: ``test`` a fresh one for
                            every test; ``module`` one per test module and mode;
                            ``session`` one per DMA mode; ``auto`` (default) ``test``,
                            but ``session`` on kernels with kmemleak, whose check as each
-                           guest retires takes about 12 s. Every guest is restored
+                           guest retires takes about 9 s. Every guest is restored
                            from its mode's saved template (:mod:`qgpu.template`, made by
                            one boot on first use and cached) in about 0.15 s under TCG
                            (a second on the debug kernel). A restore that fails boots
@@ -104,12 +104,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     _add(group, "--qgpu-kmemleak", default="retire", choices=("retire", "test"),
          help="when kmemleak checks a shared guest: once when it is shut down, "
               "naming the test that allocated each leak (retire, default), or "
-              "after every test (test: exact, about 12 s more per test)")
+              "after every test (test: exact, about 9 s more per test)")
     _add(group, "--qgpu-guest-scope", default="auto", choices=("auto", *GUEST_SCOPES),
          help="which tests share a guest: test (a fresh guest per test), module "
               "(one per test module and mode) or session (one per DMA mode); auto "
               "(default) is test, or session on kernels with kmemleak (its check "
-              "as a guest retires takes about 12 s); guests are restored from a "
+              "as a guest retires takes about 9 s); guests are restored from a "
               "saved template (made by one boot on first use, then cached)")
     _add(group, "--qgpu-spare-guest", default="on", choices=("on", "off"),
          help="with a guest per test: restore the next test's guest in the "

@@ -119,7 +119,7 @@ def guest_scope(config: pytest.Config) -> tuple[str, str]:
     """Return the ``qgpu_guest`` scope this run uses (``--qgpu-guest-scope``), and why.
 
     ``auto`` is ``test``, but ``session`` on a kernel with kmemleak: its check,
-    two scans 5 s apart as a guest retires, would add about 12 s to every test.
+    two scans 5.5 s apart as a guest retires, would add about 9 s to every test.
     """
     chosen = config.stash.get(_GUEST_SCOPE, None)
     if chosen is None:
@@ -137,7 +137,7 @@ def _choose_guest_scope(config: pytest.Config) -> tuple[str, str]:
         kmemleak = False                # no kernel: the fixtures will say so
     if kmemleak:
         return "session", ("auto: the kernel has kmemleak, whose check as each guest "
-                           "retires takes about 12 s; --qgpu-guest-scope=test for a guest "
+                           "retires takes about 9 s; --qgpu-guest-scope=test for a guest "
                            "per test anyway")
     return "test", "auto: a fresh guest per test"
 
@@ -1014,7 +1014,7 @@ def qgpu_restore_guest(request: pytest.FixtureRequest) -> Iterator[Callable[...,
     ``qgpu_restore_guest(mode, check_leaks=False, **MachineConfig fields)``; a
     template is made (one boot) the first time a configuration asks for it. The
     driver is not loaded. A restore that fails boots the guest instead, with a
-    warning. kmemleak's settled scan (12 s) runs after the test only for guests
+    warning. kmemleak's settled scan (9 s) runs after the test only for guests
     restored with ``check_leaks``.
     """
     machines: list[GuestMachine] = []
