@@ -406,8 +406,10 @@ class _Pool:
         self.idle: dict[DmaMode, list[GuestMachine]] = {}
         #: The same guests, the longest kept first (the first to go over MAX_IDLE).
         self.idle_order: list[GuestMachine] = []
-        #: Guards ``idle`` and ``idle_order`` (retirees add, the spare maker takes).
+        #: Guards ``idle``, ``idle_order`` and ``idle_closed`` (retirees add, the spare
+        #: maker takes, close() empties and closes).
         self.idle_lock = threading.Lock()
+        self.idle_closed = False
 
     def get(self, mode: DmaMode, nodeid: str) -> GuestMachine:
         # Tests are grouped by mode (and module), and each group's guest retires
@@ -479,8 +481,10 @@ class _Pool:
         while (machine := self._take_idle(mode)) is not None:
             try:
                 return template.Started(template.revert(machine), reverted=True)
-            except QgpuError as exc:
+            except BaseException as exc:    # (out of the idle pool: stop it here)
                 machine.stop(graceful=False)
+                if not isinstance(exc, QgpuError):
+                    raise
                 failures.append(str(exc))
         cfg = _base_config(self.config, mode)
         assert cfg.guest_kernel is not None
@@ -511,20 +515,29 @@ class _Pool:
         if retiree.found is None or not retiree.found.ok or \
                 template.why_not_revertible(machine) is not None:
             return False
+        # Not paused while it waits (QMP stop): 48 tests took 3 % longer that way
+        # (3 paired runs, 58.5 s against 56.4 s).
         with self.idle_lock:
+            if self.idle_closed:
+                return False
             waiting = self.idle.setdefault(retiree.mode, [])
             waiting.append(machine)
             self.idle_order.append(machine)
             evicted = waiting[:-MAX_IDLE_PER_MODE]
-            evicted += [m for m in self.idle_order[:-MAX_IDLE] if m not in evicted]
             for old in evicted:
+                waiting.remove(old)
+                self.idle_order.remove(old)
+            for old in self.idle_order[:-MAX_IDLE]:
+                evicted.append(old)
                 self.idle_order.remove(old)
                 for kept in self.idle.values():
                     if old in kept:
                         kept.remove(old)
+            kept_it = machine not in evicted
         for old in evicted:
-            old.stop(graceful=False)
-        return machine not in evicted
+            with contextlib.suppress(QgpuError, OSError):
+                old.stop(graceful=False)
+        return kept_it
 
     def _discard_spare(self) -> None:
         assert self.spare is not None
@@ -682,6 +695,7 @@ class _Pool:
 
     def _stop_idle(self) -> None:
         with self.idle_lock:
+            self.idle_closed = True     # a retiree still in its last read keeps nothing
             machines = list(self.idle_order)
             self.idle.clear()
             self.idle_order.clear()

@@ -1,0 +1,147 @@
+"""The pytest plugin's pool of guests kept for a revert (issue 12), without a guest.
+
+Which retired guests are kept (caps per DMA mode and in all, the longest kept
+going first), that nothing is kept once the pool closed, and that a guest whose
+revert raised anything is stopped, never left running outside the pool. Stand-in
+machines record being stopped; the template module's checks are replaced.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from qgpu import health, pytest_rig, template
+from qgpu.config import DmaMode
+from qgpu.errors import QemuError
+
+
+class FakeMachine:
+    """What the pool touches of a GuestMachine: a name, and stop()."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.stopped = name, False
+
+    def stop(self, graceful: bool = True) -> None:
+        del graceful
+        self.stopped = True
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+class FakeConfig:
+    """The options _Pool reads: a guest per test, reverts on."""
+
+    def __init__(self) -> None:
+        self.stash = pytest.Stash()
+        self.stash[pytest_rig._GUEST_SCOPE] = ("test", "a test of the pool")
+
+    def getoption(self, name: str, default: Any = None) -> Any:
+        return {"--qgpu-spare-guest": "on", "--qgpu-revert": "on"}.get(name, default)
+
+
+@pytest.fixture
+def pool(monkeypatch: pytest.MonkeyPatch) -> pytest_rig._Pool:
+    monkeypatch.setattr(template, "why_not_revertible", lambda machine: None)
+    return pytest_rig._Pool(FakeConfig())     # type: ignore[arg-type]
+
+
+def retire(pool: pytest_rig._Pool, mode: DmaMode, name: str) -> tuple[FakeMachine, bool]:
+    """Offer a guest whose last read found nothing; return it and whether it was kept."""
+    machine = FakeMachine(name)
+    retiree = pytest_rig._Retiree.__new__(pytest_rig._Retiree)
+    retiree.mode, retiree.machine = mode, machine     # type: ignore[assignment]
+    retiree.found = health.Health()
+    return machine, pool._keep(retiree)
+
+
+def kept(pool: pytest_rig._Pool) -> dict[str, list[str]]:
+    return {str(mode): [repr(m) for m in ms] for mode, ms in pool.idle.items() if ms}
+
+
+MODES = [DmaMode.DIRECT, DmaMode.SWIOTLB, DmaMode.IOMMU, DmaMode.VIRTIO_IOMMU]
+
+
+def test_the_longest_kept_guest_of_a_mode_goes_beyond_its_cap(pool: pytest_rig._Pool) -> None:
+    first, _ = retire(pool, DmaMode.DIRECT, "d1")
+    retire(pool, DmaMode.DIRECT, "d2")
+    _, was_kept = retire(pool, DmaMode.DIRECT, "d3")
+    assert was_kept and first.stopped
+    assert kept(pool) == {"direct": ["d2", "d3"]}
+    assert pool.idle_order == pool.idle[DmaMode.DIRECT]
+
+
+def test_the_cap_per_mode_does_not_also_spend_the_cap_in_all(pool: pytest_rig._Pool) -> None:
+    """8 kept, the oldest of another mode than the one that goes over its cap of 2:
+    only the oldest of that mode goes (before, the oldest of all went too)."""
+    caps = pytest_rig.MAX_IDLE, pytest_rig.MAX_IDLE_PER_MODE
+    assert caps == (2 * len(MODES), 2), "the scenario below assumes these caps"
+    retire(pool, DmaMode.SWIOTLB, "s1")
+    for mode in MODES:
+        for n in (1, 2):
+            if (mode, n) != (DmaMode.SWIOTLB, 1):
+                retire(pool, mode, f"{mode}{n}")
+    assert len(pool.idle_order) == 8
+    retire(pool, DmaMode.DIRECT, "direct3")
+    assert len(pool.idle_order) == 8, kept(pool)
+    assert kept(pool)["swiotlb"] == ["s1", "swiotlb2"]
+    assert kept(pool)["direct"] == ["direct2", "direct3"]
+
+
+def test_the_longest_kept_guest_of_all_goes_beyond_the_cap_in_all(
+        pool: pytest_rig._Pool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pytest_rig, "MAX_IDLE", 3)
+    oldest, _ = retire(pool, DmaMode.DIRECT, "d1")
+    retire(pool, DmaMode.SWIOTLB, "s1")
+    retire(pool, DmaMode.IOMMU, "i1")
+    retire(pool, DmaMode.VIRTIO_IOMMU, "v1")
+    assert oldest.stopped
+    assert kept(pool) == {"swiotlb": ["s1"], "iommu": ["i1"], "virtio-iommu": ["v1"]}
+
+
+def test_nothing_is_kept_once_the_pool_stopped_its_idle_guests(pool: pytest_rig._Pool) -> None:
+    """A retiree still in its last read when the run ends must not add a guest that
+    nothing would stop."""
+    before, _ = retire(pool, DmaMode.DIRECT, "d1")
+    pool._stop_idle()
+    assert before.stopped
+    _, was_kept = retire(pool, DmaMode.DIRECT, "d2")
+    assert not was_kept and kept(pool) == {}     # (the retiree then stops it)
+
+
+def test_a_guest_whose_revert_raised_is_stopped(pool: pytest_rig._Pool,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Out of the pool and not handed to a test, it would run on until the rig ends.
+    A QgpuError falls back to a restore (not reached here); anything else is raised."""
+    machine, _ = retire(pool, DmaMode.DIRECT, "d1")
+
+    def interrupted(machine: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(template, "revert", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pool._fresh(DmaMode.DIRECT)
+    assert machine.stopped and kept(pool) == {}
+
+    failed, _ = retire(pool, DmaMode.DIRECT, "d2")
+
+    def refused(machine: Any) -> Any:
+        raise QemuError("QEMU says no")
+
+    def restored(*args: Any, **kwargs: Any) -> template.Started:
+        raise RuntimeError("restored instead")
+
+    monkeypatch.setattr(template, "revert", refused)
+    monkeypatch.setattr(pytest_rig, "_base_config", lambda config, mode: FakeConfigured())
+    monkeypatch.setattr(template, "restore_or_boot", restored)
+    with pytest.raises(RuntimeError, match="restored instead"):
+        pool._fresh(DmaMode.DIRECT)
+    assert failed.stopped
+
+
+class FakeConfigured:
+    """A MachineConfig as far as _fresh reads it before restoring."""
+
+    guest_kernel = type("Kernel", (), {"ssh_key": None})()
