@@ -86,10 +86,14 @@ class GuestMachine:
         self.reverts = 0
         #: What :func:`qgpu.template.host_settings` read after the restore.
         self.settings_at_restore: dict[str, object] | None = None
+        #: Which RAM file (device, inode) :func:`qgpu.template.restore` mapped.
+        self.template_ram_id: tuple[int, int] | None = None
         #: Where this guest's own console output and QMP events begin: a reverted
         #: guest's artifacts leave out those of the guests before it in this QEMU.
         self.console_log_from = 0
         self.qmp_events_from = 0
+        #: The same for QEMU's own log (its size when the guest was last reverted).
+        self.qemu_log_from = 0
         self.vram: dict[str, SharedMemory] = {}
         self.console_log: Path | None = None
         self.crash_report = ""              #: why QEMU crashed, once it has
@@ -321,6 +325,8 @@ class GuestMachine:
                 ssh, self.ssh = self.ssh, None
                 ssh.close()
             self.qmp.command("stop")
+            # What QEMU prints from here on (a device refusing the state) is this guest's.
+            self.qemu_log_from = self.proc.log_size()
             for shm in self.vram.values():
                 shm.zero()
             self.qmp.command("x-revert-to-template", {"filename": str(state)},
@@ -334,7 +340,8 @@ class GuestMachine:
             raise self._died(exc, "reverting the guest to its template") from exc
         except QemuError as exc:
             # QEMU's reason for a state it would not load (a device's) is on stderr.
-            raise QemuError(f"{exc}\nQEMU's last output:\n{self.proc.log_tail(8)}") from exc
+            raise QemuError(f"{exc}\nQEMU's last output:\n"
+                            f"{self.proc.log_tail(8, since=self.qemu_log_from)}") from exc
         self.restore_seconds = time.monotonic() - start
         self.reverts += 1
         # The same forwarded port: the host side of the user network outlives a revert.
@@ -501,7 +508,10 @@ class GuestMachine:
                 shutil.copyfileobj(src, out)
             written.append(dest / "console.log")
         if self.proc is not None:
-            self.proc.keep_log(dest / "qemu.log")
+            self.proc.keep_log(dest / "qemu.log", since=self.qemu_log_from, why=(
+                f"this QEMU's guest was reverted to its template {self.reverts} time(s); "
+                f"what QEMU printed for the guests before this one ({self.qemu_log_from} "
+                "bytes) is left out"))
             written.append(dest / "qemu.log")
             save("qemu.cmdline", " ".join(self.proc.command_line) + "\n")
         if self.crash_report:

@@ -116,17 +116,26 @@ class QemuProcess:
         """Return True while QEMU runs."""
         return self._proc is not None and self._proc.poll() is None
 
-    def log_tail(self, lines: int = 20) -> str:
+    def log_size(self) -> int:
+        """Return how many bytes QEMU's log holds so far (0 if there is none)."""
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return 0
+
+    def log_tail(self, lines: int = 20, *, since: int = 0) -> str:
         """Return the last ``lines`` lines of QEMU's output (not the command line).
 
         The log's first line is the command line the rig wrote: long, and
-        never QEMU's own words.
+        never QEMU's own words. ``since``: only what QEMU printed after the
+        log held that many bytes (:meth:`log_size`).
         """
         try:
-            text = self.log_path.read_text(errors="replace")
+            raw = self.log_path.read_bytes()
         except OSError:
             return "(no QEMU log)"
-        output = text.splitlines()[1:]
+        output = raw[since:].decode(errors="replace").splitlines() if since else \
+            raw.decode(errors="replace").splitlines()[1:]
         return "\n".join(output[-lines:]) if output else "(QEMU printed nothing)"
 
     def exit_signal(self) -> int | None:
@@ -222,8 +231,20 @@ class QemuProcess:
             if report is not None:
                 crash.SANITIZER_REPORTS.append(f"{self.name} ({self.binary}):\n{report}")
 
-    def keep_log(self, dest: Path) -> None:
-        """Copy QEMU's log to ``dest`` (for artifact bundles)."""
-        if self.log_path.exists():
-            dest.parent.mkdir(parents=True, exist_ok=True)
+    def keep_log(self, dest: Path, *, since: int = 0, why: str = "") -> None:
+        """Copy QEMU's log to ``dest`` (for artifact bundles).
+
+        ``since``: its command line, a line saying ``why`` the rest is left
+        out, then only what QEMU printed after the log held that many bytes.
+        """
+        if not self.log_path.exists():
+            return
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if not since:
             shutil.copyfile(self.log_path, dest)
+            return
+        with self.log_path.open("rb") as src, dest.open("wb") as out:
+            out.write(src.readline())
+            out.write(f"[qgpu: {why}]\n".encode())
+            src.seek(max(since, src.tell()))
+            shutil.copyfileobj(src, out)

@@ -41,7 +41,7 @@ from pathlib import Path
 
 from qgpu import accel, health, paths
 from qgpu.config import MachineConfig, RamFile
-from qgpu.errors import GuestCrashError, GuestError, QemuError, QgpuError, SetupError
+from qgpu.errors import GuestCrashError, GuestError, QemuError, QgpuError, QmpError, SetupError
 from qgpu.machine import GuestMachine
 
 #: Bumped when what a template holds, or how it is made, changes.
@@ -325,6 +325,7 @@ def restore(config: MachineConfig, *, ssh_key: Path | None = None,
                              "qgpu.template.get() for this configuration")
         machine = GuestMachine(cfg, ssh_key=ssh_key)
         machine.restore(template.ram, template.state, template.accel)
+        machine.template_ram_id = _file_id(template.ram)
     try:
         machine.settings_at_restore = host_settings(machine)
     except BaseException:
@@ -344,16 +345,32 @@ def host_settings(machine: GuestMachine) -> dict[str, object]:
 
     A revert resets the machine and loads its template's state, but the qgpu
     devices' ``x-`` properties (fault knobs, DMA delay and slice: spec 9.4,
-    9.5) keep what ``qom-set`` gave them, and an unplugged device stays
-    unplugged: those, read through QMP, are compared before each revert
+    9.5) keep what ``qom-set`` gave them, a device plugged or unplugged
+    (with an id or without) stays so, and migration capabilities stay set:
+    those, read through QMP, are compared before each revert
     (:func:`why_not_revertible`) whoever changed them (the rig, or a test's
     own QMP client).
     """
     if machine.qmp is None:
         raise QemuError(f"{machine.config.name}: not running")
     qmp = machine.qmp
-    settings: dict[str, object] = {"devices": sorted(
-        p["name"] for p in qmp.command("qom-list", {"path": "/machine/peripheral"}))}
+
+    def children(path: str) -> list[str]:
+        try:
+            found = qmp.command("qom-list", {"path": path})
+        except QmpError:            # a container QEMU makes only when it needs one
+            return []
+        return sorted(f"{p['name']}: {p['type']}" for p in found
+                      if p["type"].startswith("child<"))
+
+    settings: dict[str, object] = {
+        "devices": children("/machine/peripheral"),
+        "devices without an id": children("/machine/peripheral-anon"),
+        # Not x-ignore-shared: a revert needs it, and QEMU itself refuses one
+        # without it, quoted by the rig when it restores instead.
+        "migration capabilities": sorted(
+            c["capability"] for c in qmp.command("query-migrate-capabilities")
+            if c["state"] and c["capability"] != "x-ignore-shared")}
     for spec in machine.config.qgpus:
         for prop in qmp.command("qom-list", {"path": spec.qom_path}):
             name, kind = prop["name"], prop["type"]
@@ -411,7 +428,19 @@ def revert(machine: GuestMachine) -> GuestMachine:
         if not Template(folder).complete():
             raise SetupError(f"{machine.config.name}: its template {folder} was removed "
                              "meanwhile")
+        # Its state must be the one saved with the RAM file this QEMU maps: a
+        # template pruned and made again in the same folder has new files (the
+        # old RAM file, still mapped, keeps its inode).
+        if _file_id(Template(folder).ram) != machine.template_ram_id:
+            raise SetupError(f"{machine.config.name}: its template {folder} was made "
+                             "again since the guest was restored from it")
         return machine.revert()
+
+
+def _file_id(path: Path) -> tuple[int, int]:
+    """Return the (device, inode) of ``path``: which file it is, not what it holds."""
+    st = path.stat()
+    return st.st_dev, st.st_ino
 
 
 @dataclass(frozen=True)
