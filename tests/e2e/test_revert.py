@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from qgpu import accel, template
-from qgpu.config import DmaMode, MachineConfig
+from qgpu import accel, pytest_rig, template
+from qgpu.config import DmaMode
 from qgpu.errors import QemuError, SetupError
 from qgpu.kernels import GuestKernel
 from qgpu.machine import GuestMachine
@@ -224,10 +224,7 @@ def test_a_guest_whose_template_or_migration_settings_changed_is_not_reverted(
     still maps the old RAM file: loading the new state onto it would corrupt the
     guest, so the revert is refused and QEMU not asked. A migration capability set
     from the host would outlive the revert: refused too, naming it."""
-    cfg = MachineConfig.for_kernel(qgpu_kernel, dma_mode=DmaMode.DIRECT,
-                                   name=str(DmaMode.DIRECT),
-                                   accel=pytestconfig.getoption("--qgpu-accel"),
-                                   timeout_scale=pytestconfig.getoption("--qgpu-timeout-scale"))
+    cfg = pytest_rig._base_config(pytestconfig, DmaMode.DIRECT)
     real = template.get(cfg, ssh_key=qgpu_kernel.ssh_key)
     if real.accel != "tcg":
         pytest.skip(f"reverts are made under TCG only; this template runs on {real.accel}")
@@ -271,7 +268,7 @@ REVERTED = '''
 import time
 
 import pytest
-from qgpu.config import DmaMode, MachineConfig
+from qgpu.config import DmaMode
 
 DIRECT = pytest.mark.parametrize("qgpu_dma_mode", [DmaMode.DIRECT], indirect=True)
 MARK = "/tmp/qgpu-revert-mark"

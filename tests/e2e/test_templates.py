@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from qgpu import template
+from qgpu import pytest_rig, template
 from qgpu.config import DmaMode, MachineConfig
 from qgpu.data import fill_pattern
 from qgpu.errors import QemuError, SetupError
@@ -151,10 +151,7 @@ def test_a_restore_that_fails_boots_and_says_why(qgpu_kernel: GuestKernel, tmp_p
     if qgpu_kernel.detectors.heavy:
         pytest.skip("the fallback does not depend on the kernel; a debug boot costs a minute")
     # As the plugin's guests are configured: the same template.
-    cfg = MachineConfig.for_kernel(qgpu_kernel, dma_mode=DmaMode.DIRECT,
-                                   name=str(DmaMode.DIRECT),
-                                   accel=pytestconfig.getoption("--qgpu-accel"),
-                                   timeout_scale=pytestconfig.getoption("--qgpu-timeout-scale"))
+    cfg = pytest_rig._base_config(pytestconfig, DmaMode.DIRECT)
     real = template.get(cfg, ssh_key=qgpu_kernel.ssh_key)
     broken = tmp_path / real.folder.name           # the key names the folder
     broken.mkdir()
