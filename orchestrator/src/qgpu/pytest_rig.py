@@ -265,6 +265,12 @@ LATE_READ_SECONDS = 1.0
 #: module, and the next module's come back to the same modes.
 MAX_IDLE_PER_MODE = 2
 MAX_IDLE = 8
+#: A guest for the next test is an earlier one reverted (about 0.1 s, its code
+#: translated already) if one is kept; else, if a retired guest of the mode is this
+#: close to the end of its last read (and then kept), it is waited for: a new QEMU
+#: takes about 0.5 s to restore and check on a cold TCG, and three times the CPU
+#: time of a revert, which the test running meanwhile shares two cores with.
+RETIREE_WAIT_SECONDS = 0.5
 
 
 class _Retiree(threading.Thread):
@@ -278,6 +284,8 @@ class _Retiree(threading.Thread):
         self.found: health.Health | None = None
         #: The wait, scaled like the guest's timeouts (slower kernels).
         self.delay = LATE_READ_SECONDS * machine.config.timeout_scale
+        #: When its last read is due (time.monotonic()): it starts right away.
+        self.due = time.monotonic() + self.delay
         self.keep = keep
 
     def run(self) -> None:
@@ -410,6 +418,9 @@ class _Pool:
         #: maker takes, close() empties and closes).
         self.idle_lock = threading.Lock()
         self.idle_closed = False
+        #: The DMA modes later tests' guests are in (None: not known yet): guests of
+        #: the others are not kept (:meth:`keep_only`).
+        self.modes_ahead: set[DmaMode] | None = None
 
     def get(self, mode: DmaMode, nodeid: str) -> GuestMachine:
         # Tests are grouped by mode (and module), and each group's guest retires
@@ -470,15 +481,15 @@ class _Pool:
     def _fresh(self, mode: DmaMode) -> template.Started:
         """Return a guest in ``mode`` as its template left it: reverted, or restored.
 
-        An earlier test's guest waiting to be reverted is reverted. Otherwise
-        (none has been retired yet: its last read of the kernel log comes
-        LATE_READ_SECONDS after its test, and waiting for it would hold the
-        next test up more than a new QEMU does), or if the revert fails (said
-        in the :class:`template.Started` returned), a new QEMU restores the
-        template.
+        An earlier test's guest kept for a revert is reverted, or one whose last
+        read of the kernel log (LATE_READ_SECONDS after its test) is due within
+        RETIREE_WAIT_SECONDS, once it is kept. Otherwise (no such guest: waiting
+        longer would hold the next test up more than a new QEMU does), or if the
+        revert fails (said in the :class:`template.Started` returned), a new
+        QEMU restores the template.
         """
         failures = []
-        while (machine := self._take_idle(mode)) is not None:
+        while (machine := self._take_idle(mode) or self._await_retiree(mode)) is not None:
             try:
                 return template.Started(template.revert(machine), reverted=True)
             except BaseException as exc:    # (out of the idle pool: stop it here)
@@ -492,6 +503,25 @@ class _Pool:
         if failures:
             started = dataclasses.replace(started, revert_failure="\n".join(failures))
         return started
+
+    def _await_retiree(self, mode: DmaMode) -> GuestMachine | None:
+        """Take a retired guest of ``mode`` kept once its last read, due soon, is done.
+
+        Soon: within :data:`RETIREE_WAIT_SECONDS`. None if there is none, or
+        none due then was kept (its read found a report, or it cannot be
+        reverted), or the read takes longer than it should.
+        """
+        now = time.monotonic()
+        # (A copy: the test's thread adds and removes retirees meanwhile.)
+        due = sorted((r for r in list(self.retirees) if r.mode is mode and r.keep is not None
+                      and r.is_alive() and r.due - now <= RETIREE_WAIT_SECONDS),
+                     key=lambda r: r.due)
+        for retiree in due:
+            # The read is one console command: a second is plenty.
+            retiree.join(timeout=max(retiree.due - time.monotonic(), 0) + 1.0)
+            if (machine := self._take_idle(mode)) is not None:
+                return machine
+        return None
 
     def _take_idle(self, mode: DmaMode) -> GuestMachine | None:
         """Take the guest of ``mode`` kept last for a revert, if there is one."""
@@ -518,7 +548,8 @@ class _Pool:
         # Not paused while it waits (QMP stop): 48 tests took 3 % longer that way
         # (3 paired runs, 58.5 s against 56.4 s).
         with self.idle_lock:
-            if self.idle_closed:
+            if self.idle_closed or (self.modes_ahead is not None and
+                                    retiree.mode not in self.modes_ahead):
                 return False
             waiting = self.idle.setdefault(retiree.mode, [])
             waiting.append(machine)
@@ -538,6 +569,23 @@ class _Pool:
             with contextlib.suppress(QgpuError, OSError):
                 old.stop(graceful=False)
         return kept_it
+
+    def keep_only(self, modes: set[DmaMode]) -> None:
+        """Stop the guests kept for a revert in DMA modes other than ``modes``; keep none.
+
+        ``modes``: those of the tests still to run. A run's tests come grouped
+        by mode, and each kept guest is an idle QEMU that takes CPU time from
+        the tests that run (its guest's timer ticks) and memory.
+        """
+        with self.idle_lock:
+            self.modes_ahead = set(modes)
+            gone = [machine for mode in list(self.idle) if mode not in modes
+                    for machine in self.idle.pop(mode)]
+            for machine in gone:
+                self.idle_order.remove(machine)
+        for machine in gone:
+            with contextlib.suppress(QgpuError, OSError):
+                machine.stop(graceful=False)
 
     def _discard_spare(self) -> None:
         assert self.spare is not None
@@ -768,13 +816,17 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None
     """Retire a mode's guest after the last test that uses it, and report its leaks there."""
     yield
     pool = item.config.stash.get(_POOL, None)
-    mode = _mode_of(item)
-    if pool is None or mode is None or mode not in pool.machines or nextitem is None:
+    if pool is None or nextitem is None:
         return                          # at the end, the session fixture retires them
     items = item.session.items
-    later = items[items.index(nextitem):]
-    if pool.shares(item, next((i for i in later if "qgpu_guest" in getattr(i, "fixturenames", ())),
-                              None)):
+    later = [i for i in items[items.index(nextitem):]
+             if "qgpu_guest" in getattr(i, "fixturenames", ())]
+    if pool.use_reverts:
+        pool.keep_only({m for i in later if (m := _mode_of(i)) is not None})
+    mode = _mode_of(item)
+    if mode is None or mode not in pool.machines:
+        return
+    if pool.shares(item, later[0] if later else None):
         return                          # the next test on a shared guest uses this one
     problem = pool.retire(mode)
     if problem:
