@@ -8,7 +8,7 @@ machines record being stopped; the template module's checks are replaced.
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 import pytest
 
@@ -145,59 +145,6 @@ class FakeConfigured:
     """A MachineConfig as far as _fresh reads it before restoring."""
 
     guest_kernel = type("Kernel", (), {"ssh_key": None})()
-
-
-class FakeTimedMachine(FakeMachine):
-    """A FakeMachine with the timeout scale a _Retiree reads."""
-
-    config = type("Config", (), {"timeout_scale": 1.0})()
-
-
-def start_retiree(pool: pytest_rig._Pool, mode: DmaMode, name: str) -> FakeTimedMachine:
-    """Retire a guest as the pool does: its last read (found clean) comes after the delay."""
-    machine = FakeTimedMachine(name)
-    retiree = pytest_rig._Retiree(mode, machine, [], keep=pool._keep)  # type: ignore[arg-type]
-    pool.retirees.append(retiree)
-    retiree.start()
-    return machine
-
-
-@pytest.fixture
-def quick_reads(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Last reads that find nothing; a revert that hands back the guest; no restore."""
-    monkeypatch.setattr(pytest_rig, "_late_health", lambda machine: health.Health())
-    monkeypatch.setattr(template, "revert", lambda machine: machine)
-    monkeypatch.setattr(pytest_rig, "_base_config", lambda config, mode: FakeConfigured())
-
-    def restored(*args: Any, **kwargs: Any) -> template.Started:
-        raise RuntimeError("restored instead")
-
-    monkeypatch.setattr(template, "restore_or_boot", restored)
-
-
-@pytest.mark.usefixtures("quick_reads")
-def test_a_guest_whose_last_read_is_due_soon_is_waited_for(
-        pool: pytest_rig._Pool, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Not a new QEMU: it costs more, in wall and CPU time, than the wait."""
-    monkeypatch.setattr(pytest_rig, "LATE_READ_SECONDS", 0.3)
-    monkeypatch.setattr(pytest_rig, "RETIREE_WAIT_SECONDS", 0.5)
-    machine = start_retiree(pool, DmaMode.DIRECT, "d1")
-    started = pool._fresh(DmaMode.DIRECT)
-    assert started.reverted and started.machine is cast(Any, machine) and not machine.stopped
-
-
-@pytest.mark.usefixtures("quick_reads")
-def test_a_guest_whose_last_read_is_far_off_or_of_another_mode_is_not_waited_for(
-        pool: pytest_rig._Pool, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pytest_rig, "LATE_READ_SECONDS", 2.0)
-    monkeypatch.setattr(pytest_rig, "RETIREE_WAIT_SECONDS", 0.5)
-    start_retiree(pool, DmaMode.DIRECT, "d1")
-    monkeypatch.setattr(pytest_rig, "LATE_READ_SECONDS", 0.1)
-    start_retiree(pool, DmaMode.SWIOTLB, "s1")
-    with pytest.raises(RuntimeError, match="restored instead"):
-        pool._fresh(DmaMode.DIRECT)
-    for retiree in pool.retirees:
-        retiree.join()
 
 
 def test_guests_of_modes_no_later_test_uses_are_stopped_and_no_more_kept(

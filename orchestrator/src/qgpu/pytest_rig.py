@@ -265,12 +265,6 @@ LATE_READ_SECONDS = 1.0
 #: module, and the next module's come back to the same modes.
 MAX_IDLE_PER_MODE = 2
 MAX_IDLE = 8
-#: A guest for the next test is an earlier one reverted (about 0.1 s, its code
-#: translated already) if one is kept; else, if a retired guest of the mode is this
-#: close to the end of its last read (and then kept), it is waited for: a new QEMU
-#: takes about 0.5 s to restore and check on a cold TCG, and three times the CPU
-#: time of a revert, which the test running meanwhile shares two cores with.
-RETIREE_WAIT_SECONDS = 0.5
 
 
 class _Retiree(threading.Thread):
@@ -284,8 +278,6 @@ class _Retiree(threading.Thread):
         self.found: health.Health | None = None
         #: The wait, scaled like the guest's timeouts (slower kernels).
         self.delay = LATE_READ_SECONDS * machine.config.timeout_scale
-        #: When its last read is due (time.monotonic()): it starts right away.
-        self.due = time.monotonic() + self.delay
         self.keep = keep
 
     def run(self) -> None:
@@ -481,15 +473,15 @@ class _Pool:
     def _fresh(self, mode: DmaMode) -> template.Started:
         """Return a guest in ``mode`` as its template left it: reverted, or restored.
 
-        An earlier test's guest kept for a revert is reverted, or one whose last
-        read of the kernel log (LATE_READ_SECONDS after its test) is due within
-        RETIREE_WAIT_SECONDS, once it is kept. Otherwise (no such guest: waiting
-        longer would hold the next test up more than a new QEMU does), or if the
-        revert fails (said in the :class:`template.Started` returned), a new
-        QEMU restores the template.
+        An earlier test's guest waiting to be reverted is reverted. Otherwise
+        (none has been retired yet: its last read of the kernel log comes
+        LATE_READ_SECONDS after its test, and waiting for it would hold the
+        next test up more than a new QEMU does), or if the revert fails (said
+        in the :class:`template.Started` returned), a new QEMU restores the
+        template.
         """
         failures = []
-        while (machine := self._take_idle(mode) or self._await_retiree(mode)) is not None:
+        while (machine := self._take_idle(mode)) is not None:
             try:
                 return template.Started(template.revert(machine), reverted=True)
             except BaseException as exc:    # (out of the idle pool: stop it here)
@@ -503,25 +495,6 @@ class _Pool:
         if failures:
             started = dataclasses.replace(started, revert_failure="\n".join(failures))
         return started
-
-    def _await_retiree(self, mode: DmaMode) -> GuestMachine | None:
-        """Take a retired guest of ``mode`` kept once its last read, due soon, is done.
-
-        Soon: within :data:`RETIREE_WAIT_SECONDS`. None if there is none, or
-        none due then was kept (its read found a report, or it cannot be
-        reverted), or the read takes longer than it should.
-        """
-        now = time.monotonic()
-        # (A copy: the test's thread adds and removes retirees meanwhile.)
-        due = sorted((r for r in list(self.retirees) if r.mode is mode and r.keep is not None
-                      and r.is_alive() and r.due - now <= RETIREE_WAIT_SECONDS),
-                     key=lambda r: r.due)
-        for retiree in due:
-            # The read is one console command: a second is plenty.
-            retiree.join(timeout=max(retiree.due - time.monotonic(), 0) + 1.0)
-            if (machine := self._take_idle(mode)) is not None:
-                return machine
-        return None
 
     def _take_idle(self, mode: DmaMode) -> GuestMachine | None:
         """Take the guest of ``mode`` kept last for a revert, if there is one."""
@@ -813,7 +786,10 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None
                             ) -> Generator[None, None, None]:
-    """Retire a mode's guest after the last test that uses it, and report its leaks there."""
+    """Retire a mode's guest after the last test that uses it, and report its leaks there.
+
+    With reverts, the guests kept for one in DMA modes no later test uses are stopped.
+    """
     yield
     pool = item.config.stash.get(_POOL, None)
     if pool is None or nextitem is None:
