@@ -1,20 +1,26 @@
 """The pytest plugin's pool of guests kept for a revert (issue 12), without a guest.
 
 Which retired guests are kept (caps per DMA mode and in all, the longest kept
-going first), that nothing is kept once the pool closed, and that a guest whose
-revert raised anything is stopped, never left running outside the pool. Stand-in
+going first), that nothing is kept once the pool closed, that a guest whose
+revert raised anything is stopped, never left running outside the pool, and
+that kmemleak's check of a retired guest runs beside the next test. Stand-in
 machines record being stopped; the template module's checks are replaced.
 """
 
 from __future__ import annotations
 
+import threading
+import time
+import types
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from qgpu import health, pytest_rig, template
 from qgpu.config import DmaMode
-from qgpu.errors import QemuError
+from qgpu.errors import GuestCrashError, QemuError
+from qgpu.kernels import Detectors
 
 
 class FakeMachine:
@@ -158,3 +164,99 @@ def test_guests_of_modes_no_later_test_uses_are_stopped_and_no_more_kept(
     assert not was_kept
     _, was_kept = retire(pool, DmaMode.IOMMU, "i1")
     assert was_kept
+
+
+class FakeGuest(FakeMachine):
+    """A live guest at its shell prompt, as retire() sees one."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.console = types.SimpleNamespace(at_prompt=True)
+        self.config = types.SimpleNamespace(timeout_scale=4.0, guest_kernel=None)
+
+    def is_alive(self) -> bool:
+        return not self.stopped
+
+
+class SessionConfig(FakeConfig):
+    """A guest per DMA mode (the default on kernels with kmemleak); bundles in ``artifacts``."""
+
+    def __init__(self, artifacts: Path) -> None:
+        super().__init__()
+        self.stash[pytest_rig._GUEST_SCOPE] = ("session", "a test of the pool")
+        self.artifacts = artifacts
+
+    def getoption(self, name: str, default: Any = None) -> Any:
+        return str(self.artifacts) if name == "--qgpu-artifacts" else \
+            super().getoption(name, default)
+
+
+def test_the_leak_check_of_a_retired_guest_runs_beside_the_next_test(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """kmemleak's settled check of a guest that served several tests (about 10 s under
+    TCG on the debug kernel, half of it a wait) runs in the background, one at a time;
+    what it finds is reported by the next retirement or the run's end, naming the
+    test, its report in that test's bundle."""
+    monkeypatch.setattr(health, "detectors", lambda machine: Detectors(kmemleak=True))
+    release = threading.Event()
+    checked: list[tuple[str, dict[str, bool]]] = []
+
+    def leak_check(machine: FakeGuest, **kwargs: bool) -> health.Health:
+        checked.append((machine.name, kwargs))
+        assert release.wait(10)
+        return health.Health(problems=[f"kmemleak: 1 new suspected memory leak in {machine}"],
+                             reports={"kmemleak.txt": "unreferenced object 0x1234"})
+
+    monkeypatch.setattr(pytest_rig, "_health_after", leak_check)
+    pool = pytest_rig._Pool(SessionConfig(tmp_path))   # type: ignore[arg-type]
+
+    def serve(name: str, test: str) -> FakeGuest:
+        guest = FakeGuest(name)
+        pool.machines[DmaMode.DIRECT] = guest       # type: ignore[assignment]
+        pool.windows[DmaMode.DIRECT] = [pytest_rig._Window(f"test_x.py::{name}", 10),
+                                        pytest_rig._Window(f"test_x.py::{test}", 100)]
+        return guest
+
+    first = serve("d1", "test_leaky")
+    begun = time.monotonic()
+    assert pool.retire(DmaMode.DIRECT) is None
+    assert time.monotonic() - begun < 1.0, "retire() waited for the leak check"
+    assert DmaMode.DIRECT not in pool.machines and not first.stopped
+    second = serve("d2", "test_after")
+    reported: list[str | None] = []
+    retiring = threading.Thread(target=lambda: reported.append(pool.retire(DmaMode.DIRECT)))
+    retiring.start()
+    retiring.join(0.5)
+    assert retiring.is_alive(), "a second leak check started beside the first"
+    release.set()
+    retiring.join(10)
+    assert first.stopped
+    assert reported[0] is not None and "after test_x.py::test_leaky" in reported[0]
+    assert "kmemleak: 1 new suspected memory leak in d1" in reported[0]
+    assert (tmp_path / "main" / "test_x.py_test_leaky" / "kmemleak.txt").exists()
+    # The second's check may have ended by then (reported above), or not (at the end).
+    try:
+        pool.close()
+        at_close = ""
+    except GuestCrashError as exc:
+        at_close = str(exc)
+    assert second.stopped
+    assert f"{reported[0]}\n{at_close}".count("after test_x.py::test_after") == 1
+    assert checked == [("d1", {"unload": True, "settle_leaks": True}),
+                       ("d2", {"unload": True, "settle_leaks": True})]
+
+
+def test_the_leak_check_of_a_guest_of_one_test_fails_that_test(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Its leaks can only be its test's: the check runs before retire() returns."""
+    monkeypatch.setattr(health, "detectors", lambda machine: Detectors(kmemleak=True))
+    monkeypatch.setattr(pytest_rig, "_health_after", lambda machine, **kwargs: health.Health(
+        problems=[f"kmemleak: 1 new suspected memory leak in {machine}"]))
+    pool = pytest_rig._Pool(SessionConfig(tmp_path))   # type: ignore[arg-type]
+    guest = FakeGuest("d1")
+    pool.machines[DmaMode.DIRECT] = guest       # type: ignore[assignment]
+    pool.windows[DmaMode.DIRECT] = [pytest_rig._Window("test_x.py::test_alone", 100)]
+    reported = pool.retire(DmaMode.DIRECT)
+    assert guest.stopped and not pool.retirees
+    assert reported is not None and "leak in d1" in reported
+    assert "after test_x.py::test_alone" in reported

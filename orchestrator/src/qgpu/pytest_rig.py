@@ -265,27 +265,43 @@ LATE_READ_SECONDS = 1.0
 #: module, and the next module's come back to the same modes.
 MAX_IDLE_PER_MODE = 2
 MAX_IDLE = 8
+#: On kernels with kmemleak, at most this many retired shared guests do their
+#: settled leak check (about 10 s under TCG, half of it waiting) at a time, beside
+#: the tests: each scan keeps a CPU busy for seconds.
+MAX_LEAK_CHECKS = 1
 
 
 class _Retiree(threading.Thread):
-    """A guest's last read of its kernel log, LATE_READ_SECONDS after its last test."""
+    """A retired guest's last look, in the background, while the next test runs.
+
+    Its kernel log read a last time LATE_READ_SECONDS after its last test or, for
+    a shared guest on a kernel with kmemleak (``leaks``), kmemleak's settled
+    check: the driver unloaded and two scans 5.5 s apart, mostly a wait that no
+    test should sit through.
+    """
 
     def __init__(self, mode: DmaMode, machine: GuestMachine, windows: list[_Window], *,
-                 keep: Callable[[_Retiree], bool] | None = None) -> None:
+                 keep: Callable[[_Retiree], bool] | None = None,
+                 leaks: bool = False) -> None:
         """``keep``: offered the guest after its last read (``found``); True if it kept it."""
         super().__init__(name=f"qgpu-retire-{mode}", daemon=True)
         self.mode, self.machine, self.windows = mode, machine, windows
         self.found: health.Health | None = None
-        #: The wait, scaled like the guest's timeouts (slower kernels).
-        self.delay = LATE_READ_SECONDS * machine.config.timeout_scale
+        self.leaks = leaks
+        #: The wait before the read (None: the leak check, at once), scaled like the
+        #: guest's timeouts (slower kernels).
+        self.delay = None if leaks else LATE_READ_SECONDS * machine.config.timeout_scale
         self.keep = keep
 
     def run(self) -> None:
         kept = False
         try:
-            time.sleep(self.delay)
-            self.found = _late_health(self.machine)
-            kept = self.keep is not None and self.keep(self)
+            if self.delay is None:
+                self.found = _health_after(self.machine, unload=True, settle_leaks=True)
+            else:
+                time.sleep(self.delay)
+                self.found = _late_health(self.machine)
+                kept = self.keep is not None and self.keep(self)
         finally:
             if not kept:
                 self.machine.stop(graceful=False)
@@ -637,32 +653,46 @@ class _Pool:
         template for another (:attr:`use_reverts`) once its last read found
         nothing.
 
-        On a kernel with kmemleak, a last, thorough leak check first: kmemleak
-        reports an object only after two scans 5 s apart, so the leaks of the
-        guest's last tests show up only here. Otherwise the guest lives on for
-        :data:`LATE_READ_SECONDS` in the background, and then its kernel log is
-        read a last time; what that found is returned by a later call (or
-        :meth:`close`). Each report is saved in the bundle of the test it
-        belongs to, and the returned text names that test.
+        On a kernel with kmemleak, a last, thorough leak check: kmemleak reports
+        an object only after two scans 5 s apart, so the leaks of the guest's
+        last tests show up only here. For the guest of one test, now: what it
+        finds is that test's and fails it. For a guest that served several
+        (a shared one), in the background (:class:`_Retiree`, at most
+        :data:`MAX_LEAK_CHECKS` at a time): each leak is blamed on the test
+        that allocated it, whichever test's teardown reports it. Without
+        kmemleak, the guest lives on for :data:`LATE_READ_SECONDS` in the
+        background, and then its kernel log is read a last time. What a
+        background look found is returned by a later call (or :meth:`close`).
+        Each report is saved in the bundle of the test it belongs to, and the
+        returned text names that test.
         """
         machine = self.machines.get(mode)
         windows = self.windows.get(mode, [])
         found = None
         if machine is not None and machine.is_alive() and machine.console is not None and \
                 machine.console.at_prompt:   # (a shell still busy would not answer)
-            if health.detectors(machine).kmemleak:
+            leaks = health.detectors(machine).kmemleak
+            if leaks and len(windows) <= 1:
                 found = _health_after(machine, unload=True, settle_leaks=True)
             else:
+                if leaks:
+                    self._wait_for_leak_checks(MAX_LEAK_CHECKS - 1)
                 self.machines.pop(mode)
                 self.windows.pop(mode, None)
-                keep = self._keep if reusable and self.use_reverts else None
-                retiree = _Retiree(mode, machine, windows, keep=keep)
+                keep = self._keep if reusable and self.use_reverts and not leaks else None
+                retiree = _Retiree(mode, machine, windows, keep=keep, leaks=leaks)
                 retiree.start()
                 self.retirees.append(retiree)
         self.drop(mode)
         problems = [self._report(mode, found, windows)] if found is not None else []
         problems += self._late_reports(wait=False)
         return "\n".join(p for p in problems if p) or None
+
+    def _wait_for_leak_checks(self, at_most: int) -> None:
+        """Wait until at most ``at_most`` retired guests are still in their leak check."""
+        checking = [r for r in self.retirees if r.leaks and r.is_alive()]
+        for retiree in checking[:max(0, len(checking) - at_most)]:
+            retiree.join()
 
     def _late_reports(self, *, wait: bool) -> list[str]:
         """Collect what retired guests (``wait``: all) and unused spare guests found."""
@@ -687,9 +717,10 @@ class _Pool:
         for w in owners or windows[-1:]:
             with contextlib.suppress(OSError):
                 _save_health(found, _artifact_dir_for(self.config, w.nodeid))
-        when = (f"its kernel log read {late:g} s after its last test ("
-                f"{windows[-1].nodeid if windows else 'no test'})" if late is not None
-                else "checked once more before it was shut down")
+        last = windows[-1].nodeid if windows else "no test"
+        when = (f"its kernel log read {late:g} s after its last test ({last})"
+                if late is not None else
+                f"checked once more before it was shut down, after {last}")
         return (f"the {mode} guest, {when}:\n" + "\n".join(found.problems) + "\n"
                 + found.summary())
 
