@@ -8,7 +8,10 @@
 # Usage: run-fuzz.sh FUZZER SECONDS OUTDIR SEEDDIR QEMU_SRC [CONFIG...]
 #   FUZZER    qemu-fuzz-x86_64 (build-qemu.sh ... fuzz)
 #   SECONDS   wall-clock fuzzing time, shared by the configurations; FUZZ_JOBS
-#             (environment; default 1) fuzzers run at once, each on one core
+#             (environment; default 1) fuzzers run at once, each on one core.
+#             FUZZ_BUDGET=fuzzer (environment): SECONDS of one fuzzer's time
+#             instead, each configuration fuzzed SECONDS/configurations however
+#             many run at once (more jobs: less wall clock, the same fuzzing)
 #   OUTDIR    corpus/CONFIG (kept and grown from run to run), crashes/CONFIG,
 #             logs/CONFIG.log, summary.txt
 #   SEEDDIR   the checked-in seed corpus, read by every configuration
@@ -34,9 +37,13 @@ jobs=${FUZZ_JOBS:-1}
 [[ $jobs =~ ^[1-9][0-9]*$ ]] || { echo "run-fuzz: FUZZ_JOBS must be a positive number, not '$jobs'" >&2; exit 2; }
 (( jobs <= ${#configs[@]} )) || jobs=${#configs[@]}
 # Each configuration gets the same time, JOBS at once: SECONDS of wall clock
-# in rounds of JOBS (the leak checks come on top).
+# in rounds of JOBS (the leak checks come on top), or SECONDS of one fuzzer's.
 rounds=$(( (${#configs[@]} + jobs - 1) / jobs ))
-per=$(( seconds / rounds ))
+case ${FUZZ_BUDGET:-wall} in
+    wall) per=$(( seconds / rounds )) ;;
+    fuzzer) per=$(( seconds / ${#configs[@]} )) ;;
+    *) echo "run-fuzz: FUZZ_BUDGET must be wall or fuzzer, not '$FUZZ_BUDGET'" >&2; exit 2 ;;
+esac
 
 # Reports name functions and lines (llvm-16: make qemu-fuzz installs it).
 export ASAN_SYMBOLIZER_PATH=${ASAN_SYMBOLIZER_PATH:-/usr/lib/llvm-16/bin/llvm-symbolizer}
