@@ -10,7 +10,6 @@ machines record being stopped; the template module's checks are replaced.
 from __future__ import annotations
 
 import threading
-import time
 import types
 from pathlib import Path
 from typing import Any
@@ -203,6 +202,7 @@ def test_the_leak_check_of_a_retired_guest_runs_beside_the_next_test(
 
     def leak_check(machine: FakeGuest, **kwargs: bool) -> health.Health:
         checked.append((machine.name, kwargs))
+        assert threading.current_thread() is not threading.main_thread()
         assert release.wait(10)
         return health.Health(problems=[f"kmemleak: 1 new suspected memory leak in {machine}"],
                              reports={"kmemleak.txt": "unreferenced object 0x1234"})
@@ -218,9 +218,8 @@ def test_the_leak_check_of_a_retired_guest_runs_beside_the_next_test(
         return guest
 
     first = serve("d1", "test_leaky")
-    begun = time.monotonic()
     assert pool.retire(DmaMode.DIRECT) is None
-    assert time.monotonic() - begun < 1.0, "retire() waited for the leak check"
+    assert not release.is_set()     # retire() returned with the check still running
     assert DmaMode.DIRECT not in pool.machines and not first.stopped
     second = serve("d2", "test_after")
     reported: list[str | None] = []
