@@ -254,8 +254,7 @@ test-e2e: qemu image venv ## End-to-end tests on KERNEL: booted guests in every 
 # a time while the second lane still runs, else one per core -- on a warm
 # run the lanes end within a minute of each other, and the fuzzer's four
 # minutes alone were the run's tail (TEST_PARALLEL=0: one after the other,
-# all on the terminal). With a guest per stock test (issue 12) the second lane
-# was the longer one.
+# all on the terminal). The job count is chosen once, when the fuzzer starts.
 # Each suite keeps its failure artifacts in build/artifacts/KERNEL.
 TEST_PARALLEL ?= 1
 TEST_FUZZ_SECONDS ?= 240
