@@ -254,7 +254,8 @@ test-e2e: qemu image venv ## End-to-end tests on KERNEL: booted guests in every 
 # a time while the second lane still runs, else one per core -- on a warm
 # run the lanes end within a minute of each other, and the fuzzer's four
 # minutes alone were the run's tail (TEST_PARALLEL=0: one after the other,
-# all on the terminal). The job count is chosen once, when the fuzzer starts.
+# all on the terminal). A fuzzer that starts with one job runs one per core
+# from when the second lane ends (run-fuzz.sh's FUZZ_MORE_JOBS).
 # Each suite keeps its failure artifacts in build/artifacts/KERNEL.
 TEST_PARALLEL ?= 1
 TEST_FUZZ_SECONDS ?= 240
@@ -316,8 +317,9 @@ test: qemu images venv ## Everything CI runs: lint, the suites on the stock, deb
 	        PYTEST_ARGS="$(PYTEST_ARGS) --junitxml=$(TEST_REPORTS)/sanitizers.xml"; }; \
 	fuzzing() { [ "$(TEST_FUZZ_SECONDS)" = 0 ] && return; \
 	    echo "make: $(TEST_FUZZ_SECONDS) s of one fuzzer's time, $${1:-$(FUZZ_JOBS)}" \
-	         "fuzzer(s) at a time"; \
-	    NINJA_JOBS=$${1:-} $(MAKE) --no-print-directory fuzz FUZZ_BUDGET=fuzzer \
+	         "fuzzer(s) at a time$${2:+ ($(FUZZ_JOBS) once the second lane has ended)}"; \
+	    NINJA_JOBS=$${1:-} FUZZ_MORE_JOBS=$${2:+$$2:$(FUZZ_JOBS)} \
+	        $(MAKE) --no-print-directory fuzz FUZZ_BUDGET=fuzzer \
 	        FUZZ_SECONDS=$(TEST_FUZZ_SECONDS) FUZZ_JOBS=$${1:-$(FUZZ_JOBS)}; }; \
 	run_logged() { local name=$$1; shift; \
 	    if "$$@" > $(TEST_LOGS)/test-$$name.log 2>&1; then rc=0; else rc=$$?; fi; \
@@ -349,7 +351,8 @@ test: qemu images venv ## Everything CI runs: lint, the suites on the stock, deb
 	echo "make: the example project, from the wheel in a fresh venv"; \
 	$(example_suite) || status=1; \
 	if [ -n "$$lane" ]; then \
-	    if [ -e $(TEST_LOGS)/test-sanitizers.rc ]; then fuzzing; else fuzzing 1; fi \
+	    if [ -e $(TEST_LOGS)/test-sanitizers.rc ]; then fuzzing; \
+	    else fuzzing 1 $(TEST_LOGS)/test-sanitizers.rc; fi \
 	        || status=1; \
 	    echo "make: waiting for the second lane"; wait $$lane || true; \
 	    show_logged stock; show_logged qgpu; show_logged debug-side; show_logged sanitizers; \

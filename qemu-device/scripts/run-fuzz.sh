@@ -11,7 +11,9 @@
 #             (environment; default 1) fuzzers run at once, each on one core.
 #             FUZZ_BUDGET=fuzzer (environment): SECONDS of one fuzzer's time
 #             instead, each configuration fuzzed SECONDS/configurations however
-#             many run at once (more jobs: less wall clock, the same fuzzing)
+#             many run at once (more jobs: less wall clock, the same fuzzing);
+#             with it, FUZZ_MORE_JOBS=FILE:N (environment): N at once from
+#             when FILE exists (make test: once its other lane has ended)
 #   OUTDIR    corpus/CONFIG (kept and grown from run to run), crashes/CONFIG,
 #             logs/CONFIG.log, summary.txt
 #   SEEDDIR   the checked-in seed corpus, read by every configuration
@@ -44,6 +46,22 @@ case ${FUZZ_BUDGET:-wall} in
     fuzzer) per=$(( seconds / ${#configs[@]} )) ;;
     *) echo "run-fuzz: FUZZ_BUDGET must be wall or fuzzer, not '$FUZZ_BUDGET'" >&2; exit 2 ;;
 esac
+# More jobs once FILE exists: the cores another job held are free. Only with a
+# fuzzer budget, where the job count does not change what each configuration gets.
+more_file= more_jobs=$jobs
+if [[ -n ${FUZZ_MORE_JOBS:-} ]]; then
+    more_file=${FUZZ_MORE_JOBS%:*} more_jobs=${FUZZ_MORE_JOBS##*:}
+    [[ $FUZZ_MORE_JOBS == *:* && -n $more_file && $more_jobs =~ ^[1-9][0-9]*$ ]] || {
+        echo "run-fuzz: FUZZ_MORE_JOBS must be FILE:JOBS, not '$FUZZ_MORE_JOBS'" >&2; exit 2; }
+    [[ ${FUZZ_BUDGET:-wall} == fuzzer ]] || {
+        echo "run-fuzz: FUZZ_MORE_JOBS needs FUZZ_BUDGET=fuzzer (with a wall-clock budget," \
+             "the job count sets each configuration's time)" >&2; exit 2; }
+    (( more_jobs <= ${#configs[@]} )) || more_jobs=${#configs[@]}
+fi
+at_once() {     # how many fuzzers may run now
+    if [[ -n $more_file && -e $more_file ]]; then echo "$more_jobs"; else echo "$jobs"; fi
+}
+most_at_once=$jobs cap=$jobs
 
 # Reports name functions and lines (llvm-16: make qemu-fuzz installs it).
 export ASAN_SYMBOLIZER_PATH=${ASAN_SYMBOLIZER_PATH:-/usr/lib/llvm-16/bin/llvm-symbolizer}
@@ -102,10 +120,11 @@ for cfg in "${configs[@]}"; do
     rm -f "$out/logs/$cfg.rc"
     touch "$out/crashes/$cfg/.start"    # what this run finds is newer (earlier finds stay)
     # (Counting running jobs, not trusting `wait -n` alone: it misses a job
-    # that ended while a foreground command ran.)
-    while (( $(jobs -rp | wc -l) >= jobs )); do
-        wait -n || true
+    # that ended while a foreground command ran. Waiting for FILE, polling.)
+    while (( $(jobs -rp | wc -l) >= (cap = $(at_once)) )); do
+        if [[ -n $more_file ]]; then sleep 1; else wait -n || true; fi
     done
+    (( cap <= most_at_once )) || most_at_once=$cap
     echo "run-fuzz: generic-fuzz-$cfg for ${per} s (log $out/logs/$cfg.log)"
     fuzz_one "$cfg" &
 done
@@ -134,6 +153,6 @@ for cfg in "${configs[@]}"; do
     fi
     echo "$line" | tee -a "$summary"
 done
-echo "run-fuzz: $total_execs executions in all ($jobs at once); summary in $summary" |
+echo "run-fuzz: $total_execs executions in all ($most_at_once at once); summary in $summary" |
     tee -a "$summary"
 exit $status
