@@ -259,3 +259,26 @@ def test_the_leak_check_of_a_guest_of_one_test_fails_that_test(
     assert guest.stopped and not pool.retirees
     assert reported is not None and "leak in d1" in reported
     assert "after test_x.py::test_alone" in reported
+
+
+def test_a_guest_that_fails_its_last_look_costs_no_other_report(
+        pool: pytest_rig._Pool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At the run's end, a guest whose retirement raised (QEMU gone, say) is reported
+    beside what the other guests and the background checks found, not instead."""
+    machines = {DmaMode.DIRECT: FakeMachine("d"), DmaMode.IOMMU: FakeMachine("i")}
+    pool.machines = dict(machines)      # type: ignore[arg-type]
+    pool.spare_problems.append("a guest restored ahead found a report")
+
+    def retire_one(mode: DmaMode, *, reusable: bool = False) -> str | None:
+        pool.machines.pop(mode)
+        if mode is DmaMode.DIRECT:
+            raise QemuError("QEMU died while its log was read")
+        return "the iommu guest found a report"
+
+    monkeypatch.setattr(pool, "retire", retire_one)
+    with pytest.raises(GuestCrashError) as failed:
+        pool.close()
+    message = str(failed.value)
+    assert "the direct guest, as the run ended: QEMU died while its log was read" in message
+    assert "the iommu guest found a report" in message
+    assert "a guest restored ahead found a report" in message

@@ -742,7 +742,12 @@ class _Pool:
                 # Every guest stops, whatever the retiring of another raises.
                 stop_all.callback(self.drop, mode)
             for mode in list(self.machines):
-                problem = self.retire(mode)
+                # One guest that cannot be looked at (QEMU gone, its console
+                # stuck) costs neither the others' reports nor the late ones.
+                try:
+                    problem = self.retire(mode)
+                except QgpuError as exc:
+                    problem = f"the {mode} guest, as the run ended: {exc}"
                 if problem:
                     problems.append(problem)
             problems += [p for p in self._late_reports(wait=True) if p]
