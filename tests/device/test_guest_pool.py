@@ -3,8 +3,9 @@
 Which retired guests are kept (caps per DMA mode and in all, the longest kept
 going first), that nothing is kept once the pool closed, that a guest whose
 revert raised anything is stopped, never left running outside the pool, and
-that kmemleak's check of a retired guest runs beside the next test. Stand-in
-machines record being stopped; the template module's checks are replaced.
+that kmemleak's check of a retired guest runs beside the next test, and
+whose guests connect SSH ahead. Stand-in machines record being stopped; the
+template module's checks are replaced.
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ def test_a_guest_whose_revert_raised_is_stopped(pool: pytest_rig._Pool,
     A QgpuError falls back to a restore (not reached here); anything else is raised."""
     machine, _ = retire(pool, DmaMode.DIRECT, "d1")
 
-    def interrupted(machine: Any) -> Any:
+    def interrupted(machine: Any, **kwargs: Any) -> Any:
         raise KeyboardInterrupt
 
     monkeypatch.setattr(template, "revert", interrupted)
@@ -132,7 +133,7 @@ def test_a_guest_whose_revert_raised_is_stopped(pool: pytest_rig._Pool,
 
     failed, _ = retire(pool, DmaMode.DIRECT, "d2")
 
-    def refused(machine: Any) -> Any:
+    def refused(machine: Any, **kwargs: Any) -> Any:
         raise QemuError("QEMU says no")
 
     def restored(*args: Any, **kwargs: Any) -> template.Started:
@@ -259,6 +260,114 @@ def test_the_leak_check_of_a_guest_of_one_test_fails_that_test(
     assert guest.stopped and not pool.retirees
     assert reported is not None and "leak in d1" in reported
     assert "after test_x.py::test_alone" in reported
+
+
+class FakeSsh:
+    """A GuestSsh as far as the pool reads it: how many commands ran."""
+
+    def __init__(self, commands_run: int) -> None:
+        self.commands_run = commands_run
+
+
+def guest_that_ran(commands: int | None) -> Any:
+    """A guest whose SSH ran ``commands`` commands (None: a guest stopped, without SSH)."""
+    machine = FakeMachine("g")
+    machine.ssh = None if commands is None else FakeSsh(commands)   # type: ignore[attr-defined]
+    return machine
+
+
+class FakeItem:
+    """A test as the pool reads it: its name, DMA mode, fixtures and call's outcome."""
+
+    fixturenames = ("qgpu_guest",)
+
+    def __init__(self, nodeid: str, outcome: str = "passed") -> None:
+        self.nodeid = nodeid
+        self.callspec = types.SimpleNamespace(params={"qgpu_dma_mode": "direct"})
+        self.qgpu_rep_call = types.SimpleNamespace(passed=outcome == "passed")
+
+
+def ran(pool: pytest_rig._Pool, nodeid: str, commands: int | None,
+        outcome: str = "passed") -> None:
+    """A test ``nodeid`` ended with ``outcome``, its guest's SSH having run ``commands``."""
+    pool.note_ssh_use(FakeItem(nodeid, outcome), guest_that_ran(commands))  # type: ignore[arg-type]
+
+
+def test_a_function_s_guests_connect_ssh_ahead_until_one_did_not_use_it(
+        pool: pytest_rig._Pool) -> None:
+    """A handshake costs a guest about 0.15 s under TCG: the guests of a test function
+    whose earlier parametrizations ran no SSH command connect only on first use,
+    those of any function that used it, or is not seen yet, ahead."""
+    console_only, ssh_user = "tests/e2e/t.py::console_only", "tests/e2e/t.py::uses_ssh"
+    assert pool.ssh_ahead(f"{console_only}[direct]") and pool.ssh_ahead(f"{ssh_user}[direct]")
+
+    ran(pool, f"{console_only}[direct]", 0)
+    ran(pool, f"{ssh_user}[direct-a]", 3)
+    ran(pool, f"{ssh_user}[direct-b]", 0)       # another case: once is enough
+    assert not pool.ssh_ahead(f"{console_only}[iommu]")
+    assert not pool.ssh_ahead(console_only)
+    assert pool.ssh_ahead(f"{ssh_user}[swiotlb-a]")
+    assert pool.ssh_ahead("tests/e2e/t.py::console_only_not[direct]")  # another function
+
+    ran(pool, f"{console_only}[virtio-iommu]", 1)
+    assert pool.ssh_ahead(f"{console_only}[iommu]")
+
+
+@pytest.mark.parametrize("how", ["failed", "skipped", "guest stopped"])
+def test_a_test_that_did_not_pass_says_nothing_of_its_function_s_ssh_use(
+        pool: pytest_rig._Pool, how: str) -> None:
+    """It may have ended before its SSH command (a skip, a failure, its guest gone)."""
+    nodeid = "tests/e2e/t.py::uses_ssh_late[direct]"
+    if how == "guest stopped":
+        ran(pool, nodeid, None)
+    else:
+        ran(pool, nodeid, 0, outcome=how)
+    assert pool.ssh_ahead("tests/e2e/t.py::uses_ssh_late[iommu]")
+    ran(pool, nodeid, 0)
+    assert not pool.ssh_ahead("tests/e2e/t.py::uses_ssh_late[iommu]")
+
+
+def test_a_shared_guest_always_connects_ssh_ahead(pool: pytest_rig._Pool) -> None:
+    """A guest that serves several tests connects once; what one test did says nothing."""
+    pool.scope = "session"
+    ran(pool, "tests/e2e/t.py::console_only[direct]", 0)
+    assert pool.ssh_ahead("tests/e2e/t.py::console_only[iommu]")
+
+
+def test_a_test_s_guest_connects_ssh_as_its_function_did(
+        pool: pytest_rig._Pool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whether it is restored ahead or when the test asks, reverted or by a new QEMU."""
+    asked: list[tuple[str, bool]] = []
+
+    def reverted(machine: Any, *, ssh_ahead: bool) -> Any:
+        asked.append(("revert", ssh_ahead))
+        return machine
+
+    def restored(config: Any, *, ssh_key: Any, ssh_ahead: bool) -> template.Started:
+        asked.append(("restore", ssh_ahead))
+        return template.Started(FakeMachine("new"))     # type: ignore[arg-type]
+
+    monkeypatch.setattr(template, "revert", reverted)
+    monkeypatch.setattr(template, "restore_or_boot", restored)
+    monkeypatch.setattr(pytest_rig, "_base_config", lambda config, mode: FakeConfigured())
+    monkeypatch.setattr(health, "check_boot", lambda machine: "")
+    ran(pool, "tests/e2e/t.py::console_only[direct]", 0)
+    retire(pool, DmaMode.DIRECT, "d1")
+    try:
+        for nodeid in ("tests/e2e/t.py::console_only[x]", "tests/e2e/t.py::console_only[y]",
+                       "tests/e2e/t.py::other[x]"):
+            pool.prepare_next(FakeItem(nodeid))        # type: ignore[arg-type]
+            assert pool.spare is not None
+            pool.spare.take()
+            pool.spare = None
+    finally:
+        if pool.spare_maker is not None:
+            pool.spare_maker.close()
+    # Without a spare: the guest is made when the test asks.
+    pool._start(DmaMode.DIRECT, "tests/e2e/t.py::console_only[z]")
+    pool._start(DmaMode.DIRECT, "tests/e2e/t.py::other[z]")
+    assert asked == [("revert", False), ("restore", False), ("restore", True),
+                     ("restore", False), ("restore", True)]
 
 
 def test_a_guest_that_fails_its_last_look_costs_no_other_report(

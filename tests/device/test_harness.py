@@ -557,6 +557,27 @@ def test_ssh_connect_raises_what_the_background_attempt_raised(tmp_path: Path) -
     assert not ssh.connected
 
 
+def test_two_threads_first_ssh_commands_make_one_session(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A guest whose SSH connects on first use, used by two threads at once (a console
+    command beside an SSH one): one handshake, not two and a session left open."""
+    handshakes = []
+
+    def handshake(self: GuestSsh, timeout: float, closing: threading.Event) -> None:
+        handshakes.append(threading.current_thread().name)
+        time.sleep(0.3)
+        self._client = object()         # type: ignore[assignment]
+
+    monkeypatch.setattr(GuestSsh, "_connect", handshake)
+    ssh = GuestSsh(_free_port(), _ssh_key(tmp_path))
+    users = [threading.Thread(target=ssh.connect, name=f"user-{n}") for n in range(2)]
+    for user in users:
+        user.start()
+    for user in users:
+        user.join()
+    assert len(handshakes) == 1 and ssh.connected
+
+
 def test_ssh_close_does_not_wait_for_a_background_handshake(tmp_path: Path) -> None:
     """Stopping a guest whose SSH is still connecting (a hung sshd) is not held up by the
     handshake's 20 s banner timeout; the attempt ends when its socket does."""

@@ -185,6 +185,24 @@ def test_a_revert_keeps_the_translated_code(qgpu_restore_guest: RestoreGuest) ->
         f"the revert invalidated {invalidated} translations: {before} -> {after}"
 
 
+def test_a_guest_reverted_without_ssh_ahead_connects_on_first_use(
+        qgpu_restore_guest: RestoreGuest) -> None:
+    """The pool reverts a guest for a test whose function ran no SSH command without
+    connecting SSH ahead (a handshake is about 0.15 s under TCG): nothing
+    connects until a command needs it, and then it does."""
+    guest = _restored(qgpu_restore_guest, DmaMode.DIRECT)
+    sh(guest, "true")
+    template.revert(guest, ssh_ahead=False)
+    assert guest.ssh is not None
+    assert not guest.ssh.connecting and not guest.ssh.connected, \
+        "SSH began to connect without being asked"
+    boot_id = sh(guest, "cat /proc/sys/kernel/random/boot_id", over="console")
+    assert sh(guest, "cat /proc/sys/kernel/random/boot_id").strip() == boot_id.strip()
+    assert guest.ssh.connected and guest.ssh.commands_run == 1
+    template.revert(guest)                              # the default: ahead
+    assert guest.ssh is not None and (guest.ssh.connecting or guest.ssh.connected)
+
+
 def test_what_cannot_be_reverted_is_refused_with_a_reason(qgpu_restore_guest: RestoreGuest
                                                          ) -> None:
     """A running VM, a missing state file, a VM without x-ignore-shared: QEMU refuses

@@ -180,13 +180,16 @@ class GuestMachine:
                 lsock.close()
         return ssh_port
 
-    def _connect_ssh(self, port: int | None, *, now: bool = True) -> None:
-        """Set up SSH to the guest; connect at once, or (``now`` false) in the background."""
+    def _connect_ssh(self, port: int | None, *, now: bool = True, ahead: bool = True) -> None:
+        """Set up SSH to the guest; connect at once, or (``now`` false) in the background.
+
+        ``now`` false and not ``ahead``: not at all, until :meth:`ssh_run` needs it.
+        """
         if port is not None and self.ssh_key is not None:
             self.ssh = GuestSsh(port, self.ssh_key)
             if now:
                 self.ssh.connect(timeout=60 * self.config.timeout_scale)
-            else:
+            elif ahead:
                 self.ssh.start_connecting(timeout=60 * self.config.timeout_scale)
 
     def _start_once(self, *, connect_ssh: bool) -> GuestMachine:
@@ -257,7 +260,7 @@ class GuestMachine:
             time.sleep(0.002)
 
     def restore(self, ram: Path, state: Path, accel_name: str, *,
-                timeout: float = 60.0) -> GuestMachine:
+                timeout: float = 60.0, ssh_ahead: bool = True) -> GuestMachine:
         """Start the guest from a saved one instead of booting it.
 
         ``ram`` and ``state`` are what :meth:`save` left (a template,
@@ -266,7 +269,9 @@ class GuestMachine:
         mapped copy-on-write from ``ram`` (the file never changes) and
         ``-incoming defer``, loads the device state and runs; then the guest's
         clock is set to the host's (it stood still since the save); SSH
-        connects in the background (:meth:`ssh_run` waits for it). Raises
+        connects in the background (:meth:`ssh_run` waits for it), or (not
+        ``ssh_ahead``) when :meth:`ssh_run` first needs it: a handshake costs
+        about 0.15 s under TCG, most of it the guest's CPU. Raises
         :class:`~qgpu.errors.QemuError` quoting QEMU if the state does not load.
         """
         self.accel = accel_name
@@ -285,9 +290,9 @@ class GuestMachine:
                 raise self._died(exc, "restoring the guest") from exc
             self.restore_seconds = time.monotonic() - start
             self.restored_from, self.restored_ssh_port = state, ssh_port
-            # SSH's handshake (0.2 s under TCG) runs meanwhile, on the guest's other
-            # CPU while its console loads a driver, say.
-            self._connect_ssh(ssh_port, now=False)
+            # SSH's handshake (0.15 s under TCG), if ahead, runs meanwhile, on the
+            # guest's other CPU while its console loads a driver, say.
+            self._connect_ssh(ssh_port, now=False, ahead=ssh_ahead)
         except QgpuError as exc:
             self._stop_keeping_files(exc)
             raise
@@ -296,7 +301,7 @@ class GuestMachine:
             raise
         return self
 
-    def revert(self, *, timeout: float = 60.0) -> GuestMachine:
+    def revert(self, *, timeout: float = 60.0, ssh_ahead: bool = True) -> GuestMachine:
         """Make this restored guest its template again, in the same QEMU.
 
         The template is the one :meth:`restore` started the guest from.
@@ -307,7 +312,7 @@ class GuestMachine:
         nobody wrote: most of what a new QEMU costs under TCG is translating
         the guest's code again. Shared VRAM is zeroed, as a restored guest's
         is. Then the guest runs, its clock is set and SSH connects again (in
-        the background), as after :meth:`restore`. Raises
+        the background, or on first use: ``ssh_ahead``), as after :meth:`restore`. Raises
         :class:`~qgpu.errors.QemuError` quoting QEMU if it cannot; the guest
         is then in no state to use (stop it). Host-side settings a test
         changed (fault knobs) are not undone: :func:`qgpu.template.revert`
@@ -345,7 +350,7 @@ class GuestMachine:
         self.restore_seconds = time.monotonic() - start
         self.reverts += 1
         # The same forwarded port: the host side of the user network outlives a revert.
-        self._connect_ssh(self.restored_ssh_port, now=False)
+        self._connect_ssh(self.restored_ssh_port, now=False, ahead=ssh_ahead)
         return self
 
     def _run_with_clock_set(self, start: float) -> None:

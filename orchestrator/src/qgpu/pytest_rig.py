@@ -433,6 +433,9 @@ class _Pool:
         #: The DMA modes later tests' guests are in (None: not known yet): guests of
         #: the others are not kept (:meth:`keep_only`).
         self.modes_ahead: set[DmaMode] | None = None
+        #: With a guest per test: whether a test function's guest ran commands over
+        #: SSH, in this run so far (:meth:`ssh_ahead`).
+        self.ssh_users: dict[str, bool] = {}
 
     def get(self, mode: DmaMode, nodeid: str) -> GuestMachine:
         # Tests are grouped by mode (and module), and each group's guest retires
@@ -482,7 +485,7 @@ class _Pool:
             return started.machine, True
         if spare is not None:
             self._discard_spare()
-        started = self._fresh(mode)
+        started = self._fresh(mode, ssh_ahead=self.ssh_ahead(nodeid))
         try:
             _count_start(self.config, started, nodeid)
         except BaseException:           # (warnings as errors)
@@ -490,8 +493,10 @@ class _Pool:
             raise
         return started.machine, False
 
-    def _fresh(self, mode: DmaMode) -> template.Started:
+    def _fresh(self, mode: DmaMode, *, ssh_ahead: bool = True) -> template.Started:
         """Return a guest in ``mode`` as its template left it: reverted, or restored.
+
+        Its SSH connects in the background if ``ssh_ahead``, else on first use.
 
         An earlier test's guest waiting to be reverted is reverted. Otherwise
         (none has been retired yet: its last read of the kernel log comes
@@ -503,7 +508,8 @@ class _Pool:
         failures = []
         while (machine := self._take_idle(mode)) is not None:
             try:
-                return template.Started(template.revert(machine), reverted=True)
+                return template.Started(template.revert(machine, ssh_ahead=ssh_ahead),
+                                        reverted=True)
             except BaseException as exc:    # (out of the idle pool: stop it here)
                 machine.stop(graceful=False)
                 if not isinstance(exc, QgpuError):
@@ -511,7 +517,8 @@ class _Pool:
                 failures.append(str(exc))
         cfg = _base_config(self.config, mode)
         assert cfg.guest_kernel is not None
-        started = template.restore_or_boot(cfg, ssh_key=cfg.guest_kernel.ssh_key)
+        started = template.restore_or_boot(cfg, ssh_key=cfg.guest_kernel.ssh_key,
+                                           ssh_ahead=ssh_ahead)
         if failures:
             started = dataclasses.replace(started, revert_failure="\n".join(failures))
         return started
@@ -599,14 +606,43 @@ class _Pool:
         another CPU if there is one.
         """
         mode = _mode_of(item)
-        if not self.use_spares or self.spare is not None or mode is None or \
+        # (No item has no mode: ``item is None`` is for mypy.)
+        if not self.use_spares or self.spare is not None or mode is None or item is None or \
                 "qgpu_guest" not in getattr(item, "fixturenames", ()):
             return
         if self.spare_maker is None:
             self.spare_maker = _SpareMaker()
             self.spare_maker.start()
-        self.spare = _Spare(mode, lambda: self._fresh(mode))
+        ahead = self.ssh_ahead(item.nodeid)
+        self.spare = _Spare(mode, lambda: self._fresh(mode, ssh_ahead=ahead))
         self.spare_maker.jobs.put(self.spare)
+
+    def ssh_ahead(self, nodeid: str) -> bool:
+        """Whether the guest of the test ``nodeid`` connects SSH before the test needs it.
+
+        Yes, unless tests of its function (other parameters) that passed
+        before ran no command over SSH on guests of their own (noted by
+        :meth:`note_ssh_use` as each ended, so a guest restored ahead, during
+        the test before, knows of those that ended before that one began).
+        The handshake costs about 0.15 s under TCG, most of it the guest's CPU:
+        a test that uses SSH finds it done; one that does not would pay for it
+        beside its commands (or the test before it, for a guest restored
+        ahead). A test that uses SSH unlike those before still gets it, on
+        first use.
+        """
+        return self.ssh_users.get(_function_of(nodeid), True)
+
+    def note_ssh_use(self, item: pytest.Item, machine: GuestMachine) -> None:
+        """Remember whether ``item``, a test that passed, ran commands over its guest's SSH.
+
+        A test skipped or failed part way, or whose guest stopped, says nothing.
+        """
+        call = getattr(item, "qgpu_rep_call", None)
+        if self.scope == "test" and call is not None and call.passed and \
+                machine.ssh is not None:
+            function = _function_of(item.nodeid)
+            self.ssh_users[function] = self.ssh_users.get(function, False) or \
+                machine.ssh.commands_run > 0
 
     def begin_test(self, mode: DmaMode, then: str) -> str:
         """Give the guest of ``mode`` a clean slate for a test, run ``then``; return the output.
@@ -803,6 +839,11 @@ def _count_start(config: pytest.Config, started: template.Started, nodeid: str, 
         warnings.warn(RestoreFallbackWarning(
             f"the {started.machine.config.name} guest was booted, not restored: "
             f"{started.cold_boot_reason}"), stacklevel=3)
+
+
+def _function_of(nodeid: str) -> str:
+    """Return the test function of ``nodeid``: without its parameters."""
+    return nodeid.split("[", 1)[0]
 
 
 def _mode_of(item: pytest.Item | None) -> DmaMode | None:
@@ -1024,6 +1065,7 @@ def qgpu_guest(request: pytest.FixtureRequest, _qgpu_pool: _Pool, qgpu_dma_mode:
     windows.append(window)
     _qgpu_pool.prepare_next(request.node.stash.get(_NEXT_ITEM, None))
     yield machine
+    _qgpu_pool.note_ssh_use(request.node, machine)
     failed = _failed(request.node)
     dest = _artifact_dir(request.config, request.node)
     if failed or request.config.getoption("--qgpu-keep-artifacts"):

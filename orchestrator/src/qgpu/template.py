@@ -302,12 +302,12 @@ def prune(max_age_days: float = PRUNE_DAYS, keep: int = PRUNE_KEEP) -> list[Path
 
 
 def restore(config: MachineConfig, *, ssh_key: Path | None = None,
-            template: Template | None = None) -> GuestMachine:
+            template: Template | None = None, ssh_ahead: bool = True) -> GuestMachine:
     """Return a running guest of ``config`` restored from its template (made if needed).
 
     The guest is at its prompt with the driver not loaded, its clock set,
-    SSH set up if ``ssh_key`` is given (it connects in the background; its
-    first use waits for that).
+    SSH set up if ``ssh_key`` is given (it connects in the background, its
+    first use waiting for that; or, not ``ssh_ahead``, on its first use).
     ``template`` defaults to :func:`get`'s; one made for another machine raises
     :class:`~qgpu.errors.SetupError`.
     """
@@ -324,7 +324,7 @@ def restore(config: MachineConfig, *, ssh_key: Path | None = None,
                              f"machine (this configuration's key is {key}): use "
                              "qgpu.template.get() for this configuration")
         machine = GuestMachine(cfg, ssh_key=ssh_key)
-        machine.restore(template.ram, template.state, template.accel)
+        machine.restore(template.ram, template.state, template.accel, ssh_ahead=ssh_ahead)
         machine.template_ram_id = _file_id(template.ram)
     try:
         machine.settings_at_restore = host_settings(machine)
@@ -409,11 +409,12 @@ def why_not_revertible(machine: GuestMachine) -> str | None:
     return None
 
 
-def revert(machine: GuestMachine) -> GuestMachine:
+def revert(machine: GuestMachine, *, ssh_ahead: bool = True) -> GuestMachine:
     """Make ``machine``, a guest :func:`restore` started, its template again, in place.
 
     Under TCG this costs a fraction of a new QEMU's restore: the code
     translated from the template's RAM is kept (:meth:`GuestMachine.revert`).
+    SSH connects again in the background, or (not ``ssh_ahead``) on first use.
     Raises :class:`~qgpu.errors.SetupError` saying why a guest cannot be
     reverted (:func:`why_not_revertible`), :class:`~qgpu.errors.QemuError`
     quoting QEMU if the revert fails (stop the guest then).
@@ -434,7 +435,7 @@ def revert(machine: GuestMachine) -> GuestMachine:
         if _file_id(Template(folder).ram) != machine.template_ram_id:
             raise SetupError(f"{machine.config.name}: its template {folder} was made "
                              "again since the guest was restored from it")
-        return machine.revert()
+        return machine.revert(ssh_ahead=ssh_ahead)
 
 
 def _file_id(path: Path) -> tuple[int, int]:
@@ -459,7 +460,7 @@ class Started:
 
 
 def restore_or_boot(config: MachineConfig, *, ssh_key: Path | None = None,
-                    template: Template | None = None) -> Started:
+                    template: Template | None = None, ssh_ahead: bool = True) -> Started:
     """Return a guest of ``config`` restored from its template, or booted if that fails.
 
     A template that cannot be made (its boot reports trouble, the cache is
@@ -469,7 +470,8 @@ def restore_or_boot(config: MachineConfig, *, ssh_key: Path | None = None,
     connects in the background, is not waited for here). Either way the guest is
     booted instead, without the driver as a restored one is, and
     :attr:`Started.cold_boot_reason` quotes the error, for the caller to
-    report -- never silently. ``template`` defaults to :func:`get`'s.
+    report -- never silently. ``template`` defaults to :func:`get`'s;
+    ``ssh_ahead`` is :func:`restore`'s (a booted guest connects SSH at once).
     """
     try:
         tmpl = template or get(config, ssh_key=ssh_key)
@@ -478,7 +480,7 @@ def restore_or_boot(config: MachineConfig, *, ssh_key: Path | None = None,
         # save this machine): a plain boot, as without templates.
         return _boot_instead(config, ssh_key, "making the template failed", exc, made=False)
     try:
-        return Started(restore(config, ssh_key=ssh_key, template=tmpl),
+        return Started(restore(config, ssh_key=ssh_key, template=tmpl, ssh_ahead=ssh_ahead),
                        template_made=tmpl.made_now)
     except (QemuError, GuestError) as exc:
         return _boot_instead(config, ssh_key, f"restoring {tmpl.folder} failed", exc,
