@@ -255,7 +255,8 @@ test-e2e: qemu image venv ## End-to-end tests on KERNEL: booted guests in every 
 # run the lanes end within a minute of each other, and the fuzzer's four
 # minutes alone were the run's tail (TEST_PARALLEL=0: one after the other,
 # all on the terminal). A fuzzer that starts with one job runs one per core
-# from when the second lane ends (run-fuzz.sh's FUZZ_MORE_JOBS).
+# (at most one per configuration) from when the second lane ends
+# (run-fuzz.sh's FUZZ_MORE_JOBS).
 # Each suite keeps its failure artifacts in build/artifacts/KERNEL.
 TEST_PARALLEL ?= 1
 TEST_FUZZ_SECONDS ?= 240
@@ -316,8 +317,8 @@ test: qemu images venv ## Everything CI runs: lint, the suites on the stock, deb
 	        test-device QEMU_SANITIZE=1 \
 	        PYTEST_ARGS="$(PYTEST_ARGS) --junitxml=$(TEST_REPORTS)/sanitizers.xml"; }; \
 	fuzzing() { [ "$(TEST_FUZZ_SECONDS)" = 0 ] && return; \
-	    echo "make: $(TEST_FUZZ_SECONDS) s of one fuzzer's time, $${1:-$(FUZZ_JOBS)}" \
-	         "fuzzer(s) at a time$${2:+ ($(FUZZ_JOBS) once the second lane has ended)}"; \
+	    echo "make: $(TEST_FUZZ_SECONDS) s of one fuzzer's time, up to $${1:-$(FUZZ_JOBS)}" \
+	         "fuzzer(s) at a time$${2:+ (up to $(FUZZ_JOBS) once the second lane has ended)}"; \
 	    NINJA_JOBS=$${1:-} FUZZ_MORE_JOBS=$${2:+$$2:$(FUZZ_JOBS)} \
 	        $(MAKE) --no-print-directory fuzz FUZZ_BUDGET=fuzzer \
 	        FUZZ_SECONDS=$(TEST_FUZZ_SECONDS) FUZZ_JOBS=$${1:-$(FUZZ_JOBS)}; }; \

@@ -56,6 +56,9 @@ if [[ -n ${FUZZ_MORE_JOBS:-} ]]; then
     [[ ${FUZZ_BUDGET:-wall} == fuzzer ]] || {
         echo "run-fuzz: FUZZ_MORE_JOBS needs FUZZ_BUDGET=fuzzer (with a wall-clock budget," \
              "the job count sets each configuration's time)" >&2; exit 2; }
+    (( more_jobs >= jobs )) || {
+        echo "run-fuzz: FUZZ_MORE_JOBS's count ($more_jobs) is fewer than FUZZ_JOBS ($jobs)" >&2
+        exit 2; }
     (( more_jobs <= ${#configs[@]} )) || more_jobs=${#configs[@]}
 fi
 at_once() {     # how many fuzzers may run now
@@ -120,9 +123,9 @@ for cfg in "${configs[@]}"; do
     rm -f "$out/logs/$cfg.rc"
     touch "$out/crashes/$cfg/.start"    # what this run finds is newer (earlier finds stay)
     # (Counting running jobs, not trusting `wait -n` alone: it misses a job
-    # that ended while a foreground command ran. Waiting for FILE, polling.)
+    # that ended while a foreground command ran. Until FILE exists, polling.)
     while (( $(jobs -rp | wc -l) >= (cap = $(at_once)) )); do
-        if [[ -n $more_file ]]; then sleep 1; else wait -n || true; fi
+        if [[ -n $more_file && ! -e $more_file ]]; then sleep 1; else wait -n || true; fi
     done
     (( cap <= most_at_once )) || most_at_once=$cap
     echo "run-fuzz: generic-fuzz-$cfg for ${per} s (log $out/logs/$cfg.log)"
@@ -153,6 +156,6 @@ for cfg in "${configs[@]}"; do
     fi
     echo "$line" | tee -a "$summary"
 done
-echo "run-fuzz: $total_execs executions in all ($most_at_once at once); summary in $summary" |
+echo "run-fuzz: $total_execs executions in all (up to $most_at_once at once); summary in $summary" |
     tee -a "$summary"
 exit $status

@@ -61,7 +61,7 @@ def test_a_fuzzer_budget_gives_each_configuration_the_same_time_however_many_run
     done = run_fuzz(tmp_path, 240, jobs, "fuzzer")
     assert done.returncode == 0, done.stderr
     assert times(tmp_path) == {cfg: 60 for cfg in CONFIGS}
-    assert f"28 executions in all ({jobs} at once)" in done.stdout
+    assert f"28 executions in all (up to {jobs} at once)" in done.stdout
 
 
 @pytest.mark.parametrize(("jobs", "each"), [(1, 60), (2, 120), (4, 240)])
@@ -79,7 +79,7 @@ def test_an_unknown_budget_is_refused_with_the_choices(tmp_path: Path) -> None:
     assert not (tmp_path / "times").exists()
 
 
-#: A fuzzer that takes its time: the first configuration 2.5 s (and, if the
+#: A fuzzer that takes its time: the first configuration 4 s (and, if the
 #: environment names one, creates FLAG as it starts: the other lane ended), the
 #: others 0.3 s; it logs when each ran. (The leak check, without
 #: -max_total_time, is instant.)
@@ -89,7 +89,7 @@ case "$*" in *-max_total_time=*)
     echo "start $target $(date +%s.%N)" >> "$FAKE_FUZZ_LOG.spans"
     if [ "$target" = qgpu ]; then
         [ -n "$FLAG" ] && touch "$FLAG"
-        sleep 2.5
+        sleep 4
     else
         sleep 0.3
     fi
@@ -122,16 +122,23 @@ def test_more_fuzzers_run_once_the_file_saying_so_appears(
                     more_jobs=f"{flag}:2")
     assert done.returncode == 0, done.stderr
     assert most_at_once(tmp_path) == (2 if other_lane_ends else 1)
-    assert f"({2 if other_lane_ends else 1} at once)" in done.stdout
+    assert f"(up to {2 if other_lane_ends else 1} at once)" in done.stdout
 
 
 @pytest.mark.parametrize(("more", "budget", "message"), [
     ("2", "fuzzer", "FUZZ_MORE_JOBS must be FILE:JOBS, not '2'"),
     ("/tmp/x:many", "fuzzer", "FUZZ_MORE_JOBS must be FILE:JOBS, not '/tmp/x:many'"),
     ("/tmp/x:2", None, "FUZZ_MORE_JOBS needs FUZZ_BUDGET=fuzzer"),
+    ("/tmp/x:0", "fuzzer", "FUZZ_MORE_JOBS must be FILE:JOBS, not '/tmp/x:0'"),
 ])
 def test_more_jobs_are_refused_unless_well_formed_with_a_fuzzer_budget(
         tmp_path: Path, more: str, budget: str | None, message: str) -> None:
     done = run_fuzz(tmp_path, 240, 1, budget, more_jobs=more)
     assert done.returncode == 2 and message in done.stderr, done.stderr
     assert not (tmp_path / "times").exists()
+
+
+def test_more_jobs_must_be_more(tmp_path: Path) -> None:
+    done = run_fuzz(tmp_path, 240, 3, "fuzzer", more_jobs=f"{tmp_path}/x:1")
+    assert done.returncode == 2, done.stderr
+    assert "FUZZ_MORE_JOBS's count (1) is fewer than FUZZ_JOBS (3)" in done.stderr
