@@ -782,8 +782,8 @@ class _Pool:
                 # stuck) costs neither the others' reports nor the late ones.
                 try:
                     problem = self.retire(mode)
-                except QgpuError as exc:
-                    problem = f"the {mode} guest, as the run ended: {exc}"
+                except (QgpuError, OSError) as exc:
+                    problem = f"the {mode} guest, as the run ended: {type(exc).__name__}: {exc}"
                 if problem:
                     problems.append(problem)
             problems += [p for p in self._late_reports(wait=True) if p]
