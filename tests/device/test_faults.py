@@ -168,6 +168,18 @@ def test_device_raises_aer_errors(qgpu: QgpuDevice, kind: str, reg: int, bit: in
     assert qgpu.stat("faults-injected") == 1
 
 
+def test_a_reset_forgets_the_aer_error_raised(qgpu: QgpuDevice) -> None:
+    """x-fault-aer records the last error raised, which a reset clears from the AER
+    capability: a guest reverted to its template (a reset, then its state) must
+    not read the error of the test before it."""
+    fault(qgpu, "aer", "correctable")
+    assert qgpu.qt.qmp is not None
+    events = len(qgpu.qt.qmp.events())
+    qgpu.qt.qmp.command("system_reset")
+    qgpu.qt.qmp.wait_event("RESET", after=events)
+    assert qgpu.qom("x-fault-aer") == ""
+
+
 PCI_EXP_DEVSTA = 0x0A
 PCI_EXP_LNKCAP = 0x0C
 

@@ -315,8 +315,9 @@ class GuestMachine:
         the background, or on first use: ``ssh_ahead``), as after :meth:`restore`. Raises
         :class:`~qgpu.errors.QemuError` quoting QEMU if it cannot; the guest
         is then in no state to use (stop it). Host-side settings a test
-        changed (fault knobs) are not undone: :func:`qgpu.template.revert`
-        refuses such a guest.
+        changed are not undone here: :func:`qgpu.template.revert` sets the
+        qgpu devices' fault knobs back first, and refuses a guest whose
+        other settings changed.
         """
         if self.qmp is None or self.console is None or self.proc is None:
             raise QemuError(f"{self.config.name}: not running")

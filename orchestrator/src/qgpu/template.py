@@ -338,6 +338,9 @@ def restore(config: MachineConfig, *, ssh_key: Path | None = None,
 #: its TCG translation cache, and whatever else a long-lived QEMU accumulates,
 #: stays bounded.
 MAX_REVERTS = 50
+#: qgpu properties that record an action rather than hold a setting (the AER
+#: error last raised): the device's reset, part of a revert, clears them (spec 9.5).
+CLEARED_BY_RESET = frozenset({"x-fault-aer"})
 
 
 def host_settings(machine: GuestMachine) -> dict[str, object]:
@@ -349,7 +352,8 @@ def host_settings(machine: GuestMachine) -> dict[str, object]:
     (with an id or without) stays so, and migration capabilities stay set:
     those, read through QMP, are compared before each revert
     (:func:`why_not_revertible`) whoever changed them (the rig, or a test's
-    own QMP client).
+    own QMP client). :func:`revert` sets the properties back; the others
+    it refuses.
     """
     if machine.qmp is None:
         raise QemuError(f"{machine.config.name}: not running")
@@ -384,29 +388,47 @@ def why_not_revertible(machine: GuestMachine) -> str | None:
 
     It must be a guest :func:`restore` started (and not booted), alive, at
     its shell prompt, reverted fewer than :data:`MAX_REVERTS` times, under
-    TCG, with the host settings it started with (:func:`host_settings`).
+    TCG, with the host settings it started with (:func:`host_settings`), but
+    for its qgpu devices' ``x-`` properties, which :func:`revert` sets back
+    (or the device's reset clears: :data:`CLEARED_BY_RESET`).
+    """
+    return _revert_plan(machine)[0]
+
+
+def _revert_plan(machine: GuestMachine) -> tuple[str | None, dict[tuple[str, str], object]]:
+    """Return :func:`why_not_revertible`'s answer, and the device properties to set back.
+
+    The second maps (QOM path, property) to the value it had at the restore,
+    for each qgpu ``x-`` property changed since.
     """
     if machine.restored_from is None or machine.settings_at_restore is None:
-        return "not restored from a template"
+        return "not restored from a template", {}
     if not machine.is_alive():
-        return "QEMU is not running"
+        return "QEMU is not running", {}
     if machine.console is None or not machine.console.at_prompt:
-        return "its shell is not at the prompt"
+        return "its shell is not at the prompt", {}
     if machine.reverts >= MAX_REVERTS:
-        return f"reverted {machine.reverts} times already"
+        return f"reverted {machine.reverts} times already", {}
     if machine.accel != "tcg":
         # What a revert saves is TCG's translations; under KVM it would save
         # little, and it has not been tested there (nested KVM hangs here).
-        return f"reverts are made under TCG only, and it runs on {machine.accel}"
+        return f"reverts are made under TCG only, and it runs on {machine.accel}", {}
     try:
         now = host_settings(machine)
     except QgpuError as exc:
-        return f"its settings cannot be read: {exc}"
-    changed = sorted(k for k in {*now, *machine.settings_at_restore}
-                     if now.get(k) != machine.settings_at_restore.get(k))
-    if changed:
-        return "changed from the host: " + ", ".join(changed)
-    return None
+        return f"its settings cannot be read: {exc}", {}
+    before = machine.settings_at_restore
+    # (host_settings' keys for them: "<device id>.<property>")
+    properties = {f"{spec.id}.{name}": (spec.qom_path, name)
+                  for spec in machine.config.qgpus
+                  for key in before if key.startswith(f"{spec.id}.")
+                  for name in [key[len(spec.id) + 1:]]}
+    changed = sorted(k for k in {*now, *before} if now.get(k) != before.get(k))
+    refused = [k for k in changed if k not in properties or k not in now]
+    if refused:
+        return "changed from the host: " + ", ".join(refused), {}
+    return None, {properties[k]: before[k] for k in changed
+                  if properties[k][1] not in CLEARED_BY_RESET}
 
 
 def revert(machine: GuestMachine, *, ssh_ahead: bool = True) -> GuestMachine:
@@ -415,11 +437,13 @@ def revert(machine: GuestMachine, *, ssh_ahead: bool = True) -> GuestMachine:
     Under TCG this costs a fraction of a new QEMU's restore: the code
     translated from the template's RAM is kept (:meth:`GuestMachine.revert`).
     SSH connects again in the background, or (not ``ssh_ahead``) on first use.
+    The qgpu devices' ``x-`` properties a test changed (fault knobs) are set
+    back to what they were at the restore first.
     Raises :class:`~qgpu.errors.SetupError` saying why a guest cannot be
     reverted (:func:`why_not_revertible`), :class:`~qgpu.errors.QemuError`
     quoting QEMU if the revert fails (stop the guest then).
     """
-    why = why_not_revertible(machine)
+    why, set_back = _revert_plan(machine)
     if why is not None:
         raise SetupError(f"{machine.config.name}: cannot be reverted to its template: {why}")
     assert machine.restored_from is not None
@@ -435,6 +459,11 @@ def revert(machine: GuestMachine, *, ssh_ahead: bool = True) -> GuestMachine:
         if _file_id(Template(folder).ram) != machine.template_ram_id:
             raise SetupError(f"{machine.config.name}: its template {folder} was made "
                              "again since the guest was restored from it")
+        assert machine.qmp is not None     # (alive: _revert_plan)
+        for (path, name), value in set_back.items():
+            # A fault knob a test set: what the device does meanwhile, before
+            # the revert resets it, nobody sees.
+            machine.qmp.qom_set(path, name, value)
         return machine.revert(ssh_ahead=ssh_ahead)
 
 

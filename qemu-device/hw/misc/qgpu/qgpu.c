@@ -343,6 +343,9 @@ static void qgpu_reset_hold(Object *obj, ResetType type)
     s->engine_ctrl = 0;
     s->halted = false;
     s->fault_hang = false;
+    /* The error it records is in the AER capability the reset clears too. */
+    g_free(s->fault_aer);
+    s->fault_aer = NULL;
     s->int_status = 0;
     s->int_mask = 0;
     s->fence = 0;

@@ -193,7 +193,7 @@ struct QGPUState {
     uint64_t fault_irq_dup;         /* interrupt messages to send twice */
     bool fault_hang;
     bool fault_regs_all_ones;
-    char *fault_aer;                /* last AER error raised */
+    char *fault_aer;                /* last AER error raised since reset */
     QGPUFault cur_fault;
 };
 
