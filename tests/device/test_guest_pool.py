@@ -393,3 +393,63 @@ def test_a_guest_that_fails_its_last_look_costs_no_other_report(
     assert machines[DmaMode.DIRECT].stopped
     assert "the iommu guest found a report" in message
     assert "a guest restored ahead found a report" in message
+
+
+def _retiring(pool: pytest_rig._Pool, name: str, found: health.Health) -> FakeGuest:
+    """Retire a guest of the direct mode whose last read (in 0.2 s) finds ``found``."""
+    machine = FakeGuest(name)
+    machine.config.timeout_scale = 1.0
+    reads[machine] = found
+    retiree = pytest_rig._Retiree(DmaMode.DIRECT, machine, [],      # type: ignore[arg-type]
+                                  keep=pool._keep)
+    retiree.start()
+    pool.retirees.append(retiree)
+    return machine
+
+
+reads: dict[Any, health.Health] = {}
+
+
+@pytest.fixture
+def reverting(pool: pytest_rig._Pool, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Reverts and restores recorded (by guest name; "new" for a restore)."""
+    made: list[str] = []
+
+    def reverted(machine: Any, *, ssh_ahead: bool) -> Any:
+        made.append(repr(machine))
+        return machine
+
+    def restored(config: Any, *, ssh_key: Any, ssh_ahead: bool) -> template.Started:
+        made.append("new")
+        return template.Started(FakeMachine("new"))     # type: ignore[arg-type]
+
+    monkeypatch.setattr(pytest_rig, "LATE_READ_SECONDS", 0.2)
+    monkeypatch.setattr(pytest_rig, "_late_health", lambda machine: reads.pop(machine))
+    monkeypatch.setattr(template, "revert", reverted)
+    monkeypatch.setattr(template, "restore_or_boot", restored)
+    monkeypatch.setattr(pytest_rig, "_base_config", lambda config, mode: FakeConfigured())
+    return made
+
+
+def test_a_guest_made_ahead_waits_for_the_last_read_of_the_guest_before(
+        pool: pytest_rig._Pool, reverting: list[str]) -> None:
+    """With no retired guest waiting yet (the test before was short), a spare waits
+    for the one still in its last read and reverts it: a new QEMU costs several
+    times the CPU. One whose read finds trouble is not kept: then a new QEMU."""
+    guest = _retiring(pool, "d1", health.Health())
+    assert pool._fresh(DmaMode.DIRECT, ahead=True).reverted
+    assert reverting == ["d1"] and not guest.stopped
+    troubled = _retiring(pool, "d2", health.Health(problems=["a late report"]))
+    assert not pool._fresh(DmaMode.DIRECT, ahead=True).reverted
+    assert reverting == ["d1", "new"] and troubled.stopped
+
+
+def test_a_guest_a_test_waits_for_does_not_wait_for_a_last_read(
+        pool: pytest_rig._Pool, reverting: list[str]) -> None:
+    """Made when the test asks for it (no spare), a new QEMU restores it at once."""
+    _retiring(pool, "d1", health.Health())
+    assert not pool._fresh(DmaMode.DIRECT).reverted
+    assert reverting == ["new"]
+    for retiree in pool.retirees:
+        retiree.join()
+    assert kept(pool) == {"direct": ["d1"]}

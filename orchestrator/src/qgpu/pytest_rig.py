@@ -43,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import math
 import os
 import queue
 import re
@@ -265,6 +266,10 @@ LATE_READ_SECONDS = 1.0
 #: module, and the next module's come back to the same modes.
 MAX_IDLE_PER_MODE = 2
 MAX_IDLE = 8
+#: How long after its last read was due a guest is waited for, to be reverted
+#: rather than a new QEMU restored (:meth:`_Pool._wait_for_keeper`): the read takes
+#: about 0.05 s under TCG; a guest that does not answer by then is not waited for.
+KEEPER_WAIT_SECONDS = 1.0
 #: On kernels with kmemleak, at most this many retired shared guests do their
 #: settled leak check (about 10 s under TCG, half of it waiting) at a time, beside
 #: the tests: each scan keeps a CPU busy for seconds.
@@ -292,6 +297,8 @@ class _Retiree(threading.Thread):
         #: guest's timeouts (slower kernels).
         self.delay = None if leaks else LATE_READ_SECONDS * machine.config.timeout_scale
         self.keep = keep
+        #: When its last read is due (time.monotonic(); it is started at once).
+        self.read_due = None if self.delay is None else time.monotonic() + self.delay
 
     def run(self) -> None:
         kept = False
@@ -493,20 +500,24 @@ class _Pool:
             raise
         return started.machine, False
 
-    def _fresh(self, mode: DmaMode, *, ssh_ahead: bool = True) -> template.Started:
+    def _fresh(self, mode: DmaMode, *, ssh_ahead: bool = True,
+               ahead: bool = False) -> template.Started:
         """Return a guest in ``mode`` as its template left it: reverted, or restored.
 
         Its SSH connects in the background if ``ssh_ahead``, else on first use.
 
-        An earlier test's guest waiting to be reverted is reverted. Otherwise
-        (none has been retired yet: its last read of the kernel log comes
-        LATE_READ_SECONDS after its test, and waiting for it would hold the
-        next test up more than a new QEMU does), or if the revert fails (said
+        An earlier test's guest waiting to be reverted is reverted, or, for a
+        guest made ``ahead`` (a spare, while a test runs) if none waits yet,
+        the guest of a test before, once its last read of the kernel log is
+        done (:meth:`_wait_for_keeper`). Otherwise (none of this mode was
+        retired, or a test waits for this guest: the read comes
+        LATE_READ_SECONDS after a guest's test), or if the revert fails (said
         in the :class:`template.Started` returned), a new QEMU restores the
         template.
         """
         failures = []
-        while (machine := self._take_idle(mode)) is not None:
+        while (machine := self._take_idle(mode) or
+               (self._wait_for_keeper(mode) if ahead else None)) is not None:
             try:
                 return template.Started(template.revert(machine, ssh_ahead=ssh_ahead),
                                         reverted=True)
@@ -532,6 +543,26 @@ class _Pool:
             machine = waiting.pop()
             self.idle_order.remove(machine)
             return machine
+
+    def _wait_for_keeper(self, mode: DmaMode) -> GuestMachine | None:
+        """Wait for a retired guest of ``mode`` in its last read to be kept; take it.
+
+        None if there is none, or none was kept (its read found trouble) by
+        KEEPER_WAIT_SECONDS after its read was due. A revert and its check
+        then cost a quarter of what a new QEMU and its check do on the
+        machine's CPUs (whose first commands translate the guest's code
+        again): with the guest made ahead, while the test before runs,
+        only a test shorter than the wait waits for it.
+        """
+        pending = [r for r in list(self.retirees)
+                   if r.mode is mode and r.keep is not None and r.is_alive()]
+        for retiree in sorted(pending, key=lambda r: r.read_due or math.inf):
+            due = retiree.read_due or time.monotonic()
+            retiree.join(max(0.0, due - time.monotonic()) +
+                         KEEPER_WAIT_SECONDS * retiree.machine.config.timeout_scale)
+            if (machine := self._take_idle(mode)) is not None:
+                return machine
+        return None
 
     def _keep(self, retiree: _Retiree) -> bool:
         """Keep a retired guest for a revert (:attr:`use_reverts`); False if it is not kept.
@@ -614,7 +645,7 @@ class _Pool:
             self.spare_maker = _SpareMaker()
             self.spare_maker.start()
         ahead = self.ssh_ahead(item.nodeid)
-        self.spare = _Spare(mode, lambda: self._fresh(mode, ssh_ahead=ahead))
+        self.spare = _Spare(mode, lambda: self._fresh(mode, ssh_ahead=ahead, ahead=True))
         self.spare_maker.jobs.put(self.spare)
 
     def ssh_ahead(self, nodeid: str) -> bool:
