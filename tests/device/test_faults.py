@@ -169,9 +169,10 @@ def test_device_raises_aer_errors(qgpu: QgpuDevice, kind: str, reg: int, bit: in
 
 
 def test_a_reset_forgets_the_aer_error_raised(qgpu: QgpuDevice) -> None:
-    """x-fault-aer records the last error raised, which a reset clears from the AER
-    capability: a guest reverted to its template (a reset, then its state) must
-    not read the error of the test before it."""
+    """x-fault-aer records the last error raised since the device's reset (the AER
+    status bits are sticky; a revert's state load rewrites them): a guest reverted
+    to its template (a reset, then its state) must not read the error of the test
+    before it."""
     fault(qgpu, "aer", "correctable")
     assert qgpu.qt.qmp is not None
     events = len(qgpu.qt.qmp.events())

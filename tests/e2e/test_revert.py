@@ -240,9 +240,9 @@ def test_a_guest_whose_fault_knobs_a_test_set_is_reverted_with_them_set_back(
     sh(guest, "insmod /opt/qgpu/qgpu.ko && test -c /dev/qgpu0")
     guest.qmp.qom_set(qgpu0, "x-fault-irq-drop", 1000)
     guest.qmp.qom_set(qgpu0, "x-dma-delay-ns", 2000)
-    guest.qmp.qom_set(qgpu0, "x-fault-aer", "correctable")    # an action: reset clears it
     tool(guest, "fill 0 4096 0x5a5a5a5a")         # (completed by polling)
     assert guest.inspector().stats()["faults-injected"] >= 1, "no interrupt was dropped"
+    guest.qmp.qom_set(qgpu0, "x-fault-aer", "correctable")    # an action: reset clears it
     assert template.why_not_revertible(guest) is None
 
     template.revert(guest)

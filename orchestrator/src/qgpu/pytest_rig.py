@@ -510,8 +510,9 @@ class _Pool:
         guest made ``ahead`` (a spare, while a test runs) if none waits yet,
         the guest of a test before, once its last read of the kernel log is
         done (:meth:`_wait_for_keeper`). Otherwise (none of this mode was
-        retired, or a test waits for this guest: the read comes
-        LATE_READ_SECONDS after a guest's test), or if the revert fails (said
+        retired, none was kept within the wait, or a test waits for this
+        guest: the read comes LATE_READ_SECONDS after a guest's test), or if
+        the revert fails (said
         in the :class:`template.Started` returned), a new QEMU restores the
         template.
         """
@@ -644,8 +645,8 @@ class _Pool:
         if self.spare_maker is None:
             self.spare_maker = _SpareMaker()
             self.spare_maker.start()
-        ahead = self.ssh_ahead(item.nodeid)
-        self.spare = _Spare(mode, lambda: self._fresh(mode, ssh_ahead=ahead, ahead=True))
+        ssh_first = self.ssh_ahead(item.nodeid)
+        self.spare = _Spare(mode, lambda: self._fresh(mode, ssh_ahead=ssh_first, ahead=True))
         self.spare_maker.jobs.put(self.spare)
 
     def ssh_ahead(self, nodeid: str) -> bool:

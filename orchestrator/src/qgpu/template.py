@@ -418,11 +418,11 @@ def _revert_plan(machine: GuestMachine) -> tuple[str | None, dict[tuple[str, str
     except QgpuError as exc:
         return f"its settings cannot be read: {exc}", {}
     before = machine.settings_at_restore
-    # (host_settings' keys for them: "<device id>.<property>")
-    properties = {f"{spec.id}.{name}": (spec.qom_path, name)
-                  for spec in machine.config.qgpus
-                  for key in before if key.startswith(f"{spec.id}.")
-                  for name in [key[len(spec.id) + 1:]]}
+    # host_settings' keys for them: "<device id>.<property>" (an id may hold a
+    # dot, a property name does not).
+    paths = {spec.id: spec.qom_path for spec in machine.config.qgpus}
+    properties = {key: (paths[dev], name) for key in before
+                  for dev, _, name in [key.rpartition(".")] if dev in paths}
     changed = sorted(k for k in {*now, *before} if now.get(k) != before.get(k))
     refused = [k for k in changed if k not in properties or k not in now]
     if refused:

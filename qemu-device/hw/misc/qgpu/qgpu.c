@@ -343,7 +343,7 @@ static void qgpu_reset_hold(Object *obj, ResetType type)
     s->engine_ctrl = 0;
     s->halted = false;
     s->fault_hang = false;
-    /* The error it records is in the AER capability the reset clears too. */
+    /* A record of the last AER error raised since reset, not a setting. */
     g_free(s->fault_aer);
     s->fault_aer = NULL;
     s->int_status = 0;
