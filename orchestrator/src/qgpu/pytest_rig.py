@@ -43,7 +43,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import math
 import os
 import queue
 import re
@@ -512,9 +511,8 @@ class _Pool:
         done (:meth:`_wait_for_keeper`). Otherwise (none of this mode was
         retired, none was kept within the wait, or a test waits for this
         guest: the read comes LATE_READ_SECONDS after a guest's test), or if
-        the revert fails (said
-        in the :class:`template.Started` returned), a new QEMU restores the
-        template.
+        the revert fails (said in the :class:`template.Started` returned), a
+        new QEMU restores the template.
         """
         failures = []
         while (machine := self._take_idle(mode) or
@@ -555,10 +553,10 @@ class _Pool:
         again): with the guest made ahead, while the test before runs,
         only a test shorter than the wait waits for it.
         """
-        pending = [r for r in list(self.retirees)
-                   if r.mode is mode and r.keep is not None and r.is_alive()]
-        for retiree in sorted(pending, key=lambda r: r.read_due or math.inf):
-            due = retiree.read_due or time.monotonic()
+        pending = [(r.read_due, r) for r in list(self.retirees)
+                   if r.mode is mode and r.keep is not None and r.read_due is not None
+                   and r.is_alive()]
+        for due, retiree in sorted(pending, key=lambda p: p[0]):
             retiree.join(max(0.0, due - time.monotonic()) +
                          KEEPER_WAIT_SECONDS * retiree.machine.config.timeout_scale)
             if (machine := self._take_idle(mode)) is not None:
