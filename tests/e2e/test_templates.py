@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -140,6 +141,11 @@ def test_a_state_that_does_not_load_quotes_qemu(qgpu_restore_guest: RestoreGuest
         machine.restore(made.ram, bad, made.accel)
     assert "QEMU's last output" in str(err.value)
     assert not machine.is_alive()
+    kept = machine.kept_files
+    assert kept is not None and (kept / f"{machine.config.name}.log").is_file(), \
+        "QEMU's log was not kept for the post-mortem"
+    assert f"kept in {kept}/" in "\n".join(err.value.__notes__), err.value.__notes__
+    shutil.rmtree(kept)
 
 
 def test_a_restore_that_fails_boots_and_says_why(qgpu_kernel: GuestKernel, tmp_path: Path,
@@ -164,6 +170,10 @@ def test_a_restore_that_fails_boots_and_says_why(qgpu_kernel: GuestKernel, tmp_p
         assert started.cold_boot_reason is not None, "a broken template was restored"
         assert str(broken) in started.cold_boot_reason and \
             "migration failed" in started.cold_boot_reason, started.cold_boot_reason
+        # The failed restore's QEMU log is kept, and the reason says where.
+        kept = re.search(r"kept in (\S+)/ ", started.cold_boot_reason)
+        assert kept and Path(kept.group(1)).is_dir(), started.cold_boot_reason
+        shutil.rmtree(kept.group(1))
         guest = started.machine
         assert guest.console_log is not None
         assert "QGPU-GUEST-READY" in guest.console_log.read_text(), "it did not boot"
