@@ -333,7 +333,10 @@ class _Spare:
     are the guest's first: they run on a TCG whose translation cache is empty,
     and are slow (0.1 s each; the test's own reload of the driver, after them,
     is quicker). What the kernel logs between the check and the test is read by
-    the test's :func:`health.prepare_command`.
+    the test's :func:`health.prepare_command`. A reverted guest's translations
+    are warm: its check is left to the test's first command, with the driver's
+    load (:meth:`_Pool.begin_test`), rather than be one console command more on
+    the CPUs the test before runs on.
     """
 
     def __init__(self, mode: DmaMode, start: Callable[[], template.Started]) -> None:
@@ -344,10 +347,11 @@ class _Spare:
         self.done = threading.Event()
 
     def make(self) -> None:
-        """Restore and check the guest (in the :class:`_SpareMaker` thread); never raises."""
+        """Restore (and check) the guest (in the :class:`_SpareMaker` thread); never raises."""
         try:
             self.started = self.start()
-            health.check_boot(self.started.machine)
+            if not self.started.reverted:
+                health.check_boot(self.started.machine)
         except BaseException as exc:    # handed over by take()
             self.error = exc
         finally:
@@ -494,7 +498,7 @@ class _Pool:
                 self.failed_checks[mode] = spare.error
             # A guest that died waiting is handed over too: its test's first command
             # says how it died (QEMU's status, a crash's backtrace, its console).
-            return started.machine, True
+            return started.machine, not started.reverted
         if spare is not None:
             self._discard_spare()
         started = self._fresh(mode, ssh_ahead=self.ssh_ahead(nodeid))
