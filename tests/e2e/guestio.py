@@ -38,6 +38,9 @@ GLIBC_MMAP_CHUNK_HEADER = 16            # malloc() >= 128 KiB: mmap'ed chunk, da
 PFN_MASK = (1 << 55) - 1
 VM_DEVICE_FLAGS = {"sh", "pf", "io", "de", "dd"}   # VM_SHARED|PFNMAP|IO|DONTEXPAND|DONTDUMP
 PAGE_PRESENT = 1 << 63
+#: What a TCG guest's kernel logs, at warning level, once per boot, when a timer
+#: interrupt took long: the host was busy (another QEMU, a build), not the driver.
+HOST_WAS_SLOW = "hrtimer: interrupt took"
 CACHE_LINE = 64                         # x86 L1 line: the driver's qgpu_dma_line()
 MMAP_VRAM_LAZY = 1 << 40                # mmap offsets of the uapi header (include/uapi/qgpu.h)
 MMAP_REGS = 2 << 40
