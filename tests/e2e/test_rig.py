@@ -34,7 +34,7 @@ from qgpu.errors import (
 from qgpu.kernels import GuestKernel
 from qgpu.machine import GuestMachine, forwarded_ssh_port
 
-from .inner_pytest import pytest_in, run_pytest, start_pytest
+from .inner_pytest import pytest_in, run_pytest
 
 MakeGuest = Callable[..., GuestMachine]
 
@@ -456,61 +456,3 @@ def test_tests_with_a_guest_each_are_not_grouped_for_xdist(tmp_path: Path) -> No
     res = pytest_in(tmp_path, "-p", "qgpu", "--qgpu-kernel=stock", "-n", "2",
                     "--dist", "loadgroup")
     assert f"{len(DmaMode)} passed" in res.stdout, res.stdout + res.stderr
-
-
-# ---- a run stopped from outside ------------------------------------------------------
-
-SIGTERM_INNER = """
-import os
-import time
-
-import pytest
-from qgpu.config import DmaMode
-
-
-@pytest.mark.parametrize("qgpu_dma_mode", [DmaMode.DIRECT], indirect=True)
-def test_runs_until_stopped(qgpu_guest):
-    started = os.environ["QGPU_TEST_STARTED"]
-    with open(started + ".new", "w") as f:
-        f.write(f"{qgpu_guest.proc.pid} {qgpu_guest.proc.workdir}")
-    os.rename(started + ".new", started)
-    time.sleep(600)
-"""
-
-
-def test_a_run_stopped_by_sigterm_stops_its_guests_and_writes_its_report(
-        tmp_path: Path, pytestconfig: pytest.Config, qgpu_kernel: GuestKernel) -> None:
-    """CI systems stop a job that overran, or was cancelled, with SIGTERM, which ends
-    a Python process where it stands: no teardown (QEMU's work folder, its sockets and
-    logs, stayed in /tmp), no summary, no JUnit XML. The rig makes it end the run as
-    Ctrl-C does: within seconds, the test's guest stopped and its files removed, and
-    the report written, and the output naming the test that was running."""
-    (tmp_path / "test_inner.py").write_text(SIGTERM_INNER)
-    started = tmp_path / "started"
-    report = tmp_path / "report.xml"
-    proc = start_pytest(tmp_path, pytestconfig, qgpu_kernel, f"--junitxml={report}",
-                        env={**os.environ, "QGPU_TEST_STARTED": str(started)})
-    try:
-        deadline = time.monotonic() + 120 * qgpu_kernel.timeout_scale
-        while not started.exists():
-            assert proc.poll() is None, f"the run ended before its test began:\n" \
-                f"{proc.communicate()[0]}"
-            assert time.monotonic() < deadline, "the inner test did not begin"
-            time.sleep(0.1)
-        pid, workdir = started.read_text().split()
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=60 * qgpu_kernel.timeout_scale)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == pytest.ExitCode.INTERRUPTED, out
-    assert "SIGTERM: the run was asked to stop (in test_inner.py::test_runs_until_stopped" \
-        in out, out
-    qemu = Path(f"/proc/{pid}/exe")
-    assert not (qemu.exists() and "qemu" in os.readlink(qemu)), "the guest's QEMU still runs"
-    assert not Path(workdir).exists(), f"QEMU's work folder {workdir} was left behind"
-    # (pytest records the test it interrupted without its name.)
-    assert report.is_file() and "<testcase " in report.read_text() and \
-        'name="qgpu.qemu"' in report.read_text(), f"no JUnit XML report:\n{out}"
-

@@ -36,11 +36,6 @@ Fixtures (all namespaced ``qgpu_``):
 
 With ``--junitxml``, the report's properties name QEMU, the kernel and the
 initramfs (with its overlays) by SHA-256, and the options.
-
-SIGTERM (how CI systems stop a job that overran or was cancelled) ends the run
-as Ctrl-C does, unless something else handles it already: the tests' teardowns
-run (guests stopped, their files removed), the summary and the reports are
-written. A second SIGTERM ends it at once.
 """
 
 from __future__ import annotations
@@ -51,7 +46,6 @@ import hashlib
 import os
 import queue
 import re
-import signal
 import threading
 import time
 import warnings
@@ -899,14 +893,9 @@ _NEXT_ITEM = pytest.StashKey["pytest.Item | None"]()
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None
                             ) -> Generator[None, object, object]:
-    """Let the ``qgpu_guest`` fixture know the next test; note the test run (for SIGTERM)."""
+    """Let the ``qgpu_guest`` fixture know the next test (:meth:`_Pool.prepare_next`)."""
     item.stash[_NEXT_ITEM] = nextitem
-    item.config.stash[_RUNNING] = item.nodeid
-    try:
-        return (yield)
-    finally:
-        with contextlib.suppress(KeyError):
-            del item.config.stash[_RUNNING]
+    return (yield)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -976,47 +965,13 @@ def run_properties(config: pytest.Config) -> dict[str, str]:
     return props
 
 
-#: The SIGTERM handler the rig replaced for the run, and the rig's: the first is
-#: put back at the run's end if the second is still in place.
-_SIGTERM_HANDLERS = pytest.StashKey[tuple[Any, Callable[[int, object], None]]]()
-#: The test being run (its node ID), for a run stopped meanwhile to name it.
-_RUNNING = pytest.StashKey[str]()
-
-
-def _interrupter(config: pytest.Config) -> Callable[[int, object], None]:
-    """Return a SIGTERM handler that ends the run as Ctrl-C does, naming the test it stops.
-
-    Python's default for SIGTERM ends the process where it stands: no fixture
-    teardown (QEMU's work folders stay in /tmp), no JUnit XML, no summary.
-    After the first, a second SIGTERM ends it at once.
-    """
-    def interrupt(signum: int, frame: object) -> None:
-        del signum, frame
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        running = config.stash.get(_RUNNING, "")
-        raise KeyboardInterrupt("SIGTERM: the run was asked to stop" +
-                                (f" (in {running})" if running else ""))
-    return interrupt
-
-
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """Handle SIGTERM as Ctrl-C; put :func:`run_properties` into the JUnit XML report."""
+    """Put :func:`run_properties` into the JUnit XML report (``--junitxml``), if one is written."""
     session.config.stash[_STARTED] = time.time()
-    if threading.current_thread() is threading.main_thread() and \
-            signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        ours = _interrupter(session.config)
-        session.config.stash[_SIGTERM_HANDLERS] = (signal.signal(signal.SIGTERM, ours), ours)
     xml = session.config.stash.get(junitxml.xml_key, None)
     if xml is not None:
         for name, value in run_properties(session.config).items():
             xml.add_global_property(name, value)
-
-
-def pytest_unconfigure(config: pytest.Config) -> None:
-    """Put back the SIGTERM handler the run started with."""
-    handlers = config.stash.get(_SIGTERM_HANDLERS, None)
-    if handlers is not None and signal.getsignal(signal.SIGTERM) is handlers[1]:
-        signal.signal(signal.SIGTERM, handlers[0])
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int,
