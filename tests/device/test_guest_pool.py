@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import types
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import pytest
 
 from qgpu import health, pytest_rig, template
 from qgpu.config import DmaMode
-from qgpu.errors import GuestCrashError, QemuError
+from qgpu.errors import GuestCrashError, QemuError, RestoreFallbackWarning
 from qgpu.kernels import Detectors
 
 
@@ -368,6 +369,47 @@ def test_a_test_s_guest_connects_ssh_as_its_function_did(
     pool._start(DmaMode.DIRECT, "tests/e2e/t.py::other[z]")
     assert asked == [("revert", False), ("restore", False), ("restore", True),
                      ("restore", False), ("restore", True)]
+
+
+@pytest.mark.parametrize("revert_fails", [False, True], ids=["reverted", "revert-failed"])
+def test_a_reverted_spare_is_checked_by_its_test_and_a_new_qemu_ahead(
+        pool: pytest_rig._Pool, monkeypatch: pytest.MonkeyPatch, revert_fails: bool) -> None:
+    """A spare that is an earlier guest reverted (its code translated already) is
+    handed over unchecked: its check is its test's first console command, with the
+    driver's load. One that is a new QEMU -- a revert that failed falls back to
+    one -- is checked ahead, in the spare maker's thread, on its cold TCG."""
+    checked_in: list[str] = []
+
+    def reverted(machine: Any, *, ssh_ahead: bool) -> Any:
+        if revert_fails:
+            raise QemuError("QEMU refused the state")
+        return machine
+
+    def restored(config: Any, *, ssh_key: Any, ssh_ahead: bool) -> template.Started:
+        new = FakeGuest("new")
+        new.config.name = "direct"                          # (named in the warning)
+        return template.Started(new)                        # type: ignore[arg-type]
+
+    def check_boot(machine: Any) -> str:
+        checked_in.append(threading.current_thread().name)
+        return ""
+
+    monkeypatch.setattr(template, "revert", reverted)
+    monkeypatch.setattr(template, "restore_or_boot", restored)
+    monkeypatch.setattr(pytest_rig, "_base_config", lambda config, mode: FakeConfigured())
+    monkeypatch.setattr(health, "check_boot", check_boot)
+    retire(pool, DmaMode.DIRECT, "d1")
+    try:
+        pool.prepare_next(FakeItem("tests/e2e/t.py::next[direct]"))    # type: ignore[arg-type]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RestoreFallbackWarning)   # (the revert failed)
+            machine, checked = pool._start(DmaMode.DIRECT, "tests/e2e/t.py::next[direct]")
+    finally:
+        if pool.spare_maker is not None:
+            pool.spare_maker.close()
+    assert repr(machine) == ("new" if revert_fails else "d1")
+    assert checked is revert_fails
+    assert checked_in == (["qgpu-spare-maker"] if revert_fails else [])
 
 
 def test_a_guest_that_fails_its_last_look_costs_no_other_report(

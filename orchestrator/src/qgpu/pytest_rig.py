@@ -317,7 +317,7 @@ class _Retiree(threading.Thread):
 
 
 class _Spare:
-    """A guest restored and checked in the background, while a test runs, for the next.
+    """A guest restored (a new QEMU's also checked) in the background, while a test runs.
 
     The pool's :class:`_SpareMaker` thread does it; :meth:`take` hands over what
     :func:`template.restore_or_boot` returned, and what it or
@@ -637,7 +637,8 @@ class _Pool:
         With a guest per test, that hides the restore and the check of what the
         kernel logged since (a quarter of a second: QEMU, and the guest's first
         console answers on a cold TCG) behind the test that runs meanwhile, on
-        another CPU if there is one.
+        another CPU if there is one. A reverted guest is checked by its test
+        instead (:class:`_Spare`).
         """
         mode = _mode_of(item)
         # (No item has no mode: ``item is None`` is for mypy.)
