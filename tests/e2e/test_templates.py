@@ -123,7 +123,7 @@ def test_a_restored_guest_s_ssh_host_key_comes_with_its_template(
         qgpu_restore_guest: RestoreGuest) -> None:
     """dropbear makes a host key it lacks at its first connection, and a key made
     after the template was saved is made again by every guest restored or reverted
-    from it (about 0.03 s of the guest's CPU under TCG, on each first SSH
+    from it (about 0.07 s of the guest's CPU under TCG, on each first SSH
     handshake): the image makes it at boot, so the template holds it."""
     guest = qgpu_restore_guest(DmaMode.DIRECT)
     assert sh(guest, "echo ok").strip() == "ok"          # over SSH
