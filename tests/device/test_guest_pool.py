@@ -11,6 +11,7 @@ template module's checks are replaced.
 from __future__ import annotations
 
 import threading
+import time
 import types
 import warnings
 from pathlib import Path
@@ -495,3 +496,26 @@ def test_a_guest_a_test_waits_for_does_not_wait_for_a_last_read(
     for retiree in pool.retirees:
         retiree.join()
     assert kept(pool) == {"direct": ["d1"]}
+
+
+def test_an_interrupted_run_stops_every_guest_without_reading_it(
+        pool: pytest_rig._Pool, reverting: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C or SIGTERM: a guest may still run the interrupted test's command, and a
+    look at it would wait behind that (a minute and more), where CI systems kill a
+    job some seconds after their SIGTERM. Every guest -- in use, kept for a revert, in
+    its last read -- is stopped unread, at once."""
+    def no_look(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("an interrupted run's guest was looked at")
+
+    monkeypatch.setattr(pool, "retire", no_look)
+    in_use = FakeGuest("d")
+    pool.machines = {DmaMode.DIRECT: in_use}    # type: ignore[dict-item]
+    kept_one, _ = retire(pool, DmaMode.IOMMU, "i1")
+    monkeypatch.setattr(pytest_rig, "LATE_READ_SECONDS", 60.0)
+    monkeypatch.setattr(pytest_rig, "_late_health", no_look)
+    reading = _retiring(pool, "d0", health.Health())
+    start = time.monotonic()
+    pool.close(interrupted=True)
+    assert time.monotonic() - start < 5
+    assert in_use.stopped and kept_one.stopped and reading.stopped
+    assert not pool.machines and not pool.idle_order

@@ -8,6 +8,7 @@ run on the other kernels only.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
@@ -17,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 
@@ -34,7 +36,7 @@ from qgpu.errors import (
 from qgpu.kernels import GuestKernel
 from qgpu.machine import GuestMachine, forwarded_ssh_port
 
-from .inner_pytest import pytest_in, run_pytest
+from .inner_pytest import pytest_in, run_pytest, start_pytest
 
 MakeGuest = Callable[..., GuestMachine]
 
@@ -456,3 +458,97 @@ def test_tests_with_a_guest_each_are_not_grouped_for_xdist(tmp_path: Path) -> No
     res = pytest_in(tmp_path, "-p", "qgpu", "--qgpu-kernel=stock", "-n", "2",
                     "--dist", "loadgroup")
     assert f"{len(DmaMode)} passed" in res.stdout, res.stdout + res.stderr
+
+
+# ---- a run stopped from outside ------------------------------------------------------
+
+SIGTERM_INNER = '''
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from qgpu.config import DmaMode
+
+
+def qemus_of_this_run():
+    """'PID work-folder' of each QEMU this pytest started."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == os.getpid() and "qemu" in os.readlink(proc / "exe"):
+                found.append(f"{proc.name} {os.readlink(proc / 'cwd')}")
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+@pytest.mark.parametrize("qgpu_dma_mode", [DmaMode.DIRECT], indirect=True)
+@pytest.mark.parametrize("n", [1, 2])
+def test_runs_until_stopped(qgpu_guest, n):
+    # Its own guest, and the next test's, restored meanwhile.
+    deadline = time.monotonic() + 120
+    while len(qemus := qemus_of_this_run()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    started = os.environ["QGPU_TEST_STARTED"]
+
+    def tell():
+        Path(started + ".new").write_text("\\n".join(qemus))
+        os.rename(started + ".new", started)
+
+    threading.Timer(1.0, tell).start()      # by then in the command below
+    qgpu_guest.run("sleep 600", timeout=900)
+'''
+
+
+def test_a_run_stopped_by_sigterm_stops_its_guests_unread_and_reports_the_test(
+        tmp_path: Path, pytestconfig: pytest.Config, qgpu_kernel: GuestKernel) -> None:
+    """CI systems stop a job that overran, or was cancelled, with SIGTERM, which ends
+    a Python process where it stands: no teardown (QEMU's work folders, their sockets
+    and logs, stayed in /tmp), no summary, no JUnit XML. The rig ends the run as Ctrl-C
+    does, and quickly: its guests -- the test's, still running the test's command,
+    and the next test's, restored ahead -- are stopped without being read (a check
+    would wait behind the command) and their files removed; the test is reported
+    failed, by name, in the summary and the JUnit XML."""
+    (tmp_path / "test_inner.py").write_text(SIGTERM_INNER)
+    started = tmp_path / "started"
+    report = tmp_path / "report.xml"
+    scale = qgpu_kernel.timeout_scale
+    proc = start_pytest(tmp_path, pytestconfig, qgpu_kernel, "--qgpu-guest-scope=test",
+                        f"--junitxml={report}",
+                        env={**os.environ, "QGPU_TEST_STARTED": str(started)})
+    try:
+        deadline = time.monotonic() + 240 * scale
+        while not started.exists():
+            assert proc.poll() is None, f"the run ended before its test began:\n" \
+                f"{proc.communicate()[0]}"
+            assert time.monotonic() < deadline, "the inner test did not begin"
+            time.sleep(0.1)
+        qemus = [line.split(" ", 1) for line in started.read_text().splitlines()]
+        proc.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        out, _ = proc.communicate(timeout=180 * scale)
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == pytest.ExitCode.INTERRUPTED, out
+    assert len(qemus) == 2, f"expected the test's guest and the next one's: {qemus}\n{out}"
+    assert took < 30 * scale, f"the run took {took:.0f} s to stop:\n{out}"
+    assert "SIGTERM: the run was asked to stop" in out, out
+    assert "\ninterrupted in its call: SIGTERM: the run was asked to stop\n" in out, out
+    assert re.search(r"FAILED test_inner\.py::test_runs_until_stopped\[\S+\] - interrupted",
+                     out), out
+    for pid, workdir in qemus:
+        exe = Path(f"/proc/{pid}/exe")
+        with contextlib.suppress(OSError):
+            assert "qemu" not in os.readlink(exe), f"QEMU {pid} still runs:\n{out}"
+        assert not Path(workdir).exists(), f"QEMU's work folder {workdir} was left:\n{out}"
+    cases = [c for c in ElementTree.parse(report).iter("testcase")
+             if c.get("name", "").startswith("test_runs_until_stopped[")]
+    failures = [f.get("message", "") for c in cases for f in c.iter("failure")]
+    assert len(cases) == 1 and failures and "interrupted in its call: SIGTERM" in failures[0], \
+        ElementTree.tostring(ElementTree.parse(report).getroot(), encoding="unicode")

@@ -36,6 +36,13 @@ Fixtures (all namespaced ``qgpu_``):
 
 With ``--junitxml``, the report's properties name QEMU, the kernel and the
 initramfs (with its overlays) by SHA-256, and the options.
+
+A run interrupted (Ctrl-C; or SIGTERM, how CI systems stop a job that overran
+or was cancelled, unless something else handles it already) stops every guest
+without reading it -- a guest may still be running the interrupted test's
+command, and a check would wait behind it --, removes their files, and reports
+the test it interrupted as failed (in the summary and the JUnit XML). A second
+SIGTERM ends the run at once.
 """
 
 from __future__ import annotations
@@ -46,13 +53,14 @@ import hashlib
 import os
 import queue
 import re
+import signal
 import threading
 import time
 import warnings
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from _pytest import junitxml
@@ -269,6 +277,10 @@ MAX_IDLE = 8
 #: rather than a new QEMU restored (:meth:`_Pool._wait_for_keeper`): the read takes
 #: about 0.05 s under TCG; a guest that does not answer by then is not waited for.
 KEEPER_WAIT_SECONDS = 1.0
+#: In an interrupted run, how long each retired guest still in its last read (or
+#: leak check) is waited for, to stop it and remove its files: CI systems kill a
+#: job outright some seconds after their SIGTERM.
+INTERRUPTED_RETIREE_WAIT = 2.0
 #: On kernels with kmemleak, at most this many retired shared guests do their
 #: settled leak check (about 10 s under TCG, half of it waiting) at a time, beside
 #: the tests: each scan keeps a CPU busy for seconds.
@@ -298,6 +310,8 @@ class _Retiree(threading.Thread):
         self.keep = keep
         #: When its last read is due (time.monotonic(); it is started at once).
         self.read_due = None if self.delay is None else time.monotonic() + self.delay
+        #: Set when the run was interrupted: the read still to come is not made.
+        self.cancelled = threading.Event()
 
     def run(self) -> None:
         kept = False
@@ -307,8 +321,7 @@ class _Retiree(threading.Thread):
                     self.found = _health_after(self.machine, unload=True, settle_leaks=True)
                 except Exception as exc:    # reported, not lost with the thread
                     self.found = health.Health(problems=[f"the leak check failed: {exc!r}"])
-            else:
-                time.sleep(self.delay)
+            elif not self.cancelled.wait(self.delay):
                 self.found = _late_health(self.machine)
                 kept = self.keep is not None and self.keep(self)
         finally:
@@ -799,7 +812,14 @@ class _Pool:
         return (f"the {mode} guest, {when}:\n" + "\n".join(found.problems) + "\n"
                 + found.summary())
 
-    def close(self) -> None:
+    def close(self, *, interrupted: bool = False) -> None:
+        """Stop every guest; raise :class:`GuestCrashError` with what their last looks found.
+
+        ``interrupted``: the run was, and the guests are stopped without a look.
+        """
+        if interrupted:
+            self._stop_unread()
+            return
         problems = []
         with contextlib.ExitStack() as stop_all:
             if self.spare_maker is not None:
@@ -824,6 +844,23 @@ class _Pool:
             problems += [p for p in self._late_reports(wait=True) if p]
         if problems:
             raise GuestCrashError("\n".join(problems))
+
+    def _stop_unread(self) -> None:
+        """Stop every guest without reading it (an interrupted run), whatever one raises."""
+        with contextlib.ExitStack() as stop_all:
+            if self.spare_maker is not None:
+                stop_all.callback(self.spare_maker.close)
+            if self.spare is not None:
+                stop_all.callback(self.spare.discard)
+            stop_all.callback(self._stop_idle)
+            for mode in list(self.machines):
+                stop_all.callback(self.drop, mode)
+            for retiree in self.retirees:
+                retiree.cancelled.set()
+            for retiree in self.retirees:
+                # One in its read, or in a leak check, is not waited for long: its
+                # QEMU dies with the rig (its files stay in /tmp).
+                retiree.join(INTERRUPTED_RETIREE_WAIT)
 
     def _stop_idle(self) -> None:
         with self.idle_lock:
@@ -891,12 +928,47 @@ def _mode_of(item: pytest.Item | None) -> DmaMode | None:
 _NEXT_ITEM = pytest.StashKey["pytest.Item | None"]()
 
 
+#: Set once a test was interrupted (Ctrl-C, SIGTERM): the teardowns that follow,
+#: at the session's end, stop guests without reading them.
+_INTERRUPTED = pytest.StashKey[bool]()
+
+
+def interrupted(config: pytest.Config) -> bool:
+    """Whether the run was interrupted in a test (its guests are then stopped unread)."""
+    return config.stash.get(_INTERRUPTED, False)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None
                             ) -> Generator[None, object, object]:
-    """Let the ``qgpu_guest`` fixture know the next test (:meth:`_Pool.prepare_next`)."""
+    """Let the ``qgpu_guest`` fixture know the next test; report a test interrupted.
+
+    pytest reports nothing of a test interrupted (Ctrl-C, SIGTERM) in its setup
+    or call, and runs its teardown only at the session's end, after the JUnit
+    XML was written: it is reported failed here, and its guests are then
+    stopped without being read (:func:`interrupted`).
+    """
     item.stash[_NEXT_ITEM] = nextitem
-    return (yield)
+    try:
+        return (yield)
+    except KeyboardInterrupt as exc:
+        item.config.stash[_INTERRUPTED] = True
+        _report_interrupted(item, exc)
+        raise
+
+
+def _report_interrupted(item: pytest.Item, exc: KeyboardInterrupt) -> None:
+    """Report ``item`` failed in the phase ``exc`` interrupted (terminal, JUnit XML)."""
+    when: Literal["setup", "call", "teardown"] = "teardown"
+    for phase in ("setup", "call"):
+        if not hasattr(item, f"qgpu_rep_{phase}"):
+            when = phase
+            break
+    why = str(exc) or "KeyboardInterrupt (Ctrl-C)"
+    report = pytest.TestReport(item.nodeid, item.location, dict.fromkeys(item.keywords, 1),
+                               "failed", f"interrupted in its {when}: {why}", when,
+                               user_properties=item.user_properties)
+    item.ihook.pytest_runtest_logreport(report=report)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -930,7 +1002,7 @@ def _qgpu_pool(pytestconfig: pytest.Config) -> Iterator[_Pool]:
     pool = _Pool(pytestconfig)
     pytestconfig.stash[_POOL] = pool
     yield pool
-    pool.close()
+    pool.close(interrupted=interrupted(pytestconfig))
 
 
 def _file_digest(path: Path) -> str:
@@ -966,13 +1038,40 @@ def run_properties(config: pytest.Config) -> dict[str, str]:
     return props
 
 
+#: The SIGTERM handler the rig replaced for the run, and the rig's: the first is
+#: put back at the run's end if the second is still in place.
+_SIGTERM_HANDLERS = pytest.StashKey[tuple[Any, Callable[[int, object], None]]]()
+
+
+def _stop_as_interrupted(signum: int, frame: object) -> None:
+    """End the run as Ctrl-C does; a second SIGTERM ends it at once.
+
+    Python's default for SIGTERM ends it where it stands: no teardown (QEMU's
+    work folders left in /tmp), no summary, no JUnit XML.
+    """
+    del frame
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise KeyboardInterrupt(f"{signal.Signals(signum).name}: the run was asked to stop")
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """Put :func:`run_properties` into the JUnit XML report (``--junitxml``), if one is written."""
+    """Handle SIGTERM as Ctrl-C; put :func:`run_properties` into the JUnit XML report."""
     session.config.stash[_STARTED] = time.time()
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        previous = signal.signal(signal.SIGTERM, _stop_as_interrupted)
+        session.config.stash[_SIGTERM_HANDLERS] = (previous, _stop_as_interrupted)
     xml = session.config.stash.get(junitxml.xml_key, None)
     if xml is not None:
         for name, value in run_properties(session.config).items():
             xml.add_global_property(name, value)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Put back the SIGTERM handler the run started with."""
+    handlers = config.stash.get(_SIGTERM_HANDLERS, None)
+    if handlers is not None and signal.getsignal(signal.SIGTERM) is handlers[1]:
+        signal.signal(signal.SIGTERM, handlers[0])
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int,
@@ -1100,6 +1199,9 @@ def qgpu_guest(request: pytest.FixtureRequest, _qgpu_pool: _Pool, qgpu_dma_mode:
     windows.append(window)
     _qgpu_pool.prepare_next(request.node.stash.get(_NEXT_ITEM, None))
     yield machine
+    if interrupted(request.config):
+        _qgpu_pool.drop(dma_mode)       # (it may still run the test's command)
+        return
     _qgpu_pool.note_ssh_use(request.node, machine)
     failed = _failed(request.node)
     dest = _artifact_dir(request.config, request.node)
@@ -1202,11 +1304,12 @@ def _retire_own_guests(request: pytest.FixtureRequest, machines: list[GuestMachi
     kmemleak's after a settled scan; any report fails the test.
     """
     unhealthy = []
+    stop_only = interrupted(request.config)    # (a guest may still run the test's command)
     with contextlib.ExitStack() as stop_all:
         for machine in machines:
             # Every guest stops, whatever reading another raises (or an interrupt).
-            stop_all.callback(machine.stop, graceful=graceful)
-        for machine in machines:
+            stop_all.callback(machine.stop, graceful=graceful and not stop_only)
+        for machine in machines if not stop_only else ():
             dest = _artifact_dir(request.config, request.node) / machine.config.name
             failed = _failed(request.node)
             if not failed and (checked is None or id(machine) in checked) and \
