@@ -4,7 +4,7 @@
 # Build the qgpu guest initramfs, reproducibly: same inputs -> same bytes.
 #
 #   $OUT/initramfs.cpio.gz   the image (newc cpio; gzip -n, or see COMPRESS)
-#   $OUT/ssh/id_rsa          test SSH key pair (made once in $QGPU_CACHE/ssh, for
+#   $OUT/ssh/id_ed25519      test SSH key pair (made once in $QGPU_CACHE/ssh, for
 #                            every image; its public half is root's authorized
 #                            key in the guest). Test use only.
 #   $OUT/initramfs.manifest  what went in (one line per file, with sha256)
@@ -48,36 +48,29 @@ KCONFIG=$KROOT/boot/config-$ABI
 # builds the same image bytes, and the guest templates keyed by them stay valid.
 # Under a lock (images of other kernels and checkouts share it); a pair that
 # does not match, or half of one, is made again.
-# RSA: the guest verifies the login's signature, and an RSA verify is cheap
-# where an ed25519 one is a curve multiplication: under TCG every guest's first
-# SSH connection cost 0.184 s of its CPU with an ed25519 key, 0.124 s with this.
-key=id_rsa
 keys=$QGPU_CACHE/ssh
 mkdir -p "$keys" "$OUT/ssh"
 chmod 700 "$keys"
 exec 8>"$keys/.lock"
 flock 8
 key_pair_ok() {
-    [[ -s $keys/$key && -s $keys/$key.pub ]] &&
-        [[ $(ssh-keygen -y -f "$keys/$key" 2>/dev/null | cut -d' ' -f1,2) == \
-           "$(cut -d' ' -f1,2 "$keys/$key.pub")" ]]
+    [[ -s $keys/id_ed25519 && -s $keys/id_ed25519.pub ]] &&
+        [[ $(ssh-keygen -y -f "$keys/id_ed25519" 2>/dev/null | cut -d' ' -f1,2) == \
+           "$(cut -d' ' -f1,2 "$keys/id_ed25519.pub")" ]]
 }
 if ! key_pair_ok; then
     new=$(mktemp -d "$keys/.new.XXXXXX")
-    ssh-keygen -q -t rsa -b 2048 -N '' -C qgpu-guest-test-key -f "$new/$key"
+    ssh-keygen -q -t ed25519 -N '' -C qgpu-guest-test-key -f "$new/id_ed25519"
     # Public half first: a run cut short leaves no private key without it.
-    mv "$new/$key.pub" "$keys/$key.pub"
-    mv "$new/$key" "$keys/$key"
+    mv "$new/id_ed25519.pub" "$keys/id_ed25519.pub"
+    mv "$new/id_ed25519" "$keys/id_ed25519"
     rmdir "$new"
-    log "generated test SSH key $keys/$key"
+    log "generated test SSH key $keys/id_ed25519"
 fi
-for f in "$key" "$key.pub"; do
+for f in id_ed25519 id_ed25519.pub; do
     cmp -s "$keys/$f" "$OUT/ssh/$f" || install -m 600 "$keys/$f" "$OUT/ssh/$f"
 done
-chmod 600 "$OUT/ssh/$key"
-# An earlier build's key of another type would be found first by the rig
-# (qgpu.kernels.SSH_KEY_NAMES) and no longer log in.
-find "$OUT/ssh" -maxdepth 1 -name 'id_*' ! -name "$key" ! -name "$key.pub" -delete
+chmod 600 "$OUT/ssh/id_ed25519"
 exec 8>&-
 
 # ---- up to date? (digest of every input) ---------------------------------------
@@ -85,7 +78,7 @@ inputs_digest() {
     {
         echo "abi=$ABI compress=$COMPRESS epoch=$SOURCE_DATE_EPOCH strip=${STRIP_DEBUG:-1}"
         sha256sum "$0" "$here/rootfs/init" "$here/rootfs/qgpu-boot-check" \
-            "$OUT/ssh/$key.pub" /bin/busybox /usr/sbin/dropbear /usr/bin/dropbearkey \
+            "$OUT/ssh/id_ed25519.pub" /bin/busybox /usr/sbin/dropbear /usr/bin/dropbearkey \
             "$MODROOT/modules.dep"
         find "$here/rootfs" -type f -printf '%P %m\n' | LC_ALL=C sort
         (cd "$here/rootfs/etc" && find . -type f | LC_ALL=C sort | xargs sha256sum)
@@ -146,7 +139,7 @@ cp -r "$here/rootfs/etc/." etc/
 find etc -type f -exec chmod 0644 {} +
 install -m 0755 "$here/rootfs/init" init
 install -m 0755 "$here/rootfs/qgpu-boot-check" usr/sbin/qgpu-boot-check
-install -m 0600 "$OUT/ssh/$key.pub" root/.ssh/authorized_keys
+install -m 0600 "$OUT/ssh/id_ed25519.pub" root/.ssh/authorized_keys
 chmod 0700 root root/.ssh
 chmod 0640 etc/shadow
 chmod 1777 tmp

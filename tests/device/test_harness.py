@@ -538,24 +538,6 @@ def _ssh_key(tmp_path: Path) -> Path:
     return key
 
 
-def test_an_image_folder_s_ssh_key_is_the_first_of_the_kinds_it_may_hold(
-        tmp_path: Path) -> None:
-    """The project's images hold an RSA key, image folders made before (or elsewhere) an
-    ed25519 one: the rig logs in with whichever the folder holds, and says what is
-    missing when it holds none."""
-    (tmp_path / "vmlinuz").write_bytes(b"")
-    (tmp_path / "initramfs.img").write_bytes(b"")
-    (tmp_path / "ssh").mkdir()
-    with pytest.raises(SetupError, match=r"ssh holds no SSH key \(id_rsa or id_ecdsa or "
-                       r"id_ed25519\): run 'make image KERNEL=<name>'"):
-        resolve(str(tmp_path)).check()
-    old = _ssh_key(tmp_path / "ssh")
-    assert resolve(str(tmp_path)).check().ssh_key == old
-    rsa = tmp_path / "ssh" / "id_rsa"
-    rsa.write_text("")
-    assert resolve(str(tmp_path)).ssh_key == rsa
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -9,8 +9,7 @@ One word chooses the kernel everywhere (pytest ``--qgpu-kernel``, ``qgpu boot|ru
 ``debug``   ``qgpu`` plus KASAN, KFENCE, lockdep, kmemleak, DMA-API debugging, UBSAN,
             debug objects and fault injection
 a folder    an image folder of the same layout (``vmlinux`` or ``vmlinuz``,
-            ``initramfs.img``, ``ssh/id_rsa`` or another of :data:`SSH_KEY_NAMES`,
-            ``kernel.config``), e.g. one built with
+            ``initramfs.img``, ``ssh/id_ed25519``, ``kernel.config``), e.g. one built with
             ``make image KERNEL=...`` elsewhere
 
 What a kernel can detect is read from its configuration (``kernel.config`` beside it),
@@ -30,11 +29,6 @@ from qgpu.errors import SetupError
 
 #: The kernels the project builds or fetches, by name.
 KNOWN = ("stock", "qgpu", "debug")
-
-#: The private SSH keys an image folder's ``ssh`` folder may hold for the guest's
-#: root, the first found used: the project's images hold an RSA key (cheapest for
-#: the guest to verify at each login), images made before one ed25519.
-SSH_KEY_NAMES = ("id_rsa", "id_ecdsa", "id_ed25519")
 
 #: Extra time a test may take on a kernel with the heavy detectors (KASAN, lockdep,
 #: kmemleak), as measured under TCG: the debug kernel boots 4.2x slower than stock
@@ -88,14 +82,8 @@ class GuestKernel:
 
     @property
     def ssh_key(self) -> Path:
-        """Return the private half of the image's test SSH key.
-
-        The first of :data:`SSH_KEY_NAMES` in its ``ssh`` folder (the first name
-        if there is none: :meth:`check` says it is missing).
-        """
-        folder = self.image_dir / "ssh"
-        return next((folder / name for name in SSH_KEY_NAMES if (folder / name).exists()),
-                    folder / SSH_KEY_NAMES[0])
+        """Return the private half of the image's test SSH key."""
+        return self.image_dir / "ssh" / "id_ed25519"
 
     @property
     def module_build_dir(self) -> Path | None:
@@ -151,9 +139,7 @@ class GuestKernel:
         for path in (self.kernel, self.initrd, self.ssh_key):
             if not path.exists():
                 word = self.name if self.name in KNOWN else "<name>"
-                what = f"{path} is missing" if path != self.ssh_key else \
-                    f"{path.parent} holds no SSH key ({' or '.join(SSH_KEY_NAMES)})"
-                raise SetupError(f"{what}: run 'make image KERNEL={word}' to build "
+                raise SetupError(f"{path} is missing: run 'make image KERNEL={word}' to build "
                                  f"the {self.name} guest image")
         return self
 

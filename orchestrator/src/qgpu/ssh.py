@@ -116,7 +116,7 @@ class GuestSsh:
 
     def _connect_quietly(self, timeout: float, closing: threading.Event) -> None:
         deadline = time.monotonic() + timeout
-        pkey = paramiko.PKey.from_path(self.key)     # RSA, ECDSA or ed25519
+        pkey = paramiko.Ed25519Key.from_private_key_file(str(self.key))
         last: Exception | None = None
         pause = 0.05                    # a restored guest answers within a few tries
         while time.monotonic() < deadline and not closing.is_set():
