@@ -10,6 +10,8 @@ template module's checks are replaced.
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import threading
 import time
 import types
@@ -21,7 +23,7 @@ import pytest
 
 from qgpu import health, pytest_rig, template
 from qgpu.config import DmaMode
-from qgpu.errors import GuestCrashError, QemuError, RestoreFallbackWarning
+from qgpu.errors import GuestCrashError, QemuError, RestoreFallbackWarning, SetupError
 from qgpu.kernels import Detectors
 
 
@@ -519,3 +521,35 @@ def test_an_interrupted_run_stops_every_guest_without_reading_it(
     assert time.monotonic() - start < 5
     assert in_use.stopped and kept_one.stopped and reading.stopped
     assert not pool.machines and not pool.idle_order
+
+
+def test_an_interrupted_run_kills_a_guest_its_look_holds_and_makes_no_more(
+        pool: pytest_rig._Pool, reverting: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A guest whose last look does not end (its console stuck) is not waited for
+    past INTERRUPTED_WAIT: its QEMU is killed. No guest is made once the run stops."""
+    stuck = threading.Event()
+
+    def look_that_hangs(machine: Any) -> health.Health:
+        stuck.wait(60)
+        return health.Health()
+
+    monkeypatch.setattr(pytest_rig, "_late_health", look_that_hangs)
+    monkeypatch.setattr(pytest_rig, "INTERRUPTED_WAIT", 0.5)
+    qemu = subprocess.Popen(["sleep", "60"])
+    try:
+        reading = _retiring(pool, "d0", health.Health())
+        reading.proc = types.SimpleNamespace(pid=qemu.pid)     # type: ignore[attr-defined]
+        time.sleep(0.4)                 # (its read, due after 0.2 s, is under way)
+        start = time.monotonic()
+        pool.close(interrupted=True)
+        assert time.monotonic() - start < 3
+        assert qemu.wait(timeout=5) == -signal.SIGKILL
+        with pytest.raises(SetupError, match="the run was interrupted"):
+            pool._fresh(DmaMode.DIRECT, ahead=True)
+        assert reverting == []
+    finally:
+        stuck.set()
+        for retiree in pool.retirees:
+            retiree.join(5)
+        qemu.kill()
+        qemu.wait()

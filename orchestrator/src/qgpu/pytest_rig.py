@@ -37,12 +37,17 @@ Fixtures (all namespaced ``qgpu_``):
 With ``--junitxml``, the report's properties name QEMU, the kernel and the
 initramfs (with its overlays) by SHA-256, and the options.
 
-A run interrupted (Ctrl-C; or SIGTERM, how CI systems stop a job that overran
-or was cancelled, unless something else handles it already) stops every guest
-without reading it -- a guest may still be running the interrupted test's
-command, and a check would wait behind it --, removes their files, and reports
-the test it interrupted as failed (in the summary and the JUnit XML). A second
-SIGTERM ends the run at once.
+A run interrupted in a test (Ctrl-C; or SIGTERM, how CI systems stop a job
+that overran or was cancelled, unless something else handles it already or
+``--pdb`` is given) stops every guest without reading it -- a guest may still
+be running the interrupted test's command, and a check would wait behind it --
+and removes their files: a guest still being made or looked at in the
+background is waited for INTERRUPTED_WAIT at most, then its QEMU is killed. The
+test is reported failed (or, interrupted in its setup or teardown, in error) in
+the summary and the JUnit XML. Once the run is interrupted, a SIGTERM is only
+noted (raised in the cleanup, it would cut it short); SIGKILL ends it at once.
+With pytest-xdist, signal the workers too (the process group): a controller
+interrupted stops reading their reports.
 """
 
 from __future__ import annotations
@@ -277,10 +282,10 @@ MAX_IDLE = 8
 #: rather than a new QEMU restored (:meth:`_Pool._wait_for_keeper`): the read takes
 #: about 0.05 s under TCG; a guest that does not answer by then is not waited for.
 KEEPER_WAIT_SECONDS = 1.0
-#: In an interrupted run, how long each retired guest still in its last read (or
-#: leak check) is waited for, to stop it and remove its files: CI systems kill a
-#: job outright some seconds after their SIGTERM.
-INTERRUPTED_RETIREE_WAIT = 2.0
+#: In an interrupted run, how long in all the guests still being made or looked at
+#: in the background are waited for before their QEMUs are killed: CI systems kill
+#: a job outright some seconds after their SIGTERM.
+INTERRUPTED_WAIT = 3.0
 #: On kernels with kmemleak, at most this many retired shared guests do their
 #: settled leak check (about 10 s under TCG, half of it waiting) at a time, beside
 #: the tests: each scan keeps a CPU busy for seconds.
@@ -376,9 +381,14 @@ class _Spare:
             raise self.error
         return self.started
 
-    def discard(self) -> str:
-        """Wait for the guest and stop it (no test came for it); return what it found."""
-        self.done.wait()
+    def discard(self, timeout: float | None = None) -> str:
+        """Wait for the guest and stop it (no test came for it); return what it found.
+
+        ``timeout``: how long to wait for a guest still being made (an
+        interrupted run); one not made by then dies with the rig.
+        """
+        if not self.done.wait(timeout):
+            return ""
         if self.started is not None:
             self.started.machine.stop(graceful=False)
         return f"a guest restored ahead for a test that did not use it: {self.error}" \
@@ -404,10 +414,10 @@ class _SpareMaker(threading.Thread):
         while (spare := self.jobs.get()) is not None:
             spare.make()
 
-    def close(self) -> None:
-        """End the thread once the jobs given are done."""
+    def close(self, timeout: float | None = None) -> None:
+        """End the thread once the jobs given are done (``timeout``: or give up waiting)."""
         self.jobs.put(None)
-        self.join()
+        self.join(timeout)
 
 
 class _Pool:
@@ -459,6 +469,8 @@ class _Pool:
         #: With a guest per test: whether a test function's guest ran commands over
         #: SSH, in this run so far (:meth:`ssh_ahead`).
         self.ssh_users: dict[str, bool] = {}
+        #: Set when an interrupted run stops its guests: no more are made.
+        self.stopping = threading.Event()
 
     def get(self, mode: DmaMode, nodeid: str) -> GuestMachine:
         # Tests are grouped by mode (and module), and each group's guest retires
@@ -531,6 +543,8 @@ class _Pool:
         the revert fails (said in the :class:`template.Started` returned), a
         new QEMU restores the template.
         """
+        if self.stopping.is_set():
+            raise SetupError("the run was interrupted: no more guests are made")
         failures = []
         while (machine := self._take_idle(mode) or
                (self._wait_for_keeper(mode) if ahead else None)) is not None:
@@ -542,6 +556,8 @@ class _Pool:
                 if not isinstance(exc, QgpuError):
                     raise
                 failures.append(str(exc))
+        if self.stopping.is_set():     # (while it waited for a retired guest)
+            raise SetupError("the run was interrupted: no more guests are made")
         cfg = _base_config(self.config, mode)
         assert cfg.guest_kernel is not None
         started = template.restore_or_boot(cfg, ssh_key=cfg.guest_kernel.ssh_key,
@@ -846,21 +862,37 @@ class _Pool:
             raise GuestCrashError("\n".join(problems))
 
     def _stop_unread(self) -> None:
-        """Stop every guest without reading it (an interrupted run), whatever one raises."""
+        """Stop every guest without reading it (an interrupted run), whatever one raises.
+
+        Nothing is waited for longer than INTERRUPTED_WAIT in all: a guest still
+        being made (a template's boot, say) or looked at in the background then
+        has its QEMU killed, and dies with the rig otherwise.
+        """
+        self.stopping.set()             # no more guests made: _fresh() refuses
+        deadline = time.monotonic() + INTERRUPTED_WAIT
+
+        def left() -> float:
+            return max(0.0, deadline - time.monotonic())
+
         with contextlib.ExitStack() as stop_all:
-            if self.spare_maker is not None:
-                stop_all.callback(self.spare_maker.close)
-            if self.spare is not None:
-                stop_all.callback(self.spare.discard)
+            maker, spare = self.spare_maker, self.spare
+            if maker is not None:
+                stop_all.callback(lambda: maker.close(left()))
+            if spare is not None:
+                stop_all.callback(lambda: spare.discard(left()))
             stop_all.callback(self._stop_idle)
             for mode in list(self.machines):
                 stop_all.callback(self.drop, mode)
             for retiree in self.retirees:
                 retiree.cancelled.set()
             for retiree in self.retirees:
-                # One in its read, or in a leak check, is not waited for long: its
-                # QEMU dies with the rig (its files stay in /tmp).
-                retiree.join(INTERRUPTED_RETIREE_WAIT)
+                retiree.join(left())
+                if retiree.is_alive():
+                    # In its read or its leak check still: its QEMU is killed (a
+                    # signal, safe from this thread), and its own stop() then
+                    # removes its files.
+                    _kill_outright(retiree.machine)
+                    retiree.join(1.0)
 
     def _stop_idle(self) -> None:
         with self.idle_lock:
@@ -881,6 +913,15 @@ _COLD_BOOTS = pytest.StashKey[list[tuple[str, str]]]()
 _RESTORES = pytest.StashKey[dict[str, int]]()
 #: (test, why) of every guest that could not be reverted (restored instead).
 _REVERT_FAILURES = pytest.StashKey[list[tuple[str, str]]]()
+
+
+def _kill_outright(machine: GuestMachine) -> None:
+    """Send the guest's QEMU SIGKILL (from any thread: the thread using it sees it die)."""
+    proc = getattr(machine, "proc", None)
+    pid = proc.pid if proc is not None else None
+    if pid is not None:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _restore_or_boot(config: pytest.Config, cfg: MachineConfig, nodeid: str) -> GuestMachine:
@@ -959,11 +1000,10 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None
 
 def _report_interrupted(item: pytest.Item, exc: KeyboardInterrupt) -> None:
     """Report ``item`` failed in the phase ``exc`` interrupted (terminal, JUnit XML)."""
-    when: Literal["setup", "call", "teardown"] = "teardown"
-    for phase in ("setup", "call"):
-        if not hasattr(item, f"qgpu_rep_{phase}"):
-            when = phase
-            break
+    setup = getattr(item, "qgpu_rep_setup", None)
+    when: Literal["setup", "call", "teardown"] = \
+        "setup" if setup is None else "call" if setup.passed and \
+        not hasattr(item, "qgpu_rep_call") else "teardown"
     why = str(exc) or "KeyboardInterrupt (Ctrl-C)"
     report = pytest.TestReport(item.nodeid, item.location, dict.fromkeys(item.keywords, 1),
                                "failed", f"interrupted in its {when}: {why}", when,
@@ -1043,24 +1083,37 @@ def run_properties(config: pytest.Config) -> dict[str, str]:
 _SIGTERM_HANDLERS = pytest.StashKey[tuple[Any, Callable[[int, object], None]]]()
 
 
-def _stop_as_interrupted(signum: int, frame: object) -> None:
-    """End the run as Ctrl-C does; a second SIGTERM ends it at once.
+def _interrupter(config: pytest.Config) -> Callable[[int, object], None]:
+    """Return a SIGTERM handler that ends the run as Ctrl-C does.
 
     Python's default for SIGTERM ends it where it stands: no teardown (QEMU's
-    work folders left in /tmp), no summary, no JUnit XML.
+    work folders left in /tmp), no summary, no JUnit XML. Once the run is
+    interrupted (by this, or Ctrl-C in a test), a SIGTERM is only noted: raised
+    in the cleanup, it would cut it short (pytest runs no finalizer after one
+    that raised it); SIGKILL ends the run at once.
     """
-    del frame
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    raise KeyboardInterrupt(f"{signal.Signals(signum).name}: the run was asked to stop")
+    def interrupt(signum: int, frame: object) -> None:
+        del frame
+        if interrupted(config):
+            return
+        config.stash[_INTERRUPTED] = True
+        raise KeyboardInterrupt(f"{signal.Signals(signum).name}: the run was asked to stop")
+    return interrupt
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """Handle SIGTERM as Ctrl-C; put :func:`run_properties` into the JUnit XML report."""
+    """Handle SIGTERM as Ctrl-C; put :func:`run_properties` into the JUnit XML report.
+
+    Not with ``--pdb`` (pytest then stops in the debugger on an interrupt), nor
+    where something else handles SIGTERM already.
+    """
     session.config.stash[_STARTED] = time.time()
+    config = session.config
     if threading.current_thread() is threading.main_thread() and \
-            signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        previous = signal.signal(signal.SIGTERM, _stop_as_interrupted)
-        session.config.stash[_SIGTERM_HANDLERS] = (previous, _stop_as_interrupted)
+            signal.getsignal(signal.SIGTERM) is signal.SIG_DFL and \
+            not config.getoption("usepdb", False):
+        ours = _interrupter(config)
+        config.stash[_SIGTERM_HANDLERS] = (signal.signal(signal.SIGTERM, ours), ours)
     xml = session.config.stash.get(junitxml.xml_key, None)
     if xml is not None:
         for name, value in run_properties(session.config).items():
