@@ -74,7 +74,9 @@ def kept(pool: pytest_rig._Pool) -> dict[str, list[str]]:
 MODES = [DmaMode.DIRECT, DmaMode.SWIOTLB, DmaMode.IOMMU, DmaMode.VIRTIO_IOMMU]
 
 
-def test_the_longest_kept_guest_of_a_mode_goes_beyond_its_cap(pool: pytest_rig._Pool) -> None:
+def test_the_longest_kept_guest_of_a_mode_goes_beyond_its_cap(
+        pool: pytest_rig._Pool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pytest_rig, "MAX_IDLE_PER_MODE", 2)
     first, _ = retire(pool, DmaMode.DIRECT, "d1")
     retire(pool, DmaMode.DIRECT, "d2")
     _, was_kept = retire(pool, DmaMode.DIRECT, "d3")
@@ -83,11 +85,12 @@ def test_the_longest_kept_guest_of_a_mode_goes_beyond_its_cap(pool: pytest_rig._
     assert pool.idle_order == pool.idle[DmaMode.DIRECT]
 
 
-def test_the_cap_per_mode_does_not_also_spend_the_cap_in_all(pool: pytest_rig._Pool) -> None:
+def test_the_cap_per_mode_does_not_also_spend_the_cap_in_all(
+        pool: pytest_rig._Pool, monkeypatch: pytest.MonkeyPatch) -> None:
     """8 kept, the oldest of another mode than the one that goes over its cap of 2:
     only the oldest of that mode goes (before, the oldest of all went too)."""
-    caps = pytest_rig.MAX_IDLE, pytest_rig.MAX_IDLE_PER_MODE
-    assert caps == (2 * len(MODES), 2), "the scenario below assumes these caps"
+    monkeypatch.setattr(pytest_rig, "MAX_IDLE", 2 * len(MODES))
+    monkeypatch.setattr(pytest_rig, "MAX_IDLE_PER_MODE", 2)
     retire(pool, DmaMode.SWIOTLB, "s1")
     for mode in MODES:
         for n in (1, 2):
@@ -487,6 +490,22 @@ def test_a_guest_made_ahead_waits_for_the_last_read_of_the_guest_before(
     troubled = _retiring(pool, "d2", health.Health(problems=["a late report"]))
     assert not pool._fresh(DmaMode.DIRECT, ahead=True).reverted
     assert reverting == ["d1", "new"] and troubled.stopped
+
+
+def test_a_guest_made_ahead_does_not_wait_for_a_last_read_due_later(
+        pool: pytest_rig._Pool, reverting: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a test shorter than the last read's delay, the next test's guest would
+    wait for the read of the guest before (its test held up): a new QEMU restores it
+    instead, and the guest in its read is kept for a later test."""
+    monkeypatch.setattr(pytest_rig, "LATE_READ_SECONDS", 1.0)
+    _retiring(pool, "d1", health.Health())
+    start = time.monotonic()
+    assert not pool._fresh(DmaMode.DIRECT, ahead=True).reverted
+    assert time.monotonic() - start < pytest_rig.KEEPER_DUE_SOON_SECONDS
+    assert reverting == ["new"]
+    for retiree in pool.retirees:
+        retiree.join()
+    assert kept(pool) == {"direct": ["d1"]}
 
 
 def test_a_guest_a_test_waits_for_does_not_wait_for_a_last_read(
