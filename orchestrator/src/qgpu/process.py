@@ -200,6 +200,16 @@ class QemuProcess:
         except subprocess.TimeoutExpired:
             return None
 
+    def kill(self) -> None:
+        """Send QEMU SIGKILL if it was not reaped yet; from any thread (no clean-up here).
+
+        :class:`subprocess.Popen` checks that its process was not reaped, so a
+        process ID reused since is never signalled.
+        """
+        if self._proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.send_signal(signal.SIGKILL)
+
     def stop(self, grace: float = 5.0, *, keep_files: bool = False) -> int | None:
         """Terminate QEMU if still running (SIGTERM, then SIGKILL); clean up.
 

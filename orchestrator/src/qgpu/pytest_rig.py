@@ -41,8 +41,9 @@ A run interrupted in a test (Ctrl-C; or SIGTERM, how CI systems stop a job
 that overran or was cancelled, unless something else handles it already or
 ``--pdb`` is given) stops every guest without reading it -- a guest may still
 be running the interrupted test's command, and a check would wait behind it --
-and removes their files: a guest still being made or looked at in the
-background is waited for INTERRUPTED_WAIT at most, then its QEMU is killed. The
+and removes their files: a guest still looked at in the background is waited
+for INTERRUPTED_WAIT at most, then its QEMU is killed (one still being made is
+not waited for: it dies with the rig, its files left in /tmp). The
 test is reported failed (or, interrupted in its setup or teardown, in error) in
 the summary and the JUnit XML. Once the run is interrupted, a SIGTERM is only
 noted (raised in the cleanup, it would cut it short); SIGKILL ends it at once.
@@ -275,17 +276,19 @@ LATE_READ_SECONDS = 1.0
 #: With reverts (``--qgpu-revert``), at most this many retired guests of a DMA
 #: mode wait to be reverted for a later test, and this many in all: each is an
 #: idle QEMU (tens of MiB of its own). A run's tests are grouped by mode and
-#: module, and the next module's come back to the same modes. Four per mode: in
+#: module, and the next module's come back to the same modes (so the cap in all
+#: holds every mode's). Four per mode: in
 #: a run of short tests each guest is reverted for a test four or five tests
 #: after its own, its last read (LATE_READ_SECONDS after its test) long done.
 MAX_IDLE_PER_MODE = 4
-MAX_IDLE = 8
+MAX_IDLE = MAX_IDLE_PER_MODE * len(DmaMode)
 #: How long after its last read was due a guest is waited for, to be reverted
 #: rather than a new QEMU restored (:meth:`_Pool._wait_for_keeper`): the read takes
 #: about 0.05 s under TCG; a guest that does not answer by then is not waited for.
 KEEPER_WAIT_SECONDS = 1.0
 #: A guest made ahead waits for a retired one's last read only if it is due within
-#: this (:meth:`_Pool._wait_for_keeper`); otherwise a new QEMU restores it, and the
+#: this (:meth:`_Pool._wait_for_keeper`; not scaled: on slower kernels, whose read
+#: comes later, that is rarer); otherwise a new QEMU restores it, and the
 #: guests kept grow in number (MAX_IDLE_PER_MODE). Waiting for reads due later
 #: held the test after every test shorter than about a second: on the 221
 #: stock-kernel tests that use ``qgpu_guest``, 93 follow one shorter than 0.5 s, and
@@ -849,6 +852,13 @@ class _Pool:
         if interrupted:
             self._stop_unread()
             return
+        try:
+            self._close_and_read()
+        except KeyboardInterrupt:       # (SIGTERM too): the rest without waiting
+            self._stop_unread()
+            raise
+
+    def _close_and_read(self) -> None:
         problems = []
         with contextlib.ExitStack() as stop_all:
             if self.spare_maker is not None:
@@ -877,9 +887,10 @@ class _Pool:
     def _stop_unread(self) -> None:
         """Stop every guest without reading it (an interrupted run), whatever one raises.
 
-        Nothing is waited for longer than INTERRUPTED_WAIT in all: a guest still
-        being made (a template's boot, say) or looked at in the background then
-        has its QEMU killed, and dies with the rig otherwise.
+        Nothing is waited for much longer than INTERRUPTED_WAIT in all: a guest
+        still looked at in the background then has its QEMU killed (its thread
+        then removes its files); one still being made (a template's boot, say)
+        is left to die with the rig, its files in /tmp.
         """
         self.stopping.set()             # no more guests made: _fresh() refuses
         deadline = time.monotonic() + INTERRUPTED_WAIT
@@ -900,12 +911,15 @@ class _Pool:
                 retiree.cancelled.set()
             for retiree in self.retirees:
                 retiree.join(left())
-                if retiree.is_alive():
-                    # In its read or its leak check still: its QEMU is killed (a
-                    # signal, safe from this thread), and its own stop() then
-                    # removes its files.
-                    _kill_outright(retiree.machine)
-                    retiree.join(1.0)
+            stuck = [r for r in self.retirees if r.is_alive()]
+            for retiree in stuck:
+                # In its read or its leak check still: its QEMU is killed (a
+                # signal, safe from this thread), and its own stop() then
+                # removes its files.
+                _kill_outright(retiree.machine)
+            deadline = time.monotonic() + 1.0
+            for retiree in stuck:
+                retiree.join(left())
 
     def _stop_idle(self) -> None:
         with self.idle_lock:
@@ -931,10 +945,8 @@ _REVERT_FAILURES = pytest.StashKey[list[tuple[str, str]]]()
 def _kill_outright(machine: GuestMachine) -> None:
     """Send the guest's QEMU SIGKILL (from any thread: the thread using it sees it die)."""
     proc = getattr(machine, "proc", None)
-    pid = proc.pid if proc is not None else None
-    if pid is not None:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
+    if proc is not None:
+        proc.kill()
 
 
 def _restore_or_boot(config: pytest.Config, cfg: MachineConfig, nodeid: str) -> GuestMachine:
