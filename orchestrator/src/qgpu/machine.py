@@ -290,7 +290,7 @@ class GuestMachine:
                 raise self._died(exc, "restoring the guest") from exc
             self.restore_seconds = time.monotonic() - start
             self.restored_from, self.restored_ssh_port = state, ssh_port
-            # SSH's handshake (0.15 s under TCG), if ahead, runs meanwhile, on the
+            # SSH's handshake (about 0.25 s under TCG), if ahead, runs meanwhile, on the
             # guest's other CPU while its console loads a driver, say.
             self._connect_ssh(ssh_port, now=False, ahead=ssh_ahead)
         except QgpuError as exc:

@@ -49,7 +49,7 @@ class GuestSsh:
     """One SSH session to the guest; :meth:`connect`, :meth:`run`, :meth:`close`.
 
     :meth:`start_connecting` opens it in a thread of its own meanwhile (the
-    handshake takes about 0.15 s under TCG, most of it the guest's CPU), and
+    handshake takes about 0.25 s under TCG, most of it the guest's CPU), and
     :meth:`connect` then waits for that attempt instead of making another.
     """
 
