@@ -556,8 +556,7 @@ class _Pool:
         the revert fails (said in the :class:`template.Started` returned), a
         new QEMU restores the template.
         """
-        if self.stopping.is_set():
-            raise SetupError("the run was interrupted: no more guests are made")
+        self._refuse_if_stopping()
         failures = []
         while (machine := self._take_idle(mode) or
                (self._wait_for_keeper(mode) if ahead else None)) is not None:
@@ -569,8 +568,7 @@ class _Pool:
                 if not isinstance(exc, QgpuError):
                     raise
                 failures.append(str(exc))
-        if self.stopping.is_set():     # (while it waited for a retired guest)
-            raise SetupError("the run was interrupted: no more guests are made")
+        self._refuse_if_stopping()      # (it may have waited for a retired guest)
         cfg = _base_config(self.config, mode)
         assert cfg.guest_kernel is not None
         started = template.restore_or_boot(cfg, ssh_key=cfg.guest_kernel.ssh_key,
@@ -578,6 +576,11 @@ class _Pool:
         if failures:
             started = dataclasses.replace(started, revert_failure="\n".join(failures))
         return started
+
+    def _refuse_if_stopping(self) -> None:
+        """Raise :class:`SetupError` once an interrupted run stops its guests."""
+        if self.stopping.is_set():
+            raise SetupError("the run was interrupted: no more guests are made")
 
     def _take_idle(self, mode: DmaMode) -> GuestMachine | None:
         """Take the guest of ``mode`` kept last for a revert, if there is one."""
