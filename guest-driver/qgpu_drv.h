@@ -177,8 +177,10 @@ struct qgpu_device {
 	 * ioctls' device work, never their accesses to user memory (which may
 	 * block for as long as user space likes: userfaultfd, FUSE), so that
 	 * remove never waits for user space; @map_srcu readers are mmap(2),
-	 * page faults and ptrace access. Two domains, so that a reset, which
-	 * must wait only for mappings, never waits for an ioctl (see
+	 * page faults, ptrace access and the kernel's own CPU accesses to
+	 * VRAM (QGPU_IOCTL_CPU_ACCESS, 64 KiB at a time). Two domains, so
+	 * that a reset, which must wait only for what touches the BARs, never
+	 * waits for an ioctl blocked on user memory (see
 	 * qgpu_zap_bar_mappings()).
 	 */
 	struct srcu_struct srcu;

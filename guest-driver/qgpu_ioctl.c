@@ -4,9 +4,11 @@
  * include/uapi/qgpu.h (COPY_USER is in qgpu_ring.c, mmap in qgpu_mmap.c).
  */
 
+#include <linux/delay.h>
 #include <linux/dma-fence.h>
 #include <linux/file.h>
 #include <linux/fs.h>
+#include <linux/module.h>
 #include <linux/pci.h>
 #include <linux/poll.h>
 #include <linux/sched/signal.h>
@@ -338,6 +340,53 @@ static u64 qgpu_fnv1a(u64 h, const u8 *p, size_t n)
 
 #define QGPU_CPU_CHUNK	SZ_64K
 
+static unsigned int cpu_access_delay_us;
+module_param(cpu_access_delay_us, uint, 0644);
+MODULE_PARM_DESC(cpu_access_delay_us,
+		 "Testing: stall each 64 KiB chunk of a CPU access ioctl this long (at most 100 ms) between its check that the device is usable and its access to VRAM (0: off)");
+
+/*
+ * One chunk of a CPU access, or -errno if the device cannot be used now.
+ * A reset makes VRAM unreachable from reset_prepare until the config
+ * space is restored (memory decoding is off: reads return all ones, writes
+ * are dropped), so the check and the access are one @map_srcu read
+ * section: the reset's zap, which comes after it sets @frozen, waits for
+ * the chunk, and the next chunk sees @frozen (-EAGAIN). The section is
+ * bounded (64 KiB of VRAM and a kernel buffer, never user memory), so a
+ * reset waits for one chunk at most.
+ */
+static int qgpu_cpu_access_chunk(struct qgpu_device *qdev, u32 op, u64 at,
+				 u8 *buf, size_t n)
+{
+	unsigned int delay_us;
+	int idx, ret;
+
+	idx = srcu_read_lock(&qdev->map_srcu);
+	/* A lost or frozen device reads all ones: stop there. */
+	ret = qgpu_unusable(qdev);
+	if (ret)
+		goto out;
+	/* Widens the window between the check and the access, for tests. */
+	delay_us = READ_ONCE(cpu_access_delay_us);
+	if (delay_us)
+		fsleep(min(delay_us, 100U * USEC_PER_MSEC));
+	if (op == QGPU_CPU_FILL) {
+		if (qdev->vram)
+			memcpy(qdev->vram + at, buf, n);
+		else
+			memcpy_toio(qdev->vram_uc + at, buf, n);
+		wmb();	/* drain the write-combining buffers inside the section */
+	} else {
+		if (qdev->vram)
+			memcpy(buf, qdev->vram + at, n);
+		else
+			memcpy_fromio(buf, qdev->vram_uc + at, n);
+	}
+out:
+	srcu_read_unlock(&qdev->map_srcu, idx);
+	return ret;
+}
+
 static long qgpu_ioctl_cpu_access(struct qgpu_file *qf,
 				  struct qgpu_ioctl_call *call)
 {
@@ -362,36 +411,23 @@ static long qgpu_ioctl_cpu_access(struct qgpu_file *qf,
 			put_unaligned_le32(a->pattern, buf + i);
 	while (done < a->length) {
 		size_t n = min_t(u64, a->length - done, QGPU_CPU_CHUNK);
-		u64 at = a->vram_offset + done;
 
-		/* A lost or frozen device reads all ones: stop there. */
-		ret = qgpu_unusable(qdev);
-		if (ret)
-			break;
 		if (signal_pending(current)) {
 			ret = -EINTR;
 			break;
 		}
-		if (a->op == QGPU_CPU_FILL) {
-			if (qdev->vram)
-				memcpy(qdev->vram + at, buf, n);
-			else
-				memcpy_toio(qdev->vram_uc + at, buf, n);
-		} else {
-			if (qdev->vram)
-				memcpy(buf, qdev->vram + at, n);
-			else
-				memcpy_fromio(buf, qdev->vram_uc + at, n);
+		ret = qgpu_cpu_access_chunk(qdev, a->op, a->vram_offset + done,
+					    buf, n);
+		if (ret)
+			break;
+		if (a->op == QGPU_CPU_CHECKSUM)
 			h = qgpu_fnv1a(h, buf, n);
-		}
 		done += n;
 		cond_resched();
 	}
 	kfree(buf);
 	if (ret)
 		return ret;
-	if (a->op == QGPU_CPU_FILL)
-		wmb();	/* flush the write-combining buffers */
 	a->checksum = a->op == QGPU_CPU_CHECKSUM ? h : 0;
 	call->copy_out = true;
 	return 0;

@@ -59,6 +59,17 @@
  *	two device writes at once (DMA-API debugging: "cacheline tracking
  *	EEXIST"), nor let a copy touch a byte outside its piece.
  *
+ *   reset-vs-cpu-access TRIES [--reset-after-us N]
+ *	Per try: a thread makes one CPU access (QGPU_IOCTL_CPU_ACCESS) of
+ *	64 KiB of VRAM -- a checksum on even tries, a fill with a new pattern
+ *	on odd ones -- while the main thread resets the function through
+ *	sysfs N µs (default 5000) after it started. The access must either
+ *	fail with EAGAIN or be right: the checksum that of what VRAM holds, the
+ *	fill's pattern in VRAM afterwards. (The driver's cpu_access_delay_us
+ *	parameter holds each access between its check of the device and its
+ *	access to VRAM, where a reset makes VRAM read all ones.) Reports how
+ *	the tries ended and how many of them the reset overlapped.
+ *
  *   fork-vs-zap reset|remove TRIES
  *	A process holding many mappings of the register page, of VRAM and
  *	of a buffer object forks again and again (each child exits at once)
@@ -107,6 +118,9 @@ static void usage(void)
 "                                     on user memory (its argument or buffer)\n"
 "  shared-lines ITERATIONS            concurrent copies from VRAM into\n"
 "                                     pieces of memory sharing cache lines\n"
+"  reset-vs-cpu-access TRIES [--reset-after-us N]\n"
+"                                     function resets during CPU accesses to\n"
+"                                     VRAM; count wrong results\n"
 "  fork-vs-zap reset|remove TRIES     fork() in a loop with live mappings\n"
 "                                     while the device is reset or removed\n");
 	exit(2);
@@ -531,6 +545,122 @@ static void cmd_reset_vs_mappings(uint64_t resets)
 	       t.reads, t.sigbus);
 }
 
+/* ---- reset-vs-cpu-access ----------------------------------------------------- */
+
+#define CPU_RACE_LEN	(64 * 1024)	/* one chunk of a CPU access */
+
+struct cpu_try {
+	int fd;
+	uint32_t op, pattern;
+	int result;
+	uint64_t sum;
+	double end_ms;
+};
+
+static void *cpu_try_thread(void *arg)
+{
+	struct cpu_try *c = arg;
+
+	c->result = qgpu_cpu(c->fd, c->op, 0, CPU_RACE_LEN,
+			     c->op == QGPU_CPU_FILL ? c->pattern : 0, &c->sum);
+	c->end_ms = qgpu_now_ms();
+	return NULL;
+}
+
+/* The checksum VRAM[0, CPU_RACE_LEN) has when it holds @pattern. */
+static uint64_t pattern_sum(uint32_t pattern)
+{
+	static uint8_t buf[CPU_RACE_LEN];
+
+	qgpu_pattern_fill(buf, sizeof(buf), pattern);
+	return qgpu_fnv1a(QGPU_FNV_INIT, buf, sizeof(buf));
+}
+
+/* Put @pattern into VRAM[0, CPU_RACE_LEN) with no reset about; fails the run. */
+static void cpu_fill_quiet(int fd, uint32_t pattern)
+{
+	uint64_t sum;
+	int ret = qgpu_cpu(fd, QGPU_CPU_FILL, 0, CPU_RACE_LEN, pattern, NULL);
+
+	if (!ret)
+		ret = qgpu_cpu(fd, QGPU_CPU_CHECKSUM, 0, CPU_RACE_LEN, 0, &sum);
+	if (ret)
+		fail("CPU access without a reset", -ret);
+	if (sum != pattern_sum(pattern))
+		fail("VRAM does not hold what a CPU fill wrote", EIO);
+}
+
+static void cmd_reset_vs_cpu_access(uint64_t tries, long reset_after_us)
+{
+	unsigned long right = 0, wrong = 0, eagain = 0, other = 0;
+	unsigned long overlapped = 0, lost_writes = 0;
+	char sysdir[PATH_MAX], path[PATH_MAX + 16];
+	uint32_t pattern = 0x5eed0000;
+	double t0 = qgpu_now_ms();
+	int fd, ret, other_errno = 0;
+	uint64_t t;
+
+	fd = qgpu_open(NULL);
+	if (fd < 0)
+		fail("open", errno);
+	ret = device_sysfs(qgpu_dev_path(), sysdir, sizeof(sysdir));
+	if (ret)
+		fail("finding the device in sysfs", -ret);
+	snprintf(path, sizeof(path), "%s/reset", sysdir);
+	cpu_fill_quiet(fd, pattern);
+	for (t = 0; t < tries; t++) {
+		struct cpu_try c = {
+			.fd = fd,
+			.op = t % 2 ? QGPU_CPU_FILL : QGPU_CPU_CHECKSUM,
+			.pattern = pattern + 1,
+		};
+		double reset_ms;
+		pthread_t th;
+		uint64_t sum;
+
+		pthread_create(&th, NULL, cpu_try_thread, &c);
+		qgpu_sleep_us(reset_after_us);
+		reset_ms = qgpu_now_ms();
+		ret = qgpu_write_file(path, "1");
+		if (ret)
+			fail("writing the device's sysfs reset", -ret);
+		pthread_join(th, NULL);
+		overlapped += c.end_ms > reset_ms;
+		if (c.result == -EAGAIN) {
+			eagain++;
+		} else if (c.result) {
+			other++;
+			other_errno = -c.result;
+		} else if (c.op == QGPU_CPU_CHECKSUM) {
+			if (c.sum == pattern_sum(pattern))
+				right++;
+			else
+				wrong++;
+		} else {
+			/* The fill said it was done: VRAM must hold it. */
+			ret = qgpu_cpu(fd, QGPU_CPU_CHECKSUM, 0, CPU_RACE_LEN, 0,
+				       &sum);
+			if (ret)
+				fail("checksum after a fill", -ret);
+			if (sum == pattern_sum(c.pattern)) {
+				right++;
+			} else {
+				wrong++;
+				lost_writes++;
+			}
+		}
+		/* A known pattern for the next try, whatever this one left. */
+		pattern++;
+		cpu_fill_quiet(fd, pattern);
+	}
+	close(fd);
+	printf("{\"ok\":true,\"tries\":%llu,\"overlapped\":%lu,\"right\":%lu,"
+	       "\"wrong\":%lu,\"lost_writes\":%lu,\"eagain\":%lu,"
+	       "\"other_errors\":%lu,\"other_errno\":%d,\"seconds\":%.1f}\n",
+	       (unsigned long long)tries, overlapped, right, wrong, lost_writes,
+	       eagain, other, other_errno, (qgpu_now_ms() - t0) / 1e3);
+}
+
 /* ---- access-bounds --------------------------------------------------------- */
 
 /* A one-page mapping of @off with nothing mapped after it. */
@@ -934,6 +1064,18 @@ int main(int argc, char **argv)
 		cmd_signal_fill(arg_u64(argv[2]), arg_u64(argv[3]));
 	else if (argc >= 3 && !strcmp(argv[1], "shared-lines"))
 		cmd_shared_lines(arg_u64(argv[2]));
+	else if (argc >= 3 && !strcmp(argv[1], "reset-vs-cpu-access")) {
+		long after = 5000;
+		int i;
+
+		for (i = 3; i < argc; i++) {
+			if (!strcmp(argv[i], "--reset-after-us") && i + 1 < argc)
+				after = (long)arg_u64(argv[++i]);
+			else
+				usage();
+		}
+		cmd_reset_vs_cpu_access(arg_u64(argv[2]), after);
+	}
 	else if (argc >= 4 && !strcmp(argv[1], "fork-vs-zap"))
 		cmd_fork_vs_zap(argv[2], arg_u64(argv[3]));
 	else

@@ -247,6 +247,36 @@ def test_work_during_a_reset_fails_with_eagain(qgpu_guest: GuestMachine,
 
 
 @DIRECT
+def test_a_cpu_access_is_never_made_while_a_reset_hides_vram(
+        qgpu_guest: GuestMachine) -> None:
+    """The stress runs' rare "async fill ... differs" and "copy_vram ... differs"
+    (about 1 run in 15 on a loaded host): a CPU access (QGPU_IOCTL_CPU_ACCESS,
+    the tools' checksums and CPU fills) checked once per 64 KiB chunk that the
+    device was usable, but nothing kept a function reset from starting between
+    that check and the access. A reset turns memory decoding off from its start
+    until it restores the config space: the chunk read all ones, or its writes
+    were dropped, and the ioctl succeeded. The driver holds each chunk 60 ms
+    between its check and its access (``cpu_access_delay_us``) and the function
+    is reset 5 ms into it, by the bus reset method (100 ms or more without
+    decoding): every access must be right or fail with EAGAIN."""
+    tries = 6
+    dev = f"/sys/bus/pci/devices/{QGPU_BDF}"
+    qgpu_guest.run(f"echo bus > {dev}/reset_method && "
+                   f"echo 60000 > {PARAMS}/cpu_access_delay_us", check=True)
+    try:
+        res = race(qgpu_guest, f"reset-vs-cpu-access {tries} --reset-after-us 5000")
+    finally:
+        qgpu_guest.run(f"echo 0 > {PARAMS}/cpu_access_delay_us; "
+                       f"echo default > {dev}/reset_method")
+    # Every reset started while its access was held (the window was hit) ...
+    assert res["overlapped"] == tries, res
+    # ... and no access succeeded with what VRAM did not hold.
+    assert res["wrong"] == 0, \
+        f"CPU accesses succeeded while a reset hid VRAM (reads of all ones, lost writes): {res}"
+    assert res["right"] + res["eagain"] == tries and res["other_errors"] == 0, res
+
+
+@DIRECT
 def test_rescanned_device_keeps_its_name(qgpu_guest: GuestMachine) -> None:
     """A device removed while a process still holds it open kept its number
     until that process let go, so the rescanned device became qgpu1 and tools

@@ -332,7 +332,10 @@ struct qgpu_bo_destroy {
 /**
  * struct qgpu_cpu_access - QGPU_IOCTL_CPU_ACCESS: the kernel reads or
  *	writes VRAM with the CPU through its own mapping (write-combined, or
- *	uncached if the BAR is not prefetchable)
+ *	uncached if the BAR is not prefetchable), 64 KiB at a time; a reset
+ *	that starts meanwhile waits for the piece in progress, and the call
+ *	then fails with -EAGAIN (a checksum never covers bytes read while the
+ *	device was in reset, a fill never reports writes it lost)
  * @op:          in: QGPU_CPU_*
  * @pattern:     in: QGPU_CPU_FILL pattern; zero for QGPU_CPU_CHECKSUM
  * @vram_offset: in: VRAM offset
