@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -499,8 +500,38 @@ def test_runs_until_stopped(qgpu_guest, n):
         os.rename(started + ".new", started)
 
     threading.Timer(1.0, tell).start()      # by then in the command below
-    qgpu_guest.run("sleep 600", timeout=900)
+    qgpu_guest.run("echo sleeping-until-stopped; sleep 600", timeout=900)
 '''
+
+
+def stop_with_sigterm(folder: Path, config: pytest.Config, kernel: GuestKernel,
+                      inner: str) -> tuple[str, str, float, int]:
+    """Run the test file ``inner`` with a guest per test until its test writes the file
+    ``$QGPU_TEST_STARTED``, then SIGTERM the run; return what the test wrote, the
+    run's output, how long it took to stop and its exit status (JUnit XML in
+    ``folder/report.xml``)."""
+    (folder / "test_inner.py").write_text(inner)
+    started = folder / "started"
+    scale = kernel.timeout_scale
+    proc = start_pytest(folder, config, kernel, "--qgpu-guest-scope=test",
+                        f"--junitxml={folder / 'report.xml'}",
+                        env={**os.environ, "QGPU_TEST_STARTED": str(started)})
+    try:
+        deadline = time.monotonic() + min(120 * scale, 360)
+        while not started.exists():
+            assert proc.poll() is None, f"the run ended before its test began:\n" \
+                f"{proc.communicate()[0]}"
+            assert time.monotonic() < deadline, "the inner test did not begin"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        out, _ = proc.communicate(timeout=min(60 * scale, 150))
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return started.read_text(), out, took, proc.returncode
 
 
 def test_a_run_stopped_by_sigterm_stops_its_guests_unread_and_reports_the_test(
@@ -511,31 +542,14 @@ def test_a_run_stopped_by_sigterm_stops_its_guests_unread_and_reports_the_test(
     does, and quickly: its guests -- the test's, still running the test's command,
     and the next test's, restored ahead -- are stopped without being read (a check
     would wait behind the command) and their files removed; the test is reported
-    failed, by name, in the summary and the JUnit XML."""
-    (tmp_path / "test_inner.py").write_text(SIGTERM_INNER)
-    started = tmp_path / "started"
-    report = tmp_path / "report.xml"
+    failed, by name, in the summary and the JUnit XML, and its bundle keeps what was
+    at hand (its guest's console and QEMU's log)."""
+    started, out, took, status = stop_with_sigterm(tmp_path, pytestconfig, qgpu_kernel,
+                                                   SIGTERM_INNER)
+    qemus = [line.split(" ", 1) for line in started.splitlines()]
     scale = qgpu_kernel.timeout_scale
-    proc = start_pytest(tmp_path, pytestconfig, qgpu_kernel, "--qgpu-guest-scope=test",
-                        f"--junitxml={report}",
-                        env={**os.environ, "QGPU_TEST_STARTED": str(started)})
-    try:
-        deadline = time.monotonic() + min(120 * scale, 360)
-        while not started.exists():
-            assert proc.poll() is None, f"the run ended before its test began:\n" \
-                f"{proc.communicate()[0]}"
-            assert time.monotonic() < deadline, "the inner test did not begin"
-            time.sleep(0.1)
-        qemus = [line.split(" ", 1) for line in started.read_text().splitlines()]
-        proc.send_signal(signal.SIGTERM)
-        sent = time.monotonic()
-        out, _ = proc.communicate(timeout=min(60 * scale, 150))
-        took = time.monotonic() - sent
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == pytest.ExitCode.INTERRUPTED, out
+    report = tmp_path / "report.xml"
+    assert status == pytest.ExitCode.INTERRUPTED, out
     assert len(qemus) == 2, f"expected the test's guest and the next one's: {qemus}\n{out}"
     assert took < 30 * scale, f"the run took {took:.0f} s to stop:\n{out}"
     assert "SIGTERM: the run was asked to stop" in out, out
@@ -552,3 +566,43 @@ def test_a_run_stopped_by_sigterm_stops_its_guests_unread_and_reports_the_test(
     failures = [f.get("message", "") for c in cases for f in c.iter("failure")]
     assert len(cases) == 1 and failures and "interrupted in its call: SIGTERM" in failures[0], \
         ElementTree.tostring(ElementTree.parse(report).getroot(), encoding="unicode")
+    # The interrupted test's bundle holds what was at hand: its guest's console
+    # (the command it ran) and QEMU's log; the run's summary names it.
+    bundles = list((tmp_path / "artifacts").glob("*/test_inner.py_test_runs_until_stopped*"))
+    assert len(bundles) == 1, f"no bundle of the interrupted test: {bundles}\n{out}"
+    console = (bundles[0] / "console.log").read_text(errors="replace")
+    assert "sleeping-until-stopped" in console, console[-2000:]
+    assert (bundles[0] / "qemu.log").exists() and (bundles[0] / "qemu.cmdline").exists()
+    assert json.loads((bundles[0] / "summary.json").read_text())["files_only"] is True
+    assert str(bundles[0]) in out, out
+
+
+SIGTERM_OWN_INNER = '''
+import os
+import threading
+from pathlib import Path
+
+from qgpu.config import DmaMode
+
+
+def test_own_guest_until_stopped(qgpu_restore_guest):
+    guest = qgpu_restore_guest(DmaMode.DIRECT)
+    started = os.environ["QGPU_TEST_STARTED"]
+    threading.Timer(1.0, Path(started).touch).start()      # by then in the command below
+    guest.run("echo own-guest-until-stopped; sleep 600", timeout=900)
+'''
+
+
+def test_a_run_stopped_by_sigterm_keeps_what_its_own_guests_printed(
+        tmp_path: Path, pytestconfig: pytest.Config, qgpu_kernel: GuestKernel) -> None:
+    """The same for a guest a test started itself (``qgpu_restore_guest``): stopped
+    unread, its console and QEMU's log kept in the test's bundle."""
+    _, out, took, status = stop_with_sigterm(tmp_path, pytestconfig, qgpu_kernel,
+                                             SIGTERM_OWN_INNER)
+    assert status == pytest.ExitCode.INTERRUPTED, out
+    assert took < 30 * qgpu_kernel.timeout_scale, f"the run took {took:.0f} s to stop:\n{out}"
+    consoles = list((tmp_path / "artifacts").glob(
+        "*/test_inner.py_test_own_guest_until_stopped/*/console.log"))
+    assert len(consoles) == 1, f"no bundle of the interrupted test's guest:\n{out}"
+    assert "own-guest-until-stopped" in consoles[0].read_text(errors="replace"), out
+    assert (consoles[0].parent / "qemu.log").exists(), out

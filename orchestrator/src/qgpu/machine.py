@@ -494,8 +494,14 @@ class GuestMachine:
 
     # -- artifacts -----------------------------------------------------------------
 
-    def collect_artifacts(self, dest: Path) -> list[Path]:
-        """Write console log, dmesg, QMP events, device statistics and trace to ``dest``."""
+    def collect_artifacts(self, dest: Path, *, files_only: bool = False) -> list[Path]:
+        """Write console log, dmesg, QMP events, device statistics and trace to ``dest``.
+
+        ``files_only``: only what is at hand without asking the guest or QEMU
+        (console and QEMU logs, command line, QMP events received, crash
+        report), for a guest that may still run a command or a QEMU that may
+        not answer: an interrupted run's. ``summary.json`` says so.
+        """
         dest.mkdir(parents=True, exist_ok=True)
         written: list[Path] = []
 
@@ -522,12 +528,13 @@ class GuestMachine:
             save("qemu.cmdline", " ".join(self.proc.command_line) + "\n")
         if self.crash_report:
             save(BACKTRACE_FILE, self.crash_report + "\n")
-        if self.is_alive():
+        if self.is_alive() and not files_only:
             with contextlib.suppress(QgpuError, OSError):
                 save("dmesg.txt", self.run("dmesg", timeout=20, watch_crashes=False).output)
         if self.qmp is not None:
             save("qmp-events.json", json.dumps(
                 [e.as_dict() for e in self.qmp.events()[self.qmp_events_from:]], indent=1))
+        if self.qmp is not None and not files_only:
             devices: dict[str, Any] = {}
             for spec in self.config.qgpus:
                 with contextlib.suppress(QgpuError, OSError):
@@ -541,5 +548,6 @@ class GuestMachine:
                        "detectors": kernel.detectors.names()} if kernel else
             {"file": str(self.config.kernel)},
             "dma_mode": str(self.config.dma_mode), "alive": self.is_alive(),
-            "boot_seconds": self.boot_seconds, "time": time.time()}, indent=1))
+            "boot_seconds": self.boot_seconds, "time": time.time(),
+            "files_only": files_only}, indent=1))
         return written

@@ -1281,7 +1281,12 @@ def qgpu_guest(request: pytest.FixtureRequest, _qgpu_pool: _Pool, qgpu_dma_mode:
     _qgpu_pool.prepare_next(request.node.stash.get(_NEXT_ITEM, None))
     yield machine
     if interrupted(request.config):
-        _qgpu_pool.drop(dma_mode)       # (it may still run the test's command)
+        # It may still run the test's command: no check, and a bundle of only what is
+        # at hand (its logs go with its work folder).
+        with contextlib.suppress(QgpuError, OSError):
+            machine.collect_artifacts(_artifact_dir(request.config, request.node),
+                                      files_only=True)
+        _qgpu_pool.drop(dma_mode)
         return
     _qgpu_pool.note_ssh_use(request.node, machine)
     failed = _failed(request.node)
@@ -1390,6 +1395,10 @@ def _retire_own_guests(request: pytest.FixtureRequest, machines: list[GuestMachi
         for machine in machines:
             # Every guest stops, whatever reading another raises (or an interrupt).
             stop_all.callback(machine.stop, graceful=graceful and not stop_only)
+        for machine in machines if stop_only else ():
+            with contextlib.suppress(QgpuError, OSError):
+                machine.collect_artifacts(_artifact_dir(request.config, request.node) /
+                                          machine.config.name, files_only=True)
         for machine in machines if not stop_only else ():
             dest = _artifact_dir(request.config, request.node) / machine.config.name
             failed = _failed(request.node)
