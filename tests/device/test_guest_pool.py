@@ -589,3 +589,41 @@ def test_an_interrupt_while_the_pool_closes_stops_the_rest_unread(
     with pytest.raises(KeyboardInterrupt):
         pool.close()
     assert in_use.stopped and pool.stopping.is_set()
+
+
+class LateReadConfig(FakeConfig):
+    """A guest per test, with ``--qgpu-late-read 0.25``."""
+
+    def getoption(self, name: str, default: Any = None) -> Any:
+        return 0.25 if name == "--qgpu-late-read" else super().getoption(name, default)
+
+
+def test_the_last_read_comes_as_long_after_the_test_as_asked(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """--qgpu-late-read: a driver whose timers fire later than the qgpu driver's
+    watchdog (1 s) needs its retired guests watched longer; one whose timers are
+    short, less. A retired guest's last read comes that long after its test's check,
+    scaled like the guest's timeouts; by default LATE_READ_SECONDS."""
+    monkeypatch.setattr(template, "why_not_revertible", lambda machine: None)
+    read_at: list[float] = []
+
+    def late_health(machine: Any) -> health.Health:
+        read_at.append(time.monotonic())
+        return health.Health()
+
+    monkeypatch.setattr(pytest_rig, "_late_health", late_health)
+    asked = pytest_rig._Pool(LateReadConfig())        # type: ignore[arg-type]
+    default = pytest_rig._Pool(FakeConfig())          # type: ignore[arg-type]
+    retired = time.monotonic()
+    for pool in (asked, default):
+        guest = FakeGuest("d1")
+        guest.config.timeout_scale = 2.0
+        pool.machines[DmaMode.DIRECT] = guest         # type: ignore[assignment]
+        assert pool.retire(DmaMode.DIRECT, reusable=True) is None
+    assert [r.delay for r in asked.retirees] == [0.5]
+    assert [r.delay for r in default.retirees] == [pytest_rig.LATE_READ_SECONDS * 2.0]
+    default.retirees[0].cancelled.set()
+    for retiree in asked.retirees + default.retirees:
+        retiree.join(5.0)
+    assert len(read_at) == 1 and read_at[0] - retired >= 0.5, (read_at, retired)
+    assert kept(asked) == {"direct": ["d1"]} and kept(default) == {}

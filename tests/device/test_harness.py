@@ -626,3 +626,12 @@ def test_interactive_console_joins_terminal_and_guest(tmp_path: Path) -> None:
         for fd in (keys_r, keys_w, screen_r, screen_w):
             os.close(fd)
     assert "Power down" in (tmp_path / "transcript").read_text()
+
+
+def test_qgpu_late_read_refuses_what_is_not_a_number_of_seconds() -> None:
+    for bad in ("-1", "soon", "inf"):
+        res = _collect("--qgpu-late-read", bad)
+        assert res.returncode == 4, res.stdout + res.stderr        # pytest's usage error
+        assert "--qgpu-late-read" in res.stderr and f"{bad!r} is not a number of seconds" \
+            in res.stderr, res.stderr
+    assert _collect("--qgpu-late-read", "2.5").returncode == 0

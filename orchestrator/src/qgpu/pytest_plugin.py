@@ -56,7 +56,9 @@ The fixtures are listed in :mod:`qgpu.pytest_rig`.
 
 from __future__ import annotations
 
+import argparse
 import importlib
+import math
 import os
 from typing import Any
 
@@ -80,6 +82,17 @@ RIG_PLUGIN = "qgpu-rig"
 def _add(group: pytest.OptionGroup, name: str, **kw: Any) -> None:
     group.addoption(name, **kw)
     _RIG_OPTIONS[name.lstrip("-").replace("-", "_")] = kw.get("default")
+
+
+def _seconds(text: str) -> float:
+    """Return an option's value as seconds: a finite number, not negative."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0")
+    return value
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -119,6 +132,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
          help="with a guest per test: revert a passed test's guest to its template in "
               "the same QEMU for a later test (on, default: under TCG it keeps the "
               "guest's translated code), or always restore it in a new QEMU (off)")
+    _add(group, "--qgpu-late-read", metavar="SECONDS", type=_seconds, default=None,
+         help="how long after its last test's check a retired guest's kernel log is "
+              "read a last time (scaled like the guest's timeouts), for reports that "
+              "come later: a timer or work item firing after the driver was unloaded "
+              "(default 1: the qgpu driver's watchdog period; set it to your driver's "
+              "longest timer)")
     _add(group, "--qgpu-accel", default="auto", choices=("auto", "tcg", "kvm"),
          help="accelerator; auto uses KVM only if a bounded probe boots a guest")
     _add(group, "--qgpu-modes", metavar="M,M", default=None,

@@ -271,7 +271,9 @@ def _attribute(found: health.Health, windows: list[_Window]) -> list[str]:
 #: its kernel log is read a last time (and it is stopped), in the background: a
 #: report that comes later than the check -- a timer or work item firing after the
 #: driver was unloaded -- fails that test too (at the next test's teardown or the
-#: session's end), as the next test on a shared guest would have found it.
+#: session's end), as the next test on a shared guest would have found it. The
+#: default covers the qgpu driver's watchdog (its period is at most 1 s);
+#: ``--qgpu-late-read`` sets it for a driver with longer timers.
 LATE_READ_SECONDS = 1.0
 #: With reverts (``--qgpu-revert``), at most this many retired guests of a DMA
 #: mode wait to be reverted for a later test, and this many in all: each is an
@@ -307,7 +309,8 @@ MAX_LEAK_CHECKS = 1
 class _Retiree(threading.Thread):
     """A retired guest's last look, in the background, while the next test runs.
 
-    Its kernel log read a last time LATE_READ_SECONDS after its last test or, for
+    Its kernel log read a last time ``late_read`` seconds (default
+    LATE_READ_SECONDS) after its last test or, for
     a shared guest on a kernel with kmemleak (``leaks``), kmemleak's settled
     check: the driver unloaded and two scans 5.5 s apart, mostly a wait that no
     test should sit through.
@@ -315,7 +318,7 @@ class _Retiree(threading.Thread):
 
     def __init__(self, mode: DmaMode, machine: GuestMachine, windows: list[_Window], *,
                  keep: Callable[[_Retiree], bool] | None = None,
-                 leaks: bool = False) -> None:
+                 leaks: bool = False, late_read: float | None = None) -> None:
         """``keep``: offered the guest after its last read (``found``); True if it kept it."""
         super().__init__(name=f"qgpu-retire-{mode}", daemon=True)
         self.mode, self.machine, self.windows = mode, machine, windows
@@ -323,7 +326,8 @@ class _Retiree(threading.Thread):
         self.leaks = leaks
         #: The wait before the read (None: the leak check, at once), scaled like the
         #: guest's timeouts (slower kernels).
-        self.delay = None if leaks else LATE_READ_SECONDS * machine.config.timeout_scale
+        late = LATE_READ_SECONDS if late_read is None else late_read
+        self.delay = None if leaks else late * machine.config.timeout_scale
         self.keep = keep
         #: When its last read is due (time.monotonic(); it is started at once).
         self.read_due = None if self.delay is None else time.monotonic() + self.delay
@@ -483,6 +487,10 @@ class _Pool:
         self.ssh_users: dict[str, bool] = {}
         #: Set when an interrupted run stops its guests: no more are made.
         self.stopping = threading.Event()
+        #: How long after its test's check a retired guest's kernel log is read a
+        #: last time (``--qgpu-late-read``), before scaling.
+        late = config.getoption("--qgpu-late-read", default=None)
+        self.late_read: float = LATE_READ_SECONDS if late is None else float(late)
 
     def get(self, mode: DmaMode, nodeid: str) -> GuestMachine:
         # Tests are grouped by mode (and module), and each group's guest retires
@@ -551,7 +559,7 @@ class _Pool:
         the guest of a test before, once its last read of the kernel log is
         done, if it is due soon (:meth:`_wait_for_keeper`). Otherwise (none of
         this mode was retired, none is due soon or was kept within the wait,
-        or a test waits for this guest: the read comes LATE_READ_SECONDS after
+        or a test waits for this guest: the read comes :attr:`late_read` after
         a guest's test), or if
         the revert fails (said in the :class:`template.Started` returned), a
         new QEMU restores the template.
@@ -783,8 +791,9 @@ class _Pool:
         (a shared one), in the background (:class:`_Retiree`, at most
         :data:`MAX_LEAK_CHECKS` at a time): each leak is blamed on the test
         that allocated it, whichever test's teardown reports it. Without
-        kmemleak, the guest lives on for :data:`LATE_READ_SECONDS` in the
-        background, and then its kernel log is read a last time. What a
+        kmemleak, the guest lives on for :attr:`late_read` seconds
+        (``--qgpu-late-read``, scaled) in the background, and then its kernel
+        log is read a last time. What a
         background look found is returned by a later call (or :meth:`close`).
         Each report is saved in the bundle of the test it belongs to, and the
         returned text names that test.
@@ -803,7 +812,8 @@ class _Pool:
                 self.machines.pop(mode)
                 self.windows.pop(mode, None)
                 keep = self._keep if reusable and self.use_reverts and not leaks else None
-                retiree = _Retiree(mode, machine, windows, keep=keep, leaks=leaks)
+                retiree = _Retiree(mode, machine, windows, keep=keep, leaks=leaks,
+                                   late_read=self.late_read)
                 retiree.start()
                 self.retirees.append(retiree)
         self.drop(mode)
