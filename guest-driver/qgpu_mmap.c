@@ -296,6 +296,10 @@ static void qgpu_vma_priv_release(struct kref *ref)
  * holding mappings_lock (munmap holds mmap_lock while releasing a
  * mapping, which takes it); zap_lock, held throughout so that two zaps
  * never split the list between them, is never taken under mmap_lock.
+ *
+ * The synchronize_srcu() is also what keeps the kernel's own CPU accesses
+ * to VRAM (qgpu_cpu_access_chunk()) out of a reset: it must stay
+ * unconditional, even with no user mapping to zap.
  */
 static void qgpu_zap_range(struct qgpu_device *qdev, u64 start, u64 len)
 {

@@ -554,13 +554,16 @@ struct cpu_try {
 	uint32_t op, pattern;
 	int result;
 	uint64_t sum;
-	double end_ms;
+	pthread_barrier_t go;	/* the reset's countdown starts with the access */
+	double start_ms, end_ms;
 };
 
 static void *cpu_try_thread(void *arg)
 {
 	struct cpu_try *c = arg;
 
+	pthread_barrier_wait(&c->go);
+	c->start_ms = qgpu_now_ms();
 	c->result = qgpu_cpu(c->fd, c->op, 0, CPU_RACE_LEN,
 			     c->op == QGPU_CPU_FILL ? c->pattern : 0, &c->sum);
 	c->end_ms = qgpu_now_ms();
@@ -618,14 +621,20 @@ static void cmd_reset_vs_cpu_access(uint64_t tries, long reset_after_us)
 		pthread_t th;
 		uint64_t sum;
 
-		pthread_create(&th, NULL, cpu_try_thread, &c);
+		pthread_barrier_init(&c.go, NULL, 2);
+		ret = pthread_create(&th, NULL, cpu_try_thread, &c);
+		if (ret)
+			fail("pthread_create", ret);
+		pthread_barrier_wait(&c.go);
 		qgpu_sleep_us(reset_after_us);
 		reset_ms = qgpu_now_ms();
 		ret = qgpu_write_file(path, "1");
 		if (ret)
 			fail("writing the device's sysfs reset", -ret);
 		pthread_join(th, NULL);
-		overlapped += c.end_ms > reset_ms;
+		pthread_barrier_destroy(&c.go);
+		/* The reset began while the access was under way. */
+		overlapped += c.start_ms < reset_ms && c.end_ms > reset_ms;
 		if (c.result == -EAGAIN) {
 			eagain++;
 		} else if (c.result) {

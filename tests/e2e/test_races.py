@@ -257,23 +257,27 @@ def test_a_cpu_access_is_never_made_while_a_reset_hides_vram(
     until it restores the config space: the chunk read all ones, or its writes
     were dropped, and the ioctl succeeded. The driver holds each chunk 60 ms
     between its check and its access (``cpu_access_delay_us``) and the function
-    is reset 5 ms into it, by the bus reset method (100 ms or more without
-    decoding): every access must be right or fail with EAGAIN."""
+    is reset 5 ms after it began, by the bus reset method (100 ms or more
+    without decoding): every access must be right or fail with EAGAIN, and
+    most must be right, i.e. held across the reset's start (an access that
+    only ever met the reset at its check, EAGAIN, would prove nothing)."""
     tries = 6
     dev = f"/sys/bus/pci/devices/{QGPU_BDF}"
-    qgpu_guest.run(f"echo bus > {dev}/reset_method && "
-                   f"echo 60000 > {PARAMS}/cpu_access_delay_us", check=True)
     try:
+        qgpu_guest.run(f"echo bus > {dev}/reset_method && "
+                       f"echo 60000 > {PARAMS}/cpu_access_delay_us", check=True)
         res = race(qgpu_guest, f"reset-vs-cpu-access {tries} --reset-after-us 5000")
     finally:
         qgpu_guest.run(f"echo 0 > {PARAMS}/cpu_access_delay_us; "
                        f"echo default > {dev}/reset_method")
-    # Every reset started while its access was held (the window was hit) ...
+    # Every reset began while its access was under way ...
     assert res["overlapped"] == tries, res
-    # ... and no access succeeded with what VRAM did not hold.
+    # ... no access succeeded with what VRAM did not hold ...
     assert res["wrong"] == 0, \
         f"CPU accesses succeeded while a reset hid VRAM (reads of all ones, lost writes): {res}"
     assert res["right"] + res["eagain"] == tries and res["other_errors"] == 0, res
+    # ... and the window was hit: most accesses were held across the reset's start.
+    assert res["right"] * 2 >= tries, res
 
 
 @DIRECT

@@ -333,9 +333,11 @@ struct qgpu_bo_destroy {
  * struct qgpu_cpu_access - QGPU_IOCTL_CPU_ACCESS: the kernel reads or
  *	writes VRAM with the CPU through its own mapping (write-combined, or
  *	uncached if the BAR is not prefetchable), 64 KiB at a time; a reset
- *	that starts meanwhile waits for the piece in progress, and the call
- *	then fails with -EAGAIN (a checksum never covers bytes read while the
- *	device was in reset, a fill never reports writes it lost)
+ *	that starts meanwhile waits for the piece in progress, and a piece
+ *	that would start while the device is in reset fails the call with
+ *	-EAGAIN (the pieces before it stay written). The call never succeeds
+ *	with bytes read or written while a reset hid VRAM: a checksum never
+ *	covers them, a fill never reports writes it lost
  * @op:          in: QGPU_CPU_*
  * @pattern:     in: QGPU_CPU_FILL pattern; zero for QGPU_CPU_CHECKSUM
  * @vram_offset: in: VRAM offset
