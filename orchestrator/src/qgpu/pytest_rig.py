@@ -1293,10 +1293,12 @@ def qgpu_guest(request: pytest.FixtureRequest, _qgpu_pool: _Pool, qgpu_dma_mode:
     if interrupted(request.config):
         # It may still run the test's command: no check, and a bundle of only what is
         # at hand (its logs go with its work folder).
-        with contextlib.suppress(QgpuError, OSError):
-            machine.collect_artifacts(_artifact_dir(request.config, request.node),
-                                      files_only=True)
-        _qgpu_pool.drop(dma_mode)
+        try:
+            with contextlib.suppress(QgpuError, OSError):
+                machine.collect_artifacts(_artifact_dir(request.config, request.node),
+                                          files_only=True)
+        finally:                        # (a second Ctrl-C, say)
+            _qgpu_pool.drop(dma_mode)
         return
     _qgpu_pool.note_ssh_use(request.node, machine)
     failed = _failed(request.node)
