@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from xml.etree import ElementTree
 
+import paramiko
 import pytest
 
 from qgpu import initramfs, paths, shm, template
@@ -543,6 +544,31 @@ def _free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
     return port                         # closed: connecting to it is refused
+
+
+def test_ssh_sends_each_packet_at_once(tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SSH socket has Nagle's algorithm off. With it on, every small packet
+    waits for the ACK of the one before, which the guest's user-mode network
+    delays: about 40 ms per command and per handshake step under TCG."""
+    seen: list[int] = []
+
+    def connect(self: paramiko.SSHClient, *args: object, **kwargs: object) -> None:
+        sock = kwargs.get("sock")
+        assert isinstance(sock, socket.socket), "GuestSsh let paramiko open the socket"
+        seen.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        raise paramiko.SSHException("stop here")
+
+    monkeypatch.setattr(paramiko.SSHClient, "connect", connect)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    try:
+        with pytest.raises(GuestTimeoutError, match="stop here"):
+            GuestSsh(listener.getsockname()[1], _ssh_key(tmp_path)).connect(timeout=0.3)
+    finally:
+        listener.close()
+    assert seen and all(seen), seen
 
 
 def test_ssh_connect_raises_what_the_background_attempt_raised(tmp_path: Path) -> None:
