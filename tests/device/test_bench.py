@@ -80,6 +80,8 @@ def synthetic_sections() -> dict[str, Any]:
     restore = {"kernel": "stock", "mode": "direct", "accel": "tcg", "boot_s": [4.0, 4.4],
                "restore_s": [0.2, 0.3], "revert_s": [0.04, 0.06],
                "private_bytes": [30 * MiB, 31 * MiB],
+               "ssh": {"nodelay_connect_s": [0.06, 0.08], "nagle_connect_s": [0.14, 0.16],
+                       "nodelay_command_s": [0.01, 0.01], "nagle_command_s": [0.05, 0.06]},
                "template": "t", "state_bytes": 100_000, "ram_bytes_used": 80 * MiB,
                "memory": 1024 * MiB, "goal_s": 0.15, "goal_ratio": 14.0}
     return {"engine": engine, "driver": driver, "guest": guest, "restore": restore}
@@ -101,6 +103,8 @@ def test_results_file_and_report_hold_every_section(tmp_path: Path) -> None:
     assert f"driver/direct/copy_user_from/{MiB}" not in figs        # its cell failed
     assert figs["restore/speedup"]["value"] == pytest.approx(4.2 / 0.25)
     assert figs["restore/revert_speedup"]["value"] == pytest.approx(0.25 / 0.05)
+    assert figs["restore/ssh_connect_speedup"]["value"] == pytest.approx(0.15 / 0.07)
+    assert figs["restore/ssh_command_nagle"]["kind"] == "baseline"
     assert figs["guest/boot/qgpu"]["better"] == "lower"
 
     saved.setdefault("created", "now")
@@ -115,6 +119,8 @@ def test_results_file_and_report_hold_every_section(tmp_path: Path) -> None:
     assert any(line.startswith("driver, direct, 1 MiB x guest memcpy: copy_user_to 1.00x")
                for line in summary), summary
     assert "extra: FAILED: it broke: QEMU said no" in summary
+    assert ("SSH on a reverted guest, Nagle off / on: connect + command 0.070 / 0.150 s, "
+            "a command 0.010 / 0.055 s") in summary
 
 
 def test_load_refuses_what_is_not_a_results_file(tmp_path: Path) -> None:

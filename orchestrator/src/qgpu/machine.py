@@ -270,8 +270,8 @@ class GuestMachine:
         ``-incoming defer``, loads the device state and runs; then the guest's
         clock is set to the host's (it stood still since the save); SSH
         connects in the background (:meth:`ssh_run` waits for it), or (not
-        ``ssh_ahead``) when :meth:`ssh_run` first needs it: a handshake costs
-        about 0.15 s under TCG, most of it the guest's CPU. Raises
+        ``ssh_ahead``) when :meth:`ssh_run` first needs it: a handshake and a
+        first command cost about 0.06 s under TCG, most of it the guest's CPU. Raises
         :class:`~qgpu.errors.QemuError` quoting QEMU if the state does not load.
         """
         self.accel = accel_name
@@ -290,7 +290,7 @@ class GuestMachine:
                 raise self._died(exc, "restoring the guest") from exc
             self.restore_seconds = time.monotonic() - start
             self.restored_from, self.restored_ssh_port = state, ssh_port
-            # SSH's handshake (about 0.25 s under TCG), if ahead, runs meanwhile, on the
+            # SSH's handshake (about 0.06 s under TCG), if ahead, runs meanwhile, on the
             # guest's other CPU while its console loads a driver, say.
             self._connect_ssh(ssh_port, now=False, ahead=ssh_ahead)
         except QgpuError as exc:

@@ -715,7 +715,7 @@ class _Pool:
         before ran no command over SSH on guests of their own (noted by
         :meth:`note_ssh_use` as each ended, so a guest restored ahead, during
         the test before, knows of those that ended before that one began).
-        The handshake costs about 0.25 s under TCG, most of it the guest's CPU:
+        The handshake costs about 0.06 s under TCG, most of it the guest's CPU:
         a test that uses SSH finds it done; one that does not would pay for it
         beside its commands (or the test before it, for a guest restored
         ahead). A test that uses SSH unlike those before still gets it, on

@@ -182,6 +182,15 @@ def _restore_figures(r: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
         yield "restore/revert", _fig(revert, "s", "lower")
         yield "restore/revert_speedup", _fig(rest / revert if revert else 0.0, "x", "higher",
                                              "derived")
+    ssh = r.get("ssh")                          # nor SSH, before it was measured
+    if ssh:
+        for what in ("connect", "command"):
+            off = statistics.median(ssh[f"nodelay_{what}_s"])
+            on = statistics.median(ssh[f"nagle_{what}_s"])
+            yield f"restore/ssh_{what}_nagle", _fig(on, "s", "lower", "baseline")
+            yield f"restore/ssh_{what}", _fig(off, "s", "lower")
+            yield f"restore/ssh_{what}_speedup", _fig(on / off if off else 0.0, "x", "higher",
+                                                      "derived")
 
 
 FIGURES: dict[str, Callable[[dict[str, Any]], Iterator[tuple[str, dict[str, Any]]]]] = {
@@ -598,6 +607,12 @@ def summary(data: dict[str, Any]) -> list[str]:
         out.append(f"restore {figs['restore/restore']['value']:.3f} s vs cold boot "
                    f"{figs['restore/boot']['value']:.2f} s: "
                    f"{figs['restore/speedup']['value']:.1f}x faster")
+    if "restore/ssh_connect" in figs:
+        out.append(f"SSH on a reverted guest, Nagle off / on: connect + command "
+                   f"{figs['restore/ssh_connect']['value']:.3f} / "
+                   f"{figs['restore/ssh_connect_nagle']['value']:.3f} s, a command "
+                   f"{figs['restore/ssh_command']['value']:.3f} / "
+                   f"{figs['restore/ssh_command_nagle']['value']:.3f} s")
     for name, message in data["errors"].items():
         out.append(f"{name}: FAILED: {message}")
     return out

@@ -10,8 +10,12 @@ state, RAM the guest used) and the memory each restored guest adds (its
 QEMU's private pages). And a third figure, measured in the same rounds: a
 guest that wrote 8 MiB of files reverted to its template in its own QEMU
 (:func:`qgpu.template.revert`), timed from the revert's start to the same
-first answer. Prints, asserts nothing. Goal (issue 12): restore ≤ 0.15 s
-median, ≥ 14x faster.
+first answer. And SSH on a reverted guest, as a test's first SSH commands
+meet it: connecting plus a first command, then one more command, with
+Nagle's algorithm off (what the rig does, :func:`qgpu.ssh._open_socket`)
+beside on (paramiko's default), alternating, each after a revert of its
+own. Prints, asserts nothing. Goal (issue 12): restore ≤ 0.15 s median,
+≥ 14x faster.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from qgpu import template
 from qgpu.config import DmaMode, MachineConfig
 from qgpu.kernels import resolve
 from qgpu.machine import GuestMachine
+from qgpu.ssh import GuestSsh
 from qgpu.tools.bench import p90
 
 GOAL_S = 0.15
@@ -81,9 +86,59 @@ def measure_restore(runs: int = 20, kernel_name: str = "stock", *,
     return {"kernel": kernel_name, "mode": str(mode), "accel": made.accel,
             "boot_s": boots, "restore_s": restores, "restore_running_s": running,
             "revert_s": reverts, "private_bytes": private,
+            "ssh": measure_ssh(runs, kernel_name, mode=mode, accel=accel, progress=progress),
             "template": made.folder.name, "state_bytes": int(str(info["state_bytes"])),
             "ram_bytes_used": int(str(info["ram_bytes_used"])), "memory": config.memory,
             "goal_s": GOAL_S, "goal_ratio": GOAL_RATIO}
+
+
+def measure_ssh(runs: int = 20, kernel_name: str = "stock", *,
+                mode: DmaMode = DmaMode.DIRECT, accel: str = "auto",
+                progress: Callable[[str], None] | None = None) -> dict[str, list[float]]:
+    """Time SSH on a reverted guest, ``runs`` rounds of Nagle's algorithm off and on.
+
+    Each try reverts the guest first (a test's guest), then times a new
+    connection and its first command (``connect_s``), then a second command
+    (``command_s``). The order of the two alternates from round to round.
+    """
+    kernel = resolve(kernel_name).check()
+    config = template.template_config(MachineConfig.for_kernel(
+        kernel, accel=accel, dma_mode=mode, name="bench-ssh"))
+    out: dict[str, list[float]] = {f"{how}_{what}_s": [] for how in ("nodelay", "nagle")
+                                   for what in ("connect", "command")}
+    guest: GuestMachine | None = None
+    try:
+        for n in range(runs):
+            for nodelay in ((True, False) if n % 2 == 0 else (False, True)):
+                if guest is None or guest.reverts >= template.MAX_REVERTS:
+                    if guest is not None:
+                        guest.stop(graceful=False)
+                    guest = template.restore(config, ssh_key=kernel.ssh_key, ssh_ahead=False)
+                template.revert(guest, ssh_ahead=False)
+                guest.run("true", check=True)       # as a test's check: the console first
+                assert guest.ssh is not None
+                ssh = GuestSsh(guest.ssh.port, kernel.ssh_key, nodelay=nodelay)
+                how = "nodelay" if nodelay else "nagle"
+                try:
+                    start = time.monotonic()
+                    ssh.connect(timeout=60 * config.timeout_scale)
+                    ssh.run("true", check=True)
+                    middle = time.monotonic()
+                    ssh.run("true", check=True)
+                    out[f"{how}_connect_s"].append(middle - start)
+                    out[f"{how}_command_s"].append(time.monotonic() - middle)
+                finally:
+                    ssh.close()
+            if progress:
+                progress(f"ssh round {n + 1}/{runs}: connect + command "
+                         f"{out['nodelay_connect_s'][-1]:.3f} s (Nagle on "
+                         f"{out['nagle_connect_s'][-1]:.3f} s), a command "
+                         f"{out['nodelay_command_s'][-1]:.3f} s (Nagle on "
+                         f"{out['nagle_command_s'][-1]:.3f} s)")
+    finally:
+        if guest is not None:
+            guest.stop(graceful=False)
+    return out
 
 
 def _boot_and_restore(config: MachineConfig, made: template.Template, boots: list[float],
@@ -139,6 +194,15 @@ def print_restore(res: dict[str, Any]) -> None:
     print(f"  restore is {boot_med / rest_med:.1f}x faster than a cold boot (goal "
           f"≥ {GOAL_RATIO:.0f}x; restore goal ≤ {GOAL_S} s: "
           f"{'met' if rest_med <= GOAL_S else 'not met'})")
+    ssh = res.get("ssh")                        # not in results made before it
+    if ssh:
+        print(f"  SSH on a reverted guest, medians of {len(ssh['nodelay_connect_s'])}, Nagle's "
+              "algorithm off (the rig) beside on (paramiko's default):")
+        for what, key in (("connect + first command", "connect"),
+                          ("a later command", "command")):
+            off = statistics.median(ssh[f"nodelay_{key}_s"])
+            on = statistics.median(ssh[f"nagle_{key}_s"])
+            print(f"    {what:24} {off:7.3f}s  (on: {on:.3f}s, {on / off:.1f}x)")
     print(f"  template {res['template']}: device state {res['state_bytes'] / 1024:.0f}"
           f" KiB, guest RAM used {res['ram_bytes_used'] / MiB:.0f} MiB of "
           f"{res['memory'] // MiB} MiB; each restored guest's QEMU: "
