@@ -571,6 +571,30 @@ def test_ssh_sends_each_packet_at_once(tmp_path: Path,
     assert seen and all(seen), seen
 
 
+def test_ssh_closes_its_socket_when_connecting_is_interrupted(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ctrl-C in the handshake leaves no socket open behind it (the rig's
+    sockets, not paramiko's, since it opens them itself)."""
+    given: list[socket.socket] = []
+
+    def connect(self: paramiko.SSHClient, *args: object, **kwargs: object) -> None:
+        sock = kwargs["sock"]
+        assert isinstance(sock, socket.socket)
+        given.append(sock)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(paramiko.SSHClient, "connect", connect)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            GuestSsh(listener.getsockname()[1], _ssh_key(tmp_path)).connect(timeout=5)
+    finally:
+        listener.close()
+    assert len(given) == 1 and given[0].fileno() == -1, "the socket was left open"
+
+
 def test_ssh_connect_raises_what_the_background_attempt_raised(tmp_path: Path) -> None:
     """A restored guest's SSH connects in the background; the first use waits for that
     attempt and raises its error, instead of trying for another whole timeout."""

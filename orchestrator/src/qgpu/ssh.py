@@ -157,11 +157,13 @@ class GuestSsh:
                 client.connect(self.host, self.port, username=self.user, pkey=pkey,
                                sock=sock, banner_timeout=20, auth_timeout=20,
                                look_for_keys=False, allow_agent=False)
-            except (paramiko.SSHException, OSError, EOFError) as exc:
-                last = exc
+            except BaseException as exc:
                 client.close()
                 if sock is not None:
-                    sock.close()
+                    sock.close()        # ours: client.close() reaches it only via a transport
+                if not isinstance(exc, (paramiko.SSHException, OSError, EOFError)):
+                    raise               # a Ctrl-C, say: not a guest still starting
+                last = exc
                 closing.wait(pause)
                 pause = min(pause * 2, 0.5)
                 continue
